@@ -1,0 +1,178 @@
+"""Which cluster a run uses: an embedded LocalCluster (one per process), an address, or a Client.
+
+``cluster=None`` starts one ``LocalCluster`` on 127.0.0.1 the first time it is needed (one worker
+process per core, one thread each) and reuses it for later runs in the same process: a notebook
+or script pays the start-up once. ``DASK_SCHEDULER_ADDRESS`` in the environment is honoured like an
+address. ``memory://`` data lives in one process, so runs that touch it use an in-process cluster.
+
+>>> client, info = get_client(None)                      # doctest: +SKIP
+>>> info.dashboard                                        # doctest: +SKIP
+'http://127.0.0.1:8787/status'
+"""
+
+from __future__ import annotations
+
+import atexit
+import ipaddress
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import dask.config
+
+from . import config
+from .errors import ClusterError
+
+log = logging.getLogger("engine")
+
+_LOCK = threading.Lock()
+_EMBEDDED: dict[bool, Any] = {}   # processes? -> (cluster, client)
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """Facts the runner needs about the cluster it got."""
+
+    embedded: bool
+    same_host: bool          # every worker shares this machine's disk
+    in_process: bool         # workers share this process's memory (memory:// works)
+    workers: int
+    threads: int
+    dashboard: str | None
+
+
+def _worker_env() -> dict[str, str]:
+    # Tables that travel between workers arrive with misaligned buffers; let Acero realign them.
+    return {"ACERO_ALIGNMENT_HANDLING": "reallocate"}
+
+
+def _embedded(processes: bool):
+    with _LOCK:
+        entry = _EMBEDDED.get(processes)
+        if entry is not None and entry[1].status == "running":
+            return entry
+        from distributed import Client, LocalCluster
+        workers = config.get("cluster.workers") or (os.cpu_count() or 1)
+        threads = int(config.get("cluster.threads") or 1)
+        if not processes:
+            threads, workers = workers * threads, 1
+        try:
+            import bokeh  # noqa: F401
+            dashboard = "127.0.0.1:0"
+        except ImportError:
+            dashboard = None
+        env = _worker_env()
+        os.environ.update(env)
+        with dask.config.set({"distributed.scheduler.worker-saturation": 1.0,
+                              "distributed.nanny.pre-spawn-environ": env,
+                              "distributed.worker.daemon": False,
+                              "distributed.admin.tick.limit": "30s"}):
+            try:
+                cluster = LocalCluster(n_workers=workers, threads_per_worker=threads, processes=processes,
+                                       host="127.0.0.1", dashboard_address=dashboard,
+                                       scheduler_kwargs={"dashboard_address": dashboard} if dashboard else {},
+                                       memory_limit=config.get("cluster.memory-limit"))
+            except Exception as exc:  # noqa: BLE001
+                raise ClusterError(f"could not start the embedded local cluster: {exc}") from exc
+            client = Client(cluster, set_as_default=False)
+        link = cluster.dashboard_link if dashboard else None
+        log.info("started embedded cluster: %d worker(s) x %d thread(s)%s", workers, threads,
+                 f", dashboard {link}" if link else "")
+        _EMBEDDED[processes] = (cluster, client)
+        return cluster, client
+
+
+def shutdown() -> None:
+    """Close the embedded clusters (also runs at interpreter exit)."""
+    with _LOCK:
+        for cluster, client in list(_EMBEDDED.values()):
+            try:
+                client.close()
+                cluster.close()
+            except Exception:  # noqa: BLE001 - best effort at exit
+                pass
+        _EMBEDDED.clear()
+
+
+atexit.register(shutdown)
+
+
+def _local_addresses() -> set[str]:
+    names = {"127.0.0.1", "localhost", "::1", socket.gethostname()}
+    try:
+        names.update(socket.gethostbyname_ex(socket.gethostname())[2])
+    except OSError:
+        pass
+    return names
+
+
+def _host(address: str) -> str:
+    hostport = address.split("://", 1)[-1]
+    if hostport.startswith("["):
+        return hostport[1:].split("]", 1)[0]
+    return hostport.rsplit(":", 1)[0]
+
+
+def _is_local_host(host: str) -> bool:
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return True
+    except ValueError:
+        pass
+    return host in _local_addresses()
+
+
+def get_client(cluster: Any = None, *, in_process: bool = False):
+    """``(client, ClusterInfo)`` for ``cluster`` (None, an address, or a ``distributed.Client``)."""
+    from distributed import Client
+    if cluster is None:
+        cluster = os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+    if cluster is None:
+        lc, client = _embedded(processes=not in_process)
+        info = client.scheduler_info(n_workers=-1)
+        workers = info.get("workers", {})
+        return client, ClusterInfo(True, True, in_process, len(workers),
+                                   sum(w.get("nthreads", 1) for w in workers.values()),
+                                   lc.dashboard_link if getattr(lc, "dashboard_link", None) else None)
+    if isinstance(cluster, Client):
+        client = cluster
+    elif isinstance(cluster, str):
+        try:
+            client = _connect(cluster)
+        except Exception as exc:  # noqa: BLE001
+            raise ClusterError(f"cannot reach the scheduler at {cluster!r}: {exc}. Is `dask scheduler` running there?") from exc
+    else:
+        raise ClusterError(f"cluster must be None, a scheduler address like 'tcp://host:8786', or a "
+                           f"distributed.Client; got {type(cluster).__name__}")
+    info = client.scheduler_info(n_workers=-1)
+    workers = info.get("workers", {})
+    if not workers:
+        try:
+            client.wait_for_workers(1, timeout=30)
+        except Exception as exc:  # noqa: BLE001
+            raise ClusterError(f"the cluster at {client.scheduler.address} has no workers") from exc
+        workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    same_host = all(_is_local_host(_host(addr)) for addr in workers)
+    in_proc = getattr(getattr(client, "cluster", None), "processes", True) is False
+    return client, ClusterInfo(False, same_host, in_proc, len(workers),
+                               sum(w.get("nthreads", 1) for w in workers.values()),
+                               getattr(client, "dashboard_link", None))
+
+
+_CLIENTS: dict[str, Any] = {}
+
+
+def _connect(address: str):
+    from distributed import Client
+    with _LOCK:
+        client = _CLIENTS.get(address)
+        if client is None or client.status != "running":
+            client = Client(address, set_as_default=False, timeout="10s")
+            _CLIENTS[address] = client
+        return client
+
+
+__all__ = ["get_client", "ClusterInfo", "shutdown"]

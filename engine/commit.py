@@ -1,0 +1,490 @@
+"""Output commit: attempt-scoped writes with CRC32C, a driver-only publish, a self-checked manifest.
+
+The protocol, in the order things happen:
+
+1. **Task attempt** writes Parquet (page checksums on) only under ``OUT/_temporary/<run>/`` with a name
+   carrying partition, attempt and a uuid, computing CRC32C of every byte as it streams out. It returns
+   a commit message: ``{"partition", "attempt", "files": [{"tmp", "rows", "bytes", "crc32c"}]}``.
+   It never writes a final name.
+2. **Driver** collects commit messages; the first successful attempt per partition wins, the others'
+   files are deleted.
+3. **Job commit** moves winners' files to final names (``part-<partition>-<run>.parquet``, unique per
+   run, so an old generation stays intact until the manifest flips), then writes ``OUT/_SUCCESS``, the
+   JSON manifest: format version, job, fingerprint, run id, engine version, input snapshot, schema,
+   files with rows, bytes and CRC32C, timings, and a checksum of its own canonical content. With
+   ``mode="error"`` it is created put-if-absent (``os.link`` of an fsynced temp file on local disks,
+   ``If-None-Match: *`` on S3), so of two racing runs exactly one commits.
+4. **Readers** go through the manifest, never a listing; :func:`verify` recomputes every checksum.
+
+This module never imports dask.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import hashlib
+import json
+import os
+import posixpath
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import crc32c as _crc32c
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .datasets import filesystem, is_local
+from .errors import CommitError, ConcurrentRunError, IntegrityError, ManifestError, OutputExistsError
+
+MANIFEST = "_SUCCESS"
+TEMPORARY = "_temporary"
+MANIFEST_FORMAT = "engine-manifest"
+MANIFEST_VERSION = 1
+_READ_BLOCK = 8 << 20
+
+
+def crc32c(data: bytes | memoryview, value: int = 0) -> int:
+    """CRC32C (Castagnoli), the checksum of S3's ``ChecksumCRC32C`` and HDFS."""
+    return _crc32c.crc32c(data, value=value)
+
+
+class ChecksummingFile:
+    """A write-only file wrapper that counts bytes and computes CRC32C as they stream through."""
+
+    def __init__(self, raw) -> None:
+        self.raw = raw
+        self.crc = 0
+        self.size = 0
+        self.closed = False
+
+    def write(self, data) -> int:
+        mv = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+        self.crc = crc32c(mv, self.crc)
+        self.size += len(mv)
+        self.raw.write(mv)
+        return len(mv)
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def readable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.raw.close()
+
+    def abort(self) -> None:
+        """Close without publishing where the backend allows it (S3 multipart uploads)."""
+        self.closed = True
+        discard = getattr(self.raw, "discard", None)
+        if callable(discard):
+            discard()
+        else:
+            self.raw.close()
+
+
+def file_crc32c(fs, path: str) -> tuple[int, int]:
+    """``(crc32c, size)`` of a stored file, read in blocks."""
+    crc, size = 0, 0
+    with fs.open(path, "rb") as f:
+        while True:
+            block = f.read(_READ_BLOCK)
+            if not block:
+                break
+            crc = crc32c(block, crc)
+            size += len(block)
+    return crc, size
+
+
+def temporary_dir(out: str, run_id: str) -> str:
+    return posixpath.join(out, TEMPORARY, run_id)
+
+
+class ParquetAttemptWriter:
+    """Streams one task attempt's output into an attempt-scoped Parquet file with a running CRC32C.
+
+    >>> w = ParquetAttemptWriter(fs, "/out", "run1", partition=0, attempt=0)   # doctest: +SKIP
+    >>> w.write(table); message = w.close()                                    # doctest: +SKIP
+    """
+
+    def __init__(self, fs, out: str, run_id: str, partition: int, attempt: int, *,
+                 page_checksums: bool = True, compression: str = "snappy") -> None:
+        self.fs, self.out, self.run_id = fs, out, run_id
+        self.partition, self.attempt = partition, attempt
+        self.page_checksums, self.compression = page_checksums, compression
+        name = f"part-{partition:05d}-a{attempt}-{uuid.uuid4().hex[:12]}.parquet"
+        self.path = posixpath.join(temporary_dir(out, run_id), name)
+        self._file: ChecksummingFile | None = None
+        self._writer: pq.ParquetWriter | None = None
+        self.rows = 0
+
+    def _open(self, schema: pa.Schema) -> None:
+        if is_local(self.fs):
+            self.fs.makedirs(posixpath.dirname(self.path), exist_ok=True)
+        self._file = ChecksummingFile(self.fs.open(self.path, "wb"))
+        self._writer = pq.ParquetWriter(self._file, schema, compression=self.compression,
+                                        write_page_checksum=self.page_checksums)
+
+    def write(self, data: pa.Table | pa.RecordBatch) -> None:
+        if self._writer is None:
+            self._open(data.schema)
+        if isinstance(data, pa.RecordBatch):
+            data = pa.Table.from_batches([data])
+        self._writer.write_table(data)
+        self.rows += data.num_rows
+
+    def close(self, schema: pa.Schema | None = None) -> dict:
+        """Finish the file and return the task's commit message."""
+        if self._writer is None:
+            self._open(schema if schema is not None else pa.schema([]))
+        self._writer.close()
+        self._file.close()
+        return {"partition": self.partition, "attempt": self.attempt, "run_id": self.run_id,
+                "files": [{"tmp": self.path, "rows": self.rows, "bytes": self._file.size,
+                           "crc32c": self._file.crc}]}
+
+    def abort(self) -> None:
+        try:
+            if self._writer is not None:
+                self._writer.close()
+        except Exception:  # noqa: BLE001 - the file is being discarded anyway
+            pass
+        if self._file is not None:
+            self._file.abort()
+        try:
+            self.fs.rm(self.path)
+        except (FileNotFoundError, OSError):
+            pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Manifest
+
+
+def _canonical(doc: dict) -> bytes:
+    body = {k: v for k, v in doc.items() if k != "checksum"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def seal(doc: dict) -> dict:
+    """Add the manifest's checksum of its own canonical content."""
+    doc = dict(doc)
+    doc["checksum"] = "sha256:" + hashlib.sha256(_canonical(doc)).hexdigest()
+    return doc
+
+
+def schema_to_text(schema: pa.Schema) -> str:
+    return base64.b64encode(schema.serialize().to_pybytes()).decode()
+
+
+def schema_from_text(text: str) -> pa.Schema:
+    return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text)))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A parsed, checksum-verified ``_SUCCESS`` manifest."""
+
+    doc: dict
+    root: str
+
+    @property
+    def files(self) -> list[dict]:
+        return self.doc["files"]
+
+    @property
+    def schema(self) -> pa.Schema:
+        return schema_from_text(self.doc["schema"])
+
+    @property
+    def rows(self) -> int:
+        return sum(f["rows"] for f in self.files)
+
+    def path_of(self, entry: dict) -> str:
+        return posixpath.join(self.root, entry["path"])
+
+
+def load_manifest(fs, out: str) -> Manifest | None:
+    """The committed manifest of ``out``, or None when nothing is committed. Raises ManifestError if corrupt."""
+    path = posixpath.join(out, MANIFEST)
+    try:
+        with fs.open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return None
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"manifest {path} is not valid JSON ({exc}); the output is corrupt: rerun the job "
+                            "with mode='overwrite'", [f"{path}: unreadable manifest"]) from None
+    if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
+        raise ManifestError(f"{path} is not an engine manifest", [f"{path}: not an engine manifest"])
+    expected = "sha256:" + hashlib.sha256(_canonical(doc)).hexdigest()
+    if doc.get("checksum") != expected:
+        raise ManifestError(f"manifest {path} fails its own checksum: it was modified or corrupted after commit",
+                            [f"{path}: manifest checksum mismatch"])
+    if doc.get("version", 0) > MANIFEST_VERSION:
+        raise ManifestError(f"manifest {path} has format version {doc['version']}, newer than this engine reads "
+                            f"({MANIFEST_VERSION}); upgrade the engine")
+    return Manifest(doc, out)
+
+
+def _write_bytes_exclusive(fs, path: str, data: bytes) -> None:
+    """Create ``path`` with ``data`` only if it does not exist (FileExistsError otherwise)."""
+    if is_local(fs):
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        finally:
+            os.unlink(tmp)
+        _fsync_dir(os.path.dirname(path))
+    else:
+        with fs.open(path, "xb") as f:
+            f.write(data)
+
+
+def _write_bytes_replace(fs, path: str, data: bytes) -> None:
+    if is_local(fs):
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(os.path.dirname(path))
+    else:
+        fs.pipe_file(path, data)
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# Job commit (driver only)
+
+
+def choose_winners(messages: Sequence[dict]) -> tuple[dict[int, dict], list[dict]]:
+    """First commit message per partition wins; returns (winners by partition, losers)."""
+    winners: dict[int, dict] = {}
+    losers: list[dict] = []
+    for m in messages:
+        if m["partition"] in winners:
+            losers.append(m)
+        else:
+            winners[m["partition"]] = m
+    return winners, losers
+
+
+def discard(fs, messages: Sequence[dict]) -> None:
+    """Delete the files of attempts that lost."""
+    for m in messages:
+        for f in m["files"]:
+            try:
+                fs.rm(f["tmp"])
+            except (FileNotFoundError, OSError):
+                pass
+
+
+def commit_job(fs, out: str, *, run_id: str, winners: dict[int, dict], schema: pa.Schema, mode: str,
+               previous: Manifest | None, meta: dict) -> Manifest:
+    """Publish the winners' files and create the manifest; returns the committed manifest."""
+    short = run_id[:12]
+    entries: list[dict] = []
+    for partition in sorted(winners):
+        files = winners[partition]["files"]
+        for i, f in enumerate(files):
+            suffix = f"-{i}" if len(files) > 1 else ""
+            name = f"part-{partition:05d}{suffix}-{short}.parquet"
+            entries.append({"path": name, "partition": partition, "rows": f["rows"], "bytes": f["bytes"],
+                            "crc32c": f["crc32c"], "_tmp": f["tmp"]})
+    for e in entries:
+        final = posixpath.join(out, e["path"])
+        try:
+            fs.mv(e["_tmp"], final)
+        except FileNotFoundError as exc:
+            raise CommitError(f"task output {e['_tmp']} vanished before job commit; nothing was committed. "
+                              "Was the output cleaned by another process? Rerun the job.") from exc
+    files = [{k: v for k, v in e.items() if k != "_tmp"} for e in entries]
+    generation = 1
+    if previous is not None:
+        generation = int(previous.doc.get("generation", 1)) + 1
+        if mode == "append":
+            if not previous.schema.equals(schema):
+                raise CommitError(f"cannot append to {out}: its schema {previous.schema} differs from this run's "
+                                  f"{schema}; write to a new output or use mode='overwrite'")
+            offset = 1 + max((f["partition"] for f in previous.files), default=-1)
+            files = previous.files + [{**f, "partition": f["partition"] + offset} for f in files]
+    doc = seal({"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "generation": generation,
+                "run_id": run_id, "schema": schema_to_text(schema), "files": files,
+                "committed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(), **meta})
+    data = json.dumps(doc, indent=1, sort_keys=True).encode()
+    path = posixpath.join(out, MANIFEST)
+    if previous is None:
+        try:
+            _write_bytes_exclusive(fs, path, data)
+        except FileExistsError:
+            for e in files:
+                try:
+                    fs.rm(posixpath.join(out, e["path"]))
+                except (FileNotFoundError, OSError):
+                    pass
+            raise ConcurrentRunError(f"another run committed {out} first; this run's output was discarded and "
+                                     "the other run's output is intact") from None
+    else:
+        _write_bytes_replace(fs, path, data)
+        if mode == "overwrite":
+            keep = {f["path"] for f in files}
+            for old in previous.files:
+                if old["path"] not in keep:
+                    try:
+                        fs.rm(posixpath.join(out, old["path"]))
+                    except (FileNotFoundError, OSError):
+                        pass
+    try:
+        fs.rm(temporary_dir(out, run_id), recursive=True)
+    except (FileNotFoundError, OSError):
+        pass
+    return Manifest(doc, out)
+
+
+def check_output(fs, out: str, mode: str) -> Manifest | None:
+    """The committed manifest (if any) after checking that ``mode`` allows writing to ``out``."""
+    if mode not in ("error", "overwrite", "append"):
+        raise CommitError(f"mode must be 'error', 'overwrite' or 'append', got {mode!r}")
+    manifest = load_manifest(fs, out)
+    if manifest is None and fs.exists(out):
+        foreign = [p for p in fs.ls(out, detail=False) if not posixpath.basename(p.rstrip("/")).startswith(("_", "."))]
+        if foreign:
+            raise OutputExistsError(f"output {out} exists and holds files that no run of this engine committed "
+                                    f"(e.g. {foreign[0]}); choose an empty or new output path")
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and verifying
+
+
+@dataclass(frozen=True)
+class VerifySummary:
+    """What :func:`verify` checked: every file of the committed generation."""
+
+    path: str
+    files: int
+    rows: int
+    bytes: int
+    run_id: str
+    generation: int
+
+    def __str__(self) -> str:
+        return (f"{self.path}: intact: {self.files} files, {self.rows} rows, {self.bytes} bytes "
+                f"(run {self.run_id}, generation {self.generation})")
+
+
+def verify_manifest(fs, manifest: Manifest, *, pages: bool = True) -> VerifySummary:
+    problems: list[str] = []
+    for entry in manifest.files:
+        path = manifest.path_of(entry)
+        try:
+            crc, size = file_crc32c(fs, path)
+        except FileNotFoundError:
+            problems.append(f"{path}: missing")
+            continue
+        if size != entry["bytes"]:
+            problems.append(f"{path}: size {size} bytes, manifest says {entry['bytes']}")
+        elif crc != entry["crc32c"]:
+            problems.append(f"{path}: CRC32C {crc:#010x}, manifest says {entry['crc32c']:#010x}")
+        elif pages:
+            try:
+                with fs.open(path, "rb") as f:
+                    t = pq.ParquetFile(f, page_checksum_verification=True).read()
+                if t.num_rows != entry["rows"]:
+                    problems.append(f"{path}: {t.num_rows} rows, manifest says {entry['rows']}")
+            except Exception as exc:  # noqa: BLE001 - any decode failure is corruption here
+                problems.append(f"{path}: unreadable Parquet ({exc})")
+    if problems:
+        raise IntegrityError(f"{manifest.root} is corrupt or incomplete: " + "; ".join(problems), problems)
+    return VerifySummary(manifest.root, len(manifest.files), manifest.rows,
+                         sum(f["bytes"] for f in manifest.files), manifest.doc["run_id"],
+                         int(manifest.doc.get("generation", 1)))
+
+
+def verify(path: str, storage_options: dict | None = None) -> VerifySummary:
+    """Re-check every committed file of ``path`` against the manifest; raise IntegrityError naming bad files.
+
+    >>> engine.verify("out/wc")                      # doctest: +SKIP
+    VerifySummary(path='/…/out/wc', files=2, rows=10, ...)
+    """
+    fs, out = filesystem(path, storage_options)
+    manifest = load_manifest(fs, out)
+    if manifest is None:
+        raise ManifestError(f"{out} has no committed output (no {MANIFEST} manifest): the run never committed "
+                            "or is still running", [f"{posixpath.join(out, MANIFEST)}: missing"])
+    return verify_manifest(fs, manifest)
+
+
+def read(path: str, storage_options: dict | None = None, verify: bool = False,
+         columns: Sequence[str] | None = None) -> pa.Table:
+    """The committed output of ``path`` as one table, rows in partition order.
+
+    Reads only the files the manifest lists (never a listing), so files of running or failed runs
+    are invisible. ``verify=True`` checks every checksum first and refuses corrupt data.
+
+    >>> table = engine.read("out/wc")                # doctest: +SKIP
+    """
+    fs, out = filesystem(path, storage_options)
+    manifest = load_manifest(fs, out)
+    if manifest is None:
+        raise ManifestError(f"{out} has no committed output (no {MANIFEST} manifest)",
+                            [f"{posixpath.join(out, MANIFEST)}: missing"])
+    if verify:
+        verify_manifest(fs, manifest)
+    schema = manifest.schema
+    tables = []
+    for entry in sorted(manifest.files, key=lambda e: (e["partition"], e["path"])):
+        p = manifest.path_of(entry)
+        try:
+            with fs.open(p, "rb") as f:
+                t = pq.read_table(f, columns=list(columns) if columns is not None else None)
+        except FileNotFoundError:
+            raise IntegrityError(f"{p} is listed in the manifest but missing; run engine.verify('{path}')",
+                                 [f"{p}: missing"]) from None
+        tables.append(t)
+    if not tables:
+        if columns is not None:
+            schema = pa.schema([schema.field(c) for c in columns])
+        return schema.empty_table()
+    return pa.concat_tables(tables, promote_options="default")
+
+
+__all__ = ["ParquetAttemptWriter", "ChecksummingFile", "Manifest", "VerifySummary", "commit_job", "check_output",
+           "choose_winners", "discard", "load_manifest", "read", "verify", "verify_manifest", "crc32c",
+           "file_crc32c", "MANIFEST", "TEMPORARY"]
+_ = Any

@@ -1,0 +1,101 @@
+"""The engine's exception tree.
+
+Every error the engine raises on purpose derives from :class:`EngineError`, and most also
+derive from the builtin they refine, so ``except ValueError`` keeps working for callers who
+do not know this module::
+
+    EngineError
+    ├── JobDefinitionError (ValueError)      a job is malformed: caught when it is defined or planned
+    │   └── SchemaError                      a stage's input or output columns do not fit
+    ├── InputError (ValueError)              input paths, formats or files that cannot be read
+    │   └── EmptyInputError                  the input matched no files
+    ├── ClusterError (RuntimeError)          the cluster cannot be started, reached or used
+    │   └── ShuffleLocationError             the shuffle directory is not reachable by every worker
+    ├── StageFailedError (RuntimeError)      a task failed for good: names round, stage and partition
+    ├── CommitError (RuntimeError)           the output could not be committed
+    │   ├── OutputExistsError (FileExistsError-like)  committed output present and mode="error"
+    │   └── ConcurrentRunError               another live run holds the output, or won the commit race
+    └── IntegrityError (ValueError)          committed output does not match its manifest
+        └── ManifestError                    the manifest is missing, unreadable or self-inconsistent
+
+Messages say what happened, where (file, column, partition), and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base class of every error raised by the engine on purpose."""
+
+
+class JobDefinitionError(EngineError, ValueError):
+    """A job is malformed (missing ``by``, unknown aggregation, bad stage order, ...)."""
+
+
+class SchemaError(JobDefinitionError):
+    """A stage's input or output columns or types do not fit what the job asks of them."""
+
+
+class InputError(EngineError, ValueError):
+    """An input path, format or file cannot be resolved or read."""
+
+
+class EmptyInputError(InputError):
+    """The input matched no data files."""
+
+
+class ClusterError(EngineError, RuntimeError):
+    """The cluster cannot be started, reached or used as asked."""
+
+
+class ShuffleLocationError(ClusterError):
+    """The shuffle directory is not reachable by every worker of the cluster."""
+
+
+class StageFailedError(EngineError, RuntimeError):
+    """A task failed after its retries; the message names the round, stage and partition.
+
+    Attributes ``round``, ``stage``, ``partition`` and ``cause`` carry the same facts for code.
+    """
+
+    def __init__(self, message: str, *, round: int | None = None, stage: str | None = None,
+                 partition: int | None = None, cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.round = round
+        self.stage = stage
+        self.partition = partition
+        self.cause = cause
+
+
+class CommitError(EngineError, RuntimeError):
+    """The output could not be committed; nothing of this run is visible to readers."""
+
+
+class OutputExistsError(CommitError, FileExistsError):
+    """The output already holds a committed result and ``mode="error"`` forbids replacing it."""
+
+
+class ConcurrentRunError(CommitError):
+    """Another live run holds the output's lock, or committed first."""
+
+
+class IntegrityError(EngineError, ValueError):
+    """Committed output does not match its manifest (missing file, size or checksum mismatch).
+
+    ``problems`` lists one human-readable line per bad file.
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = list(problems or [])
+
+
+class ManifestError(IntegrityError):
+    """The manifest (``_SUCCESS``) is missing, unreadable or fails its own checksum."""
+
+
+__all__ = [
+    "EngineError", "JobDefinitionError", "SchemaError", "InputError", "EmptyInputError",
+    "ClusterError", "ShuffleLocationError", "StageFailedError", "CommitError",
+    "OutputExistsError", "ConcurrentRunError", "IntegrityError", "ManifestError",
+]

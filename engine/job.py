@@ -1,0 +1,296 @@
+"""The ``Job`` builder: a chain of map, combine, reduce and sort stages.
+
+A job is a sequence of *rounds*; each round is ``map* → (combine) → reduce | sort`` and the last
+round may be map-only. Builders are immutable: every method returns a new ``Job``.
+
+Stage contracts (the engine relies on them; the tests check them):
+
+1. **map** ``fn(pa.Table) -> pa.Table`` is called once per record batch group of an input split,
+   in any order, possibly more than once for the same data (retries, speculation). It must be a
+   pure function of its input.
+2. **combine** ``fn(pa.Table) -> pa.Table`` receives rows of many keys and groups them itself. It
+   must be associative and commutative, and return the same schema it receives, because the engine
+   applies it **zero, one or many times**: per spill of a map task, again when merging the partial
+   results of a hot key that was split across reducers.
+3. **reduce** ``fn(pa.Table) -> pa.Table`` with ``by=`` keys receives *all* rows of a set of keys in
+   one call (a key's rows are never split across calls unless the round has a combine), and groups
+   them itself. ``reduce(by=..., aggs={...})`` derives combine and reduce from declarative
+   aggregations (:mod:`engine.agg`), the fast path.
+4. **sort** ``by=`` range-partitions the round on sampled key boundaries; output partitions are
+   globally ordered.
+
+>>> import pyarrow as pa, pyarrow.compute as pc
+>>> from engine import Job, agg
+>>> wc = (Job("wordcount")
+...       .map(lambda t: pa.table({"word": pc.list_flatten(pc.utf8_split_whitespace(t["text"]))}))
+...       .reduce(by="word", aggs={"count": agg.count()}))
+>>> [r.kind for r in wc.rounds]
+['aggregate']
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from .agg import Aggregation, AggregationSet
+from .errors import JobDefinitionError
+
+TableFn = Callable[[pa.Table], pa.Table]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a job, as the user declared it."""
+
+    kind: str  # "map" | "combine" | "reduce" | "sort"
+    fn: TableFn | None = None
+    by: tuple[str, ...] = ()
+    aggs: Mapping[str, Aggregation] | None = None
+    descending: bool = False
+    columns: tuple[str, ...] | None = None
+
+    def describe(self) -> str:
+        if self.kind == "map":
+            cols = f" columns={list(self.columns)}" if self.columns else ""
+            return f"map {_fn_name(self.fn)}{cols}"
+        if self.kind == "combine":
+            return f"combine {_fn_name(self.fn)}"
+        if self.kind == "sort":
+            return f"sort by={list(self.by)}{' descending' if self.descending else ''}"
+        if self.aggs is not None:
+            inner = ", ".join(f"{k}={v!r}" for k, v in self.aggs.items())
+            return f"reduce by={list(self.by)} aggs={{{inner}}}"
+        return f"reduce {_fn_name(self.fn)} by={list(self.by)}"
+
+
+@dataclass(frozen=True)
+class Round:
+    """``maps → (combine) → reduce | sort | nothing``; built by :attr:`Job.rounds`."""
+
+    index: int
+    maps: tuple[Stage, ...] = ()
+    combine: Stage | None = None
+    reduce: Stage | None = None
+
+    @property
+    def kind(self) -> str:
+        """``"aggregate"``, ``"reduce"``, ``"sort"`` or ``"map"`` (map-only)."""
+        if self.reduce is None:
+            return "map"
+        if self.reduce.kind == "sort":
+            return "sort"
+        return "aggregate" if self.reduce.aggs is not None else "reduce"
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return self.reduce.by if self.reduce is not None else ()
+
+    @property
+    def aggregations(self) -> AggregationSet | None:
+        if self.reduce is None or self.reduce.aggs is None:
+            return None
+        return AggregationSet(list(self.reduce.by), dict(self.reduce.aggs))
+
+    @property
+    def columns(self) -> tuple[str, ...] | None:
+        """Input columns the first map declares it needs (None: all)."""
+        return self.maps[0].columns if self.maps else None
+
+    @property
+    def combinable(self) -> bool:
+        return self.kind == "aggregate" or self.combine is not None
+
+
+def _fn_name(fn: Any) -> str:
+    if fn is None:
+        return "<none>"
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
+    return name
+
+
+def _as_keys(by: str | Sequence[str] | None, what: str) -> tuple[str, ...]:
+    if by is None:
+        raise JobDefinitionError(f"{what} needs by=: the key column(s) that group its rows, e.g. by='word'")
+    keys = (by,) if isinstance(by, str) else tuple(by)
+    if not keys or not all(isinstance(k, str) and k for k in keys):
+        raise JobDefinitionError(f"{what} by= must name one or more columns, got {by!r}")
+    if len(set(keys)) != len(keys):
+        raise JobDefinitionError(f"{what} by= names a column twice: {list(keys)}")
+    return keys
+
+
+def _check_fn(fn: Any, what: str) -> None:
+    if not callable(fn):
+        raise JobDefinitionError(f"{what} takes a function pa.Table -> pa.Table, got {type(fn).__name__}")
+
+
+@dataclass(frozen=True)
+class Job:
+    """A MapReduce job: a name and a chain of stages. Immutable; builder methods return new jobs.
+
+    >>> from engine import Job, agg
+    >>> job = Job("per-key").reduce(by="k", aggs={"n": agg.count(), "total": agg.sum("v")})
+    >>> print(job.explain())                                 # doctest: +ELLIPSIS
+    Job 'per-key': 1 round
+    ...
+    """
+
+    name: str
+    stages: tuple[Stage, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise JobDefinitionError("a job needs a non-empty name, e.g. Job('wordcount')")
+
+    # -- builders ---------------------------------------------------------------------------
+    def _add(self, stage: Stage) -> Job:
+        job = Job(self.name, self.stages + (stage,))
+        job.rounds  # validates the stage order now, not at run time
+        return job
+
+    def map(self, fn: TableFn, *, columns: Sequence[str] | None = None) -> Job:
+        """Add a map stage: ``fn(pa.Table) -> pa.Table`` per chunk of input.
+
+        ``columns`` (first map of a round only) names the input columns it needs, so only those
+        are read.
+        """
+        _check_fn(fn, "map")
+        return self._add(Stage("map", fn, columns=tuple(columns) if columns is not None else None))
+
+    def combine(self, fn: TableFn) -> Job:
+        """Add a map-side combine for the next ``reduce``: associative, commutative, schema-preserving."""
+        _check_fn(fn, "combine")
+        return self._add(Stage("combine", fn))
+
+    def reduce(self, fn: TableFn | None = None, *, by: str | Sequence[str] | None = None,
+               aggs: Mapping[str, Aggregation] | None = None) -> Job:
+        """Add a reduce stage grouped ``by`` key columns: a function, or declarative ``aggs``."""
+        keys = _as_keys(by, "reduce")
+        if fn is None and aggs is None:
+            raise JobDefinitionError("reduce needs a function or aggs={...}, e.g. "
+                                     "reduce(by='word', aggs={'count': agg.count()})")
+        if fn is not None and aggs is not None:
+            raise JobDefinitionError("reduce takes a function or aggs={...}, not both")
+        if fn is not None:
+            _check_fn(fn, "reduce")
+            return self._add(Stage("reduce", fn, by=keys))
+        if not isinstance(aggs, Mapping) or not aggs:
+            raise JobDefinitionError(f"aggs must be a non-empty dict of output name -> engine.agg.*(), got {aggs!r}")
+        for out, a in aggs.items():
+            if not isinstance(a, Aggregation):
+                raise JobDefinitionError(
+                    f"unknown aggregation for output {out!r}: {a!r}; use one of engine.agg.count(), sum(col), "
+                    "min, max, mean, var, std, median, quantile, count_distinct, approx_distinct, top_k, first, last")
+        AggregationSet(list(keys), dict(aggs))  # name clashes etc.
+        return self._add(Stage("reduce", None, by=keys, aggs=dict(aggs)))
+
+    def sort(self, by: str | Sequence[str], *, descending: bool = False) -> Job:
+        """Add a globally ordered sort on ``by`` (range-partitioned from sampled key boundaries)."""
+        return self._add(Stage("sort", None, by=_as_keys(by, "sort"), descending=bool(descending)))
+
+    # -- structure --------------------------------------------------------------------------
+    @property
+    def rounds(self) -> list[Round]:
+        """The job's rounds; raises JobDefinitionError when the stage order is impossible."""
+        rounds: list[Round] = []
+        maps: list[Stage] = []
+        combine: Stage | None = None
+        for stage in self.stages:
+            if stage.kind == "map":
+                if combine is not None:
+                    raise JobDefinitionError(f"job {self.name!r}: a combine must be followed by a reduce, "
+                                             "found a map after it")
+                if stage.columns is not None and maps:
+                    raise JobDefinitionError(f"job {self.name!r}: columns= is only meaningful on the first map of a round")
+                maps.append(stage)
+            elif stage.kind == "combine":
+                if combine is not None:
+                    raise JobDefinitionError(f"job {self.name!r}: two combines in one round; merge them into one function")
+                combine = stage
+            else:
+                if combine is not None and stage.kind == "sort":
+                    raise JobDefinitionError(f"job {self.name!r}: a combine cannot precede a sort; "
+                                             "combine belongs to a reduce")
+                if combine is not None and stage.aggs is not None:
+                    raise JobDefinitionError(f"job {self.name!r}: reduce with aggs derives its own combine; "
+                                             "drop the explicit combine")
+                rounds.append(Round(len(rounds), tuple(maps), combine, stage))
+                maps, combine = [], None
+        if combine is not None:
+            raise JobDefinitionError(f"job {self.name!r}: the combine at the end has no reduce to feed")
+        if maps or not rounds:
+            rounds.append(Round(len(rounds), tuple(maps), None, None))
+        return rounds
+
+    def fingerprint(self) -> str:
+        """A stable digest of the job's name, stages and code: equal for the same job in any process."""
+        h = hashlib.sha256(f"job:{self.name}".encode())
+        for stage in self.stages:
+            h.update(f"|{stage.kind}|{stage.by}|{stage.descending}|{stage.columns}|".encode())
+            if stage.fn is not None:
+                h.update(function_token(stage.fn).encode())
+            if stage.aggs is not None:
+                for out, a in stage.aggs.items():
+                    h.update(f"{out}={a.token()};".encode())
+        return h.hexdigest()[:16]
+
+    # -- running ----------------------------------------------------------------------------
+    def run(self, input: Any, output: str, **options: Any):
+        """Run the job; same parameters as :func:`engine.run`. Returns a :class:`RunResult`."""
+        from .runner import run
+        return run(self, input, output, **options)
+
+    def explain(self, input: Any = None, **options: Any) -> str:
+        """The plan as text: rounds, stages, and with ``input`` the splits and graph size."""
+        from .plan import explain
+        return explain(self, input, **options)
+
+    def __repr__(self) -> str:
+        return f"Job({self.name!r}, stages=[{', '.join(s.describe() for s in self.stages)}])"
+
+
+def function_token(fn: Any) -> str:
+    """A process-independent digest of a function: its qualified name, code and closure values.
+
+    Source text is used when available (stable across Python processes); otherwise the code
+    object's bytecode and constants. Closure cells and defaults are included by ``repr``.
+    """
+    h = hashlib.sha256()
+    h.update(f"{getattr(fn, '__module__', '')}.{_fn_name(fn)}".encode())
+    target = fn
+    if not inspect.isfunction(target) and hasattr(target, "__call__") and not inspect.isbuiltin(target):
+        # a callable object: its class's source and its state
+        h.update(repr(sorted(vars(target).items()) if hasattr(target, "__dict__") else repr(target)).encode())
+        target = type(target).__call__
+    try:
+        h.update(inspect.getsource(target).encode())
+    except (OSError, TypeError):
+        code = getattr(target, "__code__", None)
+        if code is not None:
+            h.update(code.co_code)
+            h.update(repr(code.co_consts).encode())
+            h.update(repr(code.co_names).encode())
+    for cell in getattr(target, "__closure__", None) or ():
+        try:
+            h.update(_stable_repr(cell.cell_contents).encode())
+        except ValueError:  # empty cell
+            pass
+    if getattr(target, "__defaults__", None):
+        h.update(_stable_repr(target.__defaults__).encode())
+    return h.hexdigest()[:16]
+
+
+def _stable_repr(value: Any) -> str:
+    if inspect.isfunction(value):
+        return function_token(value)
+    text = repr(value)
+    return "<object>" if " at 0x" in text else text
+
+
+__all__ = ["Job", "Stage", "Round", "function_token"]

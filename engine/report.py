@@ -1,0 +1,165 @@
+"""RunReport: what a run did — stages, tasks, attempts, timings, rows, bytes, decisions.
+
+>>> result = job.run("data/text", "out/wc")          # doctest: +SKIP
+>>> print(result.report.summary())                    # doctest: +SKIP
+>>> result.report.to_html("report.html")             # doctest: +SKIP   (bokeh timeline)
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class TaskReport:
+    stage: str
+    partition: int
+    attempt: int
+    worker: str
+    start: float
+    stop: float
+    rows_in: int = 0
+    rows_out: int = 0
+    bytes_out: int = 0
+    status: str = "ok"          # ok | failed | cancelled | lost (a later attempt won)
+    speculative: bool = False
+    error: str | None = None
+
+    @property
+    def duration(self) -> float:
+        return self.stop - self.start
+
+
+@dataclass
+class StageReport:
+    name: str
+    round: int
+    kind: str                   # map | reduce
+    tasks: int
+    start: float
+    stop: float = 0.0
+    rows_in: int = 0
+    rows_out: int = 0
+    bytes_out: int = 0
+    attempts: int = 0
+    retries: int = 0
+    speculative: int = 0
+
+    @property
+    def duration(self) -> float:
+        return max(0.0, self.stop - self.start)
+
+
+@dataclass
+class RunReport:
+    """Everything a run did, for people (``summary()``, HTML) and programs (``to_dict()``)."""
+
+    job: str
+    run_id: str
+    fingerprint: str
+    status: str = "running"     # running | committed | skipped | failed
+    start: float = 0.0
+    stop: float = 0.0
+    input_files: int = 0
+    input_bytes: int = 0
+    output: str = ""
+    output_rows: int = 0
+    output_bytes: int = 0
+    output_files: int = 0
+    stages: list[StageReport] = field(default_factory=list)
+    tasks: list[TaskReport] = field(default_factory=list)
+    skew: list[dict] = field(default_factory=list)
+    speculation: list[dict] = field(default_factory=list)
+    retries: list[dict] = field(default_factory=list)
+    message: str = ""
+    cluster: dict = field(default_factory=dict)
+    peak_memory: int | None = None
+
+    @property
+    def duration(self) -> float:
+        return max(0.0, self.stop - self.start)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["duration"] = self.duration
+        return d
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), default=str, **kwargs)
+
+    def summary(self) -> str:
+        lines = [f"job {self.job!r} run {self.run_id[:12]}: {self.status} in {self.duration:.2f}s"]
+        if self.message:
+            lines.append(f"  {self.message}")
+        if self.status in ("committed",):
+            lines.append(f"  input: {self.input_files} files, {self.input_bytes:,} bytes; output: "
+                         f"{self.output_files} files, {self.output_rows:,} rows, {self.output_bytes:,} bytes")
+        for s in self.stages:
+            extra = []
+            if s.retries:
+                extra.append(f"{s.retries} retried")
+            if s.speculative:
+                extra.append(f"{s.speculative} speculative")
+            lines.append(f"  {s.name:<24} {s.tasks:>4} tasks {s.duration:7.2f}s  rows {s.rows_in:,} -> "
+                         f"{s.rows_out:,}  {s.bytes_out:,} B" + (f"  ({', '.join(extra)})" if extra else ""))
+        for d in self.skew:
+            lines.append(f"  skew: {d.get('reason', d)}")
+        for d in self.speculation:
+            lines.append(f"  speculation: {d.get('reason', d)}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td>{html.escape(s.name)}</td><td>{s.tasks}</td><td>{s.duration:.2f}s</td>"
+            f"<td>{s.rows_in:,}</td><td>{s.rows_out:,}</td><td>{s.bytes_out:,}</td><td>{s.retries}</td>"
+            f"<td>{s.speculative}</td></tr>" for s in self.stages)
+        notes = "".join(f"<li>{html.escape(str(d.get('reason', d)))}</li>" for d in self.skew + self.speculation)
+        return (f"<div><b>{html.escape(self.job)}</b> run <code>{self.run_id[:12]}</code>: {self.status} in "
+                f"{self.duration:.2f}s, {self.output_rows:,} rows in {self.output_files} files<br>"
+                f"<table><tr><th>stage</th><th>tasks</th><th>time</th><th>rows in</th><th>rows out</th>"
+                f"<th>bytes out</th><th>retries</th><th>speculative</th></tr>{rows}</table>"
+                + (f"<ul>{notes}</ul>" if notes else "") + "</div>")
+
+    def to_html(self, path: str | None = None) -> str:
+        """A self-contained bokeh page: task timeline per worker, and the summary. Written to ``path`` if given."""
+        from bokeh.embed import file_html
+        from bokeh.layouts import column
+        from bokeh.models import ColumnDataSource, Div, HoverTool
+        from bokeh.plotting import figure
+        from bokeh.resources import INLINE
+
+        t0 = min((t.start for t in self.tasks), default=self.start)
+        workers = sorted({t.worker for t in self.tasks}) or ["-"]
+        palette = {"ok": "#4c78a8", "failed": "#e45756", "cancelled": "#bab0ac", "lost": "#f58518"}
+        src = ColumnDataSource({
+            "worker": [t.worker for t in self.tasks],
+            "left": [t.start - t0 for t in self.tasks],
+            "right": [t.stop - t0 for t in self.tasks],
+            "stage": [t.stage for t in self.tasks],
+            "partition": [t.partition for t in self.tasks],
+            "attempt": [t.attempt for t in self.tasks],
+            "status": [t.status + (" (speculative)" if t.speculative else "") for t in self.tasks],
+            "rows": [t.rows_out for t in self.tasks],
+            "color": [palette.get(t.status, "#72b7b2") if not t.speculative else "#54a24b" for t in self.tasks],
+        })
+        fig = figure(y_range=workers, height=120 + 40 * len(workers), width=900, title="Tasks per worker",
+                     x_axis_label="seconds since first task", tools="xpan,xwheel_zoom,reset,save")
+        fig.hbar(y="worker", left="left", right="right", height=0.7, color="color", source=src,
+                 line_color="white")
+        fig.add_tools(HoverTool(tooltips=[("stage", "@stage"), ("partition", "@partition"),
+                                          ("attempt", "@attempt"), ("status", "@status"), ("rows", "@rows")]))
+        page = file_html(column(Div(text=f"<pre>{html.escape(self.summary())}</pre>"), fig), INLINE,
+                         title=f"{self.job} run {self.run_id[:12]}")
+        if path is not None:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(page)
+        return page
+
+
+__all__ = ["RunReport", "StageReport", "TaskReport"]

@@ -1,0 +1,532 @@
+"""One run: snapshot → plan → execute stage by stage on distributed → commit → report.
+
+The driver runs each stage as a graph of attempt-keyed tasks, waits for it, and only then decides
+the next stage from what the finished tasks reported (number of reducers, coalescing, range
+boundaries). Failed tasks are retried by the driver with capped exponential backoff and full
+jitter, each retry under a new key; deterministic errors (bad schema, unreadable input) fail the
+run at once with a message naming the round, stage and partition.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import posixpath
+import random
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pyarrow as pa
+
+from . import commit, config, serialize, shuffle, skew
+from .cluster import ClusterInfo, get_client
+from .compile import TaskSpec, stage_prefix
+from .datasets import InputSpec, Split, filesystem, is_local, resolve_input, sample_table
+from .errors import (ClusterError, CommitError, ConcurrentRunError, EngineError, InputError, JobDefinitionError,
+                     OutputExistsError, SchemaError, ShuffleLocationError, StageFailedError)
+from .job import Job
+from .plan import Plan, build_plan, validate_on_sample
+from .report import RunReport, StageReport, TaskReport
+from .tasks import TaskCancelled, TaskContext, run_map, run_reduce
+
+log = logging.getLogger("engine")
+
+ENGINE_VERSION = "0.1.0"
+ProgressFn = Callable[[str, int, int], None]
+
+
+@dataclass
+class RunResult:
+    """What :func:`run` returns: where the output is, whether this run wrote it, and its report."""
+
+    output: str
+    run_id: str
+    report: RunReport
+    skipped: bool = False
+    manifest: commit.Manifest | None = None
+    storage_options: dict | None = field(default=None, repr=False)
+
+    @property
+    def rows(self) -> int:
+        return self.manifest.rows if self.manifest is not None else 0
+
+    @property
+    def files(self) -> list[str]:
+        return [self.manifest.path_of(f) for f in self.manifest.files] if self.manifest is not None else []
+
+    def read(self, **kwargs: Any) -> pa.Table:
+        """The committed output as a table (``engine.read`` of this output)."""
+        return commit.read(self.output, self.storage_options, **kwargs)
+
+    def _repr_html_(self) -> str:
+        return self.report._repr_html_()
+
+    def __str__(self) -> str:
+        return self.report.summary()
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage execution with retries
+
+
+_PERMANENT = (SchemaError, InputError, JobDefinitionError)
+
+
+class StageExecutor:
+    """Runs one stage's tasks to completion: submit, watch, retry with backoff, collect results.
+
+    ``hooks`` may watch the running attempts and launch extra ones (speculation); the first
+    successful attempt of a partition is its result, later ones are recorded as losers.
+    """
+
+    def __init__(self, client, report: RunReport, *, progress: ProgressFn | None = None,
+                 supervisor: Any = None) -> None:
+        self.client = client
+        self.report = report
+        self.progress = progress
+        self.supervisor = supervisor
+        self.max_attempts = int(config.get("retries.attempts"))
+        self.backoff_base = float(config.get("retries.backoff-base"))
+        self.backoff_max = float(config.get("retries.backoff-max"))
+
+    def run(self, name: str, prefix: str, tasks: list[TaskSpec], *, round_index: int, round_count: int,
+            kind: str, describe: Callable[[int], str]) -> dict[int, dict]:
+        from distributed import wait
+        from distributed.client import FIRST_COMPLETED
+
+        stage = StageReport(name, round_index, kind, len(tasks), time.time())
+        self.report.stages.append(stage)
+        by_partition = {t.partition: t for t in tasks}
+        results: dict[int, dict] = {}
+        running: dict[Any, tuple[int, int, float, bool]] = {}  # future -> (partition, attempt, submitted, speculative)
+        attempts: dict[int, int] = {p: 0 for p in by_partition}
+        failures: dict[int, int] = {p: 0 for p in by_partition}
+        delayed: list[tuple[float, int]] = []
+        losers: list[dict] = []
+
+        def submit(partition: int, speculative: bool = False) -> None:
+            attempt = attempts[partition]
+            attempts[partition] += 1
+            dsk = by_partition[partition].graph(prefix, attempt, {})
+            (future,) = self.client.get(dsk, list(dsk), sync=False)
+            running[future] = (partition, attempt, time.time(), speculative)
+            stage.attempts += 1
+            if speculative:
+                stage.speculative += 1
+
+        for p in by_partition:
+            submit(p)
+        if self.supervisor is not None:
+            self.supervisor.stage_started(self, name, prefix, len(tasks))
+        try:
+            while len(results) < len(tasks):
+                now = time.time()
+                for due, p in [d for d in delayed if d[0] <= now]:
+                    delayed.remove((due, p))
+                    if p not in results:
+                        submit(p)
+                if not running:
+                    if delayed:
+                        time.sleep(max(0.0, min(d[0] for d in delayed) - time.time()))
+                        continue
+                    break
+                try:
+                    done, _ = wait(list(running), timeout=0.1, return_when=FIRST_COMPLETED)
+                except TimeoutError:
+                    done = set()
+                except Exception:  # noqa: BLE001 - distributed raises its own timeout type on some versions
+                    done = {f for f in running if f.done()}
+                for future in done:
+                    partition, attempt, submitted, speculative = running.pop(future)
+                    if future.status == "finished":
+                        value = future.result()
+                        future.release()
+                        self._record(stage, value, speculative)
+                        if partition in results:
+                            losers.append(value)
+                            self.report.tasks[-1].status = "lost"
+                            continue
+                        results[partition] = value
+                        stage.rows_in += int(value.get("rows_in") or 0)
+                        stage.rows_out += int(value.get("rows_out") or 0)
+                        stage.bytes_out += int(value.get("bytes_out") or 0)
+                        self._cancel_siblings(running, partition)
+                        if self.progress is not None:
+                            self.progress(name, len(results), len(tasks))
+                        continue
+                    if future.status == "cancelled" or partition in results:
+                        future.release()
+                        continue
+                    exc = future.exception()
+                    tb = future.traceback()
+                    future.release()
+                    if isinstance(exc, TaskCancelled):
+                        continue
+                    if any(f_p == partition for f_p, *_ in running.values()):
+                        continue  # another attempt of this partition is still running
+                    failures[partition] += 1
+                    self.report.tasks.append(TaskReport(name, partition, attempt, "?", submitted, time.time(),
+                                                        status="failed", speculative=speculative,
+                                                        error=f"{type(exc).__name__}: {exc}"))
+                    where = (f"round {round_index + 1} of {round_count}, {kind} stage, partition {partition}"
+                             f" ({describe(partition)})")
+                    if isinstance(exc, _PERMANENT) or failures[partition] >= self.max_attempts:
+                        tries = failures[partition]
+                        msg = (f"{where} failed" + (f" after {tries} attempts" if tries > 1 else "")
+                               + f": {type(exc).__name__}: {exc}")
+                        err = StageFailedError(msg, round=round_index, stage=kind, partition=partition, cause=exc)
+                        raise err from exc
+                    delay = min(self.backoff_max, self.backoff_base * 2 ** (failures[partition] - 1))
+                    delay = random.uniform(0, delay)
+                    self.report.retries.append({"stage": name, "partition": partition, "attempt": attempt,
+                                                "error": f"{type(exc).__name__}: {exc}", "backoff": round(delay, 3)})
+                    stage.retries += 1
+                    log.warning("%s failed (%s: %s); retrying in %.2fs", where, type(exc).__name__, exc, delay)
+                    del tb
+                    delayed.append((time.time() + delay, partition))
+                if self.supervisor is not None and running:
+                    self.supervisor.check(self, running, results, submit)
+        finally:
+            for future in list(running):
+                future.cancel()
+                future.release()
+            if self.supervisor is not None:
+                self.supervisor.stage_finished(self, name)
+        stage.stop = time.time()
+        self.losers = losers
+        return results
+
+    def _record(self, stage: StageReport, value: dict, speculative: bool) -> None:
+        self.report.tasks.append(TaskReport(
+            stage.name, value.get("partition", -1), value.get("attempt", 0), value.get("worker", "?"),
+            value.get("start", 0.0), value.get("stop", 0.0), int(value.get("rows_in") or 0),
+            int(value.get("rows_out") or 0), int(value.get("bytes_out") or 0), speculative=speculative))
+
+    @staticmethod
+    def _cancel_siblings(running: dict, partition: int) -> None:
+        for future, (p, *_rest) in list(running.items()):
+            if p == partition:
+                future.cancel()
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def _snapshot_digest(spec: InputSpec) -> str:
+    h = hashlib.sha256()
+    for f in spec.snapshot:
+        h.update(json.dumps(f, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _output_lock(fs, out: str):
+    """Hold an exclusive lock on ``out`` for the run. Local: an OS lock that dies with the process."""
+    if not is_local(fs):
+        yield
+        return
+    import fcntl
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "_lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConcurrentRunError(f"another run is writing {out} right now (it holds {path}); wait for it to "
+                                     "finish, or write to another output") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+def _payload(plan: Plan) -> bytes:
+    rounds = []
+    for r in plan.rounds:
+        rounds.append({
+            "maps": [m.fn for m in r.maps],
+            "combine": r.combine.fn if r.combine is not None else None,
+            "reduce": r.reduce.fn if (r.reduce is not None and r.reduce.aggs is None) else None,
+            "aggs": r.aggregations,
+        })
+    return serialize.dumps(rounds)
+
+
+def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options: dict | None = None,
+        mode: str = "error", speculation: bool = True, skew: bool = True, shuffle_dir: str | None = None,
+        partition_size: int | str | None = None, force: bool = False, report: str | None = None, *,
+        format: str | None = None, resume: bool = False, progress: ProgressFn | None = None,
+        faults: Any = None) -> RunResult:
+    """Run ``job`` over ``input`` and commit its output to ``output`` atomically.
+
+    >>> import engine
+    >>> result = engine.run(wc, "data/text/", "out/wc")          # doctest: +SKIP
+    >>> result.report.summary()                                    # doctest: +SKIP
+
+    ``cluster``: None (embedded LocalCluster), a scheduler address, or a ``distributed.Client``.
+    ``mode``: "error" refuses committed output, "overwrite" replaces it (the old output stays readable
+    until the new one commits), "append" adds the new files to it. A rerun of the same job on the same
+    input snapshot over its own committed output is a no-op unless ``force=True``.
+    """
+    started = time.time()
+    if mode not in ("error", "overwrite", "append"):
+        raise CommitError(f"mode must be 'error', 'overwrite' or 'append', got {mode!r}")
+    if not isinstance(job, Job):
+        raise JobDefinitionError(f"run() expects an engine.Job, got {type(job).__name__}")
+    out_fs, out = filesystem(output, storage_options)
+    spec = resolve_input(input, storage_options, format=format)
+    plan = build_plan(job, spec, partition_size)
+    fingerprint = plan.fingerprint
+    snapshot = _snapshot_digest(spec)
+    run_id = hashlib.sha256(f"{fingerprint}:{snapshot}".encode()).hexdigest()[:16]
+    if force or not resume:
+        run_id = f"{run_id[:8]}{uuid.uuid4().hex[:8]}"
+    rep = RunReport(job.name, run_id, fingerprint, start=started, input_files=len(spec.snapshot),
+                    input_bytes=spec.total_bytes, output=output)
+
+    previous = commit.check_output(out_fs, out, mode)
+    if previous is not None and not force and previous.doc.get("fingerprint") == fingerprint \
+            and previous.doc.get("input", {}).get("digest") == snapshot:
+        rep.status, rep.stop = "skipped", time.time()
+        rep.message = (f"{output} already holds this job's output for this input snapshot (run "
+                       f"{previous.doc['run_id']}); nothing to do. Pass force=True to recompute.")
+        log.info(rep.message)
+        return RunResult(output, previous.doc["run_id"], rep, True, previous, storage_options)
+    if previous is not None and mode == "error":
+        raise OutputExistsError(f"{output} already holds committed output (job {previous.doc.get('job')!r}, run "
+                                f"{previous.doc.get('run_id')}); pass mode='overwrite' to replace it or "
+                                "mode='append' to add to it")
+
+    validate_on_sample(plan, sample_table(spec.fs, spec))
+
+    protocols = {spec.protocol, _protocol(out_fs)}
+    in_process = "memory" in protocols
+    client, info = get_client(cluster, in_process=in_process)
+    if in_process and not info.in_process:
+        raise ClusterError("memory:// data lives in one process, but the cluster's workers are other processes; "
+                           "use a local path or an object store, or run with cluster=None")
+    rep.cluster = {"workers": info.workers, "threads": info.threads, "embedded": info.embedded,
+                   "dashboard": info.dashboard}
+    _check_reachability(info, spec, out_fs, shuffle_dir)
+
+    with _output_lock(out_fs, out):
+        previous = commit.check_output(out_fs, out, mode)
+        if previous is not None and mode == "error":
+            raise OutputExistsError(f"{output} was committed by another run meanwhile (run "
+                                    f"{previous.doc.get('run_id')})")
+        shuffle_fs, shuffle_root, cleanup = _shuffle_location(shuffle_dir, storage_options, run_id)
+        blob = _payload(plan)
+        blob_future = client.scatter(blob, broadcast=True, hash=False)
+        supervisor = None
+        if speculation and config.get("speculation.enabled"):
+            try:
+                from .speculation import Supervisor
+                supervisor = Supervisor.from_config(client, rep)
+            except ImportError:
+                supervisor = None
+        executor = StageExecutor(client, rep, progress=progress, supervisor=supervisor)
+        try:
+            manifest = _execute(plan, spec, client, info, executor, rep, run_id=run_id, out_fs=out_fs, out=out,
+                                blob_future=blob_future, shuffle_fs=shuffle_fs, shuffle_root=shuffle_root,
+                                skew_enabled=skew, mode=mode, previous=previous, snapshot=snapshot,
+                                faults=faults)
+        except BaseException as exc:
+            rep.status, rep.stop = "failed", time.time()
+            rep.message = f"{type(exc).__name__}: {exc}"
+            with contextlib.suppress(Exception):
+                out_fs.rm(commit.temporary_dir(out, run_id), recursive=True)
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                blob_future.release()
+            cleanup()
+    rep.status, rep.stop = "committed", time.time()
+    rep.output_rows = manifest.rows
+    rep.output_files = len(manifest.files)
+    rep.output_bytes = sum(f["bytes"] for f in manifest.files)
+    rep.message = f"committed {rep.output_rows:,} rows in {rep.output_files} file(s) to {output}"
+    log.info("%s in %.2fs (run %s)", rep.message, rep.duration, run_id)
+    if report:
+        rep.to_html(report)
+    _record_history(rep)
+    return RunResult(output, run_id, rep, False, manifest, storage_options)
+
+
+def _record_history(rep: RunReport) -> None:
+    try:
+        from . import history
+    except ImportError:
+        return
+    with contextlib.suppress(Exception):
+        history.record(rep)
+
+
+def _protocol(fs) -> str:
+    p = fs.protocol
+    return p[0] if isinstance(p, (tuple, list)) else p
+
+
+def _check_reachability(info: ClusterInfo, spec: InputSpec, out_fs, shuffle_dir: str | None) -> None:
+    if info.same_host:
+        return
+    if shuffle_dir is None:
+        raise ShuffleLocationError("the cluster has workers on other machines, and the default shuffle directory is "
+                                   "a local temporary directory they cannot reach; pass shuffle_dir= a storage "
+                                   "URL every worker can reach (e.g. s3://bucket/shuffle)")
+    if is_local(spec.fs):
+        raise ClusterError("the input is on this machine's disk, which workers on other machines cannot read; "
+                           "put it on shared storage (e.g. s3://)")
+    if is_local(out_fs):
+        raise ClusterError("the output is on this machine's disk, which workers on other machines cannot write; "
+                           "write to shared storage (e.g. s3://)")
+
+
+def _shuffle_location(shuffle_dir: str | None, storage_options: dict | None, run_id: str):
+    if shuffle_dir is None:
+        shuffle_dir = config.get("shuffle.dir")
+    if shuffle_dir is None:
+        root = tempfile.mkdtemp(prefix=f"engine-shuffle-{run_id[:8]}-")
+        fs, _ = filesystem(root)
+        return fs, root, lambda: shutil.rmtree(root, ignore_errors=True)
+    fs, base = filesystem(shuffle_dir, storage_options)
+    root = posixpath.join(base, run_id)
+    if is_local(fs):
+        os.makedirs(root, exist_ok=True)
+
+    def cleanup() -> None:
+        with contextlib.suppress(Exception):
+            fs.rm(root, recursive=True)
+    return fs, root, cleanup
+
+
+def _execute(plan: Plan, spec: InputSpec, client, info: ClusterInfo, executor: StageExecutor, rep: RunReport, *,
+             run_id: str, out_fs, out: str, blob_future, shuffle_fs, shuffle_root: str, skew_enabled: bool,
+             mode: str, previous: commit.Manifest | None, snapshot: str, faults: Any) -> commit.Manifest:
+    rounds = plan.rounds
+    splits: list[Split] = list(spec.splits)
+    input_fs = spec.fs
+    est_bytes = spec.total_bytes
+    final: dict[int, dict] = {}
+    schema: pa.Schema | None = None
+    for r in rounds:
+        base_ctx = TaskContext(
+            run_id=run_id, job=plan.job.name, round=r.index, rounds=len(rounds), kind=r.kind, keys=r.keys,
+            descending=bool(r.reduce.descending) if r.reduce is not None else False, shuffle_fs=shuffle_fs,
+            shuffle_root=shuffle_root, out_fs=out_fs, out_root=out,
+            num_partitions=plan.initial_partitions(est_bytes) if r.kind in ("aggregate", "reduce") else 1,
+            spill_bytes=config.parse_size(config.get("shuffle.spill-size"), name="shuffle.spill-size"),
+            batch_rows=int(config.get("batch-rows")), sort_batch_rows=int(config.get("shuffle.sort-batch-rows")),
+            sample_size=int(config.get("shuffle.sample-size")),
+            top_keys=int(config.get("skew.top-keys")) if skew_enabled else 0,
+            columns=r.columns, partition_types=spec.partition_types if r.index == 0 else {},
+            page_checksums=bool(config.get("checksums.page-checksums")), faults=faults)
+        # ---- map stage
+        prefix = stage_prefix(plan.job.name, r.index, "map", plan.fingerprint, run_id)
+        tasks = [TaskSpec(i, run_map, (base_ctx, blob_future, input_fs, s)) for i, s in enumerate(splits)]
+        split_by_index = {i: s for i, s in enumerate(splits)}
+        log.info("round %d/%d: map stage, %d task(s)", r.index + 1, len(rounds), len(tasks))
+        results = executor.run(f"r{r.index}-map", prefix, tasks, round_index=r.index, round_count=len(rounds),
+                               kind="map", describe=lambda p: f"input {split_by_index[p].describe()}")
+        if r.kind == "map":
+            final, schema = results, _final_schema(results)
+            break
+        outputs = [results[p]["shuffle"] for p in sorted(results)]
+        map_schema = next((results[p]["schema"] for p in sorted(results) if results[p].get("schema") is not None), None)
+        reduce_tasks, describe = _reduce_tasks(plan, r, base_ctx, outputs, map_schema, blob_future, info, rep)
+        prefix = stage_prefix(plan.job.name, r.index, "reduce", plan.fingerprint, run_id)
+        log.info("round %d/%d: reduce stage, %d task(s)", r.index + 1, len(rounds), len(reduce_tasks))
+        results = executor.run(f"r{r.index}-reduce", prefix, reduce_tasks, round_index=r.index,
+                               round_count=len(rounds), kind="reduce", describe=describe)
+        _cleanup_files(shuffle_fs, [o.path for o in outputs])
+        if r.index == len(rounds) - 1:
+            final, schema = results, _final_schema(results)
+            break
+        splits = [results[p]["next_input"] for p in sorted(results)]
+        splits = [replace(s, index=i) for i, s in enumerate(splits)]
+        input_fs = shuffle_fs
+        est_bytes = sum(int(results[p]["bytes_out"] or 0) for p in results)
+    messages = [v["commit"] for v in final.values() if v["commit"]["files"]]
+    winners, losers = commit.choose_winners(messages)
+    commit.discard(out_fs, losers + [v["commit"] for v in getattr(executor, "losers", []) if "commit" in v])
+    if schema is None:
+        schema = pa.schema([])
+    meta = {"job": plan.job.name, "fingerprint": plan.fingerprint, "engine_version": ENGINE_VERSION,
+            "input": {"digest": snapshot, "files": len(spec.snapshot), "bytes": spec.total_bytes,
+                      "snapshot": list(spec.snapshot)[:1000]},
+            "timings": {"started": rep.start, "seconds": round(time.time() - rep.start, 3)}}
+    return commit.commit_job(out_fs, out, run_id=run_id, winners=winners, schema=schema, mode=mode,
+                             previous=previous, meta=meta)
+
+
+def _final_schema(results: dict[int, dict]) -> pa.Schema | None:
+    schema, where = None, None
+    for p in sorted(results):
+        s = results[p].get("schema")
+        if s is None or not results[p].get("rows_out"):
+            continue
+        if schema is None:
+            schema, where = s, p
+        elif not s.equals(schema):
+            raise SchemaError(f"output partitions disagree on the schema: partition {where} has {schema}, partition "
+                              f"{p} has {s}; make the last stage return the same columns and types for every key")
+    if schema is None:
+        schema = next((results[p]["schema"] for p in sorted(results) if results[p].get("schema") is not None), None)
+    return schema
+
+
+def _reduce_tasks(plan: Plan, r, ctx: TaskContext, outputs: list[shuffle.MapOutput], map_schema,
+                  blob_future, info: ClusterInfo, rep: RunReport):
+    total = sum(o.total_bytes for o in outputs)
+    min_tasks = info.threads if total >= (8 << 20) else 1
+    if r.kind == "sort":
+        n = skew.range_partition_count(total, plan.partition_size, min_tasks=min_tasks)
+        samples = [(o.sample, o.rows_out / o.sample.num_rows) for o in outputs if o.sample is not None]
+        bounds = shuffle.choose_boundaries(samples, r.keys, ctx.descending, n)
+        edges = [None, *bounds, None]
+        tasks = []
+        for i in range(len(edges) - 1):
+            lo, hi = edges[i], edges[i + 1]
+            refs = shuffle.range_slices(outputs, lo, hi, ctx.descending)
+            tasks.append(TaskSpec(i, run_reduce, (ctx, blob_future, refs, (lo, hi), map_schema)))
+        rep.skew.append({"action": "range", "round": r.index, "partitions": len(tasks), "total_bytes": total,
+                         "reason": f"round {r.index + 1}: {len(tasks)} range partitions from "
+                                   f"{sum(s[0].num_rows for s in samples)} sampled keys over {total:,} bytes"})
+        return tasks, (lambda p: f"key range {edges[p]!r}..{edges[p + 1]!r}")
+    nparts = outputs[0].num_partitions if outputs else 1
+    rows = [sum(o.rows[p] for o in outputs) for p in range(nparts)]
+    sizes = [sum(o.nbytes[p] for o in outputs) for p in range(nparts)]
+    rplan = skew.coalesce(rows, sizes, plan.partition_size, min_tasks=min_tasks)
+    for d in rplan.decisions:
+        rep.skew.append({**d, "round": r.index})
+    tasks = []
+    for a in rplan.assignments:
+        refs = []
+        for o in outputs:
+            ids = [b for p in range(a.start, a.stop) for b in o.batches[p]]
+            if ids:
+                refs.append((o.path, ids))
+        tasks.append(TaskSpec(a.index, run_reduce, (ctx, blob_future, refs, None, map_schema)))
+    assignments = rplan.assignments
+    return tasks, (lambda p: f"hash partitions {assignments[p].start}..{assignments[p].stop - 1}, "
+                             f"{assignments[p].rows:,} rows")
+
+
+def _cleanup_files(fs, paths: list[str]) -> None:
+    for p in paths:
+        with contextlib.suppress(Exception):
+            fs.rm(p)
+
+
+__all__ = ["run", "RunResult", "StageExecutor", "ENGINE_VERSION"]
+_ = (EngineError, TaskReport)

@@ -1,0 +1,370 @@
+"""The shuffle: partition map output by key, write it to one file per map attempt, read slices.
+
+Each map attempt writes **one Arrow IPC file**: record batches tagged by reducer partition (a
+batch holds rows of exactly one partition), and returns a :class:`MapOutput` index (partition →
+batch numbers, rows, bytes). A reducer opens each map file (memory-mapped on local disks, ranged
+reads on object stores) and reads only its batches.
+
+Two partitionings:
+
+* **hash**: ``partition = hash(keys) mod P`` with a deterministic 64-bit hash (:mod:`engine.hashing`),
+  P fixed before the map stage; the driver coalesces contiguous partitions afterwards.
+* **range** (sort rounds): each map attempt writes its output as a *sorted run* in batches of a fixed
+  row count, recording each batch's first and last key, and returns a key sample. The driver picks
+  boundaries from the samples; reducer ``r`` reads from every run only the batches that overlap its
+  key range ``[lo, hi)`` and filters the two edge batches.
+
+This module never imports dask: it works on plain Arrow tables.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .errors import SchemaError
+from .hashing import hash_columns
+
+
+# ---------------------------------------------------------------------------------------------
+# Hash partitioning
+
+
+def partition_ids(table: pa.Table, keys: Sequence[str], num_partitions: int) -> np.ndarray:
+    """Reducer partition of every row: ``hash(keys) mod num_partitions`` (int64)."""
+    if num_partitions == 1 or table.num_rows == 0:
+        return np.zeros(table.num_rows, dtype=np.int64)
+    return (hash_columns(table, keys) % np.uint64(num_partitions)).astype(np.int64)
+
+
+def split_by_partition(table: pa.Table, pids: np.ndarray, num_partitions: int) -> Iterator[tuple[int, pa.Table]]:
+    """``(partition, rows)`` for each non-empty partition, in partition order (one gather, then slices)."""
+    if table.num_rows == 0:
+        return
+    counts = np.bincount(pids, minlength=num_partitions)
+    order = np.argsort(pids, kind="stable")
+    ordered = table.take(pa.array(order))
+    offset = 0
+    for p in np.flatnonzero(counts):
+        n = int(counts[p])
+        yield int(p), ordered.slice(offset, n)
+        offset += n
+
+
+# ---------------------------------------------------------------------------------------------
+# Map output files
+
+
+@dataclass
+class MapOutput:
+    """Index of one map attempt's shuffle file; small, travels to the driver."""
+
+    path: str
+    num_partitions: int
+    batches: list[list[int]]            # partition -> batch numbers in the file
+    rows: list[int]                     # partition -> rows
+    nbytes: list[int]                   # partition -> bytes (Arrow in-memory size)
+    rows_in: int = 0
+    rows_out: int = 0
+    heavy_keys: list[list[tuple[Any, int]]] = field(default_factory=list)  # partition -> [(key, rows)]
+    # sort rounds only
+    bounds: list[tuple[tuple, tuple, int]] = field(default_factory=list)    # batch -> (first, last, rows)
+    sample: pa.Table | None = None
+
+    @property
+    def total_bytes(self) -> int:
+        return int(sum(self.nbytes))
+
+    @property
+    def total_rows(self) -> int:
+        return int(sum(self.rows))
+
+
+class _IPCFile:
+    """An IPC file writer that opens lazily (its schema comes with the first batch)."""
+
+    def __init__(self, fs, path: str) -> None:
+        self.fs, self.path = fs, path
+        self._sink = None
+        self._writer = None
+        self.schema: pa.Schema | None = None
+        self.count = 0
+
+    def write(self, batch: pa.RecordBatch) -> int:
+        if self._writer is None:
+            self.schema = batch.schema
+            self._sink = self.fs.open(self.path, "wb")
+            self._writer = pa.ipc.new_file(self._sink, batch.schema)
+        elif not batch.schema.equals(self.schema):
+            raise SchemaError(f"map output schema changed between batches: first {self.schema}, later {batch.schema}; "
+                              "a map function must return the same columns and types for every input chunk")
+        self._writer.write_batch(batch)
+        self.count += 1
+        return self.count - 1
+
+    def close(self, schema: pa.Schema | None = None) -> None:
+        if self._writer is None:
+            # Nothing written: still produce a valid (empty) file so readers need no special case.
+            self.schema = schema or pa.schema([])
+            self._sink = self.fs.open(self.path, "wb")
+            self._writer = pa.ipc.new_file(self._sink, self.schema)
+        self._writer.close()
+        self._sink.close()
+
+
+class HashShuffleWriter:
+    """Buffer map output, combine it per spill, partition by key hash and append to the map file.
+
+    ``combine`` (optional) maps a buffered table to a smaller one of the form the reducer expects
+    (a user's combine, or an aggregation's partial). It is applied once per spill.
+    """
+
+    def __init__(self, fs, path: str, keys: Sequence[str], num_partitions: int, *,
+                 combine: Callable[[pa.Table], pa.Table] | None = None, spill_bytes: int = 64 << 20,
+                 top_keys: int = 0) -> None:
+        self.keys, self.num_partitions, self.combine = list(keys), num_partitions, combine
+        self.spill_bytes, self.top_keys = spill_bytes, top_keys
+        self._file = _IPCFile(fs, path)
+        self._buffer: list[pa.Table] = []
+        self._buffered = 0
+        self.out = MapOutput(path, num_partitions, [[] for _ in range(num_partitions)],
+                             [0] * num_partitions, [0] * num_partitions)
+        self._schema: pa.Schema | None = None
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            self._schema = self._schema or table.schema
+            return
+        self._buffer.append(table)
+        self._buffered += table.nbytes
+        if self._buffered >= self.spill_bytes:
+            self.spill()
+
+    def spill(self) -> None:
+        if not self._buffer:
+            return
+        table = pa.concat_tables(self._buffer, promote_options="none") if len(self._buffer) > 1 else self._buffer[0]
+        self._buffer, self._buffered = [], 0
+        if self.combine is not None:
+            table = self.combine(table)
+        self._schema = table.schema
+        pids = partition_ids(table, self.keys, self.num_partitions)
+        for p, part in split_by_partition(table, pids, self.num_partitions):
+            for batch in part.combine_chunks().to_batches():
+                b = self._file.write(batch)
+                self.out.batches[p].append(b)
+                self.out.rows[p] += batch.num_rows
+                self.out.nbytes[p] += batch.nbytes
+            if self.top_keys:
+                self._note_heavy(p, part)
+        self.out.rows_out += table.num_rows
+
+    def _note_heavy(self, p: int, part: pa.Table) -> None:
+        if part.num_rows < 2:
+            return
+        counts = part.group_by(self.keys, use_threads=False).aggregate([([], "count_all")])
+        top = counts.sort_by([("count_all", "descending")]).slice(0, self.top_keys).to_pylist()
+        heavy = dict(self.out.heavy_keys[p]) if len(self.out.heavy_keys) > p else {}
+        for row in top:
+            key = tuple(row[k] for k in self.keys)
+            heavy[key] = heavy.get(key, 0) + row["count_all"]
+        while len(self.out.heavy_keys) <= p:
+            self.out.heavy_keys.append([])
+        self.out.heavy_keys[p] = sorted(heavy.items(), key=lambda kv: -kv[1])[: self.top_keys]
+
+    @property
+    def schema(self) -> pa.Schema | None:
+        return self._file.schema
+
+    def close(self) -> MapOutput:
+        self.spill()
+        self._file.close(self._schema)
+        return self.out
+
+
+# ---------------------------------------------------------------------------------------------
+# Range partitioning (sort rounds)
+
+
+def sort_keys(keys: Sequence[str], descending: bool) -> list[tuple[str, str]]:
+    order = "descending" if descending else "ascending"
+    return [(k, order) for k in keys]
+
+
+def write_sorted_run(fs, path: str, table: pa.Table, keys: Sequence[str], descending: bool, *,
+                     batch_rows: int = 32768, sample_size: int = 512, rows_in: int = 0) -> MapOutput:
+    """Sort ``table`` by ``keys`` and write it as a run of fixed-size batches with key bounds."""
+    table = table.sort_by(sort_keys(keys, descending)) if table.num_rows else table
+    f = _IPCFile(fs, path)
+    out = MapOutput(path, 1, [[]], [0], [0], rows_in=rows_in, rows_out=table.num_rows)
+    for offset in range(0, table.num_rows, batch_rows):
+        part = table.slice(offset, batch_rows).combine_chunks()
+        for batch in part.to_batches():
+            b = f.write(batch)
+            first = tuple(batch.column(batch.schema.get_field_index(k))[0].as_py() for k in keys)
+            last = tuple(batch.column(batch.schema.get_field_index(k))[batch.num_rows - 1].as_py() for k in keys)
+            out.batches[0].append(b)
+            out.bounds.append((first, last, batch.num_rows))
+            out.rows[0] += batch.num_rows
+            out.nbytes[0] += batch.nbytes
+    f.close(table.schema)
+    n = table.num_rows
+    if n:
+        idx = np.unique(np.linspace(0, n - 1, num=min(sample_size, n)).astype(np.int64))
+        out.sample = table.select(list(keys)).take(pa.array(idx))
+    return out
+
+
+def _cmp_values(a: Any, b: Any, descending: bool) -> int:
+    # Nulls sort last in both directions (pyarrow's default null placement).
+    if a is None or b is None:
+        return 0 if a is b else (1 if a is None else -1)
+    if a == b:
+        return 0
+    less = a < b
+    if descending:
+        less = not less
+    return -1 if less else 1
+
+
+def compare_keys(a: tuple, b: tuple, descending: bool) -> int:
+    """Three-way comparison of key tuples in the sort order (nulls last)."""
+    for x, y in zip(a, b):
+        c = _cmp_values(x, y, descending)
+        if c:
+            return c
+    return 0
+
+
+def choose_boundaries(samples: Iterable[tuple[pa.Table, float]], keys: Sequence[str], descending: bool,
+                      num_partitions: int) -> list[tuple]:
+    """``num_partitions - 1`` (or fewer, deduplicated) key boundaries from weighted samples."""
+    tables, weights = [], []
+    for t, w in samples:
+        if t is not None and t.num_rows:
+            tables.append(t.select(list(keys)))
+            weights.append(np.full(t.num_rows, w, dtype=np.float64))
+    if not tables or num_partitions <= 1:
+        return []
+    sample = pa.concat_tables(tables)
+    w = np.concatenate(weights)
+    order = pc.sort_indices(sample, sort_keys=sort_keys(keys, descending)).to_numpy()
+    sample, w = sample.take(pa.array(order)), w[order]
+    cum = np.cumsum(w)
+    total = cum[-1]
+    rows = sample.to_pylist()
+    bounds: list[tuple] = []
+    for i in range(1, num_partitions):
+        pos = int(np.searchsorted(cum, total * i / num_partitions))
+        pos = min(pos, len(rows) - 1)
+        key = tuple(rows[pos][k] for k in keys)
+        if bounds and compare_keys(key, bounds[-1], descending) <= 0:
+            continue
+        bounds.append(key)
+    # The first key of the sample needs no boundary below it.
+    first = tuple(rows[0][k] for k in keys)
+    return [b for b in bounds if compare_keys(b, first, descending) > 0]
+
+
+def _col_less(col: pa.ChunkedArray, value: Any, descending: bool) -> pa.ChunkedArray:
+    if value is None:   # everything non-null is before a null
+        return pc.invert(pc.is_null(col))
+    scalar = pa.scalar(value, type=col.type) if not pa.types.is_dictionary(col.type) else value
+    c = col if not pa.types.is_dictionary(col.type) else col.cast(col.type.value_type)
+    less = pc.greater(c, scalar) if descending else pc.less(c, scalar)
+    return pc.fill_null(less, False)
+
+
+def _col_equal(col: pa.ChunkedArray, value: Any) -> pa.ChunkedArray:
+    if value is None:
+        return pc.is_null(col)
+    c = col if not pa.types.is_dictionary(col.type) else col.cast(col.type.value_type)
+    return pc.fill_null(pc.equal(c, pa.scalar(value, type=c.type)), False)
+
+
+def rows_before(table: pa.Table, keys: Sequence[str], bound: tuple, descending: bool) -> pa.ChunkedArray:
+    """Boolean mask: row's key sorts strictly before ``bound``."""
+    result = None
+    for k, v in zip(reversed(list(keys)), reversed(bound)):
+        col = table.column(k)
+        less = _col_less(col, v, descending)
+        result = less if result is None else pc.or_(less, pc.and_(_col_equal(col, v), result))
+    return result
+
+
+def range_slices(outputs: Sequence[MapOutput], lo: tuple | None, hi: tuple | None,
+                 descending: bool) -> list[tuple[str, list[int]]]:
+    """For each sorted run, the batches that may hold keys in ``[lo, hi)``."""
+    refs = []
+    for out in outputs:
+        chosen = []
+        for b, (first, last, _rows) in zip(out.batches[0], out.bounds):
+            if lo is not None and compare_keys(last, lo, descending) < 0:
+                continue
+            if hi is not None and compare_keys(first, hi, descending) >= 0:
+                continue
+            chosen.append(b)
+        if chosen:
+            refs.append((out.path, chosen))
+    return refs
+
+
+def filter_range(table: pa.Table, keys: Sequence[str], lo: tuple | None, hi: tuple | None,
+                 descending: bool) -> pa.Table:
+    mask = None
+    if lo is not None:
+        mask = pc.invert(rows_before(table, keys, lo, descending))
+    if hi is not None:
+        below = rows_before(table, keys, hi, descending)
+        mask = below if mask is None else pc.and_(mask, below)
+    return table if mask is None else table.filter(mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading slices
+
+
+def _open_ipc(fs, path: str):
+    from .datasets import is_local
+    if is_local(fs):
+        return pa.ipc.open_file(pa.memory_map(path, "r"))
+    return pa.ipc.open_file(fs.open(path, "rb", cache_type="none"))
+
+
+def read_slices(fs, refs: Sequence[tuple[str, Sequence[int]]]) -> Iterator[pa.RecordBatch]:
+    """Stream the listed batches of each map file, file by file, batch numbers in order."""
+    for path, batch_ids in refs:
+        reader = _open_ipc(fs, path)
+        for b in batch_ids:
+            yield reader.get_batch(b)
+
+
+def file_schema(fs, path: str) -> pa.Schema:
+    return _open_ipc(fs, path).schema
+
+
+def read_table(fs, refs: Sequence[tuple[str, Sequence[int]]], schema: pa.Schema | None = None) -> pa.Table:
+    batches = list(read_slices(fs, refs))
+    if not batches:
+        if schema is None and refs:
+            schema = file_schema(fs, refs[0][0])
+        return pa.Table.from_batches([], schema=schema or pa.schema([]))
+    return pa.Table.from_batches(batches)
+
+
+def attempt_name(prefix: str, partition: int, attempt: int) -> str:
+    """A unique file name for one attempt's shuffle output."""
+    return f"{prefix}-{partition:05d}-a{attempt}-{uuid.uuid4().hex[:8]}.arrow"
+
+
+__all__ = ["partition_ids", "split_by_partition", "MapOutput", "HashShuffleWriter", "write_sorted_run",
+           "choose_boundaries", "compare_keys", "range_slices", "filter_range", "read_slices", "read_table",
+           "attempt_name", "sort_keys"]
+_ = functools

@@ -1,0 +1,319 @@
+"""Task bodies that run on workers: one map attempt, one reduce attempt.
+
+Each function takes a :class:`TaskContext` (plain, picklable facts about the run and stage), the
+run's serialized stage functions, and its share of the data. It streams record batches, writes only
+attempt-scoped files, checks for cancellation between batches, and returns a small dict for the
+driver (file index or commit message, rows, bytes, timings). It never publishes anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import posixpath
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from . import shuffle
+from .commit import ParquetAttemptWriter
+from .datasets import Split, read_split
+from .errors import EngineError, SchemaError
+
+
+class TaskCancelled(Exception):
+    """Raised inside a task whose attempt was cancelled by the driver (a speculative loser)."""
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    run_id: str
+    job: str
+    round: int
+    rounds: int
+    kind: str                         # round kind: aggregate | reduce | sort | map
+    keys: tuple[str, ...]
+    descending: bool
+    shuffle_fs: Any
+    shuffle_root: str
+    out_fs: Any
+    out_root: str
+    num_partitions: int = 1
+    spill_bytes: int = 64 << 20
+    batch_rows: int = 131072
+    sort_batch_rows: int = 32768
+    sample_size: int = 512
+    top_keys: int = 0
+    columns: tuple[str, ...] | None = None
+    partition_types: dict = field(default_factory=dict)
+    page_checksums: bool = True
+    faults: Any = None                # optional fault-injection hook (tests, benchmarks)
+
+    @property
+    def last_round(self) -> bool:
+        return self.round == self.rounds - 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+_PAYLOADS: dict[str, Any] = {}
+
+
+def load_payload(blob: bytes) -> Any:
+    """Deserialize the run's stage functions once per worker process."""
+    digest = hashlib.sha256(blob).hexdigest()
+    obj = _PAYLOADS.get(digest)
+    if obj is None:
+        obj = pickle.loads(blob)
+        if len(_PAYLOADS) > 16:
+            _PAYLOADS.clear()
+        _PAYLOADS[digest] = obj
+    return obj
+
+
+def check_cancelled() -> None:
+    """Raise TaskCancelled when the running attempt was cancelled (so its worker is freed early)."""
+    try:
+        from distributed import get_worker
+        from distributed.worker import thread_state
+    except ImportError:  # pragma: no cover
+        return
+    key = getattr(thread_state, "key", None)
+    if key is None:
+        return
+    try:
+        worker = get_worker()
+    except ValueError:
+        return
+    ts = worker.state.tasks.get(key)
+    if ts is None or ts.state in ("cancelled", "released", "forgotten"):
+        raise TaskCancelled(f"attempt {key} was cancelled")
+
+
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker
+        return get_worker().address
+    except (ImportError, ValueError):
+        return socket.gethostname()
+
+
+def _label(ctx: TaskContext, stage: str, partition: int) -> str:
+    return f"round {ctx.round + 1} of {ctx.rounds}, {stage} stage, partition {partition}"
+
+
+def _apply(fn, table: pa.Table, what: str) -> pa.Table:
+    out = fn(table)
+    if isinstance(out, pa.RecordBatch):
+        out = pa.Table.from_batches([out])
+    if not isinstance(out, pa.Table):
+        raise SchemaError(f"{what} returned {type(out).__name__}; it must return a pyarrow Table or RecordBatch")
+    return out
+
+
+def _check_keys(table: pa.Table, keys, what: str) -> None:
+    missing = [k for k in keys if k not in table.column_names]
+    if missing:
+        raise SchemaError(f"{what}: key column(s) {missing} missing from its output; it has columns "
+                          f"{table.column_names}")
+
+
+class _Output:
+    """Where a stage's final rows go: the job output (last round) or an intermediate IPC file."""
+
+    def __init__(self, ctx: TaskContext, partition: int, attempt: int, stage: str) -> None:
+        self.ctx = ctx
+        self.partition = partition
+        self.schema: pa.Schema | None = None
+        self.rows = 0
+        self.nbytes = 0
+        if ctx.last_round:
+            self.writer = ParquetAttemptWriter(ctx.out_fs, ctx.out_root, ctx.run_id, partition, attempt,
+                                               page_checksums=ctx.page_checksums)
+        else:
+            name = shuffle.attempt_name(f"r{ctx.round}-{stage}-out", partition, attempt)
+            self.path = posixpath.join(ctx.shuffle_root, name)
+            self.writer = shuffle._IPCFile(ctx.shuffle_fs, self.path)
+
+    def write(self, table: pa.Table) -> None:
+        if self.schema is None:
+            self.schema = table.schema
+        elif not table.schema.equals(self.schema):
+            raise SchemaError(f"output schema changed between chunks: {self.schema} then {table.schema}")
+        if table.num_rows == 0:
+            return
+        self.rows += table.num_rows
+        self.nbytes += table.nbytes
+        if self.ctx.last_round:
+            self.writer.write(table)
+        else:
+            for batch in table.to_batches():
+                self.writer.write(batch)
+
+    def abort(self) -> None:
+        if self.ctx.last_round:
+            self.writer.abort()
+
+    def close(self) -> dict:
+        if self.ctx.last_round:
+            if self.rows == 0:
+                return {"commit": {"partition": self.partition, "attempt": None, "files": []},
+                        "rows_out": 0, "bytes_out": 0, "schema": self.schema}
+            message = self.writer.close(self.schema)
+            return {"commit": message, "rows_out": self.rows,
+                    "bytes_out": sum(f["bytes"] for f in message["files"]), "schema": self.schema}
+        self.writer.close(self.schema)
+        return {"next_input": Split(self.partition, self.path, "ipc", self.nbytes), "rows_out": self.rows,
+                "bytes_out": self.nbytes, "schema": self.schema}
+
+
+# ---------------------------------------------------------------------------------------------
+# Map
+
+
+def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partition: int, attempt: int) -> dict:
+    """One map attempt over one split; returns its shuffle index or commit message."""
+    start = time.time()
+    stages = load_payload(blob)[ctx.round]
+    label = _label(ctx, "map", partition)
+    if ctx.faults is not None:
+        ctx.faults.before_task(ctx, "map", partition, attempt)
+    rows_in = 0
+    output = None
+    try:
+        def mapped() -> Iterator[pa.Table]:
+            nonlocal rows_in
+            for batch in read_split(input_fs, split, columns=ctx.columns if ctx.round == 0 else None,
+                                    batch_rows=ctx.batch_rows, partition_types=ctx.partition_types):
+                check_cancelled()
+                if ctx.faults is not None:
+                    ctx.faults.during_task(ctx, "map", partition, attempt)
+                rows_in += batch.num_rows
+                table = pa.Table.from_batches([batch])
+                for i, fn in enumerate(stages["maps"]):
+                    table = _apply(fn, table, f"map function {i + 1} of {label} (input {split.describe()})")
+                yield table
+
+        if ctx.kind == "map":
+            output = _Output(ctx, partition, attempt, "map")
+            for table in mapped():
+                output.write(table)
+            result = output.close()
+        elif ctx.kind == "sort":
+            tables = []
+            for table in mapped():
+                _check_keys(table, ctx.keys, f"sort of {label}")
+                tables.append(table)
+            table = _concat(tables)
+            path = posixpath.join(ctx.shuffle_root, shuffle.attempt_name(f"r{ctx.round}-map", partition, attempt))
+            index = shuffle.write_sorted_run(ctx.shuffle_fs, path, table, ctx.keys, ctx.descending,
+                                             batch_rows=ctx.sort_batch_rows, sample_size=ctx.sample_size,
+                                             rows_in=rows_in)
+            result = {"shuffle": index, "rows_out": index.rows_out, "bytes_out": index.total_bytes,
+                      "schema": table.schema}
+        else:
+            combine = _combiner(ctx, stages, label)
+            path = posixpath.join(ctx.shuffle_root, shuffle.attempt_name(f"r{ctx.round}-map", partition, attempt))
+            writer = shuffle.HashShuffleWriter(ctx.shuffle_fs, path, ctx.keys, ctx.num_partitions,
+                                               combine=combine, spill_bytes=ctx.spill_bytes, top_keys=ctx.top_keys)
+            checked = False
+            for table in mapped():
+                if not checked:
+                    _check_keys(table, ctx.keys, f"the map output of {label}")
+                    if stages.get("aggs") is not None:
+                        stages["aggs"].validate(table.schema)
+                    checked = True
+                writer.write(table)
+            index = writer.close()
+            index.rows_in = rows_in
+            result = {"shuffle": index, "rows_out": index.total_rows, "bytes_out": index.total_bytes,
+                      "schema": writer.schema}
+    except BaseException:
+        if output is not None:
+            output.abort()
+        raise
+    result.update({"rows_in": rows_in, "start": start, "stop": time.time(), "worker": _worker_name(),
+                   "partition": partition, "attempt": attempt, "input_bytes": split.size})
+    return result
+
+
+def _combiner(ctx: TaskContext, stages: dict, label: str):
+    aggs = stages.get("aggs")
+    if aggs is not None:
+        return aggs.partial
+    user = stages.get("combine")
+    if user is None:
+        return None
+
+    def combine(table: pa.Table) -> pa.Table:
+        out = _apply(user, table, f"combine of {label}")
+        if not out.schema.equals(table.schema):
+            raise SchemaError(f"combine of {label} changed the schema from {table.schema} to {out.schema}; "
+                              "a combine must return the columns and types it receives")
+        return out
+    return combine
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    tables = [t for t in tables if t.num_columns]
+    if not tables:
+        return pa.table({})
+    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reduce
+
+
+def run_reduce(ctx: TaskContext, blob: bytes, refs: list, bounds: tuple | None, schema: pa.Schema | None,
+               partition: int, attempt: int) -> dict:
+    """One reduce attempt over its slices of every map file; returns commit message or next input."""
+    start = time.time()
+    stages = load_payload(blob)[ctx.round]
+    label = _label(ctx, "reduce", partition)
+    if ctx.faults is not None:
+        ctx.faults.before_task(ctx, "reduce", partition, attempt)
+    output = _Output(ctx, partition, attempt, "reduce")
+    try:
+        if ctx.kind == "sort":
+            lo, hi = bounds if bounds is not None else (None, None)
+            pieces = []
+            for path, batch_ids in refs:
+                check_cancelled()
+                t = shuffle.read_table(ctx.shuffle_fs, [(path, batch_ids)])
+                pieces.append(shuffle.filter_range(t, ctx.keys, lo, hi, ctx.descending))
+            table = _concat(pieces) if pieces else (schema.empty_table() if schema is not None else pa.table({}))
+            rows_in = table.num_rows
+            if table.num_rows:
+                table = table.sort_by(shuffle.sort_keys(ctx.keys, ctx.descending))
+            for offset in range(0, max(table.num_rows, 1), max(ctx.batch_rows * 8, 1)):
+                output.write(table.slice(offset, ctx.batch_rows * 8))
+        else:
+            table = shuffle.read_table(ctx.shuffle_fs, refs, schema)
+            check_cancelled()
+            if ctx.faults is not None:
+                ctx.faults.during_task(ctx, "reduce", partition, attempt)
+            rows_in = table.num_rows
+            aggs = stages.get("aggs")
+            if aggs is not None:
+                result = aggs.finalize(aggs.merge(table))
+            else:
+                result = _apply(stages["reduce"], table, f"reduce function of {label}")
+            output.write(result)
+        result_info = output.close()
+    except BaseException:
+        output.abort()
+        raise
+    result_info.update({"rows_in": rows_in, "start": start, "stop": time.time(), "worker": _worker_name(),
+                        "partition": partition, "attempt": attempt,
+                        "input_bytes": None})
+    return result_info
+
+
+__all__ = ["TaskContext", "run_map", "run_reduce", "check_cancelled", "TaskCancelled", "load_payload"]
+_ = EngineError

@@ -1,0 +1,17 @@
+"""Word count: how many times each whitespace-separated, lower-cased word occurs in a text corpus.
+
+    mapreduce run jobs/wordcount.py --input jobs/data/text --output out/wordcount
+"""
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from engine import Job, agg
+
+
+def words(t: pa.Table) -> pa.Table:
+    """One row per word of every line."""
+    return pa.table({"word": pc.list_flatten(pc.utf8_split_whitespace(pc.utf8_lower(t["text"])))})
+
+
+job = Job("wordcount").map(words, columns=["text"]).reduce(by="word", aggs={"count": agg.count()})
