@@ -151,7 +151,7 @@ class Job:
     # -- builders ---------------------------------------------------------------------------
     def _add(self, stage: Stage) -> Job:
         job = Job(self.name, self.stages + (stage,))
-        job.rounds  # validates the stage order now, not at run time
+        job._split_rounds(complete=False)  # validates the stage order now, not at run time
         return job
 
     def map(self, fn: TableFn, *, columns: Sequence[str] | None = None) -> Job:
@@ -198,6 +198,9 @@ class Job:
     @property
     def rounds(self) -> list[Round]:
         """The job's rounds; raises JobDefinitionError when the stage order is impossible."""
+        return self._split_rounds(complete=True)
+
+    def _split_rounds(self, complete: bool) -> list[Round]:
         rounds: list[Round] = []
         maps: list[Stage] = []
         combine: Stage | None = None
@@ -223,7 +226,10 @@ class Job:
                 rounds.append(Round(len(rounds), tuple(maps), combine, stage))
                 maps, combine = [], None
         if combine is not None:
-            raise JobDefinitionError(f"job {self.name!r}: the combine at the end has no reduce to feed")
+            if not complete:
+                return rounds
+            raise JobDefinitionError(f"job {self.name!r}: the combine at the end has no reduce to feed; "
+                                     "add .reduce(fn, by=...) after it")
         if maps or not rounds:
             rounds.append(Round(len(rounds), tuple(maps), None, None))
         return rounds
