@@ -9,7 +9,16 @@
 
 ``JOB`` is a Python file or an importable module that defines a module-level ``job``. Exit codes:
 0 success (including a rerun that had nothing to do), 1 the run or check failed (one-paragraph
-reason on stderr), 2 usage errors.
+reason on stderr), 2 usage errors, 130 interrupted. ``mapreduce --debug ...`` also prints the
+traceback of an unexpected error.
+
+Output streams: results (the run summary, the plan, the history) go to stdout; progress, log
+lines and errors go to stderr. On a terminal the progress is a one-line bar per stage; otherwise
+(a pipe, a file, a CI log) it is plain lines, ``STAGE: DONE/TOTAL tasks done``.
+
+``--force`` recomputes a committed output that the same job already wrote from the same input
+(which is otherwise a no-op that exits 0); it does not by itself replace committed output:
+``--mode error`` (the default) still refuses it, so pair ``--force`` with ``--mode overwrite``.
 """
 
 from __future__ import annotations
@@ -19,109 +28,228 @@ import importlib
 import importlib.util
 import logging
 import os
+import re
 import sys
 import time
+import traceback
 from typing import Any
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+log = logging.getLogger("engine")
+
+
+def _job_error(spec: str, path: str | None, exc: BaseException):
+    """A JobDefinitionError for a job file or module that failed while being imported."""
+    from .errors import JobDefinitionError
+    where = ""
+    if isinstance(exc, SyntaxError):
+        where = f", line {exc.lineno}" if exc.lineno else ""
+    elif path is not None:
+        lines = [f.lineno for f in traceback.extract_tb(exc.__traceback__) if f.filename == path]
+        where = f", line {lines[-1]}" if lines else ""
+    detail = exc.msg if isinstance(exc, SyntaxError) else str(exc)
+    return JobDefinitionError(f"loading job {spec!r} failed{where}: {type(exc).__name__}: {detail}")
 
 
 def load_job(spec: str):
     """The module-level ``job`` of a Python file or importable module."""
-    from .errors import JobDefinitionError
+    from .errors import EngineError, JobDefinitionError
     from .job import Job
-    if spec.endswith(".py") or os.path.sep in spec:
+    if spec.endswith(".py") or os.path.sep in spec or (os.altsep and os.altsep in spec):
         path = os.path.abspath(spec)
-        if not os.path.exists(path):
-            raise JobDefinitionError(f"job file {spec!r} does not exist")
-        name = "mapreduce_job_" + os.path.splitext(os.path.basename(path))[0].replace("-", "_")
+        if not os.path.isfile(path):
+            raise JobDefinitionError(f"job file {spec!r} does not exist" if not os.path.exists(path)
+                                     else f"job {spec!r} is not a file; pass a Python file that defines `job`")
+        name = "mapreduce_job_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
         mod_spec = importlib.util.spec_from_file_location(name, path)
+        if mod_spec is None or mod_spec.loader is None:
+            raise JobDefinitionError(f"cannot load {spec!r} as a Python module; the job file must end in .py")
         module = importlib.util.module_from_spec(mod_spec)
         sys.modules[name] = module
-        sys.path.insert(0, os.path.dirname(path))
-        mod_spec.loader.exec_module(module)
+        folder = os.path.dirname(path)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)  # lets a job file import its neighbours
+        try:
+            mod_spec.loader.exec_module(module)
+        except EngineError:
+            sys.modules.pop(name, None)
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure of user code while loading is a job error
+            sys.modules.pop(name, None)
+            raise _job_error(spec, path, exc) from exc
     else:
         try:
             module = importlib.import_module(spec)
-        except ImportError as exc:
-            raise JobDefinitionError(f"cannot import job module {spec!r}: {exc}") from exc
+        except EngineError:
+            raise
+        except ModuleNotFoundError as exc:
+            hint = "" if exc.name != spec.split(".")[0] else "; pass a path to a .py file, or a module on sys.path"
+            raise JobDefinitionError(f"cannot import job module {spec!r}: {exc}{hint}") from exc
+        except Exception as exc:  # noqa: BLE001
+            raise _job_error(spec, None, exc) from exc
     job = getattr(module, "job", None)
     if not isinstance(job, Job):
-        raise JobDefinitionError(f"{spec} must define a module-level `job = engine.Job(...)`; found "
-                                 f"{type(job).__name__ if job is not None else 'nothing'}")
+        found = "nothing" if job is None else f"a {type(job).__name__}"
+        raise JobDefinitionError(f"{spec} must define a module-level `job = engine.Job(...)`, but `job` is {found}; "
+                                 "e.g. job = Job('name').map(fn).reduce(by='key', aggs={'n': agg.count()})")
     return job
 
 
 class _Progress:
-    """A one-line progress bar on a terminal; plain log lines otherwise."""
+    """A one-line progress bar per stage on a terminal; plain log lines otherwise.
 
-    def __init__(self, stream=sys.stderr) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.last = 0.0
+    Plain mode prints a stage's first completed task, then at most one line every ``interval``
+    seconds per stage, and always the line that completes the stage.
+    """
+
+    def __init__(self, stream=None, *, interval: float = 5.0) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        try:
+            self.tty = self.stream.isatty()
+        except (AttributeError, ValueError):
+            self.tty = False
+        self.interval = interval
+        self.last: dict[str, float] = {}
 
     def __call__(self, stage: str, done: int, total: int) -> None:
-        if self.tty:
-            width = 30
-            filled = int(width * done / max(total, 1))
-            self.stream.write(f"\r{stage:<12} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
-            if done == total:
-                self.stream.write("\n")
-            self.stream.flush()
-        elif done == total or time.time() - self.last > 5:
-            self.last = time.time()
-            print(f"{stage}: {done}/{total} tasks done", file=self.stream, flush=True)
+        try:
+            if self.tty:
+                width = 30
+                filled = int(width * done / max(total, 1))
+                end = "\n" if done >= total else ""
+                self.stream.write(f"\r{stage:<12} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} tasks"
+                                  + end)
+                self.stream.flush()
+                return
+            now = time.monotonic()
+            if done >= total or now - self.last.get(stage, -1e9) >= self.interval:
+                self.last[stage] = now
+                print(f"{stage}: {done}/{total} tasks done", file=self.stream, flush=True)
+        except (OSError, ValueError):
+            pass  # a closed stderr never fails a run
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mapreduce", description="Run and check dataframe-native MapReduce jobs.")
-    sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="run a job and commit its output")
-    r.add_argument("job", help="Python file or module defining `job`")
+    p = argparse.ArgumentParser(prog="mapreduce", description="Run and check dataframe-native MapReduce jobs.",
+                                epilog="Exit codes: 0 success, 1 failed (reason on stderr), 2 usage error.")
+    p.add_argument("--debug", action="store_true", help="print tracebacks of unexpected errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{run,verify,explain,history}")
+    r = sub.add_parser("run", help="run a job and commit its output",
+                       description="Run JOB over the input and commit its output atomically. Rerunning the same "
+                                   "job on unchanged input over its own committed output does nothing and exits 0.")
+    r.add_argument("job", help="Python file or module defining a module-level `job`")
     r.add_argument("--input", "-i", required=True, action="append", help="input path or URL (repeatable)")
     r.add_argument("--output", "-o", required=True, help="output path or URL")
-    r.add_argument("--scheduler", help="address of an existing dask scheduler (default: embedded cluster)")
-    r.add_argument("--workers", type=int, help="worker processes of the embedded cluster (default: cores)")
-    r.add_argument("--mode", choices=["error", "overwrite", "append"], default="error")
+    r.add_argument("--scheduler", help="address of an existing dask scheduler (default: an embedded local cluster, "
+                                       "or DASK_SCHEDULER_ADDRESS)")
+    r.add_argument("--workers", type=_positive_int, help="worker processes of the embedded cluster (default: cores)")
+    r.add_argument("--mode", choices=["error", "overwrite", "append"], default="error",
+                   help="what to do with committed output: refuse it (default), replace it, or add to it")
     r.add_argument("--format", help="input format (default: from file names)")
-    r.add_argument("--no-speculation", action="store_true")
-    r.add_argument("--no-skew", action="store_true")
+    r.add_argument("--no-speculation", action="store_true", help="never re-run straggling tasks speculatively")
+    r.add_argument("--no-skew", action="store_true", help="no run-time skew splitting of reduce partitions")
     r.add_argument("--partition-size", help="target reduce partition size, e.g. 64MiB")
     r.add_argument("--shuffle-dir", help="where map outputs go (a URL every worker reaches)")
     r.add_argument("--report", help="write an HTML run report here")
     r.add_argument("--resume", action="store_true", help="reuse work of an interrupted run of the same job and input")
-    r.add_argument("--force", action="store_true", help="recompute even if this output is already committed")
-    r.add_argument("--quiet", "-q", action="store_true")
-    v = sub.add_parser("verify", help="re-check every committed file's checksum")
+    r.add_argument("--force", action="store_true",
+                   help="recompute even if this job already committed this output from this input "
+                        "(combine with --mode overwrite to replace it)")
+    r.add_argument("--quiet", "-q", action="store_true", help="no progress or log lines, only the summary and errors")
+    v = sub.add_parser("verify", help="re-check every committed file's checksum",
+                       description="Exit 0 when PATH's committed output is intact, 1 when it is corrupt or "
+                                   "incomplete (each bad file is named on stderr).")
     v.add_argument("path")
-    e = sub.add_parser("explain", help="print a job's plan")
+    e = sub.add_parser("explain", help="print a job's plan (and, with --input, the Dask graph size)")
     e.add_argument("job")
     e.add_argument("--input", "-i", action="append")
+    e.add_argument("--format", help="input format (default: from file names)")
     e.add_argument("--partition-size")
-    h = sub.add_parser("history", help="past runs and SLIs")
+    h = sub.add_parser("history", help="past runs and SLIs (ENGINE_HISTORY sets the database path)")
     h.add_argument("--job")
-    h.add_argument("--limit", type=int, default=20)
+    h.add_argument("--limit", type=_positive_int, default=20)
     return p
 
 
+# Messages of the engine name Python parameters; on the command line the flags are what to type.
+_CLI_WORDS = [
+    (re.compile(r"\bmode='(error|overwrite|append)'"), r"--mode \1"),
+    (re.compile(r"\bforce=True\b"), "--force"),
+    (re.compile(r"\bshuffle_dir="), "--shuffle-dir "),
+    (re.compile(r"\bpartition_size="), "--partition-size="),
+    (re.compile(r"\bcluster=None\b"), "the embedded cluster (no --scheduler)"),
+]
+
+
 def _one_paragraph(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    for pattern, repl in _CLI_WORDS:
+        text = pattern.sub(repl, text)
+    return text
+
+
+class _CliFormatter(logging.Formatter):
+    """Log lines that name command-line flags where the engine's messages name Python parameters."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's API
+        text = super().formatMessage(record)
+        for pattern, repl in _CLI_WORDS:
+            text = pattern.sub(repl, text)
+        return text
+
+
+def _configure_logging(quiet: bool) -> None:
+    import dask.config
+    # distributed configures its own loggers when first imported; keep its chatter to real problems.
+    dask.config.set({"distributed.logging.distributed": "error"})
+    for name in ("distributed", "distributed.client", "distributed.worker", "distributed.scheduler",
+                 "distributed.nanny", "distributed.core"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    engine_log = logging.getLogger("engine")
+    engine_log.setLevel(logging.WARNING if quiet else logging.INFO)
+    if not any(getattr(h, "_mapreduce_cli", False) for h in engine_log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_CliFormatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"))
+        handler._mapreduce_cli = True  # type: ignore[attr-defined]
+        engine_log.addHandler(handler)
+        engine_log.propagate = False
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("distributed").setLevel(logging.ERROR)
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 for --help
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    _configure_logging(getattr(args, "quiet", False))
     from .errors import EngineError
     try:
         return _COMMANDS[args.command](args)
     except EngineError as exc:
         print(f"error: {type(exc).__name__}: {_one_paragraph(exc)}", file=sys.stderr)
+        if args.debug:
+            traceback.print_exc()
         return EXIT_FAILED
     except KeyboardInterrupt:
-        print("interrupted; nothing was committed by this run", file=sys.stderr)
-        return 130
+        print("interrupted; this run did not commit its output", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - a CLI answers with a paragraph, not a traceback
+        print(f"error: unexpected {type(exc).__name__}: {_one_paragraph(exc)}"
+              + ("" if args.debug else " (rerun with `mapreduce --debug ...` for the traceback)"), file=sys.stderr)
+        if args.debug:
+            traceback.print_exc()
+        return EXIT_FAILED
 
 
 def _inputs(values: list[str]) -> Any:
@@ -129,29 +257,61 @@ def _inputs(values: list[str]) -> Any:
 
 
 def cmd_run(args) -> int:
-    from . import config
+    from .errors import OutputExistsError
     from .runner import run
     job = load_job(args.job)
+    options: dict[str, Any] = {}
     if args.workers:
-        import dask.config
-        dask.config.set({"engine.cluster.workers": args.workers})
-    _ = config
-    result = run(job, _inputs(args.input), args.output, cluster=args.scheduler, mode=args.mode,
-                 speculation=not args.no_speculation, skew=not args.no_skew, shuffle_dir=args.shuffle_dir,
-                 partition_size=args.partition_size, force=args.force, report=args.report, format=args.format,
-                 resume=args.resume, progress=None if args.quiet else _Progress())
+        if args.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS"):
+            log.warning("--workers sizes the embedded cluster only; it is ignored with an existing scheduler")
+        options["engine.cluster.workers"] = args.workers
+    import dask.config
+    try:
+        with dask.config.set(options):
+            result = run(job, _inputs(args.input), args.output, cluster=args.scheduler, mode=args.mode,
+                         speculation=not args.no_speculation, skew=not args.no_skew, shuffle_dir=args.shuffle_dir,
+                         partition_size=args.partition_size, force=args.force, report=args.report,
+                         format=args.format, resume=args.resume, progress=None if args.quiet else _Progress())
+    except OutputExistsError as exc:
+        if args.force and args.mode == "error":
+            raise OutputExistsError(f"{exc} (--force recomputes, but replaces committed output only together with "
+                                    "--mode overwrite)") from exc
+        raise
+    finally:
+        _shutdown_embedded()
+    if result.skipped:
+        previous = result.manifest.doc.get("run_id", "?") if result.manifest is not None else "?"
+        print(f"nothing to do: {args.output} already holds the output of job {job.name!r} for this input (run "
+              f"{previous}, {result.rows:,} rows); pass --force to recompute")
+        if args.report:
+            result.report.to_html(args.report)
+        return EXIT_OK
     print(result.report.summary())
+    if args.report:
+        print(f"  report: {args.report}")
     return EXIT_OK
+
+
+def _shutdown_embedded() -> None:
+    """Close the embedded cluster now, quietly, rather than at interpreter exit."""
+    if "distributed" not in sys.modules:
+        return
+    try:
+        from .cluster import shutdown
+        shutdown()
+    except Exception:  # noqa: BLE001 - best effort
+        pass
 
 
 def cmd_verify(args) -> int:
     from .commit import verify
-    from .errors import IntegrityError
+    from .errors import IntegrityError, ManifestError
     try:
         summary = verify(args.path)
     except IntegrityError as exc:
-        print(f"CORRUPT {args.path}", file=sys.stderr)
-        for problem in exc.problems or [str(exc)]:
+        missing = isinstance(exc, ManifestError) and all(p.endswith(": missing") for p in (exc.problems or []))
+        print(f"{'INCOMPLETE' if missing else 'CORRUPT'} {args.path}: {_one_paragraph(exc)}", file=sys.stderr)
+        for problem in exc.problems or []:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_FAILED
     print(summary)
@@ -161,25 +321,29 @@ def cmd_verify(args) -> int:
 def cmd_explain(args) -> int:
     from .plan import explain
     job = load_job(args.job)
-    print(explain(job, _inputs(args.input) if args.input else None, partition_size=args.partition_size))
+    print(explain(job, _inputs(args.input) if args.input else None, partition_size=args.partition_size,
+                  format=args.format))
     return EXIT_OK
 
 
 def cmd_history(args) -> int:
     from . import history
+    where = history.path()
     rows = history.runs(args.limit, args.job)
     if not rows:
-        print("no runs recorded" + ("" if history.path() else " (history is off)"))
+        print("no runs recorded" + (f" in {where}" if where else " (history is off: ENGINE_HISTORY=off)"))
         return EXIT_OK
+    print(f"{'started':<19}  {'job':<20} {'status':<9} {'seconds':>9}  {'rows':>12}  {'run':<12}  output")
     for r in rows:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["started"]))
-        print(f"{when}  {r['job']:<20} {r['status']:<9} {r['seconds']:8.2f}s  {r['output_rows'] or 0:>12,} rows  "
-              f"{r['run_id'][:12]}  {r['output']}")
+        print(f"{when}  {r['job']:<20} {r['status']:<9} {r['seconds'] or 0:8.2f}s  {r['output_rows'] or 0:>12,}  "
+              f"{r['run_id'][:12]:<12}  {r['output']}")
     print()
     for s in history.slis(args.job):
         med = f"{s['median_seconds']:.2f}s" if s["median_seconds"] is not None else "-"
         p95 = f"{s['p95_seconds']:.2f}s" if s["p95_seconds"] is not None else "-"
-        print(f"{s['job']:<20} runs {s['runs']:>4}  success {s['success_rate']:.0%}  median {med}  p95 {p95}")
+        rate = f"{s['success_rate']:.0%}" if s["success_rate"] is not None else "-"
+        print(f"{s['job']:<20} runs {s['runs']:>4}  success {rate}  median {med}  p95 {p95}")
     return EXIT_OK
 
 

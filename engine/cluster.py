@@ -71,8 +71,9 @@ def _embedded(processes: bool):
                               "distributed.worker.daemon": False,
                               "distributed.admin.tick.limit": "30s"}):
             try:
+                where = {"host": "127.0.0.1"} if processes else {}   # in-process clusters talk inproc://
                 cluster = LocalCluster(n_workers=workers, threads_per_worker=threads, processes=processes,
-                                       host="127.0.0.1", dashboard_address=dashboard,
+                                       dashboard_address=dashboard, **where,
                                        scheduler_kwargs={"dashboard_address": dashboard} if dashboard else {},
                                        memory_limit=config.get("cluster.memory-limit"))
             except Exception as exc:  # noqa: BLE001

@@ -196,7 +196,8 @@ def resolve_input(source: Any, storage_options: dict | None = None, *, format: s
                 if not _hidden(rel):
                     files.append((fpath, rel, finfo))
         else:
-            files.append((info.get("name", ppath), "", info))
+            # An explicitly named file: ``key=value`` directories anywhere in its path are partitions.
+            files.append((info.get("name", ppath), info.get("name", ppath).lstrip("/"), info))
 
     if not files:
         raise EmptyInputError(f"input {list(paths)!r} holds no data files (names starting with '_' or '.' are skipped)")
@@ -272,14 +273,43 @@ def read_split(fs, split: Split, *, columns: Sequence[str] | None = None, batch_
     """Stream a split's record batches; partition columns are appended as constant columns."""
     batch_rows = batch_rows or int(config.get("batch-rows"))
     try:
+        empty = None
         for batch in _read_batches(fs, split, columns, batch_rows):
             if split.partition_values:
                 batch = _add_partition_columns(batch, split.partition_values, partition_types or {}, columns)
+            if batch.num_rows == 0:
+                empty = batch
+                continue
             yield batch
+            empty = False
+        if empty is not None and empty is not False:
+            yield empty   # an empty input still tells the stages its schema
+        elif empty is None:
+            schema = _schema_of(fs, split, columns)
+            if schema is not None:
+                batch = schema.empty_table().to_batches() or [pa.RecordBatch.from_pylist([], schema=schema)]
+                b = batch[0]
+                if split.partition_values:
+                    b = _add_partition_columns(b, split.partition_values, partition_types or {}, columns)
+                yield b
     except InputError:
         raise
     except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError, ValueError, OSError) as exc:
         raise InputError(f"cannot read {split.format} input {split.describe()}: {exc}") from exc
+
+
+def _schema_of(fs, split: Split, columns) -> pa.Schema | None:
+    if split.format == "parquet":
+        import pyarrow.parquet as pq
+        with fs.open(split.path, "rb") as f:
+            schema = pq.ParquetFile(f).schema_arrow
+    elif split.format == "text":
+        schema = pa.schema([("text", pa.string())])
+    else:
+        return None
+    if columns is not None:
+        schema = pa.schema([schema.field(c) for c in columns if c in schema.names])
+    return schema
 
 
 def _add_partition_columns(batch, values, types, columns) -> pa.RecordBatch:

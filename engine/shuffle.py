@@ -137,10 +137,12 @@ class HashShuffleWriter:
         self.out = MapOutput(path, num_partitions, [[] for _ in range(num_partitions)],
                              [0] * num_partitions, [0] * num_partitions)
         self._schema: pa.Schema | None = None
+        self._empty: pa.Table | None = None
 
     def write(self, table: pa.Table) -> None:
         if table.num_rows == 0:
-            self._schema = self._schema or table.schema
+            if self._empty is None:
+                self._empty = table
             return
         self._buffer.append(table)
         self._buffered += table.nbytes
@@ -185,6 +187,10 @@ class HashShuffleWriter:
 
     def close(self) -> MapOutput:
         self.spill()
+        if self._schema is None and self._empty is not None:
+            # No rows at all: the file still carries the schema reducers expect (after combine).
+            empty = self.combine(self._empty) if self.combine is not None else self._empty
+            self._schema = empty.schema
         self._file.close(self._schema)
         return self.out
 
