@@ -22,11 +22,13 @@ This module never imports dask.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as _dt
 import hashlib
 import json
 import os
 import posixpath
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -114,8 +116,30 @@ def temporary_dir(out: str, run_id: str) -> str:
     return posixpath.join(out, TEMPORARY, run_id)
 
 
+_NAME = re.compile(r"^part-\d{5}-(?P<run>[0-9a-f]{8,16})-a\d+-[0-9a-f]{8}\.parquet$")
+
+
+def engine_file(name: str) -> bool:
+    """True for data file names only this engine produces (``part-<p>-<run>-a<attempt>-<uuid>.parquet``)."""
+    return bool(_NAME.match(name))
+
+
+def is_s3(fs) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    return any(p in ("s3", "s3a") for p in protocol)
+
+
+def _bucket_key(path: str) -> tuple[str, str]:
+    bucket, _, key = path.partition("/")
+    return bucket, key
+
+
 class ParquetAttemptWriter:
     """Streams one task attempt's output into an attempt-scoped Parquet file with a running CRC32C.
+
+    Local disks and most stores: the file goes to ``OUT/_temporary/<run>/<name>`` and is renamed at
+    job commit. S3: the file is written at its final key as a multipart upload that is left
+    uncompleted (invisible) until the driver completes it at job commit, or aborts it.
 
     >>> w = ParquetAttemptWriter(fs, "/out", "run1", partition=0, attempt=0)   # doctest: +SKIP
     >>> w.write(table); message = w.close()                                    # doctest: +SKIP
@@ -126,16 +150,22 @@ class ParquetAttemptWriter:
         self.fs, self.out, self.run_id = fs, out, run_id
         self.partition, self.attempt = partition, attempt
         self.page_checksums, self.compression = page_checksums, compression
-        name = f"part-{partition:05d}-a{attempt}-{uuid.uuid4().hex[:12]}.parquet"
-        self.path = posixpath.join(temporary_dir(out, run_id), name)
+        self.name = f"part-{partition:05d}-{run_id[:16]}-a{attempt}-{uuid.uuid4().hex[:8]}.parquet"
+        self.s3 = is_s3(fs)
+        self.path = posixpath.join(out, self.name) if self.s3 else posixpath.join(temporary_dir(out, run_id),
+                                                                                  self.name)
         self._file: ChecksummingFile | None = None
         self._writer: pq.ParquetWriter | None = None
         self.rows = 0
 
     def _open(self, schema: pa.Schema) -> None:
-        if is_local(self.fs):
-            self.fs.makedirs(posixpath.dirname(self.path), exist_ok=True)
-        self._file = ChecksummingFile(self.fs.open(self.path, "wb"))
+        if self.s3:
+            raw = self.fs.open(self.path, "wb", autocommit=False)
+        else:
+            if is_local(self.fs):
+                self.fs.makedirs(posixpath.dirname(self.path), exist_ok=True)
+            raw = self.fs.open(self.path, "wb")
+        self._file = ChecksummingFile(raw)
         self._writer = pq.ParquetWriter(self._file, schema, compression=self.compression,
                                         write_page_checksum=self.page_checksums)
 
@@ -148,27 +178,70 @@ class ParquetAttemptWriter:
         self.rows += data.num_rows
 
     def close(self, schema: pa.Schema | None = None) -> dict:
-        """Finish the file and return the task's commit message."""
+        """Finish the file (without publishing it) and return the task's commit message."""
         if self._writer is None:
             self._open(schema if schema is not None else pa.schema([]))
         self._writer.close()
         self._file.close()
-        return {"partition": self.partition, "attempt": self.attempt, "run_id": self.run_id,
-                "files": [{"tmp": self.path, "rows": self.rows, "bytes": self._file.size,
-                           "crc32c": self._file.crc}]}
+        entry = {"name": self.name, "tmp": self.path, "rows": self.rows, "bytes": self._file.size,
+                 "crc32c": self._file.crc, "upload": None}
+        if self.s3:
+            raw = self._file.raw
+            entry["upload"] = {"upload_id": raw.mpu["UploadId"], "parts": list(raw.parts)}
+        return {"partition": self.partition, "attempt": self.attempt, "run_id": self.run_id, "files": [entry]}
 
     def abort(self) -> None:
+        """Discard this attempt's file: nothing of it is ever published."""
         try:
             if self._writer is not None:
                 self._writer.close()
         except Exception:  # noqa: BLE001 - the file is being discarded anyway
             pass
-        if self._file is not None:
+        if self._file is not None and not self._file.closed:
             self._file.abort()
+        if not self.s3:
+            try:
+                self.fs.rm(self.path)
+            except (FileNotFoundError, OSError):
+                pass
+
+
+def publish_file(fs, out: str, entry: dict) -> str:
+    """Make one winning attempt file visible under its final name; idempotent (resumed commits)."""
+    final = posixpath.join(out, entry["name"])
+    if entry.get("upload"):
+        bucket, key = _bucket_key(final)
         try:
-            self.fs.rm(self.path)
-        except (FileNotFoundError, OSError):
+            fs.call_s3("complete_multipart_upload", Bucket=bucket, Key=key, UploadId=entry["upload"]["upload_id"],
+                       MultipartUpload={"Parts": entry["upload"]["parts"]})
+        except Exception:  # noqa: BLE001 - already completed by an earlier, interrupted commit?
+            fs.invalidate_cache(final)
+            if not fs.exists(final) or fs.info(final)["size"] != entry["bytes"]:
+                raise
+        fs.invalidate_cache(out)
+        return final
+    try:
+        fs.mv(entry["tmp"], final)
+    except FileNotFoundError:
+        if fs.exists(final) and fs.info(final)["size"] == entry["bytes"]:
+            return final                      # published by an earlier, interrupted commit
+        raise
+    return final
+
+
+def discard_file(fs, entry: dict) -> None:
+    """Delete (or abort the upload of) one losing attempt file."""
+    if entry.get("upload"):
+        bucket, key = _bucket_key(entry["tmp"])
+        try:
+            fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=entry["upload"]["upload_id"])
+        except Exception:  # noqa: BLE001 - already aborted or completed elsewhere
             pass
+        return
+    try:
+        fs.rm(entry["tmp"])
+    except (FileNotFoundError, OSError):
+        pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,6 +274,7 @@ class Manifest:
 
     doc: dict
     root: str
+    raw: bytes = b""
 
     @property
     def files(self) -> list[dict]:
@@ -214,6 +288,10 @@ class Manifest:
     def rows(self) -> int:
         return sum(f["rows"] for f in self.files)
 
+    @property
+    def generation(self) -> int:
+        return int(self.doc.get("generation", 1))
+
     def path_of(self, entry: dict) -> str:
         return posixpath.join(self.root, entry["path"])
 
@@ -222,8 +300,9 @@ def load_manifest(fs, out: str) -> Manifest | None:
     """The committed manifest of ``out``, or None when nothing is committed. Raises ManifestError if corrupt."""
     path = posixpath.join(out, MANIFEST)
     try:
-        with fs.open(path, "rb") as f:
-            raw = f.read()
+        if is_s3(fs):
+            fs.invalidate_cache(path)
+        raw = fs.cat_file(path)
     except FileNotFoundError:
         return None
     try:
@@ -240,37 +319,65 @@ def load_manifest(fs, out: str) -> Manifest | None:
     if doc.get("version", 0) > MANIFEST_VERSION:
         raise ManifestError(f"manifest {path} has format version {doc['version']}, newer than this engine reads "
                             f"({MANIFEST_VERSION}); upgrade the engine")
-    return Manifest(doc, out)
+    return Manifest(doc, out, raw)
 
 
-def _write_bytes_exclusive(fs, path: str, data: bytes) -> None:
-    """Create ``path`` with ``data`` only if it does not exist (FileExistsError otherwise)."""
+def _local_tmp_write(path: str, data: bytes) -> str:
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return tmp
+
+
+def _s3_put(fs, path: str, data: bytes, **conditions) -> None:
+    bucket, key = _bucket_key(path)
+    fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, **conditions)
+    fs.invalidate_cache(path)
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__} {exc}"
+    return isinstance(exc, FileExistsError) or "PreconditionFailed" in text or "412" in text \
+        or "ConditionalRequestConflict" in text
+
+
+def write_manifest(fs, path: str, data: bytes, previous: Manifest | None) -> None:
+    """Create (put-if-absent) or replace (compare-and-swap on ``previous``) the manifest at ``path``.
+
+    Raises FileExistsError when another writer got there first.
+    """
     if is_local(fs):
-        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        tmp = _local_tmp_write(path, data)
         try:
-            os.link(tmp, path)
+            if previous is None:
+                os.link(tmp, path)             # exactly one creator wins
+            else:
+                # The caller holds the output lock, so no other run can swap the manifest meanwhile.
+                with open(path, "rb") as f:
+                    if f.read() != previous.raw:
+                        raise FileExistsError(path)
+                os.replace(tmp, path)
+                tmp = None
         finally:
-            os.unlink(tmp)
+            if tmp is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
         _fsync_dir(os.path.dirname(path))
+    elif is_s3(fs):
+        try:
+            if previous is None:
+                _s3_put(fs, path, data, IfNoneMatch="*")
+            else:
+                _s3_put(fs, path, data, IfMatch='"' + hashlib.md5(previous.raw).hexdigest() + '"')
+        except Exception as exc:  # noqa: BLE001 - classified
+            if _precondition_failed(exc):
+                raise FileExistsError(path) from exc
+            raise
     else:
-        with fs.open(path, "xb") as f:
-            f.write(data)
-
-
-def _write_bytes_replace(fs, path: str, data: bytes) -> None:
-    if is_local(fs):
-        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(os.path.dirname(path))
-    else:
+        if previous is None and fs.exists(path):
+            raise FileExistsError(path)
         fs.pipe_file(path, data)
 
 
@@ -304,38 +411,40 @@ def choose_winners(messages: Sequence[dict]) -> tuple[dict[int, dict], list[dict
 
 
 def discard(fs, messages: Sequence[dict]) -> None:
-    """Delete the files of attempts that lost."""
+    """Delete the files (abort the uploads) of attempts that lost."""
     for m in messages:
         for f in m["files"]:
-            try:
-                fs.rm(f["tmp"])
-            except (FileNotFoundError, OSError):
-                pass
+            discard_file(fs, f)
 
 
 def commit_job(fs, out: str, *, run_id: str, winners: dict[int, dict], schema: pa.Schema, mode: str,
-               previous: Manifest | None, meta: dict) -> Manifest:
-    """Publish the winners' files and create the manifest; returns the committed manifest."""
-    short = run_id[:12]
+               previous: Manifest | None, meta: dict, hook: Any = None) -> Manifest:
+    """Publish the winners' files, then create the manifest; returns the committed manifest.
+
+    Until the manifest is written, readers see the previous generation (or nothing); published
+    files of a run that dies before that point are orphans that the next run removes.
+    ``hook(point)`` is called at each step (fault-injection tests kill the driver there).
+    """
     entries: list[dict] = []
     for partition in sorted(winners):
-        files = winners[partition]["files"]
-        for i, f in enumerate(files):
-            suffix = f"-{i}" if len(files) > 1 else ""
-            name = f"part-{partition:05d}{suffix}-{short}.parquet"
-            entries.append({"path": name, "partition": partition, "rows": f["rows"], "bytes": f["bytes"],
-                            "crc32c": f["crc32c"], "_tmp": f["tmp"]})
-    for e in entries:
-        final = posixpath.join(out, e["path"])
-        try:
-            fs.mv(e["_tmp"], final)
-        except FileNotFoundError as exc:
-            raise CommitError(f"task output {e['_tmp']} vanished before job commit; nothing was committed. "
-                              "Was the output cleaned by another process? Rerun the job.") from exc
-    files = [{k: v for k, v in e.items() if k != "_tmp"} for e in entries]
+        for f in winners[partition]["files"]:
+            entries.append({"path": f["name"], "partition": partition, "rows": f["rows"], "bytes": f["bytes"],
+                            "crc32c": f["crc32c"]})
+    if hook:
+        hook("before-publish")
+    for partition in sorted(winners):
+        for f in winners[partition]["files"]:
+            try:
+                publish_file(fs, out, f)
+            except FileNotFoundError as exc:
+                raise CommitError(f"task output {f['tmp']} vanished before job commit; nothing was committed. "
+                                  "Was the output cleaned by another process? Rerun the job.") from exc
+            if hook:
+                hook("publish")
+    files = entries
     generation = 1
     if previous is not None:
-        generation = int(previous.doc.get("generation", 1)) + 1
+        generation = previous.generation + 1
         if mode == "append":
             if not previous.schema.equals(schema):
                 raise CommitError(f"cannot append to {out}: its schema {previous.schema} differs from this run's "
@@ -346,33 +455,61 @@ def commit_job(fs, out: str, *, run_id: str, winners: dict[int, dict], schema: p
                 "run_id": run_id, "schema": schema_to_text(schema), "files": files,
                 "committed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(), **meta})
     data = json.dumps(doc, indent=1, sort_keys=True).encode()
-    path = posixpath.join(out, MANIFEST)
-    if previous is None:
-        try:
-            _write_bytes_exclusive(fs, path, data)
-        except FileExistsError:
-            for e in files:
-                try:
-                    fs.rm(posixpath.join(out, e["path"]))
-                except (FileNotFoundError, OSError):
-                    pass
-            raise ConcurrentRunError(f"another run committed {out} first; this run's output was discarded and "
-                                     "the other run's output is intact") from None
-    else:
-        _write_bytes_replace(fs, path, data)
-        if mode == "overwrite":
-            keep = {f["path"] for f in files}
-            for old in previous.files:
-                if old["path"] not in keep:
-                    try:
-                        fs.rm(posixpath.join(out, old["path"]))
-                    except (FileNotFoundError, OSError):
-                        pass
+    if hook:
+        hook("before-manifest")
     try:
-        fs.rm(temporary_dir(out, run_id), recursive=True)
-    except (FileNotFoundError, OSError):
-        pass
-    return Manifest(doc, out)
+        write_manifest(fs, posixpath.join(out, MANIFEST), data, previous)
+    except FileExistsError:
+        for e in entries:
+            with contextlib.suppress(FileNotFoundError, OSError):
+                fs.rm(posixpath.join(out, e["path"]))
+        raise ConcurrentRunError(f"another run committed {out} first; this run's output was discarded and the "
+                                 "other run's output is intact") from None
+    if hook:
+        hook("after-manifest")
+    manifest = Manifest(doc, out, data)
+    cleanup(fs, out, keep_run=None, manifest=manifest)
+    return manifest
+
+
+def cleanup(fs, out: str, *, keep_run: str | None, manifest: Manifest | None) -> list[str]:
+    """Remove what dead runs left in ``out``: attempt directories, pending uploads, unreferenced part files.
+
+    Call only while holding the output lock (so no other live run writes here). ``keep_run``'s
+    attempt files survive (a resumed run reuses them). Returns what was removed.
+    """
+    removed: list[str] = []
+    referenced = {f["path"] for f in manifest.files} if manifest is not None else set()
+    tmp_root = posixpath.join(out, TEMPORARY)
+    with contextlib.suppress(FileNotFoundError):
+        for d in fs.ls(tmp_root, detail=False):
+            if keep_run is not None and posixpath.basename(d.rstrip("/")) == keep_run:
+                continue
+            with contextlib.suppress(FileNotFoundError, OSError):
+                fs.rm(d, recursive=True)
+                removed.append(d)
+    with contextlib.suppress(FileNotFoundError):
+        if is_s3(fs):
+            fs.invalidate_cache(out)
+        for p in fs.ls(out, detail=False):
+            name = posixpath.basename(p.rstrip("/"))
+            if engine_file(name) and name not in referenced and \
+                    (keep_run is None or _NAME.match(name).group("run") != keep_run[:16]):
+                with contextlib.suppress(FileNotFoundError, OSError):
+                    fs.rm(p)
+                    removed.append(p)
+    if is_s3(fs):
+        bucket, prefix = _bucket_key(out.rstrip("/") + "/")
+        with contextlib.suppress(Exception):
+            listing = fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix)
+            for up in listing.get("Uploads", []):
+                name = up["Key"].rsplit("/", 1)[-1]
+                m = _NAME.match(name)
+                if m and (keep_run is None or m.group("run") != keep_run[:16]):
+                    with contextlib.suppress(Exception):
+                        fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
+                        removed.append(f"upload {up['Key']}")
+    return removed
 
 
 def check_output(fs, out: str, mode: str) -> Manifest | None:
@@ -381,7 +518,9 @@ def check_output(fs, out: str, mode: str) -> Manifest | None:
         raise CommitError(f"mode must be 'error', 'overwrite' or 'append', got {mode!r}")
     manifest = load_manifest(fs, out)
     if manifest is None and fs.exists(out):
-        foreign = [p for p in fs.ls(out, detail=False) if not posixpath.basename(p.rstrip("/")).startswith(("_", "."))]
+        foreign = [p for p in fs.ls(out, detail=False)
+                   if not posixpath.basename(p.rstrip("/")).startswith(("_", "."))
+                   and not engine_file(posixpath.basename(p.rstrip("/")))]
         if foreign:
             raise OutputExistsError(f"output {out} exists and holds files that no run of this engine committed "
                                     f"(e.g. {foreign[0]}); choose an empty or new output path")
@@ -485,6 +624,7 @@ def read(path: str, storage_options: dict | None = None, verify: bool = False,
 
 
 __all__ = ["ParquetAttemptWriter", "ChecksummingFile", "Manifest", "VerifySummary", "commit_job", "check_output",
+           "cleanup", "publish_file", "discard_file", "write_manifest", "engine_file",
            "choose_winners", "discard", "load_manifest", "read", "verify", "verify_manifest", "crc32c",
            "file_crc32c", "MANIFEST", "TEMPORARY"]
 _ = Any

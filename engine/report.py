@@ -47,6 +47,7 @@ class StageReport:
     attempts: int = 0
     retries: int = 0
     speculative: int = 0
+    resumed: int = 0
 
     @property
     def duration(self) -> float:

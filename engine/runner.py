@@ -32,7 +32,10 @@ from .compile import TaskSpec, stage_prefix
 from .datasets import InputSpec, Split, filesystem, is_local, resolve_input, sample_table
 from .errors import (ClusterError, CommitError, ConcurrentRunError, EngineError, InputError, JobDefinitionError,
                      OutputExistsError, SchemaError, ShuffleLocationError, StageFailedError)
+from .faults import Faults
 from .job import Job
+from .journal import Journal, still_valid
+from .lock import output_lock
 from .plan import Plan, build_plan, validate_on_sample
 from .report import RunReport, StageReport, TaskReport
 from .tasks import TaskCancelled, TaskContext, run_map, run_reduce
@@ -88,11 +91,18 @@ class StageExecutor:
     """
 
     def __init__(self, client, report: RunReport, *, progress: ProgressFn | None = None,
-                 supervisor: Any = None) -> None:
+                 supervisor: Any = None, journal: Journal | None = None, resume: bool = False,
+                 shuffle_fs: Any = None, out_fs: Any = None, out: str | None = None) -> None:
         self.client = client
         self.report = report
         self.progress = progress
         self.supervisor = supervisor
+        self.journal = journal
+        self.resume = resume
+        self.shuffle_fs, self.out_fs, self.out = shuffle_fs, out_fs, out
+        self.session = uuid.uuid4().hex[:6]   # keys never collide with a dead driver's tasks
+        self.losers: list[dict] = []
+        self._pending_uploads: set[str] | None = None
         self.max_attempts = int(config.get("retries.attempts"))
         self.backoff_base = float(config.get("retries.backoff-base"))
         self.backoff_max = float(config.get("retries.backoff-max"))
@@ -111,6 +121,14 @@ class StageExecutor:
         failures: dict[int, int] = {p: 0 for p in by_partition}
         delayed: list[tuple[float, int]] = []
         losers: list[dict] = []
+        if self.resume and self.journal is not None:
+            for p, value in self.journal.load(name).items():
+                if p in by_partition and still_valid(self.shuffle_fs, self.out_fs, value, self._uploads()):
+                    results[p] = value
+            if results:
+                log.info("%s: resumed %d of %d task(s) from the journal", name, len(results), len(tasks))
+                self.report.retries.append({"stage": name, "resumed": sorted(results)})
+                stage.resumed = len(results)
 
         def submit(partition: int, speculative: bool = False) -> None:
             attempt = attempts[partition]
@@ -123,7 +141,8 @@ class StageExecutor:
                 stage.speculative += 1
 
         for p in by_partition:
-            submit(p)
+            if p not in results:
+                submit(p)
         if self.supervisor is not None:
             self.supervisor.stage_started(self, name, prefix, len(tasks))
         try:
@@ -155,6 +174,8 @@ class StageExecutor:
                             self.report.tasks[-1].status = "lost"
                             continue
                         results[partition] = value
+                        if self.journal is not None:
+                            self.journal.record(name, partition, value)
                         stage.rows_in += int(value.get("rows_in") or 0)
                         stage.rows_out += int(value.get("rows_out") or 0)
                         stage.bytes_out += int(value.get("bytes_out") or 0)
@@ -201,8 +222,18 @@ class StageExecutor:
             if self.supervisor is not None:
                 self.supervisor.stage_finished(self, name)
         stage.stop = time.time()
-        self.losers = losers
+        self.losers.extend(losers)
         return results
+
+    def _uploads(self) -> set[str] | None:
+        if self._pending_uploads is None and self.out_fs is not None and commit.is_s3(self.out_fs):
+            bucket, _, prefix = self.out.partition("/")
+            try:
+                listing = self.out_fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix.rstrip("/") + "/")
+                self._pending_uploads = {u["UploadId"] for u in listing.get("Uploads", [])}
+            except Exception:  # noqa: BLE001 - then no journaled upload is trusted
+                self._pending_uploads = set()
+        return self._pending_uploads
 
     def _record(self, stage: StageReport, value: dict, speculative: bool) -> None:
         self.report.tasks.append(TaskReport(
@@ -226,29 +257,6 @@ def _snapshot_digest(spec: InputSpec) -> str:
     for f in spec.snapshot:
         h.update(json.dumps(f, sort_keys=True).encode())
     return h.hexdigest()[:16]
-
-
-@contextlib.contextmanager
-def _output_lock(fs, out: str):
-    """Hold an exclusive lock on ``out`` for the run. Local: an OS lock that dies with the process."""
-    if not is_local(fs):
-        yield
-        return
-    import fcntl
-    os.makedirs(out, exist_ok=True)
-    path = os.path.join(out, "_lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConcurrentRunError(f"another run is writing {out} right now (it holds {path}); wait for it to "
-                                     "finish, or write to another output") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        yield
-    finally:
-        os.close(fd)
 
 
 def _payload(plan: Plan) -> bytes:
@@ -289,9 +297,12 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
     plan = build_plan(job, spec, partition_size)
     fingerprint = plan.fingerprint
     snapshot = _snapshot_digest(spec)
+    # Same job + same input snapshot → same run id, so an interrupted run can be resumed.
     run_id = hashlib.sha256(f"{fingerprint}:{snapshot}".encode()).hexdigest()[:16]
-    if force or not resume:
+    if force:
         run_id = f"{run_id[:8]}{uuid.uuid4().hex[:8]}"
+    if faults is None:
+        faults = Faults.from_env()
     rep = RunReport(job.name, run_id, fingerprint, start=started, input_files=len(spec.snapshot),
                     input_bytes=spec.total_bytes, output=output)
 
@@ -320,12 +331,18 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
                    "dashboard": info.dashboard}
     _check_reachability(info, spec, out_fs, shuffle_dir)
 
-    with _output_lock(out_fs, out):
+    with output_lock(out_fs, out):
         previous = commit.check_output(out_fs, out, mode)
         if previous is not None and mode == "error":
             raise OutputExistsError(f"{output} was committed by another run meanwhile (run "
                                     f"{previous.doc.get('run_id')})")
-        shuffle_fs, shuffle_root, cleanup = _shuffle_location(shuffle_dir, storage_options, run_id)
+        # We hold the lock: whatever dead runs left here is garbage (except our own work when resuming).
+        removed = commit.cleanup(out_fs, out, keep_run=run_id if resume else None, manifest=previous)
+        if removed:
+            log.info("removed %d leftover(s) of earlier runs from %s", len(removed), output)
+        journal = Journal(out_fs, posixpath.join(commit.temporary_dir(out, run_id), "journal"))
+        shuffle_fs, shuffle_root, cleanup = _shuffle_location(shuffle_dir, storage_options, run_id, out_fs, out,
+                                                              info)
         blob = _payload(plan)
         blob_future = client.scatter(blob, broadcast=True, hash=False)
         supervisor = None
@@ -335,22 +352,24 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
                 supervisor = Supervisor.from_config(client, rep)
             except ImportError:
                 supervisor = None
-        executor = StageExecutor(client, rep, progress=progress, supervisor=supervisor)
+        executor = StageExecutor(client, rep, progress=progress, supervisor=supervisor, journal=journal,
+                                 resume=resume, shuffle_fs=shuffle_fs, out_fs=out_fs, out=out)
+        ok = False
         try:
             manifest = _execute(plan, spec, client, info, executor, rep, run_id=run_id, out_fs=out_fs, out=out,
                                 blob_future=blob_future, shuffle_fs=shuffle_fs, shuffle_root=shuffle_root,
                                 skew_enabled=skew, mode=mode, previous=previous, snapshot=snapshot,
                                 faults=faults)
+            ok = True
         except BaseException as exc:
             rep.status, rep.stop = "failed", time.time()
-            rep.message = f"{type(exc).__name__}: {exc}"
-            with contextlib.suppress(Exception):
-                out_fs.rm(commit.temporary_dir(out, run_id), recursive=True)
+            rep.message = f"{type(exc).__name__}: {redact(str(exc), storage_options)}"
+            _record_history(rep)
             raise
         finally:
             with contextlib.suppress(Exception):
                 blob_future.release()
-            cleanup()
+            cleanup(ok)
     rep.status, rep.stop = "committed", time.time()
     rep.output_rows = manifest.rows
     rep.output_files = len(manifest.files)
@@ -361,6 +380,23 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
         rep.to_html(report)
     _record_history(rep)
     return RunResult(output, run_id, rep, False, manifest, storage_options)
+
+
+def redact(text: str, storage_options: dict | None) -> str:
+    """``text`` with every secret-looking value of ``storage_options`` replaced by ``***``."""
+    secrets: list[str] = []
+
+    def walk(obj: Any, key: str = "") -> None:
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(v, str(k))
+        elif isinstance(obj, str) and len(obj) >= 4 and any(
+                w in key.lower() for w in ("key", "secret", "token", "password", "credential", "session")):
+            secrets.append(obj)
+    walk(storage_options or {})
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
 
 
 def _record_history(rep: RunReport) -> None:
@@ -392,21 +428,36 @@ def _check_reachability(info: ClusterInfo, spec: InputSpec, out_fs, shuffle_dir:
                            "write to shared storage (e.g. s3://)")
 
 
-def _shuffle_location(shuffle_dir: str | None, storage_options: dict | None, run_id: str):
+def _shuffle_location(shuffle_dir: str | None, storage_options: dict | None, run_id: str, out_fs, out: str,
+                      info: ClusterInfo):
+    """``(fs, root, cleanup(ok))`` of this run's map outputs.
+
+    Default: under ``OUT/_temporary/<run>/shuffle`` when the output is on a disk every worker shares
+    (the files then survive a driver crash, for ``resume``), else a local temporary directory.
+    """
     if shuffle_dir is None:
         shuffle_dir = config.get("shuffle.dir")
+    if shuffle_dir is None and is_local(out_fs) and info.same_host:
+        root = posixpath.join(commit.temporary_dir(out, run_id), "shuffle")
+        os.makedirs(root, exist_ok=True)
+
+        def cleanup_local(ok: bool) -> None:
+            if ok:
+                shutil.rmtree(root, ignore_errors=True)
+        return out_fs, root, cleanup_local
     if shuffle_dir is None:
         root = tempfile.mkdtemp(prefix=f"engine-shuffle-{run_id[:8]}-")
         fs, _ = filesystem(root)
-        return fs, root, lambda: shutil.rmtree(root, ignore_errors=True)
+        return fs, root, lambda ok: shutil.rmtree(root, ignore_errors=True)
     fs, base = filesystem(shuffle_dir, storage_options)
     root = posixpath.join(base, run_id)
     if is_local(fs):
         os.makedirs(root, exist_ok=True)
 
-    def cleanup() -> None:
-        with contextlib.suppress(Exception):
-            fs.rm(root, recursive=True)
+    def cleanup(ok: bool) -> None:
+        if ok:
+            with contextlib.suppress(Exception):
+                fs.rm(root, recursive=True)
     return fs, root, cleanup
 
 
@@ -432,7 +483,7 @@ def _execute(plan: Plan, spec: InputSpec, client, info: ClusterInfo, executor: S
             columns=r.columns, partition_types=spec.partition_types if r.index == 0 else {},
             page_checksums=bool(config.get("checksums.page-checksums")), faults=faults)
         # ---- map stage
-        prefix = stage_prefix(plan.job.name, r.index, "map", plan.fingerprint, run_id)
+        prefix = stage_prefix(plan.job.name, r.index, "map", plan.fingerprint, f"{run_id}:{executor.session}")
         tasks = [TaskSpec(i, run_map, (base_ctx, blob_future, input_fs, s)) for i, s in enumerate(splits)]
         split_by_index = {i: s for i, s in enumerate(splits)}
         log.info("round %d/%d: map stage, %d task(s)", r.index + 1, len(rounds), len(tasks))
@@ -444,7 +495,8 @@ def _execute(plan: Plan, spec: InputSpec, client, info: ClusterInfo, executor: S
         outputs = [results[p]["shuffle"] for p in sorted(results)]
         map_schema = next((results[p]["schema"] for p in sorted(results) if results[p].get("schema") is not None), None)
         reduce_tasks, describe = _reduce_tasks(plan, r, base_ctx, outputs, map_schema, blob_future, info, rep)
-        prefix = stage_prefix(plan.job.name, r.index, "reduce", plan.fingerprint, run_id)
+        prefix = stage_prefix(plan.job.name, r.index, "reduce", plan.fingerprint,
+                              f"{run_id}:{executor.session}")
         log.info("round %d/%d: reduce stage, %d task(s)", r.index + 1, len(rounds), len(reduce_tasks))
         results = executor.run(f"r{r.index}-reduce", prefix, reduce_tasks, round_index=r.index,
                                round_count=len(rounds), kind="reduce", describe=describe)
@@ -458,7 +510,7 @@ def _execute(plan: Plan, spec: InputSpec, client, info: ClusterInfo, executor: S
         est_bytes = sum(int(results[p]["bytes_out"] or 0) for p in results)
     messages = [v["commit"] for v in final.values() if v["commit"]["files"]]
     winners, losers = commit.choose_winners(messages)
-    commit.discard(out_fs, losers + [v["commit"] for v in getattr(executor, "losers", []) if "commit" in v])
+    commit.discard(out_fs, losers + [v["commit"] for v in executor.losers if "commit" in v])
     if schema is None:
         schema = pa.schema([])
     meta = {"job": plan.job.name, "fingerprint": plan.fingerprint, "engine_version": ENGINE_VERSION,
@@ -466,7 +518,7 @@ def _execute(plan: Plan, spec: InputSpec, client, info: ClusterInfo, executor: S
                       "snapshot": list(spec.snapshot)[:1000]},
             "timings": {"started": rep.start, "seconds": round(time.time() - rep.start, 3)}}
     return commit.commit_job(out_fs, out, run_id=run_id, winners=winners, schema=schema, mode=mode,
-                             previous=previous, meta=meta)
+                             previous=previous, meta=meta, hook=faults.commit_hook if faults is not None else None)
 
 
 def _final_schema(results: dict[int, dict]) -> pa.Schema | None:

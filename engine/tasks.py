@@ -229,6 +229,8 @@ def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partitio
                         stages["aggs"].validate(table.schema)
                     checked = True
                 writer.write(table)
+            if ctx.faults is not None:
+                ctx.faults.during_task(ctx, "map", partition, attempt)
             index = writer.close()
             index.rows_in = rows_in
             result = {"shuffle": index, "rows_out": index.total_rows, "bytes_out": index.total_bytes,
@@ -305,6 +307,8 @@ def run_reduce(ctx: TaskContext, blob: bytes, refs: list, bounds: tuple | None, 
             else:
                 result = _apply(stages["reduce"], table, f"reduce function of {label}")
             output.write(result)
+            if ctx.faults is not None:
+                ctx.faults.during_task(ctx, "reduce", partition, attempt)
         result_info = output.close()
     except BaseException:
         output.abort()
