@@ -90,8 +90,8 @@ def load_job(spec: str):
             raise _job_error(spec, None, exc) from exc
     job = getattr(module, "job", None)
     if not isinstance(job, Job):
-        found = "nothing" if job is None else f"a {type(job).__name__}"
-        raise JobDefinitionError(f"{spec} must define a module-level `job = engine.Job(...)`, but `job` is {found}; "
+        found = "it defines no `job`" if job is None else f"its `job` is a {type(job).__name__}"
+        raise JobDefinitionError(f"{spec} must define a module-level `job = engine.Job(...)`, but {found}; "
                                  "e.g. job = Job('name').map(fn).reduce(by='key', aggs={'n': agg.count()})")
     return job
 
@@ -143,9 +143,11 @@ def _positive_int(text: str) -> int:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mapreduce", description="Run and check dataframe-native MapReduce jobs.",
                                 epilog="Exit codes: 0 success, 1 failed (reason on stderr), 2 usage error.")
-    p.add_argument("--debug", action="store_true", help="print tracebacks of unexpected errors")
+    p.add_argument("--debug", action="store_true", help="print tracebacks of unexpected errors, and the workers' logs")
+    common = argparse.ArgumentParser(add_help=False)  # --debug after the command works too
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True, metavar="{run,verify,explain,history}")
-    r = sub.add_parser("run", help="run a job and commit its output",
+    r = sub.add_parser("run", parents=[common], help="run a job and commit its output",
                        description="Run JOB over the input and commit its output atomically. Rerunning the same "
                                    "job on unchanged input over its own committed output does nothing and exits 0.")
     r.add_argument("job", help="Python file or module defining a module-level `job`")
@@ -167,16 +169,16 @@ def _parser() -> argparse.ArgumentParser:
                    help="recompute even if this job already committed this output from this input "
                         "(combine with --mode overwrite to replace it)")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress or log lines, only the summary and errors")
-    v = sub.add_parser("verify", help="re-check every committed file's checksum",
+    v = sub.add_parser("verify", parents=[common], help="re-check every committed file's checksum",
                        description="Exit 0 when PATH's committed output is intact, 1 when it is corrupt or "
                                    "incomplete (each bad file is named on stderr).")
     v.add_argument("path")
-    e = sub.add_parser("explain", help="print a job's plan (and, with --input, the Dask graph size)")
+    e = sub.add_parser("explain", parents=[common], help="print a job's plan (and, with --input, the Dask graph size)")
     e.add_argument("job")
     e.add_argument("--input", "-i", action="append")
     e.add_argument("--format", help="input format (default: from file names)")
     e.add_argument("--partition-size")
-    h = sub.add_parser("history", help="past runs and SLIs (ENGINE_HISTORY sets the database path)")
+    h = sub.add_parser("history", parents=[common], help="past runs and SLIs (ENGINE_HISTORY sets the database path)")
     h.add_argument("--job")
     h.add_argument("--limit", type=_positive_int, default=20)
     return p
@@ -186,36 +188,48 @@ def _parser() -> argparse.ArgumentParser:
 _CLI_WORDS = [
     (re.compile(r"\bmode='(error|overwrite|append)'"), r"--mode \1"),
     (re.compile(r"\bforce=True\b"), "--force"),
-    (re.compile(r"\bshuffle_dir="), "--shuffle-dir "),
-    (re.compile(r"\bpartition_size="), "--partition-size="),
-    (re.compile(r"\bcluster=None\b"), "the embedded cluster (no --scheduler)"),
+    (re.compile(r"\bresume=True\b"), "--resume"),
+    (re.compile(r"\bshuffle_dir=(?=\s)"), "--shuffle-dir"),
+    (re.compile(r"\bformat=(?=\s)"), "--format"),
+    (re.compile(r"\bpartition_size=(?=\S)"), "--partition-size "),
+    (re.compile(r"\bor run with cluster=None\b"), "or run without --scheduler"),
 ]
 
 
-def _one_paragraph(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
+def _cli_words(text: str) -> str:
     for pattern, repl in _CLI_WORDS:
         text = pattern.sub(repl, text)
     return text
+
+
+def _one_paragraph(exc: BaseException) -> str:
+    return " ".join(_cli_words(str(exc)).split()) or type(exc).__name__
 
 
 class _CliFormatter(logging.Formatter):
     """Log lines that name command-line flags where the engine's messages name Python parameters."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's API
-        text = super().formatMessage(record)
-        for pattern, repl in _CLI_WORDS:
-            text = pattern.sub(repl, text)
-        return text
+        return _cli_words(super().formatMessage(record))
 
 
-def _configure_logging(quiet: bool) -> None:
+def _configure_logging(quiet: bool, debug: bool) -> None:
     import dask.config
-    # distributed configures its own loggers when first imported; keep its chatter to real problems.
-    dask.config.set({"distributed.logging.distributed": "error"})
-    for name in ("distributed", "distributed.client", "distributed.worker", "distributed.scheduler",
-                 "distributed.nanny", "distributed.core"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    # distributed configures its loggers (in this process and in every worker process) when it is
+    # first imported. Keep its chatter to real problems: a failing task is retried and reported by
+    # the engine, so the workers' own "Compute Failed" tracebacks only show with --debug.
+    current = dask.config.get("distributed.logging", default=None) or {}
+    if isinstance(current, dict) and "version" not in current \
+            and not dask.config.get("distributed.logging-file-config", default=None):
+        level = {"distributed": "warning" if debug else "error"}
+        dask.config.set({"distributed.logging": {**level, **current}})  # the user's own levels win
+    if not debug:
+        preload = dask.config.get("distributed.worker.preload", default=None) or []
+        preload = [preload] if isinstance(preload, str) else list(preload)
+        if __name__ not in preload:
+            dask.config.set({"distributed.worker.preload": [*preload, __name__]})
+    if "distributed" in sys.modules:  # imported already: its configuration has run, adjust the level here
+        logging.getLogger("distributed").setLevel(logging.WARNING if debug else logging.ERROR)
     engine_log = logging.getLogger("engine")
     engine_log.setLevel(logging.WARNING if quiet else logging.INFO)
     if not any(getattr(h, "_mapreduce_cli", False) for h in engine_log.handlers):
@@ -226,13 +240,29 @@ def _configure_logging(quiet: bool) -> None:
         engine_log.propagate = False
 
 
+class _NoComputeFailed(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Compute Failed")
+
+
+def dask_setup(worker: Any) -> None:
+    """Worker preload of the embedded cluster the CLI starts (``distributed.worker.preload``).
+
+    A failing task is retried by the driver and, if it keeps failing, reported as one paragraph, so
+    the worker does not also log every failed attempt with a traceback (``--debug`` keeps them).
+    """
+    log = logging.getLogger("distributed.worker")
+    if not any(isinstance(f, _NoComputeFailed) for f in log.filters):
+        log.addFilter(_NoComputeFailed())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 for --help
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
-    _configure_logging(getattr(args, "quiet", False))
+    _configure_logging(getattr(args, "quiet", False), args.debug)
     from .errors import EngineError
     try:
         return _COMMANDS[args.command](args)

@@ -99,6 +99,7 @@ class Faults:
     # -- called by the driver ---------------------------------------------------------------
     def commit_hook(self, point: str) -> None:
         if self.commit_delay:
+            print(f"engine-fault: commit step {point}", flush=True)
             time.sleep(self.commit_delay)
 
 
