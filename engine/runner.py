@@ -158,11 +158,16 @@ class StageExecutor:
                         continue
                     break
                 try:
-                    done, _ = wait(list(running), timeout=0.1, return_when=FIRST_COMPLETED)
+                    # distributed.wait() uses the *default* client; ours is not one (set_as_default=False),
+                    # and without as_current() wait() raised at once and this loop spun on a core.
+                    with self.client.as_current():
+                        done, _ = wait(list(running), timeout=0.1, return_when=FIRST_COMPLETED)
                 except TimeoutError:
                     done = set()
                 except Exception:  # noqa: BLE001 - distributed raises its own timeout type on some versions
                     done = {f for f in running if f.done()}
+                    if not done:
+                        time.sleep(0.05)
                 for future in done:
                     partition, attempt, submitted, speculative = running.pop(future)
                     if future.status == "finished":
