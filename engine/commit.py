@@ -482,12 +482,17 @@ def cleanup(fs, out: str, *, keep_run: str | None, manifest: Manifest | None) ->
     referenced = {f["path"] for f in manifest.files} if manifest is not None else set()
     tmp_root = posixpath.join(out, TEMPORARY)
     with contextlib.suppress(FileNotFoundError):
+        kept = 0
         for d in fs.ls(tmp_root, detail=False):
             if keep_run is not None and posixpath.basename(d.rstrip("/")) == keep_run:
+                kept += 1
                 continue
             with contextlib.suppress(FileNotFoundError, OSError):
                 fs.rm(d, recursive=True)
                 removed.append(d)
+        if not kept:
+            with contextlib.suppress(FileNotFoundError, OSError):
+                fs.rm(tmp_root, recursive=True)
     with contextlib.suppress(FileNotFoundError):
         if is_s3(fs):
             fs.invalidate_cache(out)

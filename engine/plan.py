@@ -53,8 +53,12 @@ class Plan:
         for r in self.rounds:
             head = f"round {r.index + 1} ({r.kind}" + (f" by {list(r.keys)}" if r.keys else "") + ")"
             lines.append(head)
-            tasks = f"{len(self.input.splits)} map tasks" if (self.input is not None and r.index == 0) else \
-                "one map task per partition of the previous round"
+            if self.input is not None and r.index == 0:
+                tasks = f"{len(self.input.splits)} map tasks"
+            elif r.index == 0:
+                tasks = "one map task per input split"
+            else:
+                tasks = "one map task per partition of the previous round"
             if not r.maps:
                 lines.append(f"  map    (identity)  {tasks}")
             for m in r.maps:
@@ -63,7 +67,7 @@ class Plan:
                 lines.append(f"  {r.combine.describe():<40} per map spill (0..n times)")
             if r.kind in ("aggregate", "reduce"):
                 est = self.input.total_bytes if (self.input is not None and r.index == 0) else None
-                parts = f"{self.initial_partitions(est)} partitions" if est is not None else "partitions"
+                parts = f"{self.initial_partitions(est)} partitions" if est is not None else "N partitions (from input size)"
                 lines.append(f"  shuffle hash({list(r.keys)}) -> {parts}, coalesced at run time toward "
                              f"{_size(self.partition_size)} per reducer")
                 if r.kind == "aggregate":

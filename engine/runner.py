@@ -38,7 +38,7 @@ from .journal import Journal, still_valid
 from .lock import output_lock
 from .plan import Plan, build_plan, validate_on_sample
 from .report import RunReport, StageReport, TaskReport
-from .tasks import TaskCancelled, TaskContext, run_map, run_reduce
+from .tasks import TaskContext, run_map, run_reduce
 
 log = logging.getLogger("engine")
 
@@ -188,14 +188,16 @@ class StageExecutor:
                         if self.progress is not None:
                             self.progress(name, len(results), len(tasks))
                         continue
-                    if future.status == "cancelled" or partition in results:
+                    if partition in results:
                         future.release()
                         continue
-                    exc = future.exception()
-                    tb = future.traceback()
+                    if future.status == "cancelled":
+                        # The driver cancels only siblings of a finished partition, so the cluster dropped
+                        # this one (e.g. a dependency was lost with a dead worker): retry it, never skip it.
+                        exc, tb = ClusterError(f"the cluster cancelled task {future.key!r}"), None
+                    else:
+                        exc, tb = future.exception(), future.traceback()
                     future.release()
-                    if isinstance(exc, TaskCancelled):
-                        continue
                     if any(f_p == partition for f_p, *_ in running.values()):
                         continue  # another attempt of this partition is still running
                     failures[partition] += 1
@@ -226,6 +228,10 @@ class StageExecutor:
                 future.release()
             if self.supervisor is not None:
                 self.supervisor.stage_finished(self, name)
+        missing = sorted(set(by_partition) - set(results))
+        if missing:
+            raise StageFailedError(f"round {round_index + 1} of {round_count}, {kind} stage: partition(s) {missing} "
+                                   "never finished", round=round_index, stage=kind, partition=missing[0])
         stage.stop = time.time()
         self.losers.extend(losers)
         return results
@@ -314,10 +320,13 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
     previous = commit.check_output(out_fs, out, mode)
     if previous is not None and not force and previous.doc.get("fingerprint") == fingerprint \
             and previous.doc.get("input", {}).get("digest") == snapshot:
-        rep.status, rep.stop = "skipped", time.time()
+        rep.status, rep.stop, rep.run_id = "skipped", time.time(), previous.doc["run_id"]
         rep.message = (f"{output} already holds this job's output for this input snapshot (run "
                        f"{previous.doc['run_id']}); nothing to do. Pass force=True to recompute.")
+        rep.output_rows = previous.rows
+        rep.output_files = len(previous.files)
         log.info(rep.message)
+        _record_history(rep)
         return RunResult(output, previous.doc["run_id"], rep, True, previous, storage_options)
     if previous is not None and mode == "error":
         raise OutputExistsError(f"{output} already holds committed output (job {previous.doc.get('job')!r}, run "
@@ -349,7 +358,10 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
         shuffle_fs, shuffle_root, cleanup = _shuffle_location(shuffle_dir, storage_options, run_id, out_fs, out,
                                                               info)
         blob = _payload(plan)
-        blob_future = client.scatter(blob, broadcast=True, hash=False)
+        # A task, not scattered data: the scheduler recomputes it if the worker holding it dies. (Scattered
+        # data is lost then, as the active memory manager keeps one replica, and its dependents are cancelled.)
+        blob_future = client.submit(_hold_payload, blob, key=f"engine-payload-{run_id}-{uuid.uuid4().hex[:8]}",
+                                    pure=False)
         supervisor = None
         if speculation and config.get("speculation.enabled"):
             try:
@@ -402,6 +414,10 @@ def redact(text: str, storage_options: dict | None) -> str:
     for secret in secrets:
         text = text.replace(secret, "***")
     return text
+
+
+def _hold_payload(blob: bytes) -> bytes:
+    return blob
 
 
 def _record_history(rep: RunReport) -> None:

@@ -64,9 +64,17 @@ def coalesce(rows: Sequence[int], nbytes: Sequence[int], target: int, *, min_tas
         decisions.append({"action": "coalesce", "partitions_before": int(len(sizes)),
                           "partitions_after": len(groups), "target_bytes": int(effective),
                           "total_bytes": total,
-                          "reason": f"{len(sizes)} hash partitions of {total} bytes in all, coalesced toward "
-                                    f"{effective} bytes per reducer"})
+                          "reason": f"{len(sizes)} hash partitions of {_size(total)} in all, coalesced into "
+                                    f"{len(groups)} reducer(s) of up to {_size(effective)}"})
     return ReducePlan(groups, decisions)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
 
 
 def range_partition_count(total_bytes: int, target: int, *, min_tasks: int = 1, max_tasks: int = 4096) -> int:

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, settings
+from fixtures import *  # noqa: F401,F403  (s3, dask_cluster, cli_cluster)
 
 # Hypothesis profiles: a fast default for CI, a heavy one for nightly runs (HYPOTHESIS_PROFILE=heavy).
 settings.register_profile("ci", max_examples=40, deadline=None,
