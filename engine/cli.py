@@ -4,6 +4,7 @@
                   [--no-speculation] [--no-skew] [--partition-size SIZE] [--report report.html]
                   [--resume] [--force]
     mapreduce verify PATH
+    mapreduce clean PATH
     mapreduce explain JOB [--input IN]
     mapreduce history [--job NAME]
 
@@ -169,6 +170,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="recompute even if this job already committed this output from this input "
                         "(combine with --mode overwrite to replace it)")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress or log lines, only the summary and errors")
+    c = sub.add_parser("clean", parents=[common], help="remove what dead runs left in an output",
+                       description="Remove attempt files, pending multipart uploads and unreferenced part files "
+                                   "that dead runs left in PATH. Refuses (exit 1) while a live run holds PATH.")
+    c.add_argument("path")
     v = sub.add_parser("verify", parents=[common], help="re-check every committed file's checksum",
                        description="Exit 0 when PATH's committed output is intact, 1 when it is corrupt or "
                                    "incomplete (each bad file is named on stderr).")
@@ -377,4 +382,21 @@ def cmd_history(args) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {"run": cmd_run, "verify": cmd_verify, "explain": cmd_explain, "history": cmd_history}
+def cmd_clean(args) -> int:
+    from .commit import cleanup, load_manifest
+    from .datasets import filesystem
+    from .lock import output_lock
+    fs, out = filesystem(args.path)
+    if not fs.exists(out):
+        print(f"{args.path}: nothing there")
+        return EXIT_OK
+    with output_lock(fs, out):
+        removed = cleanup(fs, out, keep_run=None, manifest=load_manifest(fs, out))
+    for r in removed:
+        print(f"removed {r}")
+    print(f"{args.path}: clean ({len(removed)} leftover(s) removed)")
+    return EXIT_OK
+
+
+_COMMANDS = {"run": cmd_run, "verify": cmd_verify, "explain": cmd_explain, "history": cmd_history,
+             "clean": cmd_clean}

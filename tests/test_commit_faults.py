@@ -277,3 +277,122 @@ def test_two_concurrent_runs_one_commits_the_other_fails_cleanly(backend, corpus
     assert as_counts(engine.read(out, backend.options, verify=True)) == expected
     manifest = commit.load_manifest(backend.fs, backend.path(out))
     assert data_files(backend, out) == {f["path"] for f in manifest.files}
+
+
+# ---------------------------------------------------------------------------------------------
+# A worker frozen mid-task, resume after a driver kill, cleaning leftovers
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _slow_count(t: pa.Table) -> pa.Table:
+    """A reduce that dawdles (in user code, which cannot notice cancellation) before counting."""
+    time.sleep(2.0)
+    r = t.group_by("word").aggregate([([], "count_all")])
+    return pa.table({"word": r["word"], "count": r["count_all"]})
+
+
+SLOW_REDUCE = engine.Job("slow-reduce").map(wordcount.stages[0].fn).reduce(_slow_count, by="word")
+
+
+@pytest.mark.slow
+def test_sigstopped_worker_late_output_is_never_used(backend, corpus, tmp_path):
+    import threading
+
+    from distributed import Client
+
+    from fixtures import cli_cluster
+    src, expected = corpus
+    out = backend.url("sigstop")
+    # A short worker TTL: the scheduler gives up on the frozen worker and re-runs its task elsewhere.
+    # No nanny: nothing restarts or kills the frozen worker, so once thawed it really finishes its stale attempt.
+    with cli_cluster(tmp_path / "cluster", 2, worker_args=("--no-nanny",),
+                     env={"DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL": "3s"}) as cluster, \
+            Client(cluster.address, set_as_default=False) as client:
+        pids = cluster.worker_pids()
+        box: dict = {}
+
+        def drive():
+            try:
+                box["result"] = SLOW_REDUCE.run(src, out, cluster=cluster.address, storage_options=backend.options,
+                                                partition_size="512KiB", speculation=False)
+            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+                box["error"] = exc
+
+        thread = threading.Thread(target=drive)
+        thread.start()
+
+        def executing_reduce(dask_worker):
+            return [k for k, ts in dask_worker.state.tasks.items()
+                    if ts.state == "executing" and isinstance(k, tuple) and "-reduce-" in k[0]]
+
+        def worker_in_reduce():
+            # A worker *executing* a reduce attempt (inside its 2 s of user code), not merely assigned one.
+            for worker, keys in client.run(executing_reduce).items():
+                if keys:
+                    return worker
+            return None
+        frozen = _wait_for(worker_in_reduce, 60, "the reduce stage to start")
+        os.kill(pids[frozen], signal.SIGSTOP)
+        try:
+            thread.join(timeout=120)
+            assert not thread.is_alive() and "error" not in box, box.get("error")
+        finally:
+            os.kill(pids[frozen], signal.SIGCONT)
+        manifest_before = commit.load_manifest(backend.fs, backend.path(out)).raw
+        committed = box["result"].manifest
+        # The thawed worker finishes its stale attempt (a 2 s sleep, then the write) after the commit.
+        time.sleep(5)
+        assert commit.load_manifest(backend.fs, backend.path(out)).raw == manifest_before
+        late = [f for f in data_files(backend, out) if f not in {e["path"] for e in committed.files}]
+        late += pending_uploads(backend, out)
+        tmp = backend.path(out) + "/_temporary"
+        late += [p for p in (backend.fs.find(tmp) if backend.fs.exists(tmp) else [])]
+        assert late, "the thawed worker should have written its stale attempt"
+    # The stale attempt is garbage: never in the manifest, removed by the next run or `mapreduce clean`.
+    assert as_counts(engine.read(out, backend.options, verify=True)) == expected
+    manifest = commit.load_manifest(backend.fs, backend.path(out))
+    assert data_files(backend, out) == {f["path"] for f in manifest.files}
+    commit.cleanup(backend.fs, backend.path(out), keep_run=None, manifest=manifest)
+    assert pending_uploads(backend, out) == [] and not backend.fs.exists(backend.path(out) + "/_temporary")
+
+
+@pytest.mark.slow
+def test_resume_reuses_finished_map_outputs_after_driver_kill(corpus, dask_cluster, tmp_path):
+    src, expected = corpus
+    out = tmp_path / "resume"
+    # The reduce stage hangs (first attempts), so the driver is surely killed after the map stage.
+    proc = start_driver(tmp_path, dask_cluster, src, str(out), None, mode="error", force=False,
+                        faults={"hang_first_attempt": [["reduce", 0]]})
+    journal = lambda: list(out.glob("_temporary/*/journal/r0-map/*.pkl"))  # noqa: E731
+    _wait_for(lambda: len(journal()) == 4, 120, "the map stage to be journaled")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (out / "_SUCCESS").exists()
+    result = wordcount.run(src, str(out), cluster=dask_cluster, partition_size="16KiB", resume=True)
+    map_stage = result.report.stages[0]
+    assert map_stage.resumed == 4 and map_stage.attempts == 0
+    assert as_counts(engine.read(str(out), verify=True)) == expected
+    assert not (out / "_temporary").exists()
+
+
+def test_clean_removes_leftovers_of_dead_runs_but_not_committed_output(corpus, tmp_path):
+    src, expected = corpus
+    out = tmp_path / "clean"
+    with pytest.raises(StageFailedError):
+        wordcount.run(src, str(out), partition_size="16KiB", faults=Faults(fail_attempts={("reduce", 1): 99}))
+    assert list(out.glob("_temporary/*/*.parquet"))          # leftovers of the failed run
+    proc = subprocess.run([sys.executable, "-m", "engine", "clean", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert not (out / "_temporary").exists()
+    wordcount.run(src, str(out), partition_size="16KiB")
+    subprocess.run([sys.executable, "-m", "engine", "clean", str(out)], check=True, capture_output=True)
+    assert as_counts(engine.read(str(out), verify=True)) == expected

@@ -1,0 +1,1411 @@
+"""Declarative, mergeable aggregations over Arrow tables.
+
+An aggregation job names its group keys and, for every output column, one
+:class:`Aggregation` built by the constructors of this module::
+
+    from engine import agg
+
+    aggs = agg.AggregationSet(
+        keys=["country", "year"],
+        aggs={"n": agg.count(), "revenue": agg.sum("amount"), "p95": agg.quantile("latency", 0.95)},
+    )
+
+The engine never sees a whole group at once.  It runs every aggregation as three steps over
+*state tables*, in the spirit of a CombineFn:
+
+1. ``partial(table)`` -- *create + add*.  Raw rows of one input partition become a state table
+   with one row per distinct key tuple: the key columns first, then the state columns of every
+   output (named ``"<output>__<part>"``), in the order of the ``aggs`` mapping.
+2. ``merge(state)`` -- *merge accumulators*.  State rows from any number of partials, concatenated
+   in any order, become one row per key, with exactly the schema of the input.  The engine may call
+   merge zero, one or many times, on any grouping of states, before a single state row per key
+   remains: ``merge`` is associative and commutative, and ``merge(merge(s)) == merge(s)``.
+   The exceptions are :func:`first` and :func:`last`, which are order-dependent by nature: they
+   respect the row order of the concatenated state, so the engine must concatenate states in
+   input order when it wants a meaningful first or last value.
+3. ``finalize(state)`` -- *extract output*.  One state row per key becomes the key columns followed
+   by one column per output, in the order of the ``aggs`` mapping.  ``finalize`` accepts states
+   with several rows per key too: it merges them first.
+
+``aggregate(table)`` is ``finalize(merge(partial(table)))``: the answer a single process gives.
+
+Semantics follow Arrow's (and SQL's) grouped aggregation: null values are skipped by every
+aggregation except :func:`count`, which counts rows; null keys form a group of their own; a group
+whose values are all null yields null (``count_distinct`` and ``approx_distinct`` yield 0,
+``top_k`` an empty list).  Dictionary-encoded value columns are aggregated as their decoded
+values.  Everything is vectorized with ``pyarrow.compute`` and numpy; no step loops over rows in
+Python.
+
+The module also provides :func:`hash_array` and :func:`hash_columns`, a fast 64-bit hash of Arrow
+values that is stable across processes, runs and chunk layouts.  ``approx_distinct`` uses it, and
+so does the engine's hash partitioning.
+"""
+
+from __future__ import annotations
+
+import builtins as _bi
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .errors import JobDefinitionError, SchemaError
+
+__all__ = [
+    "Aggregation", "AggregationSet",
+    "count", "sum", "min", "max", "mean", "var", "std", "count_distinct", "approx_distinct",
+    "top_k", "first", "last", "median", "quantile",
+    "hash_array", "hash_columns",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Aggregation descriptions
+# ---------------------------------------------------------------------------------------------
+
+_KINDS = ("count", "sum", "min", "max", "mean", "var", "std", "count_distinct",
+          "approx_distinct", "top_k", "first", "last", "median", "quantile")
+_NUMERIC_KINDS = frozenset({"sum", "mean", "var", "std", "median", "quantile"})
+_ORDERED_KINDS = frozenset({"min", "max", "top_k"})
+
+
+@dataclass(frozen=True)
+class Aggregation:
+    """One declarative aggregation: what to compute (``kind``), over which ``column``, with which
+    ``params`` (sorted ``(name, value)`` pairs).  Build it with the module's constructors::
+
+        >>> sum("amount")
+        sum('amount')
+        >>> var("x", ddof=0).param("ddof")
+        0
+    """
+
+    kind: str
+    column: str | None = None
+    params: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in _KINDS:
+            raise JobDefinitionError(
+                f"unknown aggregation kind {self.kind!r}; known kinds: {', '.join(_KINDS)}")
+        if self.kind == "count":
+            if self.column is not None:
+                raise JobDefinitionError("count() counts rows and takes no column")
+        elif not isinstance(self.column, str) or not self.column:
+            raise JobDefinitionError(
+                f"{self.kind}() needs a column name (a non-empty string), got {self.column!r}")
+        object.__setattr__(self, "params", tuple(sorted(self.params)))
+
+    def param(self, name: str, default: Any = None) -> Any:
+        """The value of parameter ``name`` (``default`` when the kind has no such parameter)."""
+        for key, value in self.params:
+            if key == name:
+                return value
+        return default
+
+    @property
+    def input_columns(self) -> tuple[str, ...]:
+        """The input columns this aggregation reads (empty for :func:`count`)."""
+        return () if self.column is None else (self.column,)
+
+    def __repr__(self) -> str:
+        if self.kind == "count":
+            return "count()"
+        if self.kind == "top_k":
+            return (f"top_k({self.param('k')!r}, {self.column!r}, "
+                    f"smallest={self.param('smallest')!r})")
+        extra = "".join(f", {key}={value!r}" for key, value in self.params)
+        return f"{self.kind}({self.column!r}{extra})"
+
+    def token(self) -> str:
+        """A deterministic string identifying this aggregation, for fingerprinting jobs."""
+        return f"agg/1:{self!r}"
+
+
+def _check_column(column: Any, kind: str) -> str:
+    if not isinstance(column, str) or not column:
+        raise JobDefinitionError(
+            f"{kind}() needs a column name (a non-empty string), got {column!r}")
+    return column
+
+
+def _check_int(value: Any, name: str, kind: str, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise JobDefinitionError(f"{kind}(): {name} must be an integer, got {value!r}")
+    value = int(value)
+    if value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"between {low} and {high}"
+        raise JobDefinitionError(f"{kind}(): {name} must be {bound}, got {value}")
+    return value
+
+
+def count() -> Aggregation:
+    """Number of rows in each group, nulls included; int64.
+
+    Example: ``AggregationSet(["user"], {"visits": count()})``.
+    """
+    return Aggregation("count")
+
+
+def sum(col: str) -> Aggregation:  # noqa: A001 - mirrors the SQL name on purpose
+    """Sum of the non-null values of a numeric column; null when a group has none.
+
+    The result type is Arrow's: int64 for signed integers, uint64 for unsigned ones, float64
+    for floats, a widened decimal for decimals.  Example: ``{"revenue": sum("amount")}``.
+    """
+    return Aggregation("sum", _check_column(col, "sum"))
+
+
+def min(col: str) -> Aggregation:  # noqa: A001
+    """Smallest non-null value (any orderable type: numbers, strings, dates, ...).
+
+    Example: ``{"first_seen": min("timestamp")}``.
+    """
+    return Aggregation("min", _check_column(col, "min"))
+
+
+def max(col: str) -> Aggregation:  # noqa: A001
+    """Largest non-null value (any orderable type).
+
+    Example: ``{"last_seen": max("timestamp")}``.
+    """
+    return Aggregation("max", _check_column(col, "max"))
+
+
+def mean(col: str) -> Aggregation:
+    """Arithmetic mean of the non-null values, as float64.  Example: ``{"avg": mean("price")}``."""
+    return Aggregation("mean", _check_column(col, "mean"))
+
+
+def var(col: str, ddof: int = 1) -> Aggregation:
+    """Variance of the non-null values with ``ddof`` delta degrees of freedom (1: sample variance),
+    as float64; null when a group has ``ddof`` values or fewer.
+
+    Example: ``{"spread": var("latency", ddof=0)}``.
+    """
+    ddof = _check_int(ddof, "ddof", "var", 0)
+    return Aggregation("var", _check_column(col, "var"), (("ddof", ddof),))
+
+
+def std(col: str, ddof: int = 1) -> Aggregation:
+    """Standard deviation, the square root of :func:`var`.  Example: ``{"sd": std("latency")}``."""
+    ddof = _check_int(ddof, "ddof", "std", 0)
+    return Aggregation("std", _check_column(col, "std"), (("ddof", ddof),))
+
+
+def count_distinct(col: str) -> Aggregation:
+    """Exact number of distinct non-null values, as int64 (like SQL ``COUNT(DISTINCT col)``).
+
+    The state holds every distinct value of the group, so prefer :func:`approx_distinct` for
+    large cardinalities.  Example: ``{"users": count_distinct("user_id")}``.
+    """
+    return Aggregation("count_distinct", _check_column(col, "count_distinct"))
+
+
+def approx_distinct(col: str, precision: int = 12) -> Aggregation:
+    """Estimated number of distinct non-null values (HyperLogLog with ``2**precision`` registers,
+    ``4 <= precision <= 16``), as int64.  The relative standard error is about
+    ``1.04 / sqrt(2**precision)`` (1.6 % for the default).
+
+    Example: ``{"users": approx_distinct("user_id", precision=14)}``.
+    """
+    p = _check_int(precision, "precision", "approx_distinct", 4, 16)
+    column = _check_column(col, "approx_distinct")
+    return Aggregation("approx_distinct", column, (("precision", p),))
+
+
+def top_k(k: int, by: str, smallest: bool = False) -> Aggregation:
+    """The ``k`` largest non-null values of column ``by`` in each group, as a list sorted
+    descending (with ``smallest=True``: the ``k`` smallest, sorted ascending).  NaN sorts after
+    every number in both directions, as in Arrow's sort.
+
+    Example: ``{"best": top_k(3, "score")}`` gives ``[9.5, 9.1, 8.7]`` per group.
+    """
+    kk = _check_int(k, "k", "top_k", 1)
+    if not isinstance(smallest, bool):
+        raise JobDefinitionError(f"top_k(): smallest must be True or False, got {smallest!r}")
+    return Aggregation("top_k", _check_column(by, "top_k"), (("k", kk), ("smallest", smallest)))
+
+
+def first(col: str) -> Aggregation:
+    """The first non-null value of the group in input order.
+
+    Order-dependent: the result is only meaningful when partitions are read and states are
+    concatenated in input order.  Example: ``{"opening": first("price")}``.
+    """
+    return Aggregation("first", _check_column(col, "first"))
+
+
+def last(col: str) -> Aggregation:
+    """The last non-null value of the group in input order (order-dependent, like :func:`first`).
+
+    Example: ``{"closing": last("price")}``.
+    """
+    return Aggregation("last", _check_column(col, "last"))
+
+
+def median(col: str) -> Aggregation:
+    """Exact median of the non-null values, as float64 (the mean of the two middle values for an
+    even count).  The state holds every value of the group.  Example: ``{"mid": median("x")}``.
+    """
+    return Aggregation("median", _check_column(col, "median"), (("q", 0.5),))
+
+
+def quantile(col: str, q: float) -> Aggregation:
+    """Exact ``q``-quantile (``0 <= q <= 1``) of the non-null values, as float64, interpolated
+    linearly between the two nearest values like numpy's default method.
+
+    Example: ``{"p99": quantile("latency", 0.99)}``.
+    """
+    if isinstance(q, bool) or not isinstance(q, (int, float, np.integer, np.floating)):
+        raise JobDefinitionError(f"quantile(): q must be a number between 0 and 1, got {q!r}")
+    qf = float(q)
+    if not 0.0 <= qf <= 1.0:
+        raise JobDefinitionError(f"quantile(): q must be between 0 and 1, got {q!r}")
+    return Aggregation("quantile", _check_column(col, "quantile"), (("q", qf),))
+
+
+# ---------------------------------------------------------------------------------------------
+# Hashing
+# ---------------------------------------------------------------------------------------------
+
+_U64 = np.uint64
+_GOLDEN = _U64(0x9E3779B97F4A7C15)
+_MIX1 = _U64(0xBF58476D1CE4E5B9)
+_MIX2 = _U64(0x94D049BB133111EB)
+_S30, _S27, _S31 = _U64(30), _U64(27), _U64(31)
+_BASE = 0xA0761D6478BD642F                # odd, so it is invertible modulo 2**64
+_BASE_INV = pow(_BASE, -1, 1 << 64)
+_LEN_MUL = _U64(0xE7037ED1A0B428DB)
+_COMBINE_MUL = _U64(0x100000001B3)
+_BYTES_BLOCK = 1 << 16                     # bytes hashed per vectorized block
+
+
+def _mix_scalar(x: int) -> int:
+    m = (1 << 64) - 1
+    z = (x + 0x9E3779B97F4A7C15) & m
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+    return z ^ (z >> 31)
+
+
+_NULL_HASH = _U64(_mix_scalar(0x6E756C6C2D6B6579))      # the hash of every null value
+_STRUCT_SEED = _U64(_mix_scalar(0x7374727563742D31))
+_BYTES_SEED = _U64(_mix_scalar(0x62797465732D3031))      # keeps b"" apart from the number 0
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer on uint64 values (returns a new array)."""
+    z = x + _GOLDEN
+    z ^= z >> _S30
+    z *= _MIX1
+    z ^= z >> _S27
+    z *= _MIX2
+    z ^= z >> _S31
+    return z
+
+
+_powers_cache: tuple[np.ndarray, np.ndarray] = (np.ones(0, _U64), np.ones(0, _U64))
+
+
+def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``BASE**j`` and ``BASE**-j`` modulo 2**64 for ``j < n`` (cached, grown on demand)."""
+    global _powers_cache
+    fwd, inv = _powers_cache
+    if len(fwd) < n:
+        size = _bi.max(n, _BYTES_BLOCK)
+        fwd = np.full(size, _BASE, dtype=_U64)
+        fwd[0] = 1
+        np.cumprod(fwd, out=fwd)
+        inv = np.full(size, _BASE_INV, dtype=_U64)
+        inv[0] = 1
+        np.cumprod(inv, out=inv)
+        _powers_cache = (fwd, inv)
+    return fwd, inv
+
+
+def _hash_long(data: np.ndarray) -> int:
+    """The polynomial ``sum_j byte_j * BASE**j`` (mod 2**64) of one long byte string, summed
+    block by block so memory stays bounded."""
+    fwd, _ = _powers(_BYTES_BLOCK)
+    total = 0
+    for start in range(0, len(data), _BYTES_BLOCK):
+        piece = data[start:start + _BYTES_BLOCK].astype(_U64)
+        piece *= fwd[:len(piece)]
+        total += int(piece.sum(dtype=_U64)) * pow(_BASE, start, 1 << 64)
+    return total & ((1 << 64) - 1)
+
+
+def _hash_bytes(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Hash the byte strings ``data[offsets[i]:offsets[i+1]]``.
+
+    A polynomial hash ``sum_j byte_j * BASE**j`` (mod 2**64), computed for a whole block of
+    strings with one prefix sum over position-weighted bytes; each string's slice of the prefix
+    sum is re-based to its own start by multiplying with ``BASE**-start``.  The length is mixed in
+    and the result goes through splitmix64.
+    """
+    n = len(offsets) - 1
+    out = np.empty(n, dtype=_U64)
+    row = 0
+    while row < n:
+        base = int(offsets[row])
+        end_row = int(np.searchsorted(offsets, base + _BYTES_BLOCK, side="right")) - 1
+        end_row = _bi.min(_bi.max(end_row, row + 1), n)
+        stop = int(offsets[end_row])
+        size = stop - base
+        if size > _BYTES_BLOCK:             # one value longer than a block: hash it piecewise
+            out[row] = _hash_long(data[base:stop])
+            row = end_row
+            continue
+        fwd, inv = _powers(size + 1)
+        weighted = data[base:stop].astype(_U64)
+        weighted *= fwd[:size]
+        prefix = np.empty(size + 1, dtype=_U64)
+        prefix[0] = 0
+        np.cumsum(weighted, out=prefix[1:])
+        bounds = offsets[row:end_row + 1] - base
+        at = prefix[bounds]
+        block = out[row:end_row]
+        np.subtract(at[1:], at[:-1], out=block)
+        block *= inv[bounds[:-1]]
+        row = end_row
+    lengths = (offsets[1:] - offsets[:-1]).astype(_U64)
+    lengths *= _LEN_MUL
+    out += lengths
+    out ^= _BYTES_SEED
+    return _mix(out)
+
+
+def _buffer_view(arr: pa.Array, dtype: Any, index: int = 1) -> np.ndarray:
+    """The fixed-width values of ``arr`` as a numpy view (slicing respected, nulls unmasked)."""
+    buf = arr.buffers()[index]
+    if buf is None or len(arr) == 0:
+        return np.zeros(len(arr), dtype=dtype)
+    return np.frombuffer(buf, dtype=dtype)[arr.offset:arr.offset + len(arr)]
+
+
+def _valid_mask(arr: pa.Array | pa.ChunkedArray) -> np.ndarray | None:
+    """Boolean numpy mask of valid entries, or None when there are no nulls."""
+    if arr.null_count == 0:
+        return None
+    return np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _hash_chunk(arr: pa.Array) -> np.ndarray:
+    n = len(arr)
+    t = arr.type
+    if n == 0:
+        return np.empty(0, dtype=_U64)
+    if pa.types.is_null(t):
+        return np.full(n, _NULL_HASH, dtype=_U64)
+    if pa.types.is_dictionary(t):
+        dict_hash = _hash_chunk(arr.dictionary)
+        indices = arr.indices
+        codes = _buffer_view(indices, indices.type.to_pandas_dtype()).astype(np.int64)
+        valid = _valid_mask(indices)
+        if valid is not None:
+            codes = np.where(valid, codes, 0)
+        if len(dict_hash) == 0:
+            return np.full(n, _NULL_HASH, dtype=_U64)
+        result = dict_hash[codes]
+        if valid is not None:
+            result[~valid] = _NULL_HASH
+        return result
+    if pa.types.is_boolean(t):
+        return _hash_chunk(arr.cast(pa.int8()))
+    if pa.types.is_string_view(t) or pa.types.is_binary_view(t):
+        target = pa.large_string() if pa.types.is_string_view(t) else pa.large_binary()
+        return _hash_chunk(arr.cast(target))
+
+    if pa.types.is_struct(t):
+        result = np.full(n, _STRUCT_SEED, dtype=_U64)
+        for child in arr.flatten():
+            result = _combine(result, _hash_chunk(child))
+    elif (pa.types.is_string(t) or pa.types.is_binary(t)
+          or pa.types.is_large_string(t) or pa.types.is_large_binary(t)):
+        wide = pa.types.is_large_string(t) or pa.types.is_large_binary(t)
+        offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64 if wide else np.int32)
+        offsets = offsets[arr.offset:arr.offset + n + 1].astype(np.int64)
+        buf = arr.buffers()[2]
+        data = np.frombuffer(buf, dtype=np.uint8) if buf is not None else np.zeros(0, np.uint8)
+        result = _hash_bytes(data, offsets)
+    elif pa.types.is_floating(t):
+        width = t.bit_width
+        raw = _buffer_view(arr, {16: np.float16, 32: np.float32, 64: np.float64}[width])
+        values = raw.astype(np.float64) + 0.0           # folds -0.0 into 0.0
+        values[np.isnan(values)] = np.nan                # one NaN bit pattern
+        result = _mix(values.view(_U64))
+    elif pa.types.is_unsigned_integer(t):
+        dtype = {8: np.uint8, 16: np.uint16, 32: np.uint32, 64: np.uint64}[t.bit_width]
+        raw = _buffer_view(arr, dtype)
+        result = _mix(raw.astype(_U64, copy=False))
+    elif (pa.types.is_integer(t) or pa.types.is_temporal(t)) and t.bit_width in (8, 16, 32, 64) \
+            and not pa.types.is_interval(t):
+        raw = _buffer_view(arr, {8: np.int8, 16: np.int16, 32: np.int32, 64: np.int64}[t.bit_width])
+        result = _mix(raw.astype(np.int64, copy=False).view(_U64))
+    elif (pa.types.is_fixed_size_binary(t) or pa.types.is_decimal(t)
+          or pa.types.is_interval(t)):
+        width = t.byte_width if not pa.types.is_interval(t) else t.bit_width // 8
+        buf = arr.buffers()[1]
+        data = np.frombuffer(buf, dtype=np.uint8)
+        offsets = (np.arange(n + 1, dtype=np.int64) + arr.offset) * width
+        result = _hash_bytes(data, offsets)
+    else:
+        raise SchemaError(
+            f"cannot hash values of type {t}: hashing supports numbers, booleans, strings, "
+            "binary, decimals, dates and times, dictionaries and structs of those")
+    valid = _valid_mask(arr)
+    if valid is not None:
+        result[~valid] = _NULL_HASH
+    return result
+
+
+def _combine(acc: np.ndarray, h: np.ndarray) -> np.ndarray:
+    acc = acc * _COMBINE_MUL
+    acc ^= h
+    return _mix(acc)
+
+
+def hash_array(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Deterministic 64-bit hash of every value of ``arr``, as a numpy uint64 array.
+
+    The hash depends only on the values: not on the process, the run, ``PYTHONHASHSEED``, the
+    chunking or slicing of the array, or dictionary encoding.  Integers hash by value whatever
+    their width (``int8(5)`` and ``uint64(5)`` agree), floats by their float64 value (``-0.0``
+    like ``0.0``, every NaN alike), strings and binaries by their bytes, booleans as 0/1, dates
+    and times by their integer storage; every null hashes to the same constant.  Structs combine
+    the hashes of their fields.
+
+    >>> h = hash_array(pa.array(["a", "b", None]))
+    >>> bool((h == hash_array(pa.chunked_array([["a"], ["b", None]]))).all())
+    True
+    """
+    if isinstance(arr, pa.ChunkedArray):
+        if arr.num_chunks == 0:
+            return np.empty(0, dtype=_U64)
+        if arr.num_chunks == 1:
+            return _hash_chunk(arr.chunk(0))
+        return np.concatenate([_hash_chunk(c) for c in arr.chunks])
+    if not isinstance(arr, pa.Array):
+        arr = pa.array(arr)
+    return _hash_chunk(arr)
+
+
+def hash_columns(table: pa.Table, columns: Sequence[str]) -> np.ndarray:
+    """Deterministic 64-bit hash per row of ``table`` over ``columns`` (order matters), as uint64.
+
+    For one column this is ``hash_array(table[column])``; with several, the column hashes are
+    combined in order.  Suitable for hash partitioning: ``hash_columns(t, ["k"]) % n``.
+
+    >>> t = pa.table({"k": ["x", "y"], "n": [1, 2]})
+    >>> hash_columns(t, ["k", "n"]).dtype
+    dtype('uint64')
+    """
+    columns = list(columns)
+    if not columns:
+        return np.full(table.num_rows, _NULL_HASH, dtype=_U64)
+    missing = [c for c in columns if c not in table.schema.names]
+    if missing:
+        raise SchemaError(
+            f"cannot hash column {missing[0]!r}: it is not in the table; "
+            f"the table has columns: {', '.join(table.schema.names)}")
+    result = hash_array(table.column(columns[0]))
+    for name in columns[1:]:
+        result = _combine(result, hash_array(table.column(name)))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Vectorized grouping helpers
+# ---------------------------------------------------------------------------------------------
+
+class _Groups:
+    """Dense group ids of a table's rows: ``gid[i]`` in ``0..ng-1``, numbered in order of first
+    appearance; ``first[g]`` is the first row of group ``g``."""
+
+    __slots__ = ("gid", "ng", "first")
+
+    def __init__(self, gid: np.ndarray, ng: int, first: np.ndarray) -> None:
+        self.gid = gid
+        self.ng = ng
+        self.first = first
+
+
+def _codes(column: pa.ChunkedArray) -> tuple[np.ndarray, int]:
+    """Dense first-appearance codes of a column's values (null is a value of its own)."""
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    encoded = pc.dictionary_encode(column, null_encoding="encode")
+    if isinstance(encoded, pa.ChunkedArray):
+        if encoded.num_chunks == 0:
+            return np.empty(0, dtype=np.int64), 0
+        # the chunks of an encoded chunked array share one growing dictionary
+        card = _bi.max(len(c.dictionary) for c in encoded.chunks)
+        codes = np.concatenate(
+            [np.asarray(c.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+             for c in encoded.chunks])
+        return codes, card
+    return np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64), \
+        len(encoded.dictionary)
+
+
+def _first_rows(gid: np.ndarray) -> np.ndarray:
+    """First row of every group, for ids numbered in order of first appearance."""
+    if len(gid) == 0:
+        return np.empty(0, dtype=np.int64)
+    running = np.maximum.accumulate(gid)
+    new = np.empty(len(gid), dtype=bool)
+    new[0] = True
+    np.greater(running[1:], running[:-1], out=new[1:])
+    return np.flatnonzero(new)
+
+
+def _group_ids(table: pa.Table, keys: Sequence[str]) -> _Groups:
+    n = table.num_rows
+    if not keys:
+        ng = 1 if n else 0
+        return _Groups(np.zeros(n, dtype=np.int64), ng, np.zeros(ng, dtype=np.int64))
+    codes, card = _codes(table.column(keys[0]))
+    for key in keys[1:]:
+        more, more_card = _codes(table.column(key))
+        if card * more_card >= 1 << 62:      # keep the mixed-radix code in int64: re-densify
+            codes, card = _densify(codes)
+        codes = codes * more_card + more
+        card *= more_card
+    if len(keys) > 1:
+        codes, card = _densify(codes)
+    return _Groups(codes, card, _first_rows(codes))
+
+
+def _densify(codes: np.ndarray) -> tuple[np.ndarray, int]:
+    encoded = pc.dictionary_encode(pa.array(codes, type=pa.int64()))
+    return (np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64),
+            len(encoded.dictionary))
+
+
+def _runs(sorted_ids: np.ndarray, ng: int) -> np.ndarray:
+    """int32 list offsets for values sorted by group id (every group of ``0..ng-1`` gets one)."""
+    offsets = np.zeros(ng + 1, dtype=np.int64)
+    if len(sorted_ids):
+        np.cumsum(np.bincount(sorted_ids, minlength=ng), out=offsets[1:])
+    if offsets[-1] >= 1 << 31:
+        raise OverflowError("an aggregation state holds more than 2**31 values in one table")
+    return offsets.astype(np.int32)
+
+
+def _lists(values: pa.Array, sorted_ids: np.ndarray, ng: int, value_type: pa.DataType) -> pa.Array:
+    """A list per group of ``values`` (already sorted by ``sorted_ids``)."""
+    offsets = pa.array(_runs(sorted_ids, ng), type=pa.int32())
+    return pa.ListArray.from_arrays(offsets, _single(values, value_type),
+                                    type=pa.list_(value_type))
+
+
+def _single(arr: pa.Array | pa.ChunkedArray, type_: pa.DataType | None = None) -> pa.Array:
+    """A contiguous (non-chunked) array, optionally cast to ``type_``."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks else pa.array([], type=arr.type)
+    if type_ is not None and arr.type != type_:
+        arr = arr.cast(type_)
+    return arr
+
+
+def _explode(column: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """Flatten a list column: the element values and, per element, the row it came from."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    value_type = column.type.value_type
+    values, parents, row = [], [], 0
+    for chunk in chunks:
+        values.append(chunk.flatten())
+        parents.append(np.asarray(pc.list_parent_indices(chunk).to_numpy(zero_copy_only=False),
+                                  dtype=np.int64) + row)
+        row += len(chunk)
+    if not values:
+        return pa.array([], type=value_type), np.empty(0, dtype=np.int64)
+    return (pa.concat_arrays(values) if len(values) > 1 else values[0]), np.concatenate(parents)
+
+
+def _numpy(arr: pa.Array | pa.ChunkedArray, dtype: Any, fill: Any = 0) -> np.ndarray:
+    """A writable numpy copy of ``arr`` with nulls replaced by ``fill``."""
+    if arr.null_count:
+        arr = pc.fill_null(arr, fill)
+    out = arr.to_numpy() if isinstance(arr, pa.ChunkedArray) else arr.to_numpy(zero_copy_only=False)
+    out = np.asarray(out, dtype=dtype)
+    return out if out.flags.writeable else out.copy()
+
+
+def _group_sum(gid: np.ndarray, weights: np.ndarray, ng: int) -> np.ndarray:
+    """float64 sum of ``weights`` per group id."""
+    return np.bincount(gid, weights=weights, minlength=ng).astype(np.float64, copy=False)
+
+
+def _masked(values: np.ndarray, null: np.ndarray, type_: pa.DataType) -> pa.Array:
+    return pa.array(values, type=type_, mask=null if null.any() else None)
+
+
+def _valid_rows(values: pa.ChunkedArray | pa.Array, gid: np.ndarray) -> tuple[pa.Array, np.ndarray]:
+    """The non-null values and their group ids."""
+    values = _single(values)
+    valid = _valid_mask(values)
+    if valid is None:
+        return values, gid
+    return values.filter(pa.array(valid)), gid[valid]
+
+
+class _Plan:
+    """Collects Arrow hash aggregations over one table's group ids and runs them in a single
+    ``group_by``; results come back aligned with group ids ``0..ng-1``."""
+
+    def __init__(self, groups: _Groups) -> None:
+        self.groups = groups
+        self._columns: dict[Any, tuple[str, Any]] = {}
+        self._specs: list[tuple[Any, str, Any]] = []
+        self._spec_index: dict[Any, int] = {}
+        self._results: list[pa.ChunkedArray] | None = None
+
+    def column(self, ident: Any, make: Callable[[], Any]) -> str:
+        if ident not in self._columns:
+            self._columns[ident] = (f"c{len(self._columns)}", make())
+        return self._columns[ident][0]
+
+    def want(self, column: str | None, func: str, options: Any = None,
+             options_key: str = "") -> int:
+        ident = (column, func, options_key)
+        if ident not in self._spec_index:
+            target = [] if column is None else column
+            spec = (target, func, options) if options is not None else (target, func)
+            self._spec_index[ident] = len(self._specs)
+            self._specs.append(spec)
+        return self._spec_index[ident]
+
+    def run(self) -> None:
+        if not self._specs:
+            self._results = []
+            return
+        data = {"__g": pa.array(self.groups.gid, type=pa.int64())}
+        data.update({name: arr for name, arr in self._columns.values()})
+        result = pa.table(data).group_by("__g", use_threads=False).aggregate(self._specs)
+        g_index = result.schema.names.index("__g")
+        gids = result.column(g_index).to_numpy()
+        if not np.array_equal(gids, np.arange(self.groups.ng)):
+            result = result.take(pa.array(np.argsort(gids, kind="stable")))
+        self._results = [result.column(i) for i in range(result.num_columns) if i != g_index]
+
+    def __getitem__(self, index: int) -> pa.ChunkedArray:
+        assert self._results is not None
+        return self._results[index]
+
+
+# ---------------------------------------------------------------------------------------------
+# Aggregation kinds: state layout, partial, merge and finalize
+# ---------------------------------------------------------------------------------------------
+
+_Finisher = Callable[[], list[pa.Array]]
+
+
+@lru_cache(maxsize=None)
+def _sum_type(value_type: pa.DataType) -> pa.DataType:
+    probe = pa.table({"k": pa.array([], pa.int8()), "v": pa.array([], value_type)})
+    return probe.group_by("k", use_threads=False).aggregate([("v", "sum")]).column("v_sum").type
+
+
+def _value_type(t: pa.DataType) -> pa.DataType:
+    """The type values of a column are aggregated as: dictionaries decoded, float16 widened."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if pa.types.is_float16(t):
+        t = pa.float32()
+    return t
+
+
+def _values(table: pa.Table, column: str) -> pa.ChunkedArray:
+    arr = table.column(column)
+    target = _value_type(arr.type)
+    return arr if arr.type == target else arr.cast(target)
+
+
+def _is_numeric(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+
+
+def _is_nested(t: pa.DataType) -> bool:
+    return pa.types.is_nested(t) or pa.types.is_union(t) or pa.types.is_map(t)
+
+
+class _Kind:
+    """Behaviour of one aggregation kind.  ``parts`` are the state column suffixes."""
+
+    parts: tuple[str, ...] = ()
+
+    def state_types(self, agg: Aggregation, vtype: pa.DataType | None) -> list[pa.DataType]:
+        raise NotImplementedError
+
+    def partial(self, agg: Aggregation, values: pa.ChunkedArray | None, plan: _Plan) -> _Finisher:
+        raise NotImplementedError
+
+    def merge(self, agg: Aggregation, state: list[pa.ChunkedArray], plan: _Plan) -> _Finisher:
+        raise NotImplementedError
+
+    def finalize(self, agg: Aggregation,
+                 state: list[pa.ChunkedArray]) -> pa.Array | pa.ChunkedArray:
+        raise NotImplementedError
+
+    def output_type(self, agg: Aggregation, state_types: list[pa.DataType]) -> pa.DataType:
+        raise NotImplementedError
+
+
+class _Count(_Kind):
+    parts = ("count",)
+
+    def state_types(self, agg, vtype):
+        return [pa.int64()]
+
+    def partial(self, agg, values, plan):
+        i = plan.want(None, "count_all")
+        return lambda: [plan[i]]
+
+    def merge(self, agg, state, plan):
+        i = plan.want(plan.column(("state", id(state[0])), lambda: state[0]), "sum")
+        return lambda: [plan[i]]
+
+    def finalize(self, agg, state):
+        return state[0]
+
+    def output_type(self, agg, state_types):
+        return pa.int64()
+
+
+class _Reduce(_Kind):
+    """sum, min, max: the same Arrow aggregation reduces rows and partial states alike."""
+
+    def __init__(self, func: str) -> None:
+        self.func = func
+        self.parts = (func,)
+
+    def state_types(self, agg, vtype):
+        return [_sum_type(vtype) if self.func == "sum" else vtype]
+
+    def partial(self, agg, values, plan):
+        i = plan.want(plan.column(("value", agg.column), lambda: values), self.func)
+        return lambda: [plan[i]]
+
+    def merge(self, agg, state, plan):
+        i = plan.want(plan.column(("state", id(state[0])), lambda: state[0]), self.func)
+        return lambda: [plan[i]]
+
+    def finalize(self, agg, state):
+        return state[0]
+
+    def output_type(self, agg, state_types):
+        return state_types[0]
+
+
+class _Mean(_Kind):
+    parts = ("sum", "count")
+
+    def state_types(self, agg, vtype):
+        return [pa.float64(), pa.int64()]
+
+    def partial(self, agg, values, plan):
+        col = plan.column(("f64", agg.column), lambda: pc.cast(values, pa.float64()))
+        s = plan.want(col, "sum", pc.ScalarAggregateOptions(min_count=0), "min_count=0")
+        n = plan.want(col, "count", pc.CountOptions(mode="only_valid"), "only_valid")
+        return lambda: [plan[s], plan[n]]
+
+    def merge(self, agg, state, plan):
+        sc = plan.column(("state", id(state[0])), lambda: state[0])
+        nc = plan.column(("state", id(state[1])), lambda: state[1])
+        s = plan.want(sc, "sum", pc.ScalarAggregateOptions(min_count=0), "min_count=0")
+        n = plan.want(nc, "sum", pc.ScalarAggregateOptions(min_count=0), "min_count=0")
+        return lambda: [plan[s], plan[n]]
+
+    def finalize(self, agg, state):
+        total = _numpy(state[0], np.float64)
+        n = _numpy(state[1], np.int64)
+        empty = n == 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            result = total / np.where(empty, 1, n)
+        return _masked(result, empty, pa.float64())
+
+    def output_type(self, agg, state_types):
+        return pa.float64()
+
+
+class _Var(_Kind):
+    """State: count, mean and M2 (sum of squared deviations from the mean) of the non-null
+    values; states combine with Chan et al.'s parallel formula."""
+
+    parts = ("n", "mean", "m2")
+
+    def state_types(self, agg, vtype):
+        return [pa.int64(), pa.float64(), pa.float64()]
+
+    def partial(self, agg, values, plan):
+        col = plan.column(("f64", agg.column), lambda: pc.cast(values, pa.float64()))
+        n = plan.want(col, "count", pc.CountOptions(mode="only_valid"), "only_valid")
+        mu = plan.want(col, "mean")
+        v0 = plan.want(col, "variance", pc.VarianceOptions(ddof=0), "ddof=0")
+
+        def finish() -> list[pa.Array]:
+            counts = _numpy(plan[n], np.int64)
+            means = _numpy(plan[mu], np.float64)
+            m2 = _numpy(plan[v0], np.float64) * counts
+            empty = counts == 0
+            means[empty] = 0.0
+            m2[empty] = 0.0
+            return [pa.array(counts), pa.array(means), pa.array(m2)]
+        return finish
+
+    def merge(self, agg, state, plan):
+        def finish() -> list[pa.Array]:
+            g = plan.groups
+            counts = _numpy(state[0], np.int64)
+            means = _numpy(state[1], np.float64)
+            m2 = _numpy(state[2], np.float64)
+            ng = g.ng
+            weights = counts.astype(np.float64)
+            # shift by the first state's mean: exact for a group with a single state row
+            ref = means[g.first]
+            total = _group_sum(g.gid, weights, ng)
+            shift = _group_sum(g.gid, weights * (means - ref[g.gid]), ng)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                combined = ref + np.where(total > 0, shift / np.where(total > 0, total, 1), 0.0)
+            combined[total == 0] = 0.0
+            delta = means - combined[g.gid]
+            new_m2 = _group_sum(g.gid, m2 + weights * delta * delta, ng)
+            new_n = _group_sum(g.gid, weights, ng).astype(np.int64)
+            return [pa.array(new_n, pa.int64()), pa.array(combined, pa.float64()),
+                    pa.array(new_m2, pa.float64())]
+        return finish
+
+    def finalize(self, agg, state):
+        n = _numpy(state[0], np.int64)
+        m2 = _numpy(state[2], np.float64)
+        dof = n - agg.param("ddof")
+        null = dof <= 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            result = m2 / np.where(null, 1, dof)
+        if agg.kind == "std":
+            result = np.sqrt(result)
+        return _masked(result, null, pa.float64())
+
+    def output_type(self, agg, state_types):
+        return pa.float64()
+
+
+def _distinct_lists(values: pa.Array, gid: np.ndarray, ng: int, vtype: pa.DataType) -> pa.Array:
+    values, gid = _valid_rows(values, gid)
+    pairs = pa.table({"g": pa.array(gid, type=pa.int64()), "v": values})
+    unique = pairs.group_by(["g", "v"], use_threads=False).aggregate([])
+    # sorted values make the state canonical, whatever order the rows came in
+    order = pc.sort_indices(unique, sort_keys=[("g", "ascending"), ("v", "ascending")])
+    unique = unique.take(order)
+    return _lists(unique.column("v"), unique.column("g").to_numpy(), ng, vtype)
+
+
+class _CountDistinct(_Kind):
+    parts = ("distinct",)
+
+    def state_types(self, agg, vtype):
+        return [pa.list_(vtype)]
+
+    def partial(self, agg, values, plan):
+        g = plan.groups
+        return lambda: [_distinct_lists(values, g.gid, g.ng, values.type)]
+
+    def merge(self, agg, state, plan):
+        g = plan.groups
+
+        def finish() -> list[pa.Array]:
+            flat, parents = _explode(state[0])
+            return [_distinct_lists(flat, g.gid[parents], g.ng, state[0].type.value_type)]
+        return finish
+
+    def finalize(self, agg, state):
+        return pc.cast(pc.list_value_length(state[0]), pa.int64())
+
+    def output_type(self, agg, state_types):
+        return pa.int64()
+
+
+def _bit_length(x: np.ndarray) -> np.ndarray:
+    """Number of significant bits of each uint64 (0 for 0), exactly."""
+    x = x.copy()
+    bits = np.zeros(len(x), dtype=np.int64)
+    for shift in (32, 16, 8, 4, 2, 1):
+        big = x >= _U64(1 << shift)
+        bits[big] += shift
+        x[big] >>= _U64(shift)
+    return bits + (x > 0)
+
+
+def _hll_registers(gid: np.ndarray, idx: np.ndarray, rank: np.ndarray, ng: int,
+                   precision: int) -> list[pa.Array]:
+    """Sparse HLL state per group: register indices (ascending) and their maximal rank."""
+    m = 1 << precision
+    packed = (gid * m + idx.astype(np.int64)) * 64 + rank.astype(np.int64)
+    packed.sort()
+    cell = packed >> 6
+    keep = np.empty(len(packed), dtype=bool)
+    if len(packed):
+        keep[-1] = True
+        np.not_equal(cell[1:], cell[:-1], out=keep[:-1])
+    packed = packed[keep]
+    cell = packed >> 6
+    groups = cell >> precision
+    offsets = pa.array(_runs(groups, ng), type=pa.int32())
+    idx_out = pa.array((cell & (m - 1)).astype(np.uint16), type=pa.uint16())
+    rank_out = pa.array((packed & 63).astype(np.uint8), type=pa.uint8())
+    return [pa.ListArray.from_arrays(offsets, idx_out, type=pa.list_(pa.uint16())),
+            pa.ListArray.from_arrays(offsets, rank_out, type=pa.list_(pa.uint8()))]
+
+
+class _ApproxDistinct(_Kind):
+    parts = ("hll_idx", "hll_rank")
+
+    def state_types(self, agg, vtype):
+        return [pa.list_(pa.uint16()), pa.list_(pa.uint8())]
+
+    def partial(self, agg, values, plan):
+        g = plan.groups
+        p = agg.param("precision")
+
+        def finish() -> list[pa.Array]:
+            h = hash_array(values)
+            gid = g.gid
+            valid = _valid_mask(values)
+            if valid is not None:
+                h, gid = h[valid], gid[valid]
+            idx = h >> _U64(64 - p)
+            rest = h & _U64((1 << (64 - p)) - 1)
+            rank = (64 - p) - _bit_length(rest) + 1
+            return _hll_registers(gid, idx, rank, g.ng, p)
+        return finish
+
+    def merge(self, agg, state, plan):
+        g = plan.groups
+
+        def finish() -> list[pa.Array]:
+            idx, parents = _explode(state[0])
+            rank, _ = _explode(state[1])
+            return _hll_registers(g.gid[parents], _numpy(idx, np.int64), _numpy(rank, np.int64),
+                                  g.ng, agg.param("precision"))
+        return finish
+
+    def finalize(self, agg, state):
+        m = 1 << agg.param("precision")
+        ng = len(state[1])
+        rank, parents = _explode(state[1])
+        ranks = _numpy(rank, np.float64)
+        present = np.bincount(parents, minlength=ng).astype(np.float64)
+        inverse = _group_sum(parents, np.exp2(-ranks), ng)
+        inverse += m - present
+        alpha = 0.7213 / (1.0 + 1.079 / m) if m >= 128 else {16: 0.673, 32: 0.697, 64: 0.709}[m]
+        estimate = alpha * m * m / inverse
+        zeros = m - present
+        small = (estimate <= 2.5 * m) & (zeros > 0)
+        with np.errstate(divide="ignore"):
+            linear = m * np.log(m / np.where(zeros > 0, zeros, 1))
+        estimate = np.where(small, linear, estimate)
+        return pa.array(np.rint(estimate).astype(np.int64), type=pa.int64())
+
+    def output_type(self, agg, state_types):
+        return pa.int64()
+
+
+def _top_lists(values: pa.Array, gid: np.ndarray, ng: int, k: int, smallest: bool,
+               vtype: pa.DataType) -> pa.Array:
+    values, gid = _valid_rows(values, gid)
+    if len(values) == 0:
+        return _lists(pa.array([], type=vtype), gid, ng, vtype)
+    order = pc.sort_indices(
+        pa.table({"g": pa.array(gid, type=pa.int64()), "v": values}),
+        sort_keys=[("g", "ascending"), ("v", "ascending" if smallest else "descending")])
+    order = np.asarray(order.to_numpy(), dtype=np.int64)
+    sorted_g = gid[order]
+    positions = np.arange(len(order))
+    boundary = np.empty(len(order), dtype=bool)
+    boundary[0] = True
+    np.not_equal(sorted_g[1:], sorted_g[:-1], out=boundary[1:])
+    run_start = np.maximum.accumulate(np.where(boundary, positions, 0))
+    keep = (positions - run_start) < k
+    return _lists(values.take(pa.array(order[keep])), sorted_g[keep], ng, vtype)
+
+
+class _TopK(_Kind):
+    parts = ("top",)
+
+    def state_types(self, agg, vtype):
+        return [pa.list_(vtype)]
+
+    def partial(self, agg, values, plan):
+        g = plan.groups
+        return lambda: [_top_lists(values, g.gid, g.ng, agg.param("k"), agg.param("smallest"),
+                                   values.type)]
+
+    def merge(self, agg, state, plan):
+        g = plan.groups
+
+        def finish() -> list[pa.Array]:
+            flat, parents = _explode(state[0])
+            return [_top_lists(flat, g.gid[parents], g.ng, agg.param("k"), agg.param("smallest"),
+                               state[0].type.value_type)]
+        return finish
+
+    def finalize(self, agg, state):
+        return state[0]
+
+    def output_type(self, agg, state_types):
+        return state_types[0]
+
+
+class _FirstLast(_Kind):
+    """The value at the smallest (first) or largest (last) row index among non-null rows."""
+
+    def __init__(self, which: str) -> None:
+        self.which = which
+        self.parts = (which,)
+        self.func = "min" if which == "first" else "max"
+
+    def state_types(self, agg, vtype):
+        return [vtype]
+
+    def _pick(self, ident: Any, values: pa.ChunkedArray, plan: _Plan) -> _Finisher:
+        def positions() -> pa.Array:
+            n = len(values)
+            valid = _valid_mask(values)
+            return pa.array(np.arange(n, dtype=np.int64),
+                            mask=None if valid is None else ~valid)
+        i = plan.want(plan.column(ident, positions), self.func)
+        return lambda: [_single(values.take(plan[i]))]
+
+    def partial(self, agg, values, plan):
+        return self._pick(("rows", agg.column), values, plan)
+
+    def merge(self, agg, state, plan):
+        return self._pick(("rows", id(state[0])), state[0], plan)
+
+    def finalize(self, agg, state):
+        return state[0]
+
+    def output_type(self, agg, state_types):
+        return state_types[0]
+
+
+def _sorted_value_lists(values: pa.Array, gid: np.ndarray, ng: int) -> pa.Array:
+    values, gid = _valid_rows(values, gid)
+    data = _numpy(values, np.float64)
+    order = np.lexsort((data, gid))
+    return _lists(pa.array(data[order], type=pa.float64()), gid[order], ng, pa.float64())
+
+
+class _Quantile(_Kind):
+    """State: every non-null value of the group as float64, sorted."""
+
+    parts = ("values",)
+
+    def state_types(self, agg, vtype):
+        return [pa.list_(pa.float64())]
+
+    def partial(self, agg, values, plan):
+        g = plan.groups
+        return lambda: [_sorted_value_lists(pc.cast(values, pa.float64()), g.gid, g.ng)]
+
+    def merge(self, agg, state, plan):
+        g = plan.groups
+
+        def finish() -> list[pa.Array]:
+            flat, parents = _explode(state[0])
+            return [_sorted_value_lists(flat, g.gid[parents], g.ng)]
+        return finish
+
+    def finalize(self, agg, state):
+        ng = len(state[0])
+        flat, parents = _explode(state[0])
+        valid = _valid_mask(flat)
+        data = _numpy(flat, np.float64)
+        if valid is not None:
+            data, parents = data[valid], parents[valid]
+        unsorted = (parents[1:] == parents[:-1]) & (data[1:] < data[:-1])
+        if unsorted.any() or (len(parents) > 1 and (parents[1:] < parents[:-1]).any()):
+            order = np.lexsort((data, parents))
+            data, parents = data[order], parents[order]
+        counts = np.bincount(parents, minlength=ng)
+        starts = np.zeros(ng, dtype=np.int64)
+        np.cumsum(counts[:-1], out=starts[1:])
+        empty = counts == 0
+        position = agg.param("q") * (np.maximum(counts, 1) - 1)
+        below = np.floor(position).astype(np.int64)
+        above = np.minimum(below + 1, np.maximum(counts, 1) - 1)
+        t = position - below
+        if len(data) == 0:
+            return pa.nulls(ng, type=pa.float64())
+        lo = data[np.where(empty, 0, starts + below)]
+        hi = data[np.where(empty, 0, starts + above)]
+        diff = hi - lo
+        # numpy's linear interpolation, including its choice of end point for t >= 0.5
+        result = np.where(t >= 0.5, hi - diff * (1.0 - t), lo + diff * t)
+        return _masked(result, empty, pa.float64())
+
+    def output_type(self, agg, state_types):
+        return pa.float64()
+
+
+_IMPL: dict[str, _Kind] = {
+    "count": _Count(), "sum": _Reduce("sum"), "min": _Reduce("min"), "max": _Reduce("max"),
+    "mean": _Mean(), "var": _Var(), "std": _Var(), "count_distinct": _CountDistinct(),
+    "approx_distinct": _ApproxDistinct(), "top_k": _TopK(), "first": _FirstLast("first"),
+    "last": _FirstLast("last"), "median": _Quantile(), "quantile": _Quantile(),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# AggregationSet
+# ---------------------------------------------------------------------------------------------
+
+_CONSTRUCTORS = ("engine.agg.count(), engine.agg.sum('col'), engine.agg.mean('col'), "
+                 "engine.agg.min('col'), engine.agg.max('col'), engine.agg.var('col'), "
+                 "engine.agg.std('col'), engine.agg.count_distinct('col'), "
+                 "engine.agg.approx_distinct('col'), engine.agg.top_k(k, 'col'), "
+                 "engine.agg.first('col'), engine.agg.last('col'), engine.agg.median('col') "
+                 "or engine.agg.quantile('col', q)")
+
+
+@lru_cache(maxsize=None)
+def _groupable(t: pa.DataType) -> bool:
+    if _is_nested(t):
+        return False
+    try:
+        value_type = t.value_type if pa.types.is_dictionary(t) else t
+        pc.dictionary_encode(pa.array([], type=value_type))
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
+        return False
+    return True
+
+
+@lru_cache(maxsize=None)
+def _hashable(t: pa.DataType) -> bool:
+    try:
+        hash_array(pa.nulls(1, type=t))
+    except (SchemaError, pa.ArrowException):
+        return False
+    return True
+
+
+def _conform(arr: pa.Array | pa.ChunkedArray, type_: pa.DataType) -> pa.Array | pa.ChunkedArray:
+    return arr if arr.type == type_ else arr.cast(type_)
+
+
+class AggregationSet:
+    """Group ``keys`` and compute the named aggregations ``aggs`` (output name → Aggregation).
+
+    >>> s = AggregationSet(["k"], {"n": count(), "total": sum("v")})
+    >>> s.aggregate(pa.table({"k": ["a", "b", "a"], "v": [1, 2, 3]})).to_pydict()
+    {'k': ['a', 'b'], 'n': [2, 1], 'total': [4, 2]}
+
+    Keys may be empty: then all rows form one group (an empty input still gives no rows).
+    See the module docstring for the partial / merge / finalize contract.
+    """
+
+    def __init__(self, keys: Sequence[str], aggs: Mapping[str, Aggregation]) -> None:
+        if isinstance(keys, str):
+            keys = [keys]
+        if not isinstance(keys, Sequence) or not _bi.all(isinstance(k, str) and k for k in keys):
+            raise JobDefinitionError(f"group keys must be a list of column names, got {keys!r}")
+        if len(set(keys)) != len(keys):
+            raise JobDefinitionError(f"group keys name a column twice: {list(keys)!r}")
+        if not isinstance(aggs, Mapping):
+            raise JobDefinitionError(
+                f"aggregations must be a mapping of output name to aggregation, got {aggs!r}")
+        if not aggs:
+            raise JobDefinitionError(
+                "no aggregations given; name at least one output, "
+                "e.g. {'n': engine.agg.count()}")
+        for name, value in aggs.items():
+            if not isinstance(name, str) or not name:
+                raise JobDefinitionError(f"output names must be non-empty strings, got {name!r}")
+            if not isinstance(value, Aggregation):
+                hint = f" (write engine.agg.{value}(...) rather than {value!r})" \
+                    if isinstance(value, str) and value in _KINDS else ""
+                raise JobDefinitionError(
+                    f"unknown aggregation {value!r} for output {name!r}{hint}: use {_CONSTRUCTORS}")
+            if name in keys:
+                raise JobDefinitionError(
+                    f"output {name!r} has the name of a group key; rename the output")
+        self.keys: tuple[str, ...] = tuple(keys)
+        self.aggs: dict[str, Aggregation] = dict(aggs)
+        self._parts = {name: [f"{name}__{part}" for part in _IMPL[a.kind].parts]
+                       for name, a in self.aggs.items()}
+        state_names = [c for cols in self._parts.values() for c in cols]
+        clash = sorted((set(state_names) & set(self.keys)) | {
+            c for c in state_names if state_names.count(c) > 1})
+        if clash:
+            raise JobDefinitionError(
+                f"state column {clash[0]!r} would clash with a key or another output; "
+                "rename the output")
+        self._state_names = state_names
+
+    # -- description -------------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        return f"AggregationSet(keys={list(self.keys)!r}, aggs={self.aggs!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AggregationSet) and self.token() == other.token()
+
+    def __hash__(self) -> int:
+        return hash(self.token())
+
+    def token(self) -> str:
+        """A deterministic string identifying keys and aggregations, for fingerprinting."""
+        body = ", ".join(f"{name!r}: {a.token()}" for name, a in self.aggs.items())
+        return f"aggset/1:keys={list(self.keys)!r}:{{{body}}}"
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self.aggs)
+
+    @property
+    def input_columns(self) -> list[str]:
+        """Key columns, then every other input column an aggregation reads (no duplicates)."""
+        seen = list(self.keys)
+        for a in self.aggs.values():
+            for c in a.input_columns:
+                if c not in seen:
+                    seen.append(c)
+        return seen
+
+    @property
+    def state_columns(self) -> list[str]:
+        """Names of the state columns after the keys, in order."""
+        return list(self._state_names)
+
+    # -- schemas -----------------------------------------------------------------------------
+
+    def validate(self, schema: pa.Schema) -> None:
+        """Check that ``schema`` has the key columns and columns of fitting types for every
+        aggregation; raise :class:`SchemaError` naming the offending column otherwise."""
+        names = schema.names
+        have = ", ".join(names) if names else "(none)"
+        for key in self.keys:
+            if key not in names:
+                raise SchemaError(
+                    f"group key column {key!r} is not in the input; the input has columns: {have}")
+            t = schema.field(key).type
+            if not _groupable(t):
+                raise SchemaError(
+                    f"group key column {key!r} has type {t}, which cannot be grouped on; "
+                    "group on columns of scalar types (numbers, strings, dates, ...)")
+        for out, a in self.aggs.items():
+            if a.column is None:
+                continue
+            if a.column not in names:
+                raise SchemaError(
+                    f"output {out!r} = {a!r} reads column {a.column!r}, which is not in the "
+                    f"input; the input has columns: {have}")
+            t = _value_type(schema.field(a.column).type)
+            if a.kind in _NUMERIC_KINDS and not _is_numeric(t):
+                raise SchemaError(
+                    f"output {out!r} = {a!r} needs a numeric column, but column {a.column!r} "
+                    f"has type {schema.field(a.column).type}; cast it to a number first")
+            if a.kind in _ORDERED_KINDS and _is_nested(t):
+                raise SchemaError(
+                    f"output {out!r} = {a!r} needs orderable values, but column {a.column!r} "
+                    f"has type {t}")
+            hashable = _groupable(t) or (a.kind == "approx_distinct" and _hashable(t))
+            if a.kind in ("count_distinct", "approx_distinct") and not hashable:
+                raise SchemaError(
+                    f"output {out!r} = {a!r} cannot compare values of column {a.column!r} "
+                    f"of type {t}")
+
+    def state_schema(self, input_schema: pa.Schema) -> pa.Schema:
+        """Schema of the state tables ``partial`` produces from input of ``input_schema``."""
+        self.validate(input_schema)
+        fields = [input_schema.field(k) for k in self.keys]
+        for out, a in self.aggs.items():
+            vtype = _value_type(input_schema.field(a.column).type) if a.column else None
+            for name, t in zip(self._parts[out], _IMPL[a.kind].state_types(a, vtype)):
+                fields.append(pa.field(name, t))
+        return pa.schema(fields)
+
+    def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
+        """Schema of the table ``finalize`` produces for input of ``input_schema``."""
+        return self._final_schema(self.state_schema(input_schema))
+
+    def _final_schema(self, state_schema: pa.Schema) -> pa.Schema:
+        fields = [state_schema.field(k) for k in self.keys]
+        for out, a in self.aggs.items():
+            types = [state_schema.field(c).type for c in self._parts[out]]
+            fields.append(pa.field(out, _IMPL[a.kind].output_type(a, types)))
+        return pa.schema(fields)
+
+    def _check_state(self, state: pa.Table) -> None:
+        expected = list(self.keys) + self._state_names
+        if state.schema.names != expected:
+            raise SchemaError(
+                f"not a state table of {self!r}: expected columns {', '.join(expected)}; "
+                f"got {', '.join(state.schema.names) or '(none)'}")
+
+    # -- the three steps ---------------------------------------------------------------------
+
+    def partial(self, table: pa.Table | pa.RecordBatch) -> pa.Table:
+        """Raw rows → state table: one row per distinct key tuple (in order of first
+        appearance), key columns first, then the state columns of every output."""
+        if isinstance(table, pa.RecordBatch):
+            table = pa.Table.from_batches([table])
+        schema = self.state_schema(table.schema)
+        groups = _group_ids(table, self.keys)
+        plan = _Plan(groups)
+        finishers = []
+        for a in self.aggs.values():
+            values = _values(table, a.column) if a.column else None
+            finishers.append(_IMPL[a.kind].partial(a, values, plan))
+        plan.run()
+        return self._assemble(table, groups, finishers, schema)
+
+    def merge(self, state: pa.Table | Sequence[pa.Table]) -> pa.Table:
+        """State rows (any number per key, e.g. several partials concatenated) → one state row
+        per key, with the schema of the input.  Associative and commutative except for
+        ``first``/``last``, which follow the row order of ``state``; ``merge(merge(s))`` equals
+        ``merge(s)``.  A sequence of state tables is concatenated in order first."""
+        if not isinstance(state, pa.Table):
+            state = pa.concat_tables(list(state))
+        self._check_state(state)
+        groups = _group_ids(state, self.keys)
+        plan = _Plan(groups)
+        finishers = []
+        for out, a in self.aggs.items():
+            cols = [state.column(c) for c in self._parts[out]]
+            finishers.append(_IMPL[a.kind].merge(a, cols, plan))
+        plan.run()
+        return self._assemble(state, groups, finishers, state.schema)
+
+    def finalize(self, state: pa.Table) -> pa.Table:
+        """State → key columns followed by one column per output, in the order of ``aggs``.
+        States with several rows per key are merged first."""
+        self._check_state(state)
+        if state.num_rows and len(_group_ids(state, self.keys).first) != state.num_rows:
+            state = self.merge(state)
+        schema = self._final_schema(state.schema)
+        columns = [state.column(k) for k in self.keys]
+        for out, a in self.aggs.items():
+            cols = [state.column(c) for c in self._parts[out]]
+            columns.append(_conform(_IMPL[a.kind].finalize(a, cols), schema.field(out).type))
+        return pa.Table.from_arrays(columns, schema=schema)
+
+    def aggregate(self, table: pa.Table | pa.RecordBatch) -> pa.Table:
+        """``finalize(merge(partial(table)))``: the whole aggregation in one process."""
+        return self.finalize(self.merge(self.partial(table)))
+
+    def _assemble(self, source: pa.Table, groups: _Groups, finishers: list[_Finisher],
+                  schema: pa.Schema) -> pa.Table:
+        first = pa.array(groups.first, type=pa.int64())
+        columns: list[Any] = [_conform(source.column(k).take(first), schema.field(k).type)
+                              for k in self.keys]
+        for finish in finishers:
+            columns.extend(finish())
+        columns = [_conform(c, f.type) for c, f in zip(columns, schema)]
+        return pa.Table.from_arrays(columns, schema=schema)
