@@ -366,6 +366,41 @@ def test_sigstopped_worker_late_output_is_never_used(backend, corpus, tmp_path):
 
 
 @pytest.mark.slow
+def test_worker_sigkilled_mid_write(backend, corpus, tmp_path):
+    import threading
+
+    from distributed import Client
+
+    from fixtures import cli_cluster
+    src, expected = corpus
+    out = backend.url("worker-kill")
+    with cli_cluster(tmp_path / "cluster", 2) as cluster, Client(cluster.address, set_as_default=False) as client:
+        box: dict = {}
+
+        def drive():
+            try:
+                box["result"] = SLOW_REDUCE.run(src, out, cluster=cluster.address, storage_options=backend.options,
+                                                partition_size="512KiB", speculation=False)
+            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+                box["error"] = exc
+
+        thread = threading.Thread(target=drive)
+        thread.start()
+
+        def executing_reduce(dask_worker):
+            return [k for k, ts in dask_worker.state.tasks.items()
+                    if ts.state == "executing" and isinstance(k, tuple) and "-reduce-" in k[0]]
+        victim = _wait_for(lambda: next((w for w, ks in client.run(executing_reduce).items() if ks), None), 60,
+                           "a reduce attempt to be executing")
+        os.kill(cluster.worker_pids()[victim], signal.SIGKILL)
+        thread.join(timeout=180)
+        assert not thread.is_alive() and "error" not in box, box.get("error")
+    assert as_counts(engine.read(out, backend.options, verify=True)) == expected
+    manifest = commit.load_manifest(backend.fs, backend.path(out))
+    assert data_files(backend, out) == {f["path"] for f in manifest.files}
+
+
+@pytest.mark.slow
 def test_resume_reuses_finished_map_outputs_after_driver_kill(corpus, dask_cluster, tmp_path):
     src, expected = corpus
     out = tmp_path / "resume"
