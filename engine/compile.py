@@ -40,6 +40,7 @@ class TaskSpec:
     partition: int
     func: Callable[..., Any]
     args: tuple
+    size: int | None = None      # input bytes, for speculation's efficiency filter
 
     def graph(self, prefix: str, attempt: int, shared: dict[str, Any]) -> dict:
         """A one-node graph for this attempt; ``shared`` maps argument names to futures' keys."""

@@ -115,6 +115,7 @@ class StageExecutor:
         stage = StageReport(name, round_index, kind, len(tasks), time.time())
         self.report.stages.append(stage)
         by_partition = {t.partition: t for t in tasks}
+        sizes = {t.partition: t.size for t in tasks}
         results: dict[int, dict] = {}
         running: dict[Any, tuple[int, int, float, bool]] = {}  # future -> (partition, attempt, submitted, speculative)
         attempts: dict[int, int] = {p: 0 for p in by_partition}
@@ -130,15 +131,21 @@ class StageExecutor:
                 self.report.retries.append({"stage": name, "resumed": sorted(results)})
                 stage.resumed = len(results)
 
-        def submit(partition: int, speculative: bool = False) -> None:
+        def submit(partition: int, speculative: bool = False, avoid: str | None = None) -> int:
             attempt = attempts[partition]
             attempts[partition] += 1
             dsk = by_partition[partition].graph(prefix, attempt, {})
-            (future,) = self.client.get(dsk, list(dsk), sync=False)
+            placement: dict[str, Any] = {}
+            if avoid is not None:
+                others = [w for w in self.client.scheduler_info(n_workers=-1).get("workers", {}) if w != avoid]
+                if others:
+                    placement = {"workers": others, "allow_other_workers": False}
+            (future,) = self.client.get(dsk, list(dsk), sync=False, **placement)
             running[future] = (partition, attempt, time.time(), speculative)
             stage.attempts += 1
             if speculative:
                 stage.speculative += 1
+            return attempt
 
         for p in by_partition:
             if p not in results:
@@ -173,7 +180,11 @@ class StageExecutor:
                     if future.status == "finished":
                         value = future.result()
                         future.release()
+                        if value.get("input_bytes") is None:
+                            value["input_bytes"] = by_partition[partition].size
                         self._record(stage, value, speculative)
+                        if self.supervisor is not None and partition not in results:
+                            self.supervisor.note_result(partition, attempt)
                         if partition in results:
                             losers.append(value)
                             self.report.tasks[-1].status = "lost"
@@ -221,7 +232,7 @@ class StageExecutor:
                     del tb
                     delayed.append((time.time() + delay, partition))
                 if self.supervisor is not None and running:
-                    self.supervisor.check(self, running, results, submit)
+                    self.supervisor.check(self, running, results, submit, sizes)
         finally:
             for future in list(running):
                 future.cancel()
@@ -505,7 +516,7 @@ def _execute(plan: Plan, spec: InputSpec, client, info: ClusterInfo, executor: S
             page_checksums=bool(config.get("checksums.page-checksums")), faults=faults)
         # ---- map stage
         prefix = stage_prefix(plan.job.name, r.index, "map", plan.fingerprint, f"{run_id}:{executor.session}")
-        tasks = [TaskSpec(i, run_map, (base_ctx, blob_future, input_fs, s)) for i, s in enumerate(splits)]
+        tasks = [TaskSpec(i, run_map, (base_ctx, blob_future, input_fs, s), s.size) for i, s in enumerate(splits)]
         split_by_index = {i: s for i, s in enumerate(splits)}
         log.info("round %d/%d: map stage, %d task(s)", r.index + 1, len(rounds), len(tasks))
         results = executor.run(f"r{r.index}-map", prefix, tasks, round_index=r.index, round_count=len(rounds),
@@ -571,7 +582,11 @@ def _reduce_tasks(plan: Plan, r, ctx: TaskContext, outputs: list[shuffle.MapOutp
         for i in range(len(edges) - 1):
             lo, hi = edges[i], edges[i + 1]
             refs = shuffle.range_slices(outputs, lo, hi, ctx.descending)
-            tasks.append(TaskSpec(i, run_reduce, (ctx, blob_future, refs, (lo, hi), map_schema)))
+            by_path = {o.path: o for o in outputs}
+            # Estimated input bytes: rows of the chosen batches times each run's bytes per row.
+            size = sum(sum(by_path[path].bounds[b][2] for b in ids) * by_path[path].total_bytes
+                       // max(1, by_path[path].rows_out) for path, ids in refs)
+            tasks.append(TaskSpec(i, run_reduce, (ctx, blob_future, refs, (lo, hi), map_schema), size or None))
         rep.skew.append({"action": "range", "round": r.index, "partitions": len(tasks), "total_bytes": total,
                          "reason": f"round {r.index + 1}: {len(tasks)} range partitions from "
                                    f"{sum(s[0].num_rows for s in samples)} sampled keys over {total:,} bytes"})
@@ -589,7 +604,7 @@ def _reduce_tasks(plan: Plan, r, ctx: TaskContext, outputs: list[shuffle.MapOutp
             ids = [b for p in range(a.start, a.stop) for b in o.batches[p]]
             if ids:
                 refs.append((o.path, ids))
-        tasks.append(TaskSpec(a.index, run_reduce, (ctx, blob_future, refs, None, map_schema)))
+        tasks.append(TaskSpec(a.index, run_reduce, (ctx, blob_future, refs, None, map_schema), a.nbytes))
     assignments = rplan.assignments
     return tasks, (lambda p: f"hash partitions {assignments[p].start}..{assignments[p].stop - 1}, "
                              f"{assignments[p].rows:,} rows")

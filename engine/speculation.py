@@ -1,0 +1,176 @@
+"""Speculative re-execution of stragglers.
+
+The policy (Spark's rule, Hadoop's cap, LATE's estimate), checked by a supervisor in the driver
+every ``interval`` seconds while a stage runs:
+
+1. Wait until ``quantile`` of the stage's tasks have finished; their median runtime is the yardstick.
+2. A running task becomes a candidate once it has run longer than ``multiplier x median`` and longer
+   than ``min-runtime`` seconds, measured from the moment it *started executing* (a worker plugin
+   reports starts, so time spent queued behind another task does not count).
+3. Unless its input size explains it: when the stage's finished tasks processed ``r`` bytes per
+   second (median) and the candidate's input should take ``size / r`` seconds, it is only slow if it
+   also exceeds ``multiplier x`` that estimate (Spark's efficiency filter; skewed tasks are big, not slow).
+4. At most ``max-concurrent`` speculative attempts run at once, each on a different worker than the
+   straggler, under a new key. The first attempt to finish wins (the commit protocol discards the
+   other's files); the loser is cancelled and notices it between batches.
+
+Every launch, and which attempt won, goes into ``RunReport.speculation``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from . import config
+from .report import RunReport
+
+log = logging.getLogger("engine")
+
+TOPIC = "engine-task-start"
+
+
+class TaskStartReporter(WorkerPlugin):
+    """Worker plugin: reports the moment each engine task starts executing (exact start times)."""
+
+    name = "engine-task-starts"
+
+    def setup(self, worker) -> None:
+        self.worker = worker
+
+    def transition(self, key, start, finish, **kwargs) -> None:
+        if finish == "executing" and isinstance(key, tuple) and len(key) == 3:
+            try:
+                self.worker.log_event(TOPIC, {"key": repr(key), "worker": self.worker.address})
+            except Exception:  # noqa: BLE001 - diagnostics must never fail a task
+                pass
+
+
+@dataclass(frozen=True)
+class Policy:
+    quantile: float = 0.75
+    multiplier: float = 1.5
+    min_runtime: float = 1.0
+    max_concurrent: int = 2
+    interval: float = 0.1
+
+    @classmethod
+    def from_config(cls) -> Policy:
+        return cls(float(config.get("speculation.quantile")), float(config.get("speculation.multiplier")),
+                   float(config.get("speculation.min-runtime")), int(config.get("speculation.max-concurrent")),
+                   float(config.get("speculation.interval")))
+
+
+_REGISTERED: set[int] = set()
+_REG_LOCK = threading.Lock()
+
+
+class Supervisor:
+    """Watches one stage at a time and launches speculative attempts of its stragglers."""
+
+    def __init__(self, client, report: RunReport, policy: Policy) -> None:
+        self.client, self.report, self.policy = client, report, policy
+        self.starts: dict[str, tuple[float, str]] = {}     # repr(key) -> (start time, worker)
+        self._lock = threading.Lock()
+        self._stage = ""
+        self._total = 0
+        self._last = 0.0
+        self.speculated: dict[int, dict] = {}
+        with _REG_LOCK:
+            if id(client) not in _REGISTERED:
+                client.register_plugin(TaskStartReporter())
+                _REGISTERED.add(id(client))
+        client.subscribe_topic(TOPIC, self._on_start)
+
+    @classmethod
+    def from_config(cls, client, report: RunReport) -> Supervisor:
+        return cls(client, report, Policy.from_config())
+
+    def _on_start(self, event) -> None:
+        _, msg = event
+        with self._lock:
+            self.starts[msg["key"]] = (time.time(), msg["worker"])
+
+    # -- executor hooks ---------------------------------------------------------------------
+    def stage_started(self, executor, name: str, prefix: str, total: int) -> None:
+        self._stage, self._total = name, total
+        self.speculated = {}
+
+    def stage_finished(self, executor, name: str) -> None:
+        for partition, info in self.speculated.items():
+            info["decision"]["won"] = info.get("won")
+        self.speculated = {}
+
+    def note_result(self, partition: int, attempt: int) -> None:
+        info = self.speculated.get(partition)
+        if info is not None and info.get("won") is None:
+            info["won"] = attempt
+            info["decision"]["won"] = attempt
+            info["decision"]["outcome"] = ("speculative attempt won" if attempt != info["original"]
+                                           else "original attempt won")
+
+    def check(self, executor, running: dict, results: dict, submit, sizes: dict[int, int | None]) -> None:
+        now = time.time()
+        if now - self._last < self.policy.interval:
+            return
+        self._last = now
+        total = self._total
+        if total < 2 or len(results) < max(1, math.floor(self.policy.quantile * total)):
+            return
+        durations, rates = [], []
+        for v in results.values():
+            if "start" in v and "stop" in v:
+                d = max(1e-6, v["stop"] - v["start"])
+                durations.append(d)
+                size = v.get("input_bytes")
+                if size:
+                    rates.append(size / d)
+        if not durations:
+            return
+        median = statistics.median(durations)
+        threshold = max(self.policy.multiplier * median, self.policy.min_runtime)
+        rate = statistics.median(rates) if rates else None
+        active = sum(1 for (p, a, s, spec) in running.values() if spec)
+        by_partition: dict[int, list] = {}
+        for future, (p, a, submitted, spec) in running.items():
+            by_partition.setdefault(p, []).append((future, a, submitted, spec))
+        for p, attempts in sorted(by_partition.items()):
+            if active >= self.policy.max_concurrent:
+                break
+            if p in results or p in self.speculated or len(attempts) > 1:
+                continue
+            future, attempt, submitted, _ = attempts[0]
+            with self._lock:
+                started = self.starts.get(repr(future.key))
+            if started is None:
+                continue          # still queued: not a straggler (yet)
+            start, worker = started
+            elapsed = now - start
+            if elapsed <= threshold:
+                continue
+            size = sizes.get(p)
+            if rate and size:
+                expected = size / rate
+                if elapsed <= self.policy.multiplier * expected:
+                    continue      # slow because it is big: speculation would not help
+            reason = (f"{self._stage} partition {p}: attempt {attempt} has run {elapsed:.2f}s on {worker}, over "
+                      f"{self.policy.multiplier:g} x the median {median:.2f}s of {len(durations)} finished tasks"
+                      + (f" (its input of {size:,} bytes should take {size / rate:.2f}s)" if rate and size else ""))
+            new_attempt = submit(p, speculative=True, avoid=worker)
+            decision = {"stage": self._stage, "partition": p, "attempt": new_attempt, "straggler": attempt,
+                        "worker": worker, "elapsed": round(elapsed, 3), "median": round(median, 3),
+                        "reason": reason, "won": None}
+            self.report.speculation.append(decision)
+            self.speculated[p] = {"original": attempt, "decision": decision, "won": None}
+            log.info("speculating: %s", reason)
+            active += 1
+
+
+__all__ = ["Supervisor", "Policy", "TaskStartReporter"]
