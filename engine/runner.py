@@ -386,7 +386,7 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
         try:
             manifest = _execute(plan, spec, client, info, executor, rep, run_id=run_id, out_fs=out_fs, out=out,
                                 blob_future=blob_future, shuffle_fs=shuffle_fs, shuffle_root=shuffle_root,
-                                skew_enabled=skew, mode=mode, previous=previous, snapshot=snapshot,
+                                skew_enabled=bool(skew and config.get("skew.enabled")), mode=mode, previous=previous, snapshot=snapshot,
                                 faults=faults)
             ok = True
         except BaseException as exc:
@@ -511,7 +511,8 @@ def _execute(plan: Plan, spec: InputSpec, client, info: ClusterInfo, executor: S
             spill_bytes=config.parse_size(config.get("shuffle.spill-size"), name="shuffle.spill-size"),
             batch_rows=int(config.get("batch-rows")), sort_batch_rows=int(config.get("shuffle.sort-batch-rows")),
             sample_size=int(config.get("shuffle.sample-size")),
-            top_keys=int(config.get("skew.top-keys")) if skew_enabled else 0,
+            top_keys=int(config.get("skew.top-keys")) if (skew_enabled and r.kind == "reduce"
+                                                          and not r.combinable) else 0,
             columns=r.columns, partition_types=spec.partition_types if r.index == 0 else {},
             page_checksums=bool(config.get("checksums.page-checksums")), faults=faults)
         # ---- map stage
@@ -526,7 +527,8 @@ def _execute(plan: Plan, spec: InputSpec, client, info: ClusterInfo, executor: S
             break
         outputs = [results[p]["shuffle"] for p in sorted(results)]
         map_schema = next((results[p]["schema"] for p in sorted(results) if results[p].get("schema") is not None), None)
-        reduce_tasks, describe = _reduce_tasks(plan, r, base_ctx, outputs, map_schema, blob_future, info, rep)
+        reduce_tasks, describe = _reduce_tasks(plan, r, base_ctx, outputs, map_schema, blob_future, info, rep,
+                                               skew_enabled)
         prefix = stage_prefix(plan.job.name, r.index, "reduce", plan.fingerprint,
                               f"{run_id}:{executor.session}")
         log.info("round %d/%d: reduce stage, %d task(s)", r.index + 1, len(rounds), len(reduce_tasks))
@@ -570,7 +572,7 @@ def _final_schema(results: dict[int, dict]) -> pa.Schema | None:
 
 
 def _reduce_tasks(plan: Plan, r, ctx: TaskContext, outputs: list[shuffle.MapOutput], map_schema,
-                  blob_future, info: ClusterInfo, rep: RunReport):
+                  blob_future, info: ClusterInfo, rep: RunReport, skew_enabled: bool):
     total = sum(o.total_bytes for o in outputs)
     min_tasks = info.threads if total >= (8 << 20) else 1
     if r.kind == "sort":
@@ -594,9 +596,17 @@ def _reduce_tasks(plan: Plan, r, ctx: TaskContext, outputs: list[shuffle.MapOutp
     nparts = outputs[0].num_partitions if outputs else 1
     rows = [sum(o.rows[p] for o in outputs) for p in range(nparts)]
     sizes = [sum(o.nbytes[p] for o in outputs) for p in range(nparts)]
-    rplan = skew.coalesce(rows, sizes, plan.partition_size, min_tasks=min_tasks)
+    heavy: dict[tuple, list[int]] = {}
+    for o in outputs:
+        for key, p, est in o.heavy_keys:
+            entry = heavy.setdefault(tuple(key), [p, 0])
+            entry[1] += est
+    rplan = skew.plan_reducers(rows, sizes, [(k, p, est) for k, (p, est) in heavy.items()], plan.partition_size,
+                               min_tasks=min_tasks, enabled=skew_enabled, combinable=r.combinable,
+                               factor=float(config.get("skew.factor")))
     for d in rplan.decisions:
         rep.skew.append({**d, "round": r.index})
+    key_schema = pa.schema([map_schema.field(k) for k in r.keys]) if map_schema is not None else None
     tasks = []
     for a in rplan.assignments:
         refs = []
@@ -604,10 +614,13 @@ def _reduce_tasks(plan: Plan, r, ctx: TaskContext, outputs: list[shuffle.MapOutp
             ids = [b for p in range(a.start, a.stop) for b in o.batches[p]]
             if ids:
                 refs.append((o.path, ids))
-        tasks.append(TaskSpec(a.index, run_reduce, (ctx, blob_future, refs, None, map_schema), a.nbytes))
+        key_filter = None
+        if (a.only or a.exclude) and key_schema is not None:
+            which, chosen = ("only", a.only) if a.only else ("exclude", a.exclude)
+            key_filter = (which, pa.Table.from_pylist([dict(zip(r.keys, k)) for k in chosen], schema=key_schema))
+        tasks.append(TaskSpec(a.index, run_reduce, (ctx, blob_future, refs, key_filter, map_schema), a.nbytes))
     assignments = rplan.assignments
-    return tasks, (lambda p: f"hash partitions {assignments[p].start}..{assignments[p].stop - 1}, "
-                             f"{assignments[p].rows:,} rows")
+    return tasks, (lambda p: assignments[p].describe())
 
 
 def _cleanup_files(fs, paths: list[str]) -> None:

@@ -73,7 +73,7 @@ class MapOutput:
     nbytes: list[int]                   # partition -> bytes (Arrow in-memory size)
     rows_in: int = 0
     rows_out: int = 0
-    heavy_keys: list[list[tuple[Any, int]]] = field(default_factory=list)  # partition -> [(key, rows)]
+    heavy_keys: list[tuple[tuple, int, int]] = field(default_factory=list)  # [(key, partition, estimated rows)]
     # sort rounds only
     bounds: list[tuple[tuple, tuple, int]] = field(default_factory=list)    # batch -> (first, last, rows)
     sample: pa.Table | None = None
@@ -138,6 +138,7 @@ class HashShuffleWriter:
                              [0] * num_partitions, [0] * num_partitions)
         self._schema: pa.Schema | None = None
         self._empty: pa.Table | None = None
+        self._heavy: dict[tuple, tuple[int, int]] = {}
 
     def write(self, table: pa.Table) -> None:
         if table.num_rows == 0:
@@ -164,22 +165,30 @@ class HashShuffleWriter:
                 self.out.batches[p].append(b)
                 self.out.rows[p] += batch.num_rows
                 self.out.nbytes[p] += batch.nbytes
-            if self.top_keys:
-                self._note_heavy(p, part)
+        if self.top_keys:
+            self._note_heavy(table)
         self.out.rows_out += table.num_rows
 
-    def _note_heavy(self, p: int, part: pa.Table) -> None:
-        if part.num_rows < 2:
+    def _note_heavy(self, table: pa.Table, sample_rows: int = 8192) -> None:
+        """Estimate this spill's heaviest keys from an even sample of its rows (cheap, bounded)."""
+        n = table.num_rows
+        if n < 2:
             return
-        counts = part.group_by(self.keys, use_threads=False).aggregate([([], "count_all")])
-        top = counts.sort_by([("count_all", "descending")]).slice(0, self.top_keys).to_pylist()
-        heavy = dict(self.out.heavy_keys[p]) if len(self.out.heavy_keys) > p else {}
-        for row in top:
+        idx = np.unique(np.linspace(0, n - 1, num=min(n, sample_rows)).astype(np.int64))
+        sample = table.select(self.keys).take(pa.array(idx))
+        counts = sample.group_by(self.keys, use_threads=False).aggregate([([], "count_all")])
+        top = counts.sort_by([("count_all", "descending")]).slice(0, self.top_keys)
+        scale = n / len(idx)
+        parts = partition_ids(top, self.keys, self.num_partitions)
+        heavy = self._heavy
+        for row, p in zip(top.to_pylist(), parts):
+            if row["count_all"] < 2:
+                continue          # seen once in the sample: nothing to say about it
             key = tuple(row[k] for k in self.keys)
-            heavy[key] = heavy.get(key, 0) + row["count_all"]
-        while len(self.out.heavy_keys) <= p:
-            self.out.heavy_keys.append([])
-        self.out.heavy_keys[p] = sorted(heavy.items(), key=lambda kv: -kv[1])[: self.top_keys]
+            est, _ = heavy.get(key, (0, int(p)))
+            heavy[key] = (est + int(row["count_all"] * scale), int(p))
+        self.out.heavy_keys = [(k, p, r) for k, (r, p) in
+                               sorted(heavy.items(), key=lambda kv: -kv[1][0])[: self.top_keys]]
 
     @property
     def schema(self) -> pa.Schema | None:
@@ -320,6 +329,25 @@ def range_slices(outputs: Sequence[MapOutput], lo: tuple | None, hi: tuple | Non
         if chosen:
             refs.append((out.path, chosen))
     return refs
+
+
+def filter_keys(table: pa.Table, keys: Sequence[str], which: str, chosen: pa.Table) -> pa.Table:
+    """Rows whose key is (``which="only"``) or is not (``"exclude"``) among ``chosen``'s key rows."""
+    if chosen.num_rows == 0:
+        return table.slice(0, 0) if which == "only" else table
+    keys = list(keys)
+    if len(keys) == 1:
+        col = table.column(keys[0])
+        values = chosen.column(keys[0]).cast(col.type if not pa.types.is_dictionary(col.type)
+                                             else col.type.value_type)
+        mask = pc.is_in(col if not pa.types.is_dictionary(col.type) else col.cast(col.type.value_type),
+                        value_set=values.combine_chunks())
+    else:
+        # Several key columns: membership by 64-bit hash of the key tuple (collisions ~ n·k / 2^64).
+        mask = pa.array(np.isin(hash_columns(table, keys), hash_columns(chosen, keys)))
+    if which != "only":
+        mask = pc.invert(mask)
+    return table.filter(mask)
 
 
 def filter_range(table: pa.Table, keys: Sequence[str], lo: tuple | None, hi: tuple | None,

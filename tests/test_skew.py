@@ -1,0 +1,104 @@
+"""Skew-aware repartitioning: correctness on uniform, Zipf and one-hot-key data, with skew handling on and off."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import engine
+from conftest import assert_tables_close, write_parts
+from engine import Job, agg
+from engine.skew import coalesce, plan_reducers
+
+
+def median_per_key(t: pa.Table) -> pa.Table:
+    """A reduce that cannot be combined: the exact median of every key's values."""
+    r = agg.AggregationSet(["k"], {"med": agg.median("v"), "n": agg.count()}).aggregate(t)
+    return r
+
+
+MEDIAN = Job("median").reduce(median_per_key, by="k")
+SUMS = Job("sums").reduce(by="k", aggs={"n": agg.count(), "s": agg.sum("v")})
+
+
+def keyed(n: int, dist: str, seed: int = 0) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    if dist == "uniform":
+        k = rng.integers(0, 2000, n)
+    elif dist.startswith("zipf"):     # finite Zipf over 100k keys: p(k) ~ 1 / k^s (s = 1.0 allowed)
+        weights = 1.0 / np.arange(1, 100_001) ** float(dist[4:])
+        k = rng.choice(100_000, size=n, p=weights / weights.sum())
+    elif dist == "half":         # one key holds half of all rows
+        k = np.where(rng.random(n) < 0.5, 0, rng.integers(1, 5000, n))
+    elif dist == "top10":        # the ten heaviest keys hold half the rows
+        k = np.where(rng.random(n) < 0.5, rng.integers(0, 10, n), rng.integers(10, 20000, n))
+    else:
+        raise ValueError(dist)
+    return pa.table({"k": pa.array(k, pa.int64()), "v": rng.normal(0, 1, n)})
+
+
+def reference(t: pa.Table) -> pa.Table:
+    return median_per_key(t)
+
+
+@pytest.mark.parametrize("dist", ["uniform", "zipf1.0", "zipf1.5", "half", "top10"])
+@pytest.mark.parametrize("skew", [True, False])
+def test_non_combinable_reduce_equals_reference(tmp_path, dist, skew):
+    t = keyed(60_000, dist)
+    write_parts(tmp_path / "in", t, parts=3)
+    result = MEDIAN.run(str(tmp_path / "in"), str(tmp_path / "out"), skew=skew, partition_size="64KiB")
+    assert_tables_close(engine.read(str(tmp_path / "out")), reference(t), "k")
+    isolated = [d for d in result.report.skew if d["action"] == "isolate"]
+    if not skew or dist == "uniform":
+        assert not isolated
+    if skew and dist in ("half", "top10"):
+        assert isolated, result.report.skew
+        hot = {tuple(d["key"]) for d in isolated}
+        assert (0,) in hot
+        assert all("reduce task of its own" in d["reason"] and d["bytes"] > 0 for d in isolated)
+
+
+@pytest.mark.parametrize("dist", ["zipf1.2", "half"])
+def test_combinable_aggregation_equals_reference_with_skew(tmp_path, dist):
+    t = keyed(60_000, dist, seed=3)
+    write_parts(tmp_path / "in", t, parts=4)
+    SUMS.run(str(tmp_path / "in"), str(tmp_path / "out"), partition_size="16KiB")
+    ref = t.group_by("k").aggregate([([], "count_all"), ("v", "sum")])
+    ref = pa.table({"k": ref["k"], "n": ref["count_all"], "s": ref["v_sum"]})
+    assert_tables_close(engine.read(str(tmp_path / "out")), ref, "k")
+
+
+@settings(max_examples=10)
+@given(seed=st.integers(0, 1000), hot=st.floats(0.0, 0.9), keys=st.integers(1, 3000), parts=st.integers(1, 4),
+       skew=st.booleans())
+def test_property_random_key_distributions(tmp_path_factory, seed, hot, keys, parts, skew):
+    rng = np.random.default_rng(seed)
+    n = 20_000
+    k = np.where(rng.random(n) < hot, rng.integers(0, 3, n), rng.integers(0, keys, n))
+    t = pa.table({"k": pa.array(k, pa.int64()), "v": rng.normal(0, 1, n)})
+    d = tmp_path_factory.mktemp("skewprop")
+    write_parts(d / "in", t, parts=parts, seed=seed)
+    MEDIAN.run(str(d / "in"), str(d / "out"), skew=skew, partition_size="32KiB")
+    assert_tables_close(engine.read(str(d / "out")), reference(t), "k")
+
+
+def test_planner_isolates_hot_keys_and_keeps_every_row():
+    rows = [100, 100, 10_000, 100, 0, 100]
+    sizes = [r * 10 for r in rows]
+    heavy = [((7,), 2, 6000), ((8,), 2, 3000), ((9,), 0, 50)]
+    plan = plan_reducers(rows, sizes, heavy, target=20_000, min_tasks=2, combinable=False)
+    only = [a for a in plan.assignments if a.only]
+    assert [a.only for a in only] == [((7,),), ((8,),)]
+    rest = [a for a in plan.assignments if a.exclude]
+    assert len(rest) == 1 and set(rest[0].exclude) == {(7,), (8,)}
+    covered = sorted({p for a in plan.assignments for p in range(a.start, a.stop)})
+    assert {0, 1, 2, 3, 5} <= set(covered)                 # every non-empty partition is read
+    assert sum(a.rows for a in plan.assignments) == sum(rows)
+    assert plan_reducers(rows, sizes, heavy, target=20_000, enabled=False).assignments == \
+        coalesce(rows, sizes, 20_000).assignments
+    kept = plan_reducers(rows, sizes, heavy, target=20_000, min_tasks=2, combinable=True)
+    assert not any(a.only for a in kept.assignments) and any(d["action"] == "keep" for d in kept.decisions)
