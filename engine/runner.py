@@ -30,7 +30,7 @@ from . import commit, config, serialize, shuffle, skew
 from .cluster import ClusterInfo, get_client
 from .compile import TaskSpec, stage_prefix
 from .datasets import InputSpec, Split, filesystem, is_local, resolve_input, sample_table
-from .errors import (ClusterError, CommitError, ConcurrentRunError, EngineError, InputError, JobDefinitionError,
+from .errors import (ClusterError, CommitError, EngineError, InputError, JobDefinitionError,
                      OutputExistsError, SchemaError, ShuffleLocationError, StageFailedError)
 from .faults import Faults
 from .job import Job
@@ -205,9 +205,9 @@ class StageExecutor:
                     if future.status == "cancelled":
                         # The driver cancels only siblings of a finished partition, so the cluster dropped
                         # this one (e.g. a dependency was lost with a dead worker): retry it, never skip it.
-                        exc, tb = ClusterError(f"the cluster cancelled task {future.key!r}"), None
+                        exc = ClusterError(f"the cluster cancelled task {future.key!r}")
                     else:
-                        exc, tb = future.exception(), future.traceback()
+                        exc = future.exception()
                     future.release()
                     if any(f_p == partition for f_p, *_ in running.values()):
                         continue  # another attempt of this partition is still running
@@ -229,7 +229,6 @@ class StageExecutor:
                                                 "error": f"{type(exc).__name__}: {exc}", "backoff": round(delay, 3)})
                     stage.retries += 1
                     log.warning("%s failed (%s: %s); retrying in %.2fs", where, type(exc).__name__, exc, delay)
-                    del tb
                     delayed.append((time.time() + delay, partition))
                 if self.supervisor is not None and running:
                     self.supervisor.check(self, running, results, submit, sizes)

@@ -25,7 +25,6 @@ import statistics
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
