@@ -128,7 +128,21 @@ class CLICluster:
         return "\n".join(out)
 
 
+# Runs in the child before it becomes the dask process: ask the kernel for SIGTERM when the test process
+# dies, so a killed or timed-out pytest does not leave a cluster behind (the processes run in sessions
+# of their own and would outlive it otherwise). The signal setting survives exec.
+_LAUNCHER = """
+import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
 def _spawn(args: list[str], workdir: str, env: dict, log_name: str) -> subprocess.Popen:
+    if sys.platform.startswith("linux"):
+        args = [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *args]
     log = open(os.path.join(workdir, log_name), "ab")
     try:
         # A session of its own: teardown can signal the whole group (a nanny and its worker).
