@@ -42,6 +42,7 @@ class ClusterInfo:
     workers: int
     threads: int
     dashboard: str | None
+    memory_limit: int = 0    # the smallest worker memory limit in bytes (0: unlimited or unknown)
 
 
 def _worker_env() -> dict[str, str]:
@@ -137,7 +138,8 @@ def get_client(cluster: Any = None, *, in_process: bool = False):
         workers = info.get("workers", {})
         return client, ClusterInfo(True, True, in_process, len(workers),
                                    sum(w.get("nthreads", 1) for w in workers.values()),
-                                   lc.dashboard_link if getattr(lc, "dashboard_link", None) else None)
+                                   lc.dashboard_link if getattr(lc, "dashboard_link", None) else None,
+                                   _min_memory(workers))
     if isinstance(cluster, Client):
         client = cluster
     elif isinstance(cluster, str):
@@ -160,7 +162,13 @@ def get_client(cluster: Any = None, *, in_process: bool = False):
     in_proc = getattr(getattr(client, "cluster", None), "processes", True) is False
     return client, ClusterInfo(False, same_host, in_proc, len(workers),
                                sum(w.get("nthreads", 1) for w in workers.values()),
-                               getattr(client, "dashboard_link", None))
+                               getattr(client, "dashboard_link", None), _min_memory(workers))
+
+
+def _min_memory(workers: dict) -> int:
+    limits = [int(w.get("memory_limit") or 0) // max(1, int(w.get("nthreads", 1))) for w in workers.values()]
+    limits = [m for m in limits if m > 0]
+    return min(limits) if limits else 0
 
 
 _CLIENTS: dict[str, Any] = {}

@@ -280,6 +280,18 @@ def _snapshot_digest(spec: InputSpec) -> str:
     return h.hexdigest()[:16]
 
 
+def _fused_rounds(plan: Plan) -> list:
+    """The rounds that run as stages: a trailing map-only round is fused into the reduce before it.
+
+    Its maps then run inside the previous round's reduce tasks, on each output chunk before it is
+    written (the same rows, partition by partition, without a stage of its own).
+    """
+    rounds = list(plan.rounds)
+    if len(rounds) >= 2 and rounds[-1].kind == "map":
+        rounds = rounds[:-1]
+    return rounds
+
+
 def _payload(plan: Plan) -> bytes:
     rounds = []
     for r in plan.rounds:
@@ -288,7 +300,10 @@ def _payload(plan: Plan) -> bytes:
             "combine": r.combine.fn if r.combine is not None else None,
             "reduce": r.reduce.fn if (r.reduce is not None and r.reduce.aggs is None) else None,
             "aggs": r.aggregations,
+            "post": [],
         })
+    if len(_fused_rounds(plan)) < len(rounds):
+        rounds[-2]["post"] = rounds[-1]["maps"]
     return serialize.dumps(rounds)
 
 
@@ -495,7 +510,7 @@ def _shuffle_location(shuffle_dir: str | None, storage_options: dict | None, run
 def _execute(plan: Plan, spec: InputSpec, client, info: ClusterInfo, executor: StageExecutor, rep: RunReport, *,
              run_id: str, out_fs, out: str, blob_future, shuffle_fs, shuffle_root: str, skew_enabled: bool,
              mode: str, previous: commit.Manifest | None, snapshot: str, faults: Any) -> commit.Manifest:
-    rounds = plan.rounds
+    rounds = _fused_rounds(plan)
     splits: list[Split] = list(spec.splits)
     input_fs = spec.fs
     est_bytes = spec.total_bytes
@@ -507,7 +522,7 @@ def _execute(plan: Plan, spec: InputSpec, client, info: ClusterInfo, executor: S
             descending=bool(r.reduce.descending) if r.reduce is not None else False, shuffle_fs=shuffle_fs,
             shuffle_root=shuffle_root, out_fs=out_fs, out_root=out,
             num_partitions=plan.initial_partitions(est_bytes) if r.kind in ("aggregate", "reduce") else 1,
-            spill_bytes=config.parse_size(config.get("shuffle.spill-size"), name="shuffle.spill-size"),
+            spill_bytes=_spill_bytes(info),
             batch_rows=int(config.get("batch-rows")), sort_batch_rows=int(config.get("shuffle.sort-batch-rows")),
             sample_size=int(config.get("shuffle.sample-size")),
             top_keys=int(config.get("skew.top-keys")) if (skew_enabled and r.kind == "reduce"
@@ -552,6 +567,15 @@ def _execute(plan: Plan, spec: InputSpec, client, info: ClusterInfo, executor: S
             "timings": {"started": rep.start, "seconds": round(time.time() - rep.start, 3)}}
     return commit.commit_job(out_fs, out, run_id=run_id, winners=winners, schema=schema, mode=mode,
                              previous=previous, meta=meta, hook=faults.commit_hook if faults is not None else None)
+
+
+def _spill_bytes(info: ClusterInfo) -> int:
+    """The map-side buffer: the configured size, but at most 1/24 of a worker thread's memory
+    (a spill holds the buffer, its combined copy and the partitioned copy at once)."""
+    size = config.parse_size(config.get("shuffle.spill-size"), name="shuffle.spill-size")
+    if info.memory_limit:
+        size = min(size, max(4 << 20, info.memory_limit // 24))
+    return size
 
 
 def _final_schema(results: dict[int, dict]) -> pa.Schema | None:

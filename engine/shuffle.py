@@ -365,11 +365,21 @@ def filter_range(table: pa.Table, keys: Sequence[str], lo: tuple | None, hi: tup
 # Reading slices
 
 
+_WHOLE_FILE = 32 << 20
+
+
 def _open_ipc(fs, path: str):
+    """Local files are memory-mapped; on object stores small files are fetched in one request and
+    large ones read by ranges (one request per batch)."""
     from .datasets import is_local
     if is_local(fs):
         return pa.ipc.open_file(pa.memory_map(path, "r"))
-    return pa.ipc.open_file(fs.open(path, "rb", cache_type="none"))
+    f = fs.open(path, "rb", cache_type="none")
+    if f.size <= _WHOLE_FILE:
+        data = f.read()
+        f.close()
+        return pa.ipc.open_file(pa.py_buffer(data))
+    return pa.ipc.open_file(f)
 
 
 def read_slices(fs, refs: Sequence[tuple[str, Sequence[int]]]) -> Iterator[pa.RecordBatch]:

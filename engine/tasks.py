@@ -281,6 +281,12 @@ def run_reduce(ctx: TaskContext, blob: bytes, refs: list, bounds: tuple | None, 
     if ctx.faults is not None:
         ctx.faults.before_task(ctx, "reduce", partition, attempt)
     output = _Output(ctx, partition, attempt, "reduce")
+    post = stages.get("post") or []
+
+    def emit(table: pa.Table) -> None:
+        for i, fn in enumerate(post):   # maps of a fused trailing map-only round
+            table = _apply(fn, table, f"map function {i + 1} of round {ctx.round + 2} (fused into {label})")
+        output.write(table)
     try:
         if ctx.kind == "sort":
             lo, hi = bounds if bounds is not None else (None, None)
@@ -294,7 +300,7 @@ def run_reduce(ctx: TaskContext, blob: bytes, refs: list, bounds: tuple | None, 
             if table.num_rows:
                 table = table.sort_by(shuffle.sort_keys(ctx.keys, ctx.descending))
             for offset in range(0, max(table.num_rows, 1), max(ctx.batch_rows * 8, 1)):
-                output.write(table.slice(offset, ctx.batch_rows * 8))
+                emit(table.slice(offset, ctx.batch_rows * 8))
         else:
             table = shuffle.read_table(ctx.shuffle_fs, refs, schema)
             if bounds is not None:      # a key filter from the skew planner: ("only" | "exclude", keys)
@@ -308,7 +314,7 @@ def run_reduce(ctx: TaskContext, blob: bytes, refs: list, bounds: tuple | None, 
                 result = aggs.finalize(aggs.merge(table))
             else:
                 result = _apply(stages["reduce"], table, f"reduce function of {label}")
-            output.write(result)
+            emit(result)
             if ctx.faults is not None:
                 ctx.faults.during_task(ctx, "reduce", partition, attempt)
         result_info = output.close()

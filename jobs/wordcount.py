@@ -10,8 +10,9 @@ from engine import Job, agg
 
 
 def words(t: pa.Table) -> pa.Table:
-    """One row per word of every line."""
-    return pa.table({"word": pc.list_flatten(pc.utf8_split_whitespace(pc.utf8_lower(t["text"])))})
+    """One row per word of every line (empty lines and surrounding whitespace yield no words)."""
+    w = pc.list_flatten(pc.utf8_split_whitespace(pc.utf8_lower(t["text"])))
+    return pa.table({"word": pc.filter(w, pc.not_equal(w, ""))})
 
 
 job = Job("wordcount").map(words, columns=["text"]).reduce(by="word", aggs={"count": agg.count()})
