@@ -569,6 +569,20 @@ def _execute(plan: Plan, spec: InputSpec, client, info: ClusterInfo, executor: S
                              previous=previous, meta=meta, hook=faults.commit_hook if faults is not None else None)
 
 
+def _spread(values: list[int]) -> dict:
+    if not values:
+        return {"count": 0}
+    v = sorted(values)
+    return {"count": len(v), "min": v[0], "median": v[len(v) // 2], "max": v[-1], "total": sum(v)}
+
+
+def _fmt_spread(values: list[int]) -> str:
+    d = _spread(values)
+    if not d["count"]:
+        return "none"
+    return f"bytes min {d['min']:,} / median {d['median']:,} / max {d['max']:,}"
+
+
 def _spill_bytes(info: ClusterInfo) -> int:
     """The map-side buffer: the configured size, but at most 1/24 of a worker thread's memory
     (a spill holds the buffer, its combined copy and the partitioned copy at once)."""
@@ -629,6 +643,12 @@ def _reduce_tasks(plan: Plan, r, ctx: TaskContext, outputs: list[shuffle.MapOutp
                                factor=float(config.get("skew.factor")))
     for d in rplan.decisions:
         rep.skew.append({**d, "round": r.index})
+    before = [b for b in sizes if b]
+    after = [a.nbytes for a in rplan.assignments]
+    rep.skew.append({"action": "plan", "round": r.index, "partitions_before": _spread(before),
+                     "tasks_after": _spread(after),
+                     "reason": f"round {r.index + 1}: {len(before)} non-empty hash partitions "
+                               f"({_fmt_spread(before)}) -> {len(after)} reduce tasks ({_fmt_spread(after)})"})
     key_schema = pa.schema([map_schema.field(k) for k in r.keys]) if map_schema is not None else None
     tasks = []
     for a in rplan.assignments:
