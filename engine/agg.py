@@ -339,6 +339,22 @@ def _densify(codes: np.ndarray) -> tuple[np.ndarray, int]:
             len(encoded.dictionary))
 
 
+def _group_order(gid: np.ndarray, ng: int) -> np.ndarray:
+    """The stable permutation that groups rows by id (ids ``0..ng-1``), keeping their order within
+    a group.  Small ids are sorted with numpy's radix sort, in one or two 16-bit passes."""
+    n = len(gid)
+    if ng <= 1 or n <= 1:
+        return np.arange(n, dtype=np.int64)
+    if ng <= 1 << 8:
+        return np.argsort(gid.astype(np.uint8), kind="stable")
+    if ng <= 1 << 16:
+        return np.argsort(gid.astype(np.uint16), kind="stable")
+    if ng <= 1 << 32:
+        order = np.argsort((gid & 0xFFFF).astype(np.uint16), kind="stable")
+        return order[np.argsort((gid[order] >> 16).astype(np.uint16), kind="stable")]
+    return np.argsort(gid, kind="stable")
+
+
 def _runs(sorted_ids: np.ndarray, ng: int) -> np.ndarray:
     """int32 list offsets for values sorted by group id (every group of ``0..ng-1`` gets one)."""
     offsets = np.zeros(ng + 1, dtype=np.int64)
@@ -451,6 +467,75 @@ class _Plan:
         return self._results[index]
 
 
+@lru_cache(maxsize=None)
+def _direct_key(t: pa.DataType) -> bool:
+    """Whether Arrow's grouping of a single key column of type ``t`` matches the module's (floats
+    are left out for their zeros and NaNs, dictionaries because their chunks may not share one
+    dictionary)."""
+    return (pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t)
+            or pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_boolean(t)
+            or pa.types.is_temporal(t) or pa.types.is_decimal(t)
+            or pa.types.is_fixed_size_binary(t))
+
+
+def _mixed_codes(table: pa.Table, keys: Sequence[str]) -> np.ndarray | None:
+    """One int64 code per row for several keys (mixed radix of the keys' dictionary codes, equal
+    exactly for equal key tuples), or None when the code would not fit in int64."""
+    codes, card = _codes(table.column(keys[0]))
+    for key in keys[1:]:
+        more, more_card = _codes(table.column(key))
+        if card * more_card >= 1 << 62:
+            return None
+        codes = codes * more_card + more
+        card *= more_card
+    return codes
+
+
+class _KeyPlan(_Plan):
+    """A :class:`_Plan` that needs no dense group ids: one Arrow ``group_by`` on the key column
+    itself (one key) or on the mixed-radix code of the keys' dictionary codes (several keys).
+    ``groups`` is None, so only aggregation steps that ask for nothing but Arrow hash
+    aggregations can use it.  Groups come back in order of first appearance; ``keys`` holds their
+    key columns."""
+
+    def __init__(self, table: pa.Table, keys: Sequence[str]) -> None:
+        super().__init__(None)  # type: ignore[arg-type]
+        self.table = table
+        self.key_names = list(keys)
+        self.keys: list[pa.ChunkedArray] = []
+
+    def run(self) -> None:
+        table, keys = self.table, self.key_names
+        codes = _mixed_codes(table, keys) if len(keys) > 1 else None
+        if codes is not None:
+            names = ["k0"]
+            data: dict[str, Any] = {"k0": pa.array(codes, type=pa.int64())}
+        else:
+            names = [f"k{i}" for i in range(len(keys))]
+            data = {n: table.column(k) for n, k in zip(names, keys)}
+        data.update({name: arr for name, arr in self._columns.values()})
+        data["__row"] = pa.array(np.arange(table.num_rows, dtype=np.int64))
+        specs = [*self._specs, ("__row", "min")]
+        result = pa.table(data).group_by(names, use_threads=False).aggregate(specs)
+        key_index = [result.schema.get_field_index(n) for n in names]
+        rest = [i for i in range(result.num_columns) if i not in key_index]
+        first = np.asarray(result.column(rest[-1]).to_numpy(), dtype=np.int64)
+        # the key code is not needed any more: the keys are taken from the first rows
+        result = result.select(rest[:-1] if codes is not None else key_index + rest[:-1])
+        # Arrow numbers groups almost, but not always, in order of first appearance
+        if len(first) > 1 and (first[1:] < first[:-1]).any():
+            order = np.argsort(first, kind="stable")  # nearly sorted: cheap
+            first = first[order]
+            result = result.take(pa.array(order))
+        columns = result.columns
+        if codes is not None:
+            rows = pa.array(first, type=pa.int64())
+            self.keys = [table.column(k).take(rows) for k in keys]
+        else:
+            self.keys, columns = columns[:len(keys)], columns[len(keys):]
+        self._results = columns
+
+
 # ---------------------------------------------------------------------------------------------
 # Aggregation kinds: state layout, partial, merge and finalize
 # ---------------------------------------------------------------------------------------------
@@ -488,9 +573,13 @@ def _is_nested(t: pa.DataType) -> bool:
 
 
 class _Kind:
-    """Behaviour of one aggregation kind.  ``parts`` are the state column suffixes."""
+    """Behaviour of one aggregation kind.  ``parts`` are the state column suffixes.
+    ``direct_partial`` / ``direct_merge``: the step only asks its plan for Arrow hash aggregations
+    and never reads ``plan.groups``, so it also runs on a :class:`_KeyPlan`."""
 
     parts: tuple[str, ...] = ()
+    direct_partial = False
+    direct_merge = False
 
     def state_types(self, agg: Aggregation, vtype: pa.DataType | None) -> list[pa.DataType]:
         raise NotImplementedError
@@ -511,6 +600,7 @@ class _Kind:
 
 class _Count(_Kind):
     parts = ("count",)
+    direct_partial = direct_merge = True
 
     def state_types(self, agg, vtype):
         return [pa.int64()]
@@ -532,6 +622,8 @@ class _Count(_Kind):
 
 class _Reduce(_Kind):
     """sum, min, max: the same Arrow aggregation reduces rows and partial states alike."""
+
+    direct_partial = direct_merge = True
 
     def __init__(self, func: str) -> None:
         self.func = func
@@ -557,6 +649,7 @@ class _Reduce(_Kind):
 
 class _Mean(_Kind):
     parts = ("sum", "count")
+    direct_partial = direct_merge = True
 
     def state_types(self, agg, vtype):
         return [pa.float64(), pa.int64()]
@@ -591,6 +684,7 @@ class _Var(_Kind):
     values; states combine with Chan et al.'s parallel formula."""
 
     parts = ("n", "mean", "m2")
+    direct_partial = True
 
     def state_types(self, agg, vtype):
         return [pa.int64(), pa.float64(), pa.float64()]
@@ -817,6 +911,8 @@ class _TopK(_Kind):
 class _FirstLast(_Kind):
     """The value at the smallest (first) or largest (last) row index among non-null rows."""
 
+    direct_partial = direct_merge = True
+
     def __init__(self, which: str) -> None:
         self.which = which
         self.parts = (which,)
@@ -847,15 +943,35 @@ class _FirstLast(_Kind):
         return state_types[0]
 
 
-def _sorted_value_lists(values: pa.Array, gid: np.ndarray, ng: int) -> pa.Array:
+def _grouped_value_lists(values: pa.Array, gid: np.ndarray, ng: int) -> pa.Array:
+    """The non-null values of every group, as float64, in input order."""
     values, gid = _valid_rows(values, gid)
     data = _numpy(values, np.float64)
-    order = np.lexsort((data, gid))
+    order = _group_order(gid, ng)
     return _lists(pa.array(data[order], type=pa.float64()), gid[order], ng, pa.float64())
 
 
+def _regrouped_lists(lists: pa.ChunkedArray, gid: np.ndarray, ng: int) -> pa.Array:
+    """Concatenate the lists of the rows of every group (ids ``gid`` per row), in row order."""
+    lengths = _numpy(pc.list_value_length(lists), np.int64)
+    order = _group_order(gid, ng)
+    if not np.array_equal(order, np.arange(len(order))):
+        lists = lists.take(pa.array(order))
+    lists = _single(lists)
+    values = lists.flatten()
+    offsets = np.zeros(ng + 1, dtype=np.int64)
+    if len(gid):
+        np.cumsum(np.bincount(gid, weights=lengths, minlength=ng).astype(np.int64),
+                  out=offsets[1:])
+    if offsets[-1] >= 1 << 31:
+        raise OverflowError("an aggregation state holds more than 2**31 values in one table")
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32), type=pa.int32()),
+                                    _single(values, lists.type.value_type), type=lists.type)
+
+
 class _Quantile(_Kind):
-    """State: every non-null value of the group as float64, sorted."""
+    """State: every non-null value of the group as float64, in no particular order (finalize
+    sorts them)."""
 
     parts = ("values",)
 
@@ -864,15 +980,11 @@ class _Quantile(_Kind):
 
     def partial(self, agg, values, plan):
         g = plan.groups
-        return lambda: [_sorted_value_lists(pc.cast(values, pa.float64()), g.gid, g.ng)]
+        return lambda: [_grouped_value_lists(pc.cast(values, pa.float64()), g.gid, g.ng)]
 
     def merge(self, agg, state, plan):
         g = plan.groups
-
-        def finish() -> list[pa.Array]:
-            flat, parents = _explode(state[0])
-            return [_sorted_value_lists(flat, g.gid[parents], g.ng)]
-        return finish
+        return lambda: [_regrouped_lists(state[0], g.gid, g.ng)]
 
     def finalize(self, agg, state):
         ng = len(state[0])
@@ -881,10 +993,13 @@ class _Quantile(_Kind):
         data = _numpy(flat, np.float64)
         if valid is not None:
             data, parents = data[valid], parents[valid]
-        unsorted = (parents[1:] == parents[:-1]) & (data[1:] < data[:-1])
-        if unsorted.any() or (len(parents) > 1 and (parents[1:] < parents[:-1]).any()):
-            order = np.lexsort((data, parents))
-            data, parents = data[order], parents[order]
+        # NaN sorts last; a NaN anywhere but at the end of its group fails "<=" and is sorted too
+        unsorted = (parents[1:] == parents[:-1]) & ~(data[:-1] <= data[1:])
+        if unsorted.any():
+            # parents are ascending: sort the values within each run of equal parents
+            order = pc.sort_indices(pa.table({"p": parents, "v": data}),
+                                    sort_keys=[("p", "ascending"), ("v", "ascending")])
+            data = data[np.asarray(order.to_numpy(), dtype=np.int64)]
         counts = np.bincount(parents, minlength=ng)
         starts = np.zeros(ng, dtype=np.int64)
         np.cumsum(counts[:-1], out=starts[1:])
@@ -1103,20 +1218,30 @@ class AggregationSet:
 
     # -- the three steps ---------------------------------------------------------------------
 
+    def _direct(self, schema: pa.Schema, step: str) -> bool:
+        """Whether ``step`` ("partial" or "merge") can group on the key columns of a table of
+        ``schema`` directly (see :class:`_KeyPlan`) rather than through dense group ids."""
+        if not self.keys:
+            return False
+        # one key is grouped on as it is; several keys through their dictionary codes
+        if len(self.keys) == 1 and not _direct_key(schema.field(self.keys[0]).type):
+            return False
+        flag = "direct_partial" if step == "partial" else "direct_merge"
+        return _bi.all(getattr(_IMPL[a.kind], flag) for a in self.aggs.values())
+
     def partial(self, table: pa.Table | pa.RecordBatch) -> pa.Table:
         """Raw rows → state table: one row per distinct key tuple (in order of first
         appearance), key columns first, then the state columns of every output."""
         if isinstance(table, pa.RecordBatch):
             table = pa.Table.from_batches([table])
         schema = self.state_schema(table.schema)
-        groups = _group_ids(table, self.keys)
-        plan = _Plan(groups)
+        plan = self._plan(table, "partial")
         finishers = []
         for a in self.aggs.values():
             values = _values(table, a.column) if a.column else None
             finishers.append(_IMPL[a.kind].partial(a, values, plan))
         plan.run()
-        return self._assemble(table, groups, finishers, schema)
+        return self._assemble(table, plan, finishers, schema)
 
     def merge(self, state: pa.Table | Sequence[pa.Table]) -> pa.Table:
         """State rows (any number per key, e.g. several partials concatenated) → one state row
@@ -1126,20 +1251,21 @@ class AggregationSet:
         if not isinstance(state, pa.Table):
             state = pa.concat_tables(list(state))
         self._check_state(state)
-        groups = _group_ids(state, self.keys)
-        plan = _Plan(groups)
+        plan = self._plan(state, "merge")
         finishers = []
         for out, a in self.aggs.items():
             cols = [state.column(c) for c in self._parts[out]]
             finishers.append(_IMPL[a.kind].merge(a, cols, plan))
         plan.run()
-        return self._assemble(state, groups, finishers, state.schema)
+        return self._assemble(state, plan, finishers, state.schema)
 
-    def finalize(self, state: pa.Table) -> pa.Table:
+    def finalize(self, state: pa.Table, *, merged: bool = False) -> pa.Table:
         """State → key columns followed by one column per output, in the order of ``aggs``.
-        States with several rows per key are merged first."""
+        States with several rows per key are merged first; ``merged=True`` promises that
+        ``state`` has one row per key already (as ``merge`` and ``partial`` return it) and
+        skips that check."""
         self._check_state(state)
-        if state.num_rows and len(_group_ids(state, self.keys).first) != state.num_rows:
+        if not merged and state.num_rows > 1 and self._distinct_keys(state) != state.num_rows:
             state = self.merge(state)
         schema = self._final_schema(state.schema)
         columns = [state.column(k) for k in self.keys]
@@ -1148,15 +1274,35 @@ class AggregationSet:
             columns.append(_conform(_IMPL[a.kind].finalize(a, cols), schema.field(out).type))
         return pa.Table.from_arrays(columns, schema=schema)
 
+    def merge_finalize(self, state: pa.Table | Sequence[pa.Table]) -> pa.Table:
+        """``finalize(merge(state))``, grouping the keys only once."""
+        return self.finalize(self.merge(state), merged=True)
+
     def aggregate(self, table: pa.Table | pa.RecordBatch) -> pa.Table:
         """``finalize(merge(partial(table)))``: the whole aggregation in one process."""
-        return self.finalize(self.merge(self.partial(table)))
+        # a partial state has one row per key already: merging it changes nothing
+        return self.finalize(self.partial(table), merged=True)
 
-    def _assemble(self, source: pa.Table, groups: _Groups, finishers: list[_Finisher],
+    def _plan(self, table: pa.Table, step: str) -> _Plan:
+        if table.num_rows and self._direct(table.schema, step):
+            return _KeyPlan(table, self.keys)
+        return _Plan(_group_ids(table, self.keys))
+
+    def _distinct_keys(self, state: pa.Table) -> int:
+        if not self.keys:
+            return 1 if state.num_rows else 0
+        if _bi.all(_direct_key(state.schema.field(k).type) for k in self.keys):
+            return state.select(list(self.keys)).group_by(
+                list(self.keys), use_threads=False).aggregate([]).num_rows
+        return _group_ids(state, self.keys).ng
+
+    def _assemble(self, source: pa.Table, plan: _Plan, finishers: list[_Finisher],
                   schema: pa.Schema) -> pa.Table:
-        first = pa.array(groups.first, type=pa.int64())
-        columns: list[Any] = [_conform(source.column(k).take(first), schema.field(k).type)
-                              for k in self.keys]
+        if isinstance(plan, _KeyPlan):
+            columns: list[Any] = list(plan.keys)
+        else:
+            first = pa.array(plan.groups.first, type=pa.int64())
+            columns = [source.column(k).take(first) for k in self.keys]
         for finish in finishers:
             columns.extend(finish())
         columns = [_conform(c, f.type) for c, f in zip(columns, schema)]

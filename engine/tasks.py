@@ -311,7 +311,7 @@ def run_reduce(ctx: TaskContext, blob: bytes, refs: list, bounds: tuple | None, 
             rows_in = table.num_rows
             aggs = stages.get("aggs")
             if aggs is not None:
-                result = aggs.finalize(aggs.merge(table))
+                result = aggs.merge_finalize(table)
             else:
                 result = _apply(stages["reduce"], table, f"reduce function of {label}")
             emit(result)
