@@ -24,10 +24,9 @@ from jobs.wordcount import job as wordcount
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
-# Per worker. With the engine's default map-side buffer (engine.shuffle.spill-size, 64 MiB) a worker
-# running word-count map tasks peaks at 450-510 MiB of RSS (~160 MiB of it the idle worker): a 512 MiB
-# worker pauses at 80% again and again, and is sometimes restarted by its nanny at 95%.
-MEMORY_LIMIT = 768 << 20
+# Per worker. The engine sizes its map-side buffer from the workers' memory limit (1/24 of it), so
+# a 512 MiB worker (~160 MiB of it the idle process) has room for a spill and its copies.
+MEMORY_LIMIT = 512 << 20
 WORKERS = 2
 INPUT_FACTOR = 3.05               # input bytes / total worker memory
 FILES = 4
