@@ -1,0 +1,531 @@
+"""Stragglers: word count with an injected slow task or slow worker, speculative execution on and off.
+
+    python -m benchmarks.stragglers --repeat 3
+
+Word count (``jobs.wordcount.job``) over a synthetic corpus (:func:`benchmarks.datagen.text`, one
+map task per file) on the embedded LocalCluster (``cluster=None``: one single-threaded worker
+process per core). Every scenario runs with ``speculation=True`` and ``speculation=False``:
+
+* **healthy**: no faults, the baseline. Speculative attempts launched here are false positives.
+* **slow-task**: the first attempt of one map task sleeps ``19 x`` the typical map task duration
+  before it starts (20x slower than its siblings): ``Faults(slow_first_attempt={("map", k): ...})``.
+  Run for ``k = 0`` and for ``k`` = the last map partition. The scheduler, not the partition
+  number, decides when an attempt starts (map 0 usually starts at once, the last one usually in
+  the last wave), so the table shows when the straggler actually started.
+* **slow-worker**: every task on one of the workers takes ``5 x`` as long
+  (``Faults(slow_workers={address: 5.0})``).
+* **skewed**: a second corpus of the same files with the last one replaced by a file ``5 x`` larger
+  (kept under the engine's split size, so it stays one map task). That task is slow because it is
+  big; the efficiency filter should launch no speculative attempt. It reads more bytes than the
+  healthy corpus, so its ratio to the healthy run is not a slowdown.
+
+The typical map task duration is the median map task duration of the first repeat's healthy runs,
+then fixed for the rest of the benchmark. Every figure is the median of ``--repeat`` timed runs;
+within a repeat the scenarios take turns and speculation on/off alternate which goes first. Before
+each timed run the harness waits until the scheduler holds no tasks and no worker is still
+executing one (a cancelled attempt keeps its worker's thread busy after the scheduler forgot it).
+Every run's answer is compared with a word count computed in this process with pyarrow alone.
+Task timelines come from the run report, plus the engine's task-start events for the attempts that
+were cancelled (the report lists finished attempts only).
+
+Prints a table (scenario x speculation: median seconds, ratio to the healthy run with the same
+setting, speculative attempts launched per run, which attempt won), the targets, and the command;
+appends one JSON line per scenario and setting (environment, parameters, every run's time,
+speculation decisions and map-stage timeline) to ``benchmarks/results/stragglers.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import logging
+import os
+import platform
+import re
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+RESULTS = os.path.join(HERE, "results", "stragglers.jsonl")
+
+SCENARIOS = ("healthy", "slow-task", "slow-task-last", "slow-worker", "skewed")
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def skewed_corpus(files: int, file_bytes: int, factor: float, root: str | None = None) -> str:
+    """A directory of ``files - 1`` corpus files of ``file_bytes`` and, last, one ``factor x`` larger.
+
+    Both parts come from :func:`benchmarks.datagen.text` (cached); the directory holds hard links
+    to them (copies where linking fails) and is built under a temporary name, then renamed.
+    """
+    from benchmarks import datagen
+
+    small = datagen.text(file_bytes * (files - 1), files - 1)
+    big = datagen.text(int(file_bytes * factor), 1, seed=1)
+    root = root or datagen.default_root()
+    name = f"stragglers_skew_{file_bytes}B_f{files}_x{factor:g}_v1"
+    final = os.path.join(root, name)
+    if os.path.isfile(os.path.join(final, "_COMPLETE")):
+        return final
+    tmp = os.path.join(root, f".{name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    os.makedirs(tmp)
+    sources = [os.path.join(small, f) for f in sorted(os.listdir(small)) if f.endswith(".txt")]
+    sources += [os.path.join(big, f) for f in sorted(os.listdir(big)) if f.endswith(".txt")]
+    for i, src in enumerate(sources):
+        dst = os.path.join(tmp, f"part-{i:05d}.txt")
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copyfile(src, dst)
+    with open(os.path.join(tmp, "_COMPLETE"), "w") as f:
+        json.dump({"files": [os.path.basename(s) for s in sources], "small": os.path.basename(small),
+                   "big": os.path.basename(big)}, f)
+    if os.path.isdir(final):
+        shutil.rmtree(final, ignore_errors=True)
+    os.rename(tmp, final)
+    return final
+
+
+def reference_counts(directory: str):
+    """word -> count of every ``.txt`` file in ``directory``, computed with pyarrow in this process."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    parts = []
+    for name in sorted(os.listdir(directory)):
+        if not name.endswith(".txt"):
+            continue
+        with open(os.path.join(directory, name), "rb") as f:
+            text = pa.array([f.read().decode("utf-8")], type=pa.large_string())
+        words = pc.list_flatten(pc.utf8_split_whitespace(pc.utf8_lower(text)))
+        words = words.filter(pc.not_equal(words, ""))   # the file's final newline leaves one empty piece
+        counts = pc.value_counts(words)
+        parts.append(pa.table({"word": counts.field("values").cast(pa.string()),
+                               "count": counts.field("counts").cast(pa.int64())}))
+    table = pa.concat_tables(parts).group_by("word").aggregate([("count", "sum")])
+    return normalize(table.rename_columns(["word", "count"]))
+
+
+def normalize(table):
+    """The answer as ``(word string, count int64)`` sorted by word, for comparison."""
+    import pyarrow as pa
+
+    table = table.select(["word", "count"])
+    table = table.cast(pa.schema([("word", pa.string()), ("count", pa.int64())]))
+    return table.sort_by("word").combine_chunks()
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment
+
+
+def _busy(dask_scheduler=None) -> int:
+    return len(dask_scheduler.tasks)
+
+
+def _executing(dask_worker=None) -> int:
+    return int(dask_worker.state.executing_count)
+
+
+def wait_idle(client, timeout: float = 300.0) -> tuple[float, float]:
+    """Block until the scheduler holds no tasks and no worker executes one.
+
+    Returns ``(seconds waited, seconds of it during which the scheduler was already empty but a
+    worker still executed a task)``: a cancelled attempt that the scheduler has forgotten.
+    """
+    start = time.time()
+    empty_since = None
+    while True:
+        held = client.run_on_scheduler(_busy)
+        running = sum(client.run(_executing).values()) if not held else 0
+        if held == 0 and empty_since is None:
+            empty_since = time.time()
+        if held == 0 and running == 0:
+            now = time.time()
+            return now - start, now - empty_since
+        if time.time() - start > timeout:
+            raise RuntimeError(f"cluster not idle after {timeout:.0f}s: scheduler holds {held} task(s), "
+                               f"workers execute {running}")
+        time.sleep(0.05)
+
+
+def _git(*args: str) -> str | None:
+    try:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _memory_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def environment(info) -> dict:
+    import dask
+    import distributed
+    import numpy
+    import pyarrow
+
+    import engine
+    from engine import config
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "python": platform.python_version(), "platform": platform.platform(),
+        "cores": os.cpu_count(), "memory_bytes": _memory_bytes(),
+        "versions": {"engine": engine.__version__, "pyarrow": pyarrow.__version__, "dask": dask.__version__,
+                     "distributed": distributed.__version__, "numpy": numpy.__version__},
+        "git_revision": _git("rev-parse", "HEAD"), "git_dirty": bool(status) if status is not None else None,
+        "cluster": {"workers": info.workers, "threads": info.threads},
+        "speculation_policy": dict(config.get("speculation")),
+        "split_size": config.get("split-size"),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# One run
+
+
+@dataclass
+class Run:
+    seconds: float
+    speculative: int
+    decisions: list[dict]
+    timeline: list[dict]
+    answer_ok: bool
+    map_durations: list[float]
+    load: tuple[float, float]
+    stages: list[dict] = field(default_factory=list)
+    idle_wait: tuple[float, float] = (0.0, 0.0)
+
+
+class Bench:
+    def __init__(self, client, workers: list[str], scratch: str, partition_size: str) -> None:
+        self.client = client
+        self.workers = workers
+        self.scratch = scratch
+        self.partition_size = partition_size
+        self.references: dict[str, Any] = {}
+
+    def worker_name(self, address: str) -> str:
+        return f"w{self.workers.index(address)}" if address in self.workers else address
+
+    def rename(self, text: str) -> str:
+        for i, address in enumerate(self.workers):
+            text = text.replace(address, f"w{i}")
+        return text
+
+    def timeline(self, rep) -> list[dict]:
+        """Every attempt of the run: the report's finished ones, plus the attempts that were cancelled.
+
+        The report lists finished attempts only; the cancelled ones (a straggler whose copy won, a copy
+        whose original won) come from the engine's task-start events on the scheduler. A cancelled
+        attempt's ``stop`` is when its partition's winner finished (the driver cancels it then).
+        """
+        from engine.speculation import TOPIC
+
+        base = rep.start
+        rows = [{"stage": t.stage, "partition": t.partition, "attempt": t.attempt,
+                 "worker": self.worker_name(t.worker), "start": round(t.start - base, 3),
+                 "stop": round(t.stop - base, 3), "speculative": t.speculative, "status": t.status}
+                for t in rep.tasks]
+        seen = {(r["stage"], r["partition"], r["attempt"]) for r in rows}
+        won = {(r["stage"], r["partition"]): r["stop"] for r in rows if r["status"] == "ok"}
+        copies = {(d["stage"], d["partition"], d["attempt"]) for d in rep.speculation}
+        try:
+            events = self.client.get_events(TOPIC)
+        except Exception:  # noqa: BLE001 - diagnostics only
+            events = ()
+        for stamp, msg in events:
+            if not (rep.start <= stamp <= rep.stop):
+                continue
+            try:
+                prefix, partition, attempt = ast.literal_eval(msg["key"])
+            except (ValueError, SyntaxError, TypeError):
+                continue
+            m = re.search(r"-(r\d+-(?:map|reduce))-", str(prefix))
+            if not m or (m.group(1), partition, attempt) in seen:
+                continue
+            stage = m.group(1)
+            seen.add((stage, partition, attempt))
+            stop = won.get((stage, partition))
+            rows.append({"stage": stage, "partition": partition, "attempt": attempt,
+                         "worker": self.worker_name(msg.get("worker", "")), "start": round(stamp - base, 3),
+                         "stop": stop, "speculative": (stage, partition, attempt) in copies, "status": "cancelled"})
+        return sorted(rows, key=lambda r: (r["stage"], r["start"]))
+
+    def run(self, data: str, speculation: bool, faults: Any = None) -> Run:
+        import engine
+        from jobs.wordcount import job
+
+        idle = wait_idle(self.client)
+        out = os.path.join(self.scratch, f"wc-{uuid.uuid4().hex[:8]}")
+        load_before = os.getloadavg()[0]
+        t0 = time.perf_counter()
+        result = engine.run(job, data, out, speculation=speculation, partition_size=self.partition_size,
+                            faults=faults, force=True)
+        seconds = time.perf_counter() - t0
+        load_after = os.getloadavg()[0]
+        answer = normalize(result.read())
+        shutil.rmtree(out, ignore_errors=True)
+        ok = answer.equals(self.references[data])
+        rep = result.report
+        base = rep.start
+        timeline = self.timeline(rep)
+        decisions = [{**{k: d.get(k) for k in ("stage", "partition", "attempt", "straggler", "elapsed", "median",
+                                                "won", "outcome")},
+                      "worker": self.worker_name(d.get("worker", "")), "reason": self.rename(d.get("reason", ""))}
+                     for d in rep.speculation]
+        stages = [{"stage": s.name, "tasks": s.tasks, "seconds": round(s.duration, 3), "attempts": s.attempts,
+                   "speculative": s.speculative, "start": round(s.start - base, 3), "stop": round(s.stop - base, 3)}
+                  for s in rep.stages]
+        maps = [t.duration for t in rep.tasks if t.stage.endswith("-map") and t.status == "ok"]
+        return Run(seconds, sum(s.speculative for s in rep.stages), decisions, timeline, ok, maps,
+                   (load_before, load_after), stages, idle)
+
+
+def winners(runs: list[Run]) -> str:
+    c: Counter = Counter()
+    for r in runs:
+        for d in r.decisions:
+            if d["won"] is None:
+                c["none"] += 1
+            elif d["won"] == d["straggler"]:
+                c["original"] += 1
+            else:
+                c["speculative"] += 1
+    return ", ".join(f"{k} {v}" for k, v in sorted(c.items())) or "-"
+
+
+def print_timeline(label: str, run: Run) -> None:
+    print(f"\n{label}: {run.seconds:.2f} s (seconds from the run's start)")
+    for t in run.timeline:
+        if not t["stage"].endswith("-map"):
+            continue
+        stop = f"{t['stop']:7.2f}" if t["stop"] is not None else "      ?"
+        took = f"({t['stop'] - t['start']:5.2f} s)" if t["stop"] is not None else "          "
+        print(f"  {t['stage']:<8} p{t['partition']:<3} a{t['attempt']} {t['worker']:<4} {t['start']:7.2f} -> {stop} "
+              f"{took}" + ("  speculative" if t["speculative"] else "")
+              + (f"  {t['status']}" if t["status"] != "ok" else ""))
+    for s in run.stages:
+        print(f"  stage {s['stage']:<10} {s['start']:7.2f} -> {s['stop']:7.2f}  attempts {s['attempts']}, "
+              f"speculative {s['speculative']}")
+    for d in run.decisions:
+        print(f"  speculation: {d['reason']} -> won by attempt {d['won']}")
+
+
+def straggler_start(run: Run, partition: int) -> float | None:
+    """When attempt 0 of map ``partition`` started, in seconds from the run's start."""
+    for t in run.timeline:
+        if t["stage"].endswith("-map") and t["partition"] == partition and t["attempt"] == 0:
+            return t["start"]
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.stragglers", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--files", type=int, default=12, help="corpus files = map tasks")
+    ap.add_argument("--file-bytes", type=float, default=26e6, help="bytes per corpus file")
+    ap.add_argument("--partition-size", default="1MiB", help="engine partition_size (sets the reducer count)")
+    ap.add_argument("--slowdown", type=float, default=20.0, help="slow-task: the straggler takes this x typical")
+    ap.add_argument("--worker-factor", type=float, default=5.0, help="slow-worker: slowdown of one worker")
+    ap.add_argument("--skew-factor", type=float, default=5.0, help="skewed: the big file is this x the others")
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated subset of {SCENARIOS}")
+    ap.add_argument("--timelines", action="store_true", help="print the median run's task timeline per cell")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="diagnostics only: a dask config override such as engine.speculation.quantile=0.3 "
+                         "(recorded with the results; the reference figures use the engine's defaults)")
+    ap.add_argument("--no-record", action="store_true", help=f"do not append to {os.path.relpath(RESULTS, REPO)}")
+    args = ap.parse_args(argv)
+    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = set(scenarios) - set(SCENARIOS)
+    if unknown:
+        ap.error(f"unknown scenario(s) {sorted(unknown)}; choose from {SCENARIOS}")
+    if "healthy" not in scenarios:
+        scenarios.insert(0, "healthy")          # the baseline and the typical task duration come from it
+    command = "python -m benchmarks.stragglers " + shlex.join(argv if argv is not None else sys.argv[1:])
+    logging.getLogger("engine").setLevel(logging.WARNING)
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            ap.error(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = json.loads(value) if value.strip()[:1] in "0123456789-[{tn" else value
+    if overrides:
+        import dask
+        dask.config.set(overrides)
+        print(f"config overrides (diagnostic, not the engine's defaults): {overrides}")
+
+    from benchmarks import datagen
+    from engine.cluster import get_client
+    from engine.faults import Faults
+
+    file_bytes = int(args.file_bytes)
+    t = time.time()
+    corpus = datagen.text(file_bytes * args.files, args.files)
+    skewed = skewed_corpus(args.files, file_bytes, args.skew_factor) if "skewed" in scenarios else None
+    print(f"data: {corpus}" + (f", {skewed}" if skewed else "") + f" ({time.time() - t:.1f} s)", flush=True)
+    from engine import config
+    split = config.parse_size(config.get("split-size"), name="split-size")
+    if skewed and file_bytes * args.skew_factor > split:
+        print(f"note: the big file ({file_bytes * args.skew_factor / 2**20:.0f} MiB) is over the split size "
+              f"({split / 2**20:.0f} MiB) and becomes several map tasks", flush=True)
+
+    client, info = get_client(None)
+    workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+    env = environment(info)
+    scratch = tempfile.mkdtemp(prefix="stragglers-")
+    bench = Bench(client, workers, scratch, args.partition_size)
+    t = time.time()
+    for d in filter(None, (corpus, skewed)):
+        bench.references[d] = reference_counts(d)
+    print(f"reference answers computed in-process ({time.time() - t:.1f} s); "
+          f"{info.workers} workers x {info.threads // max(1, info.workers)} thread(s)", flush=True)
+
+    warm = bench.run(corpus, speculation=False)     # worker imports, page cache; not timed
+    print(f"warm-up run: {warm.seconds:.2f} s, answer {'ok' if warm.answer_ok else 'WRONG'}", flush=True)
+
+    typical: float | None = None
+    slow_worker = workers[0]
+    slow_partition = {"slow-task": 0, "slow-task-last": args.files - 1}
+
+    def label(scenario: str) -> str:
+        if scenario in slow_partition:
+            return f"slow-task (map {slow_partition[scenario]})"
+        return scenario
+    cells: dict[tuple[str, bool], list[Run]] = {(s, on): [] for s in scenarios for on in (True, False)}
+
+    def faults_for(scenario: str):
+        if scenario in slow_partition:
+            return Faults(slow_first_attempt={("map", slow_partition[scenario]): (args.slowdown - 1) * typical})
+        if scenario == "slow-worker":
+            return Faults(slow_workers={slow_worker: args.worker_factor})
+        return None
+
+    started = time.time()
+    for r in range(args.repeat):
+        for scenario in scenarios:
+            data = skewed if scenario == "skewed" else corpus
+            for on in ((True, False) if r % 2 == 0 else (False, True)):
+                run = bench.run(data, on, faults_for(scenario))
+                cells[(scenario, on)].append(run)
+                print(f"  repeat {r + 1}/{args.repeat} {label(scenario):<18} speculation {'on ' if on else 'off'} "
+                      f"{run.seconds:6.2f} s  speculative {run.speculative}  answer "
+                      f"{'ok' if run.answer_ok else 'WRONG'}  load {run.load[0]:.1f}"
+                      + (f"  (a forgotten attempt kept a worker busy {run.idle_wait[1]:.2f} s before this run)"
+                         if run.idle_wait[1] > 0.2 else ""), flush=True)
+            if scenario == "healthy" and typical is None:
+                typical = statistics.median(d for on in (True, False) for d in cells[("healthy", on)][0].map_durations)
+                print(f"  typical map task: {typical:.2f} s -> slow-task sleep {(args.slowdown - 1) * typical:.1f} s",
+                      flush=True)
+    wall = time.time() - started
+
+    # ---- report
+    med = {k: statistics.median(r.seconds for r in v) for k, v in cells.items()}
+    ratio = {k: med[k] / med[("healthy", k[1])] for k in cells}
+    params = {"files": args.files, "file_bytes": file_bytes, "corpus_bytes": file_bytes * args.files,
+              "partition_size": args.partition_size, "slowdown": args.slowdown,
+              "worker_factor": args.worker_factor, "skew_factor": args.skew_factor, "repeat": args.repeat,
+              "typical_map_s": round(typical, 3), "slow_task_sleep_s": round((args.slowdown - 1) * typical, 3),
+              "slow_worker": "w0", "slow_partitions": slow_partition, "config_overrides": overrides,
+              "map_tasks": {"corpus": args.files, "skewed": args.files if skewed else None},
+              "reduce_tasks": sorted({s["tasks"] for r in cells[("healthy", False)] for s in r.stages
+                                      if s["stage"].endswith("-reduce")})}
+    head = ["scenario", "speculation", "median s", "x healthy", "runs s", "spec. attempts", "won by",
+            "straggler start s", "load", "answer"]
+    rows = []
+    for (scenario, on), runs in cells.items():
+        starts = [straggler_start(r, slow_partition[scenario]) for r in runs] if scenario in slow_partition else []
+        rows.append([label(scenario), "on" if on else "off", f"{med[(scenario, on)]:.2f}",
+                     f"{ratio[(scenario, on)]:.2f}", " ".join(f"{r.seconds:.1f}" for r in runs),
+                     " ".join(str(r.speculative) for r in runs), winners(runs),
+                     " ".join("?" if x is None else f"{x:.1f}" for x in starts) or "-",
+                     f"{statistics.median(r.load[0] for r in runs):.1f}",
+                     "ok" if all(r.answer_ok for r in runs) else "WRONG"])
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
+    print(f"\nword count, {args.files} map tasks of {file_bytes / 1e6:.0f} MB ({params['reduce_tasks']} reduce tasks), "
+          f"{info.workers} workers x 1 thread, {env['cores']} cores; median of {args.repeat}; "
+          f"typical map task {typical:.2f} s; {wall / 60:.1f} min in all")
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in rows:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
+
+    checks = []
+
+    def target(name: str, ok: bool, detail: str) -> None:
+        checks.append({"target": name, "met": ok, "detail": detail})
+        print(f"  [{'met' if ok else 'MISSED'}] {name}: {detail}")
+
+    print("\ntargets:")
+    for s in ("slow-task", "slow-task-last", "slow-worker"):
+        if (s, True) in cells:
+            target(f"{label(s)} with speculation <= 1.3x healthy", ratio[(s, True)] <= 1.3,
+                   f"{ratio[(s, True)]:.2f}x")
+    for s in ("slow-task", "slow-task-last"):
+        if (s, False) in cells:
+            target(f"{label(s)} without speculation >= 3x healthy", ratio[(s, False)] >= 3.0,
+                   f"{ratio[(s, False)]:.2f}x")
+    for s in ("healthy", "skewed"):
+        if (s, True) in cells:
+            n = [r.speculative for r in cells[(s, True)]]
+            target(f"{s}: no speculative attempts", sum(n) == 0, f"per run {n}")
+    target("every answer equals the reference", all(r.answer_ok for v in cells.values() for r in v), "")
+
+    if args.timelines:
+        for (scenario, on), runs in cells.items():
+            if scenario == "healthy" and not on:
+                continue
+            mid = sorted(runs, key=lambda r: r.seconds)[len(runs) // 2]
+            print_timeline(f"{label(scenario)}, speculation {'on' if on else 'off'} (median run)", mid)
+
+    if not args.no_record:
+        bench_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
+        with open(RESULTS, "a") as f:
+            for (scenario, on), runs in cells.items():
+                f.write(json.dumps({
+                    "benchmark": "stragglers", "bench_id": bench_id, "time": time.time(), "command": command,
+                    "scenario": scenario, "label": label(scenario), "speculation": on, "seconds": med[(scenario, on)],
+                    "ratio_to_healthy": ratio[(scenario, on)],
+                    "runs": [{"seconds": round(r.seconds, 3), "speculative": r.speculative, "answer_ok": r.answer_ok,
+                              "load_average_1m": [round(x, 2) for x in r.load],
+                              "idle_wait_s": [round(x, 3) for x in r.idle_wait], "stages": r.stages,
+                              "decisions": r.decisions, "timeline": r.timeline} for r in runs],
+                    "targets": checks, "params": params, "environment": env,
+                }) + "\n")
+        print(f"\nappended {len(cells)} lines to {os.path.relpath(RESULTS, os.getcwd())}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    print(f"command: {command}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
