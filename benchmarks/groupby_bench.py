@@ -29,16 +29,17 @@ import argparse
 import gc
 import json
 import os
-import platform
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from typing import Any
+
+from benchmarks import common
+from benchmarks.common import wait_idle
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -117,60 +118,8 @@ def dask_question(q: str, x, split_out: Any = None):
 # Environment
 
 
-def _scheduler_task_count(dask_scheduler=None) -> int:
-    return len(dask_scheduler.tasks)
-
-
-def wait_idle(client, timeout: float = 120.0) -> float:
-    """Block until the scheduler holds no tasks; returns the seconds waited."""
-    start = time.time()
-    while True:
-        n = client.run_on_scheduler(_scheduler_task_count)
-        if n == 0:
-            return time.time() - start
-        if time.time() - start > timeout:
-            raise RuntimeError(f"the scheduler still holds {n} tasks after {timeout:.0f}s")
-        time.sleep(0.05)
-
-
-def _git(*args: str) -> str | None:
-    try:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _memory_bytes() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def environment(info) -> dict:
-    import dask
-    import distributed
-    import duckdb
-    import numpy
-    import pandas
-    import pyarrow
-
-    import engine
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    return {
-        "python": platform.python_version(), "platform": platform.platform(),
-        "cores": os.cpu_count(), "memory_bytes": _memory_bytes(),
-        "versions": {"engine": engine.__version__, "pyarrow": pyarrow.__version__, "dask": dask.__version__,
-                     "distributed": distributed.__version__, "duckdb": duckdb.__version__,
-                     "pandas": pandas.__version__, "numpy": numpy.__version__},
-        "git_revision": _git("rev-parse", "HEAD"), "git_dirty": bool(status) if status is not None else None,
-        "cluster": {"workers": info.workers, "threads": info.threads},
-    }
+    return common.environment(info, packages=("duckdb", "pandas"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -41,11 +41,9 @@ import gc
 import hashlib
 import json
 import os
-import platform
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -55,6 +53,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from benchmarks import common
+from benchmarks.common import wait_idle
 from engine import Job, agg
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -139,48 +139,8 @@ EXPERIMENTS = {
 # Environment
 
 
-def wait_idle(client, timeout: float = 120.0) -> float:
-    """Block until the scheduler holds no tasks (no result of an earlier run can answer this one)."""
-    def count(dask_scheduler=None) -> int:
-        return len(dask_scheduler.tasks)
-    start = time.time()
-    while True:
-        n = client.run_on_scheduler(count)
-        if n == 0:
-            return time.time() - start
-        if time.time() - start > timeout:
-            raise RuntimeError(f"the scheduler still holds {n} tasks after {timeout:.0f}s")
-        time.sleep(0.05)
-
-
-def _git(*args: str) -> str | None:
-    try:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def environment(info) -> dict:
-    import dask
-    import distributed
-
-    import engine
-    mem = None
-    try:
-        with open("/proc/meminfo") as f:
-            mem = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemTotal:"))
-    except (OSError, StopIteration):
-        pass
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    return {
-        "python": platform.python_version(), "platform": platform.platform(), "cores": os.cpu_count(),
-        "memory_bytes": mem,
-        "versions": {"engine": engine.__version__, "pyarrow": pa.__version__, "dask": dask.__version__,
-                     "distributed": distributed.__version__, "numpy": np.__version__},
-        "git_revision": _git("rev-parse", "HEAD"), "git_dirty": bool(status) if status is not None else None,
-        "cluster": {"workers": info.workers, "threads": info.threads},
-    }
+    return common.environment(info, packages=())
 
 
 # ---------------------------------------------------------------------------------------------
