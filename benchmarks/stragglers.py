@@ -41,12 +41,10 @@ import ast
 import json
 import logging
 import os
-import platform
 import re
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -55,8 +53,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from benchmarks import common
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
+REPO = common.REPO
 RESULTS = os.path.join(HERE, "results", "stragglers.jsonl")
 
 SCENARIOS = ("healthy", "slow-task", "slow-task-last", "slow-worker", "skewed")
@@ -111,13 +111,27 @@ def reference_counts(directory: str):
             continue
         with open(os.path.join(directory, name), "rb") as f:
             text = pa.array([f.read().decode("utf-8")], type=pa.large_string())
-        words = pc.list_flatten(pc.utf8_split_whitespace(pc.utf8_lower(text)))
+        # The generator separates words by single spaces and lines by newlines, so plain substring
+        # splits count them exactly, with none of the whitespace classification the job itself uses.
+        words = pc.list_flatten(pc.split_pattern(pc.replace_substring(pc.utf8_lower(text), "\n", " "), " "))
         words = words.filter(pc.not_equal(words, ""))   # the file's final newline leaves one empty piece
         counts = pc.value_counts(words)
         parts.append(pa.table({"word": counts.field("values").cast(pa.string()),
                                "count": counts.field("counts").cast(pa.int64())}))
     table = pa.concat_tables(parts).group_by("word").aggregate([("count", "sum")])
     return normalize(table.rename_columns(["word", "count"]))
+
+
+def describe_difference(answer, reference) -> str:
+    """A short account of how ``answer`` differs from ``reference`` (both normalized)."""
+    import pyarrow.compute as pc
+
+    j = answer.join(reference, "word", join_type="full outer", left_suffix="_run", right_suffix="_ref")
+    bad = j.filter(pc.or_kleene(pc.or_kleene(pc.is_null(j["count_run"]), pc.is_null(j["count_ref"])),
+                                pc.not_equal(j["count_run"], j["count_ref"])))
+    return (f"{answer.num_rows} words (reference {reference.num_rows}), {pc.sum(answer['count']).as_py()} "
+            f"occurrences (reference {pc.sum(reference['count']).as_py()}), {bad.num_rows} words differ, e.g. "
+            f"{bad.slice(0, 3).to_pylist()}")
 
 
 def normalize(table):
@@ -133,74 +147,30 @@ def normalize(table):
 # Environment
 
 
-def _busy(dask_scheduler=None) -> int:
-    return len(dask_scheduler.tasks)
-
-
 def _executing(dask_worker=None) -> int:
     return int(dask_worker.state.executing_count)
 
 
 def wait_idle(client, timeout: float = 300.0) -> tuple[float, float]:
-    """Block until the scheduler holds no tasks and no worker executes one.
+    """:func:`benchmarks.common.wait_idle`, then also until no worker executes a task.
 
-    Returns ``(seconds waited, seconds of it during which the scheduler was already empty but a
-    worker still executed a task)``: a cancelled attempt that the scheduler has forgotten.
+    A cancelled attempt (a straggler whose copy won) keeps its worker's thread busy after the
+    scheduler has forgotten it. Returns ``(seconds until the scheduler was empty, seconds more until
+    the workers were)``.
     """
+    waited = common.wait_idle(client, timeout)
     start = time.time()
-    empty_since = None
-    while True:
-        held = client.run_on_scheduler(_busy)
-        running = sum(client.run(_executing).values()) if not held else 0
-        if held == 0 and empty_since is None:
-            empty_since = time.time()
-        if held == 0 and running == 0:
-            now = time.time()
-            return now - start, now - empty_since
+    while sum(client.run(_executing).values()):
         if time.time() - start > timeout:
-            raise RuntimeError(f"cluster not idle after {timeout:.0f}s: scheduler holds {held} task(s), "
-                               f"workers execute {running}")
+            raise RuntimeError(f"a worker still executes a task {timeout:.0f}s after the scheduler emptied")
         time.sleep(0.05)
-
-
-def _git(*args: str) -> str | None:
-    try:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _memory_bytes() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    return waited, time.time() - start
 
 
 def environment(info) -> dict:
-    import dask
-    import distributed
-    import numpy
-    import pyarrow
-
-    import engine
     from engine import config
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    return {
-        "python": platform.python_version(), "platform": platform.platform(),
-        "cores": os.cpu_count(), "memory_bytes": _memory_bytes(),
-        "versions": {"engine": engine.__version__, "pyarrow": pyarrow.__version__, "dask": dask.__version__,
-                     "distributed": distributed.__version__, "numpy": numpy.__version__},
-        "git_revision": _git("rev-parse", "HEAD"), "git_dirty": bool(status) if status is not None else None,
-        "cluster": {"workers": info.workers, "threads": info.threads},
-        "speculation_policy": dict(config.get("speculation")),
-        "split_size": config.get("split-size"),
-    }
+    return {**common.environment(info), "speculation_policy": dict(config.get("speculation")),
+            "split_size": config.get("split-size")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,6 +188,7 @@ class Run:
     load: tuple[float, float]
     stages: list[dict] = field(default_factory=list)
     idle_wait: tuple[float, float] = (0.0, 0.0)
+    mismatch: str | None = None
 
 
 class Bench:
@@ -290,6 +261,7 @@ class Bench:
         answer = normalize(result.read())
         shutil.rmtree(out, ignore_errors=True)
         ok = answer.equals(self.references[data])
+        mismatch = None if ok else describe_difference(answer, self.references[data])
         rep = result.report
         base = rep.start
         timeline = self.timeline(rep)
@@ -302,7 +274,7 @@ class Bench:
                   for s in rep.stages]
         maps = [t.duration for t in rep.tasks if t.stage.endswith("-map") and t.status == "ok"]
         return Run(seconds, sum(s.speculative for s in rep.stages), decisions, timeline, ok, maps,
-                   (load_before, load_after), stages, idle)
+                   (load_before, load_after), stages, idle, mismatch)
 
 
 def winners(runs: list[Run]) -> str:
@@ -440,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{run.seconds:6.2f} s  speculative {run.speculative}  answer "
                       f"{'ok' if run.answer_ok else 'WRONG'}  load {run.load[0]:.1f}"
                       + (f"  (a forgotten attempt kept a worker busy {run.idle_wait[1]:.2f} s before this run)"
-                         if run.idle_wait[1] > 0.2 else ""), flush=True)
+                         if run.idle_wait[1] > 0.2 else "")
+                      + (f"\n    answer differs: {run.mismatch}" if run.mismatch else ""), flush=True)
             if scenario == "healthy" and typical is None:
                 typical = statistics.median(d for on in (True, False) for d in cells[("healthy", on)][0].map_durations)
                 print(f"  typical map task: {typical:.2f} s -> slow-task sleep {(args.slowdown - 1) * typical:.1f} s",
@@ -515,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
                     "benchmark": "stragglers", "bench_id": bench_id, "time": time.time(), "command": command,
                     "scenario": scenario, "label": label(scenario), "speculation": on, "seconds": med[(scenario, on)],
                     "ratio_to_healthy": ratio[(scenario, on)],
-                    "runs": [{"seconds": round(r.seconds, 3), "speculative": r.speculative, "answer_ok": r.answer_ok,
+                    "runs": [{"seconds": round(r.seconds, 3), "speculative": r.speculative, "answer_ok": r.answer_ok, "mismatch": r.mismatch,
                               "load_average_1m": [round(x, 2) for x in r.load],
                               "idle_wait_s": [round(x, 3) for x in r.idle_wait], "stages": r.stages,
                               "decisions": r.decisions, "timeline": r.timeline} for r in runs],
