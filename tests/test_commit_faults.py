@@ -26,7 +26,7 @@ import pytest
 
 import engine
 from engine import commit
-from engine.errors import ConcurrentRunError, IntegrityError, ManifestError, StageFailedError
+from engine.errors import IntegrityError, ManifestError, StageFailedError
 from engine.faults import Faults
 from jobs.wordcount import job as wordcount
 
@@ -303,10 +303,33 @@ def _slow_count(t: pa.Table) -> pa.Table:
 SLOW_REDUCE = engine.Job("slow-reduce").map(wordcount.stages[0].fn).reduce(_slow_count, by="word")
 
 
+def _run_slow_reduce_in_thread(src, out, backend, address):
+    """Start SLOW_REDUCE in a thread; returns (thread, box) where box gets "result" or "error"."""
+    import threading
+    box: dict = {}
+
+    def drive():
+        try:
+            box["result"] = SLOW_REDUCE.run(src, out, cluster=address, storage_options=backend.options,
+                                            partition_size="512KiB", speculation=False)
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller's assertion
+            box["error"] = exc
+    thread = threading.Thread(target=drive)
+    thread.start()
+    return thread, box
+
+
+def _worker_executing_reduce(client):
+    """A worker *executing* a reduce attempt (inside its 2 s of user code), not merely assigned one."""
+    def executing_reduce(dask_worker):   # nested: travels by value to workers that cannot import tests
+        return [k for k, ts in dask_worker.state.tasks.items()
+                if ts.state == "executing" and isinstance(k, tuple) and "-reduce-" in k[0]]
+    return _wait_for(lambda: next((w for w, ks in client.run(executing_reduce).items() if ks), None), 60,
+                     "a reduce attempt to be executing")
+
+
 @pytest.mark.slow
 def test_sigstopped_worker_late_output_is_never_used(backend, corpus, tmp_path):
-    import threading
-
     from distributed import Client
 
     from fixtures import cli_cluster
@@ -318,29 +341,8 @@ def test_sigstopped_worker_late_output_is_never_used(backend, corpus, tmp_path):
                      env={"DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL": "3s"}) as cluster, \
             Client(cluster.address, set_as_default=False) as client:
         pids = cluster.worker_pids()
-        box: dict = {}
-
-        def drive():
-            try:
-                box["result"] = SLOW_REDUCE.run(src, out, cluster=cluster.address, storage_options=backend.options,
-                                                partition_size="512KiB", speculation=False)
-            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
-                box["error"] = exc
-
-        thread = threading.Thread(target=drive)
-        thread.start()
-
-        def executing_reduce(dask_worker):
-            return [k for k, ts in dask_worker.state.tasks.items()
-                    if ts.state == "executing" and isinstance(k, tuple) and "-reduce-" in k[0]]
-
-        def worker_in_reduce():
-            # A worker *executing* a reduce attempt (inside its 2 s of user code), not merely assigned one.
-            for worker, keys in client.run(executing_reduce).items():
-                if keys:
-                    return worker
-            return None
-        frozen = _wait_for(worker_in_reduce, 60, "the reduce stage to start")
+        thread, box = _run_slow_reduce_in_thread(src, out, backend, cluster.address)
+        frozen = _worker_executing_reduce(client)
         os.kill(pids[frozen], signal.SIGSTOP)
         try:
             thread.join(timeout=120)
@@ -350,13 +352,20 @@ def test_sigstopped_worker_late_output_is_never_used(backend, corpus, tmp_path):
         manifest_before = commit.load_manifest(backend.fs, backend.path(out)).raw
         committed = box["result"].manifest
         # The thawed worker finishes its stale attempt (a 2 s sleep, then the write) after the commit.
-        time.sleep(5)
+        def late_output():
+            late = [f for f in data_files(backend, out) if f not in {e["path"] for e in committed.files}]
+            late += pending_uploads(backend, out)
+            tmp = backend.path(out) + "/_temporary"
+            backend.fs.invalidate_cache()
+            return late + [p for p in (backend.fs.find(tmp) if backend.fs.exists(tmp) else [])]
+        # It writes unless it notices, at its next cancellation check, that its attempt was released:
+        # both are correct; either way nothing it does may change the committed output.
+        deadline = time.time() + 10
+        while time.time() < deadline and not late_output():
+            time.sleep(0.2)
+        time.sleep(1)
+        print("late output of the thawed worker:", late_output())
         assert commit.load_manifest(backend.fs, backend.path(out)).raw == manifest_before
-        late = [f for f in data_files(backend, out) if f not in {e["path"] for e in committed.files}]
-        late += pending_uploads(backend, out)
-        tmp = backend.path(out) + "/_temporary"
-        late += [p for p in (backend.fs.find(tmp) if backend.fs.exists(tmp) else [])]
-        assert late, "the thawed worker should have written its stale attempt"
     # The stale attempt is garbage: never in the manifest, removed by the next run or `mapreduce clean`.
     assert as_counts(engine.read(out, backend.options, verify=True)) == expected
     manifest = commit.load_manifest(backend.fs, backend.path(out))
@@ -367,31 +376,14 @@ def test_sigstopped_worker_late_output_is_never_used(backend, corpus, tmp_path):
 
 @pytest.mark.slow
 def test_worker_sigkilled_mid_write(backend, corpus, tmp_path):
-    import threading
-
     from distributed import Client
 
     from fixtures import cli_cluster
     src, expected = corpus
     out = backend.url("worker-kill")
     with cli_cluster(tmp_path / "cluster", 2) as cluster, Client(cluster.address, set_as_default=False) as client:
-        box: dict = {}
-
-        def drive():
-            try:
-                box["result"] = SLOW_REDUCE.run(src, out, cluster=cluster.address, storage_options=backend.options,
-                                                partition_size="512KiB", speculation=False)
-            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
-                box["error"] = exc
-
-        thread = threading.Thread(target=drive)
-        thread.start()
-
-        def executing_reduce(dask_worker):
-            return [k for k, ts in dask_worker.state.tasks.items()
-                    if ts.state == "executing" and isinstance(k, tuple) and "-reduce-" in k[0]]
-        victim = _wait_for(lambda: next((w for w, ks in client.run(executing_reduce).items() if ks), None), 60,
-                           "a reduce attempt to be executing")
+        thread, box = _run_slow_reduce_in_thread(src, out, backend, cluster.address)
+        victim = _worker_executing_reduce(client)
         os.kill(cluster.worker_pids()[victim], signal.SIGKILL)
         thread.join(timeout=180)
         assert not thread.is_alive() and "error" not in box, box.get("error")
