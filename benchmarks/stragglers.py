@@ -14,8 +14,8 @@ process per core). Every scenario runs with ``speculation=True`` and ``speculati
   the last wave), so the table shows when the straggler actually started.
 * **slow-worker**: every task on one of the workers takes ``5 x`` as long
   (``Faults(slow_workers={address: 5.0})``).
-* **skewed**: a second corpus of the same files with the last one replaced by a file ``5 x`` larger
-  (kept under the engine's split size, so it stays one map task). That task is slow because it is
+* **skewed**: a second corpus, as many files of the same size except the last, which is ``5 x``
+  larger (kept under the engine's split size, so it stays one map task). That task is slow because it is
   big; the efficiency filter should launch no speculative attempt. It reads more bytes than the
   healthy corpus, so its ratio to the healthy run is not a slowdown.
 
@@ -29,7 +29,9 @@ Task timelines come from the run report, plus the engine's task-start events for
 were cancelled (the report lists finished attempts only).
 
 Prints a table (scenario x speculation: median seconds, ratio to the healthy run with the same
-setting, speculative attempts launched per run, which attempt won), the targets, and the command;
+setting, speculative attempts launched per run, which attempt won, when the straggler started, the
+1-minute load average), the targets, and the command (``--timelines`` adds the median run's task
+timeline of every cell); ``--set`` applies a dask config override for diagnostics only;
 appends one JSON line per scenario and setting (environment, parameters, every run's time,
 speculation decisions and map-stage timeline) to ``benchmarks/results/stragglers.jsonl``.
 """

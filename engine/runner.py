@@ -147,9 +147,19 @@ class StageExecutor:
                 stage.speculative += 1
             return attempt
 
-        for p in by_partition:
-            if p not in results:
-                submit(p)
+        # First attempts go to the scheduler in one graph, so it queues them (worker-saturation) instead of
+        # placing a growing task group one task at a time onto workers, where they wait behind stragglers.
+        first = [p for p in by_partition if p not in results]
+        if first:
+            dsk: dict = {}
+            for p in first:
+                dsk.update(by_partition[p].graph(prefix, attempts[p], {}))
+            futures = self.client.get(dsk, list(dsk), sync=False)
+            now = time.time()
+            for p, future in zip(first, futures):
+                running[future] = (p, attempts[p], now, False)
+                attempts[p] += 1
+                stage.attempts += 1
         if self.supervisor is not None:
             self.supervisor.stage_started(self, name, prefix, len(tasks))
         try:

@@ -11,7 +11,8 @@ from engine import Job, agg
 
 def words(t: pa.Table) -> pa.Table:
     """One row per word of every line (empty lines and surrounding whitespace yield no words)."""
-    w = pc.list_flatten(pc.utf8_split_whitespace(pc.utf8_lower(t["text"])))
+    # ascii_split_whitespace: utf8_split_whitespace in pyarrow 26 can keep trailing whitespace in a last token.
+    w = pc.list_flatten(pc.ascii_split_whitespace(pc.utf8_lower(t["text"])))
     return pa.table({"word": pc.filter(w, pc.not_equal(w, ""))})
 
 
