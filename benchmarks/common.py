@@ -1,4 +1,4 @@
-"""What every benchmark script shares: waiting for an idle scheduler, and the environment record."""
+"""What every benchmark script shares: waiting for an idle cluster, and the environment record."""
 
 from __future__ import annotations
 
@@ -28,6 +28,26 @@ def wait_idle(client, timeout: float = 120.0) -> float:
         time.sleep(0.05)
 
 
+def _executing(dask_worker=None) -> int:
+    return int(dask_worker.state.executing_count)
+
+
+def wait_workers_idle(client, timeout: float = 300.0) -> tuple[float, float]:
+    """:func:`wait_idle`, then also until no worker executes a task.
+
+    A cancelled attempt (a straggler whose copy won) keeps its worker's thread busy after the
+    scheduler has forgotten it. Returns ``(seconds until the scheduler was empty, seconds more until
+    the workers were)``.
+    """
+    waited = wait_idle(client, timeout)
+    start = time.time()
+    while sum(client.run(_executing).values()):
+        if time.time() - start > timeout:
+            raise RuntimeError(f"a worker still executes a task {timeout:.0f}s after the scheduler emptied")
+        time.sleep(0.05)
+    return waited, time.time() - start
+
+
 def git(*args: str) -> str | None:
     try:
         return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10,
@@ -44,9 +64,10 @@ def memory_bytes() -> int | None:
         return None
 
 
-def environment(info, packages: tuple[str, ...] = ()) -> dict:
+def environment(info, packages: tuple[str, ...] = (), *, settings: bool = False) -> dict:
     """Machine, versions (the engine's core dependencies plus ``packages`` when installed), git revision
-    and cluster shape, for every result record."""
+    and cluster shape, for every result record; with ``settings``, also the engine's speculation policy
+    and split size."""
     versions = {}
     for name in ("engine", "pyarrow", "dask", "distributed", "numpy", *packages):
         try:
@@ -54,9 +75,13 @@ def environment(info, packages: tuple[str, ...] = ()) -> dict:
         except ImportError:
             versions[name] = None
     status = git("status", "--porcelain", "--untracked-files=no")
-    return {
+    env = {
         "python": platform.python_version(), "platform": platform.platform(), "cores": os.cpu_count(),
         "memory_bytes": memory_bytes(), "versions": versions,
         "git_revision": git("rev-parse", "HEAD"), "git_dirty": bool(status) if status is not None else None,
         "cluster": {"workers": info.workers, "threads": info.threads},
     }
+    if settings:
+        from engine import config
+        env.update({"speculation_policy": dict(config.get("speculation")), "split_size": config.get("split-size")})
+    return env

@@ -148,31 +148,11 @@ def normalize(table):
 # ---------------------------------------------------------------------------------------------
 # Environment
 
-
-def _executing(dask_worker=None) -> int:
-    return int(dask_worker.state.executing_count)
-
-
-def wait_idle(client, timeout: float = 300.0) -> tuple[float, float]:
-    """:func:`benchmarks.common.wait_idle`, then also until no worker executes a task.
-
-    A cancelled attempt (a straggler whose copy won) keeps its worker's thread busy after the
-    scheduler has forgotten it. Returns ``(seconds until the scheduler was empty, seconds more until
-    the workers were)``.
-    """
-    waited = common.wait_idle(client, timeout)
-    start = time.time()
-    while sum(client.run(_executing).values()):
-        if time.time() - start > timeout:
-            raise RuntimeError(f"a worker still executes a task {timeout:.0f}s after the scheduler emptied")
-        time.sleep(0.05)
-    return waited, time.time() - start
+wait_idle = common.wait_workers_idle
 
 
 def environment(info) -> dict:
-    from engine import config
-    return {**common.environment(info), "speculation_policy": dict(config.get("speculation")),
-            "split_size": config.get("split-size")}
+    return common.environment(info, settings=True)
 
 
 # ---------------------------------------------------------------------------------------------
