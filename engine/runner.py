@@ -625,21 +625,30 @@ def _reduce_tasks(plan: Plan, r, ctx: TaskContext, outputs: list[shuffle.MapOutp
     if r.kind == "sort":
         n = skew.range_partition_count(total, plan.partition_size, min_tasks=min_tasks)
         samples = [(o.sample, o.rows_out / o.sample.num_rows) for o in outputs if o.sample is not None]
-        bounds = shuffle.choose_boundaries(samples, r.keys, ctx.descending, n)
-        edges = [None, *bounds, None]
+        pieces = shuffle.choose_pieces(samples, r.keys, ctx.descending, n, split_hot=skew_enabled)
         tasks = []
-        for i in range(len(edges) - 1):
-            lo, hi = edges[i], edges[i + 1]
-            refs = shuffle.range_slices(outputs, lo, hi, ctx.descending)
-            by_path = {o.path: o for o in outputs}
-            # Estimated input bytes: rows of the chosen batches times each run's bytes per row.
-            size = sum(sum(by_path[path].bounds[b][2] for b in ids) * by_path[path].total_bytes
-                       // max(1, by_path[path].rows_out) for path, ids in refs)
-            tasks.append(TaskSpec(i, run_reduce, (ctx, blob_future, refs, (lo, hi), map_schema), size or None))
+        for i, piece in enumerate(pieces):
+            refs = shuffle.piece_slices(outputs, piece, ctx.descending)
+            # Estimated input bytes: the piece's estimated rows times the runs' bytes per row.
+            size = int(piece.rows * total / max(1, sum(o.rows_out for o in outputs)))
+            tasks.append(TaskSpec(i, run_reduce, (ctx, blob_future, refs, piece, map_schema), size or None))
+        hot = [p for p in pieces if p.share is not None]
+        sizes = [int(p.rows) for p in pieces]
         rep.skew.append({"action": "range", "round": r.index, "partitions": len(tasks), "total_bytes": total,
+                         "estimated_rows": _spread(sizes),
                          "reason": f"round {r.index + 1}: {len(tasks)} range partitions from "
-                                   f"{sum(s[0].num_rows for s in samples)} sampled keys over {total:,} bytes"})
-        return tasks, (lambda p: f"key range {edges[p]!r}..{edges[p + 1]!r}")
+                                   f"{sum(s[0].num_rows for s in samples)} sampled keys over {total:,} bytes "
+                                   f"(estimated rows per partition min {min(sizes):,} / max {max(sizes):,})"})
+        for key in dict.fromkeys(p.lo for p in hot):
+            shares = [p for p in hot if p.lo == key]
+            rows = sum(p.rows for p in shares)
+            where = (f"spread over {len(shares)} adjacent partitions" if len(shares) > 1
+                     else "given a partition of its own")
+            rep.skew.append({"action": "split" if len(shares) > 1 else "isolate", "round": r.index,
+                             "key": list(key), "shares": len(shares), "rows": int(rows),
+                             "reason": f"hot sort key {key!r} (~{rows:,.0f} rows, at least one partition's share "
+                                       f"of ~{sum(sizes) / max(1, n):,.0f}) {where}"})
+        return tasks, (lambda p: pieces[p].describe())
     nparts = outputs[0].num_partitions if outputs else 1
     rows = [sum(o.rows[p] for o in outputs) for p in range(nparts)]
     sizes = [sum(o.nbytes[p] for o in outputs) for p in range(nparts)]

@@ -20,9 +20,10 @@ This module never imports dask: it works on plain Arrow tables.
 from __future__ import annotations
 
 import functools
+import math
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -288,6 +289,99 @@ def choose_boundaries(samples: Iterable[tuple[pa.Table, float]], keys: Sequence[
     return [b for b in bounds if compare_keys(b, first, descending) > 0]
 
 
+@dataclass(frozen=True)
+class RangePiece:
+    """One sort reducer's share of the key space, in sort order.
+
+    A *range* piece takes the keys in ``[lo, hi)`` (``(lo, hi)`` when ``lo_open``: the key ``lo`` itself
+    went to the pieces before). A *share* piece (``share=(i, n)``, ``lo == hi``) takes the i-th of ``n``
+    equal slices of one hot key's rows, cut run by run, so a key heavier than one reducer's share is
+    spread over ``n`` adjacent partitions and the output stays globally sorted (equal keys only need to
+    be adjacent).
+    """
+
+    lo: tuple | None
+    hi: tuple | None
+    lo_open: bool = False
+    share: tuple[int, int] | None = None
+    rows: float = 0.0           # estimated, from the weighted samples
+
+    def describe(self) -> str:
+        if self.share is not None:
+            return f"share {self.share[0] + 1}/{self.share[1]} of hot key {self.lo!r}, ~{self.rows:,.0f} rows"
+        lo = "start" if self.lo is None else f"{self.lo!r}" + (" (exclusive)" if self.lo_open else "")
+        hi = "end" if self.hi is None else repr(self.hi)
+        return f"key range {lo}..{hi}, ~{self.rows:,.0f} rows"
+
+
+def choose_pieces(samples: Iterable[tuple[pa.Table, float]], keys: Sequence[str], descending: bool,
+                  num_partitions: int, *, split_hot: bool = True) -> list[RangePiece]:
+    """Sort reducers' pieces from weighted key samples: about ``num_partitions`` of equal estimated rows.
+
+    A key whose estimated rows reach one piece's share is a *hot key*: with ``split_hot`` it gets
+    ``ceil(rows / share)`` share pieces of its own, so none of them exceeds one share.
+    Without it, boundaries are whole keys (the classic TeraSort rule): a hot key stays in one piece.
+    """
+    tables, weights = [], []
+    for t, w in samples:
+        if t is not None and t.num_rows:
+            tables.append(t.select(list(keys)))
+            weights.append(np.full(t.num_rows, w, dtype=np.float64))
+    if not tables or num_partitions <= 1:
+        total = float(sum(np.sum(w) for w in weights)) if weights else 0.0
+        return [RangePiece(None, None, rows=total)]
+    sample = pa.concat_tables(tables)
+    w = np.concatenate(weights)
+    order = pc.sort_indices(sample, sort_keys=sort_keys(keys, descending)).to_numpy()
+    sample, w = sample.take(pa.array(order)), w[order]
+    # Distinct keys in sort order with their summed weights.
+    rows = sample.to_pylist()
+    distinct: list[tuple[tuple, float]] = []
+    for row, weight in zip(rows, w):
+        key = tuple(row[k] for k in keys)
+        if distinct and compare_keys(key, distinct[-1][0], descending) == 0:
+            distinct[-1] = (key, distinct[-1][1] + float(weight))
+        else:
+            distinct.append((key, float(weight)))
+    total = float(w.sum())
+    share = total / num_partitions
+    if not split_hot:
+        bounds = choose_boundaries(samples, keys, descending, num_partitions)
+        edges = [None, *bounds, None]
+        result, j = [], 0
+        for i in range(len(edges) - 1):
+            rows = 0.0
+            while j < len(distinct) and (edges[i + 1] is None
+                                         or compare_keys(distinct[j][0], edges[i + 1], descending) < 0):
+                rows += distinct[j][1]
+                j += 1
+            result.append(RangePiece(edges[i], edges[i + 1], rows=rows))
+        return result
+    pieces: list[RangePiece] = []
+    lo: tuple | None = None
+    lo_open = False
+    acc = 0.0
+    for i, (key, weight) in enumerate(distinct):
+        if weight >= share:
+            if acc > 0:
+                pieces.append(RangePiece(lo, key, lo_open, rows=acc))
+            n = max(1, math.ceil(weight / share - 1e-9))
+            pieces.extend(RangePiece(key, key, share=(j, n), rows=weight / n) for j in range(n))
+            lo, lo_open, acc = key, True, 0.0
+            continue
+        if acc > 0 and acc + weight / 2 > share:
+            pieces.append(RangePiece(lo, key, lo_open, rows=acc))
+            lo, lo_open, acc = key, False, 0.0
+        acc += weight
+    if acc > 0 or not pieces:
+        pieces.append(RangePiece(lo, None, lo_open, rows=acc))
+    # Every sorted run's sample holds its first and last key, so no key sorts before the first
+    # distinct key or after the last one; the first range piece still drops its lower bound.
+    if pieces[0].share is None:
+        pieces[0] = replace(pieces[0], lo=None, lo_open=False)
+    return pieces
+
+
 def _col_less(col: pa.ChunkedArray, value: Any, descending: bool) -> pa.ChunkedArray:
     if value is None:   # everything non-null is before a null
         return pc.invert(pc.is_null(col))
@@ -331,6 +425,72 @@ def range_slices(outputs: Sequence[MapOutput], lo: tuple | None, hi: tuple | Non
     return refs
 
 
+def piece_slices(outputs: Sequence[MapOutput], piece: RangePiece, descending: bool) -> list[tuple[str, list]]:
+    """The batches of each sorted run that a piece reads.
+
+    Range pieces: ``(path, [batch, ...])``. Share pieces: ``(path, [(batch, rows or None), ...])``, the
+    batches holding the hot key, with their row count when they hold nothing else (``None`` for the
+    edge batches, which the reducer filters).
+    """
+    if piece.share is None:
+        return range_slices(outputs, piece.lo, piece.hi, descending)
+    key = piece.lo
+    refs = []
+    for out in outputs:
+        chosen = []
+        for b, (first, last, rows) in zip(out.batches[0], out.bounds):
+            if compare_keys(last, key, descending) < 0 or compare_keys(first, key, descending) > 0:
+                continue
+            pure = compare_keys(first, key, descending) == 0 and compare_keys(last, key, descending) == 0
+            chosen.append((b, rows if pure else None))
+        if chosen:
+            refs.append((out.path, chosen))
+    return refs
+
+
+def read_piece(fs, refs: Sequence[tuple[str, list]], piece: RangePiece, keys: Sequence[str], descending: bool,
+               schema: pa.Schema | None = None, on_batch: Callable[[], None] | None = None) -> pa.Table:
+    """A piece's rows, unsorted for range pieces; for a share piece, exactly its slice of the hot key.
+
+    A share ``(i, n)`` takes rows ``[total*i//n, total*(i+1)//n)`` of the hot key's rows in each run
+    (edge batches filtered, whole batches sliced without reading the rest), so the ``n`` shares of a
+    key partition its rows exactly, whichever attempts of them run.
+    """
+    pieces: list[pa.Table] = []
+    for path, ids in refs:
+        if on_batch is not None:
+            on_batch()
+        reader = _open_ipc(fs, path)
+        if piece.share is None:
+            t = pa.Table.from_batches([reader.get_batch(b) for b in ids])
+            pieces.append(filter_range(t, keys, piece.lo, piece.hi, descending, lo_open=piece.lo_open))
+            continue
+        i, n = piece.share
+        segments: list[tuple[int, pa.Table | None, int]] = []
+        total = 0
+        for b, rows in ids:
+            if rows is None:
+                t = pa.Table.from_batches([reader.get_batch(b)])
+                t = t.filter(rows_equal(t, keys, piece.lo))
+                segments.append((b, t, t.num_rows))
+                total += t.num_rows
+            else:
+                segments.append((b, None, rows))
+                total += rows
+        lo, hi = total * i // n, total * (i + 1) // n
+        pos = 0
+        for b, t, count in segments:
+            start, stop = max(lo, pos), min(hi, pos + count)
+            if start < stop:
+                whole = t if t is not None else pa.Table.from_batches([reader.get_batch(b)])
+                pieces.append(whole.slice(start - pos, stop - start))
+            pos += count
+    pieces = [p for p in pieces if p.num_columns]
+    if not pieces:
+        return schema.empty_table() if schema is not None else pa.table({})
+    return pa.concat_tables(pieces, promote_options="permissive") if len(pieces) > 1 else pieces[0]
+
+
 def filter_keys(table: pa.Table, keys: Sequence[str], which: str, chosen: pa.Table) -> pa.Table:
     """Rows whose key is (``which="only"``) or is not (``"exclude"``) among ``chosen``'s key rows."""
     if chosen.num_rows == 0:
@@ -350,11 +510,23 @@ def filter_keys(table: pa.Table, keys: Sequence[str], which: str, chosen: pa.Tab
     return table.filter(mask)
 
 
+def rows_equal(table: pa.Table, keys: Sequence[str], bound: tuple) -> pa.ChunkedArray:
+    """Boolean mask: row's key equals ``bound`` (null equals null, as in sorting)."""
+    result = None
+    for k, v in zip(keys, bound):
+        eq = _col_equal(table.column(k), v)
+        result = eq if result is None else pc.and_(result, eq)
+    return result
+
+
 def filter_range(table: pa.Table, keys: Sequence[str], lo: tuple | None, hi: tuple | None,
-                 descending: bool) -> pa.Table:
+                 descending: bool, *, lo_open: bool = False) -> pa.Table:
+    """Rows with keys in ``[lo, hi)`` (``(lo, hi)`` when ``lo_open``) in the sort order."""
     mask = None
     if lo is not None:
         mask = pc.invert(rows_before(table, keys, lo, descending))
+        if lo_open:
+            mask = pc.and_(mask, pc.invert(rows_equal(table, keys, lo)))
     if hi is not None:
         below = rows_before(table, keys, hi, descending)
         mask = below if mask is None else pc.and_(mask, below)
@@ -409,6 +581,6 @@ def attempt_name(prefix: str, partition: int, attempt: int) -> str:
 
 
 __all__ = ["partition_ids", "split_by_partition", "MapOutput", "HashShuffleWriter", "write_sorted_run",
-           "choose_boundaries", "compare_keys", "range_slices", "filter_range", "read_slices", "read_table",
+           "choose_boundaries", "choose_pieces", "RangePiece", "piece_slices", "read_piece", "compare_keys", "range_slices", "filter_range", "read_slices", "read_table",
            "attempt_name", "sort_keys"]
 _ = functools

@@ -289,15 +289,11 @@ def run_reduce(ctx: TaskContext, blob: bytes, refs: list, bounds: tuple | None, 
         output.write(table)
     try:
         if ctx.kind == "sort":
-            lo, hi = bounds if bounds is not None else (None, None)
-            pieces = []
-            for path, batch_ids in refs:
-                check_cancelled()
-                t = shuffle.read_table(ctx.shuffle_fs, [(path, batch_ids)])
-                pieces.append(shuffle.filter_range(t, ctx.keys, lo, hi, ctx.descending))
-            table = _concat(pieces) if pieces else (schema.empty_table() if schema is not None else pa.table({}))
+            piece = bounds if isinstance(bounds, shuffle.RangePiece) else shuffle.RangePiece(*(bounds or (None, None)))
+            table = shuffle.read_piece(ctx.shuffle_fs, refs, piece, ctx.keys, ctx.descending, schema,
+                                       on_batch=check_cancelled)
             rows_in = table.num_rows
-            if table.num_rows:
+            if table.num_rows and piece.share is None:   # a share holds one key: already in order
                 table = table.sort_by(shuffle.sort_keys(ctx.keys, ctx.descending))
             for offset in range(0, max(table.num_rows, 1), max(ctx.batch_rows * 8, 1)):
                 emit(table.slice(offset, ctx.batch_rows * 8))

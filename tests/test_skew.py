@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 import engine
 from conftest import assert_tables_close, write_parts
 from engine import Job, agg
+from engine.commit import load_manifest
+from engine.datasets import filesystem
 from engine.skew import coalesce, plan_reducers
 
 
@@ -102,3 +104,75 @@ def test_planner_isolates_hot_keys_and_keeps_every_row():
         coalesce(rows, sizes, 20_000).assignments
     kept = plan_reducers(rows, sizes, heavy, target=20_000, min_tasks=2, combinable=True)
     assert not any(a.only for a in kept.assignments) and any(d["action"] == "keep" for d in kept.decisions)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sort: hot keys spread over adjacent range partitions
+
+
+SORT = Job("zsort").sort(by="k")
+
+
+def _output_partition_rows(path) -> list[int]:
+    fs, root = filesystem(str(path))
+    return [int(f["rows"]) for f in load_manifest(fs, root).files]
+
+
+def _assert_sorted_permutation(out: pa.Table, t: pa.Table, keys: list[str], descending: bool = False) -> None:
+    assert out.num_rows == t.num_rows
+    order = "descending" if descending else "ascending"
+    ref = t.sort_by([(k, order) for k in keys] + [("v", "ascending")])
+    # Globally ordered by the keys ...
+    got_keys = out.select(keys)
+    assert got_keys.equals(ref.select(keys)), "output is not in key order"
+    # ... and the same rows (ties in any order).
+    assert out.sort_by([(k, order) for k in keys] + [("v", "ascending")]).equals(ref)
+
+
+@pytest.mark.parametrize("dist", ["zipf1.2", "half"])
+@pytest.mark.parametrize("partition_size", ["96KiB", "48KiB"])
+def test_sort_spreads_hot_keys_over_adjacent_partitions(tmp_path, dist, partition_size):
+    t = keyed(80_000, dist, seed=5)
+    write_parts(tmp_path / "in", t, parts=4, seed=5)
+    on = SORT.run(str(tmp_path / "in"), str(tmp_path / "on"), skew=True, partition_size=partition_size)
+    off = SORT.run(str(tmp_path / "in"), str(tmp_path / "off"), skew=False, partition_size=partition_size)
+    for out in ("on", "off"):
+        _assert_sorted_permutation(engine.read(str(tmp_path / out)), t, ["k"])
+    rows_on, rows_off = _output_partition_rows(tmp_path / "on"), _output_partition_rows(tmp_path / "off")
+    # The hottest key alone holds more than one partition's share: only splitting it keeps balance.
+    assert max(rows_on) <= 1.5 * float(np.median(rows_on)), rows_on
+    assert max(rows_off) > 1.5 * float(np.median(rows_off)), rows_off
+    splits = [d for d in on.report.skew if d["action"] == "split"]
+    assert splits and splits[0]["key"] == [0] and splits[0]["shares"] >= 2
+    assert not [d for d in off.report.skew if d["action"] in ("split", "isolate")]
+
+
+def test_sort_hot_key_shares_descending_multi_column_with_nulls(tmp_path):
+    rng = np.random.default_rng(11)
+    n = 40_000
+    a = np.where(rng.random(n) < 0.6, 3, rng.integers(0, 50, n))
+    b = np.where(a == 3, 1, rng.integers(0, 4, n))
+    a_arr = pa.array(a, pa.int64(), mask=rng.random(n) < 0.05)
+    t = pa.table({"a": a_arr, "b": pa.array(b, pa.int64()), "v": rng.normal(0, 1, n)})
+    write_parts(tmp_path / "in", t, parts=3, seed=2)
+    job = Job("zsort2").sort(by=["a", "b"], descending=True)
+    result = job.run(str(tmp_path / "in"), str(tmp_path / "out"), partition_size="64KiB")
+    out = engine.read(str(tmp_path / "out"))
+    ref = t.sort_by([("a", "descending"), ("b", "descending"), ("v", "ascending")])
+    assert out.select(["a", "b"]).equals(ref.select(["a", "b"]))
+    assert out.sort_by([("a", "descending"), ("b", "descending"), ("v", "ascending")]).equals(ref)
+    assert any(d["action"] == "split" and d["key"] == [3, 1] for d in result.report.skew), result.report.skew
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 1000), hot=st.floats(0.0, 0.95), keys=st.integers(1, 500), parts=st.integers(1, 4),
+       size=st.sampled_from(["16KiB", "48KiB", "1MiB"]), descending=st.booleans())
+def test_property_sort_any_distribution(tmp_path_factory, seed, hot, keys, parts, size, descending):
+    rng = np.random.default_rng(seed)
+    n = 15_000
+    k = np.where(rng.random(n) < hot, rng.integers(0, 2, n), rng.integers(0, keys, n))
+    t = pa.table({"k": pa.array(k, pa.int64()), "v": rng.normal(0, 1, n)})
+    d = tmp_path_factory.mktemp("sortprop")
+    write_parts(d / "in", t, parts=parts, seed=seed)
+    Job("psort").sort(by="k", descending=descending).run(str(d / "in"), str(d / "out"), partition_size=size)
+    _assert_sorted_permutation(engine.read(str(d / "out")), t, ["k"], descending)
