@@ -535,8 +535,8 @@ def _execute(plan: Plan, spec: InputSpec, client, info: ClusterInfo, executor: S
             spill_bytes=_spill_bytes(info),
             batch_rows=int(config.get("batch-rows")), sort_batch_rows=int(config.get("shuffle.sort-batch-rows")),
             sample_size=int(config.get("shuffle.sample-size")),
-            top_keys=int(config.get("skew.top-keys")) if (skew_enabled and r.kind == "reduce"
-                                                          and not r.combinable) else 0,
+            top_keys=int(config.get("skew.top-keys")) if (skew_enabled and r.kind in ("reduce", "aggregate"))
+            else 0,
             columns=r.columns, partition_types=spec.partition_types if r.index == 0 else {},
             page_checksums=bool(config.get("checksums.page-checksums")), faults=faults)
         # ---- map stage
@@ -677,9 +677,11 @@ def _reduce_tasks(plan: Plan, r, ctx: TaskContext, outputs: list[shuffle.MapOutp
             if ids:
                 refs.append((o.path, ids))
         key_filter = None
-        if (a.only or a.exclude) and key_schema is not None:
-            which, chosen = ("only", a.only) if a.only else ("exclude", a.exclude)
-            key_filter = (which, pa.Table.from_pylist([dict(zip(r.keys, k)) for k in chosen], schema=key_schema))
+        if (a.only or a.exclude or a.sub) and key_schema is not None:
+            def key_table(chosen):
+                return pa.Table.from_pylist([dict(zip(r.keys, k)) for k in chosen], schema=key_schema) \
+                    if chosen else None
+            key_filter = {"only": key_table(a.only), "exclude": key_table(a.exclude), "sub": a.sub}
         tasks.append(TaskSpec(a.index, run_reduce, (ctx, blob_future, refs, key_filter, map_schema), a.nbytes))
     assignments = rplan.assignments
     return tasks, (lambda p: assignments[p].describe())

@@ -491,6 +491,25 @@ def read_piece(fs, refs: Sequence[tuple[str, list]], piece: RangePiece, keys: Se
     return pa.concat_tables(pieces, promote_options="permissive") if len(pieces) > 1 else pieces[0]
 
 
+def sub_bucket(table: pa.Table, keys: Sequence[str], num_partitions: int, buckets: int) -> np.ndarray:
+    """A second hash bucket for every row, independent of its hash partition (``hash // partitions``)."""
+    h = hash_columns(table, keys)
+    return ((h // np.uint64(max(1, num_partitions))) % np.uint64(buckets)).astype(np.int64)
+
+
+def select_keys(table: pa.Table, keys: Sequence[str], *, num_partitions: int, only: pa.Table | None = None,
+                exclude: pa.Table | None = None, sub: tuple[int, int] | None = None) -> pa.Table:
+    """The rows of a reduce task that reads part of a hash partition (see ``skew.ReduceAssignment``)."""
+    if only is not None:
+        return filter_keys(table, keys, "only", only)
+    if exclude is not None:
+        table = filter_keys(table, keys, "exclude", exclude)
+    if sub is not None and table.num_rows:
+        j, n = sub
+        table = table.filter(pa.array(sub_bucket(table, keys, num_partitions, n) == j))
+    return table
+
+
 def filter_keys(table: pa.Table, keys: Sequence[str], which: str, chosen: pa.Table) -> pa.Table:
     """Rows whose key is (``which="only"``) or is not (``"exclude"``) among ``chosen``'s key rows."""
     if chosen.num_rows == 0:
@@ -581,6 +600,6 @@ def attempt_name(prefix: str, partition: int, attempt: int) -> str:
 
 
 __all__ = ["partition_ids", "split_by_partition", "MapOutput", "HashShuffleWriter", "write_sorted_run",
-           "choose_boundaries", "choose_pieces", "RangePiece", "piece_slices", "read_piece", "compare_keys", "range_slices", "filter_range", "read_slices", "read_table",
+           "choose_boundaries", "choose_pieces", "select_keys", "sub_bucket", "RangePiece", "piece_slices", "read_piece", "compare_keys", "range_slices", "filter_range", "read_slices", "read_table",
            "attempt_name", "sort_keys"]
 _ = functools

@@ -18,10 +18,12 @@ import numpy as np
 
 @dataclass(frozen=True)
 class ReduceAssignment:
-    """One reduce task: a contiguous range of hash partitions ``[start, stop)``.
+    """One reduce task: a contiguous range of hash partitions ``[start, stop)``, possibly filtered.
 
-    ``only`` restricts the task to the listed keys (an isolated hot key); ``exclude`` drops them
-    (the rest of a partition whose hot keys were isolated).
+    ``only`` restricts the task to the listed keys (hot keys packed into a task of their own);
+    ``exclude`` drops them (the rest of a partition whose hot keys went elsewhere); ``sub = (j, n)``
+    keeps only the rows whose key falls in sub-bucket ``j`` of ``n`` (a second, independent hash), so
+    an oversized partition of many keys is read by ``n`` tasks, each key still wholly in one of them.
     """
 
     index: int
@@ -31,13 +33,19 @@ class ReduceAssignment:
     nbytes: int
     only: tuple[tuple, ...] | None = None
     exclude: tuple[tuple, ...] | None = None
+    sub: tuple[int, int] | None = None
 
     def describe(self) -> str:
-        what = f"hash partitions {self.start}..{self.stop - 1}"
+        what = f"hash partitions {self.start}..{self.stop - 1}" if self.stop - self.start > 1 \
+            else f"hash partition {self.start}"
         if self.only:
-            what = f"hot key {self.only[0]!r} of hash partition {self.start}"
-        elif self.exclude:
-            what += f" without {len(self.exclude)} isolated key(s)"
+            keys = ", ".join(repr(k) for k in self.only[:3]) + (", ..." if len(self.only) > 3 else "")
+            what = f"hot key(s) {keys} of hash partition {self.start}"
+        else:
+            if self.sub:
+                what += f", sub-bucket {self.sub[0] + 1}/{self.sub[1]}"
+            if self.exclude:
+                what += f" without {len(self.exclude)} hot key(s)"
         return f"{what}, ~{self.rows:,} rows"
 
 
@@ -86,15 +94,17 @@ def coalesce(rows: Sequence[int], nbytes: Sequence[int], target: int, *, min_tas
 def plan_reducers(rows: Sequence[int], nbytes: Sequence[int], heavy: Sequence[tuple[tuple, int, int]],
                   target: int, *, min_tasks: int = 1, enabled: bool = True, combinable: bool = True,
                   factor: float = 5.0) -> ReducePlan:
-    """Reduce tasks from map-output statistics: coalesce small partitions, isolate hot keys of skewed ones.
+    """Reduce tasks from map-output statistics: coalesce small partitions, split oversized ones.
 
-    A hash partition is *skewed* when it is larger than ``factor`` x the median non-empty partition
-    and larger than the effective target. In a round that cannot be combined, each of its heavy
-    keys (estimated from the map tasks' samples) worth at least half a target gets a reduce task of
-    its own, and the rest of the partition another one. In a combinable round the map-side combine
-    has already collapsed every key to a few rows per map task, so a big partition holds many keys
-    and is left whole (the decision is recorded). ``heavy`` lists ``(key, partition, rows)`` summed
-    over map tasks.
+    A hash partition is *oversized* when it holds more than two tasks' worth of bytes (twice the
+    effective target), or when it is larger than ``factor`` x the median non-empty partition and than
+    the target (Spark AQE's skew test). An oversized partition is split into tasks of about the
+    target: its heavy keys (estimated from the map tasks' samples, ``heavy`` = ``(key, partition,
+    rows)`` summed over map tasks) worth at least a quarter of the target are packed, largest first,
+    into tasks that read only them; a key larger than the target gets a task of its own (its rows
+    cannot be divided in a reduce that receives all rows of a key). The partition's other keys are
+    divided by a second hash into sub-buckets of about the target, each read by one task. Every
+    decision, with the sizes, is returned for the run report.
     """
     base = coalesce(rows, nbytes, target, min_tasks=min_tasks)
     sizes = np.asarray(nbytes, dtype=np.int64)
@@ -102,74 +112,91 @@ def plan_reducers(rows: Sequence[int], nbytes: Sequence[int], heavy: Sequence[tu
     total = int(sizes.sum())
     effective = max(1, min(target, -(-total // max(1, min_tasks)))) if total else target
     nonzero = sizes[sizes > 0]
-    if not enabled or len(nonzero) < 2:
+    if not enabled or len(nonzero) < 1 or total == 0:
         return base
     median = float(np.median(nonzero))
-    skewed = [p for p in range(len(sizes)) if sizes[p] > factor * median and sizes[p] > effective]
-    if not skewed:
+    oversized = [p for p in range(len(sizes))
+                 if sizes[p] > 2 * effective or (len(nonzero) > 1 and sizes[p] > factor * median
+                                                 and sizes[p] > effective)]
+    if not oversized:
         return base
     decisions = list(base.decisions)
     summary = {"partitions": int(len(sizes)), "median_bytes": int(median), "max_bytes": int(sizes.max()),
                "total_bytes": total, "target_bytes": int(effective)}
-    if combinable:
-        for p in skewed:
-            decisions.append({"action": "keep", "partition": p, "bytes": int(sizes[p]), **summary,
-                              "reason": f"hash partition {p} holds {_size(sizes[p])} ({sizes[p] / median:.1f} x the "
-                                        f"median); the round's combine already ran on the map side, so it is many "
-                                        f"keys, kept in one task"})
-        return ReducePlan(base.assignments, decisions)
     by_partition: dict[int, list[tuple[tuple, int]]] = {}
     for key, p, est in heavy:
         if any(v is None for v in key):
             continue          # null keys do not take part in key filters; they stay with their partition
         by_partition.setdefault(int(p), []).append((key, int(est)))
     tasks: list[ReduceAssignment] = []
-    skewed_set = set(skewed)
+    oversized_set = set(oversized)
 
     def add(start: int, stop: int, r: int, b: int, **kw) -> None:
         tasks.append(ReduceAssignment(len(tasks), start, stop, r, b, **kw))
 
-    # Coalesce runs of ordinary partitions; skewed partitions break runs and are planned alone.
-    start = acc_b = acc_r = 0
+    start = 0
     for p in range(len(sizes) + 1):
-        if p == len(sizes) or p in skewed_set:
-            if p > start and acc_r:
-                # flush the run [start, p) with the ordinary coalescing rule
-                sub = coalesce(counts[start:p], sizes[start:p], effective)
-                for a in sub.assignments:
-                    if a.rows:
-                        add(start + a.start, start + a.stop, a.rows, a.nbytes)
-            if p == len(sizes):
-                break
-            bytes_per_row = sizes[p] / max(1, counts[p])
-            keys = sorted(by_partition.get(p, []), key=lambda kv: -kv[1])
-            isolated = []
-            remaining = int(sizes[p])
-            for key, est in keys:
-                est_bytes = int(est * bytes_per_row)
-                if est_bytes < effective / 2 or remaining <= effective:
-                    break
-                isolated.append(key)
-                remaining -= est_bytes
-                add(p, p + 1, est, est_bytes, only=(key,))
-                decisions.append({"action": "isolate", "partition": p, "key": list(key), "rows": est,
-                                  "bytes": est_bytes, **summary,
-                                  "reason": f"hot key {key!r} (~{est:,} rows, {_size(est_bytes)}) of hash partition "
-                                            f"{p} ({_size(sizes[p])}, {sizes[p] / median:.1f} x the median) gets a "
-                                            f"reduce task of its own"})
-            rest_rows = int(counts[p]) - sum(t.rows for t in tasks if t.only and t.start == p)
-            add(p, p + 1, max(0, rest_rows), max(0, remaining), exclude=tuple(isolated) or None)
-            if not isolated:
-                decisions.append({"action": "keep", "partition": p, "bytes": int(sizes[p]), **summary,
-                                  "reason": f"hash partition {p} ({_size(sizes[p])}) is skewed but no single key "
-                                            f"is worth a task of its own"})
-            start, acc_b, acc_r = p + 1, 0, 0
-        else:
-            acc_b += int(sizes[p])
-            acc_r += int(counts[p])
-    if not tasks:
-        return base
+        if p < len(sizes) and p not in oversized_set:
+            continue
+        if p > start and counts[start:p].sum():
+            # coalesce the run of ordinary partitions [start, p)
+            for a in coalesce(counts[start:p], sizes[start:p], effective).assignments:
+                if a.rows:
+                    add(start + a.start, start + a.stop, a.rows, a.nbytes)
+        if p == len(sizes):
+            break
+        _split_partition(p, int(counts[p]), int(sizes[p]), by_partition.get(p, []), effective, combinable,
+                         median, summary, add, decisions)
+        start = p + 1
     return ReducePlan(tasks, decisions)
+
+
+def _split_partition(p: int, count: int, size: int, keys: list[tuple[tuple, int]], effective: int,
+                     combinable: bool, median: float, summary: dict, add, decisions: list[dict]) -> None:
+    """Tasks for one oversized partition: bins of heavy keys, then sub-buckets of the rest."""
+    bytes_per_row = size / max(1, count)
+    why = (f"hash partition {p} holds {_size(size)} ({size / max(1.0, median):.1f} x the median, "
+           f"{size / effective:.1f} x the target of {_size(effective)})")
+    lumps = sorted(((k, est, int(est * bytes_per_row)) for k, est in keys
+                    if est * bytes_per_row >= effective / 4), key=lambda x: -x[2])
+    lump_bytes = sum(b for _, _, b in lumps)
+    if lump_bytes > size:             # sampled estimates overshoot: scale them to the partition
+        scale = size / lump_bytes
+        lumps = [(k, int(e * scale), int(b * scale)) for k, e, b in lumps]
+    bins: list[list] = []             # [bytes, rows, keys]
+    for key, est, b in lumps:         # first fit decreasing into bins of one target
+        fit = next((x for x in bins if x[0] + b <= effective), None)
+        if fit is None:
+            fit = [0, 0, []]
+            bins.append(fit)
+        fit[0] += b
+        fit[1] += est
+        fit[2].append(key)
+    for b, r, chosen in bins:
+        add(p, p + 1, r, b, only=tuple(chosen))
+        alone = len(chosen) == 1 and b > effective
+        decisions.append({
+            "action": "isolate", "partition": p, "key": list(chosen[0]), "keys": [list(k) for k in chosen],
+            "rows": r, "bytes": b, **summary,
+            "reason": f"{why}: hot key(s) {', '.join(repr(k) for k in chosen[:4])}"
+                      f"{', ...' if len(chosen) > 4 else ''} (~{r:,} rows, {_size(b)}) get a reduce task of "
+                      f"their own" + (" (one key larger than the target: its rows must meet in one reduce call"
+                                      + ("" if not combinable else ", and the map-side combine left them")
+                                      + ")" if alone else "")})
+    isolated = tuple(k for _, _, chosen in bins for k in chosen)
+    rest_bytes = max(0, size - sum(b[0] for b in bins))
+    rest_rows = max(0, count - sum(b[1] for b in bins))
+    n = max(1, round(rest_bytes / effective))
+    for j in range(n):
+        add(p, p + 1, rest_rows // n, rest_bytes // n, exclude=isolated or None, sub=(j, n) if n > 1 else None)
+    if n > 1:
+        decisions.append({"action": "split", "partition": p, "sub_buckets": n, "rows": rest_rows,
+                          "bytes": rest_bytes, **summary,
+                          "reason": f"{why}: its other keys ({_size(rest_bytes)}) are divided by a second hash "
+                                    f"into {n} reduce tasks of ~{_size(rest_bytes / n)}"})
+    elif not bins:
+        decisions.append({"action": "keep", "partition": p, "bytes": size, **summary,
+                          "reason": f"{why}, but neither a key nor a sub-bucket of it is worth a task of its own"})
 
 
 def _size(n: float) -> str:

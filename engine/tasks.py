@@ -299,8 +299,8 @@ def run_reduce(ctx: TaskContext, blob: bytes, refs: list, bounds: tuple | None, 
                 emit(table.slice(offset, ctx.batch_rows * 8))
         else:
             table = shuffle.read_table(ctx.shuffle_fs, refs, schema)
-            if bounds is not None:      # a key filter from the skew planner: ("only" | "exclude", keys)
-                table = shuffle.filter_keys(table, ctx.keys, bounds[0], bounds[1])
+            if bounds is not None:      # a key filter from the skew planner (skew.ReduceAssignment)
+                table = shuffle.select_keys(table, ctx.keys, num_partitions=ctx.num_partitions, **bounds)
             check_cancelled()
             if ctx.faults is not None:
                 ctx.faults.during_task(ctx, "reduce", partition, attempt)

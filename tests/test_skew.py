@@ -61,7 +61,7 @@ def test_non_combinable_reduce_equals_reference(tmp_path, dist, skew):
         assert isolated, result.report.skew
         hot = {tuple(d["key"]) for d in isolated}
         assert (0,) in hot
-        assert all("reduce task of its own" in d["reason"] and d["bytes"] > 0 for d in isolated)
+        assert all("get a reduce task of their own" in d["reason"] and d["bytes"] > 0 for d in isolated)
 
 
 @pytest.mark.parametrize("dist", ["zipf1.2", "half"])
@@ -102,8 +102,54 @@ def test_planner_isolates_hot_keys_and_keeps_every_row():
     assert sum(a.rows for a in plan.assignments) == sum(rows)
     assert plan_reducers(rows, sizes, heavy, target=20_000, enabled=False).assignments == \
         coalesce(rows, sizes, 20_000).assignments
-    kept = plan_reducers(rows, sizes, heavy, target=20_000, min_tasks=2, combinable=True)
-    assert not any(a.only for a in kept.assignments) and any(d["action"] == "keep" for d in kept.decisions)
+    # A combinable round packs the same way (its keys' rows are what the map-side combine left).
+    combined = plan_reducers(rows, sizes, heavy, target=20_000, min_tasks=2, combinable=True)
+    assert [a.only for a in combined.assignments if a.only] == [((7,),), ((8,),)]
+
+
+def test_planner_packs_medium_hot_keys_and_sub_buckets_the_rest():
+    # One partition of 12 targets: six hot keys of 0.4 target each, the rest light keys.
+    rows = [1_000, 120_000, 1_000, 1_000]
+    sizes = [r * 10 for r in rows]
+    heavy = [((k,), 1, 4_000) for k in range(6)]
+    plan = plan_reducers(rows, sizes, heavy, target=100_000, min_tasks=2)
+    only = [a for a in plan.assignments if a.only]
+    assert sorted(len(a.only) for a in only) == [2, 2, 2]           # packed two per task (0.8 target)
+    assert all(a.nbytes <= 100_000 for a in only)
+    subs = [a for a in plan.assignments if a.sub]
+    assert len(subs) == 10 and sorted(a.sub[0] for a in subs) == list(range(10))
+    assert all(set(a.exclude) == {(k,) for k in range(6)} for a in subs)
+    assert max(a.nbytes for a in plan.assignments) <= 100_000
+    assert any(d["action"] == "split" and d["sub_buckets"] == 10 for d in plan.decisions)
+    # Partitions beside the oversized one are still coalesced.
+    assert [(a.start, a.stop) for a in plan.assignments if not a.only and not a.sub] == [(0, 1), (2, 4)]
+
+
+@pytest.mark.parametrize("combinable", [True, False])
+def test_oversized_partitions_are_split_and_keep_every_row(tmp_path, combinable):
+    import dask
+    t = keyed(60_000, "top10", seed=9)
+    write_parts(tmp_path / "in", t, parts=3)
+    job = SUMS if combinable else MEDIAN
+    # Two hash partitions for ~1 MiB of map output against a 64 KiB target: both are oversized.
+    with dask.config.set({"engine.shuffle.min-partitions": 2, "engine.shuffle.max-partitions": 2}):
+        result = job.run(str(tmp_path / "in"), str(tmp_path / "out"), partition_size="64KiB")
+        off = job.run(str(tmp_path / "in"), str(tmp_path / "off"), partition_size="64KiB", skew=False)
+    if combinable:
+        ref = t.group_by("k").aggregate([([], "count_all"), ("v", "sum")])
+        ref = pa.table({"k": ref["k"], "n": ref["count_all"], "s": ref["v_sum"]})
+    else:
+        ref = reference(t)
+    assert_tables_close(engine.read(str(tmp_path / "out")), ref, "k")
+    assert_tables_close(engine.read(str(tmp_path / "off")), ref, "k")
+    actions = {d["action"] for d in result.report.skew}
+    assert "split" in actions, result.report.skew
+    if not combinable:
+        assert "isolate" in actions
+    plan = next(d for d in result.report.skew if d["action"] == "plan")
+    plan_off = next(d for d in off.report.skew if d["action"] == "plan")
+    assert plan["tasks_after"]["count"] > plan_off["tasks_after"]["count"] == 2
+    assert plan["tasks_after"]["max"] < plan_off["tasks_after"]["max"] / 2
 
 
 # ---------------------------------------------------------------------------------------------
