@@ -1,0 +1,137 @@
+"""``python -m benchmarks``: run the benchmark suites, compare two results files, or draw a report.
+
+    python -m benchmarks [--quick] [--suites groupby,sort,...] [--repeat N] [--peers duckdb,polars,...]
+                         [--out RESULTS.jsonl] [--no-html] [--timeline SUITE:CASE] [--data DIR]
+    python -m benchmarks compare BASELINE.jsonl CANDIDATE.jsonl [--threshold 0.10] [--noise 1.0]
+    python -m benchmarks report RESULTS.jsonl [-o RESULTS.html]
+
+A run writes JSON lines (a ``run`` record with the environment and parameters, one ``measurement``
+record per case, system and knob value, the chosen run's ``timeline``, a closing ``summary``) and,
+unless ``--no-html``, a self-contained HTML report beside them. It exits 1 when any engine answer
+differs from its reference or a system failed, so ``--quick`` serves as a CI smoke test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def run(argv: list[str]) -> int:
+    from benchmarks import common, peers, report, suites
+    from benchmarks.progress import Progress
+
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny data, 2 repeats: every suite in under 2 minutes")
+    ap.add_argument("--suites", default=",".join(suites.SUITES), help=f"comma-separated subset of {suites.SUITES}")
+    ap.add_argument("--repeat", type=int, default=None, help="timed runs per figure (default: 3; 2 with --quick)")
+    ap.add_argument("--peers", default=",".join(peers.PEERS),
+                    help="comma-separated peers to time where installed (default: all of %(default)s)")
+    ap.add_argument("--out", default=None, help="results file (default: benchmarks/results/bench-<time>.jsonl)")
+    ap.add_argument("--no-html", action="store_true", help="do not write the HTML report")
+    ap.add_argument("--timeline", default="groupby:q3", help="SUITE:CASE whose median engine run's task "
+                    "timeline goes into the report (default: %(default)s)")
+    ap.add_argument("--data", default=None, help="dataset cache root (default: benchmarks/data)")
+    ap.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    args = ap.parse_args(argv)
+
+    chosen = _list(args.suites)
+    unknown = [s for s in chosen if s not in suites.SUITES]
+    if unknown:
+        ap.error(f"unknown suite(s) {unknown}; choose from {', '.join(suites.SUITES)}")
+    wanted = _list(args.peers)
+    bad = [p for p in wanted if p not in peers.PEERS]
+    if bad:
+        ap.error(f"unknown peer(s) {bad}; choose from {', '.join(peers.PEERS)}")
+    installed = peers.available(tuple(wanted)) if wanted else {}
+    missing = [p for p, ok in installed.items() if not ok]
+    profile = suites.PROFILES["quick" if args.quick else "standard"]
+    repeat = args.repeat or profile.repeat
+    if repeat < 1:
+        ap.error("--repeat must be at least 1")
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    out = args.out or os.path.join(HERE, "results", f"{'quick' if args.quick else 'bench'}-{stamp}.jsonl")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    logging.getLogger("engine").setLevel(logging.WARNING)
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+
+    progress = Progress(len(chosen), quiet=args.quiet)
+    if missing:
+        progress.line(f"peers not installed, skipped: {', '.join(missing)} (pip install -e '.[bench]')")
+    bench_id = f"{stamp}-{uuid.uuid4().hex[:6]}"
+    records: list[dict] = []
+    scratch = tempfile.mkdtemp(prefix="benchmarks-")
+    started = time.time()
+    with open(out, "w", encoding="utf-8") as sink:
+        def emit(rec: dict) -> None:
+            rec = {"bench_id": bench_id, **rec}
+            records.append(rec)
+            sink.write(json.dumps(rec, default=str) + "\n")
+            sink.flush()
+
+        ctx = suites.Context(profile, repeat, tuple(p for p in wanted if installed.get(p)), scratch, emit,
+                             progress, data_root=args.data, timeline=args.timeline)
+        try:
+            _, info = ctx.client()
+            emit({"kind": "run", "mode": profile.name, "started": started,
+                  "command": "python -m benchmarks " + shlex.join(argv),
+                  "params": {"suites": chosen, "repeat": repeat, "peers": list(ctx.peers),
+                             "peers_missing": missing, "timeline": args.timeline, "profile": suites.profile_dict(profile)},
+                  "environment": common.environment(info, packages=("duckdb", "polars", "pandas"), settings=True)})
+            for name in chosen:
+                progress.suite(name)
+                t0 = time.time()
+                try:
+                    suites.RUNNERS[name](ctx)
+                except Exception as exc:  # noqa: BLE001 - one broken suite must not hide the others
+                    ctx.failures.append(f"suite {name} failed: {type(exc).__name__}: {exc}")
+                    progress.line(f"suite {name} FAILED: {type(exc).__name__}: {exc}")
+                    emit({"kind": "suite_error", "suite": name, "error": f"{type(exc).__name__}: {exc}"})
+                progress.line(f"suite {name} done in {time.time() - t0:.1f}s")
+            per_suite = suites.summarize(records)
+            ok = not ctx.failures and all(s in per_suite for s in chosen)
+            emit({"kind": "summary", "seconds": round(time.time() - started, 2), "ok": ok, "suites": per_suite,
+                  "failures": ctx.failures})
+        finally:
+            progress.close()
+            shutil.rmtree(scratch, ignore_errors=True)
+    html_path = None
+    if not args.no_html:
+        html_path = report.write(records, os.path.splitext(out)[0] + ".html",
+                                 title=f"Benchmarks ({profile.name}) {stamp}")
+    for failure in ctx.failures:
+        print(f"FAILED: {failure}", file=sys.stderr)
+    print(f"{len([r for r in records if r.get('kind') == 'measurement'])} measurements in "
+          f"{time.time() - started:.0f}s: {out}" + (f", {html_path}" if html_path else ""))
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "compare":
+        from benchmarks import compare
+        return compare.main(argv[1:])
+    if argv and argv[0] == "report":
+        from benchmarks import report
+        return report.main(argv[1:])
+    if argv and argv[0] == "run":
+        argv = argv[1:]
+    return run(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,519 @@
+"""The suites of ``python -m benchmarks`` and the knob sweeps attached to them.
+
+=============  ==============================================  ============================  ===============
+suite          what runs                                       peers (timed)                 sweep (engine)
+=============  ==============================================  ============================  ===============
+groupby        db-benchmark q1-q10 on G1                       duckdb, polars, pyarrow, dask input partitions
+wordcount      ``jobs.wordcount`` on the text corpus           duckdb, polars, pyarrow       combine on/off
+sort           ``jobs.terasort`` on TeraSort records           duckdb, polars, pyarrow       partition_size
+skew           ``skew_bench``'s median and sums jobs on        -                             skew on/off
+               skewed keys
+stragglers     word count with one slow map task               -                             speculation on/off
+commit         the commit protocol vs plain ``pq.write_table``  pyarrow (plain write)         -
+cluster        groupby q3 and word count per cluster shape     -                             workers x threads
+=============  ==============================================  ============================  ===============
+
+Every engine answer is checked: against each Arrow-answering peer value by value (dask: row count),
+and where a suite times no peer, against an untimed independent reference (DuckDB or pyarrow):
+groupby answers equal DuckDB's, word count equals a pyarrow count, a sort equals the sorted input,
+committed files read back equal what was written.
+
+The *combine* sweep runs two jobs that differ only in a ``.combine`` stage: the engine has no per-run
+switch for map-side combining (declarative aggregations always derive one), so the knob is the job.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from benchmarks import answers, common, harness, peers
+from benchmarks.harness import ENGINE, Measured, Outcome, timed
+from benchmarks.progress import Progress
+from engine import Job
+
+SUITES = ("groupby", "wordcount", "sort", "skew", "stragglers", "commit", "cluster")
+QUESTIONS = tuple(f"q{i}" for i in range(1, 11))
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Data sizes and sweep values of one mode (``quick`` for CI smoke, ``standard`` by default)."""
+
+    name: str
+    repeat: int
+    g1_rows: int
+    g1_parts: int
+    text_bytes: int
+    text_files: int
+    sort_rows: int
+    sort_parts: int
+    skew_rows: int
+    skew_parts: int
+    skew_partition_size: str
+    straggler_files: int
+    straggler_file_bytes: int
+    straggler_sleep: float
+    commit_rows: int
+    commit_parts: int
+    sweep_parts: tuple[int, ...]
+    sweep_partition_sizes: tuple[str, ...]
+    sweep_shapes: tuple[tuple[int, int], ...]
+    questions: tuple[str, ...] = QUESTIONS
+
+
+PROFILES = {
+    "quick": Profile("quick", repeat=2, g1_rows=20_000, g1_parts=2, text_bytes=400_000, text_files=4,
+                     sort_rows=20_000, sort_parts=2, skew_rows=40_000, skew_parts=4, skew_partition_size="64KiB",
+                     straggler_files=4, straggler_file_bytes=100_000, straggler_sleep=1.5,
+                     commit_rows=20_000, commit_parts=4, sweep_parts=(1, 4),
+                     sweep_partition_sizes=("32KiB", "64MiB"), sweep_shapes=((1, 2), (2, 1))),
+    "standard": Profile("standard", repeat=3, g1_rows=1_000_000, g1_parts=2, text_bytes=20_000_000, text_files=4,
+                        sort_rows=500_000, sort_parts=4, skew_rows=2_000_000, skew_parts=4,
+                        skew_partition_size="2MiB", straggler_files=6, straggler_file_bytes=2_000_000,
+                        straggler_sleep=3.0, commit_rows=1_000_000, commit_parts=8, sweep_parts=(1, 2, 4, 8),
+                        sweep_partition_sizes=("1MiB", "8MiB", "64MiB"), sweep_shapes=((1, 1), (1, 2), (2, 1))),
+}
+
+
+@dataclass
+class Context:
+    """What every suite needs: sizes, repeats, peers, where to put things, and how to report."""
+
+    profile: Profile
+    repeat: int
+    peers: tuple[str, ...]
+    scratch: str
+    emit: Callable[[dict], None]
+    progress: Progress
+    data_root: str | None = None
+    timeline: str = "groupby:q3"
+    failures: list[str] = field(default_factory=list)
+
+    def client(self):
+        from engine.cluster import get_client
+        return get_client(None)
+
+    def idle(self) -> None:
+        common.wait_idle(self.client()[0])
+
+    def out(self, name: str) -> str:
+        return os.path.join(self.scratch, f"{name}-{uuid.uuid4().hex[:8]}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Systems
+
+
+def engine_system(ctx: Context, job: Job, data: str, *, keep_reports: list | None = None, **options: Any):
+    """The engine as a system: one ``engine.run`` into a fresh output, ``force=True``, timed whole."""
+    import engine
+
+    def run(keep: bool) -> Outcome:
+        out = ctx.out(job.name)
+        try:
+            seconds, result = timed(lambda: engine.run(job, data, out, force=True, **options))
+            answer = result.read() if keep else None
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+        rep = result.report
+        if keep_reports is not None:
+            keep_reports.append((seconds, rep.to_dict()))
+        extra = {"stages": [{"stage": s.name, "tasks": s.tasks, "seconds": round(s.duration, 4),
+                             "rows_out": s.rows_out, "speculative": s.speculative} for s in rep.stages],
+                 "skew_decisions": len([d for d in rep.skew if d.get("action") not in ("plan", None)])}
+        return Outcome(seconds, answer, result.rows, extra)
+    return run
+
+
+def peer_system(fn: Callable[[], Any]):
+    """A peer as a system: ``fn()`` timed; its answer is an Arrow table or a pandas frame."""
+    def run(keep: bool) -> Outcome:
+        seconds, answer = timed(fn)
+        return Outcome(seconds, answer if keep else None, len(answer))
+    return run
+
+
+def check(measured: Measured, sort_by: list[str], references: dict[str, pa.Table] | None = None,
+          engine_names: tuple[str, ...] = (ENGINE,)) -> dict:
+    """Compare every engine answer with every peer's (Arrow: values; other: row count) and with the
+    untimed ``references``; ``ok`` only if at least one comparison ran and all agree."""
+    refs: dict[str, Any] = {n: a for n, a in measured.answers.items() if n not in engine_names}
+    refs.update(references or {})
+    out: dict[str, Any] = {"against": {}, "ok": False}
+    results = []
+    for name in engine_names:
+        mine = measured.answers.get(name)
+        for ref_name, ref in refs.items():
+            label = ref_name if len(engine_names) == 1 else f"{name} vs {ref_name}"
+            if mine is None or ref is None:
+                out["against"][label] = {"equal": False, "how": "missing answer"}
+                results.append(False)
+                continue
+            if isinstance(ref, pa.Table):
+                ok, why = answers.same(mine, ref, sort_by)
+                out["against"][label] = {"equal": ok, "how": "values", **({"why": why} if why else {})}
+            else:
+                ok = len(ref) == mine.num_rows
+                out["against"][label] = {"equal": ok, "how": "rows", "rows": [mine.num_rows, len(ref)]}
+            results.append(ok)
+    out["ok"] = bool(results) and all(results)
+    return out
+
+
+def _emit_case(ctx: Context, suite: str, case: str, measured: Measured, *, params: dict, check_: dict | None,
+               input_rows: int | None, input_bytes: int | None, sweep: str | None = None,
+               knob: tuple[str, dict[str, Any]] | None = None, label: str | None = None) -> None:
+    """Records of a measured case; with ``knob=(name, {system label: value})`` the labelled systems are
+    the engine at different knob values (one record each, ``params[name] = value``)."""
+    if knob is None:
+        recs = harness.records(suite, case, measured, params=params, sweep=sweep, input_rows=input_rows,
+                               input_bytes=input_bytes, check=check_)
+    else:
+        name, values = knob
+        recs = []
+        for label, value in values.items():
+            one = Measured({ENGINE: measured.runs.get(label, [])}, {}, {ENGINE: measured.rows.get(label)},
+                           {ENGINE: measured.extras.get(label, [])},
+                           {ENGINE: measured.errors[label]} if label in measured.errors else {})
+            recs += harness.records(suite, case, one, params={**params, name: value}, sweep=name,
+                                    input_rows=input_rows, input_bytes=input_bytes, check=check_)
+    for r in recs:
+        ctx.emit(r)
+    if check_ is not None and not check_.get("ok"):
+        ctx.failures.append(f"{suite} {case}: answers differ: {check_.get('against')}")
+    for label, err in measured.errors.items():
+        ctx.failures.append(f"{suite} {case} {label}: {err}")
+    meds = ", ".join(f"{k} {harness.median(v):.3f}s" for k, v in measured.runs.items() if v)
+    status = "" if check_ is None else ("  answers ok" if check_.get("ok") else "  ANSWERS DIFFER")
+    ctx.progress.done(f"{label or case}: {meds}{status}")
+
+
+def _measure(ctx: Context, label: str, systems: dict, *, idle: Callable[[], Any] | None = None) -> Measured:
+    return harness.measure(systems, ctx.repeat, before=idle or ctx.idle,
+                           on_run=lambda name, rep, s: ctx.progress.step(f"{label} {name} {rep + 1}/{ctx.repeat}", s))
+
+
+def _emit_timeline(ctx: Context, suite: str, case: str, reports: list) -> None:
+    if ctx.timeline != f"{suite}:{case}" or not reports:
+        return
+    ordered = sorted(reports, key=lambda r: r[0])
+    seconds, report = ordered[len(ordered) // 2]
+    ctx.emit({"kind": "timeline", "suite": suite, "case": case, "seconds": round(seconds, 4), "report": report})
+
+
+def _dir_bytes(path: str, ext: str) -> int:
+    return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path) if f.endswith(ext))
+
+
+def _warm(ctx: Context, job: Job, data: str) -> None:
+    """One untimed engine run: worker imports, page cache, first-run costs."""
+    engine_system(ctx, job, data)(False)
+
+
+# ---------------------------------------------------------------------------------------------
+# groupby
+
+
+def groupby(ctx: Context) -> None:
+    from benchmarks import datagen
+    from jobs.groupby import KEYS, QUESTIONS as JOBS
+    p = ctx.profile
+    data = datagen.g1(p.g1_rows, parts=p.g1_parts, out=ctx.data_root)
+    rows, size = p.g1_rows, _dir_bytes(data, ".parquet")
+    client, info = ctx.client()
+    _warm(ctx, JOBS["q1"], data)
+    if "dask" in ctx.peers:
+        peers.groupby_dask("q1", data, client)
+    params = {"rows": rows, "files": p.g1_parts, "dataset": os.path.basename(data)}
+    for q in p.questions:
+        reports: list = []
+        systems = {ENGINE: engine_system(ctx, JOBS[q], data, keep_reports=reports)}
+        for name in ctx.peers:
+            if name == "dask":
+                systems[name] = peer_system(lambda q=q: peers.groupby_dask(q, data, client))
+            elif name in peers.FUNCTIONS["groupby"]:
+                fn = peers.FUNCTIONS["groupby"][name]
+                systems[name] = peer_system(lambda q=q, fn=fn: fn(q, data, info.threads))
+        m = _measure(ctx, q, systems)
+        sort_by = KEYS[q] + (["largest2_v3"] if q == "q8" else [])
+        references = {}
+        if not any(n in peers.ARROW_ANSWERS for n in systems):      # always one independent reference
+            references["pyarrow"] = peers.FUNCTIONS["groupby"]["pyarrow"](q, data, info.threads)
+        _emit_case(ctx, "groupby", q, m, params={**params, "question": q}, check_=check(m, sort_by, references),
+                   input_rows=rows, input_bytes=size)
+        _emit_timeline(ctx, "groupby", q, reports)
+
+    # sweep: input partitions (same rows in more, smaller files), q3
+    q = "q3"
+    for parts in p.sweep_parts:
+        d = datagen.g1(p.g1_rows, parts=parts, out=ctx.data_root)
+        m = _measure(ctx, f"{q} files={parts}", {ENGINE: engine_system(ctx, JOBS[q], d)})
+        _emit_case(ctx, "groupby", q, m, params={"rows": rows, "question": q, "input_partitions": parts},
+                   check_=None, input_rows=rows, input_bytes=_dir_bytes(d, ".parquet"), sweep="input_partitions", label=f"{q} files={parts}")
+
+
+# ---------------------------------------------------------------------------------------------
+# word count (and the combine sweep)
+
+
+def ones(t: pa.Table) -> pa.Table:
+    """Word count's map with an explicit count column: one ``(word, 1)`` row per word."""
+    from jobs.wordcount import words
+    w = words(t)
+    return w.append_column("count", pa.array(np.ones(w.num_rows, dtype=np.int64)))
+
+
+def sum_counts(t: pa.Table) -> pa.Table:
+    """``(word, count)`` summed per word: both the combine and the reduce of the combine sweep."""
+    out = t.group_by("word", use_threads=False).aggregate([("count", "sum")])
+    return pa.table({"word": out["word"], "count": out["count_sum"]})
+
+
+WORDCOUNT_COMBINE = Job("wordcount-combine").map(ones, columns=["text"]).combine(sum_counts).reduce(sum_counts,
+                                                                                                     by="word")
+WORDCOUNT_NO_COMBINE = Job("wordcount-no-combine").map(ones, columns=["text"]).reduce(sum_counts, by="word")
+
+
+def wordcount(ctx: Context) -> None:
+    from benchmarks import datagen
+    from jobs.wordcount import job
+    p = ctx.profile
+    data = datagen.text(p.text_bytes, p.text_files, out=ctx.data_root)
+    size = _dir_bytes(data, ".txt")
+    lines = datagen.read_marker(data)["rows"]
+    _, info = ctx.client()
+    _warm(ctx, job, data)
+    params = {"bytes": p.text_bytes, "files": p.text_files, "dataset": os.path.basename(data)}
+    reports: list = []
+    systems = {ENGINE: engine_system(ctx, job, data, keep_reports=reports)}
+    for name in ctx.peers:
+        if name in peers.FUNCTIONS["wordcount"]:
+            fn = peers.FUNCTIONS["wordcount"][name]
+            systems[name] = peer_system(lambda fn=fn: fn(data, info.threads))
+    m = _measure(ctx, "wordcount", systems)
+    refs = {} if "pyarrow" in systems else {"pyarrow": peers.FUNCTIONS["wordcount"]["pyarrow"](data, 1)}
+    _emit_case(ctx, "wordcount", "wordcount", m, params=params, check_=check(m, ["word"], refs),
+               input_rows=lines, input_bytes=size)
+    _emit_timeline(ctx, "wordcount", "wordcount", reports)
+
+    # sweep: map-side combine, as two jobs (the engine has no per-run switch)
+    systems = {"on": engine_system(ctx, WORDCOUNT_COMBINE, data), "off": engine_system(ctx, WORDCOUNT_NO_COMBINE, data)}
+    m = _measure(ctx, "wordcount combine", systems)
+    ref = {"pyarrow": peers.FUNCTIONS["wordcount"]["pyarrow"](data, 1)}
+    _emit_case(ctx, "wordcount", "wordcount-fn", m, params=params, check_=check(m, ["word"], ref, ("on", "off")),
+               input_rows=lines, input_bytes=size, knob=("combine", {"on": True, "off": False}))
+
+
+# ---------------------------------------------------------------------------------------------
+# sort (and the partition_size sweep)
+
+
+def sort(ctx: Context) -> None:
+    from benchmarks import datagen
+    from jobs.terasort import job
+    p = ctx.profile
+    data = datagen.terasort(p.sort_rows, parts=p.sort_parts, out=ctx.data_root)
+    size = _dir_bytes(data, ".parquet")
+    _, info = ctx.client()
+    _warm(ctx, job, data)
+    params = {"rows": p.sort_rows, "files": p.sort_parts, "dataset": os.path.basename(data)}
+    reports: list = []
+    systems = {ENGINE: engine_system(ctx, job, data, keep_reports=reports)}
+    for name in ctx.peers:
+        if name in peers.FUNCTIONS["sort"]:
+            fn = peers.FUNCTIONS["sort"][name]
+            systems[name] = peer_system(lambda fn=fn: fn(data, info.threads))
+    m = _measure(ctx, "terasort", systems)
+    refs = {} if "pyarrow" in systems else {"pyarrow": peers.FUNCTIONS["sort"]["pyarrow"](data, 1)}
+    _emit_case(ctx, "sort", "terasort", m, params=params, check_=check(m, [], refs),
+               input_rows=p.sort_rows, input_bytes=size)
+    _emit_timeline(ctx, "sort", "terasort", reports)
+
+    # sweep: target reduce partition size (drives the number of range partitions)
+    systems = {s: engine_system(ctx, job, data, partition_size=s) for s in p.sweep_partition_sizes}
+    m = _measure(ctx, "terasort partition_size", systems)
+    ref = {"sorted input": peers.FUNCTIONS["sort"]["pyarrow"](data, 1)}
+    _emit_case(ctx, "sort", "terasort", m, params=params, check_=check(m, [], ref, tuple(systems)),
+               input_rows=p.sort_rows, input_bytes=size,
+               knob=("partition_size", {s: s for s in p.sweep_partition_sizes}))
+
+
+# ---------------------------------------------------------------------------------------------
+# skew (skew handling on/off)
+
+
+def skew(ctx: Context) -> None:
+    from benchmarks import skew_bench
+    p = ctx.profile
+    cases = {"median-top10": (skew_bench.MEDIAN, "top10",
+                              "SELECT k, quantile_cont(v, 0.5) AS med FROM x GROUP BY k"),
+             "sums-half": (skew_bench.SUMS, "half",
+                           "SELECT k, count(*)::BIGINT AS n, sum(v) AS s, avg(v) AS m FROM x GROUP BY k")}
+    for case, (job, shape, sql) in cases.items():
+        data = skew_bench.dataset(shape, p.skew_rows, p.skew_parts, root=ctx.data_root)
+        size = _dir_bytes(data, ".parquet")
+        _warm(ctx, job, data)
+        systems = {on: engine_system(ctx, job, data, skew=on == "on", partition_size=p.skew_partition_size)
+                   for on in ("on", "off")}
+        m = _measure(ctx, case, systems)
+        ref = {"duckdb": _duckdb_reference(data, sql)} if peers.available(("duckdb",))["duckdb"] else {}
+        if not ref:
+            ref = {"skew off": m.answers.get("off")} if case == "median-top10" else {"pyarrow": _sums(data)}
+        _emit_case(ctx, "skew", case, m, params={"rows": p.skew_rows, "files": p.skew_parts, "shape": shape,
+                                                 "partition_size": p.skew_partition_size},
+                   check_=check(m, ["k"], ref, ("on", "off")), input_rows=p.skew_rows, input_bytes=size,
+                   knob=("skew", {"on": True, "off": False}))
+
+
+def _duckdb_reference(data: str, sql: str) -> pa.Table:
+    con = peers._duckdb(1)
+    try:
+        con.execute(f"CREATE VIEW x AS SELECT * FROM read_parquet('{os.path.join(data, '*.parquet')}')")
+        return peers._arrow(con.sql(sql))
+    finally:
+        con.close()
+
+
+def _sums(data: str) -> pa.Table:
+    import pyarrow.dataset as ds
+    t = ds.dataset(data, format="parquet").to_table()
+    out = t.group_by("k").aggregate([([], "count_all"), ("v", "sum"), ("v", "mean")])
+    return pa.table({"k": out["k"], "n": out["count_all"], "s": out["v_sum"], "m": out["v_mean"]})
+
+
+# ---------------------------------------------------------------------------------------------
+# stragglers (speculation on/off)
+
+
+def stragglers(ctx: Context) -> None:
+    from benchmarks import datagen
+    from engine.faults import Faults
+    from jobs.wordcount import job
+    p = ctx.profile
+    data = datagen.text(p.straggler_files * p.straggler_file_bytes, p.straggler_files, out=ctx.data_root)
+    size = _dir_bytes(data, ".txt")
+    lines = datagen.read_marker(data)["rows"]
+    reference = {"pyarrow": peers.FUNCTIONS["wordcount"]["pyarrow"](data, 1)}
+    _warm(ctx, job, data)
+    client = ctx.client()[0]
+    slow = Faults(slow_first_attempt={("map", 0): p.straggler_sleep})
+    for case, faults in (("healthy", None), ("slow-task", slow)):
+        systems = {on: engine_system(ctx, job, data, speculation=on == "on", faults=faults, partition_size="1MiB")
+                   for on in ("on", "off")}
+        m = _measure(ctx, case, systems, idle=lambda: common.wait_workers_idle(client))
+        _emit_case(ctx, "stragglers", case, m,
+                   params={"files": p.straggler_files, "file_bytes": p.straggler_file_bytes,
+                           "slow_task_sleep_s": p.straggler_sleep if faults else 0.0},
+                   check_=check(m, ["word"], reference, ("on", "off")), input_rows=lines, input_bytes=size,
+                   knob=("speculation", {"on": True, "off": False}))
+
+
+# ---------------------------------------------------------------------------------------------
+# commit overhead
+
+
+def commit(ctx: Context) -> None:
+    import engine
+    from benchmarks import commit_overhead
+    p = ctx.profile
+    table = commit_overhead.make_table(p.commit_rows)
+    step = -(-p.commit_rows // p.commit_parts)
+    parts = [table.slice(i, step) for i in range(0, p.commit_rows, step)]
+
+    def system(write: Callable, read: Callable) -> Callable[[bool], Outcome]:
+        def run(keep: bool) -> Outcome:
+            out = ctx.out("commit")
+            try:
+                seconds, _ = timed(lambda: write(parts, out))
+                answer = read(out) if keep else None
+            finally:
+                shutil.rmtree(out, ignore_errors=True)
+            return Outcome(seconds, answer, p.commit_rows)
+        return run
+
+    def read_engine(out: str) -> pa.Table:
+        engine.verify(out)
+        return engine.read(out)
+
+    def read_plain(out: str) -> pa.Table:
+        import pyarrow.parquet as pq
+        return pa.concat_tables(pq.read_table(os.path.join(out, f)) for f in sorted(os.listdir(out)))
+
+    systems = {ENGINE: system(commit_overhead.protocol, read_engine),
+               "pyarrow": system(commit_overhead.plain, read_plain)}
+    m = harness.measure(systems, ctx.repeat, on_run=lambda n, r, s: ctx.progress.step(f"commit {n} {r + 1}", s))
+    _emit_case(ctx, "commit", "write", m, params={"rows": p.commit_rows, "partitions": len(parts)},
+               check_=check(m, [], {"written": table}), input_rows=p.commit_rows, input_bytes=table.nbytes)
+
+
+# ---------------------------------------------------------------------------------------------
+# cluster shape (workers x threads of the embedded LocalCluster)
+
+
+def cluster(ctx: Context) -> None:
+    import dask.config
+
+    from benchmarks import datagen
+    from engine import cluster as embedded
+    from jobs.groupby import QUESTIONS as JOBS
+    from jobs.wordcount import job as wc
+    p = ctx.profile
+    g1 = datagen.g1(p.g1_rows, parts=p.g1_parts, out=ctx.data_root)
+    text = datagen.text(p.text_bytes, p.text_files, out=ctx.data_root)
+    workloads = {"q3": (JOBS["q3"], g1, p.g1_rows, _dir_bytes(g1, ".parquet")),
+                 "wordcount": (wc, text, datagen.read_marker(text)["rows"], _dir_bytes(text, ".txt"))}
+    try:
+        for workers, threads in p.sweep_shapes:
+            embedded.shutdown()
+            with dask.config.set({"engine.cluster.workers": workers, "engine.cluster.threads": threads}):
+                ctx.client()
+            shape = f"{workers}x{threads}"
+            for case, (job, data, rows, size) in workloads.items():
+                _warm(ctx, job, data)
+                m = _measure(ctx, f"{case} {shape}", {shape: engine_system(ctx, job, data)})
+                _emit_case(ctx, "cluster", case, m, params={"rows": rows, "workers": workers, "threads": threads},
+                           check_=None, input_rows=rows, input_bytes=size, knob=("workers_x_threads", {shape: shape}),
+                           label=f"{case} workers x threads")
+    finally:
+        embedded.shutdown()             # back to the default shape for whatever runs next
+
+
+RUNNERS: dict[str, Callable[[Context], None]] = {
+    "groupby": groupby, "wordcount": wordcount, "sort": sort, "skew": skew, "stragglers": stragglers,
+    "commit": commit, "cluster": cluster,
+}
+
+
+def profile_dict(profile: Profile) -> dict:
+    return asdict(profile)
+
+
+def summarize(records: list[dict]) -> dict[str, dict]:
+    """Per suite: cases, engine measurements, whether every check passed, errors."""
+    out: dict[str, dict] = {}
+    for r in records:
+        if r.get("kind") != "measurement":
+            continue
+        s = out.setdefault(r["suite"], {"cases": set(), "measurements": 0, "checked": 0, "checks_ok": True,
+                                         "errors": []})
+        s["cases"].add(r["case"])
+        s["measurements"] += 1
+        if r["system"] == ENGINE and r.get("check"):
+            s["checked"] += 1
+            s["checks_ok"] = s["checks_ok"] and bool(r["check"].get("ok"))
+        if r.get("error"):
+            s["errors"].append(f"{r['case']} {r['system']}: {r['error']}")
+    for s in out.values():
+        s["cases"] = sorted(s["cases"])
+    return out
+
+
+__all__ = ["SUITES", "PROFILES", "Profile", "Context", "RUNNERS", "summarize", "check"]
