@@ -3,8 +3,8 @@
 Both tables are brought to one shape first (the reference's column order, integer columns as
 int64, floating columns as float64, strings as string, dictionary columns decoded, rows sorted by
 the given columns), then compared column by column: exactly for keys and integers, within a
-relative tolerance for floats (NaN, null and
-NaN-or-null all equal: systems disagree on how to spell "undefined").
+relative tolerance for floats, where NaN and null count as equal (systems disagree on how to spell
+"undefined", e.g. the correlation of a single row).
 
 >>> import pyarrow as pa
 >>> same(pa.table({"k": [2, 1], "v": [0.5, 1.0]}), pa.table({"k": [1, 2], "v": [1.0, 0.5]}), ["k"])

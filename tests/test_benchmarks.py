@@ -1,0 +1,154 @@
+"""``python -m benchmarks``: the quick run (the CI smoke), compare, and the HTML report in a real browser.
+
+The quick run starts once per module, as a subprocess on the real CLI with its own embedded cluster,
+on tiny data cached under a temporary directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import compare, suites
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """``(results path, html path, records, seconds)`` of one ``python -m benchmarks --quick``."""
+    import time
+    base = tmp_path_factory.mktemp("bench")
+    out = base / "quick.jsonl"
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(out), "--data",
+                           str(base / "data")], cwd=REPO, capture_output=True, text=True, timeout=240)
+    seconds = time.time() - t0
+    assert proc.returncode == 0, f"quick run failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    return out, base / "quick.html", records, seconds
+
+
+def test_quick_run_completes_every_suite_with_checked_answers(quick):
+    out, html, records, seconds = quick
+    assert seconds < 120, f"--quick took {seconds:.0f}s"
+    kinds = [r["kind"] for r in records]
+    assert kinds[0] == "run" and kinds[-1] == "summary"
+    run, summary = records[0], records[-1]
+    env = run["environment"]
+    assert env["cores"] and env["memory_bytes"] and env["versions"]["pyarrow"] and "git_revision" in env
+    assert summary["ok"], summary["failures"]
+    meas = [r for r in records if r["kind"] == "measurement"]
+    assert {r["suite"] for r in meas} == set(suites.SUITES)
+    assert all(r["error"] is None and r["median"] > 0 and len(r["runs"]) == run["params"]["repeat"] for r in meas)
+    # every engine answer of every suite but the cluster sweep is checked, against at least one reference
+    checked = [r for r in meas if r["system"] == "engine" and r["check"]]
+    assert {r["suite"] for r in checked} == set(suites.SUITES) - {"cluster"}
+    for r in checked:
+        assert r["check"]["ok"] and r["check"]["against"], r
+        assert all(v["equal"] for v in r["check"]["against"].values())
+    groupby = {r["case"]: r for r in checked if r["suite"] == "groupby" and not r["sweep"]}
+    assert set(groupby) == set(suites.QUESTIONS)
+    assert all(groupby[q]["check"]["against"]["duckdb"]["how"] == "values" for q in groupby)
+    # peers ran in the same run, with pairwise ratios on the engine's record
+    assert {"duckdb", "pyarrow"} <= {r["system"] for r in meas if r["suite"] == "groupby"}
+    assert groupby["q1"]["ratios"]["duckdb"] > 0
+    # every knob was swept over at least two values
+    for knob in ("input_partitions", "partition_size", "workers_x_threads", "skew", "speculation", "combine"):
+        values = {str(r["params"][knob]) for r in meas if r["sweep"] == knob}
+        assert len(values) >= 2, (knob, values)
+    assert any(r["kind"] == "timeline" and r["report"]["tasks"] for r in records)
+    assert html.exists()
+
+
+def _scaled(rec: dict, factors: list[float]) -> dict:
+    runs = [x * f for x, f in zip(rec["runs"], factors)]
+    med = sorted(runs)[len(runs) // 2] if len(runs) % 2 else sum(sorted(runs)[len(runs) // 2 - 1:len(runs) // 2 + 1]) / 2
+    return {**rec, "runs": runs, "median": med, "min": min(runs), "max": max(runs),
+            "spread": (max(runs) - min(runs)) / med}
+
+
+def test_compare_flags_an_injected_regression_and_not_noise(quick, tmp_path, capsys):
+    out, _, records, _ = quick
+    rng = random.Random(0)
+    victim = next(r for r in records if r["kind"] == "measurement" and r["suite"] == "groupby"
+                  and r["case"] == "q5" and r["system"] == "engine" and not r["sweep"])
+    noisy, injected = [], []
+    for r in records:
+        if r["kind"] != "measurement":
+            noisy.append(r)
+            injected.append(r)
+            continue
+        jitter = _scaled(r, [rng.uniform(0.97, 1.03) for _ in r["runs"]])
+        noisy.append(jitter)
+        injected.append(_scaled(r, [3.0] * len(r["runs"])) if r is victim else jitter)
+    for name, recs in (("noisy", noisy), ("injected", injected)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+    assert compare.main([str(out), str(out)]) == 0
+    assert compare.main([str(out), str(tmp_path / "noisy.jsonl")]) == 0
+    assert "0 regression(s)" in capsys.readouterr().out
+    assert compare.main([str(out), str(tmp_path / "injected.jsonl")]) == 1
+    text = capsys.readouterr().out
+    flagged = [line for line in text.splitlines() if "REGRESSION" in line]
+    assert len(flagged) == 1 and flagged[0].startswith("groupby/q5/engine"), text
+    assert "1 regression(s)" in text
+    # a 2x slower median on a figure whose repeats spread wider than that is within its noise
+    spread_out = {**victim, "runs": [victim["median"] * 0.5, victim["median"] * 4.0], "spread": 3.5}
+    assert compare.judge(spread_out, _scaled(spread_out, [3.0, 1.0])).verdict == "same"
+    assert compare.judge(victim, _scaled(victim, [3.0] * len(victim["runs"]))).verdict == "slower"
+    assert compare.main([str(out), str(tmp_path / "missing.jsonl")]) == 2
+
+
+COUNT_CANVASES = """
+function count(root) {
+  let n = 0;
+  for (const el of root.querySelectorAll('*')) {
+    if (el.tagName === 'CANVAS' && el.width > 0 && el.height > 0) n++;
+    if (el.shadowRoot) n += count(el.shadowRoot);
+  }
+  return n;
+}
+return [count(document), window.Bokeh ? Object.keys(Bokeh.index).length : -1];
+"""
+
+
+def test_html_report_renders_in_headless_chromium(quick, tmp_path):
+    _, html, records, _ = quick
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not (chromium and shutil.which("chromedriver")):
+        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.support.ui import WebDriverWait
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}"):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    browser = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+    try:
+        browser.set_page_load_timeout(60)
+        browser.get(html.as_uri())
+        figures = len({r["suite"] for r in records if r["kind"] == "measurement" and not r["sweep"]
+                       and r["system"] != "engine"}) + len({r["sweep"] for r in records if r.get("sweep")})
+        WebDriverWait(browser, 30).until(lambda b: b.execute_script(COUNT_CANVASES)[0] >= figures)
+        canvases, views = browser.execute_script(COUNT_CANVASES)
+        assert canvases >= figures and views >= figures
+        assert "engine / duckdb" in browser.page_source
+        # the engine's own timeline page, in its frame
+        browser.switch_to.frame(browser.find_element("css selector", "iframe.timeline"))
+        WebDriverWait(browser, 30).until(lambda b: b.execute_script(COUNT_CANVASES)[0] >= 1)
+        browser.switch_to.default_content()
+        errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+        assert not errors, errors
+    finally:
+        browser.quit()
