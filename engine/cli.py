@@ -1,7 +1,7 @@
 """The ``mapreduce`` command (also ``python -m engine``).
 
     mapreduce run JOB --input IN --output OUT [--scheduler ADDR] [--workers N] [--mode M]
-                  [--no-speculation] [--no-skew] [--partition-size SIZE] [--report report.html]
+                  [--no-speculation] [--no-skew] [--no-map-combine] [--partition-size SIZE] [--report report.html]
                   [--resume] [--force]
     mapreduce verify PATH
     mapreduce clean PATH
@@ -162,6 +162,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--format", help="input format (default: from file names)")
     r.add_argument("--no-speculation", action="store_true", help="never re-run straggling tasks speculatively")
     r.add_argument("--no-skew", action="store_true", help="no run-time skew splitting of reduce partitions")
+    r.add_argument("--no-map-combine", action="store_true",
+                   help="ship map output uncombined (reducers combine it); for tuning")
     r.add_argument("--partition-size", help="target reduce partition size, e.g. 64MiB")
     r.add_argument("--shuffle-dir", help="where map outputs go (a URL every worker reaches)")
     r.add_argument("--report", help="write an HTML run report here")
@@ -306,7 +308,8 @@ def cmd_run(args) -> int:
             result = run(job, _inputs(args.input), args.output, cluster=args.scheduler, mode=args.mode,
                          speculation=not args.no_speculation, skew=not args.no_skew, shuffle_dir=args.shuffle_dir,
                          partition_size=args.partition_size, force=args.force, report=args.report,
-                         format=args.format, resume=args.resume, progress=None if args.quiet else _Progress())
+                         format=args.format, resume=args.resume, progress=None if args.quiet else _Progress(),
+                         map_combine=False if args.no_map_combine else None)
     except OutputExistsError as exc:
         if args.force and args.mode == "error":
             raise OutputExistsError(f"{exc} (--force recomputes, but replaces committed output only together with "

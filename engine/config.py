@@ -39,6 +39,8 @@ DEFAULTS: dict[str, Any] = {
         "sample-size": 512,
         # Where map outputs go; None means a fresh local temporary directory per run.
         "dir": None,
+        # Apply the round's combine (or aggregations' partials) on the map side before shuffling.
+        "map-combine": True,
     },
     "retries": {
         "attempts": 3,          # attempts per task in all (first + retries)

@@ -38,7 +38,7 @@ from .journal import Journal, still_valid
 from .lock import output_lock
 from .plan import Plan, build_plan, validate_on_sample
 from .report import RunReport, StageReport, TaskReport
-from .tasks import TaskContext, run_map, run_reduce
+from .tasks import TaskContext, run_map, run_partial, run_reduce
 
 log = logging.getLogger("engine")
 
@@ -321,7 +321,7 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
         mode: str = "error", speculation: bool = True, skew: bool = True, shuffle_dir: str | None = None,
         partition_size: int | str | None = None, force: bool = False, report: str | None = None, *,
         format: str | None = None, resume: bool = False, progress: ProgressFn | None = None,
-        faults: Any = None) -> RunResult:
+        faults: Any = None, map_combine: bool | None = None) -> RunResult:
     """Run ``job`` over ``input`` and commit its output to ``output`` atomically.
 
     >>> import engine
@@ -332,6 +332,8 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
     ``mode``: "error" refuses committed output, "overwrite" replaces it (the old output stays readable
     until the new one commits), "append" adds the new files to it. A rerun of the same job on the same
     input snapshot over its own committed output is a no-op unless ``force=True``.
+    ``map_combine=False`` ships map output uncombined (the reducers combine it; for tuning and tests;
+    default ``engine.shuffle.map-combine``).
     """
     started = time.time()
     if mode not in ("error", "overwrite", "append"):
@@ -411,7 +413,7 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
             manifest = _execute(plan, spec, client, info, executor, rep, run_id=run_id, out_fs=out_fs, out=out,
                                 blob_future=blob_future, shuffle_fs=shuffle_fs, shuffle_root=shuffle_root,
                                 skew_enabled=bool(skew and config.get("skew.enabled")), mode=mode, previous=previous, snapshot=snapshot,
-                                faults=faults)
+                                faults=faults, map_combine=bool(config.get("shuffle.map-combine", map_combine)))
             ok = True
         except BaseException as exc:
             rep.status, rep.stop = "failed", time.time()
@@ -519,7 +521,8 @@ def _shuffle_location(shuffle_dir: str | None, storage_options: dict | None, run
 
 def _execute(plan: Plan, spec: InputSpec, client, info: ClusterInfo, executor: StageExecutor, rep: RunReport, *,
              run_id: str, out_fs, out: str, blob_future, shuffle_fs, shuffle_root: str, skew_enabled: bool,
-             mode: str, previous: commit.Manifest | None, snapshot: str, faults: Any) -> commit.Manifest:
+             mode: str, previous: commit.Manifest | None, snapshot: str, faults: Any,
+             map_combine: bool = True) -> commit.Manifest:
     rounds = _fused_rounds(plan)
     splits: list[Split] = list(spec.splits)
     input_fs = spec.fs
@@ -538,7 +541,8 @@ def _execute(plan: Plan, spec: InputSpec, client, info: ClusterInfo, executor: S
             top_keys=int(config.get("skew.top-keys")) if (skew_enabled and r.kind in ("reduce", "aggregate"))
             else 0,
             columns=r.columns, partition_types=spec.partition_types if r.index == 0 else {},
-            page_checksums=bool(config.get("checksums.page-checksums")), faults=faults)
+            page_checksums=bool(config.get("checksums.page-checksums")), faults=faults,
+            map_combine=map_combine)
         # ---- map stage
         prefix = stage_prefix(plan.job.name, r.index, "map", plan.fingerprint, f"{run_id}:{executor.session}")
         tasks = [TaskSpec(i, run_map, (base_ctx, blob_future, input_fs, s), s.size) for i, s in enumerate(splits)]
@@ -551,13 +555,15 @@ def _execute(plan: Plan, spec: InputSpec, client, info: ClusterInfo, executor: S
             break
         outputs = [results[p]["shuffle"] for p in sorted(results)]
         map_schema = next((results[p]["schema"] for p in sorted(results) if results[p].get("schema") is not None), None)
-        reduce_tasks, describe = _reduce_tasks(plan, r, base_ctx, outputs, map_schema, blob_future, info, rep,
-                                               skew_enabled)
+        reduce_tasks, describe, merges = _reduce_tasks(plan, r, base_ctx, outputs, map_schema, blob_future, info,
+                                                       rep, skew_enabled)
         prefix = stage_prefix(plan.job.name, r.index, "reduce", plan.fingerprint,
                               f"{run_id}:{executor.session}")
         log.info("round %d/%d: reduce stage, %d task(s)", r.index + 1, len(rounds), len(reduce_tasks))
         results = executor.run(f"r{r.index}-reduce", prefix, reduce_tasks, round_index=r.index,
                                round_count=len(rounds), kind="reduce", describe=describe)
+        if merges:
+            results = _merge_shares(executor, plan, r, base_ctx, blob_future, run_id, results, merges, len(rounds))
         _cleanup_files(shuffle_fs, [o.path for o in outputs])
         if r.index == len(rounds) - 1:
             final, schema = results, _final_schema(results)
@@ -648,7 +654,7 @@ def _reduce_tasks(plan: Plan, r, ctx: TaskContext, outputs: list[shuffle.MapOutp
                              "key": list(key), "shares": len(shares), "rows": int(rows),
                              "reason": f"hot sort key {key!r} (~{rows:,.0f} rows, at least one partition's share "
                                        f"of ~{sum(sizes) / max(1, n):,.0f}) {where}"})
-        return tasks, (lambda p: pieces[p].describe())
+        return tasks, (lambda p: pieces[p].describe()), []
     nparts = outputs[0].num_partitions if outputs else 1
     rows = [sum(o.rows[p] for o in outputs) for p in range(nparts)]
     sizes = [sum(o.nbytes[p] for o in outputs) for p in range(nparts)]
@@ -670,21 +676,55 @@ def _reduce_tasks(plan: Plan, r, ctx: TaskContext, outputs: list[shuffle.MapOutp
                                f"({_fmt_spread(before)}) -> {len(after)} reduce tasks ({_fmt_spread(after)})"})
     key_schema = pa.schema([map_schema.field(k) for k in r.keys]) if map_schema is not None else None
     tasks = []
+    merges: dict[tuple, list[int]] = {}       # (partition, key) -> share task indices
     for a in rplan.assignments:
-        refs = []
-        for o in outputs:
-            ids = [b for p in range(a.start, a.stop) for b in o.batches[p]]
-            if ids:
-                refs.append((o.path, ids))
+        sources = [o for o in outputs if any(o.batches[p] for p in range(a.start, a.stop))]
+        if a.share is not None:
+            # this share's map outputs: balanced by their bytes in the partition
+            groups: list[list] = [[0, []] for _ in range(a.share[1])]
+            for o in sorted(sources, key=lambda o: -o.nbytes[a.start]):
+                g = min(groups, key=lambda g: g[0])
+                g[0] += o.nbytes[a.start]
+                g[1].append(o)
+            sources = groups[a.share[0]][1]
+            merges.setdefault((a.start, a.only[0]), []).append(a.index)
+        refs = [(o.path, [b for p in range(a.start, a.stop) for b in o.batches[p]]) for o in sources]
         key_filter = None
         if (a.only or a.exclude or a.sub) and key_schema is not None:
             def key_table(chosen):
                 return pa.Table.from_pylist([dict(zip(r.keys, k)) for k in chosen], schema=key_schema) \
                     if chosen else None
             key_filter = {"only": key_table(a.only), "exclude": key_table(a.exclude), "sub": a.sub}
-        tasks.append(TaskSpec(a.index, run_reduce, (ctx, blob_future, refs, key_filter, map_schema), a.nbytes))
+        fn = run_partial if a.share is not None else run_reduce
+        tasks.append(TaskSpec(a.index, fn, (ctx, blob_future, refs, key_filter, map_schema), a.nbytes))
     assignments = rplan.assignments
-    return tasks, (lambda p: assignments[p].describe())
+    return tasks, (lambda p: assignments[p].describe()), list(merges.items())
+
+
+def _merge_shares(executor: StageExecutor, plan: Plan, r, ctx: TaskContext, blob_future, run_id: str,
+                  results: dict[int, dict], merges: list[tuple[tuple, list[int]]], round_count: int) -> dict[int, dict]:
+    """After a reduce stage with split hot keys: one merge task per key finishes its shares' partial
+    results (through the round's combine) and takes the output partition numbers after the others."""
+    merge_ctx = replace(ctx, map_combine=True)
+    first = max(results) + 1 if results else 0
+    tasks, described = [], {}
+    for h, ((partition, key), shares) in enumerate(merges):
+        outs = [results[i]["shuffle"] for i in shares]
+        refs = [(o.path, o.batches[0]) for o in outs if o.batches[0]]
+        schema = next((results[i]["schema"] for i in shares if results[i].get("schema") is not None), None)
+        tasks.append(TaskSpec(first + h, run_reduce, (merge_ctx, blob_future, refs, None, schema),
+                              sum(o.total_bytes for o in outs)))
+        described[first + h] = f"merge of {len(shares)} shares of hot key {key!r} (hash partition {partition})"
+    prefix = stage_prefix(plan.job.name, r.index, "merge", plan.fingerprint, f"{run_id}:{executor.session}")
+    log.info("round %d/%d: merge stage, %d task(s)", r.index + 1, round_count, len(tasks))
+    merged = executor.run(f"r{r.index}-merge", prefix, tasks, round_index=r.index, round_count=round_count,
+                          kind="reduce", describe=lambda p: described[p])
+    shared = {i for _, shares in merges for i in shares}
+    partials = [results[i]["shuffle"].path for i in shared]
+    out = {p: v for p, v in results.items() if p not in shared}
+    out.update(merged)
+    _cleanup_files(ctx.shuffle_fs, partials)
+    return out
 
 
 def _cleanup_files(fs, paths: list[str]) -> None:

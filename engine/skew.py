@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import math
+
 import numpy as np
 
 
@@ -24,6 +26,9 @@ class ReduceAssignment:
     ``exclude`` drops them (the rest of a partition whose hot keys went elsewhere); ``sub = (j, n)``
     keeps only the rows whose key falls in sub-bucket ``j`` of ``n`` (a second, independent hash), so
     an oversized partition of many keys is read by ``n`` tasks, each key still wholly in one of them.
+    ``share = (j, m)`` (with ``only`` = one key, combinable rounds): the j-th of ``m`` tasks that each
+    combine the key's rows from a disjoint set of map outputs; a merge task then combines their
+    partial results and finishes the key.
     """
 
     index: int
@@ -34,6 +39,7 @@ class ReduceAssignment:
     only: tuple[tuple, ...] | None = None
     exclude: tuple[tuple, ...] | None = None
     sub: tuple[int, int] | None = None
+    share: tuple[int, int] | None = None
 
     def describe(self) -> str:
         what = f"hash partitions {self.start}..{self.stop - 1}" if self.stop - self.start > 1 \
@@ -41,6 +47,8 @@ class ReduceAssignment:
         if self.only:
             keys = ", ".join(repr(k) for k in self.only[:3]) + (", ..." if len(self.only) > 3 else "")
             what = f"hot key(s) {keys} of hash partition {self.start}"
+            if self.share:
+                what = f"share {self.share[0] + 1}/{self.share[1]} of hot key {keys} of hash partition {self.start}"
         else:
             if self.sub:
                 what += f", sub-bucket {self.sub[0] + 1}/{self.sub[1]}"
@@ -101,8 +109,10 @@ def plan_reducers(rows: Sequence[int], nbytes: Sequence[int], heavy: Sequence[tu
     the target (Spark AQE's skew test). An oversized partition is split into tasks of about the
     target: its heavy keys (estimated from the map tasks' samples, ``heavy`` = ``(key, partition,
     rows)`` summed over map tasks) worth at least a quarter of the target are packed, largest first,
-    into tasks that read only them; a key larger than the target gets a task of its own (its rows
-    cannot be divided in a reduce that receives all rows of a key). The partition's other keys are
+    into tasks that read only them. A key larger than the target is split over several tasks when the
+    round can combine (each combines the key's rows from some of the map outputs, a merge task
+    combines their results), and otherwise gets a task of its own (a reduce function receives all
+    rows of a key in one call). The partition's other keys are
     divided by a second hash into sub-buckets of about the target, each read by one task. Every
     decision, with the sizes, is returned for the run report.
     """
@@ -163,16 +173,29 @@ def _split_partition(p: int, count: int, size: int, keys: list[tuple[tuple, int]
     if lump_bytes > size:             # sampled estimates overshoot: scale them to the partition
         scale = size / lump_bytes
         lumps = [(k, int(e * scale), int(b * scale)) for k, e, b in lumps]
-    bins: list[list] = []             # [bytes, rows, keys]
+    bins: list[list] = []             # [bytes, rows, keys, shared]
+    if combinable:                    # keys over one target: spread over shares, merged afterwards
+        for key, est, b in [x for x in lumps if x[2] > effective]:
+            m = math.ceil(b / effective)
+            for j in range(m):
+                add(p, p + 1, est // m, b // m, only=(key,), share=(j, m))
+            decisions.append({
+                "action": "split", "partition": p, "key": list(key), "shares": m, "rows": est, "bytes": b, **summary,
+                "reason": f"{why}: hot key {key!r} (~{est:,} rows, {_size(b)}) is combined by {m} tasks, each over "
+                          f"a share of the map outputs, then merged"})
+            bins.append([b, est, [key], True])
+        lumps = [x for x in lumps if x[2] <= effective]
     for key, est, b in lumps:         # first fit decreasing into bins of one target
-        fit = next((x for x in bins if x[0] + b <= effective), None)
+        fit = next((x for x in bins if not x[3] and x[0] + b <= effective), None)
         if fit is None:
-            fit = [0, 0, []]
+            fit = [0, 0, [], False]
             bins.append(fit)
         fit[0] += b
         fit[1] += est
         fit[2].append(key)
-    for b, r, chosen in bins:
+    for b, r, chosen, shared in bins:
+        if shared:
+            continue
         add(p, p + 1, r, b, only=tuple(chosen))
         alone = len(chosen) == 1 and b > effective
         decisions.append({
@@ -180,10 +203,9 @@ def _split_partition(p: int, count: int, size: int, keys: list[tuple[tuple, int]
             "rows": r, "bytes": b, **summary,
             "reason": f"{why}: hot key(s) {', '.join(repr(k) for k in chosen[:4])}"
                       f"{', ...' if len(chosen) > 4 else ''} (~{r:,} rows, {_size(b)}) get a reduce task of "
-                      f"their own" + (" (one key larger than the target: its rows must meet in one reduce call"
-                                      + ("" if not combinable else ", and the map-side combine left them")
-                                      + ")" if alone else "")})
-    isolated = tuple(k for _, _, chosen in bins for k in chosen)
+                      f"their own" + (" (one key larger than the target: a reduce function receives all rows "
+                                      "of a key in one call)" if alone else "")})
+    isolated = tuple(k for _, _, chosen, _ in bins for k in chosen)
     rest_bytes = max(0, size - sum(b[0] for b in bins))
     rest_rows = max(0, count - sum(b[1] for b in bins))
     n = max(1, round(rest_bytes / effective))

@@ -52,6 +52,7 @@ class TaskContext:
     partition_types: dict = field(default_factory=dict)
     page_checksums: bool = True
     faults: Any = None                # optional fault-injection hook (tests, benchmarks)
+    map_combine: bool = True          # map output is combined (aggregations: partial states)
 
     @property
     def last_round(self) -> bool:
@@ -217,7 +218,7 @@ def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partitio
             result = {"shuffle": index, "rows_out": index.rows_out, "bytes_out": index.total_bytes,
                       "schema": table.schema}
         else:
-            combine = _combiner(ctx, stages, label)
+            combine = _combiner(ctx, stages, label) if ctx.map_combine else None
             path = posixpath.join(ctx.shuffle_root, shuffle.attempt_name(f"r{ctx.round}-map", partition, attempt))
             writer = shuffle.HashShuffleWriter(ctx.shuffle_fs, path, ctx.keys, ctx.num_partitions,
                                                combine=combine, spill_bytes=ctx.spill_bytes, top_keys=ctx.top_keys)
@@ -307,7 +308,7 @@ def run_reduce(ctx: TaskContext, blob: bytes, refs: list, bounds: tuple | None, 
             rows_in = table.num_rows
             aggs = stages.get("aggs")
             if aggs is not None:
-                result = aggs.merge_finalize(table)
+                result = aggs.merge_finalize(table) if ctx.map_combine else aggs.aggregate(table)
             else:
                 result = _apply(stages["reduce"], table, f"reduce function of {label}")
             emit(result)
@@ -323,5 +324,35 @@ def run_reduce(ctx: TaskContext, blob: bytes, refs: list, bounds: tuple | None, 
     return result_info
 
 
-__all__ = ["TaskContext", "run_map", "run_reduce", "check_cancelled", "TaskCancelled", "load_payload"]
+def run_partial(ctx: TaskContext, blob: bytes, refs: list, key_filter: dict | None, schema: pa.Schema | None,
+                partition: int, attempt: int) -> dict:
+    """One share of a hot key in a combinable round: combine its rows from some map outputs into a
+    partial result (a shuffle file of one partition) that a merge task finishes."""
+    start = time.time()
+    stages = load_payload(blob)[ctx.round]
+    label = _label(ctx, "partial", partition)
+    if ctx.faults is not None:
+        ctx.faults.before_task(ctx, "reduce", partition, attempt)
+    table = shuffle.read_table(ctx.shuffle_fs, refs, schema)
+    if key_filter is not None:
+        table = shuffle.select_keys(table, ctx.keys, num_partitions=ctx.num_partitions, **key_filter)
+    check_cancelled()
+    if ctx.faults is not None:
+        ctx.faults.during_task(ctx, "reduce", partition, attempt)
+    rows_in = table.num_rows
+    aggs = stages.get("aggs")
+    if aggs is not None:
+        combined = aggs.merge(table) if ctx.map_combine else aggs.partial(table)
+    else:
+        combined = _combiner(ctx, stages, label)(table)
+    path = posixpath.join(ctx.shuffle_root, shuffle.attempt_name(f"r{ctx.round}-partial", partition, attempt))
+    writer = shuffle.HashShuffleWriter(ctx.shuffle_fs, path, ctx.keys, 1)
+    writer.write(combined)
+    index = writer.close()
+    return {"shuffle": index, "rows_out": index.total_rows, "bytes_out": index.total_bytes,
+            "schema": writer.schema, "rows_in": rows_in, "start": start, "stop": time.time(),
+            "worker": _worker_name(), "partition": partition, "attempt": attempt, "input_bytes": None}
+
+
+__all__ = ["TaskContext", "run_map", "run_reduce", "run_partial", "check_cancelled", "TaskCancelled", "load_payload"]
 _ = EngineError

@@ -102,9 +102,11 @@ def test_planner_isolates_hot_keys_and_keeps_every_row():
     assert sum(a.rows for a in plan.assignments) == sum(rows)
     assert plan_reducers(rows, sizes, heavy, target=20_000, enabled=False).assignments == \
         coalesce(rows, sizes, 20_000).assignments
-    # A combinable round packs the same way (its keys' rows are what the map-side combine left).
+    # A combinable round spreads each key larger than the target over shares (merged afterwards).
     combined = plan_reducers(rows, sizes, heavy, target=20_000, min_tasks=2, combinable=True)
-    assert [a.only for a in combined.assignments if a.only] == [((7,),), ((8,),)]
+    shares = [(a.only, a.share) for a in combined.assignments if a.only]
+    assert shares == [(((7,),), (0, 3)), (((7,),), (1, 3)), (((7,),), (2, 3)), (((8,),), (0, 2)), (((8,),), (1, 2))]
+    assert sum(a.rows for a in combined.assignments) <= sum(rows)
 
 
 def test_planner_packs_medium_hot_keys_and_sub_buckets_the_rest():
@@ -222,3 +224,44 @@ def test_property_sort_any_distribution(tmp_path_factory, seed, hot, keys, parts
     write_parts(d / "in", t, parts=parts, seed=seed)
     Job("psort").sort(by="k", descending=descending).run(str(d / "in"), str(d / "out"), partition_size=size)
     _assert_sorted_permutation(engine.read(str(d / "out")), t, ["k"], descending)
+
+
+# ---------------------------------------------------------------------------------------------
+# Combinable rounds: a hot key split over several tasks, their partial results merged
+
+
+def _sum_combine(t: pa.Table) -> pa.Table:
+    g = t.group_by("k", use_threads=False).aggregate([("n", "sum"), ("s", "sum")])
+    return pa.table({"k": g["k"], "n": g["n_sum"], "s": g["s_sum"]})
+
+
+def _add_count(t: pa.Table) -> pa.Table:
+    return pa.table({"k": t["k"], "n": pa.array(np.ones(t.num_rows, np.int64)), "s": t["v"]})
+
+
+USER_SUMS = Job("usums").map(_add_count).combine(_sum_combine).reduce(_sum_combine, by="k")
+MANY = Job("many").reduce(by="k", aggs={"n": agg.count(), "s": agg.sum("v"), "med": agg.median("v"),
+                                        "d": agg.count_distinct("v"), "hi": agg.max("v")})
+
+
+@pytest.mark.parametrize("job", ["aggs", "user"])
+def test_hot_key_split_and_merged_when_map_combine_is_off(tmp_path, job):
+    t = keyed(120_000, "half", seed=4)
+    write_parts(tmp_path / "in", t, parts=6)
+    j = MANY if job == "aggs" else USER_SUMS
+    result = j.run(str(tmp_path / "in"), str(tmp_path / "out"), partition_size="256KiB", map_combine=False)
+    out = engine.read(str(tmp_path / "out"))
+    if job == "aggs":
+        ref = agg.AggregationSet(["k"], {"n": agg.count(), "s": agg.sum("v"), "med": agg.median("v"),
+                                         "d": agg.count_distinct("v"), "hi": agg.max("v")}).aggregate(t)
+    else:
+        ref = _sum_combine(_add_count(t))
+    assert_tables_close(out, ref, "k")
+    splits = [d for d in result.report.skew if d["action"] == "split" and d.get("key") == [0]]
+    assert splits and splits[0]["shares"] >= 2, result.report.skew
+    merge = [s for s in result.report.stages if s.name.endswith("merge")]
+    assert merge and merge[0].tasks == 1
+    # With skew handling off the same job gives the same answer from one big task.
+    off = j.run(str(tmp_path / "in"), str(tmp_path / "off"), partition_size="256KiB", map_combine=False, skew=False)
+    assert_tables_close(engine.read(str(tmp_path / "off")), ref, "k")
+    assert not [s for s in off.report.stages if s.name.endswith("merge")]
