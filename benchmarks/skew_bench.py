@@ -127,11 +127,12 @@ def dataset(shape: str, rows: int, parts: int, seed: int = 0, root: str | None =
                            quiet=False)
 
 
-# name, job, skewed shape, uniform shape
-EXPERIMENTS = {
-    "a": ("median (non-combinable reduce fn)", MEDIAN, "top10", "uniform20k"),
-    "b": ("count/sum/mean (combinable aggs)", SUMS, "half", "uniform1m"),
-    "c": ("sort", SORT, "zipf1.2", "uniform1m"),
+# name, job, skewed shape, uniform shape, run options
+EXPERIMENTS: dict[str, tuple[str, Job, str, str, dict]] = {
+    "a": ("median (non-combinable reduce fn)", MEDIAN, "top10", "uniform20k", {}),
+    "b": ("count/sum/mean (combinable aggs)", SUMS, "half", "uniform1m", {}),
+    "d": ("count/sum/mean, map-side combine off", SUMS, "half", "uniform1m", {"map_combine": False}),
+    "c": ("sort", SORT, "zipf1.2", "uniform1m", {}),
 }
 
 
@@ -189,10 +190,11 @@ def partition_rows(result) -> list[int]:
     return [int(f["rows"]) for f in files]
 
 
-def digest(table: pa.Table, sort_key: str | None) -> tuple[str, pa.Table]:
+def digest(table: pa.Table, sort_key: str | list[str] | None) -> tuple[str, pa.Table]:
     """A digest of the table's values (after sorting by ``sort_key`` if given) and the table used."""
     if sort_key is not None:
-        table = table.sort_by([(sort_key, "ascending")])
+        keys = [sort_key] if isinstance(sort_key, str) else sort_key
+        table = table.sort_by([(k, "ascending") for k in keys])
     h = hashlib.sha256()
     for name in table.column_names:
         col = table.column(name).combine_chunks()
@@ -250,14 +252,15 @@ class Bench:
         self.client = client
         self.scratch = scratch
 
-    def run(self, job: Job, data: str, *, skew: bool, partition_size: int | None, keep: bool = False):
+    def run(self, job: Job, data: str, *, skew: bool, partition_size: int | None, keep: bool = False,
+            **options: Any):
         """One timed run: ``(seconds, result, table or None)``; the output is deleted afterwards."""
         import engine
         out = os.path.join(self.scratch, f"{job.name}-{uuid.uuid4().hex[:8]}")
         gc.collect()
         wait_idle(self.client)
         t0 = time.perf_counter()
-        result = engine.run(job, data, out, skew=skew, partition_size=partition_size, force=True)
+        result = engine.run(job, data, out, skew=skew, partition_size=partition_size, force=True, **options)
         seconds = time.perf_counter() - t0
         table = result.read() if keep else None
         shutil.rmtree(out, ignore_errors=True)
@@ -269,9 +272,9 @@ class Bench:
 
 
 def experiment(bench: Bench, key: str, data: dict[str, str], args, log) -> dict:
-    title, job, skewed, uniform = EXPERIMENTS[key]
+    title, job, skewed, uniform, options = EXPERIMENTS[key]
     # Untimed warm-up on the uniform data: first-run costs, and the map output that sets partition_size.
-    seconds, warm, _ = bench.run(job, data[uniform], skew=True, partition_size=None)
+    seconds, warm, _ = bench.run(job, data[uniform], skew=True, partition_size=None, **options)
     map_bytes = warm.report.stages[0].bytes_out
     psize = max(1 << 20, map_bytes // args.reducers)
     log(f"[{key}] {title}: warm-up {seconds:.1f}s, map output {_size(map_bytes)} -> partition_size "
@@ -286,7 +289,8 @@ def experiment(bench: Bench, key: str, data: dict[str, str], args, log) -> dict:
         order = configs[rep % len(configs):] + configs[:rep % len(configs)]   # rotate who goes first
         for shape, skew in order:
             keep = rep == 0 and not args.no_check
-            seconds, result, table = bench.run(job, data[shape], skew=skew, partition_size=psize, keep=keep)
+            seconds, result, table = bench.run(job, data[shape], skew=skew, partition_size=psize, keep=keep,
+                                               **options)
             times[(shape, skew)].append(seconds)
             rec = {"seconds": round(seconds, 3), "rows": result.rows, "load": round(os.getloadavg()[0], 2),
                    "skew_decisions": result.report.skew, **timeline(result)}
@@ -300,7 +304,10 @@ def experiment(bench: Bench, key: str, data: dict[str, str], args, log) -> dict:
                 rec["partition_rows"] = partition_rows(result)
             runs[(shape, skew)].append(rec)
             if table is not None:
-                d, table = digest(table, None if key == "c" else "k")
+                if key == "c":   # globally ordered by k; ties (equal keys) may come in any order
+                    ks = table["k"].to_numpy()
+                    rec["ordered"] = bool((ks[1:] >= ks[:-1]).all())
+                d, table = digest(table, ["k", "v"] if key == "c" else "k")
                 digests[(shape, skew)] = d
                 tables[(shape, skew)] = table
             red = rec.get("reduce", {})
@@ -461,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--parts", type=int, default=8, help="Parquet files per dataset")
     p.add_argument("--reducers", type=int, default=8, help="partition_size = uniform map output / this")
-    p.add_argument("--experiments", default="a,b,c")
+    p.add_argument("--experiments", default="a,b,d,c")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default=None, help="dataset cache root (default: benchmarks/data)")
     p.add_argument("--scratch", default=None, help="where outputs go (default: the temp directory)")
@@ -477,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     started = time.time()
-    shapes = sorted({s for k in keys for s in EXPERIMENTS[k][2:]}, key=list(SHAPES).index)
+    shapes = sorted({s for k in keys for s in EXPERIMENTS[k][2:4]}, key=list(SHAPES).index)
     data = {}
     for s in shapes:
         data[s] = dataset(s, rows, args.parts, args.seed, args.data)
