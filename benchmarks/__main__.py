@@ -90,7 +90,8 @@ def run(argv: list[str]) -> int:
             emit({"kind": "run", "mode": profile.name, "started": started,
                   "command": "python -m benchmarks " + shlex.join(argv),
                   "params": {"suites": chosen, "repeat": repeat, "peers": list(ctx.peers),
-                             "peers_missing": missing, "timeline": args.timeline, "profile": suites.profile_dict(profile)},
+                             "peers_missing": missing, "timeline": args.timeline,
+                             "profile": suites.profile_dict(profile)},
                   "environment": common.environment(info, packages=("duckdb", "polars", "pandas"), settings=True)})
             for name in chosen:
                 progress.suite(name)

@@ -146,7 +146,8 @@ def render(records: list[dict], title: str = "Benchmarks") -> str:
     sections: list[tuple[str, Any]] = []       # (html before, bokeh model or None)
 
     env = run.get("environment", {})
-    facts = {"mode": run.get("mode"), "git": (env.get("git_revision") or "")[:12] + (" (dirty)" if env.get("git_dirty") else ""),
+    git = (env.get("git_revision") or "")[:12] + (" (dirty)" if env.get("git_dirty") else "")
+    facts = {"mode": run.get("mode"), "git": git,
              "cores": env.get("cores"), "memory GiB": round((env.get("memory_bytes") or 0) / 2**30, 1),
              "cluster": env.get("cluster"), "repeat": run.get("params", {}).get("repeat"),
              "peers": run.get("params", {}).get("peers"), "versions": env.get("versions"),

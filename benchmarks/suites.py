@@ -75,10 +75,10 @@ PROFILES = {
                      straggler_files=4, straggler_file_bytes=100_000, straggler_sleep=1.5,
                      commit_rows=20_000, commit_parts=4, sweep_parts=(1, 4),
                      sweep_partition_sizes=("32KiB", "64MiB"), sweep_shapes=((1, 2), (2, 1))),
-    "standard": Profile("standard", repeat=3, g1_rows=1_000_000, g1_parts=2, text_bytes=20_000_000, text_files=4,
-                        sort_rows=500_000, sort_parts=4, skew_rows=2_000_000, skew_parts=4,
-                        skew_partition_size="2MiB", straggler_files=6, straggler_file_bytes=2_000_000,
-                        straggler_sleep=3.0, commit_rows=1_000_000, commit_parts=8, sweep_parts=(1, 2, 4, 8),
+    "standard": Profile("standard", repeat=3, g1_rows=2_000_000, g1_parts=2, text_bytes=40_000_000, text_files=4,
+                        sort_rows=1_000_000, sort_parts=4, skew_rows=4_000_000, skew_parts=4,
+                        skew_partition_size="4MiB", straggler_files=6, straggler_file_bytes=2_000_000,
+                        straggler_sleep=3.0, commit_rows=2_000_000, commit_parts=8, sweep_parts=(1, 2, 4, 8),
                         sweep_partition_sizes=("1MiB", "8MiB", "64MiB"), sweep_shapes=((1, 1), (1, 2), (2, 1))),
 }
 
@@ -179,18 +179,18 @@ def _emit_case(ctx: Context, suite: str, case: str, measured: Measured, *, param
     else:
         name, values = knob
         recs = []
-        for label, value in values.items():
-            one = Measured({ENGINE: measured.runs.get(label, [])}, {}, {ENGINE: measured.rows.get(label)},
-                           {ENGINE: measured.extras.get(label, [])},
-                           {ENGINE: measured.errors[label]} if label in measured.errors else {})
+        for system, value in values.items():
+            one = Measured({ENGINE: measured.runs.get(system, [])}, {}, {ENGINE: measured.rows.get(system)},
+                           {ENGINE: measured.extras.get(system, [])},
+                           {ENGINE: measured.errors[system]} if system in measured.errors else {})
             recs += harness.records(suite, case, one, params={**params, name: value}, sweep=name,
                                     input_rows=input_rows, input_bytes=input_bytes, check=check_)
     for r in recs:
         ctx.emit(r)
     if check_ is not None and not check_.get("ok"):
         ctx.failures.append(f"{suite} {case}: answers differ: {check_.get('against')}")
-    for label, err in measured.errors.items():
-        ctx.failures.append(f"{suite} {case} {label}: {err}")
+    for system, err in measured.errors.items():
+        ctx.failures.append(f"{suite} {case} {system}: {err}")
     meds = ", ".join(f"{k} {harness.median(v):.3f}s" for k, v in measured.runs.items() if v)
     status = "" if check_ is None else ("  answers ok" if check_.get("ok") else "  ANSWERS DIFFER")
     ctx.progress.done(f"{label or case}: {meds}{status}")
@@ -257,7 +257,8 @@ def groupby(ctx: Context) -> None:
         d = datagen.g1(p.g1_rows, parts=parts, out=ctx.data_root)
         m = _measure(ctx, f"{q} files={parts}", {ENGINE: engine_system(ctx, JOBS[q], d)})
         _emit_case(ctx, "groupby", q, m, params={"rows": rows, "question": q, "input_partitions": parts},
-                   check_=None, input_rows=rows, input_bytes=_dir_bytes(d, ".parquet"), sweep="input_partitions", label=f"{q} files={parts}")
+                   check_=None, input_rows=rows, input_bytes=_dir_bytes(d, ".parquet"), sweep="input_partitions",
+                   label=f"{q} files={parts}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,7 +310,8 @@ def wordcount(ctx: Context) -> None:
     m = _measure(ctx, "wordcount combine", systems)
     ref = {"pyarrow": peers.FUNCTIONS["wordcount"]["pyarrow"](data, 1)}
     _emit_case(ctx, "wordcount", "wordcount-fn", m, params=params, check_=check(m, ["word"], ref, ("on", "off")),
-               input_rows=lines, input_bytes=size, knob=("combine", {"on": True, "off": False}))
+               input_rows=lines, input_bytes=size, knob=("combine", {"on": True, "off": False}),
+               label="wordcount combine on/off")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,7 +345,8 @@ def sort(ctx: Context) -> None:
     ref = {"sorted input": peers.FUNCTIONS["sort"]["pyarrow"](data, 1)}
     _emit_case(ctx, "sort", "terasort", m, params=params, check_=check(m, [], ref, tuple(systems)),
                input_rows=p.sort_rows, input_bytes=size,
-               knob=("partition_size", {s: s for s in p.sweep_partition_sizes}))
+               knob=("partition_size", {s: s for s in p.sweep_partition_sizes}),
+               label="terasort partition_size")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,7 +373,7 @@ def skew(ctx: Context) -> None:
         _emit_case(ctx, "skew", case, m, params={"rows": p.skew_rows, "files": p.skew_parts, "shape": shape,
                                                  "partition_size": p.skew_partition_size},
                    check_=check(m, ["k"], ref, ("on", "off")), input_rows=p.skew_rows, input_bytes=size,
-                   knob=("skew", {"on": True, "off": False}))
+                   knob=("skew", {"on": True, "off": False}), label=f"{case} skew on/off")
 
 
 def _duckdb_reference(data: str, sql: str) -> pa.Table:
@@ -413,7 +416,7 @@ def stragglers(ctx: Context) -> None:
                    params={"files": p.straggler_files, "file_bytes": p.straggler_file_bytes,
                            "slow_task_sleep_s": p.straggler_sleep if faults else 0.0},
                    check_=check(m, ["word"], reference, ("on", "off")), input_rows=lines, input_bytes=size,
-                   knob=("speculation", {"on": True, "off": False}))
+                   knob=("speculation", {"on": True, "off": False}), label=f"{case} speculation on/off")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -481,7 +484,7 @@ def cluster(ctx: Context) -> None:
                 m = _measure(ctx, f"{case} {shape}", {shape: engine_system(ctx, job, data)})
                 _emit_case(ctx, "cluster", case, m, params={"rows": rows, "workers": workers, "threads": threads},
                            check_=None, input_rows=rows, input_bytes=size, knob=("workers_x_threads", {shape: shape}),
-                           label=f"{case} workers x threads")
+                           label=f"{case} {shape}")
     finally:
         embedded.shutdown()             # back to the default shape for whatever runs next
 

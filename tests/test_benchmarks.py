@@ -10,6 +10,7 @@ import json
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 
@@ -69,7 +70,7 @@ def test_quick_run_completes_every_suite_with_checked_answers(quick):
 
 def _scaled(rec: dict, factors: list[float]) -> dict:
     runs = [x * f for x, f in zip(rec["runs"], factors)]
-    med = sorted(runs)[len(runs) // 2] if len(runs) % 2 else sum(sorted(runs)[len(runs) // 2 - 1:len(runs) // 2 + 1]) / 2
+    med = statistics.median(runs)
     return {**rec, "runs": runs, "median": med, "min": min(runs), "max": max(runs),
             "spread": (max(runs) - min(runs)) / med}
 
