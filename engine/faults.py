@@ -7,7 +7,7 @@
 * ``hang_first_attempt``: ``(stage, partition)`` pairs ("map"/"reduce", or ``"*"`` for any stage)
   whose attempt 0 sleeps forever (until cancelled), like a task stuck on a dead disk.
 * ``slow_first_attempt``: ``{(stage, partition): seconds}``: attempt 0 sleeps that long first.
-* ``slow_workers``: ``{worker address or "index:N": factor}``: every task on that worker takes
+* ``slow_workers``: ``{worker address or "name:NAME": factor}``: every task on that worker takes
   ``factor`` times as long (it sleeps ``(factor - 1) x`` its own elapsed time after each batch).
 * ``fail_attempts``: ``{(stage, partition): n}``: the first ``n`` attempts raise ``InjectedFault``.
 * ``commit_delay``: seconds the driver sleeps at each step of the job commit (widens the window for
@@ -78,9 +78,12 @@ class Faults:
     def during_task(self, ctx: Any, stage: str, partition: int, attempt: int) -> None:
         factor = self._worker_factor()
         if factor and factor > 1:
+            from .tasks import check_cancelled
             started = getattr(self, "_started", None) or time.time()
-            elapsed = time.time() - started
-            time.sleep(elapsed * (factor - 1))
+            end = time.time() + (time.time() - started) * (factor - 1)
+            while time.time() < end:      # in slices: a cancelled attempt frees its worker promptly
+                time.sleep(min(0.05, max(0.0, end - time.time())))
+                check_cancelled()
             self._started = time.time()
 
     def _worker_factor(self) -> float | None:

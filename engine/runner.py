@@ -131,15 +131,17 @@ class StageExecutor:
                 self.report.retries.append({"stage": name, "resumed": sorted(results)})
                 stage.resumed = len(results)
 
-        def submit(partition: int, speculative: bool = False, avoid: str | None = None) -> int:
+        def submit(partition: int, speculative: bool = False, avoid: set[str] | None = None) -> int:
             attempt = attempts[partition]
             attempts[partition] += 1
             dsk = by_partition[partition].graph(prefix, attempt, {})
             placement: dict[str, Any] = {}
-            if avoid is not None:
-                others = [w for w in self.client.scheduler_info(n_workers=-1).get("workers", {}) if w != avoid]
+            if avoid:
+                others = [w for w in self.client.scheduler_info(n_workers=-1).get("workers", {}) if w not in avoid]
                 if others:
                     placement = {"workers": others, "allow_other_workers": False}
+            if speculative:
+                placement["priority"] = 10      # ahead of the stage's queued first attempts
             (future,) = self.client.get(dsk, list(dsk), sync=False, **placement)
             running[future] = (partition, attempt, time.time(), speculative)
             stage.attempts += 1
@@ -205,7 +207,7 @@ class StageExecutor:
                         stage.rows_in += int(value.get("rows_in") or 0)
                         stage.rows_out += int(value.get("rows_out") or 0)
                         stage.bytes_out += int(value.get("bytes_out") or 0)
-                        self._cancel_siblings(running, partition)
+                        self._cancel_siblings(stage, running, partition)
                         if self.progress is not None:
                             self.progress(name, len(results), len(tasks))
                         continue
@@ -272,11 +274,16 @@ class StageExecutor:
             value.get("start", 0.0), value.get("stop", 0.0), int(value.get("rows_in") or 0),
             int(value.get("rows_out") or 0), int(value.get("bytes_out") or 0), speculative=speculative))
 
-    @staticmethod
-    def _cancel_siblings(running: dict, partition: int) -> None:
-        for future, (p, *_rest) in list(running.items()):
+    def _cancel_siblings(self, stage: StageReport, running: dict, partition: int) -> None:
+        """Cancel the other attempts of a finished partition; the report keeps them as "cancelled"."""
+        for future, (p, attempt, submitted, speculative) in list(running.items()):
             if p == partition:
                 future.cancel()
+                started, worker = submitted, "?"
+                if self.supervisor is not None:
+                    started, worker = self.supervisor.starts.get(repr(future.key), (submitted, "?"))
+                self.report.tasks.append(TaskReport(stage.name, p, attempt, worker, started, time.time(),
+                                                    status="cancelled", speculative=speculative))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,6 +4,9 @@ The policy (Spark's rule, Hadoop's cap, LATE's estimate), checked by a superviso
 every ``interval`` seconds while a stage runs:
 
 1. Wait until ``quantile`` of the stage's tasks have finished; their median runtime is the yardstick.
+   Before that, once as many tasks as the cluster has slots (at least 2) have finished, only a task
+   past twice the usual threshold is a candidate (a straggler that started in the first wave would
+   otherwise hold its worker until most of the stage is done).
 2. A running task becomes a candidate once it has run longer than ``multiplier x median`` and longer
    than ``min-runtime`` seconds, measured from the moment it *started executing* (a worker plugin
    reports starts, so time spent queued behind another task does not count).
@@ -11,8 +14,10 @@ every ``interval`` seconds while a stage runs:
    second (median) and the candidate's input should take ``size / r`` seconds, it is only slow if it
    also exceeds ``multiplier x`` that estimate (Spark's efficiency filter; skewed tasks are big, not slow).
 4. At most ``max-concurrent`` speculative attempts run at once, each on a different worker than the
-   straggler, under a new key. The first attempt to finish wins (the commit protocol discards the
-   other's files); the loser is cancelled and notices it between batches.
+   straggler and than any worker whose finished tasks in this stage took over ``multiplier x`` the
+   median (LATE: never place a backup on a slow node), under a new key and ahead of queued tasks.
+   The first attempt to finish wins (the commit protocol discards the other's files); the loser is
+   cancelled and notices it between batches.
 
 Every launch, and which attempt won, goes into ``RunReport.speculation``.
 """
@@ -97,6 +102,23 @@ class Supervisor:
         with self._lock:
             self.starts[msg["key"]] = (time.time(), msg["worker"])
 
+    def _cluster_shape(self) -> tuple[int, int]:
+        now = time.time()
+        if now - getattr(self, "_shape_at", 0.0) > 5.0:
+            try:
+                workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
+                self._shape = (len(workers), sum(int(w.get("nthreads", 1)) for w in workers.values()))
+            except Exception:  # noqa: BLE001 - a diagnostic only
+                self._shape = getattr(self, "_shape", (2, 2))
+            self._shape_at = now
+        return self._shape
+
+    def _slots(self) -> int:
+        return self._cluster_shape()[1]
+
+    def _workers(self) -> int:
+        return self._cluster_shape()[0]
+
     # -- executor hooks ---------------------------------------------------------------------
     def stage_started(self, executor, name: str, prefix: str, total: int) -> None:
         self._stage, self._total = name, total
@@ -121,20 +143,26 @@ class Supervisor:
             return
         self._last = now
         total = self._total
-        if total < 2 or len(results) < max(1, math.floor(self.policy.quantile * total)):
+        if total < 2:
+            return
+        early = len(results) < max(1, math.floor(self.policy.quantile * total))
+        if early and len(results) < max(2, self._slots()):
             return
         durations, rates = [], []
+        per_worker: dict[str, list[float]] = {}
         for v in results.values():
             if "start" in v and "stop" in v:
                 d = max(1e-6, v["stop"] - v["start"])
                 durations.append(d)
+                per_worker.setdefault(v.get("worker", "?"), []).append(d)
                 size = v.get("input_bytes")
                 if size:
                     rates.append(size / d)
         if not durations:
             return
         median = statistics.median(durations)
-        threshold = max(self.policy.multiplier * median, self.policy.min_runtime)
+        threshold = max(self.policy.multiplier * median, self.policy.min_runtime) * (2 if early else 1)
+        slow_nodes = {w for w, ds in per_worker.items() if statistics.median(ds) > self.policy.multiplier * median}
         rate = statistics.median(rates) if rates else None
         active = sum(1 for (p, a, s, spec) in running.values() if spec)
         by_partition: dict[int, list] = {}
@@ -157,12 +185,17 @@ class Supervisor:
             size = sizes.get(p)
             if rate and size:
                 expected = size / rate
-                if elapsed <= self.policy.multiplier * expected:
+                if elapsed <= self.policy.multiplier * expected * (2 if early else 1):
                     continue      # slow because it is big: speculation would not help
             reason = (f"{self._stage} partition {p}: attempt {attempt} has run {elapsed:.2f}s on {worker}, over "
                       f"{self.policy.multiplier:g} x the median {median:.2f}s of {len(durations)} finished tasks"
                       + (f" (its input of {size:,} bytes should take {size / rate:.2f}s)" if rate and size else ""))
-            new_attempt = submit(p, speculative=True, avoid=worker)
+            avoid = {worker} | slow_nodes
+            if len(avoid) >= self._workers():
+                continue          # every other worker is slow too: a copy would not finish sooner
+            if slow_nodes - {worker}:
+                reason += f"; not placed on slow worker(s) {', '.join(sorted(slow_nodes - {worker}))}"
+            new_attempt = submit(p, speculative=True, avoid=avoid)
             decision = {"stage": self._stage, "partition": p, "attempt": new_attempt, "straggler": attempt,
                         "worker": worker, "elapsed": round(elapsed, 3), "median": round(median, 3),
                         "reason": reason, "won": None}

@@ -46,6 +46,10 @@ def test_hung_first_attempt_is_speculated_and_its_files_discarded(corpus, dask_c
     decisions = [d for d in result.report.speculation if d["partition"] == partition]
     assert len(decisions) == 1 and stage in decisions[0]["stage"], result.report.speculation
     assert decisions[0]["won"] == decisions[0]["attempt"] != decisions[0]["straggler"]
+    # The report's timeline keeps the loser, cancelled, beside the speculative winner.
+    mine = [t for t in result.report.tasks if t.partition == partition and stage in t.stage]
+    assert {(t.attempt, t.status, t.speculative) for t in mine} >= {
+        (decisions[0]["straggler"], "cancelled", False), (decisions[0]["attempt"], "ok", True)}
     listed = {f["path"] for f in result.manifest.files}
     assert {f for f in os.listdir(out) if f.startswith("part-")} == listed
     assert not (out / "_temporary").exists()
