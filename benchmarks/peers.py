@@ -206,9 +206,11 @@ def groupby_dask(q: str, data: str, client) -> Any:
 def wordcount_duckdb(data: str, threads: int) -> pa.Table:
     con = _duckdb(threads)
     try:
+        lines = (f"read_csv('{_glob(data, 'txt')}', columns={{'line': 'VARCHAR'}}, header=false, delim=chr(9), "
+                 "quote='', escape='')")
         return _arrow(con.sql(
-            "SELECT word, count(*)::BIGINT AS count FROM (SELECT unnest(string_split(replace(lower(content), "
-            f"chr(10), ' '), ' ')) AS word FROM read_text('{_glob(data, 'txt')}')) WHERE word <> '' GROUP BY word"))
+            "SELECT word, count(*)::BIGINT AS count FROM (SELECT unnest(string_split(lower(line), ' ')) AS word "
+            f"FROM {lines}) WHERE word <> '' GROUP BY word"))
     finally:
         con.close()
 
