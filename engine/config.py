@@ -54,6 +54,7 @@ DEFAULTS: dict[str, Any] = {
         "min-runtime": 1.0,     # seconds; never speculate tasks younger than this
         "max-concurrent": 2,    # speculative attempts running at once
         "interval": 0.1,        # seconds between supervisor checks
+        "early-multiplier": 2.0,  # before the quantile is reached: threshold x this (few tasks to judge by)
     },
     "skew": {
         "enabled": True,

@@ -5,7 +5,7 @@ every ``interval`` seconds while a stage runs:
 
 1. Wait until ``quantile`` of the stage's tasks have finished; their median runtime is the yardstick.
    Before that, once as many tasks as the cluster has slots (at least 2) have finished, only a task
-   past twice the usual threshold is a candidate (a straggler that started in the first wave would
+   past ``early-multiplier`` (2) times the usual threshold is a candidate (a straggler that started in the first wave would
    otherwise hold its worker until most of the stage is done).
 2. A running task becomes a candidate once it has run longer than ``multiplier x median`` and longer
    than ``min-runtime`` seconds, measured from the moment it *started executing* (a worker plugin
@@ -64,12 +64,13 @@ class Policy:
     min_runtime: float = 1.0
     max_concurrent: int = 2
     interval: float = 0.1
+    early_multiplier: float = 2.0
 
     @classmethod
     def from_config(cls) -> Policy:
         return cls(float(config.get("speculation.quantile")), float(config.get("speculation.multiplier")),
                    float(config.get("speculation.min-runtime")), int(config.get("speculation.max-concurrent")),
-                   float(config.get("speculation.interval")))
+                   float(config.get("speculation.interval")), float(config.get("speculation.early-multiplier")))
 
 
 _REGISTERED: set[int] = set()
@@ -161,7 +162,7 @@ class Supervisor:
         if not durations:
             return
         median = statistics.median(durations)
-        threshold = max(self.policy.multiplier * median, self.policy.min_runtime) * (2 if early else 1)
+        threshold = max(self.policy.multiplier * median, self.policy.min_runtime) * (self.policy.early_multiplier if early else 1)
         slow_nodes = {w for w, ds in per_worker.items() if statistics.median(ds) > self.policy.multiplier * median}
         rate = statistics.median(rates) if rates else None
         active = sum(1 for (p, a, s, spec) in running.values() if spec)
@@ -185,7 +186,7 @@ class Supervisor:
             size = sizes.get(p)
             if rate and size:
                 expected = size / rate
-                if elapsed <= self.policy.multiplier * expected * (2 if early else 1):
+                if elapsed <= self.policy.multiplier * expected * (self.policy.early_multiplier if early else 1):
                     continue      # slow because it is big: speculation would not help
             reason = (f"{self._stage} partition {p}: attempt {attempt} has run {elapsed:.2f}s on {worker}, over "
                       f"{self.policy.multiplier:g} x the median {median:.2f}s of {len(durations)} finished tasks"
