@@ -58,8 +58,8 @@ DEFAULTS: dict[str, Any] = {
     },
     "skew": {
         "enabled": True,
-        "factor": 5.0,          # skewed when > factor x median partition size ...
-        "min-size": "64MiB",    # ... and larger than this
+        "split-over": 1.5,      # a hash partition over this x the reduce target is split ...
+        "factor": 5.0,          # ... and so is one over the target and > factor x the median partition
         "top-keys": 8,          # heaviest keys each map task reports
     },
     "checksums": {

@@ -122,9 +122,12 @@ class StageExecutor:
         failures: dict[int, int] = {p: 0 for p in by_partition}
         delayed: list[tuple[float, int]] = []
         losers: list[dict] = []
+        specs = {t.partition: _spec_digest(t) for t in tasks}
         if self.resume and self.journal is not None:
             for p, value in self.journal.load(name).items():
-                if p in by_partition and still_valid(self.shuffle_fs, self.out_fs, value, self._uploads()):
+                # reuse a journaled result only for the very same task (same inputs, filters, options)
+                if p in by_partition and value.get("spec") == specs[p] \
+                        and still_valid(self.shuffle_fs, self.out_fs, value, self._uploads()):
                     results[p] = value
             if results:
                 log.info("%s: resumed %d of %d task(s) from the journal", name, len(results), len(tasks))
@@ -202,6 +205,7 @@ class StageExecutor:
                             self.report.tasks[-1].status = "lost"
                             continue
                         results[partition] = value
+                        value["spec"] = specs[partition]
                         if self.journal is not None:
                             self.journal.record(name, partition, value)
                         stage.rows_in += int(value.get("rows_in") or 0)
@@ -277,13 +281,38 @@ class StageExecutor:
     def _cancel_siblings(self, stage: StageReport, running: dict, partition: int) -> None:
         """Cancel the other attempts of a finished partition; the report keeps them as "cancelled"."""
         for future, (p, attempt, submitted, speculative) in list(running.items()):
-            if p == partition:
+            if p == partition and not future.done():   # a finished one is handled as a loser
                 future.cancel()
                 started, worker = submitted, "?"
                 if self.supervisor is not None:
                     started, worker = self.supervisor.starts.get(repr(future.key), (submitted, "?"))
                 self.report.tasks.append(TaskReport(stage.name, p, attempt, worker, started, time.time(),
                                                     status="cancelled", speculative=speculative))
+
+
+def _canonical(x: Any) -> Any:
+    """A process-independent description of a task argument (file systems and futures drop out)."""
+    if x is None or isinstance(x, (str, int, float, bool)):
+        return x
+    if isinstance(x, pa.Table):
+        return ("table", x.schema.names, x.to_pylist())
+    if isinstance(x, pa.Schema):
+        return ("schema", str(x))
+    if isinstance(x, dict):
+        return tuple(sorted((str(k), _canonical(v)) for k, v in x.items()))
+    if isinstance(x, (list, tuple)):
+        return tuple(_canonical(v) for v in x)
+    if isinstance(x, (Split, shuffle.RangePiece)):
+        return repr(x)
+    if isinstance(x, TaskContext):
+        return (x.kind, x.keys, x.descending, x.num_partitions, x.map_combine, x.columns, x.round)
+    return type(x).__name__
+
+
+def _spec_digest(task: TaskSpec) -> str:
+    """What a journaled result must match to be reused by a resumed run."""
+    text = repr((task.func.__name__, task.partition, _canonical(task.args)))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -670,9 +699,12 @@ def _reduce_tasks(plan: Plan, r, ctx: TaskContext, outputs: list[shuffle.MapOutp
         for key, p, est in o.heavy_keys:
             entry = heavy.setdefault(tuple(key), [p, 0])
             entry[1] += est
+    sources = [sum(1 for o in outputs if o.batches[p]) for p in range(nparts)]
     rplan = skew.plan_reducers(rows, sizes, [(k, p, est) for k, (p, est) in heavy.items()], plan.partition_size,
+                               sources=sources,
                                min_tasks=min_tasks, enabled=skew_enabled, combinable=r.combinable,
-                               factor=float(config.get("skew.factor")))
+                               factor=float(config.get("skew.factor")),
+                               split_over=float(config.get("skew.split-over")))
     for d in rplan.decisions:
         rep.skew.append({**d, "round": r.index})
     before = [b for b in sizes if b]
@@ -687,13 +719,16 @@ def _reduce_tasks(plan: Plan, r, ctx: TaskContext, outputs: list[shuffle.MapOutp
     for a in rplan.assignments:
         sources = [o for o in outputs if any(o.batches[p] for p in range(a.start, a.stop))]
         if a.share is not None:
-            # this share's map outputs: balanced by their bytes in the partition
-            groups: list[list] = [[0, []] for _ in range(a.share[1])]
-            for o in sorted(sources, key=lambda o: -o.nbytes[a.start]):
-                g = min(groups, key=lambda g: g[0])
-                g[0] += o.nbytes[a.start]
-                g[1].append(o)
-            sources = groups[a.share[0]][1]
+            # this share's map outputs: a contiguous run of them in map order, cut by their bytes in the
+            # partition (order-sensitive aggregations, first/last, see the rows in input order)
+            j, m = a.share
+            weights = [o.nbytes[a.start] for o in sources]
+            total_w, acc, mine = max(1, sum(weights)), 0, []
+            for o, w_o in zip(sources, weights):
+                if min(m - 1, int((acc + w_o / 2) * m / total_w)) == j:
+                    mine.append(o)
+                acc += w_o
+            sources = mine
             merges.setdefault((a.start, a.only[0]), []).append(a.index)
         refs = [(o.path, [b for p in range(a.start, a.stop) for b in o.batches[p]]) for o in sources]
         key_filter = None

@@ -19,11 +19,10 @@ This module never imports dask: it works on plain Arrow tables.
 
 from __future__ import annotations
 
-import functools
 import math
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -238,10 +237,15 @@ def write_sorted_run(fs, path: str, table: pa.Table, keys: Sequence[str], descen
     return out
 
 
+def _is_nan(v: Any) -> bool:
+    return isinstance(v, float) and math.isnan(v)
+
+
 def _cmp_values(a: Any, b: Any, descending: bool) -> int:
-    # Nulls sort last in both directions (pyarrow's default null placement).
-    if a is None or b is None:
-        return 0 if a is b else (1 if a is None else -1)
+    # As pyarrow sorts, in both directions: values in order, then NaN, then null.
+    ra, rb = (2 if a is None else 1 if _is_nan(a) else 0), (2 if b is None else 1 if _is_nan(b) else 0)
+    if ra or rb:
+        return 0 if ra == rb else (-1 if ra < rb else 1)
     if a == b:
         return 0
     less = a < b
@@ -321,7 +325,10 @@ def choose_pieces(samples: Iterable[tuple[pa.Table, float]], keys: Sequence[str]
     A key whose estimated rows reach one piece's share is a *hot key*: with ``split_hot`` it gets
     ``ceil(rows / share)`` share pieces of its own, so none of them exceeds one share.
     Without it, boundaries are whole keys (the classic TeraSort rule): a hot key stays in one piece.
+    Every sorted run's sample holds its first and last key, so no key sorts before the first sampled
+    key or after the last one; between two hot keys a range piece takes whatever was not sampled.
     """
+    samples = list(samples)
     tables, weights = [], []
     for t, w in samples:
         if t is not None and t.num_rows:
@@ -363,7 +370,7 @@ def choose_pieces(samples: Iterable[tuple[pa.Table, float]], keys: Sequence[str]
     acc = 0.0
     for i, (key, weight) in enumerate(distinct):
         if weight >= share:
-            if acc > 0:
+            if acc > 0 or (pieces and lo_open):     # (keys between two hot keys may be unsampled)
                 pieces.append(RangePiece(lo, key, lo_open, rows=acc))
             n = max(1, math.ceil(weight / share - 1e-9))
             pieces.extend(RangePiece(key, key, share=(j, n), rows=weight / n) for j in range(n))
@@ -375,16 +382,15 @@ def choose_pieces(samples: Iterable[tuple[pa.Table, float]], keys: Sequence[str]
         acc += weight
     if acc > 0 or not pieces:
         pieces.append(RangePiece(lo, None, lo_open, rows=acc))
-    # Every sorted run's sample holds its first and last key, so no key sorts before the first
-    # distinct key or after the last one; the first range piece still drops its lower bound.
-    if pieces[0].share is None:
-        pieces[0] = replace(pieces[0], lo=None, lo_open=False)
     return pieces
 
 
 def _col_less(col: pa.ChunkedArray, value: Any, descending: bool) -> pa.ChunkedArray:
-    if value is None:   # everything non-null is before a null
+    if value is None:   # everything non-null (NaN included) is before a null
         return pc.invert(pc.is_null(col))
+    if _is_nan(value):  # every number is before NaN
+        c = col if not pa.types.is_dictionary(col.type) else col.cast(col.type.value_type)
+        return pc.fill_null(pc.invert(pc.is_nan(c)), False)
     scalar = pa.scalar(value, type=col.type) if not pa.types.is_dictionary(col.type) else value
     c = col if not pa.types.is_dictionary(col.type) else col.cast(col.type.value_type)
     less = pc.greater(c, scalar) if descending else pc.less(c, scalar)
@@ -395,6 +401,8 @@ def _col_equal(col: pa.ChunkedArray, value: Any) -> pa.ChunkedArray:
     if value is None:
         return pc.is_null(col)
     c = col if not pa.types.is_dictionary(col.type) else col.cast(col.type.value_type)
+    if _is_nan(value):
+        return pc.fill_null(pc.is_nan(c), False)
     return pc.fill_null(pc.equal(c, pa.scalar(value, type=c.type)), False)
 
 
@@ -600,6 +608,6 @@ def attempt_name(prefix: str, partition: int, attempt: int) -> str:
 
 
 __all__ = ["partition_ids", "split_by_partition", "MapOutput", "HashShuffleWriter", "write_sorted_run",
-           "choose_boundaries", "choose_pieces", "select_keys", "sub_bucket", "RangePiece", "piece_slices", "read_piece", "compare_keys", "range_slices", "filter_range", "read_slices", "read_table",
-           "attempt_name", "sort_keys"]
-_ = functools
+           "choose_boundaries", "choose_pieces", "RangePiece", "piece_slices", "read_piece", "select_keys",
+           "sub_bucket", "compare_keys", "range_slices", "filter_range", "filter_keys", "rows_equal",
+           "read_slices", "read_table", "attempt_name", "sort_keys"]

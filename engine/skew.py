@@ -101,11 +101,12 @@ def coalesce(rows: Sequence[int], nbytes: Sequence[int], target: int, *, min_tas
 
 def plan_reducers(rows: Sequence[int], nbytes: Sequence[int], heavy: Sequence[tuple[tuple, int, int]],
                   target: int, *, min_tasks: int = 1, enabled: bool = True, combinable: bool = True,
-                  factor: float = 5.0) -> ReducePlan:
+                  factor: float = 5.0, split_over: float = 1.5,
+                  sources: Sequence[int] | None = None) -> ReducePlan:
     """Reduce tasks from map-output statistics: coalesce small partitions, split oversized ones.
 
-    A hash partition is *oversized* when it holds more than two tasks' worth of bytes (twice the
-    effective target), or when it is larger than ``factor`` x the median non-empty partition and than
+    A hash partition is *oversized* when it holds more than ``split_over`` (1.5) tasks' worth of bytes
+    (the effective target), or when it is larger than ``factor`` x the median non-empty partition and than
     the target (Spark AQE's skew test). An oversized partition is split into tasks of about the
     target: its heavy keys (estimated from the map tasks' samples, ``heavy`` = ``(key, partition,
     rows)`` summed over map tasks) worth at least a quarter of the target are packed, largest first,
@@ -126,7 +127,7 @@ def plan_reducers(rows: Sequence[int], nbytes: Sequence[int], heavy: Sequence[tu
         return base
     median = float(np.median(nonzero))
     oversized = [p for p in range(len(sizes))
-                 if sizes[p] > 2 * effective or (len(nonzero) > 1 and sizes[p] > factor * median
+                 if sizes[p] > split_over * effective or (len(nonzero) > 1 and sizes[p] > factor * median
                                                  and sizes[p] > effective)]
     if not oversized:
         return base
@@ -135,8 +136,8 @@ def plan_reducers(rows: Sequence[int], nbytes: Sequence[int], heavy: Sequence[tu
                "total_bytes": total, "target_bytes": int(effective)}
     by_partition: dict[int, list[tuple[tuple, int]]] = {}
     for key, p, est in heavy:
-        if any(v is None for v in key):
-            continue          # null keys do not take part in key filters; they stay with their partition
+        if any(v is None or (isinstance(v, float) and v != v) for v in key):
+            continue          # null and NaN keys do not take part in key filters; they stay with their partition
         by_partition.setdefault(int(p), []).append((key, int(est)))
     tasks: list[ReduceAssignment] = []
     oversized_set = set(oversized)
@@ -156,13 +157,14 @@ def plan_reducers(rows: Sequence[int], nbytes: Sequence[int], heavy: Sequence[tu
         if p == len(sizes):
             break
         _split_partition(p, int(counts[p]), int(sizes[p]), by_partition.get(p, []), effective, combinable,
-                         median, summary, add, decisions)
+                         median, summary, add, decisions, sources[p] if sources is not None else None)
         start = p + 1
     return ReducePlan(tasks, decisions)
 
 
 def _split_partition(p: int, count: int, size: int, keys: list[tuple[tuple, int]], effective: int,
-                     combinable: bool, median: float, summary: dict, add, decisions: list[dict]) -> None:
+                     combinable: bool, median: float, summary: dict, add, decisions: list[dict],
+                     sources: int | None = None) -> None:
     """Tasks for one oversized partition: bins of heavy keys, then sub-buckets of the rest."""
     bytes_per_row = size / max(1, count)
     why = (f"hash partition {p} holds {_size(size)} ({size / max(1.0, median):.1f} x the median, "
@@ -175,8 +177,11 @@ def _split_partition(p: int, count: int, size: int, keys: list[tuple[tuple, int]
         lumps = [(k, int(e * scale), int(b * scale)) for k, e, b in lumps]
     bins: list[list] = []             # [bytes, rows, keys, shared]
     if combinable:                    # keys over one target: spread over shares, merged afterwards
-        for key, est, b in [x for x in lumps if x[2] > effective]:
-            m = math.ceil(b / effective)
+        # (each share reads whole map outputs, so there are at most as many shares as map outputs)
+        limit = sources if sources is not None else math.inf
+        big = [x for x in lumps if x[2] > effective and min(limit, math.ceil(x[2] / effective)) > 1]
+        for key, est, b in big:
+            m = int(min(limit, math.ceil(b / effective)))
             for j in range(m):
                 add(p, p + 1, est // m, b // m, only=(key,), share=(j, m))
             decisions.append({
@@ -184,7 +189,7 @@ def _split_partition(p: int, count: int, size: int, keys: list[tuple[tuple, int]
                 "reason": f"{why}: hot key {key!r} (~{est:,} rows, {_size(b)}) is combined by {m} tasks, each over "
                           f"a share of the map outputs, then merged"})
             bins.append([b, est, [key], True])
-        lumps = [x for x in lumps if x[2] <= effective]
+        lumps = [x for x in lumps if x not in big]
     for key, est, b in lumps:         # first fit decreasing into bins of one target
         fit = next((x for x in bins if not x[3] and x[0] + b <= effective), None)
         if fit is None:

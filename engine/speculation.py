@@ -117,8 +117,11 @@ class Supervisor:
     def _slots(self) -> int:
         return self._cluster_shape()[1]
 
-    def _workers(self) -> int:
-        return self._cluster_shape()[0]
+    def _live_workers(self) -> set[str]:
+        try:
+            return set(self.client.scheduler_info(n_workers=-1).get("workers", {}))
+        except Exception:  # noqa: BLE001 - then no placement can be promised
+            return set()
 
     # -- executor hooks ---------------------------------------------------------------------
     def stage_started(self, executor, name: str, prefix: str, total: int) -> None:
@@ -192,8 +195,8 @@ class Supervisor:
                       f"{self.policy.multiplier:g} x the median {median:.2f}s of {len(durations)} finished tasks"
                       + (f" (its input of {size:,} bytes should take {size / rate:.2f}s)" if rate and size else ""))
             avoid = {worker} | slow_nodes
-            if len(avoid) >= self._workers():
-                continue          # every other worker is slow too: a copy would not finish sooner
+            if not self._live_workers() - avoid:
+                continue          # no other worker, or every other one is slow: a copy would not finish sooner
             if slow_nodes - {worker}:
                 reason += f"; not placed on slow worker(s) {', '.join(sorted(slow_nodes - {worker}))}"
             new_attempt = submit(p, speculative=True, avoid=avoid)

@@ -343,8 +343,10 @@ def run_partial(ctx: TaskContext, blob: bytes, refs: list, key_filter: dict | No
     aggs = stages.get("aggs")
     if aggs is not None:
         combined = aggs.merge(table) if ctx.map_combine else aggs.partial(table)
-    else:
+    elif table.num_rows:
         combined = _combiner(ctx, stages, label)(table)
+    else:
+        combined = table            # a user combine keeps the schema; nothing to combine
     path = posixpath.join(ctx.shuffle_root, shuffle.attempt_name(f"r{ctx.round}-partial", partition, attempt))
     writer = shuffle.HashShuffleWriter(ctx.shuffle_fs, path, ctx.keys, 1)
     writer.write(combined)

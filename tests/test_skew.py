@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -265,3 +267,98 @@ def test_hot_key_split_and_merged_when_map_combine_is_off(tmp_path, job):
     off = j.run(str(tmp_path / "in"), str(tmp_path / "off"), partition_size="256KiB", map_combine=False, skew=False)
     assert_tables_close(engine.read(str(tmp_path / "off")), ref, "k")
     assert not [s for s in off.report.stages if s.name.endswith("merge")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Edge cases: unsampled keys between hot keys, order-sensitive aggregations, NaN keys
+
+
+def test_sort_keeps_unsampled_keys_between_two_hot_keys(tmp_path):
+    import dask
+    k = np.array([1] * 3000 + [2] + [3] * 3000 + [7, 5], dtype=np.int64)
+    t = pa.table({"k": k, "v": np.arange(len(k), dtype=np.float64)})
+    write_parts(tmp_path / "in", t, parts=2, seed=1)
+    with dask.config.set({"engine.shuffle.sample-size": 8, "engine.shuffle.sort-batch-rows": 256}):
+        result = SORT.run(str(tmp_path / "in"), str(tmp_path / "out"), partition_size="16KiB")
+    _assert_sorted_permutation(engine.read(str(tmp_path / "out")), t, ["k"])
+    assert {tuple(d["key"]) for d in result.report.skew if d["action"] == "split"} == {(1,), (3,)}
+
+
+def test_first_and_last_follow_input_order_across_hot_key_shares(tmp_path):
+    # One hot key over several map outputs (files in order), x rising with the input order.
+    os = __import__("os")
+    os.makedirs(tmp_path / "in")
+    n, start = 0, 0
+    for i, size in enumerate([9_000, 30_000, 12_000, 20_000, 6_000]):
+        k = np.where(np.arange(size) % 10 < 8, 0, np.arange(size) % 997 + 1)
+        x = np.arange(start, start + size, dtype=np.int64)
+        import pyarrow.parquet as pq
+        pq.write_table(pa.table({"k": pa.array(k, pa.int64()), "x": x}), tmp_path / "in" / f"part-{i:03d}.parquet")
+        start += size
+        n += size
+    job = Job("order").reduce(by="k", aggs={"first": agg.first("x"), "last": agg.last("x"), "n": agg.count()})
+    result = job.run(str(tmp_path / "in"), str(tmp_path / "out"), partition_size="96KiB", map_combine=False)
+    out = engine.read(str(tmp_path / "out")).sort_by("k")
+    hot = out.filter(pc.equal(out["k"], 0)).to_pylist()[0]
+    assert hot == {"k": 0, "first": 0, "last": start - 3, "n": sum(
+        int((np.arange(s) % 10 < 8).sum()) for s in [9_000, 30_000, 12_000, 20_000, 6_000])}
+    assert any(d["action"] == "split" and d.get("key") == [0] for d in result.report.skew), result.report.skew
+
+
+@pytest.mark.parametrize("combinable", [True, False])
+def test_nan_hot_key_is_one_group(tmp_path, combinable):
+    rng = np.random.default_rng(8)
+    n = 60_000
+    k = np.where(rng.random(n) < 0.5, np.nan, rng.integers(0, 3000, n).astype(np.float64))
+    t = pa.table({"k": k, "v": rng.normal(0, 1, n)})
+    write_parts(tmp_path / "in", t, parts=4)
+    job = Job("nan").reduce(by="k", aggs={"n": agg.count(), "s": agg.sum("v")}) if combinable else \
+        Job("nanfn").reduce(lambda g: agg.AggregationSet(["k"], {"n": agg.count(), "s": agg.sum("v")}).aggregate(g),
+                            by="k")
+    job.run(str(tmp_path / "in"), str(tmp_path / "out"), partition_size="64KiB", map_combine=False)
+    out = engine.read(str(tmp_path / "out"))
+    nan_rows = out.filter(pc.is_nan(out["k"])).to_pylist()
+    assert len(nan_rows) == 1 and nan_rows[0]["n"] == int(np.isnan(k).sum())
+    assert out.num_rows == len(np.unique(k[~np.isnan(k)])) + 1
+
+
+@pytest.mark.parametrize("descending", [False, True])
+def test_sort_with_nan_and_null_keys(tmp_path, descending):
+    rng = np.random.default_rng(3)
+    n = 12_000
+    k = rng.normal(0, 1, n)
+    k[rng.random(n) < 0.4] = np.nan
+    t = pa.table({"k": pa.array(k, mask=rng.random(n) < 0.05), "v": np.arange(n, dtype=np.float64)})
+    write_parts(tmp_path / "in", t, parts=3)
+    result = Job("nansort").sort(by="k", descending=descending).run(
+        str(tmp_path / "in"), str(tmp_path / "out"), partition_size="16KiB")
+    out = engine.read(str(tmp_path / "out"))
+
+    def comparable(table: pa.Table) -> pa.Table:    # NaN != NaN in Arrow equality: compare a stand-in
+        col = table["k"]
+        return table.set_column(0, "k", pc.if_else(pc.is_nan(col), pa.scalar(1e300), col))
+    order = "descending" if descending else "ascending"
+    ref = t.sort_by([("k", order), ("v", "ascending")])
+    # the output's key sequence is pyarrow's: numbers in order, then NaN, then null ...
+    assert comparable(out).select(["k"]).equals(comparable(ref).select(["k"]))
+    # ... and it holds every row once
+    assert comparable(out.sort_by([("k", order), ("v", "ascending")])).equals(comparable(ref))
+    assert any(d["action"] == "split" for d in result.report.skew)     # NaN (40 %) is a hot key
+
+
+def test_journal_reuses_a_result_only_for_the_same_task():
+    from engine.compile import TaskSpec
+    from engine.runner import _spec_digest
+    from engine.tasks import TaskContext, run_reduce
+    ctx = TaskContext(run_id="r", job="j", round=0, rounds=1, kind="reduce", keys=("k",), descending=False,
+                      shuffle_fs=None, shuffle_root="/s", out_fs=None, out_root="/o", num_partitions=8)
+    refs = [("/s/a.arrow", [0, 3]), ("/s/b.arrow", [1])]
+    keys = pa.table({"k": pa.array([7], pa.int64())})
+
+    def spec(c=ctx, r=refs, f=None):
+        return TaskSpec(2, run_reduce, (c, object(), r, f, None), 100)
+    assert _spec_digest(spec()) == _spec_digest(spec())
+    others = [spec(c=replace(ctx, map_combine=False)), spec(r=refs[:1]), spec(f={"only": keys, "exclude": None,
+                                                                                  "sub": None}),
+              spec(c=replace(ctx, num_partitions=16))]
+    assert len({_spec_digest(s) for s in others} | {_spec_digest(spec())}) == 5
