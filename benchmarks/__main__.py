@@ -2,6 +2,7 @@
 
     python -m benchmarks [--quick] [--suites groupby,sort,...] [--repeat N] [--peers duckdb,polars,...]
                          [--out RESULTS.jsonl] [--no-html] [--timeline SUITE:CASE] [--data DIR]
+                         [--g1-rows 1e7] [--g1-parts 8]
     python -m benchmarks compare BASELINE.jsonl CANDIDATE.jsonl [--threshold 0.10] [--noise 1.0]
     python -m benchmarks report RESULTS.jsonl [-o RESULTS.html]
 
@@ -47,6 +48,9 @@ def run(argv: list[str]) -> int:
                     "timeline goes into the report (default: %(default)s)")
     ap.add_argument("--data", default=None, help="dataset cache root (default: benchmarks/data)")
     ap.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    ap.add_argument("--g1-rows", type=float, default=None,
+                    help="rows of the G1 groupby dataset (e.g. 1e7, 1e8; default: the profile's)")
+    ap.add_argument("--g1-parts", type=int, default=None, help="Parquet files of the G1 dataset")
     args = ap.parse_args(argv)
 
     chosen = _list(args.suites)
@@ -60,6 +64,10 @@ def run(argv: list[str]) -> int:
     installed = peers.available(tuple(wanted)) if wanted else {}
     missing = [p for p, ok in installed.items() if not ok]
     profile = suites.PROFILES["quick" if args.quick else "standard"]
+    if args.g1_rows is not None or args.g1_parts is not None:
+        import dataclasses
+        profile = dataclasses.replace(profile, g1_rows=int(args.g1_rows or profile.g1_rows),
+                                      g1_parts=int(args.g1_parts or profile.g1_parts))
     repeat = args.repeat or profile.repeat
     if repeat < 1:
         ap.error("--repeat must be at least 1")

@@ -180,8 +180,10 @@ def _parser() -> argparse.ArgumentParser:
                        description="Exit 0 when PATH's committed output is intact, 1 when it is corrupt or "
                                    "incomplete (each bad file is named on stderr).")
     v.add_argument("path")
-    e = sub.add_parser("explain", parents=[common], help="print a job's plan (and, with --input, the Dask graph size)")
-    e.add_argument("job")
+    e = sub.add_parser("explain", parents=[common],
+                       help="print a job's plan (with --input, the Dask graph size); or, given a committed "
+                            "output directory, what its run decided (skew, speculation)")
+    e.add_argument("job", help="a job file or module, or a committed output path")
     e.add_argument("--input", "-i", action="append")
     e.add_argument("--format", help="input format (default: from file names)")
     e.add_argument("--partition-size")
@@ -358,10 +360,46 @@ def cmd_verify(args) -> int:
 
 def cmd_explain(args) -> int:
     from .plan import explain
+    finished = _committed_run(args.job)
+    if finished is not None:
+        print(finished)
+        return EXIT_OK
     job = load_job(args.job)
     print(explain(job, _inputs(args.input) if args.input else None, partition_size=args.partition_size,
                   format=args.format))
     return EXIT_OK
+
+
+def _committed_run(path: str) -> str | None:
+    """The run-time decisions recorded in a committed output's manifest, as text; None if ``path`` is
+    not a committed output."""
+    if path.endswith(".py") or ("://" not in path and not os.path.isdir(path)):
+        return None
+    from .commit import load_manifest
+    from .datasets import filesystem
+    try:
+        fs, root = filesystem(path)
+        manifest = load_manifest(fs, root)
+    except Exception:  # noqa: BLE001 - not an output: treat it as a job
+        return None
+    if manifest is None:
+        return None
+    doc = manifest.doc
+    meta = doc.get("meta", doc)
+    lines = [f"committed output {path}: job {meta.get('job', doc.get('job'))!r}, run {doc.get('run_id')}, "
+             f"{len(manifest.files)} file(s), {manifest.rows:,} rows"]
+    decisions = meta.get("decisions") or doc.get("decisions")
+    if not decisions:
+        lines.append("  (this output was committed without run-time decisions)")
+        return "\n".join(lines)
+    for s in decisions.get("stages", []):
+        lines.append(f"  stage {s['name']}: {s['tasks']} task(s), {s['attempts']} attempt(s), "
+                     f"{s['speculative']} speculative, {s['retries']} retried")
+    for d in decisions.get("skew", []):
+        lines.append(f"  skew {d.get('action')}: {d.get('reason', d)}")
+    for d in decisions.get("speculation", []):
+        lines.append(f"  speculation: {d.get('reason', d)} -> won by attempt {d.get('won')}")
+    return "\n".join(lines)
 
 
 def cmd_history(args) -> int:

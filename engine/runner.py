@@ -616,7 +616,12 @@ def _execute(plan: Plan, spec: InputSpec, client, info: ClusterInfo, executor: S
     meta = {"job": plan.job.name, "fingerprint": plan.fingerprint, "engine_version": ENGINE_VERSION,
             "input": {"digest": snapshot, "files": len(spec.snapshot), "bytes": spec.total_bytes,
                       "snapshot": list(spec.snapshot)[:1000]},
-            "timings": {"started": rep.start, "seconds": round(time.time() - rep.start, 3)}}
+            "timings": {"started": rep.start, "seconds": round(time.time() - rep.start, 3)},
+            # what the run decided at run time, for `mapreduce explain OUT` (plain JSON values only)
+            "decisions": json.loads(json.dumps({"skew": rep.skew[:500], "speculation": rep.speculation[:500],
+                                                "stages": [{"name": s.name, "tasks": s.tasks, "attempts": s.attempts,
+                                                            "speculative": s.speculative, "retries": s.retries}
+                                                           for s in rep.stages]}, default=str))}
     return commit.commit_job(out_fs, out, run_id=run_id, winners=winners, schema=schema, mode=mode,
                              previous=previous, meta=meta, hook=faults.commit_hook if faults is not None else None)
 

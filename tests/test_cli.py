@@ -345,6 +345,28 @@ def test_explain_prints_the_plan(env, workspace):
     assert "Job 'wordcount'" in proc.stdout
 
 
+def test_explain_a_committed_output_shows_the_run_time_decisions(tmp_path, env):
+    import numpy as np
+    (tmp_path / "in").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):     # key 0 holds 60% of the rows: more than one sort partition's share
+        k = np.where(rng.random(30_000) < 0.6, 0, rng.integers(1, 5000, 30_000))
+        pq.write_table(pa.table({"k": k, "v": rng.random(30_000)}), tmp_path / "in" / f"p{i}.parquet")
+    job = tmp_path / "hotsort.py"
+    job.write_text("from engine import Job\njob = Job('hotsort').sort(by='k')\n")
+    out = tmp_path / "out"
+    proc = cli("run", job, "--input", tmp_path / "in", "--output", out, "--workers", "1",
+               "--partition-size", "64KiB", env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    proc = cli("explain", out, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    assert f"committed output {out}: job 'hotsort'" in text and "60,000 rows" in text
+    assert re.search(r"stage r0-map: \d+ task", text) and re.search(r"stage r0-reduce: \d+ task", text)
+    assert re.search(r"skew split: hot sort key \(0,\) .* spread over \d+ adjacent partitions", text), text
+    assert "skew range:" in text and "estimated rows per partition" in text
+
+
 def test_job_file_without_job_fails_with_one_paragraph(tmp_path, env):
     bad = tmp_path / "nojob.py"
     bad.write_text("import pyarrow as pa\n\nwork = 42\n")
