@@ -51,7 +51,7 @@ DEFAULTS: dict[str, Any] = {
         "enabled": True,
         "quantile": 0.75,       # fraction of a stage's tasks finished before speculating
         "multiplier": 1.5,      # a task is slow after multiplier x median runtime
-        "min-runtime": 1.0,     # seconds; never speculate tasks younger than this
+        "min-runtime": 0.5,     # seconds; never speculate tasks younger than this
         "max-concurrent": 2,    # speculative attempts running at once
         "interval": 0.1,        # seconds between supervisor checks
         "early-multiplier": 2.0,  # before the quantile is reached: threshold x this (few tasks to judge by)

@@ -61,7 +61,7 @@ class TaskStartReporter(WorkerPlugin):
 class Policy:
     quantile: float = 0.75
     multiplier: float = 1.5
-    min_runtime: float = 1.0
+    min_runtime: float = 0.5
     max_concurrent: int = 2
     interval: float = 0.1
     early_multiplier: float = 2.0
@@ -165,7 +165,9 @@ class Supervisor:
         if not durations:
             return
         median = statistics.median(durations)
-        threshold = max(self.policy.multiplier * median, self.policy.min_runtime) * (self.policy.early_multiplier if early else 1)
+        threshold = max(self.policy.multiplier * median, self.policy.min_runtime)
+        if early:
+            threshold *= self.policy.early_multiplier
         slow_nodes = {w for w, ds in per_worker.items() if statistics.median(ds) > self.policy.multiplier * median}
         rate = statistics.median(rates) if rates else None
         active = sum(1 for (p, a, s, spec) in running.values() if spec)
