@@ -5,6 +5,7 @@
                          [--g1-rows 1e7] [--g1-parts 8]
     python -m benchmarks compare BASELINE.jsonl CANDIDATE.jsonl [--threshold 0.10] [--noise 1.0]
     python -m benchmarks report RESULTS.jsonl [-o RESULTS.html]
+    python -m benchmarks summary RESULTS.jsonl          # Markdown tables (for RESULTS.md)
 
 A run writes JSON lines (a ``run`` record with the environment and parameters, one ``measurement``
 record per case, system and knob value, the chosen run's ``timeline``, a closing ``summary``) and,
@@ -134,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "compare":
         from benchmarks import compare
         return compare.main(argv[1:])
+    if argv and argv[0] == "summary":
+        from benchmarks import summary
+        return summary.main(argv[1:])
     if argv and argv[0] == "report":
         from benchmarks import report
         return report.main(argv[1:])

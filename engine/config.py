@@ -58,7 +58,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "skew": {
         "enabled": True,
-        "split-over": 1.5,      # a hash partition over this x the reduce target is split ...
+        "split-over": 2.0,      # a hash partition over this x the reduce target is split ...
         "factor": 5.0,          # ... and so is one over the target and > factor x the median partition
         "top-keys": 8,          # heaviest keys each map task reports
     },

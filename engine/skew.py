@@ -101,11 +101,11 @@ def coalesce(rows: Sequence[int], nbytes: Sequence[int], target: int, *, min_tas
 
 def plan_reducers(rows: Sequence[int], nbytes: Sequence[int], heavy: Sequence[tuple[tuple, int, int]],
                   target: int, *, min_tasks: int = 1, enabled: bool = True, combinable: bool = True,
-                  factor: float = 5.0, split_over: float = 1.5,
+                  factor: float = 5.0, split_over: float = 2.0,
                   sources: Sequence[int] | None = None) -> ReducePlan:
     """Reduce tasks from map-output statistics: coalesce small partitions, split oversized ones.
 
-    A hash partition is *oversized* when it holds more than ``split_over`` (1.5) tasks' worth of bytes
+    A hash partition is *oversized* when it holds more than ``split_over`` (2) tasks' worth of bytes
     (the effective target), or when it is larger than ``factor`` x the median non-empty partition and than
     the target (Spark AQE's skew test). An oversized partition is split into tasks of about the
     target: its heavy keys (estimated from the map tasks' samples, ``heavy`` = ``(key, partition,

@@ -10,6 +10,12 @@ every ``interval`` seconds while a stage runs:
 2. A running task becomes a candidate once it has run longer than ``multiplier x median`` and longer
    than ``min-runtime`` seconds, measured from the moment it *started executing* (a worker plugin
    reports starts, so time spent queued behind another task does not count).
+   With progress reports (map tasks report rows done after each input batch), LATE's estimate
+   applies too: a task whose estimated total time (time to its last report x expected rows / rows
+   done, and at least its elapsed time) exceeds
+   ``multiplier x`` the median, or that has reported nothing for ``multiplier x`` the usual time to
+   a first report, is a candidate as soon as it passes ``min-runtime``: a 20x straggler is caught
+   after a fraction of a typical task, not after 1.5 of them.
 3. Unless its input size explains it: when the stage's finished tasks processed ``r`` bytes per
    second (median) and the candidate's input should take ``size / r`` seconds, it is only slow if it
    also exceeds ``multiplier x`` that estimate (Spark's efficiency filter; skewed tasks are big, not slow).
@@ -39,6 +45,7 @@ from .report import RunReport
 log = logging.getLogger("engine")
 
 TOPIC = "engine-task-start"
+PROGRESS_TOPIC = "engine-task-progress"
 
 
 class TaskStartReporter(WorkerPlugin):
@@ -85,14 +92,18 @@ class Supervisor:
         self.starts: dict[str, tuple[float, str]] = {}     # repr(key) -> (start time, worker)
         self._lock = threading.Lock()
         self._stage = ""
+        self._prefix_repr = "\0"
         self._total = 0
         self._last = 0.0
         self.speculated: dict[int, dict] = {}
+        self.progress: dict[str, tuple[float, int]] = {}    # repr(key) -> (time of report, rows done)
+        self._first_gaps: list[float] = []                  # start -> first progress report, this stage
         with _REG_LOCK:
             if id(client) not in _REGISTERED:
                 client.register_plugin(TaskStartReporter())
                 _REGISTERED.add(id(client))
         client.subscribe_topic(TOPIC, self._on_start)
+        client.subscribe_topic(PROGRESS_TOPIC, self._on_progress)
 
     @classmethod
     def from_config(cls, client, report: RunReport) -> Supervisor:
@@ -102,6 +113,14 @@ class Supervisor:
         _, msg = event
         with self._lock:
             self.starts[msg["key"]] = (time.time(), msg["worker"])
+
+    def _on_progress(self, event) -> None:
+        _, msg = event
+        key = msg["key"]
+        with self._lock:
+            if key not in self.progress and key in self.starts and key.startswith(self._prefix_repr):
+                self._first_gaps.append(time.time() - self.starts[key][0])
+            self.progress[key] = (time.time(), int(msg["done"]))
 
     def _cluster_shape(self) -> tuple[int, int]:
         now = time.time()
@@ -127,6 +146,9 @@ class Supervisor:
     def stage_started(self, executor, name: str, prefix: str, total: int) -> None:
         self._stage, self._total = name, total
         self.speculated = {}
+        with self._lock:
+            self._prefix_repr = repr((prefix,))[:-2]      # how this stage's keys start, as reprs
+            self._first_gaps = []
 
     def stage_finished(self, executor, name: str) -> None:
         for partition, info in self.speculated.items():
@@ -152,7 +174,7 @@ class Supervisor:
         early = len(results) < max(1, math.floor(self.policy.quantile * total))
         if early and len(results) < max(2, self._slots()):
             return
-        durations, rates = [], []
+        durations, rates, rows_per_byte, rows_done = [], [], [], []
         per_worker: dict[str, list[float]] = {}
         for v in results.values():
             if "start" in v and "stop" in v:
@@ -162,6 +184,10 @@ class Supervisor:
                 size = v.get("input_bytes")
                 if size:
                     rates.append(size / d)
+                    if v.get("rows_in"):
+                        rows_per_byte.append(v["rows_in"] / size)
+                if v.get("rows_in"):
+                    rows_done.append(v["rows_in"])
         if not durations:
             return
         median = statistics.median(durations)
@@ -170,6 +196,12 @@ class Supervisor:
             threshold *= self.policy.early_multiplier
         slow_nodes = {w for w, ds in per_worker.items() if statistics.median(ds) > self.policy.multiplier * median}
         rate = statistics.median(rates) if rates else None
+        with self._lock:
+            gaps = list(self._first_gaps)
+        silent_limit = max(self.policy.min_runtime, self.policy.multiplier * statistics.median(gaps)) \
+            if gaps else math.inf
+        if early:
+            silent_limit *= self.policy.early_multiplier
         active = sum(1 for (p, a, s, spec) in running.values() if spec)
         by_partition: dict[int, list] = {}
         for future, (p, a, submitted, spec) in running.items():
@@ -186,16 +218,33 @@ class Supervisor:
                 continue          # still queued: not a straggler (yet)
             start, worker = started
             elapsed = now - start
-            if elapsed <= threshold:
-                continue
             size = sizes.get(p)
-            if rate and size:
-                expected = size / rate
-                if elapsed <= self.policy.multiplier * expected * (self.policy.early_multiplier if early else 1):
-                    continue      # slow because it is big: speculation would not help
-            reason = (f"{self._stage} partition {p}: attempt {attempt} has run {elapsed:.2f}s on {worker}, over "
-                      f"{self.policy.multiplier:g} x the median {median:.2f}s of {len(durations)} finished tasks"
-                      + (f" (its input of {size:,} bytes should take {size / rate:.2f}s)" if rate and size else ""))
+            expected = size / rate if rate and size else median      # how long this task should take
+            factor = self.policy.early_multiplier if early else 1
+            why = None
+            if elapsed > threshold and elapsed > self.policy.multiplier * expected * factor:
+                why = (f"has run {elapsed:.2f}s, over {self.policy.multiplier:g} x the median {median:.2f}s of "
+                       f"{len(durations)} finished tasks")
+            elif elapsed > self.policy.min_runtime * factor:
+                # LATE: estimate the finish from the task's own progress
+                with self._lock:
+                    reported = self.progress.get(repr(future.key))
+                done = reported[1] if reported else None
+                expected_rows = (size * statistics.median(rows_per_byte) if size and rows_per_byte
+                                 else statistics.median(rows_done) if rows_done else None)
+                if done is None and elapsed > silent_limit:
+                    why = (f"has reported no progress in {elapsed:.2f}s (tasks of this stage report within "
+                           f"{statistics.median(gaps):.2f}s)")
+                elif done and expected_rows:
+                    # the rate as of its last report (progress made since is unknown, so never less than now)
+                    estimate = max(elapsed, (reported[0] - start) * expected_rows / done)
+                    if estimate > self.policy.multiplier * expected * factor:
+                        why = (f"has done {done:,} of ~{expected_rows:,.0f} rows in {elapsed:.2f}s: on course "
+                               f"for ~{estimate:.1f}s, over {self.policy.multiplier:g} x the expected {expected:.2f}s")
+            if why is None:
+                continue      # not slow, or slow because it is big: speculation would not help
+            reason = (f"{self._stage} partition {p}: attempt {attempt} on {worker} {why}"
+                      + (f" (its input of {size:,} bytes should take {expected:.2f}s)" if rate and size else ""))
             avoid = {worker} | slow_nodes
             if not self._live_workers() - avoid:
                 continue          # no other worker, or every other one is slow: a copy would not finish sooner

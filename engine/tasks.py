@@ -96,6 +96,29 @@ def check_cancelled() -> None:
         raise TaskCancelled(f"attempt {key} was cancelled")
 
 
+def report_progress(rows_done: int, min_interval: float = 0.1) -> None:
+    """Tell the driver's speculation supervisor how many input rows this attempt has processed
+    (at most every ``min_interval`` seconds; nothing outside a worker)."""
+    try:
+        from distributed import get_worker
+        from distributed.worker import thread_state
+    except ImportError:  # pragma: no cover
+        return
+    key = getattr(thread_state, "key", None)
+    if key is None:
+        return
+    now = time.time()
+    last_key, last_at = getattr(thread_state, "engine_progress", (None, 0.0))
+    if last_key == key and now - last_at < min_interval:
+        return
+    thread_state.engine_progress = (key, now)
+    try:
+        from .speculation import PROGRESS_TOPIC
+        get_worker().log_event(PROGRESS_TOPIC, {"key": repr(key), "done": int(rows_done)})
+    except Exception:  # noqa: BLE001 - diagnostics must never fail a task
+        pass
+
+
 def _worker_name() -> str:
     try:
         from distributed import get_worker
@@ -199,6 +222,7 @@ def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partitio
                 for i, fn in enumerate(stages["maps"]):
                     table = _apply(fn, table, f"map function {i + 1} of {label} (input {split.describe()})")
                 yield table
+                report_progress(rows_in)
 
         if ctx.kind == "map":
             output = _Output(ctx, partition, attempt, "map")

@@ -157,3 +157,16 @@ def test_html_report_renders_in_headless_chromium(quick, tmp_path):
         assert not errors, errors
     finally:
         browser.quit()
+
+
+def test_summary_renders_the_run_as_markdown_tables(quick):
+    from benchmarks import summary
+    _, _, records, _ = quick
+    text = summary.render(records)
+    lines = text.splitlines()
+    assert "answers all equal" in lines[0]
+    for q in suites.QUESTIONS:
+        assert any(line.startswith(f"| groupby | {q} |") for line in lines), q
+    assert "engine/duckdb" in text and "| wordcount | wordcount |" in text
+    knobs = {line.split(" | ")[0].lstrip("| ") for line in lines if line.startswith("| ") and "rows/s)" in line}
+    assert {"input_partitions", "partition_size", "workers_x_threads", "skew", "speculation", "combine"} <= knobs
