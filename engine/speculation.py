@@ -203,6 +203,11 @@ class Supervisor:
         if early:
             silent_limit *= self.policy.early_multiplier
         active = sum(1 for (p, a, s, spec) in running.values() if spec)
+        # Work still queued (attempts not started) keeps the other slots busy for about this long; a copy
+        # launched now only pays if the straggler would finish after that work plus the copy itself.
+        with self._lock:
+            queued = sum(1 for f in running if repr(f.key) not in self.starts)
+        drain = queued * median / max(1, self._slots() - 1)
         by_partition: dict[int, list] = {}
         for future, (p, a, submitted, spec) in running.items():
             by_partition.setdefault(p, []).append((future, a, submitted, spec))
@@ -221,28 +226,38 @@ class Supervisor:
             size = sizes.get(p)
             expected = size / rate if rate and size else median      # how long this task should take
             factor = self.policy.early_multiplier if early else 1
+            # LATE: the task's own progress (map tasks report rows done after each input batch)
+            with self._lock:
+                reported = self.progress.get(repr(future.key))
+            done = reported[1] if reported else None
+            expected_rows = (size * statistics.median(rows_per_byte) if size and rows_per_byte
+                             else statistics.median(rows_done) if rows_done else None)
+            estimate = None       # its total time, at its rate as of its last report (at least elapsed)
+            if done and expected_rows:
+                estimate = max(elapsed, (reported[0] - start) * expected_rows / done)
             why = None
             if elapsed > threshold and elapsed > self.policy.multiplier * expected * factor:
                 why = (f"has run {elapsed:.2f}s, over {self.policy.multiplier:g} x the median {median:.2f}s of "
                        f"{len(durations)} finished tasks")
             elif elapsed > self.policy.min_runtime * factor:
-                # LATE: estimate the finish from the task's own progress
-                with self._lock:
-                    reported = self.progress.get(repr(future.key))
-                done = reported[1] if reported else None
-                expected_rows = (size * statistics.median(rows_per_byte) if size and rows_per_byte
-                                 else statistics.median(rows_done) if rows_done else None)
                 if done is None and elapsed > silent_limit:
                     why = (f"has reported no progress in {elapsed:.2f}s (tasks of this stage report within "
                            f"{statistics.median(gaps):.2f}s)")
-                elif done and expected_rows:
-                    # the rate as of its last report (progress made since is unknown, so never less than now)
-                    estimate = max(elapsed, (reported[0] - start) * expected_rows / done)
-                    if estimate > self.policy.multiplier * expected * factor:
-                        why = (f"has done {done:,} of ~{expected_rows:,.0f} rows in {elapsed:.2f}s: on course "
-                               f"for ~{estimate:.1f}s, over {self.policy.multiplier:g} x the expected {expected:.2f}s")
+                elif estimate is not None and estimate > self.policy.multiplier * expected * factor:
+                    why = (f"has done {done:,} of ~{expected_rows:,.0f} rows in {elapsed:.2f}s: on course "
+                           f"for ~{estimate:.1f}s, over {self.policy.multiplier:g} x the expected {expected:.2f}s")
             if why is None:
                 continue      # not slow, or slow because it is big: speculation would not help
+            # The time it still needs: from its progress; unbounded when it reports none while its
+            # siblings do; otherwise (no progress reports in this stage) assume at least what it has run.
+            if estimate is not None:
+                left = estimate - elapsed
+            elif gaps and done is None:
+                left = math.inf
+            else:
+                left = elapsed
+            if left <= drain + expected:
+                continue      # it finishes before the queued work does: a copy now would only displace it
             reason = (f"{self._stage} partition {p}: attempt {attempt} on {worker} {why}"
                       + (f" (its input of {size:,} bytes should take {expected:.2f}s)" if rate and size else ""))
             avoid = {worker} | slow_nodes
