@@ -24,7 +24,6 @@ that lacks that switch it runs two jobs differing only in a ``.combine`` stage i
 
 from __future__ import annotations
 
-import inspect
 import os
 import shutil
 import uuid
@@ -32,14 +31,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from benchmarks import answers, common, harness, peers
 from benchmarks.harness import ENGINE, Measured, Outcome, timed
 from benchmarks.progress import Progress
 from engine import Job
-from engine import run as engine_run
 
 SUITES = ("groupby", "wordcount", "sort", "skew", "stragglers", "commit", "cluster")
 QUESTIONS = tuple(f"q{i}" for i in range(1, 11))
@@ -267,22 +264,14 @@ def groupby(ctx: Context) -> None:
 # word count (and the combine sweep)
 
 
-def ones(t: pa.Table) -> pa.Table:
-    """Word count's map with an explicit count column: one ``(word, 1)`` row per word."""
-    from jobs.wordcount import words
-    w = words(t)
-    return w.append_column("count", pa.array(np.ones(w.num_rows, dtype=np.int64)))
-
-
-def sum_counts(t: pa.Table) -> pa.Table:
-    """``(word, count)`` summed per word: both the combine and the reduce of the combine sweep."""
-    out = t.group_by("word", use_threads=False).aggregate([("count", "sum")])
-    return pa.table({"word": out["word"], "count": out["count_sum"]})
-
-
-WORDCOUNT_COMBINE = Job("wordcount-combine").map(ones, columns=["text"]).combine(sum_counts).reduce(sum_counts,
-                                                                                                     by="word")
-WORDCOUNT_NO_COMBINE = Job("wordcount-no-combine").map(ones, columns=["text"]).reduce(sum_counts, by="word")
+def _engine_and_peers(ctx: Context, workload: str, job, data: str, info, reports: list) -> dict:
+    """The engine and every installed peer that has ``workload``, as timed systems on ``data``."""
+    systems = {ENGINE: engine_system(ctx, job, data, keep_reports=reports)}
+    for name in ctx.peers:
+        if name in peers.FUNCTIONS[workload]:
+            fn = peers.FUNCTIONS[workload][name]
+            systems[name] = peer_system(lambda fn=fn: fn(data, info.threads))
+    return systems
 
 
 def wordcount(ctx: Context) -> None:
@@ -296,23 +285,15 @@ def wordcount(ctx: Context) -> None:
     _warm(ctx, job, data)
     params = {"bytes": p.text_bytes, "files": p.text_files, "dataset": os.path.basename(data)}
     reports: list = []
-    systems = {ENGINE: engine_system(ctx, job, data, keep_reports=reports)}
-    for name in ctx.peers:
-        if name in peers.FUNCTIONS["wordcount"]:
-            fn = peers.FUNCTIONS["wordcount"][name]
-            systems[name] = peer_system(lambda fn=fn: fn(data, info.threads))
+    systems = _engine_and_peers(ctx, "wordcount", job, data, info, reports)
     m = _measure(ctx, "wordcount", systems)
     refs = {} if "pyarrow" in systems else {"pyarrow": peers.FUNCTIONS["wordcount"]["pyarrow"](data, 1)}
     _emit_case(ctx, "wordcount", "wordcount", m, params=params, check_=check(m, ["word"], refs),
                input_rows=lines, input_bytes=size)
     _emit_timeline(ctx, "wordcount", "wordcount", reports)
 
-    # sweep: map-side combine, by engine.run's map_combine= where it exists, else as two jobs
-    if "map_combine" in inspect.signature(engine_run).parameters:
-        systems = {on: engine_system(ctx, job, data, map_combine=on == "on") for on in ("on", "off")}
-    else:
-        systems = {"on": engine_system(ctx, WORDCOUNT_COMBINE, data),
-                   "off": engine_system(ctx, WORDCOUNT_NO_COMBINE, data)}
+    # sweep: map-side combine (engine.run's map_combine=)
+    systems = {on: engine_system(ctx, job, data, map_combine=on == "on") for on in ("on", "off")}
     m = _measure(ctx, "wordcount combine", systems)
     ref = {"pyarrow": peers.FUNCTIONS["wordcount"]["pyarrow"](data, 1)}
     _emit_case(ctx, "wordcount", "wordcount-combine", m, params=params, check_=check(m, ["word"], ref, ("on", "off")),
@@ -334,11 +315,7 @@ def sort(ctx: Context) -> None:
     _warm(ctx, job, data)
     params = {"rows": p.sort_rows, "files": p.sort_parts, "dataset": os.path.basename(data)}
     reports: list = []
-    systems = {ENGINE: engine_system(ctx, job, data, keep_reports=reports)}
-    for name in ctx.peers:
-        if name in peers.FUNCTIONS["sort"]:
-            fn = peers.FUNCTIONS["sort"][name]
-            systems[name] = peer_system(lambda fn=fn: fn(data, info.threads))
+    systems = _engine_and_peers(ctx, "sort", job, data, info, reports)
     m = _measure(ctx, "terasort", systems)
     refs = {} if "pyarrow" in systems else {"pyarrow": peers.FUNCTIONS["sort"]["pyarrow"](data, 1)}
     _emit_case(ctx, "sort", "terasort", m, params=params, check_=check(m, [], refs),

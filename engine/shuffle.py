@@ -263,20 +263,30 @@ def compare_keys(a: tuple, b: tuple, descending: bool) -> int:
     return 0
 
 
-def choose_boundaries(samples: Iterable[tuple[pa.Table, float]], keys: Sequence[str], descending: bool,
-                      num_partitions: int) -> list[tuple]:
-    """``num_partitions - 1`` (or fewer, deduplicated) key boundaries from weighted samples."""
+def _sorted_sample(samples: Iterable[tuple[pa.Table, float]], keys: Sequence[str],
+                   descending: bool) -> tuple[pa.Table, np.ndarray] | None:
+    """The map tasks' key samples as one table in sort order, with each row's weight (rows it stands
+    for); None when there is no sample at all."""
     tables, weights = [], []
     for t, w in samples:
         if t is not None and t.num_rows:
             tables.append(t.select(list(keys)))
             weights.append(np.full(t.num_rows, w, dtype=np.float64))
-    if not tables or num_partitions <= 1:
-        return []
+    if not tables:
+        return None
     sample = pa.concat_tables(tables)
     w = np.concatenate(weights)
     order = pc.sort_indices(sample, sort_keys=sort_keys(keys, descending)).to_numpy()
-    sample, w = sample.take(pa.array(order)), w[order]
+    return sample.take(pa.array(order)), w[order]
+
+
+def choose_boundaries(samples: Iterable[tuple[pa.Table, float]], keys: Sequence[str], descending: bool,
+                      num_partitions: int) -> list[tuple]:
+    """``num_partitions - 1`` (or fewer, deduplicated) key boundaries from weighted samples."""
+    sorted_sample = _sorted_sample(samples, keys, descending)
+    if sorted_sample is None or num_partitions <= 1:
+        return []
+    sample, w = sorted_sample
     cum = np.cumsum(w)
     total = cum[-1]
     rows = sample.to_pylist()
@@ -329,18 +339,11 @@ def choose_pieces(samples: Iterable[tuple[pa.Table, float]], keys: Sequence[str]
     key or after the last one; between two hot keys a range piece takes whatever was not sampled.
     """
     samples = list(samples)
-    tables, weights = [], []
-    for t, w in samples:
-        if t is not None and t.num_rows:
-            tables.append(t.select(list(keys)))
-            weights.append(np.full(t.num_rows, w, dtype=np.float64))
-    if not tables or num_partitions <= 1:
-        total = float(sum(np.sum(w) for w in weights)) if weights else 0.0
+    sorted_sample = _sorted_sample(samples, keys, descending)
+    if sorted_sample is None or num_partitions <= 1:
+        total = float(sorted_sample[1].sum()) if sorted_sample is not None else 0.0
         return [RangePiece(None, None, rows=total)]
-    sample = pa.concat_tables(tables)
-    w = np.concatenate(weights)
-    order = pc.sort_indices(sample, sort_keys=sort_keys(keys, descending)).to_numpy()
-    sample, w = sample.take(pa.array(order)), w[order]
+    sample, w = sorted_sample
     # Distinct keys in sort order with their summed weights.
     rows = sample.to_pylist()
     distinct: list[tuple[tuple, float]] = []

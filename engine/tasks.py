@@ -77,20 +77,28 @@ def load_payload(blob: bytes) -> Any:
     return obj
 
 
-def check_cancelled() -> None:
-    """Raise TaskCancelled when the running attempt was cancelled (so its worker is freed early)."""
+def _current_attempt() -> tuple[Any, Any] | None:
+    """``(worker, task key)`` of the attempt running in this thread; None outside a dask worker."""
     try:
         from distributed import get_worker
         from distributed.worker import thread_state
     except ImportError:  # pragma: no cover
-        return
+        return None
     key = getattr(thread_state, "key", None)
     if key is None:
-        return
+        return None
     try:
-        worker = get_worker()
+        return get_worker(), key
     except ValueError:
+        return None
+
+
+def check_cancelled() -> None:
+    """Raise TaskCancelled when the running attempt was cancelled (so its worker is freed early)."""
+    current = _current_attempt()
+    if current is None:
         return
+    worker, key = current
     ts = worker.state.tasks.get(key)
     if ts is None or ts.state in ("cancelled", "released", "forgotten"):
         raise TaskCancelled(f"attempt {key} was cancelled")
@@ -99,14 +107,11 @@ def check_cancelled() -> None:
 def report_progress(rows_done: int, min_interval: float = 0.1) -> None:
     """Tell the driver's speculation supervisor how many input rows this attempt has processed
     (at most every ``min_interval`` seconds; nothing outside a worker)."""
-    try:
-        from distributed import get_worker
-        from distributed.worker import thread_state
-    except ImportError:  # pragma: no cover
+    current = _current_attempt()
+    if current is None:
         return
-    key = getattr(thread_state, "key", None)
-    if key is None:
-        return
+    worker, key = current
+    from distributed.worker import thread_state
     now = time.time()
     last_key, last_at = getattr(thread_state, "engine_progress", (None, 0.0))
     if last_key == key and now - last_at < min_interval:
@@ -114,7 +119,7 @@ def report_progress(rows_done: int, min_interval: float = 0.1) -> None:
     thread_state.engine_progress = (key, now)
     try:
         from .speculation import PROGRESS_TOPIC
-        get_worker().log_event(PROGRESS_TOPIC, {"key": repr(key), "done": int(rows_done)})
+        worker.log_event(PROGRESS_TOPIC, {"key": repr(key), "done": int(rows_done)})
     except Exception:  # noqa: BLE001 - diagnostics must never fail a task
         pass
 
