@@ -578,7 +578,7 @@ def _execute(plan: Plan, spec: InputSpec, client, info: ClusterInfo, executor: S
             else 0,
             columns=r.columns, partition_types=spec.partition_types if r.index == 0 else {},
             page_checksums=bool(config.get("checksums.page-checksums")), faults=faults,
-            map_combine=map_combine)
+            map_combine=map_combine, report_progress=executor.supervisor is not None)
         # ---- map stage
         prefix = stage_prefix(plan.job.name, r.index, "map", plan.fingerprint, f"{run_id}:{executor.session}")
         tasks = [TaskSpec(i, run_map, (base_ctx, blob_future, input_fs, s), s.size) for i, s in enumerate(splits)]

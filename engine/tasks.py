@@ -53,6 +53,7 @@ class TaskContext:
     page_checksums: bool = True
     faults: Any = None                # optional fault-injection hook (tests, benchmarks)
     map_combine: bool = True          # map output is combined (aggregations: partial states)
+    report_progress: bool = True      # map tasks tell the speculation supervisor their progress
 
     @property
     def last_round(self) -> bool:
@@ -227,7 +228,8 @@ def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partitio
                 for i, fn in enumerate(stages["maps"]):
                     table = _apply(fn, table, f"map function {i + 1} of {label} (input {split.describe()})")
                 yield table
-                report_progress(rows_in)
+                if ctx.report_progress:
+                    report_progress(rows_in)
 
         if ctx.kind == "map":
             output = _Output(ctx, partition, attempt, "map")
