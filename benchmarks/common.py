@@ -85,3 +85,22 @@ def environment(info, packages: tuple[str, ...] = (), *, settings: bool = False)
         from engine import config
         env.update({"speculation_policy": dict(config.get("speculation")), "split_size": config.get("split-size")})
     return env
+
+
+def append_records(path: str, records) -> None:
+    """Append JSON lines (one per record) to a results file, creating its folder."""
+    import json
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(rec, default=str) + "\n")
+
+
+def print_markdown_table(head: list[str], rows: list[list], file=None) -> None:
+    """A padded Markdown table on ``file`` (stdout by default)."""
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    print("| " + " | ".join(str(h).ljust(w) for h, w in zip(head, widths)) + " |", file=file)
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|", file=file)
+    for row in rows:
+        print("| " + " | ".join(str(x).ljust(w) for x, w in zip(row, widths)) + " |", file=file)
+

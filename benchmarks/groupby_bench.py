@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import shlex
 import shutil
@@ -375,9 +374,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             line += f"  (load {load_before[0]:.1f} -> {load_after[0]:.1f})"
             print(line, file=sys.stderr)
             if not args.no_save:
-                os.makedirs(os.path.dirname(args.results), exist_ok=True)
-                with open(args.results, "a") as f:
-                    f.write(json.dumps(rec, default=str) + "\n")
+                common.append_records(args.results, [rec])
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print_table(records, systems, command, env, params)
@@ -408,14 +405,10 @@ def print_table(records: list[dict], systems: list[str], command: str, env: dict
             status += "; failed: " + ", ".join(sorted(r["errors"]))
         row.append(status)
         rows.append(row)
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     print(f"Groupby q1-q10 on G1: {params['rows']:,} rows, {params['files']} files "
           f"({params['data_bytes'] / 1e6:.0f} MB), median of {params['repeat']}; {env['cores']} cores, "
           f"{env['cluster']['workers']} workers")
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows:
-        print("| " + " | ".join(str(x).ljust(w) for x, w in zip(row, widths)) + " |")
+    common.print_markdown_table(head, rows)
     print(f"command: {command}")
 
 

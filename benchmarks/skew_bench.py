@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import gc
 import hashlib
-import json
 import os
 import shlex
 import shutil
@@ -56,6 +55,7 @@ import pyarrow as pa
 from benchmarks import common
 from benchmarks.common import wait_idle
 from engine import Job, agg
+from engine.skew import format_size
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -239,14 +239,6 @@ def _fmt(x: float | None, digits: int = 2) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
-
-
 class Bench:
     def __init__(self, client, scratch: str) -> None:
         self.client = client
@@ -277,8 +269,8 @@ def experiment(bench: Bench, key: str, data: dict[str, str], args, log) -> dict:
     seconds, warm, _ = bench.run(job, data[uniform], skew=True, partition_size=None, **options)
     map_bytes = warm.report.stages[0].bytes_out
     psize = max(1 << 20, map_bytes // args.reducers)
-    log(f"[{key}] {title}: warm-up {seconds:.1f}s, map output {_size(map_bytes)} -> partition_size "
-        f"{_size(psize)}")
+    log(f"[{key}] {title}: warm-up {seconds:.1f}s, map output {format_size(map_bytes)} -> partition_size "
+        f"{format_size(psize)}")
     configs = [(skewed, True), (skewed, False), (uniform, True), (uniform, False)]
     times: dict[tuple[str, bool], list[float]] = {c: [] for c in configs}
     runs: dict[tuple[str, bool], list[dict]] = {c: [] for c in configs}
@@ -404,14 +396,10 @@ def print_table(records: list[dict], params: dict, env: dict, command: str, out=
                 _fmt(off.get("rebalance_bound")),
                 f"{sort['max_over_median']:.2f} ({sort['partitions']} parts)" if sort else "",
                 r["answers"][shape]])
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     print(f"\nSkew benchmark: {params['rows']:,} rows per dataset, {params['parts']} Parquet files each, median of "
           f"{params['repeat']}; {env['cores']} cores, {env['cluster']['workers']} workers x "
           f"{env['cluster']['threads'] // max(1, env['cluster']['workers'])} thread", file=out)
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |", file=out)
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|", file=out)
-    for row in rows:
-        print("| " + " | ".join(str(x).ljust(w) for x, w in zip(row, widths)) + " |", file=out)
+    common.print_markdown_table(head, rows, file=out)
     print(f"targets: skewed/uniform with skew handling <= {TARGETS['skewed_over_uniform']}, skew off/on on skewed "
           f"data >= {TARGETS['off_over_on']} (where skew hurts), sort max/median partition rows <= "
           f"{TARGETS['sort_max_over_median']}", file=out)
@@ -435,7 +423,7 @@ def print_details(records: list[dict], out=sys.stdout) -> None:
     for r in records:
         shape = r["skewed"]
         print(f"\n[{r['experiment']}] {r['title']} on {shape} ({r['shapes'][shape]}), partition_size "
-              f"{_size(r['partition_size'])}", file=out)
+              f"{format_size(r['partition_size'])}", file=out)
         for mode in ("on", "off"):
             run = r["median_run"][f"{shape}/{mode}"]
             decisions = run["skew_decisions"]
@@ -517,9 +505,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                                              rec["uniform"])}})
             records.append(rec)
             if not args.no_save:
-                os.makedirs(os.path.dirname(args.results), exist_ok=True)
-                with open(args.results, "a") as f:
-                    f.write(json.dumps(rec, default=str) + "\n")
+                common.append_records(args.results, [rec])
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print_details(records)

@@ -424,14 +424,10 @@ def main(argv: list[str] | None = None) -> int:
                      " ".join("?" if x is None else f"{x:.1f}" for x in starts) or "-",
                      f"{statistics.median(r.load[0] for r in runs):.1f}",
                      "ok" if all(r.answer_ok for r in runs) else "WRONG"])
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
     print(f"\nword count, {args.files} map tasks of {file_bytes / 1e6:.0f} MB ({params['reduce_tasks']} reduce tasks), "
           f"{info.workers} workers x 1 thread, {env['cores']} cores; median of {args.repeat}; "
           f"typical map task {typical:.2f} s; {wall / 60:.1f} min in all")
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows:
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
+    common.print_markdown_table(head, rows)
 
     checks = []
 
@@ -463,19 +459,16 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.no_record:
         bench_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-        os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-        with open(RESULTS, "a") as f:
-            for (scenario, on), runs in cells.items():
-                f.write(json.dumps({
-                    "benchmark": "stragglers", "bench_id": bench_id, "time": time.time(), "command": command,
-                    "scenario": scenario, "label": label(scenario), "speculation": on, "seconds": med[(scenario, on)],
-                    "ratio_to_healthy": ratio[(scenario, on)],
-                    "runs": [{"seconds": round(r.seconds, 3), "speculative": r.speculative, "answer_ok": r.answer_ok, "mismatch": r.mismatch,
-                              "load_average_1m": [round(x, 2) for x in r.load],
-                              "idle_wait_s": [round(x, 3) for x in r.idle_wait], "stages": r.stages,
-                              "decisions": r.decisions, "timeline": r.timeline} for r in runs],
-                    "targets": checks, "params": params, "environment": env,
-                }) + "\n")
+        common.append_records(RESULTS, ({
+                "benchmark": "stragglers", "bench_id": bench_id, "time": time.time(), "command": command,
+                "scenario": scenario, "label": label(scenario), "speculation": on, "seconds": med[(scenario, on)],
+                "ratio_to_healthy": ratio[(scenario, on)],
+                "runs": [{"seconds": round(r.seconds, 3), "speculative": r.speculative, "answer_ok": r.answer_ok, "mismatch": r.mismatch,
+                          "load_average_1m": [round(x, 2) for x in r.load],
+                          "idle_wait_s": [round(x, 3) for x in r.idle_wait], "stages": r.stages,
+                          "decisions": r.decisions, "timeline": r.timeline} for r in runs],
+                "targets": checks, "params": params, "environment": env,
+            } for (scenario, on), runs in cells.items()))
         print(f"\nappended {len(cells)} lines to {os.path.relpath(RESULTS, os.getcwd())}")
     shutil.rmtree(scratch, ignore_errors=True)
     print(f"command: {command}")

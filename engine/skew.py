@@ -94,8 +94,8 @@ def coalesce(rows: Sequence[int], nbytes: Sequence[int], target: int, *, min_tas
         decisions.append({"action": "coalesce", "partitions_before": int(len(sizes)),
                           "partitions_after": len(groups), "target_bytes": int(effective),
                           "total_bytes": total,
-                          "reason": f"{len(sizes)} hash partitions of {_size(total)} in all, coalesced into "
-                                    f"{len(groups)} reducer(s) of up to {_size(effective)}"})
+                          "reason": f"{len(sizes)} hash partitions of {format_size(total)} in all, coalesced into "
+                                    f"{len(groups)} reducer(s) of up to {format_size(effective)}"})
     return ReducePlan(groups, decisions)
 
 
@@ -167,8 +167,8 @@ def _split_partition(p: int, count: int, size: int, keys: list[tuple[tuple, int]
                      sources: int | None = None) -> None:
     """Tasks for one oversized partition: bins of heavy keys, then sub-buckets of the rest."""
     bytes_per_row = size / max(1, count)
-    why = (f"hash partition {p} holds {_size(size)} ({size / max(1.0, median):.1f} x the median, "
-           f"{size / effective:.1f} x the target of {_size(effective)})")
+    why = (f"hash partition {p} holds {format_size(size)} ({size / max(1.0, median):.1f} x the median, "
+           f"{size / effective:.1f} x the target of {format_size(effective)})")
     lumps = sorted(((k, est, int(est * bytes_per_row)) for k, est in keys
                     if est * bytes_per_row >= effective / 4), key=lambda x: -x[2])
     lump_bytes = sum(b for _, _, b in lumps)
@@ -186,7 +186,7 @@ def _split_partition(p: int, count: int, size: int, keys: list[tuple[tuple, int]
                 add(p, p + 1, est // m, b // m, only=(key,), share=(j, m))
             decisions.append({
                 "action": "split", "partition": p, "key": list(key), "shares": m, "rows": est, "bytes": b, **summary,
-                "reason": f"{why}: hot key {key!r} (~{est:,} rows, {_size(b)}) is combined by {m} tasks, each over "
+                "reason": f"{why}: hot key {key!r} (~{est:,} rows, {format_size(b)}) is combined by {m} tasks, each over "
                           f"a share of the map outputs, then merged"})
             bins.append([b, est, [key], True])
         lumps = [x for x in lumps if x not in big]
@@ -207,7 +207,7 @@ def _split_partition(p: int, count: int, size: int, keys: list[tuple[tuple, int]
             "action": "isolate", "partition": p, "key": list(chosen[0]), "keys": [list(k) for k in chosen],
             "rows": r, "bytes": b, **summary,
             "reason": f"{why}: hot key(s) {', '.join(repr(k) for k in chosen[:4])}"
-                      f"{', ...' if len(chosen) > 4 else ''} (~{r:,} rows, {_size(b)}) get a reduce task of "
+                      f"{', ...' if len(chosen) > 4 else ''} (~{r:,} rows, {format_size(b)}) get a reduce task of "
                       f"their own" + (" (one key larger than the target: a reduce function receives all rows "
                                       "of a key in one call)" if alone else "")})
     isolated = tuple(k for _, _, chosen, _ in bins for k in chosen)
@@ -219,14 +219,15 @@ def _split_partition(p: int, count: int, size: int, keys: list[tuple[tuple, int]
     if n > 1:
         decisions.append({"action": "split", "partition": p, "sub_buckets": n, "rows": rest_rows,
                           "bytes": rest_bytes, **summary,
-                          "reason": f"{why}: its other keys ({_size(rest_bytes)}) are divided by a second hash "
-                                    f"into {n} reduce tasks of ~{_size(rest_bytes / n)}"})
+                          "reason": f"{why}: its other keys ({format_size(rest_bytes)}) are divided by a second hash "
+                                    f"into {n} reduce tasks of ~{format_size(rest_bytes / n)}"})
     elif not bins:
         decisions.append({"action": "keep", "partition": p, "bytes": size, **summary,
                           "reason": f"{why}, but neither a key nor a sub-bucket of it is worth a task of its own"})
 
 
-def _size(n: float) -> str:
+def format_size(n: float) -> str:
+    """Bytes as a short human-readable size (``"38.1 MiB"``)."""
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -242,4 +243,4 @@ def range_partition_count(total_bytes: int, target: int, *, min_tasks: int = 1, 
     return int(min(n, max_tasks))
 
 
-__all__ = ["ReduceAssignment", "ReducePlan", "coalesce", "plan_reducers", "range_partition_count"]
+__all__ = ["ReduceAssignment", "ReducePlan", "coalesce", "plan_reducers", "range_partition_count", "format_size"]

@@ -304,6 +304,18 @@ def _concat(tables: list[pa.Table]) -> pa.Table:
 # Reduce
 
 
+def _reduce_input(ctx: TaskContext, refs: list, key_filter: dict | None, schema: pa.Schema | None,
+                  partition: int, attempt: int) -> pa.Table:
+    """A hash reduce task's rows: its map-output slices, through the skew planner's key filter if any."""
+    table = shuffle.read_table(ctx.shuffle_fs, refs, schema)
+    if key_filter is not None:
+        table = shuffle.select_keys(table, ctx.keys, num_partitions=ctx.num_partitions, **key_filter)
+    check_cancelled()
+    if ctx.faults is not None:
+        ctx.faults.during_task(ctx, "reduce", partition, attempt)
+    return table
+
+
 def run_reduce(ctx: TaskContext, blob: bytes, refs: list, bounds: tuple | None, schema: pa.Schema | None,
                partition: int, attempt: int) -> dict:
     """One reduce attempt over its slices of every map file; returns commit message or next input."""
@@ -330,12 +342,7 @@ def run_reduce(ctx: TaskContext, blob: bytes, refs: list, bounds: tuple | None, 
             for offset in range(0, max(table.num_rows, 1), max(ctx.batch_rows * 8, 1)):
                 emit(table.slice(offset, ctx.batch_rows * 8))
         else:
-            table = shuffle.read_table(ctx.shuffle_fs, refs, schema)
-            if bounds is not None:      # a key filter from the skew planner (skew.ReduceAssignment)
-                table = shuffle.select_keys(table, ctx.keys, num_partitions=ctx.num_partitions, **bounds)
-            check_cancelled()
-            if ctx.faults is not None:
-                ctx.faults.during_task(ctx, "reduce", partition, attempt)
+            table = _reduce_input(ctx, refs, bounds, schema, partition, attempt)
             rows_in = table.num_rows
             aggs = stages.get("aggs")
             if aggs is not None:
@@ -364,12 +371,7 @@ def run_partial(ctx: TaskContext, blob: bytes, refs: list, key_filter: dict | No
     label = _label(ctx, "partial", partition)
     if ctx.faults is not None:
         ctx.faults.before_task(ctx, "reduce", partition, attempt)
-    table = shuffle.read_table(ctx.shuffle_fs, refs, schema)
-    if key_filter is not None:
-        table = shuffle.select_keys(table, ctx.keys, num_partitions=ctx.num_partitions, **key_filter)
-    check_cancelled()
-    if ctx.faults is not None:
-        ctx.faults.during_task(ctx, "reduce", partition, attempt)
+    table = _reduce_input(ctx, refs, key_filter, schema, partition, attempt)
     rows_in = table.num_rows
     aggs = stages.get("aggs")
     if aggs is not None:
