@@ -26,20 +26,37 @@ Stage contracts (the engine relies on them; the tests check them):
 ...       .reduce(by="word", aggs={"count": agg.count()}))
 >>> [r.kind for r in wc.rounds]
 ['aggregate']
+
+The **fingerprint** (:meth:`Job.fingerprint`) names what the job computes: a rerun over an
+unchanged input is a no-op, and a resumed run reuses map outputs, only under the same fingerprint.
+It digests the job's name and stage structure (kinds, keys, ``columns=``, the aggregations), the
+engine version, the run options that change results (the input ``format``), and the code the tasks
+execute: what the driver ships to the workers by value, walked by :func:`engine.serialize.code_digest`
+(helpers the stage functions call, module globals they read, closures, defaults, and whole user
+modules they use as modules). It is equal in any process and folder for unchanged code; comments,
+blank lines and file locations do not change it, docstrings and the Python minor version do.
+
+Code with no stable digest (a function that reads an open file or a socket from a global, say)
+raises :class:`JobDefinitionError`. ``Job("name", version="2026-12-01")`` pins the fingerprint
+instead: name, structure, version, engine version and result options, no code; change the version
+whenever the code changes what the job computes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import inspect
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 
+from ._version import ENGINE_VERSION
 from .agg import Aggregation, AggregationSet
 from .errors import JobDefinitionError
+from .serialize import CodeNotHashable, code_digest
 
 TableFn = Callable[[pa.Table], pa.Table]
 
@@ -143,14 +160,18 @@ class Job:
 
     name: str
     stages: tuple[Stage, ...] = field(default=())
+    version: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
             raise JobDefinitionError("a job needs a non-empty name, e.g. Job('wordcount')")
+        if self.version is not None and (not isinstance(self.version, str) or not self.version.strip()):
+            raise JobDefinitionError(f"job {self.name!r}: version= must be a non-empty string such as "
+                                     f"'2026-12-01', got {self.version!r}")
 
     # -- builders ---------------------------------------------------------------------------
     def _add(self, stage: Stage) -> Job:
-        job = Job(self.name, self.stages + (stage,))
+        job = dataclasses.replace(self, stages=self.stages + (stage,))
         job._split_rounds(complete=False)  # validates the stage order now, not at run time
         return job
 
@@ -234,17 +255,13 @@ class Job:
             rounds.append(Round(len(rounds), tuple(maps), None, None))
         return rounds
 
-    def fingerprint(self) -> str:
-        """A stable digest of the job's name, stages and code: equal for the same job in any process."""
-        h = hashlib.sha256(f"job:{self.name}".encode())
-        for stage in self.stages:
-            h.update(f"|{stage.kind}|{stage.by}|{stage.descending}|{stage.columns}|".encode())
-            if stage.fn is not None:
-                h.update(function_token(stage.fn).encode())
-            if stage.aggs is not None:
-                for out, a in stage.aggs.items():
-                    h.update(f"{out}={a.token()};".encode())
-        return h.hexdigest()[:16]
+    def fingerprint(self, options: Mapping[str, Any] | None = None) -> str:
+        """The job's identity for reruns and resume (see the module docstring): 16 hex digits.
+
+        ``options`` are the run options that change results (``{"format": "csv"}``); tuning options
+        (partition size, combine, speculation, skew) never belong here.
+        """
+        return job_fingerprint(self, options).digest
 
     # -- running ----------------------------------------------------------------------------
     def run(self, input: Any, output: str, **options: Any):
@@ -258,45 +275,94 @@ class Job:
         return explain(self, input, **options)
 
     def __repr__(self) -> str:
-        return f"Job({self.name!r}, stages=[{', '.join(s.describe() for s in self.stages)}])"
+        version = f", version={self.version!r}" if self.version is not None else ""
+        return f"Job({self.name!r}, stages=[{', '.join(s.describe() for s in self.stages)}]{version})"
+
+
+@dataclass(frozen=True)
+class JobFingerprint:
+    """A job's fingerprint and what it covers (shown by ``explain``)."""
+
+    digest: str
+    engine_version: str
+    options: tuple[tuple[str, str], ...] = ()
+    version: str | None = None        # pinned by the user: the code was not hashed
+    functions: int = 0                # functions hashed by value
+    modules: tuple[str, ...] = ()     # user modules shipped by value with them
+    python: str = ""
+
+    def covers(self) -> str:
+        """One phrase: ``code of 3 functions from 2 user modules (a, b) by value, engine 0.1.0``."""
+        opts = "".join(f", {k}={v}" for k, v in self.options)
+        if self.version is not None:
+            return f"pinned by version={self.version!r}, code not hashed; engine {self.engine_version}{opts}"
+        mods = (f" from {len(self.modules)} user module{'s' if len(self.modules) != 1 else ''} "
+                f"({', '.join(self.modules)})") if self.modules else ""
+        n = self.functions
+        return (f"code of {n} function{'s' if n != 1 else ''}{mods} by value, stage structure and "
+                f"aggregations, engine {self.engine_version}, python {self.python}{opts}")
+
+
+def _result_options(options: Mapping[str, Any] | None) -> tuple[tuple[str, str], ...]:
+    """Options that change results, canonical: the default (Parquet input) is left out, so a plan
+    without an input has the fingerprint of its runs over Parquet."""
+    out = []
+    for key, value in sorted((options or {}).items()):
+        if value is None or (key == "format" and value == "parquet"):
+            continue
+        out.append((key, str(value)))
+    return tuple(out)
+
+
+def job_fingerprint(job: Job, options: Mapping[str, Any] | None = None) -> JobFingerprint:
+    """The fingerprint of ``job`` with the result-changing run ``options``; see the module docstring.
+
+    Raises :class:`JobDefinitionError` when the code reaches an object with no stable digest.
+    """
+    opts = _result_options(options)
+    h = hashlib.sha256(f"job-fingerprint/2|{job.name}|engine {ENGINE_VERSION}|{opts!r}".encode())
+    for stage in job.stages:
+        h.update(f"|{stage.kind}|{stage.by}|{stage.descending}|{stage.columns}|".encode())
+        if stage.aggs is not None:
+            for out, a in stage.aggs.items():
+                h.update(f"{out}={a.token()};".encode())
+    if job.version is not None:
+        h.update(f"|pinned|{job.version}".encode())
+        return JobFingerprint(h.hexdigest()[:16], ENGINE_VERSION, opts, version=job.version)
+    python = f"{sys.implementation.name} {sys.version_info[0]}.{sys.version_info[1]}"
+    labelled, counts = [], {}
+    for stage in job.stages:
+        if stage.fn is not None:
+            counts[stage.kind] = counts.get(stage.kind, 0) + 1
+            labelled.append((f"{stage.kind} function {counts[stage.kind]} ({_fn_name(stage.fn)})", stage.fn))
+    try:
+        code = code_digest(labelled)
+    except CodeNotHashable as exc:
+        raise _not_hashable(job, exc) from exc
+    h.update(f"|{python}|code {code.digest}".encode())
+    return JobFingerprint(h.hexdigest()[:16], ENGINE_VERSION, opts, functions=code.functions,
+                          modules=code.modules, python=python[len(sys.implementation.name) + 1:])
+
+
+def _not_hashable(job: Job, exc: CodeNotHashable) -> JobDefinitionError:
+    if exc.shippable:
+        return JobDefinitionError(
+            f"job {job.name!r}: cannot fingerprint its code: {exc.where} is a {exc.type_name}, which has no "
+            f"stable value to hash ({exc.reason}). Create it inside the function that uses it, or pin the "
+            f"fingerprint yourself with Job({job.name!r}, version='...') and change the version whenever the "
+            "code changes what the job computes")
+    return JobDefinitionError(
+        f"job {job.name!r}: {exc.where} is a {exc.type_name}, which cannot be pickled ({exc.reason}), so the "
+        "workers could not receive it either; create it inside the function that uses it, or pass what it "
+        "holds as plain data (pinning the fingerprint with version= would not help)")
 
 
 def function_token(fn: Any) -> str:
-    """A process-independent digest of a function: its qualified name, code and closure values.
-
-    Source text is used when available (stable across Python processes); otherwise the code
-    object's bytecode and constants. Closure cells and defaults are included by ``repr``.
-    """
-    h = hashlib.sha256()
-    h.update(f"{getattr(fn, '__module__', '')}.{_fn_name(fn)}".encode())
-    target = fn
-    if not inspect.isfunction(target) and hasattr(target, "__call__") and not inspect.isbuiltin(target):
-        # a callable object: its class's source and its state
-        h.update(repr(sorted(vars(target).items()) if hasattr(target, "__dict__") else repr(target)).encode())
-        target = type(target).__call__
+    """A process-independent digest of one function and the code and data it reaches (16 hex digits)."""
     try:
-        h.update(inspect.getsource(target).encode())
-    except (OSError, TypeError):
-        code = getattr(target, "__code__", None)
-        if code is not None:
-            h.update(code.co_code)
-            h.update(repr(code.co_consts).encode())
-            h.update(repr(code.co_names).encode())
-    for cell in getattr(target, "__closure__", None) or ():
-        try:
-            h.update(_stable_repr(cell.cell_contents).encode())
-        except ValueError:  # empty cell
-            pass
-    if getattr(target, "__defaults__", None):
-        h.update(_stable_repr(target.__defaults__).encode())
-    return h.hexdigest()[:16]
+        return code_digest([fn]).digest[:16]
+    except CodeNotHashable as exc:
+        raise JobDefinitionError(f"cannot fingerprint {_fn_name(fn)}: {exc}") from exc
 
 
-def _stable_repr(value: Any) -> str:
-    if inspect.isfunction(value):
-        return function_token(value)
-    text = repr(value)
-    return "<object>" if " at 0x" in text else text
-
-
-__all__ = ["Job", "Stage", "Round", "function_token"]
+__all__ = ["Job", "Stage", "Round", "JobFingerprint", "job_fingerprint", "function_token"]

@@ -4,8 +4,12 @@ A plan is immutable and made before anything runs. It checks the job against a s
 input (the first rows of the first split), so a missing key column or a combine that changes the
 schema is reported by the driver, naming the round and the columns, before any task starts.
 
+The first line names the job fingerprint and what it covers (:func:`engine.job.job_fingerprint`):
+the code shipped by value and the user modules it came from, or the pinned ``version=``.
+
 >>> print(job.explain("data/text"))                   # doctest: +SKIP
-Job 'wordcount': 1 round, fingerprint 3f2a…
+Job 'wordcount': 1 round, fingerprint 3f2a8c01d2e4b5f6 (code of 1 function from 1 user module
+(wordcount) by value, stage structure and aggregations, engine 0.1.0, python 3.11)
 round 1 (aggregate by ['word'])
   map   <lambda>               per split: 2 map tasks over 2 files (1.1 MB)
   shuffle hash(['word']) → 8 partitions, coalesced at run time toward 64.0 MiB per reducer
@@ -21,9 +25,9 @@ from typing import Any
 import pyarrow as pa
 
 from . import config
-from .datasets import InputSpec, resolve_input, sample_table
+from .datasets import InputSpec, normalize_format, resolve_input, sample_table
 from .errors import EngineError, JobDefinitionError, SchemaError
-from .job import Job, Round
+from .job import Job, Round, job_fingerprint
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class Plan:
     rounds: tuple[Round, ...]
     input: InputSpec | None
     partition_size: int
+    fingerprint_covers: str = ""
 
     def initial_partitions(self, estimated_bytes: int) -> int:
         """Hash partitions each map task writes, before the driver coalesces them."""
@@ -44,7 +49,8 @@ class Plan:
 
     def describe(self) -> str:
         lines = [f"Job {self.job.name!r}: {len(self.rounds)} round{'s' if len(self.rounds) != 1 else ''}, "
-                 f"fingerprint {self.fingerprint}"]
+                 f"fingerprint {self.fingerprint}" + (f" ({self.fingerprint_covers})" if self.fingerprint_covers
+                                                      else "")]
         if self.input is not None:
             spec = self.input
             lines.append(f"input: {len(spec.snapshot)} {spec.format} file(s), {_size(spec.total_bytes)}, "
@@ -94,12 +100,20 @@ def _size(n: int | None) -> str:
     return str(n)
 
 
-def build_plan(job: Job, input_spec: InputSpec | None, partition_size: int | str | None = None) -> Plan:
+def build_plan(job: Job, input_spec: InputSpec | None, partition_size: int | str | None = None, *,
+               format: str | None = None) -> Plan:
+    """The plan of ``job`` over ``input_spec`` (None: no input yet, as in ``explain(job)``).
+
+    The fingerprint covers the options that change results: the input format (resolved from the
+    input, else ``format``). Tuning (``partition_size``) does not enter it.
+    """
     if not isinstance(job, Job):
         raise JobDefinitionError(f"expected an engine.Job, got {type(job).__name__}")
     size = config.parse_size(partition_size if partition_size is not None else config.get("partition-size"),
                              name="partition_size")
-    return Plan(job, job.fingerprint(), tuple(job.rounds), input_spec, size)
+    fmt = input_spec.format if input_spec is not None else normalize_format(format)
+    fp = job_fingerprint(job, {"format": fmt})
+    return Plan(job, fp.digest, tuple(job.rounds), input_spec, size, fp.covers())
 
 
 def validate_on_sample(plan: Plan, sample: pa.Table | None) -> None:
@@ -163,7 +177,7 @@ def explain(job: Job, input: Any = None, *, storage_options: dict | None = None,
             format: str | None = None, **_: Any) -> str:
     """The plan of ``job`` as text; with ``input``, also the splits and the size of the Dask graph."""
     spec = resolve_input(input, storage_options, format=format) if input is not None else None
-    plan = build_plan(job, spec, partition_size)
+    plan = build_plan(job, spec, partition_size, format=format)
     text = plan.describe()
     if spec is not None:
         validate_on_sample(plan, sample_table(spec.fs, spec))

@@ -27,6 +27,7 @@ from typing import Any
 import pyarrow as pa
 
 from . import commit, config, serialize, shuffle, skew
+from ._version import ENGINE_VERSION
 from .cluster import ClusterInfo, get_client
 from .compile import TaskSpec, stage_prefix
 from .datasets import InputSpec, Split, filesystem, is_local, resolve_input, sample_table
@@ -42,7 +43,6 @@ from .tasks import TaskContext, run_map, run_partial, run_reduce
 
 log = logging.getLogger("engine")
 
-ENGINE_VERSION = "0.1.0"
 ProgressFn = Callable[[str, int, int], None]
 
 
