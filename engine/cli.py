@@ -17,6 +17,10 @@ Output streams: results (the run summary, the plan, the history) go to stdout; p
 lines and errors go to stderr. On a terminal the progress is a one-line bar per stage; otherwise
 (a pipe, a file, a CI log) it is plain lines, ``STAGE: DONE/TOTAL tasks done``.
 
+``explain JOB`` prints the plan and the job fingerprint with what it covers (the code of how many
+functions from which user modules, or the ``version=`` that pins it); ``explain OUT`` on a committed
+output prints its fingerprint, engine version and run-time decisions.
+
 ``--force`` recomputes a committed output that the same job already wrote from the same input
 (which is otherwise a no-op that exits 0); it does not by itself replace committed output:
 ``--mode error`` (the default) still refuses it, so pair ``--force`` with ``--mode overwrite``.
@@ -386,7 +390,10 @@ def _committed_run(path: str) -> str | None:
         return None
     doc = manifest.doc
     meta = doc.get("meta", doc)
-    lines = [f"committed output {path}: job {meta.get('job', doc.get('job'))!r}, run {doc.get('run_id')}, "
+    fingerprint = meta.get("fingerprint", doc.get("fingerprint"))
+    engine_version = meta.get("engine_version", doc.get("engine_version"))
+    made_by = f" (fingerprint {fingerprint}, engine {engine_version})" if fingerprint else ""
+    lines = [f"committed output {path}: job {meta.get('job', doc.get('job'))!r}{made_by}, run {doc.get('run_id')}, "
              f"{len(manifest.files)} file(s), {manifest.rows:,} rows"]
     decisions = meta.get("decisions") or doc.get("decisions")
     if not decisions:

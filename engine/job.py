@@ -329,7 +329,7 @@ def job_fingerprint(job: Job, options: Mapping[str, Any] | None = None) -> JobFi
     if job.version is not None:
         h.update(f"|pinned|{job.version}".encode())
         return JobFingerprint(h.hexdigest()[:16], ENGINE_VERSION, opts, version=job.version)
-    python = f"{sys.implementation.name} {sys.version_info[0]}.{sys.version_info[1]}"
+    python = f"{sys.version_info[0]}.{sys.version_info[1]}"   # bytecode is specific to it
     labelled, counts = [], {}
     for stage in job.stages:
         if stage.fn is not None:
@@ -339,9 +339,9 @@ def job_fingerprint(job: Job, options: Mapping[str, Any] | None = None) -> JobFi
         code = code_digest(labelled)
     except CodeNotHashable as exc:
         raise _not_hashable(job, exc) from exc
-    h.update(f"|{python}|code {code.digest}".encode())
+    h.update(f"|{sys.implementation.name} {python}|code {code.digest}".encode())
     return JobFingerprint(h.hexdigest()[:16], ENGINE_VERSION, opts, functions=code.functions,
-                          modules=code.modules, python=python[len(sys.implementation.name) + 1:])
+                          modules=code.modules, python=python)
 
 
 def _not_hashable(job: Job, exc: CodeNotHashable) -> JobDefinitionError:

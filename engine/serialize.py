@@ -127,8 +127,11 @@ class CodeDigest:
 _ATOMS = (type(None), bool, int, float, complex, str, bytes, bytearray)
 _DESCRIPTORS = (types.GetSetDescriptorType, types.MemberDescriptorType, types.WrapperDescriptorType,
                 types.MethodDescriptorType, types.ClassMethodDescriptorType, types.MethodWrapperType)
-_CLASS_SKIP = frozenset({"__dict__", "__weakref__", "_abc_impl", "__module__", "__annotations__",
-                         "__firstlineno__", "__static_attributes__"})
+# Not hashed in a class namespace: slots and caches of the interpreter (copyreg adds __slotnames__ at the
+# first pickle), the module name, annotations, and the docstring (a dataclass writes the reprs of its
+# defaults into it, and a set's repr follows the hash seed).
+_CLASS_SKIP = frozenset({"__dict__", "__weakref__", "_abc_impl", "__slotnames__", "__module__",
+                         "__annotations__", "__doc__", "__firstlineno__", "__static_attributes__"})
 
 
 def _atom(obj: Any) -> bytes:
@@ -337,8 +340,10 @@ class _Walker:
             rv = reducer(obj) if reducer is not None else obj.__reduce_ex__(4)
         except Exception as exc:  # noqa: BLE001 - anything unpicklable ends up here
             raise self._fail(obj, f"{type(exc).__name__}: {exc}") from exc
-        if isinstance(rv, str):       # a module-level singleton, pickled by name
-            return b"G" + f"{getattr(obj, '__module__', t.__module__)}:{rv}".encode()
+        if isinstance(rv, str):       # pickled by name; a decorated function (lru_cache) also by what it wraps
+            name = b"G" + f"{getattr(obj, '__module__', t.__module__)}:{rv}".encode()
+            wrapped = getattr(obj, "__wrapped__", None)
+            return name if wrapped is None else _join(b"wrapper", [name, self._labelled("wrapped", wrapped)])
         if not isinstance(rv, tuple) or not 2 <= len(rv) <= 6:
             raise self._fail(obj, f"__reduce_ex__ returned {type(rv).__name__}")
         fn, args, state, items, pairs = (tuple(rv) + (None,) * 4)[:5]
