@@ -35,6 +35,7 @@ An object that has no value to hash (a lock, an open file, a socket, a generator
 from __future__ import annotations
 
 import copyreg
+import functools
 import hashlib
 import os
 import sys
@@ -50,17 +51,30 @@ _ENGINE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def _system_dirs() -> tuple[str, ...]:
+    return _system_dirs_of(tuple(sys.path), sys.prefix, sys.base_prefix)
+
+
+@functools.lru_cache(maxsize=16)
+def _system_dirs_of(path: tuple[str, ...], prefix: str, base_prefix: str) -> tuple[str, ...]:
     dirs = set()
     for name in ("stdlib", "platstdlib", "purelib", "platlib"):
         p = sysconfig.get_paths().get(name)
         if p:
             dirs.add(os.path.realpath(p))
-    for p in sys.path:
+    for p in path:
         if p and ("site-packages" in p or "dist-packages" in p):
             dirs.add(os.path.realpath(p))
-    dirs.add(os.path.realpath(sys.prefix))
-    dirs.add(os.path.realpath(sys.base_prefix))
-    return tuple(dirs)
+    dirs.add(os.path.realpath(prefix))
+    dirs.add(os.path.realpath(base_prefix))
+    return tuple(sorted(dirs))
+
+
+@functools.lru_cache(maxsize=8192)
+def _is_user_file(path: str, system: tuple[str, ...]) -> bool:
+    real = os.path.realpath(path)
+    if real.startswith(_ENGINE_DIR + os.sep):
+        return False
+    return not any(real.startswith(d + os.sep) for d in system)
 
 
 def is_user_module(mod: Any, system: tuple[str, ...] | None = None) -> bool:
@@ -70,13 +84,9 @@ def is_user_module(mod: Any, system: tuple[str, ...] | None = None) -> bool:
     if mod is None or getattr(mod, "__name__", None) == "__main__":
         return False
     path = getattr(mod, "__file__", None)
-    if not path:
+    if not path or not isinstance(path, str):
         return False
-    real = os.path.realpath(path)
-    if real.startswith(_ENGINE_DIR + os.sep):
-        return False
-    system = _system_dirs() if system is None else system
-    return not any(real.startswith(d + os.sep) for d in system)
+    return _is_user_file(path, _system_dirs() if system is None else system)
 
 
 def user_modules() -> list[Any]:
