@@ -25,7 +25,8 @@ import fsspec
 import pyarrow as pa
 
 from . import config
-from .errors import EmptyInputError, InputError
+from .arrowtypes import common_type, plain_type
+from .errors import EmptyInputError, InputError, SchemaError
 
 FORMATS = ("parquet", "ipc", "csv", "json", "text")
 
@@ -51,6 +52,9 @@ class Split:
     row_groups: tuple[int, ...] | None = None
     byte_range: tuple[int, int] | None = None
     partition_values: tuple[tuple[str, Any], ...] = ()
+    # The input's unified schema (file columns, without partition columns); every batch read from
+    # this split is conformed to it. None for engine-written intermediate inputs.
+    schema: pa.Schema | None = field(default=None, repr=False, compare=False)
 
     def describe(self) -> str:
         extra = ""
@@ -71,6 +75,7 @@ class InputSpec:
     snapshot: tuple[dict, ...]
     partition_types: dict[str, pa.DataType] = field(default_factory=dict)
     read_options: dict = field(default_factory=dict)
+    schema: pa.Schema | None = None     # unified schema of the files' columns (see ``unify_schemas``)
 
     @property
     def total_bytes(self) -> int:
@@ -217,14 +222,16 @@ def resolve_input(source: Any, storage_options: dict | None = None, *, format: s
     partition_types = {k: _infer_partition_type(v) for k, v in hive_values.items()}
 
     snapshot = tuple({"path": f[0], "size": int(f[2].get("size") or 0), "version": _file_token(f[2])} for f in files)
+    footers = _read_footers(fs, [(f[0], int(f[2].get("size") or 0)) for f in files], fmt)
+    schema = unify_schemas([(f[0], footers[f[0]][0]) for f in files])
     splits: list[Split] = []
     for fpath, rel, finfo in files:
         size = int(finfo.get("size") or 0)
         hive = tuple((k, _convert(v, partition_types[k])) for k, v in _parse_hive(rel))
-        for piece in _split_file(fs, fpath, fmt, size, split_size):
+        for piece in _split_file(fpath, footers[fpath][1], fmt, size, split_size):
             splits.append(Split(len(splits), fpath, fmt, piece.get("size", size), piece.get("row_groups"),
-                                piece.get("byte_range"), hive))
-    return InputSpec(fs, fmt, tuple(splits), snapshot, partition_types)
+                                piece.get("byte_range"), hive, schema))
+    return InputSpec(fs, fmt, tuple(splits), snapshot, partition_types, schema=schema)
 
 
 def _convert(value: str, typ: pa.DataType) -> Any:
@@ -240,13 +247,12 @@ def _fsspec_from_arrow(afs: Any) -> fsspec.AbstractFileSystem:
     raise InputError(f"datasets on {type(afs).__name__} are not supported; pass the dataset's paths as fsspec URLs")
 
 
-def _split_file(fs, path: str, fmt: str, size: int, split_size: int) -> list[dict]:
+def _split_file(path: str, meta: Any, fmt: str, size: int, split_size: int) -> list[dict]:
+    """The pieces of one file: row-group runs of a large Parquet file (``meta`` is its footer),
+    byte ranges of a large uncompressed text file, else the whole file."""
     if size <= split_size:
         return [{}]
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-        with fs.open(path, "rb") as f:
-            meta = pq.ParquetFile(f).metadata
+    if fmt == "parquet" and meta is not None:
         pieces, current, current_bytes = [], [], 0
         for i in range(meta.num_row_groups):
             rg_bytes = meta.row_group(i).total_byte_size
@@ -265,6 +271,121 @@ def _split_file(fs, path: str, fmt: str, size: int, split_size: int) -> list[dic
 
 
 # ---------------------------------------------------------------------------------------------
+# Schemas: read each file's schema at snapshot time, unify them by safe promotions only
+
+_INFER_BYTES = 1 << 20          # CSV/JSON: the leading bytes whose types the snapshot infers
+_FOOTER_THREADS = 16            # concurrent schema reads (object stores: one or two requests per file)
+
+
+def _read_footers(fs, files: list[tuple[str, int]], fmt: str) -> dict[str, tuple[pa.Schema, Any]]:
+    """``path -> (schema, parquet metadata or None)`` for every file, read concurrently."""
+    if fmt == "text":
+        schema = pa.schema([("text", pa.string())])
+        return {path: (schema, None) for path, _ in files}
+
+    def one(item: tuple[str, int]) -> tuple[pa.Schema, Any]:
+        path, size = item
+        try:
+            return _file_schema(fs, path, fmt, size)
+        except InputError:
+            raise
+        except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError, ValueError, OSError) as exc:
+            raise InputError(f"cannot read the schema of {fmt} input {path}: {exc}") from exc
+
+    if len(files) == 1:
+        return {files[0][0]: one(files[0])}
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(min(_FOOTER_THREADS, len(files))) as pool:
+        return dict(zip((path for path, _ in files), pool.map(one, files)))
+
+
+def _file_schema(fs, path: str, fmt: str, size: int) -> tuple[pa.Schema, Any]:
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+        with fs.open(path, "rb") as f:
+            meta = pq.ParquetFile(f).metadata
+        return meta.schema.to_arrow_schema(), meta
+    if fmt == "ipc":
+        with fs.open(path, "rb") as f:
+            try:
+                return pa.ipc.open_file(f).schema, None
+            except pa.ArrowInvalid:
+                f.seek(0)
+                return pa.ipc.open_stream(f).schema, None
+    if fmt == "csv":
+        import pyarrow.csv as pcsv
+        with fs.open(path, "rb", compression=_compression(path)) as f:
+            return pcsv.open_csv(f, parse_options=_csv_parse(path),
+                                 read_options=pcsv.ReadOptions(block_size=_INFER_BYTES)).schema, None
+    if fmt == "json":
+        import pyarrow.json as pjson
+        with fs.open(path, "rb", compression=_compression(path)) as f:
+            return pjson.open_json(f, read_options=pjson.ReadOptions(block_size=_INFER_BYTES)).schema, None
+    raise InputError(f"unknown format {fmt!r}")  # pragma: no cover - guarded by normalize_format
+
+
+def unify_schemas(schemas: Sequence[tuple[str, pa.Schema]]) -> pa.Schema:
+    """One schema for files ``[(path, schema), ...]``: columns in first-seen order, each with the
+    :func:`common_type` of its types; a column a file lacks is read as nulls there.
+
+    Raises :class:`SchemaError` naming the column, both types and one file of each when two files'
+    types of a column have no safe common type.
+    """
+    fields: dict[str, pa.Field] = {}
+    seen: dict[str, dict[str, str]] = {}       # column -> {str(plain type): first file with it}
+    for path, schema in schemas:
+        names = schema.names
+        if len(set(names)) != len(names):
+            dup = next(n for n in names if names.count(n) > 1)
+            raise SchemaError(f"input file {path} has two columns named {dup!r}; rename one of them")
+        for f in schema:
+            typ = plain_type(f.type)
+            first = seen.setdefault(f.name, {})
+            first.setdefault(str(typ), path)
+            have = fields.get(f.name)
+            if have is None:
+                fields[f.name] = f.with_type(typ)
+                continue
+            common = common_type(have.type, typ)
+            if common is None:
+                other_type, other_path = next((t, p) for t, p in first.items() if t != str(typ))
+                raise SchemaError(
+                    f"input column {f.name!r} has type {other_type} in {other_path} but {typ} in {path}, and "
+                    "these types have no lossless common type (the engine promotes only integers to wider "
+                    "integers or to floats, string to large_string, binary to large_binary, view types to "
+                    "plain ones, dictionaries to their values and nulls to anything); rewrite the files with "
+                    "one type for this column, or read them as separate inputs")
+            fields[f.name] = have.with_type(common).with_nullable(have.nullable or f.nullable)
+    return pa.schema(list(fields.values()))
+
+
+def conform(batch: pa.RecordBatch, schema: pa.Schema, path: str) -> pa.RecordBatch:
+    """``batch`` with exactly ``schema``'s columns and types (safe casts; missing columns as nulls).
+
+    Raises :class:`SchemaError` naming the column and the file when a value does not fit the unified
+    type (an integer beyond a float's exact range, a CSV value that parses differently past the
+    bytes the snapshot inspected).
+    """
+    if batch.schema.equals(schema):
+        return batch
+    arrays = []
+    for f in schema:
+        i = batch.schema.get_field_index(f.name)
+        if i < 0:
+            arrays.append(pa.nulls(batch.num_rows, f.type))
+            continue
+        col = batch.column(i)
+        if not col.type.equals(f.type):
+            try:
+                col = col.cast(f.type)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+                raise SchemaError(f"input column {f.name!r} of {path}: cannot convert its {col.type} values to "
+                                  f"the input's unified type {f.type}: {exc}") from exc
+        arrays.append(col)
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+# ---------------------------------------------------------------------------------------------
 # Reading a split (runs on workers)
 
 
@@ -272,9 +393,12 @@ def read_split(fs, split: Split, *, columns: Sequence[str] | None = None, batch_
                partition_types: dict[str, pa.DataType] | None = None) -> Iterator[pa.RecordBatch]:
     """Stream a split's record batches; partition columns are appended as constant columns."""
     batch_rows = batch_rows or int(config.get("batch-rows"))
+    target = _target_schema(split, columns)
     try:
         empty = None
         for batch in _read_batches(fs, split, columns, batch_rows):
+            if target is not None:
+                batch = conform(batch, target, split.path)
             if split.partition_values:
                 batch = _add_partition_columns(batch, split.partition_values, partition_types or {}, columns)
             if batch.num_rows == 0:
@@ -298,7 +422,18 @@ def read_split(fs, split: Split, *, columns: Sequence[str] | None = None, batch_
         raise InputError(f"cannot read {split.format} input {split.describe()}: {exc}") from exc
 
 
+def _target_schema(split: Split, columns) -> pa.Schema | None:
+    """The unified schema a split's batches are conformed to, projected on ``columns``."""
+    if split.schema is None:
+        return None
+    if columns is None:
+        return split.schema
+    return pa.schema([split.schema.field(c) for c in columns if c in split.schema.names])
+
+
 def _schema_of(fs, split: Split, columns) -> pa.Schema | None:
+    if split.schema is not None:
+        return _target_schema(split, columns)
     if split.format == "parquet":
         import pyarrow.parquet as pq
         with fs.open(split.path, "rb") as f:
@@ -322,6 +457,11 @@ def _add_partition_columns(batch, values, types, columns) -> pa.RecordBatch:
         arrays.append(pa.array([value] * batch.num_rows, type=types.get(name, pa.string())))
         names.append(name)
     return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+def _csv_parse(path: str):
+    import pyarrow.csv as pcsv
+    return pcsv.ParseOptions(delimiter="\t" if path.endswith((".tsv", ".tsv.gz")) else ",")
 
 
 def _compression(path: str) -> str | None:
@@ -352,15 +492,19 @@ def _read_batches(fs, split: Split, columns, batch_rows) -> Iterator[pa.RecordBa
     elif fmt == "csv":
         import pyarrow.csv as pcsv
         with fs.open(path, "rb", compression=_compression(path)) as f:
-            delimiter = "\t" if path.endswith((".tsv", ".tsv.gz")) else ","
-            reader = pcsv.open_csv(f, parse_options=pcsv.ParseOptions(delimiter=delimiter),
-                                   read_options=pcsv.ReadOptions(block_size=1 << 22))
+            # The snapshot's unified types, given explicitly: every file parses a column alike.
+            types = {fld.name: fld.type for fld in split.schema} if split.schema is not None else None
+            reader = pcsv.open_csv(f, parse_options=_csv_parse(path),
+                                   read_options=pcsv.ReadOptions(block_size=1 << 22),
+                                   convert_options=pcsv.ConvertOptions(column_types=types))
             for b in reader:
                 yield b.select([c for c in columns if c in b.schema.names]) if columns is not None else b
     elif fmt == "json":
         import pyarrow.json as pjson
         with fs.open(path, "rb", compression=_compression(path)) as f:
-            table = pjson.read_json(f)
+            parse = pjson.ParseOptions(explicit_schema=split.schema, unexpected_field_behavior="infer") \
+                if split.schema is not None else None
+            table = pjson.read_json(f, parse_options=parse)
         if columns is not None:
             table = table.select([c for c in columns if c in table.column_names])
         yield from table.to_batches(max_chunksize=batch_rows)

@@ -264,9 +264,13 @@ def hash_columns(table: pa.Table, columns: Sequence[str]) -> np.ndarray:
         raise SchemaError(
             f"cannot hash column {missing[0]!r}: it is not in the table; "
             f"the table has columns: {', '.join(table.schema.names)}")
-    result = hash_array(table.column(columns[0]))
-    for name in columns[1:]:
-        result = _combine(result, hash_array(table.column(name)))
+    result = None
+    for name in columns:
+        try:
+            h = hash_array(table.column(name))
+        except SchemaError as exc:
+            raise SchemaError(f"key column {name!r}: {exc}") from None
+        result = h if result is None else _combine(result, h)
     return result
 
 

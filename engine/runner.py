@@ -80,7 +80,15 @@ class RunResult:
 # Stage execution with retries
 
 
-_PERMANENT = (SchemaError, InputError, JobDefinitionError)
+_PERMANENT = (SchemaError, InputError, JobDefinitionError, pa.ArrowTypeError, pa.ArrowNotImplementedError)
+
+
+def _is_permanent(exc: BaseException) -> bool:
+    """Deterministic failures, never retried: the job's or the input's errors, Arrow's type errors (no
+    kernel or cast for these types), and Arrow errors a task marked as raised while *computing* (user
+    functions, aggregations, casts: ``engine_deterministic``). An ``ArrowInvalid`` raised while reading
+    bytes (a short read of a shuffle file from an object store) is retried."""
+    return isinstance(exc, _PERMANENT) or bool(getattr(exc, "engine_deterministic", False))
 
 
 class StageExecutor:
@@ -233,7 +241,7 @@ class StageExecutor:
                                                         error=f"{type(exc).__name__}: {exc}"))
                     where = (f"round {round_index + 1} of {round_count}, {kind} stage, partition {partition}"
                              f" ({describe(partition)})")
-                    if isinstance(exc, _PERMANENT) or failures[partition] >= self.max_attempts:
+                    if _is_permanent(exc) or failures[partition] >= self.max_attempts:
                         tries = failures[partition]
                         msg = (f"{where} failed" + (f" after {tries} attempts" if tries > 1 else "")
                                + f": {type(exc).__name__}: {exc}")

@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .arrowtypes import plain_type
 from .errors import SchemaError
 from .hashing import hash_columns
 
@@ -56,6 +57,37 @@ def split_by_partition(table: pa.Table, pids: np.ndarray, num_partitions: int) -
         n = int(counts[p])
         yield int(p), ordered.slice(offset, n)
         offset += n
+
+
+# ---------------------------------------------------------------------------------------------
+# What the shuffle writes
+
+
+def shuffle_ready(table: pa.Table) -> pa.Table:
+    """``table`` in the types the shuffle writes: dictionaries decoded, view types made plain (any depth).
+
+    An Arrow IPC file holds one dictionary per column for all its batches, but a map function emits a
+    new dictionary with every input batch, and every spill writes new batches: the second dictionary
+    would fail the file. Decoding also keeps the reducers' work simple (Acero cannot group a column
+    whose chunks have different dictionaries) and leaves keys that are equal as values equal whatever
+    their encoding. View types are made plain because pyarrow has no ``take`` kernel for them.
+    Every other type (decimals, timestamps with time zones, dates, lists, structs, maps) is written
+    as it is.
+    """
+    schema = table.schema
+    fields = [f.with_type(plain_type(f.type, decode_dictionaries=True)) for f in schema]
+    if all(a.type.equals(b.type) for a, b in zip(fields, schema)):
+        return table
+    return table.cast(pa.schema(fields, metadata=schema.metadata))
+
+
+def _check_sortable(table: pa.Table, keys: Sequence[str]) -> None:
+    for k in keys:
+        t = table.schema.field(k).type
+        if pa.types.is_nested(t):
+            raise SchemaError(f"cannot sort by column {k!r} of type {t}: sort keys must be numbers, strings, "
+                              "binaries, booleans, decimals, dates or times; sort by its fields instead "
+                              "(e.g. pyarrow.compute.struct_field in a map)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,6 +173,7 @@ class HashShuffleWriter:
         self._heavy: dict[tuple, tuple[int, int]] = {}
 
     def write(self, table: pa.Table) -> None:
+        table = shuffle_ready(table)
         if table.num_rows == 0:
             if self._empty is None:
                 self._empty = table
@@ -172,8 +205,8 @@ class HashShuffleWriter:
     def _note_heavy(self, table: pa.Table, sample_rows: int = 8192) -> None:
         """Estimate this spill's heaviest keys from an even sample of its rows (cheap, bounded)."""
         n = table.num_rows
-        if n < 2:
-            return
+        if n < 2 or any(pa.types.is_nested(table.schema.field(k).type) for k in self.keys):
+            return          # (Acero cannot group nested keys: they are never split as hot keys)
         idx = np.unique(np.linspace(0, n - 1, num=min(n, sample_rows)).astype(np.int64))
         sample = table.select(self.keys).take(pa.array(idx))
         counts = sample.group_by(self.keys, use_threads=False).aggregate([([], "count_all")])
@@ -216,6 +249,8 @@ def sort_keys(keys: Sequence[str], descending: bool) -> list[tuple[str, str]]:
 def write_sorted_run(fs, path: str, table: pa.Table, keys: Sequence[str], descending: bool, *,
                      batch_rows: int = 32768, sample_size: int = 512, rows_in: int = 0) -> MapOutput:
     """Sort ``table`` by ``keys`` and write it as a run of fixed-size batches with key bounds."""
+    table = shuffle_ready(table)
+    _check_sortable(table, keys)
     table = table.sort_by(sort_keys(keys, descending)) if table.num_rows else table
     f = _IPCFile(fs, path)
     out = MapOutput(path, 1, [[]], [0], [0], rows_in=rows_in, rows_out=table.num_rows)
@@ -610,7 +645,7 @@ def attempt_name(prefix: str, partition: int, attempt: int) -> str:
     return f"{prefix}-{partition:05d}-a{attempt}-{uuid.uuid4().hex[:8]}.arrow"
 
 
-__all__ = ["partition_ids", "split_by_partition", "MapOutput", "HashShuffleWriter", "write_sorted_run",
+__all__ = ["shuffle_ready", "partition_ids", "split_by_partition", "MapOutput", "HashShuffleWriter", "write_sorted_run",
            "choose_boundaries", "choose_pieces", "RangePiece", "piece_slices", "read_piece", "select_keys",
            "sub_bucket", "compare_keys", "range_slices", "filter_range", "filter_keys", "rows_equal",
            "read_slices", "read_table", "attempt_name", "sort_keys"]

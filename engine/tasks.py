@@ -8,6 +8,7 @@ driver (file index or commit message, rows, bytes, timings). It never publishes 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import pickle
 import posixpath
@@ -137,8 +138,25 @@ def _label(ctx: TaskContext, stage: str, partition: int) -> str:
     return f"round {ctx.round + 1} of {ctx.rounds}, {stage} stage, partition {partition}"
 
 
+_ARROW_DATA_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
+
+
+@contextlib.contextmanager
+def _computing(what: str) -> Iterator[None]:
+    """Mark an Arrow error raised inside as deterministic (it came from computing on rows already in
+    memory, so a retry would fail the same way) and name where it happened in its message."""
+    try:
+        yield
+    except _ARROW_DATA_ERRORS as exc:
+        if not getattr(exc, "engine_deterministic", False):
+            exc.engine_deterministic = True
+            exc.args = (f"{exc} (in {what})", *exc.args[1:])
+        raise
+
+
 def _apply(fn, table: pa.Table, what: str) -> pa.Table:
-    out = fn(table)
+    with _computing(what):
+        out = fn(table)
     if isinstance(out, pa.RecordBatch):
         out = pa.Table.from_batches([out])
     if not isinstance(out, pa.Table):
@@ -171,6 +189,8 @@ class _Output:
             self.writer = shuffle._IPCFile(ctx.shuffle_fs, self.path)
 
     def write(self, table: pa.Table) -> None:
+        if not self.ctx.last_round:
+            table = shuffle.shuffle_ready(table)     # an IPC file: one dictionary per column, no views
         if self.schema is None:
             self.schema = table.schema
         elif not table.schema.equals(self.schema):
@@ -241,13 +261,14 @@ def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partitio
             for table in mapped():
                 _check_keys(table, ctx.keys, f"sort of {label}")
                 tables.append(table)
-            table = _concat(tables)
             path = posixpath.join(ctx.shuffle_root, shuffle.attempt_name(f"r{ctx.round}-map", partition, attempt))
-            index = shuffle.write_sorted_run(ctx.shuffle_fs, path, table, ctx.keys, ctx.descending,
-                                             batch_rows=ctx.sort_batch_rows, sample_size=ctx.sample_size,
-                                             rows_in=rows_in)
+            with _computing(f"the sorted run of {label} (input {split.describe()})"):
+                table = _concat(tables)
+                index = shuffle.write_sorted_run(ctx.shuffle_fs, path, table, ctx.keys, ctx.descending,
+                                                 batch_rows=ctx.sort_batch_rows, sample_size=ctx.sample_size,
+                                                 rows_in=rows_in)
             result = {"shuffle": index, "rows_out": index.rows_out, "bytes_out": index.total_bytes,
-                      "schema": table.schema}
+                      "schema": shuffle.shuffle_ready(table.slice(0, 0)).schema}
         else:
             combine = _combiner(ctx, stages, label) if ctx.map_combine else None
             path = posixpath.join(ctx.shuffle_root, shuffle.attempt_name(f"r{ctx.round}-map", partition, attempt))
@@ -258,12 +279,15 @@ def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partitio
                 if not checked:
                     _check_keys(table, ctx.keys, f"the map output of {label}")
                     if stages.get("aggs") is not None:
-                        stages["aggs"].validate(table.schema)
+                        with _computing(f"the aggregations of {label}"):
+                            stages["aggs"].validate(table.schema)
                     checked = True
-                writer.write(table)
+                with _computing(f"the map-side combine of {label} (input {split.describe()})"):
+                    writer.write(table)
             if ctx.faults is not None:
                 ctx.faults.during_task(ctx, "map", partition, attempt)
-            index = writer.close()
+            with _computing(f"the map-side combine of {label} (input {split.describe()})"):
+                index = writer.close()
             index.rows_in = rows_in
             result = {"shuffle": index, "rows_out": index.total_rows, "bytes_out": index.total_bytes,
                       "schema": writer.schema}
@@ -346,7 +370,8 @@ def run_reduce(ctx: TaskContext, blob: bytes, refs: list, bounds: tuple | None, 
             rows_in = table.num_rows
             aggs = stages.get("aggs")
             if aggs is not None:
-                result = aggs.merge_finalize(table) if ctx.map_combine else aggs.aggregate(table)
+                with _computing(f"the aggregations of {label}"):
+                    result = aggs.merge_finalize(table) if ctx.map_combine else aggs.aggregate(table)
             else:
                 result = _apply(stages["reduce"], table, f"reduce function of {label}")
             emit(result)
@@ -375,7 +400,8 @@ def run_partial(ctx: TaskContext, blob: bytes, refs: list, key_filter: dict | No
     rows_in = table.num_rows
     aggs = stages.get("aggs")
     if aggs is not None:
-        combined = aggs.merge(table) if ctx.map_combine else aggs.partial(table)
+        with _computing(f"the aggregations of {label}"):
+            combined = aggs.merge(table) if ctx.map_combine else aggs.partial(table)
     elif table.num_rows:
         combined = _combiner(ctx, stages, label)(table)
     else:
