@@ -416,7 +416,7 @@ def read_split(fs, split: Split, *, columns: Sequence[str] | None = None, batch_
                 if split.partition_values:
                     b = _add_partition_columns(b, split.partition_values, partition_types or {}, columns)
                 yield b
-    except InputError:
+    except (InputError, SchemaError):
         raise
     except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError, ValueError, OSError) as exc:
         raise InputError(f"cannot read {split.format} input {split.describe()}: {exc}") from exc

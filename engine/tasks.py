@@ -260,7 +260,7 @@ def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partitio
             tables = []
             for table in mapped():
                 _check_keys(table, ctx.keys, f"sort of {label}")
-                tables.append(table)
+                tables.append(shuffle.shuffle_ready(table))    # one type per column whatever each batch's encoding
             path = posixpath.join(ctx.shuffle_root, shuffle.attempt_name(f"r{ctx.round}-map", partition, attempt))
             with _computing(f"the sorted run of {label} (input {split.describe()})"):
                 table = _concat(tables)
