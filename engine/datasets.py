@@ -8,6 +8,20 @@ are never packed together, so task boundaries stay predictable.
 The *snapshot* lists every input file with its size and modification time or ETag; it feeds the
 run id, so a rerun on unchanged input is recognised.
 
+The snapshot also fixes the input's *schema*, one for every job kind: each file's schema is read
+before any task runs (Parquet: the footer, one ranged read of the last 64 KiB; Arrow IPC: the file's
+schema; CSV / JSON lines: the types pyarrow's reader infers from the file's first MiB; text: one
+``text`` column) and they are unified by safe promotions only (:func:`engine.arrowtypes.common_type`:
+integers to wider integers or to floats, ``string`` → ``large_string``, ``binary`` → ``large_binary``,
+view types to plain types, dictionaries to their values, ``null`` to anything; a column a file lacks
+reads as nulls there). Any other disagreement raises :class:`SchemaError` at once, naming the column,
+both types and one file of each. Every batch a task reads is then conformed to the unified schema
+(safe casts: a value that does not fit, such as an integer above 2**53 in a column unified to
+``double``, fails that task with the file and column named; CSV and JSON files are parsed with the
+unified types given explicitly). View types (``string_view``, ``binary_view``, ``list_view``, as
+Polars, DataFusion and DuckDB write them) are always read as plain ``string``/``binary``/``list``,
+because many pyarrow kernels (``take``, hence ``filter``) have none for them.
+
 >>> spec = resolve_input("data/text/")                     # doctest: +SKIP
 >>> [s.path for s in spec.splits][:2]                      # doctest: +SKIP
 """
@@ -301,9 +315,7 @@ def _read_footers(fs, files: list[tuple[str, int]], fmt: str) -> dict[str, tuple
 
 def _file_schema(fs, path: str, fmt: str, size: int) -> tuple[pa.Schema, Any]:
     if fmt == "parquet":
-        import pyarrow.parquet as pq
-        with fs.open(path, "rb") as f:
-            meta = pq.ParquetFile(f).metadata
+        meta = _parquet_footer(fs, path, size)
         return meta.schema.to_arrow_schema(), meta
     if fmt == "ipc":
         with fs.open(path, "rb") as f:
@@ -322,6 +334,24 @@ def _file_schema(fs, path: str, fmt: str, size: int) -> tuple[pa.Schema, Any]:
         with fs.open(path, "rb", compression=_compression(path)) as f:
             return pjson.open_json(f, read_options=pjson.ReadOptions(block_size=_INFER_BYTES)).schema, None
     raise InputError(f"unknown format {fmt!r}")  # pragma: no cover - guarded by normalize_format
+
+
+_FOOTER_GUESS = 64 << 10
+
+
+def _parquet_footer(fs, path: str, size: int):
+    """A Parquet file's footer (``FileMetaData``) in one ranged read of its last 64 KiB (a second one
+    only for a larger footer): no ``HEAD``, no read-ahead, which matters on object stores."""
+    import pyarrow.parquet as pq
+    if size < 12:
+        raise InputError(f"{path} is not a Parquet file ({size} bytes)")
+    tail = fs.cat_file(path, start=max(0, size - _FOOTER_GUESS), end=size)
+    if tail[-4:] != b"PAR1":
+        raise InputError(f"{path} is not a Parquet file (no PAR1 magic at its end)")
+    length = int.from_bytes(tail[-8:-4], "little") + 8
+    if length > len(tail):
+        tail = fs.cat_file(path, start=size - length, end=size)
+    return pq.read_metadata(pa.BufferReader(b"PAR1" + tail[-length:]))
 
 
 def unify_schemas(schemas: Sequence[tuple[str, pa.Schema]]) -> pa.Schema:
@@ -577,6 +607,6 @@ def sample_table(fs, spec: InputSpec, rows: int = 64) -> pa.Table | None:
     return None
 
 
-__all__ = ["Split", "InputSpec", "resolve_input", "read_split", "filesystem", "is_local", "sample_table",
+__all__ = ["Split", "InputSpec", "resolve_input", "read_split", "unify_schemas", "conform", "filesystem", "is_local", "sample_table",
            "infer_format", "FORMATS"]
 _ = io

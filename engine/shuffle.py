@@ -14,6 +14,12 @@ Two partitionings:
   boundaries from the samples; reducer ``r`` reads from every run only the batches that overlap its
   key range ``[lo, hi)`` and filters the two edge batches.
 
+Map output is written in plain types (:func:`shuffle_ready`): dictionary columns decoded to their
+values (an IPC file holds one dictionary per column, a map emits one per batch) and view types made
+plain; decimals, timestamps with time zones, dates, lists and structs are written as they are.
+Nested columns can be hash keys (structs hash by their fields; lists raise a SchemaError naming the
+column) but not sort keys.
+
 This module never imports dask: it works on plain Arrow tables.
 """
 

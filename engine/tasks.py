@@ -4,6 +4,10 @@ Each function takes a :class:`TaskContext` (plain, picklable facts about the run
 run's serialized stage functions, and its share of the data. It streams record batches, writes only
 attempt-scoped files, checks for cancellation between batches, and returns a small dict for the
 driver (file index or commit message, rows, bytes, timings). It never publishes anything.
+
+Map tasks read batches already conformed to the input's unified schema (:mod:`engine.datasets`).
+An Arrow error raised while computing (user functions, aggregations, the map-side combine, sorting)
+is marked ``engine_deterministic`` and names where it happened, so the driver does not retry it.
 """
 
 from __future__ import annotations
