@@ -65,6 +65,11 @@ DEFAULTS: dict[str, Any] = {
     "checksums": {
         "page-checksums": True,  # write Parquet page CRCs
     },
+    "report": {
+        # Write data values (the hot keys of skew decisions) into the manifest, the history, the logs and
+        # printed summaries; off: they carry a short hash of each key instead (engine.redact.key_digest).
+        "key-values": False,
+    },
     "cluster": {
         "workers": None,        # None: one worker process per core
         "threads": 1,

@@ -4,6 +4,10 @@ Every committed, skipped or failed run appends one row (job, run id, status, tim
 to ``~/.local/share/mapreduce-engine/history.sqlite`` (``ENGINE_HISTORY`` overrides the path;
 ``ENGINE_HISTORY=off`` disables it). ``mapreduce history`` prints recent runs and per-job SLIs:
 success rate, median and p95 duration.
+
+A row holds no secrets and no data values: every string of it goes through
+:func:`engine.redact.redact`, and the hot keys of skew decisions are short hashes unless
+``engine.report.key-values`` is on (:func:`engine.redact.public_decisions`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import sqlite3
 import statistics
 from typing import Any
 
+from .redact import public_decisions, redact_obj
 from .report import RunReport
 
 _SCHEMA = """
@@ -50,16 +55,18 @@ def _db():
         con.close()
 
 
-def record(rep: RunReport) -> None:
-    """Append a run to the history (best effort: history never fails a run)."""
+def record(rep: RunReport, *, key_values: bool = False) -> None:
+    """Append a run to the history (best effort: history never fails a run). Strings are redacted; hot
+    keys are hashed unless ``key_values``."""
+    details = json.loads(json.dumps({"stages": [s.__dict__ for s in rep.stages],
+                                     "skew": public_decisions(rep.skew, key_values),
+                                     "speculation": rep.speculation, "retries": rep.retries}, default=str))
+    row = redact_obj((rep.run_id, rep.job, rep.fingerprint, rep.status, rep.start, rep.duration, rep.input_bytes,
+                      rep.output, rep.output_rows, rep.output_bytes, rep.message, json.dumps(redact_obj(details))))
     with _db() as con:
         if con is None:
             return
-        con.execute("INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (rep.run_id, rep.job, rep.fingerprint, rep.status, rep.start, rep.duration, rep.input_bytes,
-                     rep.output, rep.output_rows, rep.output_bytes, rep.message,
-                     json.dumps({"stages": [s.__dict__ for s in rep.stages], "skew": rep.skew,
-                                 "speculation": rep.speculation, "retries": rep.retries}, default=str)))
+        con.execute("INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", row)
 
 
 def runs(limit: int = 20, job: str | None = None) -> list[dict[str, Any]]:

@@ -3,6 +3,11 @@
 >>> result = job.run("data/text", "out/wc")          # doctest: +SKIP
 >>> print(result.report.summary())                    # doctest: +SKIP
 >>> result.report.to_html("report.html")             # doctest: +SKIP   (bokeh timeline)
+
+Every rendering (``to_dict``/``to_json``, ``summary``, the HTML) passes its strings through
+:func:`engine.redact.redact`, so task errors with URLs or keys show ``***`` in their place. The
+report is the user's own view of the run: its skew decisions keep the hot keys' values, which the
+manifest and the history replace by short hashes (``engine.report.key-values``).
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ import html
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from .redact import redact, redact_obj
 
 
 @dataclass
@@ -86,7 +93,7 @@ class RunReport:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["duration"] = self.duration
-        return d
+        return redact_obj(d)
 
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), default=str, **kwargs)
@@ -110,7 +117,7 @@ class RunReport:
             lines.append(f"  skew: {d.get('reason', d)}")
         for d in self.speculation:
             lines.append(f"  speculation: {d.get('reason', d)}")
-        return "\n".join(lines)
+        return redact("\n".join(lines))
 
     def __str__(self) -> str:
         return self.summary()
@@ -120,7 +127,7 @@ class RunReport:
             f"<tr><td>{html.escape(s.name)}</td><td>{s.tasks}</td><td>{s.duration:.2f}s</td>"
             f"<td>{s.rows_in:,}</td><td>{s.rows_out:,}</td><td>{s.bytes_out:,}</td><td>{s.retries}</td>"
             f"<td>{s.speculative}</td></tr>" for s in self.stages)
-        notes = "".join(f"<li>{html.escape(str(d.get('reason', d)))}</li>" for d in self.skew + self.speculation)
+        notes = "".join(f"<li>{html.escape(redact(str(d.get('reason', d))))}</li>" for d in self.skew + self.speculation)
         return (f"<div><b>{html.escape(self.job)}</b> run <code>{self.run_id[:12]}</code>: {self.status} in "
                 f"{self.duration:.2f}s, {self.output_rows:,} rows in {self.output_files} files<br>"
                 f"<table><tr><th>stage</th><th>tasks</th><th>time</th><th>rows in</th><th>rows out</th>"

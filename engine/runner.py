@@ -5,6 +5,10 @@ the next stage from what the finished tasks reported (number of reducers, coales
 boundaries). Failed tasks are retried by the driver with capped exponential backoff and full
 jitter, each retry under a new key; deterministic errors (bad schema, unreadable input) fail the
 run at once with a message naming the round, stage and partition.
+
+Every error string the driver keeps or passes on (task errors in the report, retry log lines,
+``StageFailedError`` messages, the manifest's decisions) goes through :func:`engine.redact.redact`;
+``redact`` is re-exported here under its old name.
 """
 
 from __future__ import annotations
@@ -38,10 +42,13 @@ from .job import Job
 from .journal import Journal, still_valid
 from .lock import output_lock
 from .plan import Plan, build_plan, validate_on_sample
+from .redact import install as _install_redaction, public_decisions, redact, redact_obj
+from .redact import remember as _remember_secrets
 from .report import RunReport, StageReport, TaskReport
 from .tasks import TaskContext, run_map, run_partial, run_reduce
 
 log = logging.getLogger("engine")
+_install_redaction("engine")     # every record of the "engine" logger is redacted (engine.redact)
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -236,23 +243,24 @@ class StageExecutor:
                     if any(f_p == partition for f_p, *_ in running.values()):
                         continue  # another attempt of this partition is still running
                     failures[partition] += 1
+                    error = redact(f"{type(exc).__name__}: {exc}")
                     self.report.tasks.append(TaskReport(name, partition, attempt, "?", submitted, time.time(),
-                                                        status="failed", speculative=speculative,
-                                                        error=f"{type(exc).__name__}: {exc}"))
+                                                        status="failed", speculative=speculative, error=error))
                     where = (f"round {round_index + 1} of {round_count}, {kind} stage, partition {partition}"
                              f" ({describe(partition)})")
                     if _is_permanent(exc) or failures[partition] >= self.max_attempts:
                         tries = failures[partition]
-                        msg = (f"{where} failed" + (f" after {tries} attempts" if tries > 1 else "")
-                               + f": {type(exc).__name__}: {exc}")
+                        msg = redact(f"{where} failed" + (f" after {tries} attempts" if tries > 1 else "")
+                                     + f": {error}")
                         err = StageFailedError(msg, round=round_index, stage=kind, partition=partition, cause=exc)
+                        _redact_exception(exc)
                         raise err from exc
                     delay = min(self.backoff_max, self.backoff_base * 2 ** (failures[partition] - 1))
                     delay = random.uniform(0, delay)
                     self.report.retries.append({"stage": name, "partition": partition, "attempt": attempt,
-                                                "error": f"{type(exc).__name__}: {exc}", "backoff": round(delay, 3)})
+                                                "error": error, "backoff": round(delay, 3)})
                     stage.retries += 1
-                    log.warning("%s failed (%s: %s); retrying in %.2fs", where, type(exc).__name__, exc, delay)
+                    log.warning("%s failed (%s); retrying in %.2fs", where, error, delay)
                     delayed.append((time.time() + delay, partition))
                 if self.supervisor is not None and running:
                     self.supervisor.check(self, running, results, submit, sizes)
@@ -380,6 +388,7 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
     default ``engine.shuffle.map-combine``).
     """
     started = time.time()
+    _remember_secrets(storage_options)      # redacted from logs, reports, history and errors from now on
     if mode not in ("error", "overwrite", "append"):
         raise CommitError(f"mode must be 'error', 'overwrite' or 'append', got {mode!r}")
     if not isinstance(job, Job):
@@ -435,9 +444,11 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
         removed = commit.cleanup(out_fs, out, keep_run=run_id if resume else None, manifest=previous)
         if removed:
             log.info("removed %d leftover(s) of earlier runs from %s", len(removed), output)
-        journal = Journal(out_fs, posixpath.join(commit.temporary_dir(out, run_id), "journal"))
         shuffle_fs, shuffle_root, cleanup = _shuffle_location(shuffle_dir, storage_options, run_id, out_fs, out,
                                                               info)
+        # Loaded entries may name only this run's own files (engine.journal.check_paths).
+        journal = Journal(out_fs, posixpath.join(commit.temporary_dir(out, run_id), "journal"), run_id=run_id,
+                          out=out, shuffle_root=shuffle_root, s3=commit.is_s3(out_fs))
         blob = _payload(plan)
         # A task, not scattered data: the scheduler recomputes it if the worker holding it dies. (Scattered
         # data is lost then, as the active memory manager keeps one replica, and its dependents are cancelled.)
@@ -480,21 +491,11 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
     return RunResult(output, run_id, rep, False, manifest, storage_options)
 
 
-def redact(text: str, storage_options: dict | None) -> str:
-    """``text`` with every secret-looking value of ``storage_options`` replaced by ``***``."""
-    secrets: list[str] = []
-
-    def walk(obj: Any, key: str = "") -> None:
-        if isinstance(obj, dict):
-            for k, v in obj.items():
-                walk(v, str(k))
-        elif isinstance(obj, str) and len(obj) >= 4 and any(
-                w in key.lower() for w in ("key", "secret", "token", "password", "credential", "session")):
-            secrets.append(obj)
-    walk(storage_options or {})
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return text
+def _redact_exception(exc: BaseException) -> None:
+    """Redact the string arguments of a task's exception in place, so that a traceback printed later (the
+    cause of the StageFailedError) does not show what its message held."""
+    with contextlib.suppress(Exception):
+        exc.args = tuple(redact(a) if isinstance(a, str) else a for a in exc.args)
 
 
 def _hold_payload(blob: bytes) -> bytes:
@@ -507,7 +508,7 @@ def _record_history(rep: RunReport) -> None:
     except ImportError:
         return
     with contextlib.suppress(Exception):
-        history.record(rep)
+        history.record(rep, key_values=bool(config.get("report.key-values")))
 
 
 def _protocol(fs) -> str:
@@ -623,13 +624,15 @@ def _execute(plan: Plan, spec: InputSpec, client, info: ClusterInfo, executor: S
         schema = pa.schema([])
     meta = {"job": plan.job.name, "fingerprint": plan.fingerprint, "engine_version": ENGINE_VERSION,
             "input": {"digest": snapshot, "files": len(spec.snapshot), "bytes": spec.total_bytes,
-                      "snapshot": list(spec.snapshot)[:1000]},
+                      "snapshot": redact_obj(list(spec.snapshot)[:1000])},
             "timings": {"started": rep.start, "seconds": round(time.time() - rep.start, 3)},
             # what the run decided at run time, for `mapreduce explain OUT` (plain JSON values only)
-            "decisions": json.loads(json.dumps({"skew": rep.skew[:500], "speculation": rep.speculation[:500],
-                                                "stages": [{"name": s.name, "tasks": s.tasks, "attempts": s.attempts,
-                                                            "speculative": s.speculative, "retries": s.retries}
-                                                           for s in rep.stages]}, default=str))}
+            # (hot keys as short hashes unless engine.report.key-values; every string redacted)
+            "decisions": redact_obj(json.loads(json.dumps({
+                "skew": public_decisions(rep.skew[:500], bool(config.get("report.key-values"))),
+                "speculation": rep.speculation[:500],
+                "stages": [{"name": s.name, "tasks": s.tasks, "attempts": s.attempts, "speculative": s.speculative,
+                            "retries": s.retries} for s in rep.stages]}, default=str)))}
     return commit.commit_job(out_fs, out, run_id=run_id, winners=winners, schema=schema, mode=mode,
                              previous=previous, meta=meta, hook=faults.commit_hook if faults is not None else None)
 

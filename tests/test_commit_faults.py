@@ -399,7 +399,7 @@ def test_resume_reuses_finished_map_outputs_after_driver_kill(corpus, dask_clust
     # The reduce stage hangs (first attempts), so the driver is surely killed after the map stage.
     proc = start_driver(tmp_path, dask_cluster, src, str(out), None, mode="error", force=False,
                         faults={"hang_first_attempt": [["reduce", 0]]})
-    journal = lambda: list(out.glob("_temporary/*/journal/r0-map/*.pkl"))  # noqa: E731
+    journal = lambda: list(out.glob("_temporary/*/journal/r0-map/*.json"))  # noqa: E731
     _wait_for(lambda: len(journal()) == 4, 120, "the map stage to be journaled")
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
