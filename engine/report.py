@@ -127,7 +127,8 @@ class RunReport:
             f"<tr><td>{html.escape(s.name)}</td><td>{s.tasks}</td><td>{s.duration:.2f}s</td>"
             f"<td>{s.rows_in:,}</td><td>{s.rows_out:,}</td><td>{s.bytes_out:,}</td><td>{s.retries}</td>"
             f"<td>{s.speculative}</td></tr>" for s in self.stages)
-        notes = "".join(f"<li>{html.escape(redact(str(d.get('reason', d))))}</li>" for d in self.skew + self.speculation)
+        notes = "".join(f"<li>{html.escape(redact(str(d.get('reason', d))))}</li>"
+                        for d in self.skew + self.speculation)
         return (f"<div><b>{html.escape(self.job)}</b> run <code>{self.run_id[:12]}</code>: {self.status} in "
                 f"{self.duration:.2f}s, {self.output_rows:,} rows in {self.output_files} files<br>"
                 f"<table><tr><th>stage</th><th>tasks</th><th>time</th><th>rows in</th><th>rows out</th>"

@@ -423,7 +423,11 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
                                 f"{previous.doc.get('run_id')}); pass mode='overwrite' to replace it or "
                                 "mode='append' to add to it")
 
-    validate_on_sample(plan, sample_table(spec.fs, spec))
+    try:
+        validate_on_sample(plan, sample_table(spec.fs, spec))
+    except EngineError as exc:      # the user's function failed in the driver: its message may quote secrets
+        _redact_exception(exc)
+        raise
 
     protocols = {spec.protocol, _protocol(out_fs)}
     in_process = "memory" in protocols
@@ -473,6 +477,7 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
         except BaseException as exc:
             rep.status, rep.stop = "failed", time.time()
             rep.message = f"{type(exc).__name__}: {redact(str(exc), storage_options)}"
+            _redact_exception(exc)
             _record_history(rep)
             raise
         finally:
@@ -492,10 +497,14 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
 
 
 def _redact_exception(exc: BaseException) -> None:
-    """Redact the string arguments of a task's exception in place, so that a traceback printed later (the
-    cause of the StageFailedError) does not show what its message held."""
-    with contextlib.suppress(Exception):
-        exc.args = tuple(redact(a) if isinstance(a, str) else a for a in exc.args)
+    """Redact, in place, the string arguments of an exception leaving :func:`run` and of its causes, so
+    that what prints it later (a traceback, the CLI's paragraph) does not show a secret it quoted."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen and len(seen) < 16:
+        seen.add(id(exc))
+        with contextlib.suppress(Exception):
+            exc.args = tuple(redact(a) if isinstance(a, str) else a for a in exc.args)
+        exc = exc.__cause__ or exc.__context__
 
 
 def _hold_payload(blob: bytes) -> bytes:

@@ -22,6 +22,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import traceback
 
 import dask.config
 import numpy as np
@@ -145,6 +146,10 @@ PRESIGNED = ("https://bucket.s3.amazonaws.com/data/part-0.parquet?X-Amz-Algorith
              f"&X-Amz-Signature={SIGNATURE}")
 SECRETS = (SIGNATURE, ACCESS_KEY, SECRET_KEY, SESSION_TOKEN, "hunter2-db-password")
 
+MESSAGE = (f"fetching {PRESIGNED} failed (aws_secret_access_key={SECRET_KEY}, "
+           "db=postgresql://etl:hunter2-db-password@db.internal:5432/x)")
+
+# The message is stored reversed, so that the job's source (which a traceback quotes) holds no secret.
 LEAKY_JOB = '''
 """A word count whose map fails {when}, with credentials in its error message."""
 import os
@@ -155,12 +160,12 @@ import pyarrow.compute as pc
 from engine import Job, agg
 
 FLAG = {flag!r}
+REVERSED = {reversed!r}
 
 
 def words(t):
     if {condition}:
-        raise RuntimeError("fetching {presigned} failed (aws_secret_access_key={secret}, "
-                           "db=postgresql://etl:hunter2-db-password@db.internal:5432/x)")
+        raise RuntimeError(REVERSED[::-1])
     w = pc.list_flatten(pc.ascii_split_whitespace(t["text"]))
     return pa.table({{"word": w}})
 
@@ -169,13 +174,14 @@ job = Job("leaky").map(words, columns=["text"]).reduce(by="word", aggs={{"count"
 '''
 
 
-def _leaky_job_file(tmp_path, *, always: bool) -> str:
+def _leaky_job_file(tmp_path, *, always: bool, in_driver: bool = False) -> str:
     flag = str(tmp_path / "failed-once")
     # Attempt 0 only: the first call anywhere creates the flag atomically and fails; every later call works.
     once = "_in_worker() and _first_call()"
-    path = tmp_path / ("always_leaky.py" if always else "leaky.py")
-    text = LEAKY_JOB.format(when="always" if always else "once", flag=flag, presigned=PRESIGNED, secret=SECRET_KEY,
-                            condition="_in_worker()" if always else once)
+    path = tmp_path / ("driver_leaky.py" if in_driver else "always_leaky.py" if always else "leaky.py")
+    condition = "True" if in_driver else "_in_worker()" if always else once
+    text = LEAKY_JOB.format(when="always" if always else "once", flag=flag, reversed=MESSAGE[::-1],
+                            condition=condition)
     text += textwrap.dedent('''
 
         def _in_worker():
@@ -244,6 +250,7 @@ def test_failed_task_error_secrets_are_redacted(corpus, dask_cluster, tmp_path, 
         engine.run(module.job, src, str(tmp_path / "out"), cluster=dask_cluster, partition_size="16KiB")
     _assert_no_secret(str(err.value), "the raised error")
     assert "RuntimeError" in str(err.value) and "X-Amz-Signature=***" in str(err.value)
+    _assert_no_secret("".join(traceback.format_exception(err.value)), "the error's traceback (with its cause)")
     _assert_no_secret(caplog.text, "the log records")
     _assert_no_secret(_history_rows(db), "the history database")
     # The CLI says the same in one paragraph.
@@ -251,6 +258,15 @@ def test_failed_task_error_secrets_are_redacted(corpus, dask_cluster, tmp_path, 
                "--scheduler", dask_cluster, env={"ENGINE_HISTORY": db})
     assert proc.returncode == 1 and "StageFailedError" in proc.stderr
     _assert_no_secret(proc.stderr, "the CLI's error")
+
+
+def test_map_failing_on_the_driver_sample_does_not_print_secrets(corpus, tmp_path):
+    """The driver tries the map on a sample before the run: that error is redacted too."""
+    src, _ = corpus
+    proc = cli("run", _leaky_job_file(tmp_path, always=True, in_driver=True), "--input", src, "--output",
+               str(tmp_path / "out"), "--debug")
+    assert proc.returncode == 1 and "JobDefinitionError" in proc.stderr, proc.stderr
+    _assert_no_secret(proc.stderr, "the CLI's error and traceback")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,7 +353,8 @@ def test_redaction_of_storage_options_and_logs(caplog):
     remember(options)
     with caplog.at_level("INFO", logger="engine"):
         logging.getLogger("engine").warning("task failed: %s and %s", "s3cr3t-v4lue-zz", PRESIGNED)
-    assert "s3cr3t-v4lue-zz" not in caplog.text and SIGNATURE not in caplog.text and "X-Amz-Signature=***" in caplog.text
+    assert "s3cr3t-v4lue-zz" not in caplog.text and SIGNATURE not in caplog.text
+    assert "X-Amz-Signature=***" in caplog.text
 
 
 def test_public_decisions_hash_keys():
@@ -462,3 +479,27 @@ def test_journal_ignores_damaged_or_forged_entries(tmp_path, damage, caplog):
     assert bad not in loaded and "ignored" in caplog.text
     assert len(loaded) == 1
     assert not (tmp_path / "marker").exists()
+
+
+def test_journal_of_an_s3_output_keeps_pending_uploads_only_at_their_final_key():
+    import fsspec
+
+    from engine.journal import Journal
+    run_id = "0123456789abcdef"
+    fs = fsspec.filesystem("memory")
+    out = "/bucket/out"
+    j = Journal(fs, f"{out}/_temporary/{run_id}/journal", run_id=run_id, out=out, shuffle_root=None, s3=True)
+    name = f"part-00000-{run_id}-a0-0badc0de.parquet"
+    good = {"partition": 0, "attempt": 0, "run_id": run_id,
+            "files": [{"name": name, "tmp": f"{out}/{name}", "rows": 1, "bytes": 10, "crc32c": 1,
+                       "upload": {"upload_id": "u-1", "parts": [{"PartNumber": 1, "ETag": '"e"'}]}}]}
+    elsewhere = json.loads(json.dumps(good))
+    elsewhere["files"][0]["tmp"] = f"/bucket/other/{name}"
+    j.record("r0-reduce", 0, {"commit": good, "schema": None, "spec": "a"})
+    j.record("r0-reduce", 1, {"commit": {**elsewhere, "partition": 1}, "schema": None, "spec": "b"})
+    # a map output of a run whose shuffle directory is not known (a fresh local one per run): never reused
+    from engine.shuffle import MapOutput
+    j.record("r0-map", 0, {"shuffle": MapOutput("/tmp/x/r0-map.arrow", 1, [[0]], [1], [1]), "schema": None})
+    loaded = j.load("r0-reduce")
+    assert list(loaded) == [0] and loaded[0]["commit"] == good
+    assert j.load("r0-map") == {}
