@@ -14,8 +14,9 @@ therefore holds data, never code, and loading it trusts nothing:
   numbers and strings; Arrow schemas and tables (the key sample of a sort run, the heavy keys and
   batch bounds of a map output) travel as Arrow IPC bytes in base64. Nothing is unpickled or
   imported; files of the old pickle format (``.pkl``) are ignored, never opened.
-* An entry carries the SHA-256 of its canonical content, its run id, stage and partition; a torn,
-  edited or misplaced file does not match and is ignored.
+* A file is ``{"doc": {format, version, run_id, stage, partition, entry}, "sha256": ...}``, the
+  SHA-256 of the canonical JSON of ``doc`` (sorted keys, no spaces, ASCII); a torn, edited or
+  misplaced file (another run, stage or partition) does not match and is ignored.
 * Every type is checked, and every path must stay where this run writes: map outputs and
   intermediate files under this run's shuffle root, task output files named as this engine names
   them, for this run, under ``OUT/_temporary/<run>/`` (or, on S3, at ``OUT/<name>`` with a pending
@@ -151,14 +152,16 @@ def _check(cond: bool, what: str) -> None:
 def _int(v: Any, what: str, *, none: bool = False, minimum: int | None = 0) -> int | None:
     if v is None and none:
         return None
-    _check(isinstance(v, int) and not isinstance(v, bool) and (minimum is None or v >= minimum),
-           f"{what} must be {'a non-negative ' if minimum == 0 else 'an '}integer, got {v!r}")
+    if type(v) is not int or (minimum is not None and v < minimum):
+        raise JournalEntryError(f"{what} must be {'a non-negative ' if minimum == 0 else 'an '}integer, got {v!r}")
     return v
 
 
 def _ints(v: Any, what: str) -> list[int]:
-    _check(isinstance(v, list), f"{what} must be a list")
-    return [_int(x, what) for x in v]
+    """A list of non-negative integers (checked in one pass: map outputs list one entry per partition)."""
+    if type(v) is not list or not all(type(x) is int for x in v) or (v and min(v) < 0):
+        raise JournalEntryError(f"{what} must be a list of non-negative integers")
+    return v
 
 
 def _str(v: Any, what: str, *, none: bool = False) -> str | None:
@@ -188,8 +191,8 @@ def map_output_to_json(o: MapOutput) -> dict:
             raise TypeError("heavy keys of different widths")
     return {
         "path": o.path, "num_partitions": int(o.num_partitions),
-        "batches": [[int(b) for b in bs] for bs in o.batches], "rows": [int(x) for x in o.rows],
-        "nbytes": [int(x) for x in o.nbytes], "rows_in": int(o.rows_in), "rows_out": int(o.rows_out),
+        "batches": [list(map(int, bs)) for bs in o.batches], "rows": list(map(int, o.rows)),
+        "nbytes": list(map(int, o.nbytes)), "rows_in": int(o.rows_in), "rows_out": int(o.rows_out),
         "key_width": width,
         "heavy_keys": keys_to_json([tuple(k) for k, _p, _r in o.heavy_keys], width,
                                    {"partition": [int(p) for _k, p, _r in o.heavy_keys],
@@ -253,7 +256,7 @@ def split_from_json(d: Any) -> Split:
 
 
 def commit_to_json(m: dict) -> dict:
-    return commit_from_json(json.loads(json.dumps(m)))     # the same checks as on the way back
+    return commit_from_json(json.loads(json.dumps(m)))     # the same checks as on the way back (a small dict)
 
 
 def commit_from_json(d: Any) -> dict:
@@ -306,12 +309,6 @@ def encode_result(result: dict) -> dict:
     if unknown:
         raise TypeError(f"task result fields {sorted(unknown)} are not plain values")
     body["extra"] = extra
-    return decode_check(body)
-
-
-def decode_check(body: dict) -> dict:
-    """``body`` after the same type checks :func:`decode_result` does (so nothing unloadable is written)."""
-    decode_result(json.loads(canonical(body)))
     return body
 
 
@@ -407,10 +404,10 @@ class Journal:
             log.debug("%s partition %d: result not journaled (%s); a resumed run recomputes it", stage, partition,
                       exc)
             return
-        doc = {"format": FORMAT, "version": VERSION, "run_id": self.run_id, "stage": stage,
-               "partition": int(partition), "entry": body}
-        doc["sha256"] = hashlib.sha256(canonical(doc).encode()).hexdigest()
-        data = canonical(doc).encode()
+        doc = canonical({"format": FORMAT, "version": VERSION, "run_id": self.run_id, "stage": stage,
+                         "partition": int(partition), "entry": body})
+        digest = hashlib.sha256(doc.encode()).hexdigest()
+        data = f'{{"doc":{doc},"sha256":"{digest}"}}'.encode()
         path = self._path(stage, partition)
         if is_local(self.fs):
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -428,12 +425,13 @@ class Journal:
             doc = json.loads(data.decode("utf-8"), parse_constant=_no_constant)
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise JournalEntryError(f"not JSON: {exc}") from exc
-        _dict(doc, "journal file", {"format", "version", "run_id", "stage", "partition", "entry", "sha256"},
-              {"format", "version", "run_id", "stage", "partition", "entry", "sha256"})
-        _check(doc["format"] == FORMAT and doc["version"] == VERSION, "unknown journal format")
-        digest = doc.pop("sha256")
+        _dict(doc, "journal file", {"doc", "sha256"}, {"doc", "sha256"})
+        digest, doc = doc["sha256"], doc["doc"]
+        _dict(doc, "journal entry", {"format", "version", "run_id", "stage", "partition", "entry"},
+              {"format", "version", "run_id", "stage", "partition", "entry"})
         _check(isinstance(digest, str) and hashlib.sha256(canonical(doc).encode()).hexdigest() == digest,
                "checksum mismatch")
+        _check(doc["format"] == FORMAT and doc["version"] == VERSION, "unknown journal format")
         _check(doc["run_id"] == self.run_id and doc["stage"] == stage and doc["partition"] == partition,
                "the entry belongs to another run, stage or partition")
         result = decode_result(doc["entry"])
@@ -463,8 +461,8 @@ class Journal:
                 out[partition] = self.parse(self.fs.cat_file(p), stage, partition)
             except JournalEntryError as exc:
                 log.warning("journal entry %s ignored: %s; its task runs again", p, exc)
-            except OSError as exc:
-                log.warning("journal entry %s unreadable (%s); its task runs again", p, exc)
+            except Exception as exc:  # noqa: BLE001 - unreadable or malformed in a way not foreseen: not used
+                log.warning("journal entry %s ignored (%s: %s); its task runs again", p, type(exc).__name__, exc)
         if old:
             log.warning("%d journal file(s) of an old format under %s ignored (never loaded); their tasks run "
                         "again", old, posixpath.join(self.root, stage))

@@ -448,11 +448,9 @@ def test_journal_ignores_damaged_or_forged_entries(tmp_path, damage, caplog):
 
     def rewrite(path, change):
         import hashlib
-        doc = json.loads(path.read_text())
-        doc.pop("sha256")
+        doc = json.loads(path.read_text())["doc"]
         change(doc)
-        doc["sha256"] = hashlib.sha256(canonical(doc).encode()).hexdigest()
-        path.write_text(canonical(doc))
+        path.write_text(canonical({"doc": doc, "sha256": hashlib.sha256(canonical(doc).encode()).hexdigest()}))
     if damage == "flip":
         path0.write_text(path0.read_text().replace('"rows_in":12', '"rows_in":13'))
     elif damage == "outside-shuffle":
