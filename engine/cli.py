@@ -216,7 +216,8 @@ def _cli_words(text: str) -> str:
 
 
 def _one_paragraph(exc: BaseException) -> str:
-    return " ".join(_cli_words(str(exc)).split()) or type(exc).__name__
+    from .redact import redact
+    return " ".join(_cli_words(redact(str(exc))).split()) or type(exc).__name__
 
 
 class _CliFormatter(logging.Formatter):
