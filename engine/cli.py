@@ -4,7 +4,7 @@
                   [--no-speculation] [--no-skew] [--no-map-combine] [--partition-size SIZE] [--report report.html]
                   [--resume] [--force]
     mapreduce verify PATH
-    mapreduce clean PATH
+    mapreduce clean PATH [--force]
     mapreduce explain JOB [--input IN]
     mapreduce history [--job NAME]
 
@@ -178,8 +178,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", "-q", action="store_true", help="no progress or log lines, only the summary and errors")
     c = sub.add_parser("clean", parents=[common], help="remove what dead runs left in an output",
                        description="Remove attempt files, pending multipart uploads and unreferenced part files "
-                                   "that dead runs left in PATH. Refuses (exit 1) while a live run holds PATH.")
+                                   "that dead runs left in PATH. Refuses (exit 1) while a live run holds PATH, and "
+                                   "when PATH's _SUCCESS manifest is damaged unless --force is given.")
     c.add_argument("path")
+    c.add_argument("--force", action="store_true",
+                   help="also remove a damaged _SUCCESS manifest and every data file of this engine in PATH")
     v = sub.add_parser("verify", parents=[common], help="re-check every committed file's checksum",
                        description="Exit 0 when PATH's committed output is intact, 1 when it is corrupt or "
                                    "incomplete (each bad file is named on stderr).")
@@ -432,15 +435,26 @@ def cmd_history(args) -> int:
 
 
 def cmd_clean(args) -> int:
-    from .commit import cleanup, load_manifest
+    from .commit import MANIFEST, cleanup, load_manifest, remove_damaged_manifest
     from .datasets import filesystem
+    from .errors import ManifestError
     from .lock import output_lock
     fs, out = filesystem(args.path)
     if not fs.exists(out):
         print(f"{args.path}: nothing there")
         return EXIT_OK
+    removed: list[str] = []
     with output_lock(fs, out):
-        removed = cleanup(fs, out, keep_run=None, manifest=load_manifest(fs, out))
+        manifest = load_manifest(fs, out, damaged=True)
+        if manifest is not None and manifest.damage is not None:
+            if not args.force:
+                raise ManifestError(f"{manifest.damage}; `mapreduce clean` keeps a "
+                                    f"damaged {MANIFEST}: pass --force to remove it together with every data file "
+                                    f"of this engine in {args.path} (files of other tools are kept), or rerun the "
+                                    "job with --mode overwrite to replace it")
+            removed.append(remove_damaged_manifest(fs, out, manifest))
+            manifest = None           # nothing is committed now: every engine data file is a leftover
+        removed += cleanup(fs, out, keep_run=None, manifest=manifest)
     for r in removed:
         print(f"removed {r}")
     print(f"{args.path}: clean ({len(removed)} leftover(s) removed)")

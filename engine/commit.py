@@ -26,9 +26,11 @@ import contextlib
 import datetime as _dt
 import hashlib
 import json
+import mmap
 import os
 import posixpath
 import re
+import tempfile
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -270,11 +272,18 @@ def schema_from_text(text: str) -> pa.Schema:
 
 @dataclass(frozen=True)
 class Manifest:
-    """A parsed, checksum-verified ``_SUCCESS`` manifest."""
+    """A parsed, checksum-verified ``_SUCCESS`` manifest whose every entry names a file under ``root``.
+
+    ``damage`` is set only on what ``load_manifest(..., damaged=True)`` returns for a manifest that
+    cannot be trusted (``"OUT/_SUCCESS: manifest fails its own checksum"``): then ``raw`` holds its bytes (the compare-and-swap token of an overwrite),
+    ``files`` lists the engine data files present in ``root`` (kept until a new generation commits)
+    and nothing else of ``doc`` is meaningful.
+    """
 
     doc: dict
     root: str
     raw: bytes = b""
+    damage: str | None = None
 
     @property
     def files(self) -> list[dict]:
@@ -296,8 +305,97 @@ class Manifest:
         return posixpath.join(self.root, entry["path"])
 
 
-def load_manifest(fs, out: str) -> Manifest | None:
-    """The committed manifest of ``out``, or None when nothing is committed. Raises ManifestError if corrupt."""
+def _remedy(out: str) -> str:
+    return (f"rerun the job with mode='overwrite' to replace it, or remove it with "
+            f"`mapreduce clean {out} --force` (that also removes the engine's data files there)")
+
+
+def _bad_entry_path(path: Any) -> str | None:
+    """Why ``path`` may not name a data file of an output, or None if it may.
+
+    A data file is named by a relative POSIX path in normal form below the output: no ``..``, no
+    absolute path or URL, no ``_``/``.``-prefixed (engine-owned or hidden) part; directories are
+    ``col=value`` partition directories.
+    """
+    if not isinstance(path, str) or not path:
+        return "not a file name"
+    if len(path) > 1024 or any(ord(ch) < 32 for ch in path) or "\\" in path:
+        return "not a plain file name"
+    if ":" in path or path.startswith("/"):
+        return "an absolute path or URL, outside the output"
+    parts = path.split("/")
+    if ".." in parts or posixpath.normpath(path) != path:
+        return "a path that leaves the output or is not in normal form"
+    if any(part.startswith(("_", ".")) for part in parts):
+        return "an engine-owned or hidden name"
+    if any("=" not in part for part in parts[:-1]):
+        return "a subdirectory that is not a col=value partition directory"
+    return None
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_entries(path: str, out: str, doc: dict) -> None:
+    """ManifestError naming the first entry that is malformed or names a file outside ``out``."""
+    files = doc.get("files")
+    if not isinstance(files, list):
+        raise ManifestError(f"manifest {path} has no list of files; it is damaged or forged: {_remedy(out)}",
+                            [f"{path}: no list of files"])
+    seen: set[str] = set()
+    for i, entry in enumerate(files):
+        name = entry.get("path") if isinstance(entry, dict) else None
+        why = _bad_entry_path(name)
+        if why is None and name in seen:
+            why = "listed twice"
+        if why is None and not all(_count(entry.get(k)) for k in ("rows", "bytes", "crc32c")):
+            why = "an entry whose rows, bytes or crc32c is not a non-negative integer"
+        if why is None and not isinstance(entry.get("partition"), int):
+            why = "an entry without an integer partition"
+        if why is not None:
+            raise ManifestError(f"manifest {path} entry {i} ({name!r}) is {why}: a manifest may only list files "
+                                f"inside its output {out}, so it was damaged or forged and nothing was read: "
+                                f"{_remedy(out)}",
+                                [f"{path}: entry {i} {name!r} is {why}"])
+        seen.add(name)
+
+
+class _NewerManifest(ManifestError):
+    """A manifest written by a newer engine: intact, only not for this engine to read or replace."""
+
+
+def _parse_manifest(path: str, out: str, raw: bytes) -> dict:
+    """The manifest document in ``raw``; ManifestError if it is unreadable, damaged or forged."""
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"manifest {path} is unreadable, not valid JSON ({exc}); the committed output "
+                            f"cannot be trusted: {_remedy(out)}", [f"{path}: unreadable manifest"]) from None
+    if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
+        raise ManifestError(f"{path} is not an engine manifest: {_remedy(out)}",
+                            [f"{path}: not an engine manifest"])
+    expected = "sha256:" + hashlib.sha256(_canonical(doc)).hexdigest()
+    if doc.get("checksum") != expected:
+        raise ManifestError(f"manifest {path} fails its own checksum: it was modified or corrupted after commit, "
+                            f"so the committed output cannot be trusted: {_remedy(out)}",
+                            [f"{path}: manifest fails its own checksum"])
+    version = doc.get("version", 0)
+    if not _count(version) or version > MANIFEST_VERSION:
+        raise _NewerManifest(f"manifest {path} has format version {version!r}, newer than this engine reads "
+                             f"({MANIFEST_VERSION}); upgrade the engine")
+    _check_entries(path, out, doc)
+    return doc
+
+
+def load_manifest(fs, out: str, *, damaged: bool = False) -> Manifest | None:
+    """The committed manifest of ``out``, or None when nothing is committed.
+
+    Raises ManifestError if the manifest is unreadable, fails its own checksum, or lists an entry
+    that is not a file under ``out`` (so a forged manifest never makes a reader open anything
+    outside the output). With ``damaged=True`` such a manifest is returned instead, with
+    :attr:`Manifest.damage` saying what is wrong (for ``mode="overwrite"`` and ``clean --force``).
+    """
     path = posixpath.join(out, MANIFEST)
     try:
         if is_s3(fs):
@@ -306,20 +404,54 @@ def load_manifest(fs, out: str) -> Manifest | None:
     except FileNotFoundError:
         return None
     try:
-        doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"manifest {path} is not valid JSON ({exc}); the output is corrupt: rerun the job "
-                            "with mode='overwrite'", [f"{path}: unreadable manifest"]) from None
-    if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
-        raise ManifestError(f"{path} is not an engine manifest", [f"{path}: not an engine manifest"])
-    expected = "sha256:" + hashlib.sha256(_canonical(doc)).hexdigest()
-    if doc.get("checksum") != expected:
-        raise ManifestError(f"manifest {path} fails its own checksum: it was modified or corrupted after commit",
-                            [f"{path}: manifest checksum mismatch"])
-    if doc.get("version", 0) > MANIFEST_VERSION:
-        raise ManifestError(f"manifest {path} has format version {doc['version']}, newer than this engine reads "
-                            f"({MANIFEST_VERSION}); upgrade the engine")
+        doc = _parse_manifest(path, out, raw)
+    except _NewerManifest:
+        raise
+    except ManifestError as exc:
+        if not damaged:
+            raise
+        return _damaged_manifest(fs, out, raw, exc)
     return Manifest(doc, out, raw)
+
+
+def _damaged_manifest(fs, out: str, raw: bytes, exc: ManifestError) -> Manifest:
+    """Stand-in for a damaged manifest: its bytes, what is wrong, and the engine files present now."""
+    try:
+        generation = json.loads(raw).get("generation", 0)
+    except Exception:  # noqa: BLE001 - damaged: anything goes
+        generation = 0
+    present = []
+    if is_s3(fs):
+        fs.invalidate_cache(out)
+    with contextlib.suppress(FileNotFoundError):
+        for p in fs.ls(out, detail=False):
+            name = posixpath.basename(p.rstrip("/"))
+            if engine_file(name):
+                present.append({"path": name, "partition": -1, "rows": 0, "bytes": 0, "crc32c": 0})
+    doc = {"format": MANIFEST_FORMAT, "generation": generation if _count(generation) else 0, "run_id": None,
+           "files": present}
+    return Manifest(doc, out, raw, damage="; ".join(exc.problems) or str(exc))
+
+
+def remove_damaged_manifest(fs, out: str, damaged: Manifest) -> str:
+    """Delete the damaged ``_SUCCESS`` that ``damaged`` stands for, if it still holds the same bytes.
+
+    Call only while holding the output lock. Returns the path removed; ConcurrentRunError if the
+    manifest changed since it was inspected.
+    """
+    path = posixpath.join(out, MANIFEST)
+    if is_s3(fs):
+        fs.invalidate_cache(path)
+    try:
+        current = fs.cat_file(path)
+    except FileNotFoundError:
+        return path
+    if current != damaged.raw:
+        raise ConcurrentRunError(f"{path} changed while it was being removed; inspect {out} again")
+    fs.rm(path)
+    if is_s3(fs):
+        fs.invalidate_cache(out)
+    return path
 
 
 def _local_tmp_write(path: str, data: bytes) -> str:
@@ -518,14 +650,26 @@ def cleanup(fs, out: str, *, keep_run: str | None, manifest: Manifest | None) ->
 
 
 def check_output(fs, out: str, mode: str) -> Manifest | None:
-    """The committed manifest (if any) after checking that ``mode`` allows writing to ``out``."""
+    """The committed manifest (if any) after checking that ``mode`` allows writing to ``out``.
+
+    A damaged manifest (unreadable, failing its own checksum, or listing a file outside ``out``)
+    is refused with ManifestError in modes ``"error"`` and ``"append"``; ``"overwrite"`` returns it
+    (``damage`` set) so that the run replaces it: the new manifest is swapped in against the
+    damaged bytes, and the damaged generation's files are removed after that commit.
+    """
     if mode not in ("error", "overwrite", "append"):
         raise CommitError(f"mode must be 'error', 'overwrite' or 'append', got {mode!r}")
-    manifest = load_manifest(fs, out)
-    if manifest is None and fs.exists(out):
-        foreign = [p for p in fs.ls(out, detail=False)
-                   if not posixpath.basename(p.rstrip("/")).startswith(("_", "."))
-                   and not engine_file(posixpath.basename(p.rstrip("/")))]
+    manifest = load_manifest(fs, out, damaged=mode == "overwrite")
+    if manifest is None or manifest.damage is not None:
+        foreign = []
+        if fs.exists(out):
+            foreign = [p for p in fs.ls(out, detail=False)
+                       if not posixpath.basename(p.rstrip("/")).startswith(("_", "."))
+                       and not engine_file(posixpath.basename(p.rstrip("/")))]
+        if foreign and manifest is not None:
+            raise OutputExistsError(f"output {out} holds a {MANIFEST} that is not a valid engine manifest and files "
+                                    f"that no run of this engine committed (e.g. {foreign[0]}); choose an empty or "
+                                    "new output path")
         if foreign:
             raise OutputExistsError(f"output {out} exists and holds files that no run of this engine committed "
                                     f"(e.g. {foreign[0]}); choose an empty or new output path")
@@ -594,33 +738,105 @@ def verify(path: str, storage_options: dict | None = None) -> VerifySummary:
     return verify_manifest(fs, manifest)
 
 
-def read(path: str, storage_options: dict | None = None, verify: bool = False,
+# Above this size a file read from an object store is spooled to a temporary local file (and
+# memory-mapped from there) rather than held in memory next to the table decoded from it.
+_SPOOL_ABOVE = 256 << 20
+
+
+def _stored_buffer(fs, path: str, size: int) -> tuple[pa.Buffer, int]:
+    """``(buffer, crc32c)`` of every byte of a stored file, read once; Parquet is then decoded from
+    the same buffer, so what is decoded is exactly what was checked.
+
+    Local files are memory-mapped (no copy in memory, the page cache serves both passes); files on
+    other stores are downloaded once, into memory or, above ``_SPOOL_ABOVE``, through a temporary
+    file, with the CRC computed block by block as they arrive.
+    """
+    if is_local(fs):
+        if os.path.getsize(path) == 0:
+            return pa.py_buffer(b""), 0
+        with pa.memory_map(path) as f:
+            buf = f.read_buffer()     # the mapping lives as long as the buffer
+        return buf, crc32c(memoryview(buf))
+    if size <= _SPOOL_ABOVE:
+        data = fs.cat_file(path)
+        return pa.py_buffer(data), crc32c(data)
+    crc = 0
+    spool = tempfile.TemporaryFile(prefix="engine-read-")
+    with fs.open(path, "rb") as f:
+        while True:
+            block = f.read(_READ_BLOCK)
+            if not block:
+                break
+            crc = crc32c(block, crc)
+            spool.write(block)
+    spool.flush()
+    if spool.tell() == 0:
+        return pa.py_buffer(b""), crc
+    mapped = mmap.mmap(spool.fileno(), 0, access=mmap.ACCESS_READ)
+    spool.close()                     # unlinked already; the mapping keeps the data until it is released
+    return pa.py_buffer(mapped), crc
+
+
+def _file_problem(where: str, entry: dict, buf: pa.Buffer | None, crc: int) -> str | None:
+    if buf is None:
+        return f"{where}: missing"
+    if buf.size != entry["bytes"]:
+        return f"{where}: size {buf.size} bytes, manifest says {entry['bytes']}"
+    if crc != entry["crc32c"]:
+        return f"{where}: CRC32C {crc:#010x}, manifest says {entry['crc32c']:#010x}"
+    return None
+
+
+def read(path: str, storage_options: dict | None = None, verify: bool = True,
          columns: Sequence[str] | None = None) -> pa.Table:
     """The committed output of ``path`` as one table, rows in partition order.
 
     Reads only the files the manifest lists (never a listing), so files of running or failed runs
-    are invisible. ``verify=True`` checks every checksum first and refuses corrupt data.
+    are invisible. With ``verify=True`` (the default) every byte of every file is checked against
+    the manifest's size and CRC32C as it is read, whatever ``columns`` asks for, and Parquet is
+    decoded from the checked bytes; a mismatch raises IntegrityError naming each damaged file and
+    its partition, and returns nothing. Local files are memory-mapped; files on object stores are
+    downloaded whole, once (with ``columns`` that is more bytes than a projection needs: pass
+    ``verify=False`` to read only the chosen columns unchecked).
 
     >>> table = engine.read("out/wc")                # doctest: +SKIP
+    >>> table = engine.read("out/wc", columns=["word"], verify=False)   # doctest: +SKIP
     """
     fs, out = filesystem(path, storage_options)
     manifest = load_manifest(fs, out)
     if manifest is None:
         raise ManifestError(f"{out} has no committed output (no {MANIFEST} manifest)",
                             [f"{posixpath.join(out, MANIFEST)}: missing"])
-    if verify:
-        verify_manifest(fs, manifest)
     schema = manifest.schema
-    tables = []
+    selected = list(columns) if columns is not None else None
+    tables: list[pa.Table] = []
+    problems: list[str] = []
     for entry in sorted(manifest.files, key=lambda e: (e["partition"], e["path"])):
         p = manifest.path_of(entry)
+        where = f"{p} (partition {entry['partition']})"
+        if not verify:
+            try:
+                with fs.open(p, "rb") as f:
+                    tables.append(pq.read_table(f, columns=selected))
+            except FileNotFoundError:
+                raise IntegrityError(f"{where} is listed in the manifest but missing; run engine.verify('{path}')",
+                                     [f"{where}: missing"]) from None
+            continue
         try:
-            with fs.open(p, "rb") as f:
-                t = pq.read_table(f, columns=list(columns) if columns is not None else None)
+            buf, crc = _stored_buffer(fs, p, entry["bytes"])
         except FileNotFoundError:
-            raise IntegrityError(f"{p} is listed in the manifest but missing; run engine.verify('{path}')",
-                                 [f"{p}: missing"]) from None
-        tables.append(t)
+            buf, crc = None, 0
+        problem = _file_problem(where, entry, buf, crc)
+        if problem is not None:
+            problems.append(problem)
+            tables = []               # nothing will be returned: keep checking the rest, decode no more
+        elif not problems:
+            tables.append(pq.read_table(pa.BufferReader(buf), columns=selected))
+        del buf
+    if problems:
+        raise IntegrityError(f"{out} is damaged, nothing was returned: " + "; ".join(problems) + ". Rerun the "
+                             "job with mode='overwrite' and force=True to rewrite the output (engine.verify lists "
+                             "every damaged file; read(..., verify=False) skips the checks)", problems)
     if not tables:
         if columns is not None:
             schema = pa.schema([schema.field(c) for c in columns])
@@ -630,6 +846,6 @@ def read(path: str, storage_options: dict | None = None, verify: bool = False,
 
 __all__ = ["ParquetAttemptWriter", "ChecksummingFile", "Manifest", "VerifySummary", "commit_job", "check_output",
            "cleanup", "publish_file", "discard_file", "write_manifest", "engine_file",
-           "choose_winners", "discard", "load_manifest", "read", "verify", "verify_manifest", "crc32c",
+           "choose_winners", "discard", "load_manifest", "remove_damaged_manifest", "read", "verify", "verify_manifest", "crc32c",
            "file_crc32c", "MANIFEST", "TEMPORARY"]
 _ = Any

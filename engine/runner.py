@@ -72,9 +72,10 @@ class RunResult:
     def files(self) -> list[str]:
         return [self.manifest.path_of(f) for f in self.manifest.files] if self.manifest is not None else []
 
-    def read(self, **kwargs: Any) -> pa.Table:
-        """The committed output as a table (``engine.read`` of this output)."""
-        return commit.read(self.output, self.storage_options, **kwargs)
+    def read(self, verify: bool = True, columns: list[str] | None = None) -> pa.Table:
+        """The committed output as a table (``engine.read`` of this output: checksums checked unless
+        ``verify=False``)."""
+        return commit.read(self.output, self.storage_options, verify=verify, columns=columns)
 
     def _repr_html_(self) -> str:
         return self.report._repr_html_()
@@ -444,6 +445,8 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
         if previous is not None and mode == "error":
             raise OutputExistsError(f"{output} was committed by another run meanwhile (run "
                                     f"{previous.doc.get('run_id')})")
+        if previous is not None and previous.damage is not None:
+            log.warning("replacing a damaged manifest (%s); its files go once this run commits", previous.damage)
         # We hold the lock: whatever dead runs left here is garbage (except our own work when resuming).
         removed = commit.cleanup(out_fs, out, keep_run=run_id if resume else None, manifest=previous)
         if removed:
