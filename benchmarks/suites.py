@@ -9,14 +9,15 @@ sort           ``jobs.terasort`` on TeraSort records           duckdb, polars, p
 skew           ``skew_bench``'s median and sums jobs on        -                             skew on/off
                skewed keys
 stragglers     word count with one slow map task               -                             speculation on/off
-commit         the commit protocol vs plain ``pq.write_table``  pyarrow (plain write)         -
+commit         the commit protocol vs plain ``pq.write_table``  pyarrow (plain write, read)   -
+               and ``engine.read`` verified vs unverified
 cluster        groupby q3 and word count per cluster shape     -                             workers x threads
 =============  ==============================================  ============================  ===============
 
 Every engine answer is checked: against each Arrow-answering peer value by value (dask: row count),
 and where a suite times no peer, against an untimed independent reference (DuckDB or pyarrow):
 groupby answers equal DuckDB's, word count equals a pyarrow count, a sort equals the sorted input,
-committed files read back equal what was written.
+committed files read back equal what was written (and a verified read equals the unverified one).
 
 The *combine* sweep runs word count with ``engine.run(..., map_combine=True/False)``; with an engine
 that lacks that switch it runs two jobs differing only in a ``.combine`` stage instead.
@@ -427,7 +428,7 @@ def commit(ctx: Context) -> None:
 
     def read_engine(out: str) -> pa.Table:
         engine.verify(out)
-        return engine.read(out)
+        return engine.read(out, verify=False)      # engine.verify just checked every byte
 
     def read_plain(out: str) -> pa.Table:
         import pyarrow.parquet as pq
@@ -438,6 +439,30 @@ def commit(ctx: Context) -> None:
     m = harness.measure(systems, ctx.repeat, on_run=lambda n, r, s: ctx.progress.step(f"commit {n} {r + 1}", s))
     _emit_case(ctx, "commit", "write", m, params={"rows": p.commit_rows, "partitions": len(parts)},
                check_=check(m, [], {"written": table}), input_rows=p.commit_rows, input_bytes=table.nbytes)
+
+    # Reading it back: engine.read verifies every byte by default; what that costs against the
+    # unverified read and a plain pq.read_table of the same committed files.
+    out = ctx.out("commit-read")
+    commit_overhead.protocol(parts, out)
+    try:
+        size = sum(os.path.getsize(f) for f in commit_overhead.committed_files(out))
+        for case, columns in (("read", None), ("read 2 columns", ["id1", "v3"])):
+            readers = commit_overhead.read_systems(out, columns)
+            names = {ENGINE: "verified", "engine verify=False": "unverified", "pyarrow": "pyarrow"}
+
+            def reading(name: str) -> Callable[[bool], Outcome]:
+                def run(keep: bool) -> Outcome:
+                    seconds, answer = timed(readers[name])
+                    return Outcome(seconds, answer if keep else None, answer.num_rows)
+                return run
+
+            m = harness.measure({label: reading(name) for label, name in names.items()}, ctx.repeat,
+                                on_run=lambda n, r, s: ctx.progress.step(f"commit {case} {n} {r + 1}", s))
+            _emit_case(ctx, "commit", case, m, params={"rows": p.commit_rows, "partitions": len(parts),
+                                                       "columns": columns or "all"},
+                       check_=check(m, []), input_rows=p.commit_rows, input_bytes=size)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,17 @@ The protocol, in the order things happen:
    files with rows, bytes and CRC32C, timings, and a checksum of its own canonical content. With
    ``mode="error"`` it is created put-if-absent (``os.link`` of an fsynced temp file on local disks,
    ``If-None-Match: *`` on S3), so of two racing runs exactly one commits.
-4. **Readers** go through the manifest, never a listing; :func:`verify` recomputes every checksum.
+4. **Readers** go through the manifest, never a listing. :func:`load_manifest` checks the
+   manifest's own checksum and that every entry is a relative, normalized path under the output
+   (``col=value/`` subdirectories allowed; no ``..``, absolute path or URL), so a forged manifest
+   never makes a reader open a file elsewhere. :func:`read` checks every byte of every file it
+   reads against the manifest's size and CRC32C (``verify=True``, the default) and decodes the
+   Parquet from the very bytes it checked; :func:`verify` also decodes every page.
+5. **A damaged manifest** (unreadable, failing its checksum, or listing a bad entry) is refused by
+   every reader and by modes ``"error"`` and ``"append"``, with the remedies in the message:
+   ``mode="overwrite"`` replaces it (compare-and-swap against the damaged bytes; its generation's
+   files are removed after the new commit), and ``mapreduce clean PATH --force`` removes it
+   (:func:`remove_damaged_manifest`) together with the engine's data files.
 
 This module never imports dask.
 """
@@ -275,9 +285,9 @@ class Manifest:
     """A parsed, checksum-verified ``_SUCCESS`` manifest whose every entry names a file under ``root``.
 
     ``damage`` is set only on what ``load_manifest(..., damaged=True)`` returns for a manifest that
-    cannot be trusted (``"OUT/_SUCCESS: manifest fails its own checksum"``): then ``raw`` holds its bytes (the compare-and-swap token of an overwrite),
-    ``files`` lists the engine data files present in ``root`` (kept until a new generation commits)
-    and nothing else of ``doc`` is meaningful.
+    cannot be trusted (e.g. ``"OUT/_SUCCESS: manifest fails its own checksum"``). Then ``raw`` holds
+    its bytes (the compare-and-swap token of an overwrite), ``files`` lists the engine data files
+    present in ``root`` (kept until a new generation commits) and nothing else of ``doc`` counts.
     """
 
     doc: dict
@@ -381,7 +391,10 @@ def _parse_manifest(path: str, out: str, raw: bytes) -> dict:
                             f"so the committed output cannot be trusted: {_remedy(out)}",
                             [f"{path}: manifest fails its own checksum"])
     version = doc.get("version", 0)
-    if not _count(version) or version > MANIFEST_VERSION:
+    if not _count(version):
+        raise ManifestError(f"manifest {path} has no valid format version ({version!r}): {_remedy(out)}",
+                            [f"{path}: no valid format version"])
+    if version > MANIFEST_VERSION:
         raise _NewerManifest(f"manifest {path} has format version {version!r}, newer than this engine reads "
                              f"({MANIFEST_VERSION}); upgrade the engine")
     _check_entries(path, out, doc)
@@ -816,8 +829,12 @@ def read(path: str, storage_options: dict | None = None, verify: bool = True,
         where = f"{p} (partition {entry['partition']})"
         if not verify:
             try:
-                with fs.open(p, "rb") as f:
-                    tables.append(pq.read_table(f, columns=selected))
+                if is_local(fs):
+                    with pa.memory_map(p) as f:
+                        tables.append(pq.read_table(f, columns=selected))
+                else:
+                    with fs.open(p, "rb") as f:
+                        tables.append(pq.read_table(f, columns=selected))
             except FileNotFoundError:
                 raise IntegrityError(f"{where} is listed in the manifest but missing; run engine.verify('{path}')",
                                      [f"{where}: missing"]) from None

@@ -125,11 +125,17 @@ def cli(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
 # Item 2: reads verify by default
 
 
-def test_read_refuses_a_flipped_byte_in_a_part_file_by_default(backend, corpus):
+@pytest.mark.parametrize("spool", [False, True], ids=["in-memory", "spooled"])
+def test_read_refuses_a_flipped_byte_in_a_part_file_by_default(backend, corpus, spool, monkeypatch):
+    if spool:
+        if backend.name == "local":
+            pytest.skip("local files are memory-mapped, never spooled")
+        monkeypatch.setattr(commit, "_SPOOL_ABOVE", 0)    # every downloaded file goes through a temp file
     src, expected = corpus
     out = backend.url("flip-part")
     result = wordcount.run(src, out, storage_options=backend.options, partition_size=PARTITION_SIZE)
     assert len(result.manifest.files) >= 2
+    assert as_counts(engine.read(out, backend.options)) == expected
     entry = result.manifest.files[-1]
     victim = posixpath.join(backend.path(out), entry["path"])
     damaged, _ = silently_flipped(backend.fs.cat_file(victim))
