@@ -491,6 +491,9 @@ def _precondition_failed(exc: BaseException) -> bool:
 def write_manifest(fs, path: str, data: bytes, previous: Manifest | None) -> None:
     """Create (put-if-absent) or replace (compare-and-swap on ``previous``) the manifest at ``path``.
 
+    The swap compares the stored bytes with ``previous.raw`` (locally, under the output lock) or its
+    MD5 ETag (``If-Match`` on S3), so a damaged manifest is replaced only if it is still the one seen.
+
     Raises FileExistsError when another writer got there first.
     """
     if is_local(fs):
@@ -693,64 +696,6 @@ def check_output(fs, out: str, mode: str) -> Manifest | None:
 # Reading and verifying
 
 
-@dataclass(frozen=True)
-class VerifySummary:
-    """What :func:`verify` checked: every file of the committed generation."""
-
-    path: str
-    files: int
-    rows: int
-    bytes: int
-    run_id: str
-    generation: int
-
-    def __str__(self) -> str:
-        return (f"{self.path}: intact: {self.files} files, {self.rows} rows, {self.bytes} bytes "
-                f"(run {self.run_id}, generation {self.generation})")
-
-
-def verify_manifest(fs, manifest: Manifest, *, pages: bool = True) -> VerifySummary:
-    problems: list[str] = []
-    for entry in manifest.files:
-        path = manifest.path_of(entry)
-        try:
-            crc, size = file_crc32c(fs, path)
-        except FileNotFoundError:
-            problems.append(f"{path}: missing")
-            continue
-        if size != entry["bytes"]:
-            problems.append(f"{path}: size {size} bytes, manifest says {entry['bytes']}")
-        elif crc != entry["crc32c"]:
-            problems.append(f"{path}: CRC32C {crc:#010x}, manifest says {entry['crc32c']:#010x}")
-        elif pages:
-            try:
-                with fs.open(path, "rb") as f:
-                    t = pq.ParquetFile(f, page_checksum_verification=True).read()
-                if t.num_rows != entry["rows"]:
-                    problems.append(f"{path}: {t.num_rows} rows, manifest says {entry['rows']}")
-            except Exception as exc:  # noqa: BLE001 - any decode failure is corruption here
-                problems.append(f"{path}: unreadable Parquet ({exc})")
-    if problems:
-        raise IntegrityError(f"{manifest.root} is corrupt or incomplete: " + "; ".join(problems), problems)
-    return VerifySummary(manifest.root, len(manifest.files), manifest.rows,
-                         sum(f["bytes"] for f in manifest.files), manifest.doc["run_id"],
-                         int(manifest.doc.get("generation", 1)))
-
-
-def verify(path: str, storage_options: dict | None = None) -> VerifySummary:
-    """Re-check every committed file of ``path`` against the manifest; raise IntegrityError naming bad files.
-
-    >>> engine.verify("out/wc")                      # doctest: +SKIP
-    VerifySummary(path='/…/out/wc', files=2, rows=10, ...)
-    """
-    fs, out = filesystem(path, storage_options)
-    manifest = load_manifest(fs, out)
-    if manifest is None:
-        raise ManifestError(f"{out} has no committed output (no {MANIFEST} manifest): the run never committed "
-                            "or is still running", [f"{posixpath.join(out, MANIFEST)}: missing"])
-    return verify_manifest(fs, manifest)
-
-
 # Above this size a file read from an object store is spooled to a temporary local file (and
 # memory-mapped from there) rather than held in memory next to the table decoded from it.
 _SPOOL_ABOVE = 256 << 20
@@ -798,6 +743,67 @@ def _file_problem(where: str, entry: dict, buf: pa.Buffer | None, crc: int) -> s
     if crc != entry["crc32c"]:
         return f"{where}: CRC32C {crc:#010x}, manifest says {entry['crc32c']:#010x}"
     return None
+
+
+@dataclass(frozen=True)
+class VerifySummary:
+    """What :func:`verify` checked: every file of the committed generation."""
+
+    path: str
+    files: int
+    rows: int
+    bytes: int
+    run_id: str
+    generation: int
+
+    def __str__(self) -> str:
+        return (f"{self.path}: intact: {self.files} files, {self.rows} rows, {self.bytes} bytes "
+                f"(run {self.run_id}, generation {self.generation})")
+
+
+def verify_manifest(fs, manifest: Manifest, *, pages: bool = True) -> VerifySummary:
+    """Check every file of ``manifest``: size, CRC32C and (``pages``) a full decode with page checksums.
+
+    Each file is read once; every problem is collected before IntegrityError is raised.
+    """
+    problems: list[str] = []
+    for entry in manifest.files:
+        path = manifest.path_of(entry)
+        where = f"{path} (partition {entry['partition']})"
+        try:
+            buf, crc = _stored_buffer(fs, path, entry["bytes"])
+        except FileNotFoundError:
+            buf, crc = None, 0
+        problem = _file_problem(where, entry, buf, crc)
+        if problem is not None:
+            problems.append(problem)
+        elif pages:
+            try:
+                t = pq.ParquetFile(pa.BufferReader(buf), page_checksum_verification=True).read()
+                if t.num_rows != entry["rows"]:
+                    problems.append(f"{where}: {t.num_rows} rows, manifest says {entry['rows']}")
+            except Exception as exc:  # noqa: BLE001 - any decode failure is corruption here
+                problems.append(f"{where}: unreadable Parquet ({exc})")
+        del buf
+    if problems:
+        raise IntegrityError(f"{manifest.root} is corrupt or incomplete: " + "; ".join(problems), problems)
+    return VerifySummary(manifest.root, len(manifest.files), manifest.rows,
+                         sum(f["bytes"] for f in manifest.files), manifest.doc["run_id"],
+                         int(manifest.doc.get("generation", 1)))
+
+
+def verify(path: str, storage_options: dict | None = None) -> VerifySummary:
+    """Re-check every committed file of ``path`` against the manifest; raise IntegrityError naming bad files.
+
+    >>> engine.verify("out/wc")                      # doctest: +SKIP
+    VerifySummary(path='/…/out/wc', files=2, rows=10, ...)
+    """
+    fs, out = filesystem(path, storage_options)
+    manifest = load_manifest(fs, out)
+    if manifest is None:
+        raise ManifestError(f"{out} has no committed output (no {MANIFEST} manifest): the run never committed "
+                            "or is still running", [f"{posixpath.join(out, MANIFEST)}: missing"])
+    return verify_manifest(fs, manifest)
 
 
 def read(path: str, storage_options: dict | None = None, verify: bool = True,
