@@ -24,6 +24,10 @@ output prints its fingerprint, engine version and run-time decisions.
 ``--force`` recomputes a committed output that the same job already wrote from the same input
 (which is otherwise a no-op that exits 0); it does not by itself replace committed output:
 ``--mode error`` (the default) still refuses it, so pair ``--force`` with ``--mode overwrite``.
+
+A damaged ``_SUCCESS`` (unreadable, failing its own checksum, or listing a file outside the output)
+is named by ``verify`` (exit 1); ``run --mode overwrite`` replaces it, and ``clean PATH --force``
+removes it together with the engine's data files in PATH (``clean`` without ``--force`` refuses).
 """
 
 from __future__ import annotations
