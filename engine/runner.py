@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import heapq
 import json
 import logging
 import os
 import posixpath
+import queue
 import random
 import shutil
 import tempfile
@@ -99,6 +101,96 @@ def _is_permanent(exc: BaseException) -> bool:
     return isinstance(exc, _PERMANENT) or bool(getattr(exc, "engine_deterministic", False))
 
 
+class _Running(dict):
+    """A stage's running attempts, ``future -> (partition, attempt, submitted, speculative)``.
+
+    Indexed so that each event costs the driver O(1), whatever the stage's size: by partition (the
+    attempts to cancel when one wins, whether another attempt still runs), by ``repr(key)`` (what
+    the speculation supervisor's start events name) and a count of speculative attempts. Every
+    future put in reports its completion once, through a queue that :meth:`next_done` drains; the
+    loop never waits on, or polls, all running futures.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._by_partition: dict[int, dict] = {}
+        self.by_key: dict[str, Any] = {}
+        self.ended: set[str] = set()      # repr(key) of attempts that left (finished, failed, cancelled)
+        self.speculative = 0
+        self._done: queue.SimpleQueue = queue.SimpleQueue()
+        self._unwatched: list = []
+
+    def __setitem__(self, future, info: tuple[int, int, float, bool]) -> None:
+        super().__setitem__(future, info)
+        self._by_partition.setdefault(info[0], {})[future] = info
+        self.by_key[repr(future.key)] = future
+        self.speculative += bool(info[3])
+        self._unwatched.append(future)
+
+    def pop(self, future, *default):
+        if future not in self:
+            if default:
+                return default[0]
+            raise KeyError(future)
+        info = super().pop(future)
+        attempts = self._by_partition.get(info[0])
+        if attempts is not None:
+            attempts.pop(future, None)
+            if not attempts:
+                del self._by_partition[info[0]]
+        key = repr(future.key)
+        self.by_key.pop(key, None)
+        self.ended.add(key)
+        self.speculative -= bool(info[3])
+        return info
+
+    def __delitem__(self, future) -> None:
+        self.pop(future)
+
+    def attempts_of(self, partition: int) -> list[tuple[Any, tuple[int, int, float, bool]]]:
+        """The running attempts of one partition, ``[(future, info), ...]``."""
+        return list(self._by_partition.get(partition, {}).items())
+
+    def next_done(self, timeout: float) -> list:
+        """The running futures that completed (in any state), waiting up to ``timeout`` for the first."""
+        if self._unwatched:
+            # One hop to the client's event loop for all futures added since the last call (a callback
+            # per future would wake the loop once per task).
+            futures, self._unwatched = self._unwatched, []
+            futures[0].client.loop.add_callback(_watch, futures, self._done.put)
+        try:
+            first = self._done.get(timeout=timeout)
+        except queue.Empty:
+            return []
+        done = [first]
+        while True:
+            try:
+                done.append(self._done.get_nowait())
+            except queue.Empty:
+                break
+        # A future reports once; one that already left (a cancelled sibling, say) is not ours to handle.
+        return [f for f in dict.fromkeys(done) if f in self]
+
+
+def _named_graph(dsk: dict) -> Any:
+    """``dsk`` for ``client.get`` under a random name: its keys are unique already (attempt-keyed), so
+    dask need not hash every task to name the graph (a third of the driver's work per task otherwise)."""
+    try:
+        from dask._expr import LLGExpr
+    except ImportError:  # another dask: the plain graph
+        return dsk
+    return LLGExpr(dsk, _determ_token=uuid.uuid4().hex)
+
+
+async def _watch(futures: list, put: Callable[[Any], None]) -> None:
+    """On the client's event loop: ``put(future)`` once each future leaves the pending state."""
+    import asyncio
+
+    from distributed.client import done_callback
+    for future in futures:
+        asyncio.ensure_future(done_callback(future, put))
+
+
 class StageExecutor:
     """Runs one stage's tasks to completion: submit, watch, retry with backoff, collect results.
 
@@ -125,15 +217,12 @@ class StageExecutor:
 
     def run(self, name: str, prefix: str, tasks: list[TaskSpec], *, round_index: int, round_count: int,
             kind: str, describe: Callable[[int], str]) -> dict[int, dict]:
-        from distributed import wait
-        from distributed.client import FIRST_COMPLETED
-
         stage = StageReport(name, round_index, kind, len(tasks), time.time())
         self.report.stages.append(stage)
         by_partition = {t.partition: t for t in tasks}
         sizes = {t.partition: t.size for t in tasks}
         results: dict[int, dict] = {}
-        running: dict[Any, tuple[int, int, float, bool]] = {}  # future -> (partition, attempt, submitted, speculative)
+        running = _Running()  # future -> (partition, attempt, submitted, speculative), indexed by partition
         attempts: dict[int, int] = {p: 0 for p in by_partition}
         failures: dict[int, int] = {p: 0 for p in by_partition}
         delayed: list[tuple[float, int]] = []
@@ -175,7 +264,7 @@ class StageExecutor:
             dsk: dict = {}
             for p in first:
                 dsk.update(by_partition[p].graph(prefix, attempts[p], {}))
-            futures = self.client.get(dsk, list(dsk), sync=False)
+            futures = self.client.get(_named_graph(dsk), list(dsk), sync=False)
             now = time.time()
             for p, future in zip(first, futures):
                 running[future] = (p, attempts[p], now, False)
@@ -186,30 +275,21 @@ class StageExecutor:
         try:
             while len(results) < len(tasks):
                 now = time.time()
-                for due, p in [d for d in delayed if d[0] <= now]:
-                    delayed.remove((due, p))
+                while delayed and delayed[0][0] <= now:
+                    _, p = heapq.heappop(delayed)
                     if p not in results:
                         submit(p)
                 if not running:
                     if delayed:
-                        time.sleep(max(0.0, min(d[0] for d in delayed) - time.time()))
+                        time.sleep(max(0.0, delayed[0][0] - time.time()))
                         continue
                     break
-                try:
-                    # distributed.wait() uses the *default* client; ours is not one (set_as_default=False),
-                    # and without as_current() wait() raised at once and this loop spun on a core.
-                    with self.client.as_current():
-                        done, _ = wait(list(running), timeout=0.1, return_when=FIRST_COMPLETED)
-                except TimeoutError:
-                    done = set()
-                except Exception:  # noqa: BLE001 - distributed raises its own timeout type on some versions
-                    done = {f for f in running if f.done()}
-                    if not done:
-                        time.sleep(0.05)
+                done = running.next_done(timeout=0.1)
+                values = self._gather(done)
                 for future in done:
                     partition, attempt, submitted, speculative = running.pop(future)
                     if future.status == "finished":
-                        value = future.result()
+                        value = values[future] if future in values else future.result()
                         future.release()
                         if value.get("input_bytes") is None:
                             value["input_bytes"] = by_partition[partition].size
@@ -241,7 +321,7 @@ class StageExecutor:
                     else:
                         exc = future.exception()
                     future.release()
-                    if any(f_p == partition for f_p, *_ in running.values()):
+                    if running.attempts_of(partition):
                         continue  # another attempt of this partition is still running
                     failures[partition] += 1
                     error = redact(f"{type(exc).__name__}: {exc}")
@@ -262,7 +342,7 @@ class StageExecutor:
                                                 "error": error, "backoff": round(delay, 3)})
                     stage.retries += 1
                     log.warning("%s failed (%s); retrying in %.2fs", where, error, delay)
-                    delayed.append((time.time() + delay, partition))
+                    heapq.heappush(delayed, (time.time() + delay, partition))
                 if self.supervisor is not None and running:
                     self.supervisor.check(self, running, results, submit, sizes)
         finally:
@@ -278,6 +358,17 @@ class StageExecutor:
         stage.stop = time.time()
         self.losers.extend(losers)
         return results
+
+    def _gather(self, done: list) -> dict:
+        """The results of the finished futures among ``done``, fetched in one request (a future whose
+        result cannot be fetched this way is left out; the caller asks it alone and sees its error)."""
+        finished = [f for f in done if f.status == "finished"]
+        if not finished:
+            return {}
+        try:
+            return dict(zip(finished, self.client.gather(finished)))
+        except Exception:  # noqa: BLE001 - a lost result: fetched, and failed, one by one by the caller
+            return {}
 
     def _uploads(self) -> set[str] | None:
         if self._pending_uploads is None and self.out_fs is not None and commit.is_s3(self.out_fs):
@@ -296,9 +387,12 @@ class StageExecutor:
             int(value.get("rows_out") or 0), int(value.get("bytes_out") or 0), speculative=speculative))
 
     def _cancel_siblings(self, stage: StageReport, running: dict, partition: int) -> None:
-        """Cancel the other attempts of a finished partition; the report keeps them as "cancelled"."""
-        for future, (p, attempt, submitted, speculative) in list(running.items()):
-            if p == partition and not future.done():   # a finished one is handled as a loser
+        """Cancel the other attempts of a finished partition; the report keeps them as "cancelled".
+
+        Only that partition's attempts are looked at (``running`` is indexed by partition), so the
+        driver's work per finished task does not grow with the number of tasks still running."""
+        for future, (p, attempt, submitted, speculative) in running.attempts_of(partition):
+            if not future.done():   # a finished one is handled as a loser
                 future.cancel()
                 started, worker = submitted, "?"
                 if self.supervisor is not None:

@@ -30,9 +30,10 @@ Every launch, and which attempt won, goes into ``RunReport.speculation``.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
 import math
-import statistics
 import threading
 import time
 from dataclasses import dataclass
@@ -80,6 +81,47 @@ class Policy:
                    float(config.get("speculation.interval")), float(config.get("speculation.early-multiplier")))
 
 
+
+def _median(values: list[float]) -> float:
+    """The median of an already sorted list."""
+    n = len(values)
+    mid = n // 2
+    return values[mid] if n % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+class _Finished:
+    """Statistics of a stage's finished tasks, folded in as they arrive and kept sorted, so a check
+    reads medians in O(1) instead of re-scanning every result (O(tasks) per check, O(tasks²) a stage)."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+        self.durations: list[float] = []
+        self.rates: list[float] = []
+        self.rows_per_byte: list[float] = []
+        self.rows_done: list[int] = []
+        self.per_worker: dict[str, list[float]] = {}
+
+    def add(self, results: dict) -> None:
+        """Fold in the results added since the last call (``results`` only grows, in insertion order)."""
+        new = len(results) - self.seen
+        if new <= 0:
+            return
+        self.seen = len(results)
+        for v in itertools.islice(reversed(results.values()), new):
+            if "start" not in v or "stop" not in v:
+                continue
+            d = max(1e-6, v["stop"] - v["start"])
+            bisect.insort(self.durations, d)
+            bisect.insort(self.per_worker.setdefault(v.get("worker", "?"), []), d)
+            size = v.get("input_bytes")
+            if size:
+                bisect.insort(self.rates, size / d)
+                if v.get("rows_in"):
+                    bisect.insort(self.rows_per_byte, v["rows_in"] / size)
+            if v.get("rows_in"):
+                bisect.insort(self.rows_done, v["rows_in"])
+
+
 _REGISTERED: set[int] = set()
 _REG_LOCK = threading.Lock()
 
@@ -97,7 +139,10 @@ class Supervisor:
         self._last = 0.0
         self.speculated: dict[int, dict] = {}
         self.progress: dict[str, tuple[float, int]] = {}    # repr(key) -> (time of report, rows done)
-        self._first_gaps: list[float] = []                  # start -> first progress report, this stage
+        self._first_gaps: list[float] = []                  # start -> first progress report, this stage (sorted)
+        self._executing: dict[str, float] = {}              # repr(key) -> start, this stage's started attempts
+        self._mark = 0                                      # len(starts) when the last stage finished
+        self._stats = _Finished()
         with _REG_LOCK:
             if id(client) not in _REGISTERED:
                 client.register_plugin(TaskStartReporter())
@@ -111,15 +156,18 @@ class Supervisor:
 
     def _on_start(self, event) -> None:
         _, msg = event
+        key, now = msg["key"], time.time()
         with self._lock:
-            self.starts[msg["key"]] = (time.time(), msg["worker"])
+            self.starts[key] = (now, msg["worker"])
+            if key.startswith(self._prefix_repr):
+                self._executing[key] = now
 
     def _on_progress(self, event) -> None:
         _, msg = event
         key = msg["key"]
         with self._lock:
             if key not in self.progress and key in self.starts and key.startswith(self._prefix_repr):
-                self._first_gaps.append(time.time() - self.starts[key][0])
+                bisect.insort(self._first_gaps, time.time() - self.starts[key][0])
             self.progress[key] = (time.time(), int(msg["done"]))
 
     def _cluster_shape(self) -> tuple[int, int]:
@@ -146,11 +194,19 @@ class Supervisor:
     def stage_started(self, executor, name: str, prefix: str, total: int) -> None:
         self._stage, self._total = name, total
         self.speculated = {}
+        self._stats = _Finished()
         with self._lock:
             self._prefix_repr = repr((prefix,))[:-2]      # how this stage's keys start, as reprs
             self._first_gaps = []
+            # starts that arrived since the last stage, before this call (its first attempts run already)
+            self._executing = {k: self.starts[k][0]
+                               for k in itertools.islice(reversed(self.starts), max(0, len(self.starts) - self._mark))
+                               if k.startswith(self._prefix_repr)}
 
     def stage_finished(self, executor, name: str) -> None:
+        with self._lock:
+            self._mark = len(self.starts)
+            self._executing = {}
         for partition, info in self.speculated.items():
             info["decision"]["won"] = info.get("won")
         self.speculated = {}
@@ -163,7 +219,14 @@ class Supervisor:
             info["decision"]["outcome"] = ("speculative attempt won" if attempt != info["original"]
                                            else "original attempt won")
 
-    def check(self, executor, running: dict, results: dict, submit, sizes: dict[int, int | None]) -> None:
+    def check(self, executor, running, results: dict, submit, sizes: dict[int, int | None]) -> None:
+        """Launch speculative attempts of this stage's stragglers (at most every ``interval`` seconds).
+
+        ``running`` is the executor's index of running attempts (``future -> (partition, attempt,
+        submitted, speculative)`` with ``by_key``, ``ended``, ``attempts_of(partition)`` and a
+        ``speculative`` count); ``results`` only grows. A check costs O(attempts executing + results
+        since the last check), never O(tasks in the stage).
+        """
         now = time.time()
         if now - self._last < self.policy.interval:
             return
@@ -174,49 +237,49 @@ class Supervisor:
         early = len(results) < max(1, math.floor(self.policy.quantile * total))
         if early and len(results) < max(2, self._slots()):
             return
-        durations, rates, rows_per_byte, rows_done = [], [], [], []
-        per_worker: dict[str, list[float]] = {}
-        for v in results.values():
-            if "start" in v and "stop" in v:
-                d = max(1e-6, v["stop"] - v["start"])
-                durations.append(d)
-                per_worker.setdefault(v.get("worker", "?"), []).append(d)
-                size = v.get("input_bytes")
-                if size:
-                    rates.append(size / d)
-                    if v.get("rows_in"):
-                        rows_per_byte.append(v["rows_in"] / size)
-                if v.get("rows_in"):
-                    rows_done.append(v["rows_in"])
-        if not durations:
+        stats = self._stats
+        stats.add(results)
+        if not stats.durations:
             return
-        median = statistics.median(durations)
+        median = _median(stats.durations)
         threshold = max(self.policy.multiplier * median, self.policy.min_runtime)
         if early:
             threshold *= self.policy.early_multiplier
-        slow_nodes = {w for w, ds in per_worker.items() if statistics.median(ds) > self.policy.multiplier * median}
-        rate = statistics.median(rates) if rates else None
+        slow_nodes = {w for w, ds in stats.per_worker.items() if _median(ds) > self.policy.multiplier * median}
+        rate = _median(stats.rates) if stats.rates else None
         with self._lock:
             gaps = list(self._first_gaps)
-        silent_limit = max(self.policy.min_runtime, self.policy.multiplier * statistics.median(gaps)) \
+        silent_limit = max(self.policy.min_runtime, self.policy.multiplier * _median(gaps)) \
             if gaps else math.inf
         if early:
             silent_limit *= self.policy.early_multiplier
-        active = sum(1 for (p, a, s, spec) in running.values() if spec)
+        active = running.speculative
+        # Only this stage's started attempts are looked at (the executor indexes its running attempts by
+        # key and partition): a check costs O(tasks executing), not O(tasks in the stage).
+        by_partition: dict[int, list] = {}
+        with self._lock:
+            executing = list(self._executing)
+        for key in executing:
+            future = running.by_key.get(key)
+            if future is None:
+                if key in running.ended:
+                    with self._lock:
+                        self._executing.pop(key, None)
+                continue        # ended, or not yet registered by the executor
+            p = running[future][0]
+            by_partition[p] = running.attempts_of(p)
         # Work still queued (attempts not started) keeps the other slots busy for about this long; a copy
         # launched now only pays if the straggler would finish after that work plus the copy itself.
-        with self._lock:
-            queued = sum(1 for f in running if repr(f.key) not in self.starts)
+        started_running = sum(1 for key in executing if key in running.by_key)
+        queued = max(0, len(running) - started_running)
         drain = queued * median / max(1, self._slots() - 1)
-        by_partition: dict[int, list] = {}
-        for future, (p, a, submitted, spec) in running.items():
-            by_partition.setdefault(p, []).append((future, a, submitted, spec))
+        durations = stats.durations
         for p, attempts in sorted(by_partition.items()):
             if active >= self.policy.max_concurrent:
                 break
             if p in results or p in self.speculated or len(attempts) > 1:
                 continue
-            future, attempt, submitted, _ = attempts[0]
+            future, (_, attempt, submitted, _) = attempts[0]
             with self._lock:
                 started = self.starts.get(repr(future.key))
             if started is None:
@@ -230,8 +293,8 @@ class Supervisor:
             with self._lock:
                 reported = self.progress.get(repr(future.key))
             done = reported[1] if reported else None
-            expected_rows = (size * statistics.median(rows_per_byte) if size and rows_per_byte
-                             else statistics.median(rows_done) if rows_done else None)
+            expected_rows = (size * _median(stats.rows_per_byte) if size and stats.rows_per_byte
+                             else _median(stats.rows_done) if stats.rows_done else None)
             estimate = None       # its total time, at its rate as of its last report (at least elapsed)
             if done and expected_rows:
                 estimate = max(elapsed, (reported[0] - start) * expected_rows / done)
@@ -242,7 +305,7 @@ class Supervisor:
             elif elapsed > self.policy.min_runtime * factor:
                 if done is None and elapsed > silent_limit:
                     why = (f"has reported no progress in {elapsed:.2f}s (tasks of this stage report within "
-                           f"{statistics.median(gaps):.2f}s)")
+                           f"{_median(gaps):.2f}s)")
                 elif estimate is not None and estimate > self.policy.multiplier * expected * factor:
                     why = (f"has done {done:,} of ~{expected_rows:,.0f} rows in {elapsed:.2f}s: on course "
                            f"for ~{estimate:.1f}s, over {self.policy.multiplier:g} x the expected {expected:.2f}s")

@@ -1,0 +1,242 @@
+"""Driver cost at scale: what the driver and the reducers do grows with the work, not with its square.
+
+* Reducers on an object store read only their byte ranges of each map file: the bytes an S3 server
+  actually serves to a job's reduce stage stay within 1.5 x the shuffle bytes the map stage wrote
+  (each written byte is needed by exactly one reducer), for a hash aggregation with many map files
+  and several reducers and for a sort. The server counts; the answers are checked against pyarrow.
+* The driver's bookkeeping per finished task does not grow with the number of tasks in the stage:
+  the calls it makes into distributed's future API (state waits, status and done checks) per finished
+  task stay flat from 200 to 1,600 no-op tasks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import threading
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+import engine
+from engine import Job, agg
+from fixtures import AWS_ENV, S3_BUCKET, S3_KEY, S3_SECRET
+
+
+# ---------------------------------------------------------------------------------------------
+# An S3 endpoint that counts what it serves
+
+
+class _Counter:
+    """WSGI middleware: bytes of object bodies written (PUT) and served (GET) under one key prefix."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.lock = threading.Lock()
+        self.prefix = "\0"
+        self.written = 0
+        self.served = 0
+        self.gets = 0
+
+    def watch(self, prefix: str) -> None:
+        with self.lock:
+            self.prefix, self.written, self.served, self.gets = "/" + prefix.strip("/") + "/", 0, 0, 0
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        method = environ.get("REQUEST_METHOD", "")
+        watched = path.startswith(self.prefix) and path.endswith(".arrow")
+        if watched and method == "PUT":
+            with self.lock:
+                self.written += int(environ.get("CONTENT_LENGTH") or 0)
+        body = self.app(environ, start_response)
+        if not (watched and method == "GET"):
+            return body
+        return self._count(body)
+
+    def _count(self, body):
+        n = 0
+        try:
+            for chunk in body:
+                n += len(chunk)
+                yield chunk
+        finally:
+            with self.lock:
+                self.served += n
+                self.gets += 1
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+
+
+@pytest.fixture(scope="module")
+def counted_s3():
+    """A moto S3 server behind the counting middleware: ``(storage_options, url, counter, fs)``."""
+    pytest.importorskip("moto.server")
+    s3fs = pytest.importorskip("s3fs")
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from werkzeug.serving import make_server
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    saved = {k: os.environ.get(k) for k in AWS_ENV}
+    os.environ.update(AWS_ENV)
+    counter = _Counter(DomainDispatcherApplication(create_backend_app))
+    server = make_server("127.0.0.1", 0, counter, True, request_handler=MotoRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        host, port = server.server_address[:2]
+        options = {"key": S3_KEY, "secret": S3_SECRET, "client_kwargs": {"endpoint_url": f"http://{host}:{port}"}}
+        fs = s3fs.S3FileSystem(**options)
+        fs.mkdir(S3_BUCKET)
+        yield options, (lambda *parts: "s3://" + "/".join([S3_BUCKET, *parts])), counter, fs
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _upload_parts(fs, table: pa.Table, files: int, prefix: str, tmp_path) -> None:
+    bounds = np.linspace(0, table.num_rows, files + 1).astype(int)
+    for i in range(files):
+        local = tmp_path / f"part-{i:03d}.parquet"
+        pq.write_table(table.slice(bounds[i], bounds[i + 1] - bounds[i]), local, row_group_size=5000)
+        fs.put(str(local), f"{prefix}/part-{i:03d}.parquet")
+    fs.invalidate_cache()
+
+
+def _input(rows: int, seed: int) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    return pa.table({"k": pa.array(rng.integers(0, 40_000, rows).astype(np.int64)),
+                     "v": pa.array(rng.integers(-1000, 1000, rows).astype(np.int64)),
+                     "id": pa.array(np.arange(rows, dtype=np.int64))})
+
+
+def _reduce_stage(result, kind: str):
+    return next(s for s in result.report.stages if s.kind == kind and "reduce" in s.name)
+
+
+@pytest.mark.s3
+@pytest.mark.slow
+def test_reducers_read_only_their_byte_ranges_on_s3(counted_s3, tmp_path):
+    so, url, counter, fs = counted_s3
+    table = _input(240_000, seed=3)
+    _upload_parts(fs, table, 12, f"{S3_BUCKET}/in/agg", tmp_path)
+
+    # A hash aggregation: 12 map files, each holding batches for every reducer.
+    job = Job("ranged-agg").reduce(by="k", aggs={"n": agg.count(), "total": agg.sum("v")})
+    counter.watch(f"{S3_BUCKET}/shuffle/agg")
+    result = engine.run(job, url("in", "agg"), str(tmp_path / "out-agg"), storage_options=so,
+                        shuffle_dir=url("shuffle", "agg"), partition_size="256KiB", speculation=False)
+    reducers = _reduce_stage(result, "reduce").tasks
+    assert result.report.stages[0].tasks == 12 and reducers >= 4, (result.report.stages[0].tasks, reducers)
+    written, served = counter.written, counter.served
+    assert written > 1_000_000, written
+    # Every shuffle byte is needed by exactly one reducer: serving more than 1.5x that means reducers
+    # fetched other reducers' slices.
+    assert served <= 1.5 * written, (f"{reducers} reducers were served {served:,} bytes of map files "
+                                     f"holding {written:,} bytes ({served / written:.2f}x) in {counter.gets} GETs")
+    g = table.group_by("k").aggregate([([], "count_all"), ("v", "sum")])
+    expected = pa.table({"k": g["k"], "n": g["count_all"], "total": g["v_sum"]}).sort_by("k")
+    got = engine.read(str(tmp_path / "out-agg")).sort_by("k")
+    assert got.num_rows == expected.num_rows
+    assert got.select(["k", "n", "total"]).equals(expected)
+
+    # A sort: every range reducer takes the overlapping batches of every sorted run.
+    import dask.config
+    _upload_parts(fs, table, 8, f"{S3_BUCKET}/in/sort", tmp_path)
+    counter.watch(f"{S3_BUCKET}/shuffle/sort")
+    with dask.config.set({"engine.shuffle.sort-batch-rows": 512}):
+        result = engine.run(Job("ranged-sort").sort(by="k"), url("in", "sort"), str(tmp_path / "out-sort"),
+                            storage_options=so, shuffle_dir=url("shuffle", "sort"), partition_size="512KiB",
+                            speculation=False)
+    reducers = _reduce_stage(result, "sort").tasks
+    assert reducers >= 4, reducers
+    written, served = counter.written, counter.served
+    assert written > 1_000_000, written
+    assert served <= 1.5 * written, (f"{reducers} sort reducers were served {served:,} bytes of sorted runs "
+                                     f"holding {written:,} bytes ({served / written:.2f}x) in {counter.gets} GETs")
+    got = engine.read(str(tmp_path / "out-sort"))
+    assert got.num_rows == table.num_rows
+    assert (np.diff(got["k"].to_numpy()) >= 0).all()
+    assert got.sort_by([("k", "ascending"), ("id", "ascending")]).equals(
+        table.sort_by([("k", "ascending"), ("id", "ascending")]).select(got.column_names))
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver work per finished task
+
+
+def noop_task(partition: int, attempt: int) -> dict:
+    return {"partition": partition, "attempt": attempt, "start": time.time(), "stop": time.time(),
+            "rows_in": 0, "rows_out": 0, "bytes_out": 0}
+
+
+@contextlib.contextmanager
+def _future_api_calls():
+    """Count the driver's calls into distributed's future API (a counting wrapper around the real methods)."""
+    import distributed.client as dc
+    counts = {"n": 0}
+    lock = threading.Lock()
+
+    def bump() -> None:
+        with lock:
+            counts["n"] += 1
+
+    saved = {"wait": dc.FutureState.wait, "done": dc.Future.done, "status": dc.Future.status}
+
+    async def wait(self, timeout=None):
+        bump()
+        return await saved["wait"](self, timeout)
+
+    def done(self):
+        bump()
+        return saved["done"](self)
+
+    def status(self):
+        bump()
+        return saved["status"].fget(self)
+
+    dc.FutureState.wait, dc.Future.done, dc.Future.status = wait, done, property(status)
+    try:
+        yield counts
+    finally:
+        dc.FutureState.wait, dc.Future.done, dc.Future.status = saved["wait"], saved["done"], saved["status"]
+
+
+@pytest.mark.slow
+def test_driver_work_per_task_does_not_grow_with_the_stage():
+    import cloudpickle
+
+    from engine.cluster import get_client
+    from engine.compile import TaskSpec
+    from engine.report import RunReport
+    from engine.runner import StageExecutor
+    from engine.speculation import Supervisor
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    client, _ = get_client(None)
+    per_task = {}
+    for n in (200, 1600):
+        report = RunReport("driver-cost", f"run-{n}", "fingerprint")
+        executor = StageExecutor(client, report, supervisor=Supervisor.from_config(client, report))
+        tasks = [TaskSpec(i, noop_task, (), None) for i in range(n)]
+        with _future_api_calls() as calls:
+            results = executor.run(f"noop-{n}", f"noop-{n}-{time.time_ns()}", tasks, round_index=0, round_count=1,
+                                   kind="map", describe=str)
+        assert sorted(results) == list(range(n))
+        per_task[n] = calls["n"] / n
+    # Constant work per task: a handful of calls per finished task (the loop never waits on, polls or
+    # scans every running future), the same for a stage eight times larger.
+    assert per_task[1600] <= 1.25 * per_task[200] + 1, per_task
+    assert max(per_task.values()) <= 12, per_task
