@@ -852,7 +852,7 @@ def _reduce_tasks(plan: Plan, r, ctx: TaskContext, outputs: list[shuffle.MapOutp
                 acc += w_o
             sources = mine
             merges.setdefault((a.start, a.only[0]), []).append(a.index)
-        refs = [(o.path, [b for p in range(a.start, a.stop) for b in o.batches[p]]) for o in sources]
+        refs = [o.ref([b for p in range(a.start, a.stop) for b in o.batches[p]]) for o in sources]
         key_filter = None
         if (a.only or a.exclude or a.sub) and key_schema is not None:
             def key_table(chosen):
@@ -874,7 +874,7 @@ def _merge_shares(executor: StageExecutor, plan: Plan, r, ctx: TaskContext, blob
     tasks, described = [], {}
     for h, ((partition, key), shares) in enumerate(merges):
         outs = [results[i]["shuffle"] for i in shares]
-        refs = [(o.path, o.batches[0]) for o in outs if o.batches[0]]
+        refs = [o.ref(o.batches[0]) for o in outs if o.batches[0]]
         schema = next((results[i]["schema"] for i in shares if results[i].get("schema") is not None), None)
         tasks.append(TaskSpec(first + h, run_reduce, (merge_ctx, blob_future, refs, None, schema),
                               sum(o.total_bytes for o in outs)))

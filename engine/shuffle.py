@@ -25,6 +25,7 @@ This module never imports dask: it works on plain Arrow tables.
 
 from __future__ import annotations
 
+import bisect
 import math
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -115,6 +116,21 @@ class MapOutput:
     # sort rounds only
     bounds: list[tuple[tuple, tuple, int]] = field(default_factory=list)    # batch -> (first, last, rows)
     sample: pa.Table | None = None
+    # where each batch lies in the file: batch -> (byte offset, length) of its IPC message, and the schema
+    # to decode it with; None when the file must be read whole (it carries dictionary batches)
+    blocks: list[tuple[int, int]] | None = None
+    schema: pa.Schema | None = None
+    bounds_sorted: bool | None = field(default=None, repr=False)    # see _bounds_sorted
+
+    def ref(self, ids: Sequence) -> tuple:
+        """What a reader of some of this file's batches needs: ``(path, ids)`` plus, when the file can
+        be read by byte ranges, a :class:`Extents` of just those batches. ``ids`` are batch numbers, or
+        ``(batch, rows)`` pairs (share pieces of a sort)."""
+        ids = list(ids)
+        if self.blocks is None or self.schema is None:
+            return (self.path, ids)
+        batches = [b if isinstance(b, int) else b[0] for b in ids]
+        return (self.path, ids, Extents(self.schema, {b: tuple(self.blocks[b]) for b in batches}))
 
     @property
     def total_bytes(self) -> int:
@@ -125,8 +141,28 @@ class MapOutput:
         return int(sum(self.rows))
 
 
+@dataclass(frozen=True)
+class Extents:
+    """Where some record batches of one IPC file lie (batch -> (offset, length) of its message) and
+    the schema that decodes them: enough to fetch just those bytes from an object store."""
+
+    schema: pa.Schema
+    blocks: dict[int, tuple[int, int]]
+
+
+def _has_dictionary(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        return True
+    return any(_has_dictionary(t.field(i).type) for i in range(t.num_fields))
+
+
 class _IPCFile:
-    """An IPC file writer that opens lazily (its schema comes with the first batch)."""
+    """An IPC file writer that opens lazily (its schema comes with the first batch).
+
+    It records where each batch's message lies in the file (``blocks``: offset, length), so that
+    readers on object stores can fetch only their batches. A file whose schema has dictionary
+    columns gets no blocks (``None``): its batches depend on dictionary messages, so it is read whole.
+    """
 
     def __init__(self, fs, path: str) -> None:
         self.fs, self.path = fs, path
@@ -134,16 +170,28 @@ class _IPCFile:
         self._writer = None
         self.schema: pa.Schema | None = None
         self.count = 0
+        self.blocks: list[tuple[int, int]] | None = []
 
     def write(self, batch: pa.RecordBatch) -> int:
         if self._writer is None:
             self.schema = batch.schema
             self._sink = self.fs.open(self.path, "wb")
             self._writer = pa.ipc.new_file(self._sink, batch.schema)
+            if any(_has_dictionary(f.type) for f in batch.schema):
+                self.blocks = None
         elif not batch.schema.equals(self.schema):
             raise SchemaError(f"map output schema changed between batches: first {self.schema}, later {batch.schema}; "
                               "a map function must return the same columns and types for every input chunk")
+        before = self._sink.tell() if self.blocks is not None else 0
         self._writer.write_batch(batch)
+        if self.blocks is not None:
+            # The batch's message is the last thing written (the first write also wrote the file's magic
+            # and schema before it); anything unexpected and the file is read whole instead.
+            after, size = self._sink.tell(), pa.ipc.get_record_batch_size(batch)
+            if size > after - before or (self.count and size != after - before):
+                self.blocks = None
+            else:
+                self.blocks.append((after - size, size))
         self.count += 1
         return self.count - 1
 
@@ -240,6 +288,7 @@ class HashShuffleWriter:
             empty = self.combine(self._empty) if self.combine is not None else self._empty
             self._schema = empty.schema
         self._file.close(self._schema)
+        self.out.blocks, self.out.schema = self._file.blocks, self._file.schema
         return self.out
 
 
@@ -271,6 +320,7 @@ def write_sorted_run(fs, path: str, table: pa.Table, keys: Sequence[str], descen
             out.rows[0] += batch.num_rows
             out.nbytes[0] += batch.nbytes
     f.close(table.schema)
+    out.blocks, out.schema = f.blocks, f.schema
     n = table.num_rows
     if n:
         idx = np.unique(np.linspace(0, n - 1, num=min(sample_size, n)).astype(np.int64))
@@ -319,6 +369,31 @@ def _sorted_sample(samples: Iterable[tuple[pa.Table, float]], keys: Sequence[str
     w = np.concatenate(weights)
     order = pc.sort_indices(sample, sort_keys=sort_keys(keys, descending)).to_numpy()
     return sample.take(pa.array(order)), w[order]
+
+
+
+def _key_changes(sample: pa.Table, keys: Sequence[str]) -> np.ndarray:
+    """Row numbers where a new key starts in a sorted table (row 0 included); equal as in
+    :func:`compare_keys`: null equals null, NaN equals NaN."""
+    n = sample.num_rows
+    change = np.zeros(n, dtype=bool)
+    if n == 0:
+        return np.flatnonzero(change)
+    change[0] = True
+    for k in keys:
+        col = sample.column(k).combine_chunks()
+        if pa.types.is_dictionary(col.type):
+            col = col.cast(col.type.value_type)
+        a, b = col.slice(1), col.slice(0, n - 1)
+        try:
+            eq = pc.or_(pc.fill_null(pc.equal(a, b), False), pc.and_(pc.is_null(a), pc.is_null(b)))
+            if pa.types.is_floating(col.type):
+                eq = pc.or_(eq, pc.and_(pc.fill_null(pc.is_nan(a), False), pc.fill_null(pc.is_nan(b), False)))
+        except (pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            values = col.to_pylist()
+            eq = pa.array([_cmp_values(values[i + 1], values[i], False) == 0 for i in range(n - 1)], pa.bool_())
+        change[1:] |= ~eq.to_numpy(zero_copy_only=False)
+    return np.flatnonzero(change)
 
 
 def choose_boundaries(samples: Iterable[tuple[pa.Table, float]], keys: Sequence[str], descending: bool,
@@ -385,15 +460,11 @@ def choose_pieces(samples: Iterable[tuple[pa.Table, float]], keys: Sequence[str]
         total = float(sorted_sample[1].sum()) if sorted_sample is not None else 0.0
         return [RangePiece(None, None, rows=total)]
     sample, w = sorted_sample
-    # Distinct keys in sort order with their summed weights.
-    rows = sample.to_pylist()
-    distinct: list[tuple[tuple, float]] = []
-    for row, weight in zip(rows, w):
-        key = tuple(row[k] for k in keys)
-        if distinct and compare_keys(key, distinct[-1][0], descending) == 0:
-            distinct[-1] = (key, distinct[-1][1] + float(weight))
-        else:
-            distinct.append((key, float(weight)))
+    # Distinct keys in sort order with their summed weights (found with Arrow compute, not per row).
+    starts = _key_changes(sample, keys)
+    firsts = sample.select(list(keys)).take(pa.array(starts)).to_pylist()
+    sums = np.add.reduceat(w, starts) if len(starts) else np.zeros(0)
+    distinct = [(tuple(row[k] for k in keys), float(weight)) for row, weight in zip(firsts, sums)]
     total = float(w.sum())
     share = total / num_partitions
     if not split_hot:
@@ -460,43 +531,80 @@ def rows_before(table: pa.Table, keys: Sequence[str], bound: tuple, descending: 
     return result
 
 
+def _bounds_sorted(out: MapOutput, descending: bool) -> bool:
+    """Whether a run's batch bounds are in sort order (first keys, and last keys, never decrease), as
+    every sorted run's are; checked once per run, then pieces find their batches by binary search."""
+    if out.bounds_sorted is None:
+        b = out.bounds
+        out.bounds_sorted = all(compare_keys(b[i][0], b[i + 1][0], descending) <= 0
+                                and compare_keys(b[i][1], b[i + 1][1], descending) <= 0 for i in range(len(b) - 1))
+    return out.bounds_sorted
+
+
+def _search(bounds: list, which: int, key: tuple, descending: bool, *, after_equal: bool) -> int:
+    """The first batch whose ``which`` bound (0 first, 1 last) is >= ``key`` (> with ``after_equal``)."""
+    lo, hi = 0, len(bounds)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        c = compare_keys(bounds[mid][which], key, descending)
+        if c < 0 or (after_equal and c == 0):
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def _overlapping(out: MapOutput, lo: tuple | None, hi: tuple | None, descending: bool, *,
+                 hi_inclusive: bool = False) -> range:
+    """Positions of the batches of a run whose keys may fall in ``[lo, hi)`` (``[lo, hi]`` with
+    ``hi_inclusive``), by binary search over the run's sorted bounds: O(log batches) comparisons."""
+    n = len(out.bounds)
+    start = 0 if lo is None else _search(out.bounds, 1, lo, descending, after_equal=False)
+    stop = n if hi is None else _search(out.bounds, 0, hi, descending, after_equal=hi_inclusive)
+    return range(start, max(start, stop))
+
+
 def range_slices(outputs: Sequence[MapOutput], lo: tuple | None, hi: tuple | None,
-                 descending: bool) -> list[tuple[str, list[int]]]:
-    """For each sorted run, the batches that may hold keys in ``[lo, hi)``."""
+                 descending: bool) -> list[tuple]:
+    """For each sorted run, the batches that may hold keys in ``[lo, hi)``, as refs (see ``MapOutput.ref``)."""
     refs = []
     for out in outputs:
-        chosen = []
-        for b, (first, last, _rows) in zip(out.batches[0], out.bounds):
-            if lo is not None and compare_keys(last, lo, descending) < 0:
-                continue
-            if hi is not None and compare_keys(first, hi, descending) >= 0:
-                continue
-            chosen.append(b)
+        if _bounds_sorted(out, descending):
+            chosen = [out.batches[0][i] for i in _overlapping(out, lo, hi, descending)]
+        else:           # bounds out of order (not a run this module wrote): look at every batch
+            chosen = [b for b, (first, last, _rows) in zip(out.batches[0], out.bounds)
+                      if not (lo is not None and compare_keys(last, lo, descending) < 0)
+                      and not (hi is not None and compare_keys(first, hi, descending) >= 0)]
         if chosen:
-            refs.append((out.path, chosen))
+            refs.append(out.ref(chosen))
     return refs
 
 
-def piece_slices(outputs: Sequence[MapOutput], piece: RangePiece, descending: bool) -> list[tuple[str, list]]:
+def piece_slices(outputs: Sequence[MapOutput], piece: RangePiece, descending: bool) -> list[tuple]:
     """The batches of each sorted run that a piece reads.
 
-    Range pieces: ``(path, [batch, ...])``. Share pieces: ``(path, [(batch, rows or None), ...])``, the
-    batches holding the hot key, with their row count when they hold nothing else (``None`` for the
-    edge batches, which the reducer filters).
+    Range pieces: ``(path, [batch, ...], ...)``. Share pieces: ``(path, [(batch, rows or None), ...], ...)``,
+    the batches holding the hot key, with their row count when they hold nothing else (``None`` for
+    the edge batches, which the reducer filters). Batches are found by binary search over each run's
+    bounds, so planning P pieces over R runs of B batches costs O(P x R x log B) key comparisons.
     """
     if piece.share is None:
         return range_slices(outputs, piece.lo, piece.hi, descending)
     key = piece.lo
     refs = []
     for out in outputs:
+        if _bounds_sorted(out, descending):
+            positions = _overlapping(out, key, key, descending, hi_inclusive=True)
+        else:
+            positions = [i for i, (first, last, _rows) in enumerate(out.bounds)
+                         if compare_keys(last, key, descending) >= 0 and compare_keys(first, key, descending) <= 0]
         chosen = []
-        for b, (first, last, rows) in zip(out.batches[0], out.bounds):
-            if compare_keys(last, key, descending) < 0 or compare_keys(first, key, descending) > 0:
-                continue
+        for i in positions:
+            first, last, rows = out.bounds[i]
             pure = compare_keys(first, key, descending) == 0 and compare_keys(last, key, descending) == 0
-            chosen.append((b, rows if pure else None))
+            chosen.append((out.batches[0][i], rows if pure else None))
         if chosen:
-            refs.append((out.path, chosen))
+            refs.append(out.ref(chosen))
     return refs
 
 
@@ -509,34 +617,50 @@ def read_piece(fs, refs: Sequence[tuple[str, list]], piece: RangePiece, keys: Se
     key partition its rows exactly, whichever attempts of them run.
     """
     pieces: list[pa.Table] = []
-    for path, ids in refs:
-        if on_batch is not None:
-            on_batch()
-        reader = _open_ipc(fs, path)
-        if piece.share is None:
-            t = pa.Table.from_batches([reader.get_batch(b) for b in ids])
+    sources = [_Batches(fs, ref) for ref in refs]
+    if on_batch is not None:
+        on_batch()
+    if piece.share is None:
+        _fetch(fs, [(src, src.ids) for src in sources])
+        for src in sources:
+            if on_batch is not None:
+                on_batch()
+            t = pa.Table.from_batches([src.get(b) for b in src.ids])
             pieces.append(filter_range(t, keys, piece.lo, piece.hi, descending, lo_open=piece.lo_open))
-            continue
+            src.got.clear()
+    else:
         i, n = piece.share
-        segments: list[tuple[int, pa.Table | None, int]] = []
-        total = 0
-        for b, rows in ids:
-            if rows is None:
-                t = pa.Table.from_batches([reader.get_batch(b)])
-                t = t.filter(rows_equal(t, keys, piece.lo))
-                segments.append((b, t, t.num_rows))
-                total += t.num_rows
-            else:
-                segments.append((b, None, rows))
-                total += rows
-        lo, hi = total * i // n, total * (i + 1) // n
-        pos = 0
-        for b, t, count in segments:
-            start, stop = max(lo, pos), min(hi, pos + count)
-            if start < stop:
-                whole = t if t is not None else pa.Table.from_batches([reader.get_batch(b)])
-                pieces.append(whole.slice(start - pos, stop - start))
-            pos += count
+        # the edge batches (rows unknown) are read to count the hot key's rows; whole batches only when
+        # this share's slice reaches into them
+        _fetch(fs, [(src, [b for b, rows in src.ids if rows is None]) for src in sources])
+        plans = []
+        for src in sources:
+            if on_batch is not None:
+                on_batch()
+            segments: list[tuple[int, pa.Table | None, int]] = []
+            total = 0
+            for b, rows in src.ids:
+                if rows is None:
+                    t = pa.Table.from_batches([src.get(b)])
+                    t = t.filter(rows_equal(t, keys, piece.lo))
+                    segments.append((b, t, t.num_rows))
+                    total += t.num_rows
+                else:
+                    segments.append((b, None, rows))
+                    total += rows
+            lo, hi = total * i // n, total * (i + 1) // n
+            chosen, pos = [], 0
+            for b, t, count in segments:
+                start, stop = max(lo, pos), min(hi, pos + count)
+                if start < stop:
+                    chosen.append((b, t, start - pos, stop - start))
+                pos += count
+            plans.append((src, chosen))
+        _fetch(fs, [(src, [b for b, t, _, _ in chosen if t is None]) for src, chosen in plans])
+        for src, chosen in plans:
+            for b, t, offset, length in chosen:
+                whole = t if t is not None else pa.Table.from_batches([src.get(b)])
+                pieces.append(whole.slice(offset, length))
     pieces = [p for p in pieces if p.num_columns]
     if not pieces:
         return schema.empty_table() if schema is not None else pa.table({})
@@ -609,11 +733,13 @@ def filter_range(table: pa.Table, keys: Sequence[str], lo: tuple | None, hi: tup
 
 
 _WHOLE_FILE = 32 << 20
+_RANGE_GAP = 16 << 10       # two byte ranges of a file closer than this are fetched as one
+_FETCH_BYTES = 64 << 20     # bytes asked for in one cat_ranges call (the ranges of several files at once)
 
 
 def _open_ipc(fs, path: str):
-    """Local files are memory-mapped; on object stores small files are fetched in one request and
-    large ones read by ranges (one request per batch)."""
+    """A whole map file: memory-mapped on local disks; on object stores a small file is fetched in
+    one request and a large one read by ranges (one request per batch)."""
     from .datasets import is_local
     if is_local(fs):
         return pa.ipc.open_file(pa.memory_map(path, "r"))
@@ -625,23 +751,117 @@ def _open_ipc(fs, path: str):
     return pa.ipc.open_file(f)
 
 
-def read_slices(fs, refs: Sequence[tuple[str, Sequence[int]]]) -> Iterator[pa.RecordBatch]:
-    """Stream the listed batches of each map file, file by file, batch numbers in order."""
-    for path, batch_ids in refs:
-        reader = _open_ipc(fs, path)
-        for b in batch_ids:
-            yield reader.get_batch(b)
+class _Batches:
+    """One reader's batches of one map file.
+
+    On local disks the file is memory-mapped. Elsewhere, when the ref carries :class:`Extents`, only
+    the listed batches' bytes are fetched (see :func:`_fetch`) and decoded with the recorded schema;
+    a ref without them (a file with dictionary batches, an old index) is read whole.
+    """
+
+    def __init__(self, fs, ref: Sequence) -> None:
+        from .datasets import is_local
+        self.fs, self.path, self.ids = fs, ref[0], list(ref[1])
+        extents = ref[2] if len(ref) > 2 else None
+        self.extents: Extents | None = None if is_local(fs) else extents
+        self._reader = None
+        self.got: dict[int, pa.RecordBatch] = {}
+
+    def get(self, b: int) -> pa.RecordBatch:
+        if self.extents is None:
+            if self._reader is None:
+                self._reader = _open_ipc(self.fs, self.path)
+            return self._reader.get_batch(b)
+        if b not in self.got:
+            _fetch(self.fs, [(self, [b])])
+        return self.got[b]
+
+    @property
+    def schema(self) -> pa.Schema:
+        if self.extents is not None:
+            return self.extents.schema
+        if self._reader is None:
+            self._reader = _open_ipc(self.fs, self.path)
+        return self._reader.schema
 
 
-def file_schema(fs, path: str) -> pa.Schema:
-    return _open_ipc(fs, path).schema
+def _fetch(fs, wanted: Sequence[tuple[_Batches, Sequence[int]]]) -> None:
+    """Fetch the listed batches of several files by byte ranges: neighbouring ranges of a file (less
+    than ``_RANGE_GAP`` apart) are merged into one request, and the requests go out together, up to
+    ``_FETCH_BYTES`` at a time (fsspec ``cat_ranges``: concurrent on async stores such as S3)."""
+    from fsspec.utils import merge_offset_ranges
+    items = []
+    for src, ids in wanted:
+        if src.extents is None:
+            continue
+        for b in ids:
+            if b not in src.got:
+                off, n = src.extents.blocks[b]
+                items.append((src.path, off, off + n, src, b))
+    if not items:
+        return
+    paths, starts, ends = merge_offset_ranges([i[0] for i in items], [i[1] for i in items],
+                                              [i[2] for i in items], max_gap=_RANGE_GAP, sort=True)
+    merged: dict[str, list[tuple[int, int, pa.Buffer]]] = {}
+    i = 0
+    while i < len(paths):
+        j, size = i, 0
+        while j < len(paths) and (j == i or size + ends[j] - starts[j] <= _FETCH_BYTES):
+            size += ends[j] - starts[j]
+            j += 1
+        datas = fs.cat_ranges(paths[i:j], starts[i:j], ends[i:j])
+        for path, start, end, data in zip(paths[i:j], starts[i:j], ends[i:j], datas):
+            if isinstance(data, BaseException):
+                raise data
+            if len(data) != end - start:
+                raise OSError(f"shuffle file {path}: expected {end - start} bytes at offset {start}, got "
+                              f"{len(data)}; the file is shorter than its index says (truncated or replaced)")
+            merged.setdefault(path, []).append((start, end, pa.py_buffer(data)))
+        i = j
+    for ranges in merged.values():
+        ranges.sort(key=lambda r: r[0])
+    for path, start, end, src, b in items:
+        ranges = merged[path]
+        k = bisect.bisect_right(ranges, start, key=lambda r: r[0]) - 1
+        r_start, r_end, buf = ranges[k]
+        if not (r_start <= start and end <= r_end):
+            raise AssertionError(f"no fetched range of {path} covers bytes {start}..{end}")
+        src.got[b] = pa.ipc.read_record_batch(buf.slice(start - r_start, end - start), src.extents.schema)
 
 
-def read_table(fs, refs: Sequence[tuple[str, Sequence[int]]], schema: pa.Schema | None = None) -> pa.Table:
+def read_slices(fs, refs: Sequence[Sequence]) -> Iterator[pa.RecordBatch]:
+    """Stream the listed batches of each map file, file by file, batch numbers in order.
+
+    A ref is ``(path, batch numbers)`` or ``(path, batch numbers, Extents)``; with extents, on an object
+    store, only those batches' bytes are fetched, for up to ``_FETCH_BYTES`` of files at a time.
+    """
+    sources = [_Batches(fs, ref) for ref in refs]
+    i = 0
+    while i < len(sources):
+        j, size = i, 0
+        while j < len(sources) and (j == i or size <= _FETCH_BYTES):
+            ext = sources[j].extents
+            if ext is not None:
+                size += sum(ext.blocks[b][1] for b in sources[j].ids)
+            j += 1
+        _fetch(fs, [(src, src.ids) for src in sources[i:j]])
+        for src in sources[i:j]:
+            for b in src.ids:
+                yield src.get(b)
+            src.got.clear()
+        i = j
+
+
+def file_schema(fs, ref: Sequence | str) -> pa.Schema:
+    """The schema of a map file (from its ref's extents when it has them)."""
+    return _Batches(fs, (ref, []) if isinstance(ref, str) else ref).schema
+
+
+def read_table(fs, refs: Sequence[Sequence], schema: pa.Schema | None = None) -> pa.Table:
     batches = list(read_slices(fs, refs))
     if not batches:
         if schema is None and refs:
-            schema = file_schema(fs, refs[0][0])
+            schema = file_schema(fs, refs[0])
         return pa.Table.from_batches([], schema=schema or pa.schema([]))
     return pa.Table.from_batches(batches)
 
