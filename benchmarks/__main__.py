@@ -2,7 +2,7 @@
 
     python -m benchmarks [--quick] [--suites groupby,sort,...] [--repeat N] [--peers duckdb,polars,...]
                          [--out RESULTS.jsonl] [--no-html] [--timeline SUITE:CASE] [--data DIR]
-                         [--g1-rows 1e7] [--g1-parts 8]
+                         [--g1-rows 1e7] [--g1-parts 8] [--driver-tasks 20000]
     python -m benchmarks compare BASELINE.jsonl CANDIDATE.jsonl [--threshold 0.10] [--noise 1.0]
     python -m benchmarks report RESULTS.jsonl [-o RESULTS.html]
     python -m benchmarks summary RESULTS.jsonl          # Markdown tables (for RESULTS.md)
@@ -39,7 +39,8 @@ def run(argv: list[str]) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny data, 2 repeats: every suite in under 2 minutes")
-    ap.add_argument("--suites", default=",".join(suites.SUITES), help=f"comma-separated subset of {suites.SUITES}")
+    ap.add_argument("--suites", default=",".join(suites.SUITES),
+                    help=f"comma-separated subset of {suites.SUITES}, or {suites.EXTRA_SUITES} (only when named)")
     ap.add_argument("--repeat", type=int, default=None, help="timed runs per figure (default: 3; 2 with --quick)")
     ap.add_argument("--peers", default=",".join(peers.PEERS),
                     help="comma-separated peers to time where installed (default: all of %(default)s)")
@@ -52,12 +53,14 @@ def run(argv: list[str]) -> int:
     ap.add_argument("--g1-rows", type=float, default=None,
                     help="rows of the G1 groupby dataset (e.g. 1e7, 1e8; default: the profile's)")
     ap.add_argument("--g1-parts", type=int, default=None, help="Parquet files of the G1 dataset")
+    ap.add_argument("--driver-tasks", type=int, default=None,
+                    help="no-op tasks in the driver suite's stage (default: 20000; 2000 with --quick)")
     args = ap.parse_args(argv)
 
     chosen = _list(args.suites)
-    unknown = [s for s in chosen if s not in suites.SUITES]
+    unknown = [s for s in chosen if s not in suites.SUITES + suites.EXTRA_SUITES]
     if unknown:
-        ap.error(f"unknown suite(s) {unknown}; choose from {', '.join(suites.SUITES)}")
+        ap.error(f"unknown suite(s) {unknown}; choose from {', '.join(suites.SUITES + suites.EXTRA_SUITES)}")
     wanted = _list(args.peers)
     bad = [p for p in wanted if p not in peers.PEERS]
     if bad:
@@ -69,6 +72,11 @@ def run(argv: list[str]) -> int:
         import dataclasses
         profile = dataclasses.replace(profile, g1_rows=int(args.g1_rows or profile.g1_rows),
                                       g1_parts=int(args.g1_parts or profile.g1_parts))
+    if args.driver_tasks is not None:
+        import dataclasses
+        if args.driver_tasks < 1:
+            ap.error("--driver-tasks must be at least 1")
+        profile = dataclasses.replace(profile, driver_tasks=args.driver_tasks)
     repeat = args.repeat or profile.repeat
     if repeat < 1:
         ap.error("--repeat must be at least 1")

@@ -12,7 +12,12 @@ stragglers     word count with one slow map task               -                
 commit         the commit protocol vs plain ``pq.write_table``  pyarrow (plain write, read)   -
                and ``engine.read`` verified vs unverified
 cluster        groupby q3 and word count per cluster shape     -                             workers x threads
+driver         a stage of no-op tasks (driver CPU per task);   -                             -
+               reducers' S3 bytes read / needed (moto)
 =============  ==============================================  ============================  ===============
+
+``driver`` is not in the default set (20,000 tasks take minutes here): ask for it with ``--suites driver``;
+``--driver-tasks N`` sets the stage size (``--quick``: 2,000).
 
 Every engine answer is checked: against each Arrow-answering peer value by value (dask: row count),
 and where a suite times no peer, against an untimed independent reference (DuckDB or pyarrow):
@@ -40,6 +45,7 @@ from benchmarks.progress import Progress
 from engine import Job
 
 SUITES = ("groupby", "wordcount", "sort", "skew", "stragglers", "commit", "cluster")
+EXTRA_SUITES = ("driver",)          # run only when asked for by name
 QUESTIONS = tuple(f"q{i}" for i in range(1, 11))
 
 
@@ -67,6 +73,9 @@ class Profile:
     sweep_partition_sizes: tuple[str, ...]
     sweep_shapes: tuple[tuple[int, int], ...]
     questions: tuple[str, ...] = QUESTIONS
+    driver_tasks: int = 20_000
+    driver_rows: int = 1_600_000
+    driver_files: int = 16
 
 
 PROFILES = {
@@ -74,7 +83,8 @@ PROFILES = {
                      sort_rows=20_000, sort_parts=2, skew_rows=40_000, skew_parts=4, skew_partition_size="64KiB",
                      straggler_files=4, straggler_file_bytes=100_000, straggler_sleep=1.5,
                      commit_rows=20_000, commit_parts=4, sweep_parts=(1, 4),
-                     sweep_partition_sizes=("32KiB", "64MiB"), sweep_shapes=((1, 2), (2, 1))),
+                     sweep_partition_sizes=("32KiB", "64MiB"), sweep_shapes=((1, 2), (2, 1)),
+                     driver_tasks=2_000, driver_rows=200_000, driver_files=8),
     "standard": Profile("standard", repeat=3, g1_rows=2_000_000, g1_parts=2, text_bytes=40_000_000, text_files=4,
                         sort_rows=1_000_000, sort_parts=4, skew_rows=4_000_000, skew_parts=4,
                         skew_partition_size="4MiB", straggler_files=6, straggler_file_bytes=2_000_000,
@@ -497,9 +507,70 @@ def cluster(ctx: Context) -> None:
         embedded.shutdown()             # back to the default shape for whatever runs next
 
 
+# ---------------------------------------------------------------------------------------------
+# driver cost (not in the default set)
+
+
+def driver(ctx: Context) -> None:
+    from benchmarks import driver_bench
+    p = ctx.profile
+    client, _ = ctx.client()
+    driver_bench.noop_stage(client, min(200, p.driver_tasks))      # warm-up
+    stages: list[dict] = []
+
+    def stage(keep: bool) -> Outcome:
+        r = driver_bench.noop_stage(client, p.driver_tasks)
+        stages.append(r)
+        return Outcome(r["seconds"], None, r["tasks"], {k: round(v, 5) for k, v in r.items() if v is not None})
+    m = _measure(ctx, f"no-op stage of {p.driver_tasks:,} tasks", {ENGINE: stage})
+    recs = harness.records("driver", "noop-stage", m, params={"tasks": p.driver_tasks, "speculation": True},
+                           notes=["loop CPU: time.thread_time() of the thread running StageExecutor.run; process "
+                                  "CPU also counts the embedded scheduler and the client's event loop"])
+    cpu = harness.median([r["loop_cpu_ms_per_task"] for r in stages])
+    proc = harness.median([r["process_cpu_ms_per_task"] for r in stages])
+    for r in recs:
+        r.update({"driver_loop_cpu_ms_per_task": round(cpu, 4) if cpu is not None else None,
+                  "driver_process_cpu_ms_per_task": round(proc, 4) if proc is not None else None,
+                  "target_ms_per_task": driver_bench.TARGET_CPU_MS})
+        ctx.emit(r)
+    if cpu is not None and cpu > driver_bench.TARGET_CPU_MS:
+        ctx.progress.line(f"driver loop CPU {cpu:.3f} ms/task is over the {driver_bench.TARGET_CPU_MS} ms target")
+    ctx.progress.done(f"no-op stage: loop CPU {cpu:.3f} ms/task, process CPU {proc:.3f} ms/task "
+                      f"(median of {len(stages)})")
+
+    try:
+        import moto.server  # noqa: F401
+    except ImportError:
+        ctx.progress.line("S3 read amplification skipped: moto is not installed (pip install -e '.[test]')")
+        return
+    runs: dict[str, list[dict]] = {}
+
+    def jobs(keep: bool) -> Outcome:
+        r = driver_bench.s3_reduce_bytes(p.driver_rows, p.driver_files)
+        for name, v in r.items():
+            runs.setdefault(name, []).append(v)
+        return Outcome(sum(v["seconds"] for v in r.values()), None, None)
+    _measure(ctx, "S3 aggregate + sort", {ENGINE: jobs})
+    for name, rs in runs.items():
+        one = Measured({ENGINE: [r["seconds"] for r in rs]}, {}, {ENGINE: None},
+                       {ENGINE: [{k: v for k, v in r.items()} for r in rs]}, {})
+        ratio = harness.median([r["ratio"] for r in rs if r["ratio"] is not None])
+        ok = all(r["answer_ok"] for r in rs)
+        check_ = {"against": {"pyarrow": {"equal": ok, "how": "values"}}, "ok": ok}
+        for rec in harness.records("driver", f"s3-{name}", one, params={"rows": p.driver_rows,
+                                                                     "files": p.driver_files}, check=check_):
+            rec.update({"s3_read_ratio": round(ratio, 4) if ratio is not None else None,
+                        "target_read_ratio": driver_bench.TARGET_READ_RATIO})
+            ctx.emit(rec)
+        if not ok:
+            ctx.failures.append(f"driver s3-{name}: answer differs from pyarrow's")
+        ctx.progress.done(f"S3 {name}: reducers read {ratio:.2f}x the shuffle bytes they need "
+                          f"({rs[0]['maps']} maps x {rs[0]['reducers']} reducers){'' if ok else '  ANSWERS DIFFER'}")
+
+
 RUNNERS: dict[str, Callable[[Context], None]] = {
     "groupby": groupby, "wordcount": wordcount, "sort": sort, "skew": skew, "stragglers": stragglers,
-    "commit": commit, "cluster": cluster,
+    "commit": commit, "cluster": cluster, "driver": driver,
 }
 
 
@@ -527,4 +598,4 @@ def summarize(records: list[dict]) -> dict[str, dict]:
     return out
 
 
-__all__ = ["SUITES", "PROFILES", "Profile", "Context", "RUNNERS", "summarize", "check"]
+__all__ = ["SUITES", "EXTRA_SUITES", "PROFILES", "Profile", "Context", "RUNNERS", "summarize", "check"]

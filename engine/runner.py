@@ -694,6 +694,8 @@ def _execute(plan: Plan, spec: InputSpec, client, info: ClusterInfo, executor: S
             columns=r.columns, partition_types=spec.partition_types if r.index == 0 else {},
             page_checksums=bool(config.get("checksums.page-checksums")), faults=faults,
             map_combine=map_combine, report_progress=executor.supervisor is not None)
+        if r.kind == "sort" and not is_local(shuffle_fs):
+            base_ctx = replace(base_ctx, sort_batch_bytes=_sort_batch_bytes(plan.partition_size, len(splits)))
         # ---- map stage
         prefix = stage_prefix(plan.job.name, r.index, "map", plan.fingerprint, f"{run_id}:{executor.session}")
         tasks = [TaskSpec(i, run_map, (base_ctx, blob_future, input_fs, s), s.size) for i, s in enumerate(splits)]
@@ -764,6 +766,13 @@ def _spill_bytes(info: ClusterInfo) -> int:
     if info.memory_limit:
         size = min(size, max(4 << 20, info.memory_limit // 24))
     return size
+
+
+def _sort_batch_bytes(partition_size: int, runs: int) -> int:
+    """Batch size of sorted runs on an object store: a range reducer also reads the two batches of each
+    run that straddle its bounds, so batches of ``partition_size / (4 x runs)`` bytes keep what the
+    reducers read within ~1.25x of what they need (local shuffle files are memory-mapped: no cap)."""
+    return max(16 << 10, int(partition_size) // (4 * max(1, runs)))
 
 
 def _final_schema(results: dict[int, dict]) -> pa.Schema | None:

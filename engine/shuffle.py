@@ -302,11 +302,15 @@ def sort_keys(keys: Sequence[str], descending: bool) -> list[tuple[str, str]]:
 
 
 def write_sorted_run(fs, path: str, table: pa.Table, keys: Sequence[str], descending: bool, *,
-                     batch_rows: int = 32768, sample_size: int = 512, rows_in: int = 0) -> MapOutput:
-    """Sort ``table`` by ``keys`` and write it as a run of fixed-size batches with key bounds."""
+                     batch_rows: int = 32768, sample_size: int = 512, rows_in: int = 0,
+                     batch_bytes: int | None = None) -> MapOutput:
+    """Sort ``table`` by ``keys`` and write it as a run of fixed-size batches with key bounds
+    (``batch_rows`` rows, and fewer when ``batch_bytes`` caps a batch's estimated size)."""
     table = shuffle_ready(table)
     _check_sortable(table, keys)
     table = table.sort_by(sort_keys(keys, descending)) if table.num_rows else table
+    if batch_bytes and table.num_rows and table.nbytes:
+        batch_rows = max(256, min(batch_rows, int(batch_bytes * table.num_rows / table.nbytes)))
     f = _IPCFile(fs, path)
     out = MapOutput(path, 1, [[]], [0], [0], rows_in=rows_in, rows_out=table.num_rows)
     for offset in range(0, table.num_rows, batch_rows):

@@ -51,6 +51,7 @@ class TaskContext:
     spill_bytes: int = 64 << 20
     batch_rows: int = 131072
     sort_batch_rows: int = 32768
+    sort_batch_bytes: int = 0         # also cap sorted-run batches at this many bytes (0: no cap)
     sample_size: int = 512
     top_keys: int = 0
     columns: tuple[str, ...] | None = None
@@ -270,7 +271,7 @@ def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partitio
                 table = _concat(tables)
                 index = shuffle.write_sorted_run(ctx.shuffle_fs, path, table, ctx.keys, ctx.descending,
                                                  batch_rows=ctx.sort_batch_rows, sample_size=ctx.sample_size,
-                                                 rows_in=rows_in)
+                                                 batch_bytes=ctx.sort_batch_bytes or None, rows_in=rows_in)
             result = {"shuffle": index, "rows_out": index.rows_out, "bytes_out": index.total_bytes,
                       "schema": shuffle.shuffle_ready(table.slice(0, 0)).schema}
         else:

@@ -153,13 +153,11 @@ def test_reducers_read_only_their_byte_ranges_on_s3(counted_s3, tmp_path):
     assert got.select(["k", "n", "total"]).equals(expected)
 
     # A sort: every range reducer takes the overlapping batches of every sorted run.
-    import dask.config
     _upload_parts(fs, table, 8, f"{S3_BUCKET}/in/sort", tmp_path)
     counter.watch(f"{S3_BUCKET}/shuffle/sort")
-    with dask.config.set({"engine.shuffle.sort-batch-rows": 512}):
-        result = engine.run(Job("ranged-sort").sort(by="k"), url("in", "sort"), str(tmp_path / "out-sort"),
-                            storage_options=so, shuffle_dir=url("shuffle", "sort"), partition_size="512KiB",
-                            speculation=False)
+    result = engine.run(Job("ranged-sort").sort(by="k"), url("in", "sort"), str(tmp_path / "out-sort"),
+                        storage_options=so, shuffle_dir=url("shuffle", "sort"), partition_size="512KiB",
+                        speculation=False)
     reducers = _reduce_stage(result).tasks
     assert reducers >= 4, reducers
     written, served = counter.written, counter.served
