@@ -9,6 +9,10 @@ run at once with a message naming the round, stage and partition.
 Every error string the driver keeps or passes on (task errors in the report, retry log lines,
 ``StageFailedError`` messages, the manifest's decisions) goes through :func:`engine.redact.redact`;
 ``redact`` is re-exported here under its old name.
+
+The stage loop costs the driver O(1) per task event: running attempts are indexed by partition and
+key, completions arrive through a queue (no wait on, or scan of, every running future), and the
+results of the tasks that finished together are fetched in one request.
 """
 
 from __future__ import annotations

@@ -2,17 +2,23 @@
 
 Each map attempt writes **one Arrow IPC file**: record batches tagged by reducer partition (a
 batch holds rows of exactly one partition), and returns a :class:`MapOutput` index (partition →
-batch numbers, rows, bytes). A reducer opens each map file (memory-mapped on local disks, ranged
-reads on object stores) and reads only its batches.
+batch numbers, rows, bytes; batch → byte offset and length of its IPC message; the file's schema).
+A reducer reads only its batches: memory-mapped on local disks; on object stores it fetches just
+their byte ranges (neighbouring ranges less than 16 KiB apart merged into one request, the requests
+of several files sent together with fsspec ``cat_ranges``) and decodes them with the recorded schema,
+so S3 traffic is about the shuffle's size, not maps × reducers × file size. A file with
+dictionary-encoded columns has no byte index and is read whole.
 
 Two partitionings:
 
 * **hash**: ``partition = hash(keys) mod P`` with a deterministic 64-bit hash (:mod:`engine.hashing`),
   P fixed before the map stage; the driver coalesces contiguous partitions afterwards.
 * **range** (sort rounds): each map attempt writes its output as a *sorted run* in batches of a fixed
-  row count, recording each batch's first and last key, and returns a key sample. The driver picks
-  boundaries from the samples; reducer ``r`` reads from every run only the batches that overlap its
-  key range ``[lo, hi)`` and filters the two edge batches.
+  row count (capped in bytes when the caller asks, see ``write_sorted_run``), recording each batch's
+  first and last key, and returns a key sample. The driver picks boundaries from the samples (distinct
+  sample keys found with Arrow compute); reducer ``r`` reads from every run only the batches that
+  overlap its key range ``[lo, hi)``, found by binary search over the run's sorted batch bounds, and
+  filters the two edge batches.
 
 Map output is written in plain types (:func:`shuffle_ready`): dictionary columns decoded to their
 values (an IPC file holds one dictionary per column, a map emits one per batch) and view types made
@@ -878,4 +884,4 @@ def attempt_name(prefix: str, partition: int, attempt: int) -> str:
 __all__ = ["shuffle_ready", "partition_ids", "split_by_partition", "MapOutput", "HashShuffleWriter", "write_sorted_run",
            "choose_boundaries", "choose_pieces", "RangePiece", "piece_slices", "read_piece", "select_keys",
            "sub_bucket", "compare_keys", "range_slices", "filter_range", "filter_keys", "rows_equal",
-           "read_slices", "read_table", "attempt_name", "sort_keys"]
+           "read_slices", "read_table", "attempt_name", "sort_keys", "Extents"]

@@ -238,3 +238,50 @@ def test_driver_work_per_task_does_not_grow_with_the_stage():
     # scans every running future), the same for a stage eight times larger.
     assert per_task[1600] <= 1.25 * per_task[200] + 1, per_task
     assert max(per_task.values()) <= 12, per_task
+
+
+# ---------------------------------------------------------------------------------------------
+# Ranged reads decode exactly what whole-file reads do (no cluster: the shuffle module on memory://)
+
+
+def test_ranged_reads_equal_whole_file_reads():
+    import fsspec
+
+    from engine import shuffle
+
+    fs = fsspec.filesystem("memory")
+    rng = np.random.default_rng(5)
+    n = 40_000
+    hot = np.where(rng.random(n) < 0.4, 7, rng.integers(0, 2000, n))
+    table = pa.table({"k": pa.array(hot.astype(np.int64)), "v": pa.array(rng.normal(size=n)),
+                      "s": pa.array([f"row-{i}" for i in range(n)]),
+                      "d": pa.array([f"tag-{i % 5}" for i in range(n)]).dictionary_encode()})
+    plain = table.drop_columns(["d"])
+
+    def whole(refs):                 # the same batches, read from the whole file
+        return [(r[0], r[1]) for r in refs]
+
+    # hash shuffle: every partition's batches by ranges equal them from the whole file
+    for name, t in (("plain", plain), ("dict", table)):
+        w = shuffle.HashShuffleWriter(fs, f"/{name}.arrow", ["k"], 8, spill_bytes=150_000)
+        for off in range(0, n, 4000):
+            w.write(t.slice(off, 4000))
+        out = w.close()
+        assert (out.blocks is None) == (name == "dict"), name     # dictionary files are read whole
+        for p in range(8):
+            refs = [out.ref(out.batches[p])]
+            assert shuffle.read_table(fs, refs).equals(shuffle.read_table(fs, whole(refs))), (name, p)
+
+    # sort: range and hot-key share pieces read the same rows by ranges as from whole files
+    runs = [shuffle.write_sorted_run(fs, f"/run-{i}.arrow", plain.slice(i * 10_000, 10_000), ["k"], False,
+                                     batch_rows=32768, batch_bytes=8_000) for i in range(4)]
+    assert all(len(r.batches[0]) > 10 for r in runs)          # the byte cap cut the runs finer
+    pieces = shuffle.choose_pieces([(r.sample, r.rows_out / r.sample.num_rows) for r in runs], ["k"], False, 6)
+    assert any(p.share is not None for p in pieces)
+    seen = []
+    for piece in pieces:
+        refs = shuffle.piece_slices(runs, piece, False)
+        ranged = shuffle.read_piece(fs, refs, piece, ["k"], False)
+        assert ranged.equals(shuffle.read_piece(fs, whole(refs), piece, ["k"], False)), piece.describe()
+        seen += ranged["s"].to_pylist()
+    assert sorted(seen) == sorted(plain["s"].to_pylist())
