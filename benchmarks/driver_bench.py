@@ -115,8 +115,9 @@ class _Counting:
 
 
 @contextlib.contextmanager
-def counting_s3(bucket: str = "driver-bench") -> Iterator[tuple[dict, Any, Any]]:
-    """A moto S3 server on 127.0.0.1 behind :class:`_Counting`: ``(storage_options, counter, fs)``."""
+def counting_s3(bucket: str) -> Iterator[tuple[dict, Any, Any]]:
+    """A moto S3 server on 127.0.0.1 behind :class:`_Counting`, with ``bucket`` created (moto keeps its
+    buckets per process, across servers: use a new name each time): ``(storage_options, counter, fs)``."""
     import s3fs
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
     from werkzeug.serving import make_server
@@ -165,21 +166,22 @@ def s3_reduce_bytes(rows: int = 1_600_000, files: int = 16, *, partition_size: s
     scratch = tempfile.mkdtemp(prefix="driver-bench-")
     out: dict[str, dict] = {}
     try:
-        with counting_s3() as (so, counter, fs):
+        bucket = f"driver-bench-{uuid.uuid4().hex[:8]}"
+        with counting_s3(bucket) as (so, counter, fs):
             bounds = np.linspace(0, rows, files + 1).astype(int)
             for i in range(files):
                 local = os.path.join(scratch, f"part-{i:03d}.parquet")
                 pq.write_table(table.slice(bounds[i], bounds[i + 1] - bounds[i]), local)
-                fs.put(local, f"driver-bench/in/part-{i:03d}.parquet")
+                fs.put(local, f"{bucket}/in/part-{i:03d}.parquet")
             fs.invalidate_cache()
             jobs = {"aggregate": Job("driver-bench-agg").reduce(by="k", aggs={"n": agg.count(), "total": agg.sum("v")}),
                     "sort": Job("driver-bench-sort").sort(by="k")}
             for name, job in jobs.items():
-                shuffle = f"driver-bench/shuffle/{name}-{uuid.uuid4().hex[:6]}"
+                shuffle = f"{bucket}/shuffle/{name}"
                 counter.watch(shuffle)
                 dest = os.path.join(scratch, f"out-{name}")
                 t0 = time.perf_counter()
-                result = engine.run(job, "s3://driver-bench/in", dest, storage_options=so,
+                result = engine.run(job, f"s3://{bucket}/in", dest, storage_options=so,
                                     shuffle_dir=f"s3://{shuffle}", partition_size=partition_size,
                                     speculation=False, force=True)
                 seconds = time.perf_counter() - t0

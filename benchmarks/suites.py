@@ -550,7 +550,9 @@ def driver(ctx: Context) -> None:
         for name, v in r.items():
             runs.setdefault(name, []).append(v)
         return Outcome(sum(v["seconds"] for v in r.values()), None, None)
-    _measure(ctx, "S3 aggregate + sort", {ENGINE: jobs})
+    measured = _measure(ctx, "S3 aggregate + sort", {ENGINE: jobs})
+    for system, err in measured.errors.items():
+        ctx.failures.append(f"driver s3 jobs {system}: {err}")
     for name, rs in runs.items():
         one = Measured({ENGINE: [r["seconds"] for r in rs]}, {}, {ENGINE: None},
                        {ENGINE: [{k: v for k, v in r.items()} for r in rs]}, {})
