@@ -200,13 +200,16 @@ def map_output_to_json(o: MapOutput) -> dict:
         "bounds": keys_to_json([tuple(first) + tuple(last) for first, last, _r in o.bounds], 2 * width,
                                {"rows": [int(r) for _f, _l, r in o.bounds]}),
         "sample": table_to_json(o.sample),
+        # where each batch lies in the file (ranged reads on object stores): flat [offset, length, ...]
+        "blocks": None if o.blocks is None else [int(x) for block in o.blocks for x in block],
+        "schema": schema_to_json(o.schema),
     }
 
 
 def map_output_from_json(d: Any) -> MapOutput:
     fields = {"path", "num_partitions", "batches", "rows", "nbytes", "rows_in", "rows_out", "key_width",
               "heavy_keys", "bounds", "sample"}
-    _dict(d, "shuffle", fields, fields)
+    _dict(d, "shuffle", fields | {"blocks", "schema"}, fields)
     n = _int(d["num_partitions"], "shuffle.num_partitions")
     _check(isinstance(d["batches"], list) and len(d["batches"]) == n, "shuffle.batches must list every partition")
     batches = [_ints(b, "shuffle.batches") for b in d["batches"]]
@@ -221,7 +224,17 @@ def map_output_from_json(d: Any) -> MapOutput:
         rows_in=_int(d["rows_in"], "shuffle.rows_in"), rows_out=_int(d["rows_out"], "shuffle.rows_out"),
         heavy_keys=[(k, int(p), int(r)) for k, p, r in zip(heavy, hx["partition"], hx["rows"])],
         bounds=[(b[:width], b[width:], int(r)) for b, r in zip(bounds, bx["rows"])],
-        sample=table_from_json(d["sample"], "shuffle.sample"))
+        sample=table_from_json(d["sample"], "shuffle.sample"), blocks=_blocks(d.get("blocks")),
+        schema=schema_from_json(d.get("schema")))
+
+
+def _blocks(v: Any) -> list[tuple[int, int]] | None:
+    """A map output's batch extents (absent or null: the file is read whole)."""
+    if v is None:
+        return None
+    flat = _ints(v, "shuffle.blocks")
+    _check(len(flat) % 2 == 0, "shuffle.blocks must hold (offset, length) pairs")
+    return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
 
 
 _SCALAR = (str, int, float, bool, type(None))
