@@ -8,6 +8,12 @@ Every rendering (``to_dict``/``to_json``, ``summary``, the HTML) passes its stri
 :func:`engine.redact.redact`, so task errors with URLs or keys show ``***`` in their place. The
 report is the user's own view of the run: its skew decisions keep the hot keys' values, which the
 manifest and the history replace by short hashes (``engine.report.key-values``).
+>>> result.report.tasks_per_worker("r0-map")          # doctest: +SKIP
+{'tcp://127.0.0.1:40001': 2, 'tcp://127.0.0.1:40002': 2}
+
+``zombies`` lists cancelled attempts that kept running (code that does not stop when cancelled)
+and what the run did about each: ``"restarted"`` (their worker, through its nanny) or ``"avoided"``
+(no nanny: the run placed no new task there until the attempt returned), with the reason.
 """
 
 from __future__ import annotations
@@ -81,6 +87,7 @@ class RunReport:
     tasks: list[TaskReport] = field(default_factory=list)
     skew: list[dict] = field(default_factory=list)
     speculation: list[dict] = field(default_factory=list)
+    zombies: list[dict] = field(default_factory=list)     # cancelled attempts that kept running, see above
     retries: list[dict] = field(default_factory=list)
     message: str = ""
     cluster: dict = field(default_factory=dict)
@@ -90,10 +97,24 @@ class RunReport:
     def duration(self) -> float:
         return max(0.0, self.stop - self.start)
 
+    def tasks_per_worker(self, stage: str | None = None) -> dict[str, int]:
+        """How many attempts ran on each worker (of ``stage``, or of the whole run), whatever their end;
+        attempts cancelled before anyone saw them start (worker ``"?"``) are not counted."""
+        counts: dict[str, int] = {}
+        for t in self.tasks:
+            if (stage is None or t.stage == stage) and t.worker and t.worker != "?":
+                counts[t.worker] = counts.get(t.worker, 0) + 1
+        return dict(sorted(counts.items()))
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["duration"] = self.duration
+        d["tasks_per_worker"] = {s.name: self.tasks_per_worker(s.name) for s in self.stages}
         return redact_obj(d)
+
+    def _placement_line(self, stage: str) -> str:
+        counts = self.tasks_per_worker(stage)
+        return ", ".join(f"{w.split('://')[-1]} {n}" for w, n in counts.items()) or "-"
 
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), default=str, **kwargs)
@@ -113,10 +134,14 @@ class RunReport:
                 extra.append(f"{s.speculative} speculative")
             lines.append(f"  {s.name:<24} {s.tasks:>4} tasks {s.duration:7.2f}s  rows {s.rows_in:,} -> "
                          f"{s.rows_out:,}  {s.bytes_out:,} B" + (f"  ({', '.join(extra)})" if extra else ""))
+            if self.tasks:
+                lines.append(f"  {'':<24} tasks per worker: {self._placement_line(s.name)}")
         for d in self.skew:
             lines.append(f"  skew: {d.get('reason', d)}")
         for d in self.speculation:
             lines.append(f"  speculation: {d.get('reason', d)}")
+        for d in self.zombies:
+            lines.append(f"  zombie: {d.get('reason', d)}")
         return redact("\n".join(lines))
 
     def __str__(self) -> str:
@@ -126,13 +151,13 @@ class RunReport:
         rows = "".join(
             f"<tr><td>{html.escape(s.name)}</td><td>{s.tasks}</td><td>{s.duration:.2f}s</td>"
             f"<td>{s.rows_in:,}</td><td>{s.rows_out:,}</td><td>{s.bytes_out:,}</td><td>{s.retries}</td>"
-            f"<td>{s.speculative}</td></tr>" for s in self.stages)
+            f"<td>{s.speculative}</td><td>{html.escape(self._placement_line(s.name))}</td></tr>" for s in self.stages)
         notes = "".join(f"<li>{html.escape(redact(str(d.get('reason', d))))}</li>"
-                        for d in self.skew + self.speculation)
+                        for d in self.skew + self.speculation + self.zombies)
         return (f"<div><b>{html.escape(self.job)}</b> run <code>{self.run_id[:12]}</code>: {self.status} in "
                 f"{self.duration:.2f}s, {self.output_rows:,} rows in {self.output_files} files<br>"
                 f"<table><tr><th>stage</th><th>tasks</th><th>time</th><th>rows in</th><th>rows out</th>"
-                f"<th>bytes out</th><th>retries</th><th>speculative</th></tr>{rows}</table>"
+                f"<th>bytes out</th><th>retries</th><th>speculative</th><th>tasks per worker</th></tr>{rows}</table>"
                 + (f"<ul>{notes}</ul>" if notes else "") + "</div>")
 
     def to_html(self, path: str | None = None) -> str:

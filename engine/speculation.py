@@ -25,6 +25,16 @@ every ``interval`` seconds while a stage runs:
    The first attempt to finish wins (the commit protocol discards the other's files); the loser is
    cancelled and notices it between batches.
 
+5. A loser is cancelled, but cancelling cannot stop Python code that never checks for it (a user
+   function stuck in a sleep, a lock, a network call): such a zombie keeps its worker thread, and
+   the scheduler, which has forgotten the cancelled key, queues new tasks behind it. So when a
+   partition's winner is in, every other attempt of it that had started is watched: still running
+   ``zombie-grace`` seconds (default 1) after the cancel, its worker is restarted through its nanny
+   (the scheduler moves the tasks queued there to other workers and the fresh process takes new
+   ones); a worker without a nanny (``dask worker --no-nanny``, threads of an in-process cluster)
+   cannot be restarted, so the run places no new task of its own there until the attempt returns.
+   Each such decision, with its reason, goes into ``RunReport.zombies``.
+
 Every launch, and which attempt won, goes into ``RunReport.speculation``.
 
 A check costs O(attempts executing): finished tasks' statistics are folded in as they arrive and kept
@@ -41,6 +51,8 @@ import math
 import threading
 import time
 from dataclasses import dataclass
+
+import dask.config
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
@@ -77,12 +89,20 @@ class Policy:
     max_concurrent: int = 2
     interval: float = 0.1
     early_multiplier: float = 2.0
+    zombie_grace: float = 1.0     # seconds a cancelled attempt may keep running before its worker is restarted
 
     @classmethod
     def from_config(cls) -> Policy:
         return cls(float(config.get("speculation.quantile")), float(config.get("speculation.multiplier")),
                    float(config.get("speculation.min-runtime")), int(config.get("speculation.max-concurrent")),
-                   float(config.get("speculation.interval")), float(config.get("speculation.early-multiplier")))
+                   float(config.get("speculation.interval")), float(config.get("speculation.early-multiplier")),
+                   float(dask.config.get("engine.speculation.zombie-grace", cls.zombie_grace)))
+
+
+def _attempt_on_worker(key, dask_worker=None) -> dict:
+    """Runs on a worker (``client.run``): is attempt ``key`` still executing there, and how many others are?"""
+    executing = [ts.key for ts in dask_worker.state.executing]
+    return {"running": key in executing, "others": sum(1 for k in executing if k != key)}
 
 
 
@@ -147,6 +167,8 @@ class Supervisor:
         self._executing: dict[str, float] = {}              # repr(key) -> start, this stage's started attempts
         self._mark = 0                                      # len(starts) when the last stage finished
         self._stats = _Finished()
+        self._prefix = ""
+        self.busy: dict[str, float] = {}     # worker without a nanny -> since when a zombie holds it
         with _REG_LOCK:
             if id(client) not in _REGISTERED:
                 client.register_plugin(TaskStartReporter())
@@ -196,7 +218,7 @@ class Supervisor:
 
     # -- executor hooks ---------------------------------------------------------------------
     def stage_started(self, executor, name: str, prefix: str, total: int) -> None:
-        self._stage, self._total = name, total
+        self._stage, self._total, self._prefix = name, total, prefix
         self.speculated = {}
         self._stats = _Finished()
         with self._lock:
@@ -222,6 +244,76 @@ class Supervisor:
             info["decision"]["won"] = attempt
             info["decision"]["outcome"] = ("speculative attempt won" if attempt != info["original"]
                                            else "original attempt won")
+            # The other attempt is about to be cancelled: if it does not stop, it is a zombie.
+            for loser in {info["original"], info["decision"]["attempt"]} - {attempt}:
+                self._watch_loser(partition, loser)
+
+    def busy_workers(self) -> set[str]:
+        """Workers (without a nanny) still held by a cancelled attempt: no new task of this run goes there."""
+        return set(self.busy)
+
+    # -- cancelled attempts that keep running -----------------------------------------------------
+    def _watch_loser(self, partition: int, attempt: int) -> None:
+        key = (self._prefix, int(partition), int(attempt))
+        with self._lock:
+            started = self.starts.get(repr(key))
+        if started is None:
+            return            # never started: cancelling it frees nothing
+        where = {"stage": self._stage, "partition": partition, "attempt": attempt, "worker": started[1],
+                 "cancelled_at": time.time()}
+        threading.Thread(target=self._reap, args=(key, where), name=f"engine-zombie-{partition}",
+                         daemon=True).start()
+
+    def _still_running(self, key, worker: str) -> dict | None:
+        try:
+            return self.client.run(_attempt_on_worker, key, workers=[worker], on_error="return").get(worker)
+        except Exception:  # noqa: BLE001 - the worker is gone: nothing left to stop
+            return None
+
+    def _reap(self, key, where: dict) -> None:
+        """After the grace period: restart the worker of a cancelled attempt that is still running."""
+        time.sleep(self.policy.zombie_grace)
+        worker = where["worker"]
+        state = self._still_running(key, worker)
+        if not isinstance(state, dict) or not state.get("running"):
+            return            # it noticed the cancel (or its worker is gone): nothing to do
+        grace = time.time() - where["cancelled_at"]
+        what = (f"{where['stage']} partition {where['partition']}: attempt {where['attempt']} on {worker} was still "
+                f"running {grace:.1f}s after it was cancelled (another attempt won), in code that does not stop "
+                "when cancelled; new tasks would queue behind it")
+        try:
+            nanny = self.client.scheduler_info(n_workers=-1).get("workers", {}).get(worker, {}).get("nanny")
+        except Exception:  # noqa: BLE001
+            nanny = None
+        record = {**where, "seconds_after_cancel": round(grace, 3), "others_running": state.get("others", 0)}
+        if nanny:
+            record["action"] = "restarted"
+            record["reason"] = what + ": restarted the worker through its nanny" + (
+                f" ({state['others']} other task(s) running there were rescheduled)" if state.get("others") else "")
+            self.report.zombies.append(record)
+            log.warning("%s", record["reason"])
+            try:
+                outcome = self.client.restart_workers([worker], timeout=60, raise_for_error=False)
+                record["restart"] = str(outcome.get(worker, outcome))
+            except Exception as exc:  # noqa: BLE001 - e.g. the worker left meanwhile
+                record["restart"] = f"{type(exc).__name__}: {exc}"
+            record["restarted_at"] = time.time()
+            return
+        record["action"] = "avoided"
+        record["reason"] = (what + ": the worker has no nanny to restart it, so this run places no new task on it "
+                            "until the attempt returns")
+        self.report.zombies.append(record)
+        log.warning("%s", record["reason"])
+        self.busy[worker] = time.time()
+        try:
+            while True:
+                time.sleep(0.5)
+                state = self._still_running(key, worker)
+                if not isinstance(state, dict) or not state.get("running"):
+                    break
+        finally:
+            self.busy.pop(worker, None)
+            record["freed_at"] = time.time()
 
     def check(self, executor, running, results: dict, submit, sizes: dict[int, int | None]) -> None:
         """Launch speculative attempts of this stage's stragglers (at most every ``interval`` seconds).
@@ -327,7 +419,7 @@ class Supervisor:
                 continue      # it finishes before the queued work does: a copy now would only displace it
             reason = (f"{self._stage} partition {p}: attempt {attempt} on {worker} {why}"
                       + (f" (its input of {size:,} bytes should take {expected:.2f}s)" if rate and size else ""))
-            avoid = {worker} | slow_nodes
+            avoid = {worker} | slow_nodes | self.busy_workers()
             if not self._live_workers() - avoid:
                 continue          # no other worker, or every other one is slow: a copy would not finish sooner
             if slow_nodes - {worker}:

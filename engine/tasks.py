@@ -27,7 +27,7 @@ import pyarrow as pa
 from . import shuffle
 from .commit import ParquetAttemptWriter
 from .datasets import Split, read_split
-from .errors import EngineError, SchemaError
+from .errors import EngineError, IntegrityError, SchemaError
 
 
 class TaskCancelled(Exception):
@@ -72,11 +72,29 @@ class TaskContext:
 _PAYLOADS: dict[str, Any] = {}
 
 
-def load_payload(blob: bytes) -> Any:
-    """Deserialize the run's stage functions once per worker process."""
-    digest = hashlib.sha256(blob).hexdigest()
+@dataclass(frozen=True)
+class PayloadRef:
+    """Where a large serialized payload was written (beside the shuffle files), and its SHA-256."""
+
+    fs: Any
+    path: str
+    digest: str
+    size: int
+
+
+def load_payload(blob: bytes | PayloadRef) -> Any:
+    """Deserialize the run's stage functions once per worker process (reading them first when the task
+    carries a :class:`PayloadRef`; bytes that do not match its digest are refused)."""
+    ref = blob if isinstance(blob, PayloadRef) else None
+    digest = ref.digest if ref is not None else hashlib.sha256(blob).hexdigest()
     obj = _PAYLOADS.get(digest)
     if obj is None:
+        if ref is not None:
+            with ref.fs.open(ref.path, "rb") as f:
+                blob = f.read()
+            if hashlib.sha256(blob).hexdigest() != ref.digest:
+                raise IntegrityError(f"the job's serialized functions at {ref.path} do not match what the driver "
+                                     "wrote (changed or truncated); rerun the job")
         obj = pickle.loads(blob)
         if len(_PAYLOADS) > 16:
             _PAYLOADS.clear()
@@ -420,5 +438,6 @@ def run_partial(ctx: TaskContext, blob: bytes, refs: list, key_filter: dict | No
             "worker": _worker_name(), "partition": partition, "attempt": attempt, "input_bytes": None}
 
 
-__all__ = ["TaskContext", "run_map", "run_reduce", "run_partial", "check_cancelled", "TaskCancelled", "load_payload"]
+__all__ = ["TaskContext", "run_map", "run_reduce", "run_partial", "check_cancelled", "TaskCancelled", "load_payload",
+           "PayloadRef"]
 _ = EngineError
