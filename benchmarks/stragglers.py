@@ -14,10 +14,21 @@ process per core). Every scenario runs with ``speculation=True`` and ``speculati
   the last wave), so the table shows when the straggler actually started.
 * **slow-worker**: every task on one of the workers takes ``5 x`` as long
   (``Faults(slow_workers={address: 5.0})``).
+* **stuck** (stuck in user code): the word count's map function itself, on the first call that gets
+  to run in this run, sleeps ``--stuck-seconds`` (15) in plain ``time.sleep``: code that never
+  checks for cancellation, unlike the injected faults. Once a copy of that task wins, the cancelled
+  attempt keeps its worker thread; the engine restarts that worker through its nanny (the reason is
+  in ``RunReport.zombies``) so that later tasks do not queue behind it. For the issue's case run
+  ``--scenarios stuck --files 10``.
 * **skewed**: a second corpus, as many files of the same size except the last, which is ``5 x``
   larger (kept under the engine's split size, so it stays one map task). That task is slow because it is
   big; the efficiency filter should launch no speculative attempt. It reads more bytes than the
   healthy corpus, so its ratio to the healthy run is not a slowdown.
+
+``--scenarios placement`` adds a case of its own, outside the table: a map-only job over 4 small
+files whose map sleeps ``--placement-seconds`` (1 s), so the 4 tasks are equal and only their
+placement decides the job time (2 per worker: 2 s of maps; 3/1: 3 s; 4/0: 4 s). It prints the map
+tasks per worker and the job time of each of ``max(5, --repeat)`` runs, and their median.
 
 The typical map task duration is the median map task duration of the first repeat's healthy runs,
 then fixed for the rest of the benchmark. Every figure is the median of ``--repeat`` timed runs;
@@ -61,7 +72,43 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = common.REPO
 RESULTS = os.path.join(HERE, "results", "stragglers.jsonl")
 
-SCENARIOS = ("healthy", "slow-task", "slow-task-last", "slow-worker", "skewed")
+SCENARIOS = ("healthy", "slow-task", "slow-task-last", "slow-worker", "stuck", "skewed")
+EXTRA = ("placement",)      # cases outside the speculation on/off table
+
+
+# ---------------------------------------------------------------------------------------------
+# Jobs of the stuck and placement cases (their functions travel by value to the workers)
+
+
+def stuck_wordcount(flag_dir: str, seconds: float):
+    """The word count of ``jobs.wordcount``, but the first map call that runs on a worker in this run
+    (the first to create ``flag_dir/stuck``) sleeps ``seconds`` first, without checking for cancellation."""
+    from engine import Job, agg
+    from jobs.wordcount import words
+
+    def words_or_stuck(t):
+        try:
+            from distributed import get_worker
+            get_worker()
+        except (ImportError, ValueError):
+            return words(t)             # the driver's check on a sample of the input
+        try:
+            os.close(os.open(os.path.join(flag_dir, "stuck"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            time.sleep(seconds)         # user code: cancelling the attempt does not interrupt this
+        except FileExistsError:
+            pass
+        return words(t)
+    return Job("wordcount").map(words_or_stuck, columns=["text"]).reduce(by="word", aggs={"count": agg.count()})
+
+
+def equal_maps_job(seconds: float):
+    """A map-only job whose every map call takes ``seconds`` (equal tasks for the placement case)."""
+    from engine import Job
+
+    def pause(t):
+        time.sleep(seconds)
+        return t
+    return Job("placement").map(pause)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,22 +218,42 @@ class Run:
     stages: list[dict] = field(default_factory=list)
     idle_wait: tuple[float, float] = (0.0, 0.0)
     mismatch: str | None = None
+    zombies: list[dict] = field(default_factory=list)
 
 
 class Bench:
-    def __init__(self, client, workers: list[str], scratch: str, partition_size: str) -> None:
+    def __init__(self, client, scratch: str, partition_size: str) -> None:
         self.client = client
-        self.workers = workers
         self.scratch = scratch
         self.partition_size = partition_size
         self.references: dict[str, Any] = {}
+        self.labels: dict[str, str] = {}      # worker address -> "w<name>" (a restarted worker keeps its name)
+        self.n_workers = len(self.refresh())
+
+    def settle(self) -> tuple[float, float]:
+        """Wait until every worker is back (after a restart) and idle; see :func:`common.wait_workers_idle`."""
+        deadline = time.time() + 120
+        while len(self.refresh()) < self.n_workers and time.time() < deadline:
+            time.sleep(0.1)
+        idle = wait_idle(self.client)
+        self.refresh()
+        return idle
+
+    def refresh(self) -> dict[str, Any]:
+        """Worker address -> name of the workers now connected (a restart changes the address)."""
+        workers = self.client.scheduler_info(n_workers=-1)["workers"]
+        names = {address: w.get("name", address) for address, w in workers.items()}
+        self.labels.update({address: f"w{name}" for address, name in names.items()})
+        return names
 
     def worker_name(self, address: str) -> str:
-        return f"w{self.workers.index(address)}" if address in self.workers else address
+        if address not in self.labels:
+            self.refresh()
+        return self.labels.get(address, address)
 
     def rename(self, text: str) -> str:
-        for i, address in enumerate(self.workers):
-            text = text.replace(address, f"w{i}")
+        for address, label in self.labels.items():
+            text = text.replace(address, label)
         return text
 
     def timeline(self, rep) -> list[dict]:
@@ -228,11 +295,12 @@ class Bench:
                          "stop": stop, "speculative": (stage, partition, attempt) in copies, "status": "cancelled"})
         return sorted(rows, key=lambda r: (r["stage"], r["start"]))
 
-    def run(self, data: str, speculation: bool, faults: Any = None) -> Run:
+    def run(self, data: str, speculation: bool, faults: Any = None, job: Any = None) -> Run:
         import engine
-        from jobs.wordcount import job
+        if job is None:
+            from jobs.wordcount import job
 
-        idle = wait_idle(self.client)
+        idle = self.settle()
         out = os.path.join(self.scratch, f"wc-{uuid.uuid4().hex[:8]}")
         load_before = os.getloadavg()[0]
         t0 = time.perf_counter()
@@ -255,8 +323,11 @@ class Bench:
                    "speculative": s.speculative, "start": round(s.start - base, 3), "stop": round(s.stop - base, 3)}
                   for s in rep.stages]
         maps = [t.duration for t in rep.tasks if t.stage.endswith("-map") and t.status == "ok"]
+        zombies = [{k: (self.rename(v) if isinstance(v, str) else v) for k, v in z.items()
+                    if k not in ("cancelled_at", "restarted_at", "freed_at")}
+                   for z in getattr(rep, "zombies", [])]
         return Run(seconds, sum(s.speculative for s in rep.stages), decisions, timeline, ok, maps,
-                   (load_before, load_after), stages, idle, mismatch)
+                   (load_before, load_after), stages, idle, mismatch, zombies)
 
 
 def winners(runs: list[Run]) -> str:
@@ -301,6 +372,35 @@ def straggler_start(run: Run, partition: int) -> float | None:
 # The benchmark
 
 
+def placement_case(bench: Bench, runs: int, seconds: float, tasks: int = 4) -> dict:
+    """Job time and map tasks per worker of ``tasks`` equal map tasks of ``seconds`` each."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import engine
+
+    src = tempfile.mkdtemp(dir=bench.scratch, prefix="placement-in-")
+    for i in range(tasks):
+        pq.write_table(pa.table({"k": np.arange(i * 1000, (i + 1) * 1000)}), os.path.join(src, f"part-{i}.parquet"))
+    job = equal_maps_job(seconds)
+    out = []
+    for r in range(runs):
+        bench.settle()
+        dest = os.path.join(bench.scratch, f"placement-{uuid.uuid4().hex[:8]}")
+        t0 = time.perf_counter()
+        result = engine.run(job, src, dest, speculation=False, force=True)
+        took = time.perf_counter() - t0
+        shutil.rmtree(dest, ignore_errors=True)
+        per_worker = Counter(bench.worker_name(t.worker) for t in result.report.tasks
+                             if t.stage.endswith("-map") and t.status == "ok")
+        out.append({"seconds": round(took, 3), "per_worker": dict(sorted(per_worker.items()))})
+        print(f"  placement run {r + 1}/{runs}: {took:.2f} s, map tasks per worker {dict(sorted(per_worker.items()))}",
+              flush=True)
+    return {"tasks": tasks, "task_seconds": seconds, "seconds": statistics.median(r["seconds"] for r in out),
+            "runs": out}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.stragglers", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -311,7 +411,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slowdown", type=float, default=20.0, help="slow-task: the straggler takes this x typical")
     ap.add_argument("--worker-factor", type=float, default=5.0, help="slow-worker: slowdown of one worker")
     ap.add_argument("--skew-factor", type=float, default=5.0, help="skewed: the big file is this x the others")
-    ap.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated subset of {SCENARIOS}")
+    ap.add_argument("--stuck-seconds", type=float, default=15.0, help="stuck: how long the stuck map call sleeps")
+    ap.add_argument("--placement-seconds", type=float, default=1.0, help="placement: seconds per map task")
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS),
+                    help=f"comma-separated subset of {SCENARIOS + EXTRA}")
     ap.add_argument("--timelines", action="store_true", help="print the median run's task timeline per cell")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="diagnostics only: a dask config override such as engine.speculation.quantile=0.3 "
@@ -319,9 +422,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-record", action="store_true", help=f"do not append to {os.path.relpath(RESULTS, REPO)}")
     args = ap.parse_args(argv)
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    unknown = set(scenarios) - set(SCENARIOS)
+    unknown = set(scenarios) - set(SCENARIOS) - set(EXTRA)
     if unknown:
-        ap.error(f"unknown scenario(s) {sorted(unknown)}; choose from {SCENARIOS}")
+        ap.error(f"unknown scenario(s) {sorted(unknown)}; choose from {SCENARIOS + EXTRA}")
+    extra = [s for s in scenarios if s in EXTRA]
+    scenarios = [s for s in scenarios if s not in EXTRA]
     if "healthy" not in scenarios:
         scenarios.insert(0, "healthy")          # the baseline and the typical task duration come from it
     command = "python -m benchmarks.stragglers " + shlex.join(argv if argv is not None else sys.argv[1:])
@@ -353,10 +458,9 @@ def main(argv: list[str] | None = None) -> int:
               f"({split / 2**20:.0f} MiB) and becomes several map tasks", flush=True)
 
     client, info = get_client(None)
-    workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
     env = environment(info)
     scratch = tempfile.mkdtemp(prefix="stragglers-")
-    bench = Bench(client, workers, scratch, args.partition_size)
+    bench = Bench(client, scratch, args.partition_size)
     t = time.time()
     for d in filter(None, (corpus, skewed)):
         bench.references[d] = reference_counts(d)
@@ -365,9 +469,11 @@ def main(argv: list[str] | None = None) -> int:
 
     warm = bench.run(corpus, speculation=False)     # worker imports, page cache; not timed
     print(f"warm-up run: {warm.seconds:.2f} s, answer {'ok' if warm.answer_ok else 'WRONG'}", flush=True)
+    placement = placement_case(bench, max(5, args.repeat), args.placement_seconds) if extra else None
 
     typical: float | None = None
-    slow_worker = workers[0]
+    # By name: the stuck case restarts a worker, which keeps its name but not its address.
+    slow_worker = f"name:{sorted(bench.refresh().values(), key=str)[0]}"
     slow_partition = {"slow-task": 0, "slow-task-last": args.files - 1}
 
     def label(scenario: str) -> str:
@@ -375,6 +481,11 @@ def main(argv: list[str] | None = None) -> int:
             return f"slow-task (map {slow_partition[scenario]})"
         return scenario
     cells: dict[tuple[str, bool], list[Run]] = {(s, on): [] for s in scenarios for on in (True, False)}
+
+    def job_for(scenario: str):
+        if scenario == "stuck":
+            return stuck_wordcount(tempfile.mkdtemp(dir=scratch, prefix="flags-"), args.stuck_seconds)
+        return None
 
     def faults_for(scenario: str):
         if scenario in slow_partition:
@@ -388,13 +499,14 @@ def main(argv: list[str] | None = None) -> int:
         for scenario in scenarios:
             data = skewed if scenario == "skewed" else corpus
             for on in ((True, False) if r % 2 == 0 else (False, True)):
-                run = bench.run(data, on, faults_for(scenario))
+                run = bench.run(data, on, faults_for(scenario), job_for(scenario))
                 cells[(scenario, on)].append(run)
                 print(f"  repeat {r + 1}/{args.repeat} {label(scenario):<18} speculation {'on ' if on else 'off'} "
                       f"{run.seconds:6.2f} s  speculative {run.speculative}  answer "
                       f"{'ok' if run.answer_ok else 'WRONG'}  load {run.load[0]:.1f}"
                       + (f"  (a forgotten attempt kept a worker busy {run.idle_wait[1]:.2f} s before this run)"
                          if run.idle_wait[1] > 0.2 else "")
+                      + "".join(f"\n    zombie: {z.get('action')}: {z.get('reason')}" for z in run.zombies)
                       + (f"\n    answer differs: {run.mismatch}" if run.mismatch else ""), flush=True)
             if scenario == "healthy" and typical is None:
                 typical = statistics.median(d for on in (True, False) for d in cells[("healthy", on)][0].map_durations)
@@ -409,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
               "partition_size": args.partition_size, "slowdown": args.slowdown,
               "worker_factor": args.worker_factor, "skew_factor": args.skew_factor, "repeat": args.repeat,
               "typical_map_s": round(typical, 3), "slow_task_sleep_s": round((args.slowdown - 1) * typical, 3),
-              "slow_worker": "w0", "slow_partitions": slow_partition, "config_overrides": overrides,
+              "slow_worker": "w" + slow_worker.split(":", 1)[1], "slow_partitions": slow_partition, "config_overrides": overrides,
               "map_tasks": {"corpus": args.files, "skewed": args.files if skewed else None},
               "reduce_tasks": sorted({s["tasks"] for r in cells[("healthy", False)] for s in r.stages
                                       if s["stage"].endswith("-reduce")})}
@@ -436,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  [{'met' if ok else 'MISSED'}] {name}: {detail}")
 
     print("\ntargets:")
-    for s in ("slow-task", "slow-task-last", "slow-worker"):
+    for s in ("slow-task", "slow-task-last", "slow-worker", "stuck"):
         if (s, True) in cells:
             target(f"{label(s)} with speculation <= 1.3x healthy", ratio[(s, True)] <= 1.3,
                    f"{ratio[(s, True)]:.2f}x")
@@ -457,13 +569,23 @@ def main(argv: list[str] | None = None) -> int:
             mid = sorted(runs, key=lambda r: r.seconds)[len(runs) // 2]
             print_timeline(f"{label(scenario)}, speculation {'on' if on else 'off'} (median run)", mid)
 
+    if placement is not None:
+        print(f"\nplacement: {placement['tasks']} equal map tasks of {placement['task_seconds']:g} s, "
+              f"{info.workers} workers: median {placement['seconds']:.2f} s over {len(placement['runs'])} runs")
+        for r in placement["runs"]:
+            print(f"  {r['seconds']:6.2f} s  map tasks per worker {r['per_worker']}")
+
     if not args.no_record:
         bench_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        if placement is not None:
+            common.append_records(RESULTS, [{"benchmark": "stragglers", "bench_id": bench_id, "time": time.time(),
+                                             "command": command, "scenario": "placement", **placement,
+                                             "environment": env}])
         common.append_records(RESULTS, ({
                 "benchmark": "stragglers", "bench_id": bench_id, "time": time.time(), "command": command,
                 "scenario": scenario, "label": label(scenario), "speculation": on, "seconds": med[(scenario, on)],
                 "ratio_to_healthy": ratio[(scenario, on)],
-                "runs": [{"seconds": round(r.seconds, 3), "speculative": r.speculative, "answer_ok": r.answer_ok, "mismatch": r.mismatch,
+                "runs": [{"seconds": round(r.seconds, 3), "speculative": r.speculative, "zombies": r.zombies, "answer_ok": r.answer_ok, "mismatch": r.mismatch,
                           "load_average_1m": [round(x, 2) for x in r.load],
                           "idle_wait_s": [round(x, 3) for x in r.idle_wait], "stages": r.stages,
                           "decisions": r.decisions, "timeline": r.timeline} for r in runs],

@@ -55,13 +55,24 @@ def _pause_then_pass(t: pa.Table) -> pa.Table:
     return t
 
 
-def test_equal_map_tasks_spread_over_both_workers(client, tmp_path):
+def _big_closure(size: int):
+    ballast = os.urandom(size)            # travels with the job's functions
+
+    def pause_then_pass(t: pa.Table) -> pa.Table:
+        time.sleep(0.4)
+        return t.append_column("b", pa.array([len(ballast)] * t.num_rows, pa.int64()))
+    return pause_then_pass
+
+
+@pytest.mark.parametrize("payload", ["small", "large"])
+def test_equal_map_tasks_spread_over_both_workers(client, tmp_path, payload):
     src = tmp_path / "in"
     src.mkdir()
     n = 4
     for i in range(n):
         pq.write_table(pa.table({"k": np.arange(i * 100, (i + 1) * 100)}), src / f"part-{i}.parquet")
-    job = Job("placement").map(_pause_then_pass)
+    # A small job (its functions travel inside each task) and one that carries 200 KB with it.
+    job = Job("placement").map(_pause_then_pass if payload == "small" else _big_closure(200_000))
     spreads, reports = [], []
     for run in range(5):
         result = engine.run(job, str(src), str(tmp_path / f"out-{run}"), cluster=client, speculation=False)
@@ -72,6 +83,8 @@ def test_equal_map_tasks_spread_over_both_workers(client, tmp_path):
     for run, ran in enumerate(spreads):
         assert len(ran) == 2 and max(ran.values()) <= n // 2 + 1, (
             f"run {run}: map tasks per worker {ran} (all runs: {[sorted(r.values()) for r in spreads]})")
+    even = [r for r in spreads if sorted(r.values()) == [n // 2, n // 2]]
+    assert len(even) > len(spreads) // 2, f"most runs should split evenly: {[sorted(r.values()) for r in spreads]}"
     # The report says so itself, per stage, in its summary and in its dict.
     for rep, ran in zip(reports, spreads):
         assert rep.tasks_per_worker("r0-map") == ran
