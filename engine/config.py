@@ -55,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
         "max-concurrent": 2,    # speculative attempts running at once
         "interval": 0.1,        # seconds between supervisor checks
         "early-multiplier": 2.0,  # before the quantile is reached: threshold x this (few tasks to judge by)
+        "zombie-grace": 1.0,    # seconds a cancelled attempt may keep running before its worker is restarted
     },
     "skew": {
         "enabled": True,

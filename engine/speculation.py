@@ -52,7 +52,6 @@ import threading
 import time
 from dataclasses import dataclass
 
-import dask.config
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
@@ -96,7 +95,7 @@ class Policy:
         return cls(float(config.get("speculation.quantile")), float(config.get("speculation.multiplier")),
                    float(config.get("speculation.min-runtime")), int(config.get("speculation.max-concurrent")),
                    float(config.get("speculation.interval")), float(config.get("speculation.early-multiplier")),
-                   float(dask.config.get("engine.speculation.zombie-grace", cls.zombie_grace)))
+                   float(config.get("speculation.zombie-grace")))
 
 
 def _attempt_on_worker(key, dask_worker=None) -> dict:
