@@ -5,7 +5,7 @@ The protocol, in the order things happen:
 1. **Task attempt** writes Parquet (page checksums on) only under ``OUT/_temporary/<run>/`` with a name
    carrying partition, attempt and a uuid, computing CRC32C of every byte as it streams out. It returns
    a commit message: ``{"partition", "attempt", "files": [{"tmp", "rows", "bytes", "crc32c"}]}``.
-   It never writes a final name.
+   It never writes a final name, and nothing once its run has ended (the run's fence, :mod:`engine.fence`).
 2. **Driver** collects commit messages; the first successful attempt per partition wins, the others'
    files are deleted.
 3. **Job commit** moves winners' files to final names (``part-<partition>-<run>.parquet``, unique per
@@ -13,7 +13,9 @@ The protocol, in the order things happen:
    JSON manifest: format version, job, fingerprint, run id, engine version, input snapshot, schema,
    files with rows, bytes and CRC32C, timings, and a checksum of its own canonical content. With
    ``mode="error"`` it is created put-if-absent (``os.link`` of an fsynced temp file on local disks,
-   ``If-None-Match: *`` on S3), so of two racing runs exactly one commits.
+   ``If-None-Match: *`` on S3), so of two racing runs exactly one commits. The run's fence is closed
+   before publishing, and the output lock is checked right before the manifest write: a run that lost
+   its lease never commits.
 4. **Readers** go through the manifest, never a listing. :func:`load_manifest` checks the
    manifest's own checksum and that every entry is a relative, normalized path under the output
    (``col=value/`` subdirectories allowed; no ``..``, absolute path or URL), so a forged manifest
@@ -153,15 +155,21 @@ class ParquetAttemptWriter:
     job commit. S3: the file is written at its final key as a multipart upload that is left
     uncompleted (invisible) until the driver completes it at job commit, or aborts it.
 
+    With a ``fence`` (the run's :class:`engine.fence.RunFence`), the writer checks it before opening
+    the file and before closing it, never creates the run's temporary directory (the driver did), and
+    checks it once more after the file (or upload) exists: if the run has ended by then, it removes
+    the file or aborts the upload and raises FencedError, so a late attempt leaves nothing behind.
+
     >>> w = ParquetAttemptWriter(fs, "/out", "run1", partition=0, attempt=0)   # doctest: +SKIP
     >>> w.write(table); message = w.close()                                    # doctest: +SKIP
     """
 
     def __init__(self, fs, out: str, run_id: str, partition: int, attempt: int, *,
-                 page_checksums: bool = True, compression: str = "snappy") -> None:
+                 page_checksums: bool = True, compression: str = "snappy", fence: Any = None) -> None:
         self.fs, self.out, self.run_id = fs, out, run_id
         self.partition, self.attempt = partition, attempt
         self.page_checksums, self.compression = page_checksums, compression
+        self.fence = fence
         self.name = f"part-{partition:05d}-{run_id[:16]}-a{attempt}-{uuid.uuid4().hex[:8]}.parquet"
         self.s3 = is_s3(fs)
         self.path = posixpath.join(out, self.name) if self.s3 else posixpath.join(temporary_dir(out, run_id),
@@ -170,13 +178,24 @@ class ParquetAttemptWriter:
         self._writer: pq.ParquetWriter | None = None
         self.rows = 0
 
+    def _what(self) -> str:
+        return f"partition {self.partition} attempt {self.attempt}"
+
     def _open(self, schema: pa.Schema) -> None:
+        if self.fence is not None:
+            self.fence.check(self._what(), self.path)
         if self.s3:
             raw = self.fs.open(self.path, "wb", autocommit=False)
         else:
-            if is_local(self.fs):
+            if is_local(self.fs) and self.fence is None:
                 self.fs.makedirs(posixpath.dirname(self.path), exist_ok=True)
-            raw = self.fs.open(self.path, "wb")
+            try:
+                raw = self.fs.open(self.path, "wb")
+            except FileNotFoundError:
+                # the run's temporary directory is gone: its run ended and was cleaned up
+                if self.fence is not None and not self.fence.is_open():
+                    raise self.fence.error(self._what()) from None
+                raise
         self._file = ChecksummingFile(raw)
         self._writer = pq.ParquetWriter(self._file, schema, compression=self.compression,
                                         write_page_checksum=self.page_checksums)
@@ -193,6 +212,9 @@ class ParquetAttemptWriter:
         """Finish the file (without publishing it) and return the task's commit message."""
         if self._writer is None:
             self._open(schema if schema is not None else pa.schema([]))
+        elif self.fence is not None and not self.fence.is_open():
+            self.abort()
+            raise self.fence.error(self._what(), self.path)
         self._writer.close()
         self._file.close()
         entry = {"name": self.name, "tmp": self.path, "rows": self.rows, "bytes": self._file.size,
@@ -200,6 +222,11 @@ class ParquetAttemptWriter:
         if self.s3:
             raw = self._file.raw
             entry["upload"] = {"upload_id": raw.mpu["UploadId"], "parts": list(raw.parts)}
+        if self.fence is not None and not self.fence.is_open():
+            # The file (or upload) exists now; the run ended before this check, so the driver's cleanup
+            # may have listed the output before it existed: remove it here.
+            self.abort()
+            raise self.fence.error(self._what(), self.path)
         return {"partition": self.partition, "attempt": self.attempt, "run_id": self.run_id, "files": [entry]}
 
     def abort(self) -> None:
@@ -209,13 +236,25 @@ class ParquetAttemptWriter:
                 self._writer.close()
         except Exception:  # noqa: BLE001 - the file is being discarded anyway
             pass
-        if self._file is not None and not self._file.closed:
-            self._file.abort()
+        if self._file is not None:
+            if not self._file.closed:
+                with contextlib.suppress(Exception):
+                    self._file.abort()
+            elif self.s3:
+                upload = getattr(self._file.raw, "mpu", None)
+                if upload:
+                    bucket, key = _bucket_key(self.path)
+                    with contextlib.suppress(Exception):
+                        self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key,
+                                        UploadId=upload["UploadId"])
         if not self.s3:
-            try:
-                self.fs.rm(self.path)
-            except (FileNotFoundError, OSError):
-                pass
+            if self.fence is not None:
+                self.fence.discard(self.fs, self.path)
+            else:
+                try:
+                    self.fs.rm(self.path)
+                except (FileNotFoundError, OSError):
+                    pass
 
 
 def publish_file(fs, out: str, entry: dict) -> str:
@@ -566,13 +605,24 @@ def discard(fs, messages: Sequence[dict]) -> None:
 
 
 def commit_job(fs, out: str, *, run_id: str, winners: dict[int, dict], schema: pa.Schema, mode: str,
-               previous: Manifest | None, meta: dict, hook: Any = None) -> Manifest:
+               previous: Manifest | None, meta: dict, hook: Any = None, fence: Any = None,
+               writers: Any = None) -> Manifest:
     """Publish the winners' files, then create the manifest; returns the committed manifest.
 
     Until the manifest is written, readers see the previous generation (or nothing); published
     files of a run that dies before that point are orphans that the next run removes.
     ``hook(point)`` is called at each step (fault-injection tests kill the driver there).
+
+    ``writers`` (the run's :class:`engine.fence.RunFence`) is closed first: no attempt of this run
+    writes anything into the output from then on, and the cleanup after the manifest removes what
+    late attempts began before. ``fence()`` (the output lock's ``check``) is called right before the
+    manifest write and raises ConcurrentRunError if this run lost the output's lock: then nothing is
+    committed, and the files it already published are unreferenced orphans that the next run's
+    cleanup removes (a run that lost its lock writes and deletes nothing more). It is called again
+    before that cleanup, which is skipped if the lock was lost meanwhile.
     """
+    if writers is not None:
+        writers.close()
     entries: list[dict] = []
     for partition in sorted(winners):
         for f in winners[partition]["files"]:
@@ -605,6 +655,8 @@ def commit_job(fs, out: str, *, run_id: str, winners: dict[int, dict], schema: p
     data = json.dumps(doc, indent=1, sort_keys=True).encode()
     if hook:
         hook("before-manifest")
+    if fence is not None:
+        fence()
     try:
         write_manifest(fs, posixpath.join(out, MANIFEST), data, previous)
     except FileExistsError:
@@ -616,6 +668,11 @@ def commit_job(fs, out: str, *, run_id: str, winners: dict[int, dict], schema: p
     if hook:
         hook("after-manifest")
     manifest = Manifest(doc, out, data)
+    if fence is not None:
+        try:
+            fence()
+        except ConcurrentRunError:
+            return manifest          # committed; the leftovers are the next run's to remove
     cleanup(fs, out, keep_run=None, manifest=manifest)
     return manifest
 

@@ -14,7 +14,10 @@ do not know this module::
     ├── StageFailedError (RuntimeError)      a task failed for good: names round, stage and partition
     ├── CommitError (RuntimeError)           the output could not be committed
     │   ├── OutputExistsError (FileExistsError-like)  committed output present and mode="error"
-    │   └── ConcurrentRunError               another live run holds the output, or won the commit race
+    │   ├── ConcurrentRunError               another live run holds the output, won the commit race, or took
+    │   │                                    over the lease of this one (then nothing was committed)
+    │   └── FencedError                      a task attempt tried to write after its run had ended (committed,
+    │                                        failed or fenced off): it wrote nothing and discarded its file
     └── IntegrityError (ValueError)          committed output does not match its manifest
         └── ManifestError                    the manifest is missing, unreadable or self-inconsistent
 
@@ -79,6 +82,21 @@ class ConcurrentRunError(CommitError):
     """Another live run holds the output's lock, or committed first."""
 
 
+class FencedError(CommitError):
+    """A task attempt tried to write into an output after its run had ended (a cancelled or late attempt).
+
+    Raised on the worker; the attempt discarded what it had begun (its file, its pending upload), so
+    nothing of it reaches the output. ``path`` is the file it was writing.
+    """
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+    def __reduce__(self):
+        return type(self), (str(self), self.path)
+
+
 class IntegrityError(EngineError, ValueError):
     """Committed output does not match its manifest (missing file, size or checksum mismatch).
 
@@ -97,5 +115,5 @@ class ManifestError(IntegrityError):
 __all__ = [
     "EngineError", "JobDefinitionError", "SchemaError", "InputError", "EmptyInputError",
     "ClusterError", "ShuffleLocationError", "StageFailedError", "CommitError",
-    "OutputExistsError", "ConcurrentRunError", "IntegrityError", "ManifestError",
+    "OutputExistsError", "ConcurrentRunError", "FencedError", "IntegrityError", "ManifestError",
 ]

@@ -1,20 +1,38 @@
-"""One live run per output: an exclusive lock that a killed run never leaves behind.
+"""One live run per output: an exclusive lock that a killed run never leaves behind, checked before commit.
 
-* Local disks: ``fcntl.flock`` on ``OUT/_lock``. The OS drops it when the process dies, however it dies.
+:func:`output_lock` yields an :class:`OutputLock`; its ``check()`` raises :class:`ConcurrentRunError`
+once the lock is no longer this run's. The job commit calls it right before the manifest write, so a
+run that lost its lock never commits.
+
+* Local disks: ``fcntl.flock`` on ``OUT/_lock``. The OS drops it when the process dies, however it dies,
+  and never while the process lives: ``check()`` has nothing to do.
 * Object stores (S3): a *lease*, the object ``OUT/_lock`` holding the owner's id, host, pid and an
-  expiry. It is created put-if-absent (``If-None-Match: *``), renewed by a heartbeat thread with a
-  compare-and-swap on its ETag (``If-Match``), and taken over by the next run when it has expired or
-  when its owner is a dead process on this very host (liveness check).
+  expiry (``LEASE_SECONDS`` ahead). It is created put-if-absent (``If-None-Match: *``) and taken over
+  by the next run when it has expired or when its owner is a dead process on this very host
+  (liveness check). A heartbeat thread renews it every third of its duration with a compare-and-swap
+  on its ETag (``If-Match``):
 
->>> with output_lock(fs, "/data/out"):            # doctest: +SKIP
+  - a renewal that fails for any other reason (network, 5xx, throttling, credentials) is retried with
+    capped exponential backoff until the lease would expire; only then is the lease lost;
+  - a renewal refused by the compare-and-swap is lost at once, unless the object still names this
+    owner (an earlier renewal that landed although its answer was lost), as is a deleted lock object;
+  - ``check()`` renews synchronously: after it passes, the lease is good for its full duration, which
+    no well-behaved run cuts short. What remains is a driver paused for longer than that between
+    ``check()`` and the manifest write; the manifest's own put-if-absent / compare-and-swap still
+    keeps two generations from being committed over the same predecessor;
+  - on release the object is deleted only if it still names this owner; a lost lease is left alone.
+* ``memory://`` and other single-process stores: a process-wide set; it cannot be lost either.
+
+>>> with output_lock(fs, "/data/out") as lock:    # doctest: +SKIP
 ...     ...                                        # this process alone writes /data/out
+...     lock.check()                               # still ours? (ConcurrentRunError if not)
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
+import logging
 import os
 import posixpath
 import socket
@@ -29,25 +47,52 @@ from .errors import ConcurrentRunError
 LOCK = "_lock"
 LEASE_SECONDS = 30.0
 
+log = logging.getLogger("engine")
+
 
 def _is_s3(fs) -> bool:
     protocol = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
     return any(p in ("s3", "s3a") for p in protocol)
 
 
+class OutputLock:
+    """The lock :func:`output_lock` holds; ``check()`` raises ConcurrentRunError once it is lost."""
+
+    kind = "process"
+
+    def __init__(self, out: str) -> None:
+        self.out = out
+
+    @property
+    def lost(self) -> str | None:
+        """Why the lock was lost, or None while it is held."""
+        return None
+
+    def check(self) -> None:
+        """Raise ConcurrentRunError if this run no longer holds the lock (a flock or process lock cannot be lost)."""
+
+
 @contextlib.contextmanager
-def output_lock(fs, out: str, *, lease_seconds: float = LEASE_SECONDS) -> Iterator[None]:
+def output_lock(fs, out: str, *, lease_seconds: float = LEASE_SECONDS) -> Iterator[OutputLock]:
     """Hold the output's lock for the duration of the block; ConcurrentRunError if a live run has it."""
     if is_local(fs):
         with _flock(out):
-            yield
+            yield _FlockLock(out)
     elif _is_s3(fs):
-        with _lease(fs, out, lease_seconds):
-            yield
+        lease = _Lease(fs, out, lease_seconds)
+        lease.acquire()
+        try:
+            yield lease
+        finally:
+            lease.release()
     else:
         # memory:// and other single-process stores: a process-wide lock is exact.
         with _process_lock(out):
-            yield
+            yield OutputLock(out)
+
+
+class _FlockLock(OutputLock):
+    kind = "flock"
 
 
 @contextlib.contextmanager
@@ -99,10 +144,6 @@ def _split(path: str) -> tuple[str, str]:
     return bucket, key
 
 
-def _etag(data: bytes) -> str:
-    return '"' + hashlib.md5(data).hexdigest() + '"'   # single-part PUT: ETag is the MD5 of the body
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -113,75 +154,191 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _put(fs, path: str, body: bytes, **conditions) -> None:
+def _put(fs, path: str, body: bytes, **conditions) -> str:
+    """PUT ``body`` at ``path`` under the given conditions; returns the new ETag."""
     bucket, key = _split(path)
-    fs.call_s3("put_object", Bucket=bucket, Key=key, Body=body, **conditions)
+    response = fs.call_s3("put_object", Bucket=bucket, Key=key, Body=body, **conditions)
+    return response.get("ETag", "")
+
+
+def _read(fs, path: str) -> tuple[bytes, str] | None:
+    """``(body, etag)`` of the lock object, or None. The ETag is read first: if the object changes in
+    between, a compare-and-swap on it fails instead of overwriting something this run never saw."""
+    bucket, key = _split(path)
+    try:
+        etag = fs.call_s3("head_object", Bucket=bucket, Key=key)["ETag"]
+        return fs.cat_file(path), etag
+    except FileNotFoundError:
+        return None
 
 
 def _precondition_failed(exc: BaseException) -> bool:
-    text = f"{type(exc).__name__} {exc}"
-    return isinstance(exc, FileExistsError) or "PreconditionFailed" in text or "412" in text \
-        or "ConditionalRequestConflict" in text
+    """True when S3 refused a conditional write (412, or a conflicting conditional write in flight)."""
+    seen = 0
+    while exc is not None and seen < 5:
+        text = f"{type(exc).__name__} {exc}"
+        if isinstance(exc, FileExistsError) or "PreconditionFailed" in text or "412" in text \
+                or "pre-condition" in text or "ConditionalRequestConflict" in text:
+            return True
+        response = getattr(exc, "response", None)
+        if isinstance(response, dict) and (
+                response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict")
+                or response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 412):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
 
 
-@contextlib.contextmanager
-def _lease(fs, out: str, seconds: float) -> Iterator[None]:
-    path = posixpath.join(out, LOCK)
-    owner = uuid.uuid4().hex
-
-    def body() -> bytes:
-        return json.dumps({"owner": owner, "host": socket.gethostname(), "pid": os.getpid(),
-                           "expires": time.time() + seconds}).encode()
-
-    current = body()
+def _holder(body: bytes | None) -> dict:
     try:
-        _put(fs, path, current, IfNoneMatch="*")
-    except Exception as exc:  # noqa: BLE001 - classified below
-        if not _precondition_failed(exc):
-            raise
-        try:
-            existing = fs.cat_file(path)
-        except FileNotFoundError:
-            existing = None
-        holder = json.loads(existing) if existing else {}
-        dead = holder.get("expires", 0) < time.time() or (
-            holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", 0))))
-        if existing is None or not dead:
-            raise ConcurrentRunError(
-                f"another run is writing {out} right now (lease held by pid {holder.get('pid')} on "
-                f"{holder.get('host')}, expires in {max(0.0, holder.get('expires', 0) - time.time()):.0f}s); "
-                "wait for it to finish or write elsewhere") from None
-        try:
-            _put(fs, path, current, IfMatch=_etag(existing))
-        except Exception as exc2:  # noqa: BLE001
-            if _precondition_failed(exc2):
-                raise ConcurrentRunError(f"another run took over the expired lock on {out} first") from None
-            raise
-    stop = threading.Event()
-    lost: list[str] = []
+        doc = json.loads(body) if body else {}
+    except (UnicodeDecodeError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
-    def heartbeat() -> None:
-        nonlocal current
-        while not stop.wait(seconds / 3):
-            nxt = body()
+
+class _Lost(Exception):
+    """The lease now belongs to someone else (or its object is gone)."""
+
+
+class _Lease(OutputLock):
+    kind = "lease"
+
+    def __init__(self, fs, out: str, seconds: float) -> None:
+        super().__init__(out)
+        self.fs, self.seconds = fs, float(seconds)
+        self.path = posixpath.join(out, LOCK)
+        self.owner = uuid.uuid4().hex
+        self.etag = ""                 # ETag of the lease object as this run last wrote it
+        self.expires = 0.0             # the expiry it carries
+        self.last_error = ""           # the latest transient renewal failure, for messages
+        self.renewals = 0
+        self._reason: str | None = None
+        self._guard = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def lost(self) -> str | None:
+        return self._reason
+
+    def _body(self) -> tuple[bytes, float]:
+        expires = time.time() + self.seconds
+        return json.dumps({"owner": self.owner, "host": socket.gethostname(), "pid": os.getpid(),
+                           "expires": expires}).encode(), expires
+
+    # -- acquire / release ----------------------------------------------------------------------
+    def acquire(self) -> None:
+        body, expires = self._body()
+        try:
+            self.etag = _put(self.fs, self.path, body, IfNoneMatch="*")
+        except Exception as exc:  # noqa: BLE001 - classified below
+            if not _precondition_failed(exc):
+                raise
+            existing = _read(self.fs, self.path)
+            holder = _holder(existing[0]) if existing else {}
+            dead = holder.get("expires", 0) < time.time() or (
+                holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", 0))))
+            if existing is None or not dead:
+                raise ConcurrentRunError(
+                    f"another run is writing {self.out} right now (lease held by pid {holder.get('pid')} on "
+                    f"{holder.get('host')}, expires in {max(0.0, holder.get('expires', 0) - time.time()):.0f}s); "
+                    "wait for it to finish or write elsewhere") from None
+            body, expires = self._body()
             try:
-                _put(fs, path, nxt, IfMatch=_etag(current))
-                current = nxt
-            except Exception as exc:  # noqa: BLE001 - recorded; the commit checks it
-                lost.append(f"{type(exc).__name__}: {exc}")
+                self.etag = _put(self.fs, self.path, body, IfMatch=existing[1])
+            except Exception as exc2:  # noqa: BLE001
+                if _precondition_failed(exc2):
+                    raise ConcurrentRunError(f"another run took over the expired lock on {self.out} first") from None
+                raise
+        self.expires = expires
+        self._thread = threading.Thread(target=self._heartbeat, name=f"engine-lease-{self.out}", daemon=True)
+        self._thread.start()
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.seconds)
+        with self._guard:
+            if self._reason is not None:
+                log.warning("the lease on %s was lost during the run (%s)", self.out, self._reason)
                 return
-    thread = threading.Thread(target=heartbeat, name=f"engine-lease-{out}", daemon=True)
-    thread.start()
-    try:
-        yield
-        if lost:
-            raise ConcurrentRunError(f"lost the lease on {out} during the run ({lost[0]})")
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        if not lost:
             with contextlib.suppress(Exception):
-                fs.rm_file(path)
+                existing = _read(self.fs, self.path)
+                if existing is not None and _holder(existing[0]).get("owner") == self.owner:
+                    self.fs.rm_file(self.path)
+
+    # -- renewals -------------------------------------------------------------------------------
+    def _renew_once(self) -> None:
+        """One compare-and-swap renewal: _Lost on a takeover, the store's own error when it failed otherwise."""
+        with self._guard:
+            if self._reason is not None:
+                raise _Lost(self._reason)
+            for _ in range(2):
+                body, expires = self._body()
+                try:
+                    self.etag = _put(self.fs, self.path, body, IfMatch=self.etag)
+                    self.expires = expires
+                    self.renewals += 1
+                    return
+                except Exception as exc:  # noqa: BLE001 - classified
+                    if not (_precondition_failed(exc) or isinstance(exc, FileNotFoundError)):
+                        raise
+                existing = _read(self.fs, self.path)
+                holder = _holder(existing[0]) if existing else {}
+                if existing is not None and holder.get("owner") == self.owner:
+                    # An earlier renewal landed although its answer was lost: adopt it and swap again.
+                    self.etag = existing[1]
+                    self.expires = float(holder.get("expires", self.expires))
+                    continue
+                self._reason = ("the lock object was deleted by someone else" if existing is None else
+                                f"taken over by pid {holder.get('pid')} on {holder.get('host')} "
+                                f"(owner {str(holder.get('owner'))[:8]})")
+                raise _Lost(self._reason)
+            raise _Lost("the lease object keeps changing under this run")
+
+    def _renew(self, until: float) -> bool:
+        """Renew, retrying other failures with capped exponential backoff until ``until``; False if it could not."""
+        delay = 0.25
+        while True:
+            try:
+                self._renew_once()
+                return True
+            except _Lost:
+                return False
+            except Exception as exc:  # noqa: BLE001 - transient until the lease would expire
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("renewing the lease on %s failed (%s); retrying", self.out, self.last_error)
+            if time.time() + delay >= until or self._stop.wait(delay):
+                return False
+            delay = min(delay * 2, max(0.25, self.seconds / 10))
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.seconds / 3):
+            if self._renew(until=self.expires - min(1.0, self.seconds / 10)):
+                continue
+            if self._stop.is_set():
+                return
+            with self._guard:
+                if self._reason is None:
+                    self._reason = (f"it could not be renewed before it expired "
+                                    f"({self.last_error or 'no answer from the store'})")
+            return
+
+    def check(self) -> None:
+        """Renew now; raise ConcurrentRunError if the lease was taken over, or expires too soon to be sure."""
+        margin = self.seconds / 3
+        ok = self._renew(until=min(self.expires - margin, time.time() + margin))
+        if not ok and self._reason is None and time.time() >= self.expires - margin:
+            with self._guard:
+                self._reason = (f"it could not be renewed and expires in {max(0.0, self.expires - time.time()):.0f}s "
+                                f"({self.last_error or 'no answer from the store'})")
+        if self._reason is not None:
+            raise ConcurrentRunError(f"lost the output lease at {self.path} ({self._reason}); nothing was committed. "
+                                     f"Another run may be writing {self.out}: rerun this job after it ends (the "
+                                     "next run removes what this one left)")
+        # not ok but still valid for a while: the store is flaky, yet nobody can take the lease before it expires
 
 
-__all__ = ["output_lock", "LOCK"]
+__all__ = ["output_lock", "OutputLock", "LOCK", "LEASE_SECONDS"]

@@ -48,6 +48,7 @@ from .datasets import InputSpec, Split, filesystem, is_local, resolve_input, sam
 from .errors import (ClusterError, CommitError, EngineError, InputError, JobDefinitionError,
                      OutputExistsError, SchemaError, ShuffleLocationError, StageFailedError)
 from .faults import Faults
+from .fence import RunFence
 from .job import Job
 from .journal import Journal, still_valid
 from .lock import output_lock
@@ -550,7 +551,7 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
                    "dashboard": info.dashboard}
     _check_reachability(info, spec, out_fs, shuffle_dir)
 
-    with output_lock(out_fs, out):
+    with output_lock(out_fs, out) as lock:
         previous = commit.check_output(out_fs, out, mode)
         if previous is not None and mode == "error":
             raise OutputExistsError(f"{output} was committed by another run meanwhile (run "
@@ -577,12 +578,15 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
                 supervisor = None
         executor = StageExecutor(client, rep, progress=progress, supervisor=supervisor, journal=journal,
                                  resume=resume, shuffle_fs=shuffle_fs, out_fs=out_fs, out=out)
+        # Attempts write only while this fence is open; the commit (or the failure below) closes it.
+        run_fence = RunFence.open(out_fs, out, run_id)
         ok = False
         try:
             manifest = _execute(plan, spec, client, info, executor, rep, run_id=run_id, out_fs=out_fs, out=out,
                                 blob_future=blob_future, shuffle_fs=shuffle_fs, shuffle_root=shuffle_root,
                                 skew_enabled=bool(skew and config.get("skew.enabled")), mode=mode, previous=previous, snapshot=snapshot,
-                                faults=faults, map_combine=bool(config.get("shuffle.map-combine", map_combine)))
+                                faults=faults, map_combine=bool(config.get("shuffle.map-combine", map_combine)),
+                                lock=lock, run_fence=run_fence)
             ok = True
         except BaseException as exc:
             rep.status, rep.stop = "failed", time.time()
@@ -591,6 +595,8 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
             _record_history(rep)
             raise
         finally:
+            with contextlib.suppress(Exception):
+                run_fence.close()
             cleanup(ok)
     rep.status, rep.stop = "committed", time.time()
     rep.output_rows = manifest.rows
@@ -701,7 +707,7 @@ def _shuffle_location(shuffle_dir: str | None, storage_options: dict | None, run
 def _execute(plan: Plan, spec: InputSpec, client, info: ClusterInfo, executor: StageExecutor, rep: RunReport, *,
              run_id: str, out_fs, out: str, blob_future, shuffle_fs, shuffle_root: str, skew_enabled: bool,
              mode: str, previous: commit.Manifest | None, snapshot: str, faults: Any,
-             map_combine: bool = True) -> commit.Manifest:
+             map_combine: bool = True, lock: Any = None, run_fence: RunFence | None = None) -> commit.Manifest:
     rounds = _fused_rounds(plan)
     splits: list[Split] = list(spec.splits)
     input_fs = spec.fs
@@ -721,7 +727,7 @@ def _execute(plan: Plan, spec: InputSpec, client, info: ClusterInfo, executor: S
             else 0,
             columns=r.columns, partition_types=spec.partition_types if r.index == 0 else {},
             page_checksums=bool(config.get("checksums.page-checksums")), faults=faults,
-            map_combine=map_combine, report_progress=executor.supervisor is not None)
+            map_combine=map_combine, report_progress=executor.supervisor is not None, fence=run_fence)
         if r.kind == "sort" and not is_local(shuffle_fs):
             base_ctx = replace(base_ctx, sort_batch_bytes=_sort_batch_bytes(plan.partition_size, len(splits)))
         # ---- map stage
@@ -770,7 +776,8 @@ def _execute(plan: Plan, spec: InputSpec, client, info: ClusterInfo, executor: S
                 "stages": [{"name": s.name, "tasks": s.tasks, "attempts": s.attempts, "speculative": s.speculative,
                             "retries": s.retries} for s in rep.stages]}, default=str)))}
     return commit.commit_job(out_fs, out, run_id=run_id, winners=winners, schema=schema, mode=mode,
-                             previous=previous, meta=meta, hook=faults.commit_hook if faults is not None else None)
+                             previous=previous, meta=meta, hook=faults.commit_hook if faults is not None else None,
+                             fence=lock.check if lock is not None else None, writers=run_fence)
 
 
 def _spread(values: list[int]) -> dict:

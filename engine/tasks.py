@@ -8,6 +8,11 @@ driver (file index or commit message, rows, bytes, timings). It never publishes 
 Map tasks read batches already conformed to the input's unified schema (:mod:`engine.datasets`).
 An Arrow error raised while computing (user functions, aggregations, the map-side combine, sorting)
 is marked ``engine_deterministic`` and names where it happened, so the driver does not retry it.
+
+Every file a task writes (output Parquet, intermediate and shuffle files) goes through the run's
+fence (``TaskContext.fence``, :mod:`engine.fence`): checked before the file is opened and before it
+is closed, and once more after it exists; an attempt that outlived its run removes its file and
+raises FencedError instead of reporting it.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import pyarrow as pa
 from . import shuffle
 from .commit import ParquetAttemptWriter
 from .datasets import Split, read_split
-from .errors import EngineError, IntegrityError, SchemaError
+from .errors import EngineError, FencedError, IntegrityError, SchemaError
 
 
 class TaskCancelled(Exception):
@@ -60,6 +65,7 @@ class TaskContext:
     faults: Any = None                # optional fault-injection hook (tests, benchmarks)
     map_combine: bool = True          # map output is combined (aggregations: partial states)
     report_progress: bool = True      # map tasks tell the speculation supervisor their progress
+    fence: Any = None                 # the run's engine.fence.RunFence (None: unfenced, e.g. unit tests)
 
     @property
     def last_round(self) -> bool:
@@ -194,18 +200,54 @@ def _check_keys(table: pa.Table, keys, what: str) -> None:
                           f"{table.column_names}")
 
 
+def _fence_check(ctx: TaskContext, what: str, path: str | None = None) -> None:
+    """Before opening (or closing) a file: FencedError if the run has ended."""
+    if ctx.fence is not None:
+        ctx.fence.check(what, path)
+
+
+def _fence_after(ctx: TaskContext, fs: Any, path: str, what: str) -> None:
+    """After a file exists: if the run ended meanwhile, remove the file and raise FencedError."""
+    if ctx.fence is not None and not ctx.fence.is_open():
+        ctx.fence.discard(fs, path)
+        raise ctx.fence.error(what, path)
+
+
+@contextlib.contextmanager
+def _fenced(ctx: TaskContext, fs: Any, path: str, what: str) -> Iterator[None]:
+    """Around the whole life of a shuffle file (created lazily inside): check before, re-check after, and
+    on failure remove the file if the run ended (a vanished run directory is reported as FencedError)."""
+    _fence_check(ctx, what, path)
+    try:
+        yield
+    except FencedError:
+        ctx.fence.discard(fs, path)
+        raise
+    except BaseException as exc:
+        fenced = False
+        if ctx.fence is not None:
+            with contextlib.suppress(Exception):
+                fenced = not ctx.fence.is_open()
+        if fenced:
+            ctx.fence.discard(fs, path)
+            raise ctx.fence.error(what, path) from exc
+        raise
+    _fence_after(ctx, fs, path, what)
+
+
 class _Output:
     """Where a stage's final rows go: the job output (last round) or an intermediate IPC file."""
 
     def __init__(self, ctx: TaskContext, partition: int, attempt: int, stage: str) -> None:
         self.ctx = ctx
         self.partition = partition
+        self.what = f"{_label(ctx, stage, partition)}, attempt {attempt}"
         self.schema: pa.Schema | None = None
         self.rows = 0
         self.nbytes = 0
         if ctx.last_round:
             self.writer = ParquetAttemptWriter(ctx.out_fs, ctx.out_root, ctx.run_id, partition, attempt,
-                                               page_checksums=ctx.page_checksums)
+                                               page_checksums=ctx.page_checksums, fence=ctx.fence)
         else:
             name = shuffle.attempt_name(f"r{ctx.round}-{stage}-out", partition, attempt)
             self.path = posixpath.join(ctx.shuffle_root, name)
@@ -225,12 +267,23 @@ class _Output:
         if self.ctx.last_round:
             self.writer.write(table)
         else:
+            if self.writer.count == 0:
+                _fence_check(self.ctx, self.what, self.path)        # before the file is opened
             for batch in table.to_batches():
                 self.writer.write(batch)
 
     def abort(self) -> None:
         if self.ctx.last_round:
             self.writer.abort()
+        elif self.ctx.fence is not None:
+            fenced = False
+            with contextlib.suppress(Exception):
+                fenced = not self.ctx.fence.is_open()
+            if fenced:
+                with contextlib.suppress(Exception):
+                    if self.writer._sink is not None:
+                        self.writer._sink.close()
+                self.ctx.fence.discard(self.ctx.shuffle_fs, self.path)
 
     def close(self) -> dict:
         if self.ctx.last_round:
@@ -240,7 +293,8 @@ class _Output:
             message = self.writer.close(self.schema)
             return {"commit": message, "rows_out": self.rows,
                     "bytes_out": sum(f["bytes"] for f in message["files"]), "schema": self.schema}
-        self.writer.close(self.schema)
+        with _fenced(self.ctx, self.ctx.shuffle_fs, self.path, self.what):
+            self.writer.close(self.schema)
         return {"next_input": Split(self.partition, self.path, "ipc", self.nbytes), "rows_out": self.rows,
                 "bytes_out": self.nbytes, "schema": self.schema}
 
@@ -287,6 +341,7 @@ def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partitio
             path = posixpath.join(ctx.shuffle_root, shuffle.attempt_name(f"r{ctx.round}-map", partition, attempt))
             with _computing(f"the sorted run of {label} (input {split.describe()})"):
                 table = _concat(tables)
+            with _fenced(ctx, ctx.shuffle_fs, path, f"{label}, attempt {attempt}"):
                 index = shuffle.write_sorted_run(ctx.shuffle_fs, path, table, ctx.keys, ctx.descending,
                                                  batch_rows=ctx.sort_batch_rows, sample_size=ctx.sample_size,
                                                  batch_bytes=ctx.sort_batch_bytes or None, rows_in=rows_in)
@@ -295,22 +350,26 @@ def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partitio
         else:
             combine = _combiner(ctx, stages, label) if ctx.map_combine else None
             path = posixpath.join(ctx.shuffle_root, shuffle.attempt_name(f"r{ctx.round}-map", partition, attempt))
-            writer = shuffle.HashShuffleWriter(ctx.shuffle_fs, path, ctx.keys, ctx.num_partitions,
-                                               combine=combine, spill_bytes=ctx.spill_bytes, top_keys=ctx.top_keys)
-            checked = False
-            for table in mapped():
-                if not checked:
-                    _check_keys(table, ctx.keys, f"the map output of {label}")
-                    if stages.get("aggs") is not None:
-                        with _computing(f"the aggregations of {label}"):
-                            stages["aggs"].validate(table.schema)
-                    checked = True
+            what = f"{label}, attempt {attempt}"
+            with _fenced(ctx, ctx.shuffle_fs, path, what):
+                writer = shuffle.HashShuffleWriter(ctx.shuffle_fs, path, ctx.keys, ctx.num_partitions,
+                                                   combine=combine, spill_bytes=ctx.spill_bytes,
+                                                   top_keys=ctx.top_keys)
+                checked = False
+                for table in mapped():
+                    if not checked:
+                        _check_keys(table, ctx.keys, f"the map output of {label}")
+                        if stages.get("aggs") is not None:
+                            with _computing(f"the aggregations of {label}"):
+                                stages["aggs"].validate(table.schema)
+                        checked = True
+                    with _computing(f"the map-side combine of {label} (input {split.describe()})"):
+                        writer.write(table)
+                if ctx.faults is not None:
+                    ctx.faults.during_task(ctx, "map", partition, attempt)
+                _fence_check(ctx, what, path)          # the file is usually opened by close()
                 with _computing(f"the map-side combine of {label} (input {split.describe()})"):
-                    writer.write(table)
-            if ctx.faults is not None:
-                ctx.faults.during_task(ctx, "map", partition, attempt)
-            with _computing(f"the map-side combine of {label} (input {split.describe()})"):
-                index = writer.close()
+                    index = writer.close()
             index.rows_in = rows_in
             result = {"shuffle": index, "rows_out": index.total_rows, "bytes_out": index.total_bytes,
                       "schema": writer.schema}
@@ -430,9 +489,10 @@ def run_partial(ctx: TaskContext, blob: bytes, refs: list, key_filter: dict | No
     else:
         combined = table            # a user combine keeps the schema; nothing to combine
     path = posixpath.join(ctx.shuffle_root, shuffle.attempt_name(f"r{ctx.round}-partial", partition, attempt))
-    writer = shuffle.HashShuffleWriter(ctx.shuffle_fs, path, ctx.keys, 1)
-    writer.write(combined)
-    index = writer.close()
+    with _fenced(ctx, ctx.shuffle_fs, path, f"{label}, attempt {attempt}"):
+        writer = shuffle.HashShuffleWriter(ctx.shuffle_fs, path, ctx.keys, 1)
+        writer.write(combined)
+        index = writer.close()
     return {"shuffle": index, "rows_out": index.total_rows, "bytes_out": index.total_bytes,
             "schema": writer.schema, "rows_in": rows_in, "start": start, "stop": time.time(),
             "worker": _worker_name(), "partition": partition, "attempt": attempt, "input_bytes": None}
