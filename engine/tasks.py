@@ -339,9 +339,9 @@ def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partitio
                 _check_keys(table, ctx.keys, f"sort of {label}")
                 tables.append(shuffle.shuffle_ready(table))    # one type per column whatever each batch's encoding
             path = posixpath.join(ctx.shuffle_root, shuffle.attempt_name(f"r{ctx.round}-map", partition, attempt))
-            with _computing(f"the sorted run of {label} (input {split.describe()})"):
+            with _computing(f"the sorted run of {label} (input {split.describe()})"), \
+                    _fenced(ctx, ctx.shuffle_fs, path, f"{label}, attempt {attempt}"):
                 table = _concat(tables)
-            with _fenced(ctx, ctx.shuffle_fs, path, f"{label}, attempt {attempt}"):
                 index = shuffle.write_sorted_run(ctx.shuffle_fs, path, table, ctx.keys, ctx.descending,
                                                  batch_rows=ctx.sort_batch_rows, sample_size=ctx.sample_size,
                                                  batch_bytes=ctx.sort_batch_bytes or None, rows_in=rows_in)
