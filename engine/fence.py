@@ -35,10 +35,10 @@ import posixpath
 import time
 import uuid
 
+from .commit import TEMPORARY
 from .datasets import is_local
 from .errors import FencedError
 
-TEMPORARY = "_temporary"          # the same name as engine.commit.TEMPORARY (commit imports nothing from here)
 FENCE = "_fence"
 
 

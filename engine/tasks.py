@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from . import shuffle
 from .commit import ParquetAttemptWriter
-from .datasets import Split, read_split
+from .datasets import Split, is_local, read_split
 from .errors import EngineError, FencedError, IntegrityError, SchemaError
 
 
@@ -200,39 +200,47 @@ def _check_keys(table: pa.Table, keys, what: str) -> None:
                           f"{table.column_names}")
 
 
-def _fence_check(ctx: TaskContext, what: str, path: str | None = None) -> None:
+def _shuffle_fence(ctx: TaskContext, path: str) -> Any:
+    """The run's fence where it guards a shuffle or intermediate file: under ``OUT/_temporary/<run>`` and on
+    shared stores (a ``shuffle_dir`` URL). A local temporary directory outside the output needs none: the
+    driver removes it when the run ends, and a late attempt cannot open a file in a directory that is gone."""
+    fence = ctx.fence
+    if fence is None or (is_local(ctx.shuffle_fs) and not path.startswith(fence.tmp_root + "/")):
+        return None
+    return fence
+
+
+def _fence_check(fence: Any, what: str, path: str | None = None) -> None:
     """Before opening (or closing) a file: FencedError if the run has ended."""
-    if ctx.fence is not None:
-        ctx.fence.check(what, path)
-
-
-def _fence_after(ctx: TaskContext, fs: Any, path: str, what: str) -> None:
-    """After a file exists: if the run ended meanwhile, remove the file and raise FencedError."""
-    if ctx.fence is not None and not ctx.fence.is_open():
-        ctx.fence.discard(fs, path)
-        raise ctx.fence.error(what, path)
+    if fence is not None:
+        fence.check(what, path)
 
 
 @contextlib.contextmanager
-def _fenced(ctx: TaskContext, fs: Any, path: str, what: str) -> Iterator[None]:
-    """Around the whole life of a shuffle file (created lazily inside): check before, re-check after, and
-    on failure remove the file if the run ended (a vanished run directory is reported as FencedError)."""
-    _fence_check(ctx, what, path)
+def _fenced(fence: Any, fs: Any, path: str, what: str) -> Iterator[None]:
+    """Around the whole life of a shuffle file (created lazily inside): check before and re-check after (if
+    the run ended meanwhile, remove the file and raise FencedError); on failure, remove the file if the run
+    ended (a vanished run directory is then reported as FencedError)."""
+    if fence is None:
+        yield
+        return
+    fence.check(what, path)
     try:
         yield
     except FencedError:
-        ctx.fence.discard(fs, path)
+        fence.discard(fs, path)
         raise
     except BaseException as exc:
         fenced = False
-        if ctx.fence is not None:
-            with contextlib.suppress(Exception):
-                fenced = not ctx.fence.is_open()
+        with contextlib.suppress(Exception):
+            fenced = not fence.is_open()
         if fenced:
-            ctx.fence.discard(fs, path)
-            raise ctx.fence.error(what, path) from exc
+            fence.discard(fs, path)
+            raise fence.error(what, path) from exc
         raise
-    _fence_after(ctx, fs, path, what)
+    if not fence.is_open():
+        fence.discard(fs, path)
+        raise fence.error(what, path)
 
 
 class _Output:
@@ -252,6 +260,7 @@ class _Output:
             name = shuffle.attempt_name(f"r{ctx.round}-{stage}-out", partition, attempt)
             self.path = posixpath.join(ctx.shuffle_root, name)
             self.writer = shuffle._IPCFile(ctx.shuffle_fs, self.path)
+            self.fence = _shuffle_fence(ctx, self.path)
 
     def write(self, table: pa.Table) -> None:
         if not self.ctx.last_round:
@@ -268,22 +277,22 @@ class _Output:
             self.writer.write(table)
         else:
             if self.writer.count == 0:
-                _fence_check(self.ctx, self.what, self.path)        # before the file is opened
+                _fence_check(self.fence, self.what, self.path)        # before the file is opened
             for batch in table.to_batches():
                 self.writer.write(batch)
 
     def abort(self) -> None:
         if self.ctx.last_round:
             self.writer.abort()
-        elif self.ctx.fence is not None:
+        elif self.fence is not None:
             fenced = False
             with contextlib.suppress(Exception):
-                fenced = not self.ctx.fence.is_open()
+                fenced = not self.fence.is_open()
             if fenced:
                 with contextlib.suppress(Exception):
                     if self.writer._sink is not None:
                         self.writer._sink.close()
-                self.ctx.fence.discard(self.ctx.shuffle_fs, self.path)
+                self.fence.discard(self.ctx.shuffle_fs, self.path)
 
     def close(self) -> dict:
         if self.ctx.last_round:
@@ -293,7 +302,7 @@ class _Output:
             message = self.writer.close(self.schema)
             return {"commit": message, "rows_out": self.rows,
                     "bytes_out": sum(f["bytes"] for f in message["files"]), "schema": self.schema}
-        with _fenced(self.ctx, self.ctx.shuffle_fs, self.path, self.what):
+        with _fenced(self.fence, self.ctx.shuffle_fs, self.path, self.what):
             self.writer.close(self.schema)
         return {"next_input": Split(self.partition, self.path, "ipc", self.nbytes), "rows_out": self.rows,
                 "bytes_out": self.nbytes, "schema": self.schema}
@@ -340,7 +349,7 @@ def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partitio
                 tables.append(shuffle.shuffle_ready(table))    # one type per column whatever each batch's encoding
             path = posixpath.join(ctx.shuffle_root, shuffle.attempt_name(f"r{ctx.round}-map", partition, attempt))
             with _computing(f"the sorted run of {label} (input {split.describe()})"), \
-                    _fenced(ctx, ctx.shuffle_fs, path, f"{label}, attempt {attempt}"):
+                    _fenced(_shuffle_fence(ctx, path), ctx.shuffle_fs, path, f"{label}, attempt {attempt}"):
                 table = _concat(tables)
                 index = shuffle.write_sorted_run(ctx.shuffle_fs, path, table, ctx.keys, ctx.descending,
                                                  batch_rows=ctx.sort_batch_rows, sample_size=ctx.sample_size,
@@ -350,8 +359,8 @@ def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partitio
         else:
             combine = _combiner(ctx, stages, label) if ctx.map_combine else None
             path = posixpath.join(ctx.shuffle_root, shuffle.attempt_name(f"r{ctx.round}-map", partition, attempt))
-            what = f"{label}, attempt {attempt}"
-            with _fenced(ctx, ctx.shuffle_fs, path, what):
+            what, fence = f"{label}, attempt {attempt}", _shuffle_fence(ctx, path)
+            with _fenced(fence, ctx.shuffle_fs, path, what):
                 writer = shuffle.HashShuffleWriter(ctx.shuffle_fs, path, ctx.keys, ctx.num_partitions,
                                                    combine=combine, spill_bytes=ctx.spill_bytes,
                                                    top_keys=ctx.top_keys)
@@ -367,7 +376,7 @@ def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partitio
                         writer.write(table)
                 if ctx.faults is not None:
                     ctx.faults.during_task(ctx, "map", partition, attempt)
-                _fence_check(ctx, what, path)          # the file is usually opened by close()
+                _fence_check(fence, what, path)          # the file is usually opened by close()
                 with _computing(f"the map-side combine of {label} (input {split.describe()})"):
                     index = writer.close()
             index.rows_in = rows_in
@@ -489,7 +498,7 @@ def run_partial(ctx: TaskContext, blob: bytes, refs: list, key_filter: dict | No
     else:
         combined = table            # a user combine keeps the schema; nothing to combine
     path = posixpath.join(ctx.shuffle_root, shuffle.attempt_name(f"r{ctx.round}-partial", partition, attempt))
-    with _fenced(ctx, ctx.shuffle_fs, path, f"{label}, attempt {attempt}"):
+    with _fenced(_shuffle_fence(ctx, path), ctx.shuffle_fs, path, f"{label}, attempt {attempt}"):
         writer = shuffle.HashShuffleWriter(ctx.shuffle_fs, path, ctx.keys, 1)
         writer.write(combined)
         index = writer.close()

@@ -142,6 +142,7 @@ def refusing_s3(s3):
         thread.join(timeout=10)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_s3_lease_survives_one_refused_renewal(s3, refusing_s3, corpus, dask_cluster):
     front, options = refusing_s3
