@@ -177,7 +177,7 @@ def _stall_first_call(markers: str):
         try:
             fd = os.open(os.path.join(markers, "first"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            time.sleep(0.1)         # every other call takes a steady while, so no worker looks slow
+            time.sleep(0.5)         # every other call takes a steady while, so no worker looks slow
             return table
         os.close(fd)
         deadline = time.time() + 60
