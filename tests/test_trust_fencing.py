@@ -235,7 +235,9 @@ def test_late_attempt_writes_nothing_after_commit(s3, keyed_input, roomy_cluster
         out, options = s3["url"](f"late-{stage}-{tmp_path.name}"), s3["storage_options"]
     else:
         out, options = str(tmp_path / "out"), None
-    with dask.config.set({"engine.speculation.min-runtime": 0.5}):
+    # A zombie-grace longer than the stuck attempt lives: its worker is not restarted under it, so it really
+    # wakes up after the commit and tries to write (as an attempt on a frozen or nanny-less worker would).
+    with dask.config.set({"engine.speculation.min-runtime": 0.5, "engine.speculation.zombie-grace": 600}):
         result = job.run(keyed_input, out, cluster=roomy_cluster, storage_options=options, partition_size="32KiB")
     assert (markers / "first").exists() and not (markers / "woke").exists(), \
         (result.report.speculation, [(t.stage, t.partition, t.attempt, t.worker, t.status, round(t.stop - t.start, 2))
