@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from . import agg, config  # noqa: F401  (config registers the engine.* defaults)
 from .commit import VerifySummary, read, verify
-from .errors import (ClusterError, CommitError, ConcurrentRunError, EmptyInputError, EngineError, InputError,
+from .errors import (ClusterError, CommitError, ConcurrentRunError, EmptyInputError, EngineError, FencedError, InputError,
                      IntegrityError, JobDefinitionError, ManifestError, OutputExistsError, SchemaError,
                      ShuffleLocationError, StageFailedError)
 from .job import Job
@@ -30,5 +30,5 @@ __all__ = [
     "Job", "agg", "run", "read", "verify", "RunResult", "RunReport", "VerifySummary", "__version__",
     "EngineError", "JobDefinitionError", "SchemaError", "InputError", "EmptyInputError", "ClusterError",
     "ShuffleLocationError", "StageFailedError", "CommitError", "OutputExistsError", "ConcurrentRunError",
-    "IntegrityError", "ManifestError",
+    "IntegrityError", "ManifestError", "FencedError",
 ]

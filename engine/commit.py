@@ -52,7 +52,7 @@ import crc32c as _crc32c
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .datasets import filesystem, is_local
+from .datasets import filesystem, is_local, is_s3, precondition_failed
 from .errors import CommitError, ConcurrentRunError, IntegrityError, ManifestError, OutputExistsError
 
 MANIFEST = "_SUCCESS"
@@ -137,10 +137,6 @@ def engine_file(name: str) -> bool:
     """True for data file names only this engine produces (``part-<p>-<run>-a<attempt>-<uuid>.parquet``)."""
     return bool(_NAME.match(name))
 
-
-def is_s3(fs) -> bool:
-    protocol = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
-    return any(p in ("s3", "s3a") for p in protocol)
 
 
 def _bucket_key(path: str) -> tuple[str, str]:
@@ -521,11 +517,6 @@ def _s3_put(fs, path: str, data: bytes, **conditions) -> None:
     fs.invalidate_cache(path)
 
 
-def _precondition_failed(exc: BaseException) -> bool:
-    text = f"{type(exc).__name__} {exc}"
-    return isinstance(exc, FileExistsError) or "PreconditionFailed" in text or "412" in text \
-        or "ConditionalRequestConflict" in text
-
 
 def write_manifest(fs, path: str, data: bytes, previous: Manifest | None) -> None:
     """Create (put-if-absent) or replace (compare-and-swap on ``previous``) the manifest at ``path``.
@@ -559,7 +550,7 @@ def write_manifest(fs, path: str, data: bytes, previous: Manifest | None) -> Non
             else:
                 _s3_put(fs, path, data, IfMatch='"' + hashlib.md5(previous.raw).hexdigest() + '"')
         except Exception as exc:  # noqa: BLE001 - classified
-            if _precondition_failed(exc):
+            if precondition_failed(exc):
                 raise FileExistsError(path) from exc
             raise
     else:

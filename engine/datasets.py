@@ -122,6 +122,29 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return _is_local(fs)
 
 
+def is_s3(fs) -> bool:
+    """True for S3 file systems (s3fs), whose conditional writes the commit and the lease rely on."""
+    protocol = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    return any(p in ("s3", "s3a") for p in protocol)
+
+def precondition_failed(exc: BaseException) -> bool:
+    """True when S3 refused a conditional write (412, or a conflicting conditional write in flight)."""
+    seen = 0
+    while exc is not None and seen < 5:
+        text = f"{type(exc).__name__} {exc}"
+        if isinstance(exc, FileExistsError) or "PreconditionFailed" in text or "412" in text \
+                or "pre-condition" in text or "ConditionalRequestConflict" in text:
+            return True
+        response = getattr(exc, "response", None)
+        if isinstance(response, dict) and (
+                response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict")
+                or response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 412):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
 def infer_format(path: str) -> str | None:
     name = path.rsplit("/", 1)[-1].lower()
     for suffix in (".gz", ".bz2", ".zst", ".xz"):

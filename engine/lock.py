@@ -41,7 +41,7 @@ import time
 import uuid
 from collections.abc import Iterator
 
-from .datasets import is_local
+from .datasets import is_local, is_s3, precondition_failed
 from .errors import ConcurrentRunError
 
 LOCK = "_lock"
@@ -50,9 +50,6 @@ LEASE_SECONDS = 30.0
 log = logging.getLogger("engine")
 
 
-def _is_s3(fs) -> bool:
-    protocol = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
-    return any(p in ("s3", "s3a") for p in protocol)
 
 
 class OutputLock:
@@ -78,7 +75,7 @@ def output_lock(fs, out: str, *, lease_seconds: float = LEASE_SECONDS) -> Iterat
     if is_local(fs):
         with _flock(out):
             yield _FlockLock(out)
-    elif _is_s3(fs):
+    elif is_s3(fs):
         lease = _Lease(fs, out, lease_seconds)
         lease.acquire()
         try:
@@ -172,23 +169,6 @@ def _read(fs, path: str) -> tuple[bytes, str] | None:
         return None
 
 
-def _precondition_failed(exc: BaseException) -> bool:
-    """True when S3 refused a conditional write (412, or a conflicting conditional write in flight)."""
-    seen = 0
-    while exc is not None and seen < 5:
-        text = f"{type(exc).__name__} {exc}"
-        if isinstance(exc, FileExistsError) or "PreconditionFailed" in text or "412" in text \
-                or "pre-condition" in text or "ConditionalRequestConflict" in text:
-            return True
-        response = getattr(exc, "response", None)
-        if isinstance(response, dict) and (
-                response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict")
-                or response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 412):
-            return True
-        exc = exc.__cause__ or exc.__context__
-        seen += 1
-    return False
-
 
 def _holder(body: bytes | None) -> dict:
     try:
@@ -234,7 +214,7 @@ class _Lease(OutputLock):
         try:
             self.etag = _put(self.fs, self.path, body, IfNoneMatch="*")
         except Exception as exc:  # noqa: BLE001 - classified below
-            if not _precondition_failed(exc):
+            if not precondition_failed(exc):
                 raise
             existing = _read(self.fs, self.path)
             holder = _holder(existing[0]) if existing else {}
@@ -249,7 +229,7 @@ class _Lease(OutputLock):
             try:
                 self.etag = _put(self.fs, self.path, body, IfMatch=existing[1])
             except Exception as exc2:  # noqa: BLE001
-                if _precondition_failed(exc2):
+                if precondition_failed(exc2):
                     raise ConcurrentRunError(f"another run took over the expired lock on {self.out} first") from None
                 raise
         self.expires = expires
@@ -283,7 +263,7 @@ class _Lease(OutputLock):
                     self.renewals += 1
                     return
                 except Exception as exc:  # noqa: BLE001 - classified
-                    if not (_precondition_failed(exc) or isinstance(exc, FileNotFoundError)):
+                    if not (precondition_failed(exc) or isinstance(exc, FileNotFoundError)):
                         raise
                 existing = _read(self.fs, self.path)
                 holder = _holder(existing[0]) if existing else {}
