@@ -12,98 +12,34 @@
 from __future__ import annotations
 
 import contextlib
-import logging
-import os
 import sys
 import threading
 import time
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 import engine
 from engine import Job, agg
-from fixtures import AWS_ENV, S3_BUCKET, S3_KEY, S3_SECRET
+from fixtures import S3_BUCKET
 
 
 # ---------------------------------------------------------------------------------------------
 # An S3 endpoint that counts what it serves
 
 
-class _Counter:
-    """WSGI middleware: bytes of object bodies written (PUT) and served (GET) under one key prefix."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-        self.lock = threading.Lock()
-        self.prefix = "\0"
-        self.written = 0
-        self.served = 0
-        self.gets = 0
-
-    def watch(self, prefix: str) -> None:
-        with self.lock:
-            self.prefix, self.written, self.served, self.gets = "/" + prefix.strip("/") + "/", 0, 0, 0
-
-    def __call__(self, environ, start_response):
-        path = environ.get("PATH_INFO", "")
-        method = environ.get("REQUEST_METHOD", "")
-        watched = path.startswith(self.prefix) and path.endswith(".arrow")
-        if watched and method == "PUT":
-            with self.lock:
-                self.written += int(environ.get("CONTENT_LENGTH") or 0)
-        body = self.app(environ, start_response)
-        if not (watched and method == "GET"):
-            return body
-        return self._count(body)
-
-    def _count(self, body):
-        n = 0
-        try:
-            for chunk in body:
-                n += len(chunk)
-                yield chunk
-        finally:
-            with self.lock:
-                self.served += n
-                self.gets += 1
-            close = getattr(body, "close", None)
-            if close is not None:
-                close()
-
-
 @pytest.fixture(scope="module")
 def counted_s3():
-    """A moto S3 server behind the counting middleware: ``(storage_options, url, counter, fs)``."""
+    """A moto S3 server behind the benchmark's counting middleware (bytes of map files written and served
+    under a watched prefix): ``(storage_options, url, counter, fs)``."""
     pytest.importorskip("moto.server")
-    s3fs = pytest.importorskip("s3fs")
-    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
-    from werkzeug.serving import make_server
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    saved = {k: os.environ.get(k) for k in AWS_ENV}
-    os.environ.update(AWS_ENV)
-    counter = _Counter(DomainDispatcherApplication(create_backend_app))
-    server = make_server("127.0.0.1", 0, counter, True, request_handler=MotoRequestHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        host, port = server.server_address[:2]
-        options = {"key": S3_KEY, "secret": S3_SECRET, "client_kwargs": {"endpoint_url": f"http://{host}:{port}"}}
-        fs = s3fs.S3FileSystem(**options)
-        fs.mkdir(S3_BUCKET)
-        yield options, (lambda *parts: "s3://" + "/".join([S3_BUCKET, *parts])), counter, fs
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    pytest.importorskip("s3fs")
+    from benchmarks.driver_bench import counting_s3
+    bucket = f"{S3_BUCKET}-counted"          # moto keeps buckets per process, across servers
+    with counting_s3(bucket) as (options, counter, fs):
+        yield options, (lambda *parts: "s3://" + "/".join([bucket, *parts])), counter, fs
 
 
 def _upload_parts(fs, table: pa.Table, files: int, prefix: str, tmp_path) -> None:

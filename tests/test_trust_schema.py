@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from decimal import Decimal
 
 import dask.config
 import duckdb
