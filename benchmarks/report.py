@@ -121,13 +121,9 @@ def sweep_figure(knob: str, recs: list[dict]):
 
 def timeline_frame(rec: dict) -> str:
     """The engine's own report page of the chosen run, in a frame of this page."""
-    from engine.report import RunReport, StageReport, TaskReport
+    from engine.report import RunReport
 
-    d = dict(rec["report"])
-    d.pop("duration", None)
-    d["stages"] = [StageReport(**s) for s in d.get("stages", [])]
-    d["tasks"] = [TaskReport(**t) for t in d.get("tasks", [])]
-    page = RunReport(**d).to_html()
+    page = RunReport.from_dict(rec["report"]).to_html()
     return (f"<h2>Task timeline: {html.escape(rec['suite'])} {html.escape(rec['case'])} (median engine run, "
             f"{rec['seconds']:.2f} s)</h2><iframe class='timeline' title='task timeline' "
             f"srcdoc=\"{html.escape(page, quote=True)}\"></iframe>")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import html
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from .redact import redact, redact_obj
@@ -111,6 +111,17 @@ class RunReport:
         d["duration"] = self.duration
         d["tasks_per_worker"] = {s.name: self.tasks_per_worker(s.name) for s in self.stages}
         return redact_obj(d)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunReport:
+        """The report back from :meth:`to_dict` (derived entries such as ``duration`` are recomputed)."""
+        names = {f.name for f in fields(cls)}
+        args = {k: v for k, v in d.items() if k in names}
+        args["stages"] = [StageReport(**{k: v for k, v in s.items() if k in {f.name for f in fields(StageReport)}})
+                          for s in d.get("stages", [])]
+        args["tasks"] = [TaskReport(**{k: v for k, v in t.items() if k in {f.name for f in fields(TaskReport)}})
+                         for t in d.get("tasks", [])]
+        return cls(**args)
 
     def _placement_line(self, stage: str) -> str:
         counts = self.tasks_per_worker(stage)

@@ -23,7 +23,9 @@ import pytest
 
 import engine
 from engine import Job, agg
-from fixtures import S3_BUCKET
+from fixtures import S3_BUCKET as _BASE_BUCKET
+
+S3_BUCKET = f"{_BASE_BUCKET}-counted"      # moto keeps buckets per process, across servers
 
 
 # ---------------------------------------------------------------------------------------------
@@ -37,7 +39,7 @@ def counted_s3():
     pytest.importorskip("moto.server")
     pytest.importorskip("s3fs")
     from benchmarks.driver_bench import counting_s3
-    bucket = f"{S3_BUCKET}-counted"          # moto keeps buckets per process, across servers
+    bucket = S3_BUCKET
     with counting_s3(bucket) as (options, counter, fs):
         yield options, (lambda *parts: "s3://" + "/".join([bucket, *parts])), counter, fs
 
