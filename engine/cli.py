@@ -10,8 +10,9 @@
 
 ``JOB`` is a Python file or an importable module that defines a module-level ``job``. Exit codes:
 0 success (including a rerun that had nothing to do), 1 the run or check failed (one-paragraph
-reason on stderr), 2 usage errors, 130 interrupted. ``mapreduce --debug ...`` also prints the
-traceback of an unexpected error.
+reason on stderr), 2 usage errors, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM: the run
+unwinds as on Ctrl-C, releasing its lock and closing its fence, and the history records it).
+``mapreduce --debug ...`` also prints the traceback of an unexpected error.
 
 Output streams: results (the run summary, the plan, the history) go to stdout; progress, log
 lines and errors go to stderr. On a terminal the progress is a one-line bar per stage; otherwise
@@ -38,12 +39,26 @@ import importlib.util
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 import time
 import traceback
 from typing import Any
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (cron, Airflow, systemd, a container stop) turned into an exception, so a run unwinds like
+    on Ctrl-C: its fence closes, its lock is released and the history records it."""
+
+    def __str__(self) -> str:
+        return "terminated by SIGTERM"
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
 
 log = logging.getLogger("engine")
 
@@ -285,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
     _configure_logging(getattr(args, "quiet", False), args.debug)
     from .errors import EngineError
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return _COMMANDS[args.command](args)
     except EngineError as exc:
@@ -292,9 +309,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("interrupted; this run did not commit its output", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"{what}; the output holds what was committed before (all of a run or none of it): rerun the "
+              "same command to finish (--resume reuses the tasks this run finished)", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - a CLI answers with a paragraph, not a traceback
         print(f"error: unexpected {type(exc).__name__}: {_one_paragraph(exc)}"
               + ("" if args.debug else " (rerun with `mapreduce --debug ...` for the traceback)"), file=sys.stderr)
