@@ -568,7 +568,7 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
         journal = Journal(out_fs, posixpath.join(commit.temporary_dir(out, run_id), "journal"), run_id=run_id,
                           out=out, shuffle_root=shuffle_root, s3=commit.is_s3(out_fs))
         blob = _payload(plan)
-        blob_future = _ship_payload(blob, shuffle_fs, shuffle_root)
+        shipped = _ship_payload(blob, shuffle_fs, shuffle_root)
         supervisor = None
         if speculation and config.get("speculation.enabled"):
             try:
@@ -583,7 +583,7 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
         ok = False
         try:
             manifest = _execute(plan, spec, client, info, executor, rep, run_id=run_id, out_fs=out_fs, out=out,
-                                blob_future=blob_future, shuffle_fs=shuffle_fs, shuffle_root=shuffle_root,
+                                shipped=shipped, shuffle_fs=shuffle_fs, shuffle_root=shuffle_root,
                                 skew_enabled=bool(skew and config.get("skew.enabled")), mode=mode, previous=previous, snapshot=snapshot,
                                 faults=faults, map_combine=bool(config.get("shuffle.map-combine", map_combine)),
                                 lock=lock, run_fence=run_fence)
@@ -705,7 +705,7 @@ def _shuffle_location(shuffle_dir: str | None, storage_options: dict | None, run
 
 
 def _execute(plan: Plan, spec: InputSpec, client, info: ClusterInfo, executor: StageExecutor, rep: RunReport, *,
-             run_id: str, out_fs, out: str, blob_future, shuffle_fs, shuffle_root: str, skew_enabled: bool,
+             run_id: str, out_fs, out: str, shipped, shuffle_fs, shuffle_root: str, skew_enabled: bool,
              mode: str, previous: commit.Manifest | None, snapshot: str, faults: Any,
              map_combine: bool = True, lock: Any = None, run_fence: RunFence | None = None) -> commit.Manifest:
     rounds = _fused_rounds(plan)
@@ -732,7 +732,7 @@ def _execute(plan: Plan, spec: InputSpec, client, info: ClusterInfo, executor: S
             base_ctx = replace(base_ctx, sort_batch_bytes=_sort_batch_bytes(plan.partition_size, len(splits)))
         # ---- map stage
         prefix = stage_prefix(plan.job.name, r.index, "map", plan.fingerprint, f"{run_id}:{executor.session}")
-        tasks = [TaskSpec(i, run_map, (base_ctx, blob_future, input_fs, s), s.size) for i, s in enumerate(splits)]
+        tasks = [TaskSpec(i, run_map, (base_ctx, shipped, input_fs, s), s.size) for i, s in enumerate(splits)]
         split_by_index = {i: s for i, s in enumerate(splits)}
         log.info("round %d/%d: map stage, %d task(s)", r.index + 1, len(rounds), len(tasks))
         results = executor.run(f"r{r.index}-map", prefix, tasks, round_index=r.index, round_count=len(rounds),
@@ -742,7 +742,7 @@ def _execute(plan: Plan, spec: InputSpec, client, info: ClusterInfo, executor: S
             break
         outputs = [results[p]["shuffle"] for p in sorted(results)]
         map_schema = next((results[p]["schema"] for p in sorted(results) if results[p].get("schema") is not None), None)
-        reduce_tasks, describe, merges = _reduce_tasks(plan, r, base_ctx, outputs, map_schema, blob_future, info,
+        reduce_tasks, describe, merges = _reduce_tasks(plan, r, base_ctx, outputs, map_schema, shipped, info,
                                                        rep, skew_enabled)
         prefix = stage_prefix(plan.job.name, r.index, "reduce", plan.fingerprint,
                               f"{run_id}:{executor.session}")
@@ -750,7 +750,7 @@ def _execute(plan: Plan, spec: InputSpec, client, info: ClusterInfo, executor: S
         results = executor.run(f"r{r.index}-reduce", prefix, reduce_tasks, round_index=r.index,
                                round_count=len(rounds), kind="reduce", describe=describe)
         if merges:
-            results = _merge_shares(executor, plan, r, base_ctx, blob_future, run_id, results, merges, len(rounds))
+            results = _merge_shares(executor, plan, r, base_ctx, shipped, run_id, results, merges, len(rounds))
         _cleanup_files(shuffle_fs, [o.path for o in outputs])
         if r.index == len(rounds) - 1:
             final, schema = results, _final_schema(results)
@@ -827,7 +827,7 @@ def _final_schema(results: dict[int, dict]) -> pa.Schema | None:
 
 
 def _reduce_tasks(plan: Plan, r, ctx: TaskContext, outputs: list[shuffle.MapOutput], map_schema,
-                  blob_future, info: ClusterInfo, rep: RunReport, skew_enabled: bool):
+                  shipped, info: ClusterInfo, rep: RunReport, skew_enabled: bool):
     total = sum(o.total_bytes for o in outputs)
     min_tasks = info.threads if total >= (8 << 20) else 1
     if r.kind == "sort":
@@ -839,7 +839,7 @@ def _reduce_tasks(plan: Plan, r, ctx: TaskContext, outputs: list[shuffle.MapOutp
             refs = shuffle.piece_slices(outputs, piece, ctx.descending)
             # Estimated input bytes: the piece's estimated rows times the runs' bytes per row.
             size = int(piece.rows * total / max(1, sum(o.rows_out for o in outputs)))
-            tasks.append(TaskSpec(i, run_reduce, (ctx, blob_future, refs, piece, map_schema), size or None))
+            tasks.append(TaskSpec(i, run_reduce, (ctx, shipped, refs, piece, map_schema), size or None))
         hot = [p for p in pieces if p.share is not None]
         sizes = [int(p.rows) for p in pieces]
         rep.skew.append({"action": "range", "round": r.index, "partitions": len(tasks), "total_bytes": total,
@@ -904,12 +904,12 @@ def _reduce_tasks(plan: Plan, r, ctx: TaskContext, outputs: list[shuffle.MapOutp
                     if chosen else None
             key_filter = {"only": key_table(a.only), "exclude": key_table(a.exclude), "sub": a.sub}
         fn = run_partial if a.share is not None else run_reduce
-        tasks.append(TaskSpec(a.index, fn, (ctx, blob_future, refs, key_filter, map_schema), a.nbytes))
+        tasks.append(TaskSpec(a.index, fn, (ctx, shipped, refs, key_filter, map_schema), a.nbytes))
     assignments = rplan.assignments
     return tasks, (lambda p: assignments[p].describe()), list(merges.items())
 
 
-def _merge_shares(executor: StageExecutor, plan: Plan, r, ctx: TaskContext, blob_future, run_id: str,
+def _merge_shares(executor: StageExecutor, plan: Plan, r, ctx: TaskContext, shipped, run_id: str,
                   results: dict[int, dict], merges: list[tuple[tuple, list[int]]], round_count: int) -> dict[int, dict]:
     """After a reduce stage with split hot keys: one merge task per key finishes its shares' partial
     results (through the round's combine) and takes the output partition numbers after the others."""
@@ -920,7 +920,7 @@ def _merge_shares(executor: StageExecutor, plan: Plan, r, ctx: TaskContext, blob
         outs = [results[i]["shuffle"] for i in shares]
         refs = [o.ref(o.batches[0]) for o in outs if o.batches[0]]
         schema = next((results[i]["schema"] for i in shares if results[i].get("schema") is not None), None)
-        tasks.append(TaskSpec(first + h, run_reduce, (merge_ctx, blob_future, refs, None, schema),
+        tasks.append(TaskSpec(first + h, run_reduce, (merge_ctx, shipped, refs, None, schema),
                               sum(o.total_bytes for o in outs)))
         described[first + h] = f"merge of {len(shares)} shares of hot key {key!r} (hash partition {partition})"
     prefix = stage_prefix(plan.job.name, r.index, "merge", plan.fingerprint, f"{run_id}:{executor.session}")
