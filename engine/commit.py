@@ -113,16 +113,22 @@ class ChecksummingFile:
             self.raw.close()
 
 
-def file_crc32c(fs, path: str) -> tuple[int, int]:
-    """``(crc32c, size)`` of a stored file, read in blocks."""
-    crc, size = 0, 0
+def read_blocks(fs, path: str):
+    """The bytes of a stored file, in blocks of ``_READ_BLOCK``."""
     with fs.open(path, "rb") as f:
         while True:
             block = f.read(_READ_BLOCK)
             if not block:
-                break
-            crc = crc32c(block, crc)
-            size += len(block)
+                return
+            yield block
+
+
+def file_crc32c(fs, path: str) -> tuple[int, int]:
+    """``(crc32c, size)`` of a stored file, read in blocks."""
+    crc, size = 0, 0
+    for block in read_blocks(fs, path):
+        crc = crc32c(block, crc)
+        size += len(block)
     return crc, size
 
 
@@ -768,13 +774,9 @@ def _stored_buffer(fs, path: str, size: int) -> tuple[pa.Buffer, int]:
         return pa.py_buffer(data), crc32c(data)
     crc = 0
     spool = tempfile.TemporaryFile(prefix="engine-read-")
-    with fs.open(path, "rb") as f:
-        while True:
-            block = f.read(_READ_BLOCK)
-            if not block:
-                break
-            crc = crc32c(block, crc)
-            spool.write(block)
+    for block in read_blocks(fs, path):
+        crc = crc32c(block, crc)
+        spool.write(block)
     spool.flush()
     if spool.tell() == 0:
         return pa.py_buffer(b""), crc

@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import posixpath
 import signal
 import subprocess
 import sys
@@ -240,5 +241,33 @@ def dask_cluster(tmp_path_factory) -> Iterator[str]:
         yield cluster.address
 
 
-__all__ = ["s3", "dask_cluster", "cli_cluster", "CLICluster", "worker_environment", "AWS_ENV", "S3_KEY",
+@dataclass
+class Backend:
+    """One store the commit tests run against: local disk or the moto S3 server."""
+
+    name: str
+    root: str
+    options: dict | None
+    fs: object
+
+    def url(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts) if self.name == "s3" else os.path.join(self.root, *parts)
+
+    def path(self, url: str) -> str:
+        """The filesystem path (no protocol) of a URL of this backend."""
+        return url[len("s3://"):] if url.startswith("s3://") else url
+
+
+def storage_backend(request, tmp_path, prefix: str) -> Backend:
+    """The ``Backend`` for a ``params=["local", "s3"]`` fixture (S3: a fresh prefix in the test bucket)."""
+    import uuid
+
+    import fsspec
+    if request.param == "local":
+        return Backend("local", str(tmp_path / "store"), None, fsspec.filesystem("file"))
+    s3 = request.getfixturevalue("s3")
+    return Backend("s3", s3["url"](f"{prefix}-{uuid.uuid4().hex[:8]}"), s3["storage_options"], s3["fs"])
+
+
+__all__ = ["Backend", "storage_backend", "s3", "dask_cluster", "cli_cluster", "CLICluster", "worker_environment", "AWS_ENV", "S3_KEY",
            "S3_SECRET", "S3_BUCKET"]

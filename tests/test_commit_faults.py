@@ -16,10 +16,7 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
-from dataclasses import dataclass
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -28,29 +25,13 @@ import engine
 from engine import commit
 from engine.errors import IntegrityError, ManifestError, StageFailedError
 from engine.faults import Faults
+from fixtures import Backend, storage_backend
 from jobs.wordcount import job as wordcount
 
 
-@dataclass
-class Backend:
-    name: str
-    root: str
-    options: dict | None
-    fs: object
-
-    def url(self, *parts: str) -> str:
-        return posixpath.join(self.root, *parts) if self.name == "s3" else os.path.join(self.root, *parts)
-
-    def path(self, url: str) -> str:
-        return url[len("s3://"):] if url.startswith("s3://") else url
-
-
 @pytest.fixture(params=["local", "s3"])
-def backend(request, tmp_path):
-    if request.param == "local":
-        return Backend("local", str(tmp_path / "store"), None, fsspec.filesystem("file"))
-    s3 = request.getfixturevalue("s3")
-    return Backend("s3", s3["url"](f"faults-{uuid.uuid4().hex[:8]}"), s3["storage_options"], s3["fs"])
+def backend(request, tmp_path) -> Backend:
+    return storage_backend(request, tmp_path, "faults")
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,6 @@ import os
 import posixpath
 import subprocess
 import sys
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import fsspec
@@ -34,6 +32,7 @@ import pytest
 import engine
 from engine import commit
 from engine.errors import IntegrityError, ManifestError
+from fixtures import Backend, storage_backend
 from jobs.wordcount import job as wordcount
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,27 +40,9 @@ WORDCOUNT = ROOT / "jobs" / "wordcount.py"
 PARTITION_SIZE = "16KiB"
 
 
-@dataclass
-class Backend:
-    name: str
-    root: str
-    options: dict | None
-    fs: object
-
-    def url(self, *parts: str) -> str:
-        return posixpath.join(self.root, *parts)
-
-    def path(self, url: str) -> str:
-        """The filesystem path (no protocol) of a URL of this backend."""
-        return url[len("s3://"):] if url.startswith("s3://") else url
-
-
 @pytest.fixture(params=["local", "s3"])
-def backend(request, tmp_path):
-    if request.param == "local":
-        return Backend("local", str(tmp_path / "store"), None, fsspec.filesystem("file"))
-    s3 = request.getfixturevalue("s3")
-    return Backend("s3", s3["url"](f"trust-{uuid.uuid4().hex[:8]}"), s3["storage_options"], s3["fs"])
+def backend(request, tmp_path) -> Backend:
+    return storage_backend(request, tmp_path, "trust")
 
 
 @pytest.fixture(scope="module")
