@@ -16,6 +16,7 @@ import atexit
 import ipaddress
 import logging
 import os
+import sys
 import socket
 import threading
 from dataclasses import dataclass
@@ -78,13 +79,24 @@ def _embedded(processes: bool):
                                        scheduler_kwargs={"dashboard_address": dashboard} if dashboard else {},
                                        memory_limit=config.get("cluster.memory-limit"))
             except Exception as exc:  # noqa: BLE001
-                raise ClusterError(f"could not start the embedded local cluster: {exc}") from exc
+                raise ClusterError(f"could not start the embedded local cluster: {str(exc).rstrip('.')}{_script_hint()}") from exc
             client = Client(cluster, set_as_default=False)
         link = cluster.dashboard_link if dashboard else None
         log.info("started embedded cluster: %d worker(s) x %d thread(s)%s", workers, threads,
                  f", dashboard {link}" if link else "")
         _EMBEDDED[processes] = (cluster, client)
         return cluster, client
+
+
+def _script_hint() -> str:
+    """Advice when the run was started by a plain script: worker processes are spawned, and a spawned
+    process imports the script again, so a run at module level starts again in every worker."""
+    import multiprocessing
+    main = sys.modules.get("__main__")
+    if multiprocessing.parent_process() is not None or getattr(main, "__file__", None):
+        return ("; if a script starts this run, put the run under `if __name__ == \"__main__\":` (each worker "
+                "process imports the script again), or pass cluster= a scheduler address")
+    return ""
 
 
 def shutdown() -> None:
