@@ -63,6 +63,12 @@ DEFAULTS: dict[str, Any] = {
         "factor": 5.0,          # ... and so is one over the target and > factor x the median partition
         "top-keys": 8,          # heaviest keys each map task reports
     },
+    "join": {
+        # "auto": broadcast a side whose map output is at most broadcast-max (when the join type allows),
+        # else a shuffle hash join; "shuffle" or "broadcast" force one (broadcast only where correct).
+        "strategy": "auto",
+        "broadcast-max": "32MiB",
+    },
     "checksums": {
         "page-checksums": True,  # write Parquet page CRCs
     },

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ import pyarrow as pa
 from ._version import ENGINE_VERSION
 from .agg import Aggregation, AggregationSet
 from .errors import JobDefinitionError
+from .joins import JoinSpec, normalize_how
 from .serialize import CodeNotHashable, code_digest
 
 TableFn = Callable[[pa.Table], pa.Table]
@@ -65,12 +67,14 @@ TableFn = Callable[[pa.Table], pa.Table]
 class Stage:
     """One stage of a job, as the user declared it."""
 
-    kind: str  # "map" | "combine" | "reduce" | "sort"
+    kind: str  # "map" | "combine" | "reduce" | "sort" | "join" | "cogroup"
     fn: TableFn | None = None
     by: tuple[str, ...] = ()
     aggs: Mapping[str, Aggregation] | None = None
     descending: bool = False
     columns: tuple[str, ...] | None = None
+    others: tuple[tuple[str, Job], ...] = ()     # join: the right side; cogroup: every other input
+    join: JoinSpec | None = None
 
     def describe(self) -> str:
         if self.kind == "map":
@@ -80,6 +84,11 @@ class Stage:
             return f"combine {_fn_name(self.fn)}"
         if self.kind == "sort":
             return f"sort by={list(self.by)}{' descending' if self.descending else ''}"
+        if self.kind == "join":
+            return f"{self.join.describe()} with {_side_name(self.others[0][1])}"
+        if self.kind == "cogroup":
+            return (f"cogroup {_fn_name(self.fn)} by={list(self.by)} with "
+                    f"{', '.join(f'{k}={_side_name(j)}' for k, j in self.others)}")
         if self.aggs is not None:
             inner = ", ".join(f"{k}={v!r}" for k, v in self.aggs.items())
             return f"reduce by={list(self.by)} aggs={{{inner}}}"
@@ -100,13 +109,18 @@ class Round:
         """``"aggregate"``, ``"reduce"``, ``"sort"`` or ``"map"`` (map-only)."""
         if self.reduce is None:
             return "map"
-        if self.reduce.kind == "sort":
-            return "sort"
+        if self.reduce.kind in ("sort", "join", "cogroup"):
+            return self.reduce.kind
         return "aggregate" if self.reduce.aggs is not None else "reduce"
 
     @property
     def keys(self) -> tuple[str, ...]:
-        return self.reduce.by if self.reduce is not None else ()
+        """The key columns this round groups (a join: the left side's keys)."""
+        if self.reduce is None:
+            return ()
+        if self.reduce.join is not None:
+            return self.reduce.join.left_on
+        return self.reduce.by
 
     @property
     def aggregations(self) -> AggregationSet | None:
@@ -122,6 +136,12 @@ class Round:
     @property
     def combinable(self) -> bool:
         return self.kind == "aggregate" or self.combine is not None
+
+
+def _side_name(job: Job) -> str:
+    if not job.stages:
+        return f"input {job.label!r}"
+    return f"job {job.name!r} (input {job.label!r}, {len(job.stages)} stage{'s' if len(job.stages) != 1 else ''})"
 
 
 def _fn_name(fn: Any) -> str:
@@ -161,10 +181,14 @@ class Job:
     name: str
     stages: tuple[Stage, ...] = field(default=())
     version: str | None = None
+    input: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
             raise JobDefinitionError("a job needs a non-empty name, e.g. Job('wordcount')")
+        if self.input is not None and (not isinstance(self.input, str) or not _INPUT_NAME.fullmatch(self.input)):
+            raise JobDefinitionError(f"job {self.name!r}: input= names one of the run's named inputs (letters, "
+                                     f"digits, '_', '-', '.'; e.g. input='orders'), got {self.input!r}")
         if self.version is not None and (not isinstance(self.version, str) or not self.version.strip()):
             raise JobDefinitionError(f"job {self.name!r}: version= must be a non-empty string such as "
                                      f"'2026-12-01', got {self.version!r}")
@@ -215,6 +239,85 @@ class Job:
         """Add a globally ordered sort on ``by`` (range-partitioned from sampled key boundaries)."""
         return self._add(Stage("sort", None, by=_as_keys(by, "sort"), descending=bool(descending)))
 
+    def join(self, other: Job | str, on: str | Sequence[str] | None = None, *,
+             left_on: str | Sequence[str] | None = None, right_on: str | Sequence[str] | None = None,
+             how: str = "inner", suffix: str = "_right") -> Job:
+        """Join this job's rows (the left side) with ``other``'s (the right side) on key columns.
+
+        ``other`` is a job reading another named input (with its own maps, reduces and joins), or
+        the name of an input read as it is. ``how``: ``inner``, ``left``, ``right``, ``full``,
+        ``semi`` or ``anti``. Null keys never match. Output columns: the left side's, then the right
+        side's; a right key named like its left key appears once, other right columns whose name
+        clashes get ``suffix`` (see :mod:`engine.joins`). The strategy (shuffle or broadcast join,
+        skewed partitions split) is chosen at run time from the sizes the map stages measured.
+
+        >>> from engine import Job
+        >>> orders = Job("orders", input="orders").map(lambda t: t)
+        >>> q = Job("q", input="customer").join(orders, left_on="c_custkey", right_on="o_custkey")
+        >>> sorted(q.inputs)
+        ['customer', 'orders']
+        """
+        side = _as_side(other, "join")
+        if on is not None and (left_on is not None or right_on is not None):
+            raise JobDefinitionError("join takes on= (same key names on both sides) or left_on=/right_on=, not both")
+        if on is not None:
+            lk = rk = _as_keys(on, "join")
+        elif left_on is not None and right_on is not None:
+            lk, rk = _as_keys(left_on, "join left_on"), _as_keys(right_on, "join right_on")
+            if len(lk) != len(rk):
+                raise JobDefinitionError(f"join left_on={list(lk)} and right_on={list(rk)} must name as many "
+                                         "columns each (keys are paired in order)")
+        else:
+            raise JobDefinitionError("join needs the key columns: on='key' (same name on both sides) or "
+                                     "left_on='a', right_on='b'")
+        if not isinstance(suffix, str) or not suffix:
+            raise JobDefinitionError(f"join suffix= must be a non-empty string such as '_right', got {suffix!r}")
+        spec = JoinSpec(lk, rk, normalize_how(how), suffix)
+        return self._add(Stage("join", None, by=lk, others=((side.label, side),), join=spec))
+
+    def cogroup(self, others: Mapping[str, Job | str], fn: Callable[[dict[str, pa.Table]], pa.Table], *,
+                by: str | Sequence[str]) -> Job:
+        """Group this job's rows and every other input's by the same key columns, and call
+        ``fn({name: table, ...}) -> pa.Table`` once per set of keys with all of their rows from each
+        input (this job's under its input's name, ``"input"`` when unnamed; a table may be empty).
+
+        >>> from engine import Job
+        >>> import pyarrow as pa
+        >>> def sizes(t): return pa.table({"clicks": [t["clicks"].num_rows], "views": [t["views"].num_rows]})
+        >>> j = Job("c", input="clicks").cogroup({"views": "views"}, sizes, by="user")
+        >>> j.rounds[0].kind
+        'cogroup'
+        """
+        _check_fn(fn, "cogroup")
+        keys = _as_keys(by, "cogroup")
+        if not isinstance(others, Mapping) or not others:
+            raise JobDefinitionError("cogroup needs others={'name': job_or_input_name, ...}: at least one other input")
+        sides = []
+        for label, other in others.items():
+            if not isinstance(label, str) or not label:
+                raise JobDefinitionError(f"cogroup others= keys name the tables fn receives; got {label!r}")
+            sides.append((label, _as_side(other, "cogroup")))
+        labels = [self.label] + [lbl for lbl, _ in sides]
+        if len(set(labels)) != len(labels):
+            raise JobDefinitionError(f"cogroup: the tables fn receives need distinct names, got {labels} (this "
+                                     f"job's rows come under {self.label!r}); rename a key of others=")
+        return self._add(Stage("cogroup", fn, by=keys, others=tuple(sides)))
+
+    # -- inputs -----------------------------------------------------------------------------
+    @property
+    def label(self) -> str:
+        """The name of the input this job's chain reads (``"input"`` for the single unnamed one)."""
+        return self.input if self.input is not None else UNNAMED_INPUT
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """Every input the job reads, its own and its joins' (in order of appearance)."""
+        names = [self.label]
+        for st in self.stages:
+            for _, other in st.others:
+                names.extend(other.inputs)
+        return tuple(dict.fromkeys(names))
+
     # -- structure --------------------------------------------------------------------------
     @property
     def rounds(self) -> list[Round]:
@@ -238,8 +341,8 @@ class Job:
                     raise JobDefinitionError(f"job {self.name!r}: two combines in one round; merge them into one function")
                 combine = stage
             else:
-                if combine is not None and stage.kind == "sort":
-                    raise JobDefinitionError(f"job {self.name!r}: a combine cannot precede a sort; "
+                if combine is not None and stage.kind in ("sort", "join", "cogroup"):
+                    raise JobDefinitionError(f"job {self.name!r}: a combine cannot precede a {stage.kind}; "
                                              "combine belongs to a reduce")
                 if combine is not None and stage.aggs is not None:
                     raise JobDefinitionError(f"job {self.name!r}: reduce with aggs derives its own combine; "
@@ -276,7 +379,21 @@ class Job:
 
     def __repr__(self) -> str:
         version = f", version={self.version!r}" if self.version is not None else ""
-        return f"Job({self.name!r}, stages=[{', '.join(s.describe() for s in self.stages)}]{version})"
+        inp = f", input={self.input!r}" if self.input is not None else ""
+        return f"Job({self.name!r}, stages=[{', '.join(s.describe() for s in self.stages)}]{version}{inp})"
+
+
+UNNAMED_INPUT = "input"
+_INPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
+
+
+def _as_side(other: Any, what: str) -> Job:
+    if isinstance(other, str):
+        return Job(other, input=other)
+    if not isinstance(other, Job):
+        raise JobDefinitionError(f"{what} takes a Job (reading another named input) or an input name, got "
+                                 f"{type(other).__name__}")
+    return other
 
 
 @dataclass(frozen=True)
@@ -321,17 +438,13 @@ def job_fingerprint(job: Job, options: Mapping[str, Any] | None = None) -> JobFi
     """
     opts = _result_options(options)
     h = hashlib.sha256(f"job-fingerprint/2|{job.name}|engine {ENGINE_VERSION}|{opts!r}".encode())
-    for stage in job.stages:
-        h.update(f"|{stage.kind}|{stage.by}|{stage.descending}|{stage.columns}|".encode())
-        if stage.aggs is not None:
-            for out, a in stage.aggs.items():
-                h.update(f"{out}={a.token()};".encode())
+    _structure(job, h, top=True)
     if job.version is not None:
         h.update(f"|pinned|{job.version}".encode())
         return JobFingerprint(h.hexdigest()[:16], ENGINE_VERSION, opts, version=job.version)
     python = f"{sys.version_info[0]}.{sys.version_info[1]}"   # bytecode is specific to it
     labelled, counts = [], {}
-    for stage in job.stages:
+    for stage in _all_stages(job):
         if stage.fn is not None:
             counts[stage.kind] = counts.get(stage.kind, 0) + 1
             labelled.append((f"{stage.kind} function {counts[stage.kind]} ({_fn_name(stage.fn)})", stage.fn))
@@ -342,6 +455,33 @@ def job_fingerprint(job: Job, options: Mapping[str, Any] | None = None) -> JobFi
     h.update(f"|{sys.implementation.name} {python}|code {code.digest}".encode())
     return JobFingerprint(h.hexdigest()[:16], ENGINE_VERSION, opts, functions=code.functions,
                           modules=code.modules, python=python)
+
+
+def _structure(job: Job, h: Any, top: bool = False) -> None:
+    """Feed the shape of ``job`` (and of the jobs it joins) into ``h``; a single unnamed input adds
+    nothing, so such jobs keep the fingerprint they had before inputs could be named."""
+    if not top or job.input is not None:
+        h.update(f"|input={job.input}|".encode())
+    for stage in job.stages:
+        h.update(f"|{stage.kind}|{stage.by}|{stage.descending}|{stage.columns}|".encode())
+        if stage.aggs is not None:
+            for out, a in stage.aggs.items():
+                h.update(f"{out}={a.token()};".encode())
+        if stage.join is not None:
+            h.update(f"join {stage.join!r};".encode())
+        for label, other in stage.others:
+            h.update(f"side {label}:{other.name}(".encode())
+            _structure(other, h)
+            h.update(b")")
+
+
+def _all_stages(job: Job) -> list[Stage]:
+    out = []
+    for stage in job.stages:
+        out.append(stage)
+        for _, other in stage.others:
+            out.extend(_all_stages(other))
+    return out
 
 
 def _not_hashable(job: Job, exc: CodeNotHashable) -> JobDefinitionError:
@@ -365,4 +505,4 @@ def function_token(fn: Any) -> str:
         raise JobDefinitionError(f"cannot fingerprint {_fn_name(fn)}: {exc}") from exc
 
 
-__all__ = ["Job", "Stage", "Round", "JobFingerprint", "job_fingerprint", "function_token"]
+__all__ = ["Job", "Stage", "Round", "JobFingerprint", "job_fingerprint", "function_token", "UNNAMED_INPUT"]

@@ -19,7 +19,8 @@ round 1 (aggregate by ['word'])
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pyarrow as pa
@@ -27,19 +28,99 @@ import pyarrow as pa
 from . import config
 from .datasets import InputSpec, normalize_format, resolve_input, sample_table
 from .errors import EngineError, JobDefinitionError, SchemaError
-from .job import Job, Round, job_fingerprint
+from .job import UNNAMED_INPUT, Job, Round, Stage, job_fingerprint
+from .joins import JoinSpec, check_keys, join_tables
+
+
+@dataclass(frozen=True)
+class Side:
+    """One stream feeding a node: a named input or an earlier node's output, through its maps."""
+
+    label: str
+    maps: tuple[Stage, ...]
+    keys: tuple[str, ...]                 # the columns this side is partitioned by ((): map-only)
+    input: str | None = None              # the named input it reads, or
+    upstream: int | None = None           # the node whose output it reads
+    columns: tuple[str, ...] | None = None  # the input columns its first map needs (inputs only)
+
+    def describe(self) -> str:
+        return f"input {self.input!r}" if self.input is not None else f"the output of stage {self.upstream + 1}"
+
+
+@dataclass(frozen=True)
+class Node:
+    """A stage of the plan's DAG: the map stage(s) of its sides, then its reduce (or nothing).
+
+    A single-input job's nodes are its rounds (a trailing map-only round fused into the one
+    before it as ``post`` maps); a join or cogroup node has one side per input it combines, and
+    the nodes that produce those sides come before it. The last node writes the output.
+    """
+
+    index: int
+    round: Round
+    sides: tuple[Side, ...]
+    chain: str                            # the name of the job this round belongs to
+    post: tuple[Stage, ...] = ()          # maps run on this node's output before it is written
+
+    @property
+    def kind(self) -> str:
+        return self.round.kind
+
+    @property
+    def join(self) -> JoinSpec | None:
+        return self.round.reduce.join if self.round.reduce is not None else None
+
+    @property
+    def upstream(self) -> tuple[int, ...]:
+        return tuple(s.upstream for s in self.sides if s.upstream is not None)
+
+
+def build_nodes(job: Job) -> tuple[Node, ...]:
+    """The DAG of ``job``'s stages, in an order where every node comes after the nodes it reads."""
+    nodes: list[Node] = []
+
+    def chain(j: Job) -> tuple[int | None, tuple[Stage, ...]]:
+        upstream = None
+        for r in j.rounds:
+            if r.reduce is None:
+                return upstream, r.maps
+            first = upstream is None
+            sides = [Side(j.label, r.maps, r.keys, input=j.label if first else None, upstream=upstream,
+                          columns=r.columns if first else None)]
+            for label, other in r.reduce.others:
+                up, maps = chain(other)
+                keys = r.reduce.join.right_on if r.reduce.join is not None else r.reduce.by
+                sides.append(Side(label, maps, keys, input=other.label if up is None else None, upstream=up,
+                                  columns=(maps[0].columns if maps and up is None else None)))
+            nodes.append(Node(len(nodes), r, tuple(sides), j.name))
+            upstream = len(nodes) - 1
+        return upstream, ()
+
+    up, trailing = chain(job)
+    if up is None:
+        r = job.rounds[-1]
+        nodes.append(Node(0, r, (Side(job.label, trailing, (), input=job.label, columns=r.columns),), job.name))
+    elif trailing:
+        nodes[up] = replace(nodes[up], post=trailing)
+    return tuple(nodes)
 
 
 @dataclass(frozen=True)
 class Plan:
-    """A job bound to an input: rounds, splits and the sizes that drive the number of tasks."""
+    """A job bound to its inputs: the stage DAG, splits and the sizes that drive the number of tasks."""
 
     job: Job
     fingerprint: str
     rounds: tuple[Round, ...]
-    input: InputSpec | None
+    input: InputSpec | None               # the job's only input (None: several, see ``inputs``)
     partition_size: int
     fingerprint_covers: str = ""
+    nodes: tuple[Node, ...] = ()
+    inputs: Mapping[str, InputSpec] | None = None
+
+    @property
+    def multi_input(self) -> bool:
+        return len(self.job.inputs) > 1 or any(n.kind in ("join", "cogroup") for n in self.nodes)
 
     def initial_partitions(self, estimated_bytes: int) -> int:
         """Hash partitions each map task writes, before the driver coalesces them."""
@@ -48,6 +129,8 @@ class Plan:
         return int(min(hi, max(lo, want)))
 
     def describe(self) -> str:
+        if self.multi_input:
+            return self._describe_dag()
         lines = [f"Job {self.job.name!r}: {len(self.rounds)} round{'s' if len(self.rounds) != 1 else ''}, "
                  f"fingerprint {self.fingerprint}" + (f" ({self.fingerprint_covers})" if self.fingerprint_covers
                                                       else "")]
@@ -90,6 +173,43 @@ class Plan:
         return "\n".join(lines)
 
 
+    def _describe_dag(self) -> str:
+        n = len(self.nodes)
+        lines = [f"Job {self.job.name!r}: {n} stage{'s' if n != 1 else ''} over inputs {list(self.job.inputs)}, "
+                 f"fingerprint {self.fingerprint}" + (f" ({self.fingerprint_covers})" if self.fingerprint_covers
+                                                      else "")]
+        for name, spec in (self.inputs or {}).items():
+            lines.append(f"input {name!r}: {len(spec.snapshot)} {spec.format} file(s), {_size(spec.total_bytes)}, "
+                         f"{len(spec.splits)} split(s) on {spec.protocol}://")
+        for node in self.nodes:
+            r = node.round
+            head = f"stage {node.index + 1} ({node.kind}" + (f" by {list(node.sides[0].keys)}" if node.sides[0].keys
+                                                               else "") + f", job {node.chain!r})"
+            lines.append(head)
+            for side in node.sides:
+                maps = ", ".join(m.describe() for m in side.maps) or "(identity)"
+                lines.append(f"  map {side.label!r} <- {side.describe()}: {maps}")
+            if node.kind == "join":
+                lines.append(f"  {node.join.describe()} (right side: {node.sides[1].label!r}); strategy at run "
+                             f"time: broadcast a side whose map output is at most "
+                             f"{_size(config.parse_size(config.get('join.broadcast-max')))} (join types permitting), "
+                             f"else shuffle hash join toward {_size(self.partition_size)} per task, skewed "
+                             "partitions split")
+            elif node.kind == "cogroup":
+                lines.append(f"  shuffle hash by {list(node.sides[0].keys)}, then {r.reduce.describe()}")
+            elif node.kind in ("aggregate", "reduce"):
+                lines.append(f"  shuffle hash({list(r.keys)}), coalesced toward {_size(self.partition_size)}; "
+                             f"{r.reduce.describe()}")
+            elif node.kind == "sort":
+                lines.append(f"  shuffle range({list(r.keys)}{', descending' if r.reduce.descending else ''})")
+            for m in node.post:
+                lines.append(f"  then {m.describe()}")
+            out = "output (Parquet, committed with a _SUCCESS manifest)" if node.index == n - 1 else \
+                f"input of stage {', '.join(str(x.index + 1) for x in self.nodes if node.index in x.upstream)}"
+            lines.append(f"  -> {out}")
+        return "\n".join(lines)
+
+
 def _size(n: int | None) -> str:
     if n is None:
         return "?"
@@ -100,9 +220,10 @@ def _size(n: int | None) -> str:
     return str(n)
 
 
-def build_plan(job: Job, input_spec: InputSpec | None, partition_size: int | str | None = None, *,
-               format: str | None = None) -> Plan:
-    """The plan of ``job`` over ``input_spec`` (None: no input yet, as in ``explain(job)``).
+def build_plan(job: Job, input_spec: InputSpec | Mapping[str, InputSpec] | None,
+               partition_size: int | str | None = None, *, format: str | None = None) -> Plan:
+    """The plan of ``job`` over ``input_spec`` (None: no input yet, as in ``explain(job)``); a job
+    reading named inputs takes a dict ``{name: InputSpec}``.
 
     The fingerprint covers the options that change results: the input format (resolved from the
     input, else ``format``). Tuning (``partition_size``) does not enter it.
@@ -111,14 +232,28 @@ def build_plan(job: Job, input_spec: InputSpec | None, partition_size: int | str
         raise JobDefinitionError(f"expected an engine.Job, got {type(job).__name__}")
     size = config.parse_size(partition_size if partition_size is not None else config.get("partition-size"),
                              name="partition_size")
-    fmt = input_spec.format if input_spec is not None else normalize_format(format)
+    nodes = build_nodes(job)
+    if isinstance(input_spec, Mapping):
+        specs = dict(input_spec)
+        fmts = sorted({s.format for s in specs.values()})
+        fmt = fmts[0] if len(fmts) == 1 else ",".join(f"{k}:{specs[k].format}" for k in sorted(specs))
+        single = specs[job.label] if len(specs) == 1 and job.label in specs else None
+    else:
+        specs = {job.label: input_spec} if input_spec is not None else None
+        fmt = input_spec.format if input_spec is not None else normalize_format(format)
+        single = input_spec
     fp = job_fingerprint(job, {"format": fmt})
-    return Plan(job, fp.digest, tuple(job.rounds), input_spec, size, fp.covers())
+    return Plan(job, fp.digest, tuple(job.rounds), single, size, fp.covers(), nodes, specs)
 
 
-def validate_on_sample(plan: Plan, sample: pa.Table | None) -> None:
-    """Run the job's functions on a few input rows in the driver, to catch shape mistakes early."""
+def validate_on_sample(plan: Plan, sample: pa.Table | Mapping[str, pa.Table | None] | None) -> None:
+    """Run the job's functions on a few input rows in the driver, to catch shape mistakes early
+    (a job reading named inputs takes a dict of samples; an input without one is not checked)."""
     if sample is None:
+        return
+    if plan.multi_input or isinstance(sample, Mapping):
+        samples = sample if isinstance(sample, Mapping) else {plan.job.label: sample}
+        _validate_dag(plan, samples)
         return
     table = sample
     for r in plan.rounds:
@@ -154,6 +289,53 @@ def validate_on_sample(plan: Plan, sample: pa.Table | None) -> None:
         # sort keeps the table as is
 
 
+def _validate_dag(plan: Plan, samples: Mapping[str, pa.Table | None]) -> None:
+    """The sample check node by node: each node's output on the samples of its inputs (None where an
+    input had no sample, and downstream of it)."""
+    outputs: dict[int, pa.Table | None] = {}
+    for node in plan.nodes:
+        where = f"stage {node.index + 1} of {len(plan.nodes)} (job {node.chain!r})"
+        tables: list[pa.Table | None] = []
+        for side in node.sides:
+            table = samples.get(side.input) if side.input is not None else outputs.get(side.upstream)
+            if table is not None and side.columns is not None:
+                missing = [c for c in side.columns if c not in table.column_names]
+                if missing:
+                    raise SchemaError(f"{where}: map columns= asks for {missing}, which input {side.input!r} "
+                                      f"lacks; it has {table.column_names}")
+                table = table.select(list(side.columns))
+            for i, m in enumerate(side.maps):
+                if table is not None:
+                    table = _call(m.fn, table, f"{where}: map function {i + 1} of {side.label!r} ({m.describe()})")
+            if table is not None and side.keys:
+                missing = [k for k in side.keys if k not in table.column_names]
+                if missing:
+                    raise SchemaError(f"{where}: key column(s) {missing} not in the map output of {side.label!r}; "
+                                      f"it has columns {table.column_names}")
+            tables.append(table)
+        r, out = node.round, None
+        if all(t is not None for t in tables):
+            t = tables[0]
+            if node.kind == "join":
+                check_keys(t.schema, node.join.left_on, "left", node.join)
+                out = join_tables(t, tables[1], node.join)
+            elif node.kind == "cogroup":
+                arg = {s.label: x for s, x in zip(node.sides, tables)}
+                out = _call(r.reduce.fn, arg, f"{where}: cogroup function")
+            elif node.kind == "aggregate":
+                r.aggregations.validate(t.schema)
+                out = r.aggregations.aggregate(t)
+            elif node.kind == "reduce":
+                if r.combine is not None:
+                    t = _call(r.combine.fn, t, f"{where}: combine")
+                out = _call(r.reduce.fn, t, f"{where}: reduce function")
+            else:
+                out = t
+            for i, m in enumerate(node.post):
+                out = _call(m.fn, out, f"{where}: map function {i + 1} after it ({m.describe()})")
+        outputs[node.index] = out
+
+
 def _cols(schema: pa.Schema) -> str:
     return ", ".join(f"{f.name}: {f.type}" for f in schema)
 
@@ -164,6 +346,10 @@ def _call(fn, table: pa.Table, where: str) -> pa.Table:
     except EngineError:
         raise
     except Exception as exc:  # noqa: BLE001 - reported with context, original chained
+        if isinstance(table, Mapping):
+            shape = ", ".join(f"{k}: {v.num_rows} rows" for k, v in table.items())
+            raise JobDefinitionError(f"{where} failed on a sample of the inputs ({shape}): "
+                                     f"{type(exc).__name__}: {exc}") from exc
         raise JobDefinitionError(f"{where} failed on a sample of the input ({table.num_rows} rows with columns "
                                  f"{table.column_names}): {type(exc).__name__}: {exc}") from exc
     if isinstance(out, pa.RecordBatch):
@@ -176,14 +362,47 @@ def _call(fn, table: pa.Table, where: str) -> pa.Table:
 def explain(job: Job, input: Any = None, *, storage_options: dict | None = None, partition_size: Any = None,
             format: str | None = None, **_: Any) -> str:
     """The plan of ``job`` as text; with ``input``, also the splits and the size of the Dask graph."""
-    spec = resolve_input(input, storage_options, format=format) if input is not None else None
+    spec = resolve_inputs(job, input, storage_options, format=format) if input is not None else None
     plan = build_plan(job, spec, partition_size, format=format)
     text = plan.describe()
     if spec is not None:
-        validate_on_sample(plan, sample_table(spec.fs, spec))
+        validate_on_sample(plan, {k: sample_table(s.fs, s) for k, s in spec.items()})
         from .compile import graph_size
         text += "\n" + graph_size(plan)
     return text
 
 
-__all__ = ["Plan", "build_plan", "validate_on_sample", "explain"]
+def resolve_inputs(job: Job, input: Any, storage_options: dict | None = None, *,
+                   format: str | None = None) -> dict[str, InputSpec]:
+    """``{name: InputSpec}`` for every input ``job`` reads.
+
+    ``input`` is a dict of named inputs (``{"orders": "s3://.../orders/", ...}``), or, for a job that
+    reads one input, that input itself (a path, a list of paths, a dataset).
+    """
+    names = job.inputs
+    if isinstance(input, Mapping):
+        given = dict(input)
+        if len(names) == 1 and len(given) == 1 and names[0] not in given and names[0] == UNNAMED_INPUT:
+            given = {names[0]: next(iter(given.values()))}
+        missing = [n for n in names if n not in given]
+        unknown = [n for n in given if n not in names]
+        if missing or unknown:
+            what = []
+            if missing:
+                what.append(f"no path for input{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}")
+            if unknown:
+                what.append(f"{', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} not read by it")
+            raise JobDefinitionError(f"job {job.name!r} reads input{'s' if len(names) > 1 else ''} "
+                                     f"{', '.join(map(repr, names))}: {'; '.join(what)}. Pass "
+                                     + "{" + ", ".join(f"{n!r}: PATH" for n in names) + "} (CLI: "
+                                     + " ".join(f"--input {n}=PATH" for n in names) + ")")
+    elif len(names) == 1:
+        given = {names[0]: input}
+    else:
+        raise JobDefinitionError(f"job {job.name!r} reads several inputs ({', '.join(map(repr, names))}); pass a dict "
+                                 + "{" + ", ".join(f"{n!r}: PATH" for n in names) + "} (CLI: "
+                                 + " ".join(f"--input {n}=PATH" for n in names) + ")")
+    return {n: resolve_input(given[n], storage_options, format=format) for n in names}
+
+
+__all__ = ["Plan", "Node", "Side", "build_plan", "build_nodes", "validate_on_sample", "explain", "resolve_inputs"]

@@ -86,6 +86,7 @@ class RunReport:
     stages: list[StageReport] = field(default_factory=list)
     tasks: list[TaskReport] = field(default_factory=list)
     skew: list[dict] = field(default_factory=list)
+    joins: list[dict] = field(default_factory=list)       # join strategy and skew-split decisions, with sizes
     speculation: list[dict] = field(default_factory=list)
     zombies: list[dict] = field(default_factory=list)     # cancelled attempts that kept running, see above
     retries: list[dict] = field(default_factory=list)
@@ -147,6 +148,8 @@ class RunReport:
                          f"{s.rows_out:,}  {s.bytes_out:,} B" + (f"  ({', '.join(extra)})" if extra else ""))
             if self.tasks:
                 lines.append(f"  {'':<24} tasks per worker: {self._placement_line(s.name)}")
+        for d in self.joins:
+            lines.append(f"  join: {d.get('reason', d)}")
         for d in self.skew:
             lines.append(f"  skew: {d.get('reason', d)}")
         for d in self.speculation:
@@ -164,7 +167,7 @@ class RunReport:
             f"<td>{s.rows_in:,}</td><td>{s.rows_out:,}</td><td>{s.bytes_out:,}</td><td>{s.retries}</td>"
             f"<td>{s.speculative}</td><td>{html.escape(self._placement_line(s.name))}</td></tr>" for s in self.stages)
         notes = "".join(f"<li>{html.escape(redact(str(d.get('reason', d))))}</li>"
-                        for d in self.skew + self.speculation + self.zombies)
+                        for d in self.joins + self.skew + self.speculation + self.zombies)
         return (f"<div><b>{html.escape(self.job)}</b> run <code>{self.run_id[:12]}</code>: {self.status} in "
                 f"{self.duration:.2f}s, {self.output_rows:,} rows in {self.output_files} files<br>"
                 f"<table><tr><th>stage</th><th>tasks</th><th>time</th><th>rows in</th><th>rows out</th>"

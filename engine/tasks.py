@@ -22,6 +22,7 @@ import hashlib
 import pickle
 import posixpath
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from . import shuffle
 from .commit import ParquetAttemptWriter
 from .datasets import Split, is_local, read_split
 from .errors import EngineError, FencedError, IntegrityError, SchemaError
+from .joins import conform_keys, join_tables
 
 
 class TaskCancelled(Exception):
@@ -66,6 +68,9 @@ class TaskContext:
     map_combine: bool = True          # map output is combined (aggregations: partial states)
     report_progress: bool = True      # map tasks tell the speculation supervisor their progress
     fence: Any = None                 # the run's engine.fence.RunFence (None: unfenced, e.g. unit tests)
+    side: int = 0                     # map tasks: which side of the node (its maps in the payload)
+    ops: tuple = ()                   # map tasks: steps before the side's maps (fused broadcast joins)
+    key_types: tuple | None = None    # join/cogroup map tasks: cast the keys to these types before hashing
 
     @property
     def last_round(self) -> bool:
@@ -315,27 +320,37 @@ class _Output:
 def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partition: int, attempt: int) -> dict:
     """One map attempt over one split; returns its shuffle index or commit message."""
     start = time.time()
-    stages = load_payload(blob)[ctx.round]
+    payload = load_payload(blob)
+    stages = payload[ctx.round]
     label = _label(ctx, "map", partition)
     if ctx.faults is not None:
         ctx.faults.before_task(ctx, "map", partition, attempt)
     rows_in = 0
     output = None
     try:
+        pipeline = _map_pipeline(ctx, payload, f"{label} (input {split.describe()})")
+
         def mapped() -> Iterator[pa.Table]:
             nonlocal rows_in
-            for batch in read_split(input_fs, split, columns=ctx.columns if ctx.round == 0 else None,
-                                    batch_rows=ctx.batch_rows, partition_types=ctx.partition_types):
+            for batch in read_split(input_fs, split, columns=ctx.columns, batch_rows=ctx.batch_rows,
+                                    partition_types=ctx.partition_types):
                 check_cancelled()
                 if ctx.faults is not None:
                     ctx.faults.during_task(ctx, "map", partition, attempt)
                 rows_in += batch.num_rows
-                table = pa.Table.from_batches([batch])
-                for i, fn in enumerate(stages["maps"]):
-                    table = _apply(fn, table, f"map function {i + 1} of {label} (input {split.describe()})")
-                yield table
+                yield pipeline(pa.Table.from_batches([batch]))
                 if ctx.report_progress:
                     report_progress(rows_in)
+            if rows_in == 0 and ctx.kind in ("join", "cogroup"):
+                # no rows: the output still carries the schema (the reducers join with it)
+                schema = split.schema
+                if schema is None and split.format == "ipc":
+                    with contextlib.suppress(Exception):
+                        schema = shuffle.file_schema(input_fs, split.path)
+                if schema is not None:
+                    if ctx.columns is not None:
+                        schema = pa.schema([schema.field(c) for c in ctx.columns if c in schema.names])
+                    yield pipeline(schema.empty_table())
 
         if ctx.kind == "map":
             output = _Output(ctx, partition, attempt, "map")
@@ -356,6 +371,25 @@ def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partitio
                                                  batch_bytes=ctx.sort_batch_bytes or None, rows_in=rows_in)
             result = {"shuffle": index, "rows_out": index.rows_out, "bytes_out": index.total_bytes,
                       "schema": shuffle.shuffle_ready(table.slice(0, 0)).schema}
+        elif ctx.kind in ("join", "cogroup"):
+            path = posixpath.join(ctx.shuffle_root, shuffle.attempt_name(f"r{ctx.round}-map", partition, attempt))
+            what, fence = f"{label}, attempt {attempt}", _shuffle_fence(ctx, path)
+            with _fenced(fence, ctx.shuffle_fs, path, what):
+                writer = shuffle.HashShuffleWriter(ctx.shuffle_fs, path, ctx.keys, ctx.num_partitions,
+                                                   spill_bytes=ctx.spill_bytes)
+                checked = False
+                for table in mapped():
+                    if not checked:
+                        _check_keys(table, ctx.keys, f"the map output of {label}")
+                        checked = True
+                    if ctx.key_types is not None:
+                        table = conform_keys(table, ctx.keys, ctx.key_types)
+                    writer.write(table)
+                _fence_check(fence, what, path)
+                index = writer.close()
+            index.rows_in = rows_in
+            result = {"shuffle": index, "rows_out": index.total_rows, "bytes_out": index.total_bytes,
+                      "schema": writer.schema, "side": ctx.side}
         else:
             combine = _combiner(ctx, stages, label) if ctx.map_combine else None
             path = posixpath.join(ctx.shuffle_root, shuffle.attempt_name(f"r{ctx.round}-map", partition, attempt))
@@ -389,6 +423,60 @@ def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partitio
     result.update({"rows_in": rows_in, "start": start, "stop": time.time(), "worker": _worker_name(),
                    "partition": partition, "attempt": attempt, "input_bytes": split.size})
     return result
+
+
+def _map_pipeline(ctx: TaskContext, payload: list, label: str):
+    """``table -> table``: the steps fused before this side (``ctx.ops``), then the side's own maps."""
+    steps: list = []
+
+    def maps(fns, where: str) -> None:
+        for i, fn in enumerate(fns):
+            steps.append((lambda t, fn=fn, w=f"map function {i + 1} of {where}": _apply(fn, t, w)))
+
+    for op in ctx.ops:
+        if op[0] == "maps":
+            node, side = op[1], op[2]
+            entry = payload[node]["sides"][side]
+            maps(entry["maps"], f"{entry['label']!r} of stage {node + 1}, {label}")
+        elif op[0] == "broadcast":
+            steps.append(_broadcast_join(ctx, payload, op, label))
+        elif op[0] == "post":
+            maps(payload[op[1]]["post"], f"stage {op[1] + 2} (after the join of stage {op[1] + 1}), {label}")
+    if ctx.side >= 0:            # -1: the ops already hold every step (a broadcast join written as output)
+        own = payload[ctx.round].get("sides")
+        maps(own[ctx.side]["maps"] if own else payload[ctx.round]["maps"], label)
+
+    def run(table: pa.Table) -> pa.Table:
+        for step in steps:
+            table = step(table)
+        return table
+    return run
+
+
+_BROADCAST: dict[tuple, pa.Table] = {}
+_BROADCAST_LOCK = threading.Lock()
+
+
+def _broadcast_join(ctx: TaskContext, payload: list, op: tuple, label: str):
+    """The step that joins each chunk of the big side with the whole small side of a broadcast join
+    (read once per worker process from the small side's map outputs)."""
+    _, node, big, refs, schema = op
+    spec = payload[node]["join"]
+    cache_key = (ctx.shuffle_root, node, tuple(r[0] for r in refs))
+    with _BROADCAST_LOCK:
+        small = _BROADCAST.get(cache_key)
+    if small is None:
+        small = shuffle.read_table(ctx.shuffle_fs, refs, schema).combine_chunks()
+        with _BROADCAST_LOCK:
+            if len(_BROADCAST) >= 4:
+                _BROADCAST.clear()
+            _BROADCAST[cache_key] = small
+    where = f"the broadcast {spec.describe()} of stage {node + 1}, {label}"
+
+    def step(table: pa.Table) -> pa.Table:
+        with _computing(where):
+            return join_tables(table, small, spec) if big == 0 else join_tables(small, table, spec)
+    return step
 
 
 def _combiner(ctx: TaskContext, stages: dict, label: str):
@@ -507,6 +595,57 @@ def run_partial(ctx: TaskContext, blob: bytes, refs: list, key_filter: dict | No
             "worker": _worker_name(), "partition": partition, "attempt": attempt, "input_bytes": None}
 
 
-__all__ = ["TaskContext", "run_map", "run_reduce", "run_partial", "check_cancelled", "TaskCancelled", "load_payload",
+def _piece_of(table: pa.Table, piece: tuple | None) -> pa.Table:
+    """Rows ``[j*n/k, (j+1)*n/k)`` of ``table`` for a piece ``(side, j, k)`` cut by rows."""
+    if piece is None or piece[2] <= 1:
+        return table
+    _, j, k = piece
+    n = table.num_rows
+    lo, hi = j * n // k, (j + 1) * n // k
+    return table.slice(lo, hi - lo)
+
+
+def run_join(ctx: TaskContext, blob: bytes, refs: list, piece: tuple | None, schemas: list,
+             partition: int, attempt: int) -> dict:
+    """One join or cogroup attempt: each side's slices of the hash partitions it was given (one side
+    perhaps only a piece of them, the other replicated), joined or passed to the cogroup function."""
+    start = time.time()
+    stages = load_payload(blob)[ctx.round]
+    label = _label(ctx, ctx.kind, partition)
+    if ctx.faults is not None:
+        ctx.faults.before_task(ctx, "reduce", partition, attempt)
+    output = _Output(ctx, partition, attempt, "reduce")
+    post = stages.get("post") or []
+    try:
+        tables = []
+        for s, (side_refs, schema) in enumerate(zip(refs, schemas)):
+            table = shuffle.read_table(ctx.shuffle_fs, side_refs, schema)
+            if piece is not None and piece[0] == s:
+                table = _piece_of(table, piece)
+            tables.append(table)
+            check_cancelled()
+        if ctx.faults is not None:
+            ctx.faults.during_task(ctx, "reduce", partition, attempt)
+        rows_in = sum(t.num_rows for t in tables)
+        if ctx.kind == "join":
+            with _computing(f"the {stages['join'].describe()} of {label}"):
+                result = join_tables(tables[0], tables[1], stages["join"])
+        else:
+            labels = [side["label"] for side in stages["sides"]]
+            arg = dict(zip(labels, tables))
+            result = _apply(stages["cogroup"], arg, f"cogroup function of {label}")
+        for i, fn in enumerate(post):
+            result = _apply(fn, result, f"map function {i + 1} of round {ctx.round + 2} (fused into {label})")
+        output.write(result)
+        result_info = output.close()
+    except BaseException:
+        output.abort()
+        raise
+    result_info.update({"rows_in": rows_in, "start": start, "stop": time.time(), "worker": _worker_name(),
+                        "partition": partition, "attempt": attempt, "input_bytes": None})
+    return result_info
+
+
+__all__ = ["TaskContext", "run_map", "run_reduce", "run_partial", "run_join", "check_cancelled", "TaskCancelled", "load_payload",
            "PayloadRef"]
 _ = EngineError
