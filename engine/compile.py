@@ -19,7 +19,7 @@ from typing import Any
 
 from dask.task_spec import Task, TaskRef
 
-from .plan import Plan
+from .plan import graph_size  # noqa: F401  (it moved to engine.plan; the old name works)
 
 
 def stage_prefix(job_name: str, round_index: int, stage: str, fingerprint: str, run_id: str) -> str:
@@ -59,30 +59,6 @@ def stage_graph(prefix: str, tasks: Sequence[TaskSpec], attempt: int = 0) -> dic
     for t in tasks:
         dsk.update(t.graph(prefix, attempt, {}))
     return dsk
-
-
-def graph_size(plan: Plan) -> str:
-    """A line per stage with its task count, as far as it is known before the run."""
-    lines = ["dask graph (one Task per attempt; reduce stages sized at run time):"]
-    n_in = len(plan.input.splits) if plan.input is not None else None
-    total = 0
-    for r in plan.rounds:
-        if n_in is not None:
-            lines.append(f"  r{r.index}-map: {n_in} tasks")
-            total += n_in
-        else:
-            lines.append(f"  r{r.index}-map: one task per input partition")
-        if r.kind != "map":
-            est = plan.input.total_bytes if (plan.input is not None and r.index == 0) else None
-            if est is not None:
-                hi = plan.initial_partitions(est)
-                lines.append(f"  r{r.index}-reduce: 1..{hi} tasks (coalesced from {hi} hash partitions)")
-            else:
-                lines.append(f"  r{r.index}-reduce: sized from map output")
-            n_in = None
-    if total:
-        lines.append(f"  known before the run: {total} map tasks")
-    return "\n".join(lines)
 
 
 __all__ = ["stage_prefix", "task_key", "TaskSpec", "stage_graph", "graph_size"]

@@ -369,12 +369,12 @@ class Job:
     # -- running ----------------------------------------------------------------------------
     def run(self, input: Any, output: str, **options: Any):
         """Run the job; same parameters as :func:`engine.run`. Returns a :class:`RunResult`."""
-        from .runner import run
+        from .runner import run    # late: runner depends on job (job <- plan <- compile <- runner)
         return run(self, input, output, **options)
 
     def explain(self, input: Any = None, **options: Any) -> str:
         """The plan as text: rounds, stages, and with ``input`` the splits and graph size."""
-        from .plan import explain
+        from .plan import explain    # late: plan depends on job
         return explain(self, input, **options)
 
     def __repr__(self) -> str:

@@ -367,7 +367,6 @@ def explain(job: Job, input: Any = None, *, storage_options: dict | None = None,
     text = plan.describe()
     if spec is not None:
         validate_on_sample(plan, {k: sample_table(s.fs, s) for k, s in spec.items()})
-        from .compile import graph_size
         text += "\n" + graph_size(plan)
     return text
 
@@ -403,6 +402,30 @@ def resolve_inputs(job: Job, input: Any, storage_options: dict | None = None, *,
                                  + "{" + ", ".join(f"{n!r}: PATH" for n in names) + "} (CLI: "
                                  + " ".join(f"--input {n}=PATH" for n in names) + ")")
     return {n: resolve_input(given[n], storage_options, format=format) for n in names}
+
+
+def graph_size(plan: Plan) -> str:
+    """A line per stage with its task count, as far as it is known before the run."""
+    lines = ["dask graph (one Task per attempt; reduce stages sized at run time):"]
+    n_in = len(plan.input.splits) if plan.input is not None else None
+    total = 0
+    for r in plan.rounds:
+        if n_in is not None:
+            lines.append(f"  r{r.index}-map: {n_in} tasks")
+            total += n_in
+        else:
+            lines.append(f"  r{r.index}-map: one task per input partition")
+        if r.kind != "map":
+            est = plan.input.total_bytes if (plan.input is not None and r.index == 0) else None
+            if est is not None:
+                hi = plan.initial_partitions(est)
+                lines.append(f"  r{r.index}-reduce: 1..{hi} tasks (coalesced from {hi} hash partitions)")
+            else:
+                lines.append(f"  r{r.index}-reduce: sized from map output")
+            n_in = None
+    if total:
+        lines.append(f"  known before the run: {total} map tasks")
+    return "\n".join(lines)
 
 
 __all__ = ["Plan", "Node", "Side", "build_plan", "build_nodes", "validate_on_sample", "explain", "resolve_inputs"]

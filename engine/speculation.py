@@ -40,6 +40,12 @@ Every launch, and which attempt won, goes into ``RunReport.speculation``.
 A check costs O(attempts executing): finished tasks' statistics are folded in as they arrive and kept
 sorted (medians in O(1)), and only this stage's started attempts are looked at, through the
 executor's index of running attempts.
+
+The executor drives a :class:`Supervisor` through :class:`engine.executor.StageSupervisor`
+(``stage_started``, ``check``, ``note_result``, ``stage_finished``, ``busy_workers``, ``start_of``)
+and shows it each stage as an :class:`engine.executor.StageView`: the stage's finished results,
+its running attempts by key and partition, and ``speculate(partition, avoid)``, the one thing a
+supervisor may do to it.
 """
 
 from __future__ import annotations
@@ -51,12 +57,15 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-
+from typing import TYPE_CHECKING
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from . import config
 from .report import RunReport
+
+if TYPE_CHECKING:
+    from .executor import StageView
 
 log = logging.getLogger("engine")
 
@@ -215,9 +224,10 @@ class Supervisor:
         except Exception:  # noqa: BLE001 - then no placement can be promised
             return set()
 
-    # -- executor hooks ---------------------------------------------------------------------
-    def stage_started(self, executor, name: str, prefix: str, total: int) -> None:
-        self._stage, self._total, self._prefix = name, total, prefix
+    # -- executor hooks (engine.executor.StageSupervisor) -------------------------------------
+    def stage_started(self, stage: StageView) -> None:
+        name, prefix = stage.name, stage.prefix
+        self._stage, self._total, self._prefix = name, stage.total, prefix
         self.speculated = {}
         self._stats = _Finished()
         with self._lock:
@@ -228,7 +238,7 @@ class Supervisor:
                                for k in itertools.islice(reversed(self.starts), max(0, len(self.starts) - self._mark))
                                if k.startswith(self._prefix_repr)}
 
-    def stage_finished(self, executor, name: str) -> None:
+    def stage_finished(self, stage: StageView) -> None:
         with self._lock:
             self._mark = len(self.starts)
             self._executing = {}
@@ -250,6 +260,11 @@ class Supervisor:
     def busy_workers(self) -> set[str]:
         """Workers (without a nanny) still held by a cancelled attempt: no new task of this run goes there."""
         return set(self.busy)
+
+    def start_of(self, key: str) -> tuple[float, str] | None:
+        """``(start time, worker)`` of the attempt ``repr(key)``, once its worker reported it started."""
+        with self._lock:
+            return self.starts.get(key)
 
     # -- cancelled attempts that keep running -----------------------------------------------------
     def _watch_loser(self, partition: int, attempt: int) -> None:
@@ -314,18 +329,17 @@ class Supervisor:
             self.busy.pop(worker, None)
             record["freed_at"] = time.time()
 
-    def check(self, executor, running, results: dict, submit, sizes: dict[int, int | None]) -> None:
+    def check(self, stage: StageView) -> None:
         """Launch speculative attempts of this stage's stragglers (at most every ``interval`` seconds).
 
-        ``running`` is the executor's index of running attempts (``future -> (partition, attempt,
-        submitted, speculative)`` with ``by_key``, ``ended``, ``attempts_of(partition)`` and a
-        ``speculative`` count); ``results`` only grows. A check costs O(attempts executing + results
-        since the last check), never O(tasks in the stage).
+        ``stage`` indexes its running attempts by key and partition; its ``results`` only grow. A check
+        costs O(attempts executing + results since the last check), never O(tasks in the stage).
         """
         now = time.time()
         if now - self._last < self.policy.interval:
             return
         self._last = now
+        results = stage.results
         total = self._total
         if total < 2:
             return
@@ -348,25 +362,25 @@ class Supervisor:
             if gaps else math.inf
         if early:
             silent_limit *= self.policy.early_multiplier
-        active = running.speculative
+        active = stage.speculative
         # Only this stage's started attempts are looked at (the executor indexes its running attempts by
         # key and partition): a check costs O(tasks executing), not O(tasks in the stage).
         by_partition: dict[int, list] = {}
         with self._lock:
             executing = list(self._executing)
+        started_running = 0
         for key in executing:
-            future = running.by_key.get(key)
-            if future is None:
-                if key in running.ended:
+            p = stage.partition_of(key)
+            if p is None:
+                if stage.ended(key):
                     with self._lock:
                         self._executing.pop(key, None)
                 continue        # ended, or not yet registered by the executor
-            p = running[future][0]
-            by_partition[p] = running.attempts_of(p)
+            started_running += 1
+            by_partition[p] = stage.attempts_of(p)
         # Work still queued (attempts not started) keeps the other slots busy for about this long; a copy
         # launched now only pays if the straggler would finish after that work plus the copy itself.
-        started_running = sum(1 for key in executing if key in running.by_key)
-        queued = max(0, len(running) - started_running)
+        queued = max(0, stage.running - started_running)
         drain = queued * median / max(1, self._slots() - 1)
         durations = stats.durations
         for p, attempts in sorted(by_partition.items()):
@@ -374,19 +388,19 @@ class Supervisor:
                 break
             if p in results or p in self.speculated or len(attempts) > 1:
                 continue
-            future, (_, attempt, submitted, _) = attempts[0]
+            key, attempt = attempts[0]
             with self._lock:
-                started = self.starts.get(repr(future.key))
+                started = self.starts.get(key)
             if started is None:
                 continue          # still queued: not a straggler (yet)
             start, worker = started
             elapsed = now - start
-            size = sizes.get(p)
+            size = stage.size(p)
             expected = size / rate if rate and size else median      # how long this task should take
             factor = self.policy.early_multiplier if early else 1
             # LATE: the task's own progress (map tasks report rows done after each input batch)
             with self._lock:
-                reported = self.progress.get(repr(future.key))
+                reported = self.progress.get(key)
             done = reported[1] if reported else None
             expected_rows = (size * _median(stats.rows_per_byte) if size and stats.rows_per_byte
                              else _median(stats.rows_done) if stats.rows_done else None)
@@ -423,7 +437,7 @@ class Supervisor:
                 continue          # no other worker, or every other one is slow: a copy would not finish sooner
             if slow_nodes - {worker}:
                 reason += f"; not placed on slow worker(s) {', '.join(sorted(slow_nodes - {worker}))}"
-            new_attempt = submit(p, speculative=True, avoid=avoid)
+            new_attempt = stage.speculate(p, avoid)
             decision = {"stage": self._stage, "partition": p, "attempt": new_attempt, "straggler": attempt,
                         "worker": worker, "elapsed": round(elapsed, 3), "median": round(median, 3),
                         "reason": reason, "won": None}

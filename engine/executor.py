@@ -1,0 +1,566 @@
+"""Stage execution: one stage's attempt-keyed tasks, run to completion on distributed.
+
+:class:`StageExecutor` submits a stage's first attempts in one graph, collects what finishes,
+retries failed tasks with capped exponential backoff and full jitter (each retry under a new key),
+and fails the stage at once on a deterministic error (bad schema, unreadable input) with a message
+naming the round, stage and partition. The first successful attempt of a partition is its result;
+later ones are recorded as losers. A resumed run reuses journaled results of the very same tasks.
+
+The loop costs the driver O(1) per task event: running attempts are indexed by partition and key
+(:class:`_Running`), completions arrive through a queue (no wait on, or scan of, every running
+future), and the results of the tasks that finished together are fetched in one request.
+
+A speculation supervisor (:class:`StageSupervisor`, implemented by
+:class:`engine.speculation.Supervisor`) watches each stage through a :class:`StageView`: what it
+may read of the running stage, and the one thing it may do, launch a speculative attempt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import heapq
+import logging
+import queue
+import random
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+from . import commit, config, shuffle
+from .compile import TaskSpec
+from .datasets import Split
+from .errors import ClusterError, InputError, JobDefinitionError, SchemaError, StageFailedError
+from .journal import Journal, still_valid
+from .redact import redact
+from .report import RunReport, StageReport, TaskReport
+from .tasks import TaskContext
+
+log = logging.getLogger("engine")
+
+ProgressFn = Callable[[str, int, int], None]
+
+_PERMANENT = (SchemaError, InputError, JobDefinitionError, pa.ArrowTypeError, pa.ArrowNotImplementedError)
+
+
+def _is_permanent(exc: BaseException) -> bool:
+    """Deterministic failures, never retried: the job's or the input's errors, Arrow's type errors (no
+    kernel or cast for these types), and Arrow errors a task marked as raised while *computing* (user
+    functions, aggregations, casts: ``engine_deterministic``). An ``ArrowInvalid`` raised while reading
+    bytes (a short read of a shuffle file from an object store) is retried."""
+    return isinstance(exc, _PERMANENT) or bool(getattr(exc, "engine_deterministic", False))
+
+
+def redact_exception(exc: BaseException) -> None:
+    """Redact, in place, the string arguments of an exception leaving the driver and of its causes, so
+    that what prints it later (a traceback, the CLI's paragraph) does not show a secret it quoted."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen and len(seen) < 16:
+        seen.add(id(exc))
+        with contextlib.suppress(Exception):
+            exc.args = tuple(redact(a) if isinstance(a, str) else a for a in exc.args)
+        exc = exc.__cause__ or exc.__context__
+
+
+# ---------------------------------------------------------------------------------------------
+# Running attempts
+
+
+class _Running(dict):
+    """A stage's running attempts, ``future -> (partition, attempt, submitted, speculative)``.
+
+    Indexed so that each event costs the driver O(1), whatever the stage's size: by partition (the
+    attempts to cancel when one wins, whether another attempt still runs), by ``repr(key)`` (what
+    the speculation supervisor's start events name) and a count of speculative attempts. Every
+    future put in reports its completion once, through a queue that :meth:`next_done` drains; the
+    loop never waits on, or polls, all running futures.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._by_partition: dict[int, dict] = {}
+        self.by_key: dict[str, Any] = {}
+        self.ended: set[str] = set()      # repr(key) of attempts that left (finished, failed, cancelled)
+        self.speculative = 0
+        self._done: queue.SimpleQueue = queue.SimpleQueue()
+        self._unwatched: list = []
+
+    def __setitem__(self, future, info: tuple[int, int, float, bool]) -> None:
+        super().__setitem__(future, info)
+        self._by_partition.setdefault(info[0], {})[future] = info
+        self.by_key[repr(future.key)] = future
+        self.speculative += bool(info[3])
+        self._unwatched.append(future)
+
+    def pop(self, future, *default):
+        if future not in self:
+            if default:
+                return default[0]
+            raise KeyError(future)
+        info = super().pop(future)
+        attempts = self._by_partition.get(info[0])
+        if attempts is not None:
+            attempts.pop(future, None)
+            if not attempts:
+                del self._by_partition[info[0]]
+        key = repr(future.key)
+        self.by_key.pop(key, None)
+        self.ended.add(key)
+        self.speculative -= bool(info[3])
+        return info
+
+    def __delitem__(self, future) -> None:
+        self.pop(future)
+
+    def attempts_of(self, partition: int) -> list[tuple[Any, tuple[int, int, float, bool]]]:
+        """The running attempts of one partition, ``[(future, info), ...]``."""
+        return list(self._by_partition.get(partition, {}).items())
+
+    def next_done(self, timeout: float) -> list:
+        """The running futures that completed (in any state), waiting up to ``timeout`` for the first."""
+        if self._unwatched:
+            # One hop to the client's event loop for all futures added since the last call (a callback
+            # per future would wake the loop once per task).
+            futures, self._unwatched = self._unwatched, []
+            futures[0].client.loop.add_callback(_watch, futures, self._done.put)
+        try:
+            first = self._done.get(timeout=timeout)
+        except queue.Empty:
+            return []
+        done = [first]
+        while True:
+            try:
+                done.append(self._done.get_nowait())
+            except queue.Empty:
+                break
+        # A future reports once; one that already left (a cancelled sibling, say) is not ours to handle.
+        return [f for f in dict.fromkeys(done) if f in self]
+
+
+def _named_graph(dsk: dict) -> Any:
+    """``dsk`` for ``client.get`` under a random name: its keys are unique already (attempt-keyed), so
+    dask need not hash every task to name the graph (a third of the driver's work per task otherwise)."""
+    try:
+        from dask._expr import LLGExpr
+    except ImportError:  # another dask: the plain graph
+        return dsk
+    return LLGExpr(dsk, _determ_token=uuid.uuid4().hex)
+
+
+async def _watch(futures: list, put: Callable[[Any], None]) -> None:
+    """On the client's event loop: ``put(future)`` once each future leaves the pending state."""
+    import asyncio
+
+    from distributed.client import done_callback
+    for future in futures:
+        asyncio.ensure_future(done_callback(future, put))
+
+
+# ---------------------------------------------------------------------------------------------
+# Journal matching
+
+
+def _canonical(x: Any) -> Any:
+    """A process-independent description of a task argument (file systems and futures drop out)."""
+    if x is None or isinstance(x, (str, int, float, bool)):
+        return x
+    if isinstance(x, pa.Table):
+        return ("table", x.schema.names, x.to_pylist())
+    if isinstance(x, pa.Schema):
+        return ("schema", str(x))
+    if isinstance(x, dict):
+        return tuple(sorted((str(k), _canonical(v)) for k, v in x.items()))
+    if isinstance(x, (list, tuple)):
+        return tuple(_canonical(v) for v in x)
+    if isinstance(x, (Split, shuffle.RangePiece)):
+        return repr(x)
+    if isinstance(x, TaskContext):
+        return (x.kind, x.keys, x.descending, x.num_partitions, x.map_combine, x.columns, x.round)
+    return type(x).__name__
+
+
+def _spec_digest(task: TaskSpec) -> str:
+    """What a journaled result must match to be reused by a resumed run."""
+    text = repr((task.func.__name__, task.partition, _canonical(task.args)))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# The supervisor's interface
+
+
+class StageSupervisor(Protocol):
+    """What the executor expects of a stage supervisor (speculation); it is called from the driver's
+    stage loop only, and each call must cost O(attempts executing), never O(tasks in the stage)."""
+
+    def stage_started(self, stage: StageView) -> None: ...      # after the first attempts are submitted
+    def check(self, stage: StageView) -> None: ...              # after each batch of completions
+    def note_result(self, partition: int, attempt: int) -> None: ...   # a partition's first result
+    def stage_finished(self, stage: StageView) -> None: ...     # the stage ended (done, failed, interrupted)
+    def busy_workers(self) -> set[str]: ...                     # workers no new attempt may go to
+    def start_of(self, key: str) -> tuple[float, str] | None: ...   # (start time, worker) of attempt repr(key)
+
+
+class StageView:
+    """A supervisor's window on one running stage: what it may read, and the one thing it may do
+    (:meth:`speculate`). Attempts are named by ``repr(key)``, as the workers' start events name them."""
+
+    __slots__ = ("_executor", "_stage")
+
+    def __init__(self, executor: StageExecutor, stage: _Stage) -> None:
+        self._executor, self._stage = executor, stage
+
+    @property
+    def name(self) -> str:
+        return self._stage.name
+
+    @property
+    def prefix(self) -> str:
+        return self._stage.prefix
+
+    @property
+    def total(self) -> int:
+        """The number of partitions (tasks) of the stage."""
+        return len(self._stage.tasks)
+
+    @property
+    def results(self) -> Mapping[int, dict]:
+        """The finished partitions' results, in the order they finished; read only, it only grows."""
+        return self._stage.results
+
+    def size(self, partition: int) -> int | None:
+        """The estimated input bytes of a partition's task."""
+        return self._stage.tasks[partition].size
+
+    @property
+    def running(self) -> int:
+        """The number of running attempts (queued or executing)."""
+        return len(self._stage.running)
+
+    @property
+    def speculative(self) -> int:
+        """The number of running speculative attempts."""
+        return self._stage.running.speculative
+
+    def partition_of(self, key: str) -> int | None:
+        """The partition of running attempt ``key``; None when it is not (or not yet) running."""
+        future = self._stage.running.by_key.get(key)
+        return None if future is None else self._stage.running[future][0]
+
+    def ended(self, key: str) -> bool:
+        """Whether attempt ``key`` has left (finished, failed or was cancelled)."""
+        return key in self._stage.running.ended
+
+    def attempts_of(self, partition: int) -> list[tuple[str, int]]:
+        """The running attempts of a partition, ``[(key, attempt), ...]``."""
+        return [(repr(f.key), info[1]) for f, info in self._stage.running.attempts_of(partition)]
+
+    def speculate(self, partition: int, avoid: set[str]) -> int:
+        """Launch a speculative attempt of ``partition`` on a worker not in ``avoid``; its attempt number."""
+        return self._executor._submit(self._stage, partition, speculative=True, avoid=avoid)
+
+
+# ---------------------------------------------------------------------------------------------
+# The executor
+
+
+@dataclass
+class _Stage:
+    """One stage's state while it runs."""
+
+    name: str
+    prefix: str
+    kind: str
+    round_index: int
+    round_count: int
+    describe: Callable[[int], str]
+    report: StageReport
+    tasks: dict[int, TaskSpec]                  # partition -> task
+    specs: dict[int, str]                       # partition -> digest, for the journal
+    results: dict[int, dict] = field(default_factory=dict)
+    running: _Running = field(default_factory=_Running)
+    attempts: dict[int, int] = field(default_factory=dict)     # partition -> attempts submitted
+    failures: dict[int, int] = field(default_factory=dict)     # partition -> attempts failed
+    delayed: list[tuple[float, int]] = field(default_factory=list)   # heap of (due, partition) retries
+    losers: list[dict] = field(default_factory=list)
+
+    def where(self, partition: int) -> str:
+        return (f"round {self.round_index + 1} of {self.round_count}, {self.kind} stage, partition {partition}"
+                f" ({self.describe(partition)})")
+
+
+class StageExecutor:
+    """Runs one stage's tasks to completion: submit, watch, retry with backoff, collect results.
+
+    A ``supervisor`` (:class:`StageSupervisor`) may watch the running attempts and launch extra ones
+    (speculation); the first successful attempt of a partition is its result, later ones are
+    recorded as losers.
+    """
+
+    def __init__(self, client, report: RunReport, *, progress: ProgressFn | None = None,
+                 supervisor: StageSupervisor | None = None, journal: Journal | None = None, resume: bool = False,
+                 shuffle_fs: Any = None, out_fs: Any = None, out: str | None = None) -> None:
+        self.client = client
+        self.report = report
+        self.progress = progress
+        self.supervisor = supervisor
+        self.journal = journal
+        self.resume = resume
+        self.shuffle_fs, self.out_fs, self.out = shuffle_fs, out_fs, out
+        self.session = uuid.uuid4().hex[:6]   # keys never collide with a dead driver's tasks
+        self.losers: list[dict] = []
+        self._pending_uploads: set[str] | None = None
+        self.max_attempts = int(config.get("retries.attempts"))
+        self.backoff_base = float(config.get("retries.backoff-base"))
+        self.backoff_max = float(config.get("retries.backoff-max"))
+
+    def run(self, name: str, prefix: str, tasks: list[TaskSpec], *, round_index: int, round_count: int,
+            kind: str, describe: Callable[[int], str]) -> dict[int, dict]:
+        """Run ``tasks`` (one per partition) to completion; ``{partition: result}``."""
+        st = self._begin(name, prefix, tasks, round_index, round_count, kind, describe)
+        self._reuse_journaled(st)
+        self._submit_first(st)
+        view = self._hand_off(st)
+        try:
+            while len(st.results) < len(st.tasks):
+                self._submit_due_retries(st)
+                if not st.running:
+                    if st.delayed:
+                        time.sleep(max(0.0, st.delayed[0][0] - time.time()))
+                        continue
+                    break
+                self._collect(st, st.running.next_done(timeout=0.1))
+                if view is not None and st.running:
+                    self.supervisor.check(view)
+        finally:
+            self._stop(st, view)
+        return self._finish(st)
+
+    # -- stage set-up ------------------------------------------------------------------------
+    def _begin(self, name: str, prefix: str, tasks: list[TaskSpec], round_index: int, round_count: int,
+               kind: str, describe: Callable[[int], str]) -> _Stage:
+        stage = StageReport(name, round_index, kind, len(tasks), time.time())
+        self.report.stages.append(stage)
+        by_partition = {t.partition: t for t in tasks}
+        return _Stage(name, prefix, kind, round_index, round_count, describe, stage, by_partition,
+                      specs={t.partition: _spec_digest(t) for t in tasks},
+                      attempts={p: 0 for p in by_partition}, failures={p: 0 for p in by_partition})
+
+    def _reuse_journaled(self, st: _Stage) -> None:
+        """On resume: take the journaled results of the very same tasks (same inputs, filters, options)
+        whose files are still there."""
+        if not (self.resume and self.journal is not None):
+            return
+        for p, value in self.journal.load(st.name).items():
+            if p in st.tasks and value.get("spec") == st.specs[p] \
+                    and still_valid(self.shuffle_fs, self.out_fs, value, self._uploads()):
+                st.results[p] = value
+        if st.results:
+            log.info("%s: resumed %d of %d task(s) from the journal", st.name, len(st.results), len(st.tasks))
+            self.report.retries.append({"stage": st.name, "resumed": sorted(st.results)})
+            st.report.resumed = len(st.results)
+
+    def _submit_first(self, st: _Stage) -> None:
+        """First attempts go to the scheduler in one graph, so it queues them (worker-saturation) instead
+        of placing a growing task group one task at a time onto workers, where they wait behind stragglers."""
+        first = [p for p in st.tasks if p not in st.results]
+        if not first:
+            return
+        dsk: dict = {}
+        for p in first:
+            dsk.update(st.tasks[p].graph(st.prefix, st.attempts[p], {}))
+        futures = self.client.get(_named_graph(dsk), list(dsk), sync=False, **self._placement(set(), strict=False))
+        now = time.time()
+        for p, future in zip(first, futures):
+            st.running[future] = (p, st.attempts[p], now, False)
+            st.attempts[p] += 1
+            st.report.attempts += 1
+
+    def _hand_off(self, st: _Stage) -> StageView | None:
+        """Start the supervisor's watch over this stage (its first attempts run already)."""
+        if self.supervisor is None:
+            return None
+        view = StageView(self, st)
+        self.supervisor.stage_started(view)
+        return view
+
+    # -- submitting --------------------------------------------------------------------------
+    def _submit(self, st: _Stage, partition: int, speculative: bool = False, avoid: set[str] | None = None) -> int:
+        """Submit one more attempt of ``partition`` under a new key; its attempt number."""
+        attempt = st.attempts[partition]
+        st.attempts[partition] += 1
+        dsk = st.tasks[partition].graph(st.prefix, attempt, {})
+        placement = self._placement(avoid or set(), strict=True)
+        if speculative:
+            placement["priority"] = 10      # ahead of the stage's queued first attempts
+        (future,) = self.client.get(dsk, list(dsk), sync=False, **placement)
+        st.running[future] = (partition, attempt, time.time(), speculative)
+        st.report.attempts += 1
+        if speculative:
+            st.report.speculative += 1
+        return attempt
+
+    def _submit_due_retries(self, st: _Stage) -> None:
+        now = time.time()
+        while st.delayed and st.delayed[0][0] <= now:
+            _, p = heapq.heappop(st.delayed)
+            if p not in st.results:
+                self._submit(st, p)
+
+    # -- collecting --------------------------------------------------------------------------
+    def _collect(self, st: _Stage, done: list) -> None:
+        """Handle the attempts that completed together (their results fetched in one request)."""
+        values = self._gather(done)
+        for future in done:
+            partition, attempt, submitted, speculative = st.running.pop(future)
+            if future.status == "finished":
+                value = values[future] if future in values else future.result()
+                future.release()
+                self._on_result(st, partition, attempt, value, speculative)
+            else:
+                self._on_failure(st, future, partition, attempt, submitted, speculative)
+
+    def _on_result(self, st: _Stage, partition: int, attempt: int, value: dict, speculative: bool) -> None:
+        """A finished attempt: the partition's result if it is the first, else a loser."""
+        if value.get("input_bytes") is None:
+            value["input_bytes"] = st.tasks[partition].size
+        self._record(st.report, value, speculative)
+        if self.supervisor is not None and partition not in st.results:
+            self.supervisor.note_result(partition, attempt)
+        if partition in st.results:
+            st.losers.append(value)
+            self.report.tasks[-1].status = "lost"
+            return
+        st.results[partition] = value
+        value["spec"] = st.specs[partition]
+        if self.journal is not None:
+            self.journal.record(st.name, partition, value)
+        st.report.rows_in += int(value.get("rows_in") or 0)
+        st.report.rows_out += int(value.get("rows_out") or 0)
+        st.report.bytes_out += int(value.get("bytes_out") or 0)
+        self._cancel_siblings(st, partition)
+        if self.progress is not None:
+            self.progress(st.name, len(st.results), len(st.tasks))
+
+    def _gather(self, done: list) -> dict:
+        """The results of the finished futures among ``done``, fetched in one request (a future whose
+        result cannot be fetched this way is left out; the caller asks it alone and sees its error)."""
+        finished = [f for f in done if f.status == "finished"]
+        if not finished:
+            return {}
+        try:
+            return dict(zip(finished, self.client.gather(finished)))
+        except Exception:  # noqa: BLE001 - a lost result: fetched, and failed, one by one by the caller
+            return {}
+
+    def _record(self, stage: StageReport, value: dict, speculative: bool) -> None:
+        self.report.tasks.append(TaskReport(
+            stage.name, value.get("partition", -1), value.get("attempt", 0), value.get("worker", "?"),
+            value.get("start", 0.0), value.get("stop", 0.0), int(value.get("rows_in") or 0),
+            int(value.get("rows_out") or 0), int(value.get("bytes_out") or 0), speculative=speculative))
+
+    def _cancel_siblings(self, st: _Stage, partition: int) -> None:
+        """Cancel the other attempts of a finished partition; the report keeps them as "cancelled".
+
+        Only that partition's attempts are looked at (running attempts are indexed by partition), so
+        the driver's work per finished task does not grow with the number of tasks still running."""
+        for future, (p, attempt, submitted, speculative) in st.running.attempts_of(partition):
+            if not future.done():   # a finished one is handled as a loser
+                future.cancel()
+                started, worker = submitted, "?"
+                if self.supervisor is not None:
+                    started, worker = self.supervisor.start_of(repr(future.key)) or (submitted, "?")
+                self.report.tasks.append(TaskReport(st.report.name, p, attempt, worker, started, time.time(),
+                                                    status="cancelled", speculative=speculative))
+
+    # -- failures and retries ----------------------------------------------------------------
+    def _on_failure(self, st: _Stage, future, partition: int, attempt: int, submitted: float,
+                    speculative: bool) -> None:
+        """A failed or cancelled attempt: nothing if the partition is done or another attempt of it still
+        runs; else the stage fails (a deterministic error, or out of attempts) or the task is retried."""
+        if partition in st.results:
+            future.release()
+            return
+        if future.status == "cancelled":
+            # The driver cancels only siblings of a finished partition, so the cluster dropped this one
+            # (e.g. a dependency was lost with a dead worker): retry it, never skip it.
+            exc = ClusterError(f"the cluster cancelled task {future.key!r}")
+        else:
+            exc = future.exception()
+        future.release()
+        if st.running.attempts_of(partition):
+            return  # another attempt of this partition is still running
+        st.failures[partition] += 1
+        error = redact(f"{type(exc).__name__}: {exc}")
+        self.report.tasks.append(TaskReport(st.name, partition, attempt, "?", submitted, time.time(),
+                                            status="failed", speculative=speculative, error=error))
+        if _is_permanent(exc) or st.failures[partition] >= self.max_attempts:
+            raise self._stage_failed(st, partition, exc, error) from exc
+        self._retry_later(st, partition, attempt, error)
+
+    def _stage_failed(self, st: _Stage, partition: int, exc: BaseException, error: str) -> StageFailedError:
+        """The error that fails the stage (a deterministic failure, or the partition is out of attempts)."""
+        tries = st.failures[partition]
+        msg = redact(f"{st.where(partition)} failed" + (f" after {tries} attempts" if tries > 1 else "")
+                     + f": {error}")
+        err = StageFailedError(msg, round=st.round_index, stage=st.kind, partition=partition, cause=exc)
+        redact_exception(exc)
+        return err
+
+    def _retry_later(self, st: _Stage, partition: int, attempt: int, error: str) -> None:
+        """Schedule a retry after capped exponential backoff with full jitter."""
+        delay = min(self.backoff_max, self.backoff_base * 2 ** (st.failures[partition] - 1))
+        delay = random.uniform(0, delay)
+        self.report.retries.append({"stage": st.name, "partition": partition, "attempt": attempt,
+                                    "error": error, "backoff": round(delay, 3)})
+        st.report.retries += 1
+        log.warning("%s failed (%s); retrying in %.2fs", st.where(partition), error, delay)
+        heapq.heappush(st.delayed, (time.time() + delay, partition))
+
+    # -- stage end ---------------------------------------------------------------------------
+    def _stop(self, st: _Stage, view: StageView | None) -> None:
+        """Cancel what still runs (the stage is done, failed or interrupted) and end the supervisor's watch."""
+        for future in list(st.running):
+            future.cancel()
+            future.release()
+        if view is not None:
+            self.supervisor.stage_finished(view)
+
+    def _finish(self, st: _Stage) -> dict[int, dict]:
+        missing = sorted(set(st.tasks) - set(st.results))
+        if missing:
+            raise StageFailedError(f"round {st.round_index + 1} of {st.round_count}, {st.kind} stage: partition(s) "
+                                   f"{missing} never finished", round=st.round_index, stage=st.kind,
+                                   partition=missing[0])
+        st.report.stop = time.time()
+        self.losers.extend(st.losers)
+        return st.results
+
+    # -- placement and the journal -----------------------------------------------------------
+    def _placement(self, avoid: set[str], *, strict: bool) -> dict[str, Any]:
+        """Worker restrictions for a submission: never ``avoid`` (``strict``) or preferably not, and never
+        a worker that a cancelled attempt still holds (the supervisor's ``busy_workers``; without a
+        nanny it cannot be restarted, and tasks sent there would queue behind the zombie)."""
+        if self.supervisor is not None:
+            avoid = avoid | self.supervisor.busy_workers()
+        if not avoid:
+            return {}
+        others = [w for w in self.client.scheduler_info(n_workers=-1).get("workers", {}) if w not in avoid]
+        return {"workers": others, "allow_other_workers": not strict} if others else {}
+
+    def _uploads(self) -> set[str] | None:
+        if self._pending_uploads is None and self.out_fs is not None and commit.is_s3(self.out_fs):
+            bucket, _, prefix = self.out.partition("/")
+            try:
+                listing = self.out_fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix.rstrip("/") + "/")
+                self._pending_uploads = {u["UploadId"] for u in listing.get("Uploads", [])}
+            except Exception:  # noqa: BLE001 - then no journaled upload is trusted
+                self._pending_uploads = set()
+        return self._pending_uploads
+
+
+__all__ = ["StageExecutor", "StageSupervisor", "StageView", "ProgressFn", "redact_exception"]
