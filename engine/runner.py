@@ -33,7 +33,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -41,8 +41,7 @@ import pyarrow as pa
 from . import commit, config, reduceplan, serialize
 from ._version import ENGINE_VERSION
 from .cluster import ClusterInfo, get_client
-from .compile import TaskSpec, stage_prefix
-from .datasets import InputSpec, Split, filesystem, is_local, resolve_input, sample_table
+from .datasets import InputSpec, filesystem, is_local, sample_table
 from .errors import (ClusterError, CommitError, EngineError, JobDefinitionError, OutputExistsError,
                      ShuffleLocationError)
 from .executor import ProgressFn, StageExecutor, _spec_digest, redact_exception
@@ -51,11 +50,12 @@ from .fence import RunFence
 from .job import Job
 from .journal import Journal
 from .lock import output_lock
-from .plan import Plan, build_plan, validate_on_sample
+from .nodes import Execution, execute
+from .plan import Plan, build_plan, resolve_inputs, validate_on_sample
 from .redact import install as _install_redaction, public_decisions, redact, redact_obj
 from .redact import remember as _remember_secrets
 from .report import RunReport, TaskReport
-from .tasks import PayloadRef, TaskContext, run_map
+from .tasks import PayloadRef
 
 log = logging.getLogger("engine")
 _install_redaction("engine")     # every record of the "engine" logger is redacted (engine.redact)
@@ -103,31 +103,34 @@ def _snapshot_digest(spec: InputSpec) -> str:
     return h.hexdigest()[:16]
 
 
-def _fused_rounds(plan: Plan) -> list:
-    """The rounds that run as stages: a trailing map-only round is fused into the reduce before it.
-
-    Its maps then run inside the previous round's reduce tasks, on each output chunk before it is
-    written (the same rows, partition by partition, without a stage of its own).
-    """
-    rounds = list(plan.rounds)
-    if len(rounds) >= 2 and rounds[-1].kind == "map":
-        rounds = rounds[:-1]
-    return rounds
+def _snapshots_digest(specs: dict[str, InputSpec], single: bool) -> str:
+    """The input snapshot's digest: a single input's as it always was; named inputs', name by name."""
+    if single:
+        return _snapshot_digest(next(iter(specs.values())))
+    h = hashlib.sha256()
+    for name in sorted(specs):
+        h.update(f"{name}={_snapshot_digest(specs[name])};".encode())
+    return h.hexdigest()[:16]
 
 
 def _payload(plan: Plan) -> bytes:
-    rounds = []
-    for r in plan.rounds:
-        rounds.append({
-            "maps": [m.fn for m in r.maps],
+    """The functions every task needs, by node: each side's maps, combine, reduce, aggregations, the
+    maps fused after it (``post``), and a join's spec or a cogroup's function."""
+    entries = []
+    for node in plan.nodes:
+        r = node.round
+        user_reduce = r.reduce is not None and r.reduce.kind == "reduce" and r.reduce.aggs is None
+        entries.append({
+            "sides": [{"label": s.label, "maps": [m.fn for m in s.maps]} for s in node.sides],
+            "maps": [m.fn for m in node.sides[0].maps],
             "combine": r.combine.fn if r.combine is not None else None,
-            "reduce": r.reduce.fn if (r.reduce is not None and r.reduce.aggs is None) else None,
+            "reduce": r.reduce.fn if user_reduce else None,
             "aggs": r.aggregations,
-            "post": [],
+            "post": [m.fn for m in node.post],
+            "join": node.join,
+            "cogroup": r.reduce.fn if r.kind == "cogroup" else None,
         })
-    if len(_fused_rounds(plan)) < len(rounds):
-        rounds[-2]["post"] = rounds[-1]["maps"]
-    return serialize.dumps(rounds)
+    return serialize.dumps(entries)
 
 
 def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options: dict | None = None,
@@ -155,18 +158,19 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
     if not isinstance(job, Job):
         raise JobDefinitionError(f"run() expects an engine.Job, got {type(job).__name__}")
     out_fs, out = filesystem(output, storage_options)
-    spec = resolve_input(input, storage_options, format=format)
-    plan = build_plan(job, spec, partition_size)
+    specs = resolve_inputs(job, input, storage_options, format=format)
+    plan = build_plan(job, specs, partition_size)
     fingerprint = plan.fingerprint
-    snapshot = _snapshot_digest(spec)
+    snapshot = _snapshots_digest(specs, single=not plan.multi_input)
     # Same job + same input snapshot → same run id, so an interrupted run can be resumed.
     run_id = hashlib.sha256(f"{fingerprint}:{snapshot}".encode()).hexdigest()[:16]
     if force:
         run_id = f"{run_id[:8]}{uuid.uuid4().hex[:8]}"
     if faults is None:
         faults = Faults.from_env()
-    rep = RunReport(job.name, run_id, fingerprint, start=started, input_files=len(spec.snapshot),
-                    input_bytes=spec.total_bytes, output=output)
+    rep = RunReport(job.name, run_id, fingerprint, start=started,
+                    input_files=sum(len(s.snapshot) for s in specs.values()),
+                    input_bytes=sum(s.total_bytes for s in specs.values()), output=output)
 
     previous = commit.check_output(out_fs, out, mode)
     if previous is not None and not force and previous.doc.get("fingerprint") == fingerprint \
@@ -185,12 +189,15 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
                                 "mode='append' to add to it")
 
     try:
-        validate_on_sample(plan, sample_table(spec.fs, spec))
+        if plan.multi_input:
+            validate_on_sample(plan, {name: sample_table(s.fs, s) for name, s in specs.items()})
+        else:
+            validate_on_sample(plan, sample_table(plan.input.fs, plan.input))
     except EngineError as exc:      # the user's function failed in the driver: its message may quote secrets
         redact_exception(exc)
         raise
 
-    protocols = {spec.protocol, _protocol(out_fs)}
+    protocols = {s.protocol for s in specs.values()} | {_protocol(out_fs)}
     in_process = "memory" in protocols
     client, info = get_client(cluster, in_process=in_process)
     if in_process and not info.in_process:
@@ -198,7 +205,8 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
                            "use a local path or an object store, or run with cluster=None")
     rep.cluster = {"workers": info.workers, "threads": info.threads, "embedded": info.embedded,
                    "dashboard": info.dashboard}
-    _check_reachability(info, spec, out_fs, shuffle_dir)
+    for s in specs.values():
+        _check_reachability(info, s, out_fs, shuffle_dir)
 
     with output_lock(out_fs, out) as lock:
         previous = commit.check_output(out_fs, out, mode)
@@ -231,7 +239,7 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
         run_fence = RunFence.open(out_fs, out, run_id)
         ok = False
         try:
-            manifest = _execute(plan, spec, client, info, executor, rep, run_id=run_id, out_fs=out_fs, out=out,
+            manifest = _execute(plan, specs, client, info, executor, rep, run_id=run_id, out_fs=out_fs, out=out,
                                 shipped=shipped, shuffle_fs=shuffle_fs, shuffle_root=shuffle_root,
                                 skew_enabled=bool(skew and config.get("skew.enabled")), mode=mode, previous=previous, snapshot=snapshot,
                                 faults=faults, map_combine=bool(config.get("shuffle.map-combine", map_combine)),
@@ -342,74 +350,27 @@ def _shuffle_location(shuffle_dir: str | None, storage_options: dict | None, run
     return fs, root, cleanup
 
 
-def _execute(plan: Plan, spec: InputSpec, client, info: ClusterInfo, executor: StageExecutor, rep: RunReport, *,
-             run_id: str, out_fs, out: str, shipped, shuffle_fs, shuffle_root: str, skew_enabled: bool,
-             mode: str, previous: commit.Manifest | None, snapshot: str, faults: Any,
+def _execute(plan: Plan, specs: dict[str, InputSpec], client, info: ClusterInfo, executor: StageExecutor,
+             rep: RunReport, *, run_id: str, out_fs, out: str, shipped, shuffle_fs, shuffle_root: str,
+             skew_enabled: bool, mode: str, previous: commit.Manifest | None, snapshot: str, faults: Any,
              map_combine: bool = True, lock: Any = None, run_fence: RunFence | None = None) -> commit.Manifest:
-    rounds = _fused_rounds(plan)
-    splits: list[Split] = list(spec.splits)
-    input_fs = spec.fs
-    est_bytes = spec.total_bytes
-    final: dict[int, dict] = {}
-    schema: pa.Schema | None = None
-    for r in rounds:
-        base_ctx = TaskContext(
-            run_id=run_id, job=plan.job.name, round=r.index, rounds=len(rounds), kind=r.kind, keys=r.keys,
-            descending=bool(r.reduce.descending) if r.reduce is not None else False, shuffle_fs=shuffle_fs,
-            shuffle_root=shuffle_root, out_fs=out_fs, out_root=out,
-            num_partitions=plan.initial_partitions(est_bytes) if r.kind in ("aggregate", "reduce") else 1,
-            spill_bytes=reduceplan.spill_bytes(info),
-            batch_rows=int(config.get("batch-rows")), sort_batch_rows=int(config.get("shuffle.sort-batch-rows")),
-            sample_size=int(config.get("shuffle.sample-size")),
-            top_keys=int(config.get("skew.top-keys")) if (skew_enabled and r.kind in ("reduce", "aggregate"))
-            else 0,
-            columns=r.columns, partition_types=spec.partition_types if r.index == 0 else {},
-            page_checksums=bool(config.get("checksums.page-checksums")), faults=faults,
-            map_combine=map_combine, report_progress=executor.supervisor is not None, fence=run_fence)
-        if r.kind == "sort" and not is_local(shuffle_fs):
-            base_ctx = replace(base_ctx, sort_batch_bytes=reduceplan.sort_batch_bytes(plan.partition_size, len(splits)))
-        # ---- map stage
-        prefix = stage_prefix(plan.job.name, r.index, "map", plan.fingerprint, f"{run_id}:{executor.session}")
-        tasks = [TaskSpec(i, run_map, (base_ctx, shipped, input_fs, s), s.size) for i, s in enumerate(splits)]
-        split_by_index = {i: s for i, s in enumerate(splits)}
-        log.info("round %d/%d: map stage, %d task(s)", r.index + 1, len(rounds), len(tasks))
-        results = executor.run(f"r{r.index}-map", prefix, tasks, round_index=r.index, round_count=len(rounds),
-                               kind="map", describe=lambda p: f"input {split_by_index[p].describe()}")
-        if r.kind == "map":
-            final, schema = results, reduceplan.final_schema(results)
-            break
-        outputs = [results[p]["shuffle"] for p in sorted(results)]
-        map_schema = next((results[p]["schema"] for p in sorted(results) if results[p].get("schema") is not None), None)
-        reduce_tasks, describe, merges = reduceplan.reduce_tasks(plan, r, base_ctx, outputs, map_schema, shipped,
-                                                                  info, rep, skew_enabled)
-        prefix = stage_prefix(plan.job.name, r.index, "reduce", plan.fingerprint,
-                              f"{run_id}:{executor.session}")
-        log.info("round %d/%d: reduce stage, %d task(s)", r.index + 1, len(rounds), len(reduce_tasks))
-        results = executor.run(f"r{r.index}-reduce", prefix, reduce_tasks, round_index=r.index,
-                               round_count=len(rounds), kind="reduce", describe=describe)
-        if merges:
-            results = _merge_shares(executor, plan, r, base_ctx, shipped, run_id, results, merges, len(rounds))
-        reduceplan.cleanup_files(shuffle_fs, [o.path for o in outputs])
-        if r.index == len(rounds) - 1:
-            final, schema = results, reduceplan.final_schema(results)
-            break
-        splits = [results[p]["next_input"] for p in sorted(results)]
-        splits = [replace(s, index=i) for i, s in enumerate(splits)]
-        input_fs = shuffle_fs
-        est_bytes = sum(int(results[p]["bytes_out"] or 0) for p in results)
+    ex = Execution(plan, executor, rep, info, run_id, shipped, shuffle_fs, shuffle_root, out_fs, out, skew_enabled,
+                   faults, map_combine, run_fence)
+    final, schema = execute(ex, specs)
+    reduceplan.cleanup_files(shuffle_fs, ex.leftovers)
     messages = [v["commit"] for v in final.values() if v["commit"]["files"]]
     winners, losers = commit.choose_winners(messages)
     commit.discard(out_fs, losers + [v["commit"] for v in executor.losers if "commit" in v])
     if schema is None:
         schema = pa.schema([])
     meta = {"job": plan.job.name, "fingerprint": plan.fingerprint, "engine_version": ENGINE_VERSION,
-            "input": {"digest": snapshot, "files": len(spec.snapshot), "bytes": spec.total_bytes,
-                      "snapshot": redact_obj(list(spec.snapshot)[:1000])},
+            "input": _input_meta(plan, specs, snapshot),
             "timings": {"started": rep.start, "seconds": round(time.time() - rep.start, 3)},
             # what the run decided at run time, for `mapreduce explain OUT` (plain JSON values only)
             # (hot keys as short hashes unless engine.report.key-values; every string redacted)
             "decisions": redact_obj(json.loads(json.dumps({
                 "skew": public_decisions(rep.skew[:500], bool(config.get("report.key-values"))),
+                "joins": rep.joins[:500],
                 "speculation": rep.speculation[:500],
                 "stages": [{"name": s.name, "tasks": s.tasks, "attempts": s.attempts, "speculative": s.speculative,
                             "retries": s.retries} for s in rep.stages]}, default=str)))}
@@ -418,15 +379,17 @@ def _execute(plan: Plan, spec: InputSpec, client, info: ClusterInfo, executor: S
                              fence=lock.check if lock is not None else None, writers=run_fence)
 
 
-def _merge_shares(executor: StageExecutor, plan: Plan, r, ctx: TaskContext, shipped, run_id: str,
-                  results: dict[int, dict], merges: list[tuple[tuple, list[int]]], round_count: int) -> dict[int, dict]:
-    """After a reduce stage with split hot keys: the merge stage of their shares (engine.reduceplan.merge_tasks)."""
-    tasks, described = reduceplan.merge_tasks(ctx, shipped, results, merges)
-    prefix = stage_prefix(plan.job.name, r.index, "merge", plan.fingerprint, f"{run_id}:{executor.session}")
-    log.info("round %d/%d: merge stage, %d task(s)", r.index + 1, round_count, len(tasks))
-    merged = executor.run(f"r{r.index}-merge", prefix, tasks, round_index=r.index, round_count=round_count,
-                          kind="reduce", describe=lambda p: described[p])
-    return reduceplan.merged_results(ctx.shuffle_fs, results, merged, merges)
+def _input_meta(plan: Plan, specs: dict[str, InputSpec], snapshot: str) -> dict:
+    """The manifest's record of what was read: one input's snapshot, or every named input's."""
+    if not plan.multi_input:
+        spec = next(iter(specs.values()))
+        return {"digest": snapshot, "files": len(spec.snapshot), "bytes": spec.total_bytes,
+                "snapshot": redact_obj(list(spec.snapshot)[:1000])}
+    return {"digest": snapshot, "files": sum(len(s.snapshot) for s in specs.values()),
+            "bytes": sum(s.total_bytes for s in specs.values()),
+            "inputs": {name: {"digest": _snapshot_digest(s), "format": s.format, "files": len(s.snapshot),
+                              "bytes": s.total_bytes, "snapshot": redact_obj(list(s.snapshot)[:1000])}
+                       for name, s in specs.items()}}
 
 
 # Names kept importable from here: StageExecutor (engine.executor), _spec_digest, redact.
