@@ -1,6 +1,6 @@
 """The ``mapreduce`` command (also ``python -m engine``).
 
-    mapreduce run JOB --input IN --output OUT [--scheduler ADDR] [--workers N] [--mode M]
+    mapreduce run JOB --input IN | --input NAME=IN ... --output OUT [--scheduler ADDR] [--workers N] [--mode M]
                   [--no-speculation] [--no-skew] [--no-map-combine] [--partition-size SIZE] [--report report.html]
                   [--resume] [--force]
     mapreduce verify PATH
@@ -175,7 +175,8 @@ def _parser() -> argparse.ArgumentParser:
                        description="Run JOB over the input and commit its output atomically. Rerunning the same "
                                    "job on unchanged input over its own committed output does nothing and exits 0.")
     r.add_argument("job", help="Python file or module defining a module-level `job`")
-    r.add_argument("--input", "-i", required=True, action="append", help="input path or URL (repeatable)")
+    r.add_argument("--input", "-i", required=True, action="append",
+                   help="input path or URL (repeatable); NAME=PATH for a job that reads named inputs")
     r.add_argument("--output", "-o", required=True, help="output path or URL")
     r.add_argument("--scheduler", help="address of an existing dask scheduler (default: an embedded local cluster, "
                                        "or DASK_SCHEDULER_ADDRESS)")
@@ -322,8 +323,38 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
 
 
-def _inputs(values: list[str]) -> Any:
-    return values[0] if len(values) == 1 else values
+_NAMED = re.compile(r"([A-Za-z_][A-Za-z0-9_.\-]*)=(.+)")
+
+
+def _inputs(values: list[str], job: Any = None) -> Any:
+    """``--input`` values as ``engine.run`` takes them: one path, a list of paths, or, for a job that
+    reads named inputs, ``{name: path or [paths]}`` from ``NAME=PATH`` values (repeatable per name).
+    A value is ``NAME=PATH`` only when NAME is one of the job's input names (so ``data/date=2026-11-30``
+    stays a path)."""
+    names = tuple(getattr(job, "inputs", ()) or ())
+    named: dict[str, list[str]] = {}
+    plain: list[str] = []
+    for v in values:
+        m = _NAMED.fullmatch(v)
+        if m and m.group(1) in names:
+            named.setdefault(m.group(1), []).append(m.group(2))
+        elif m and len(names) > 1:
+            from .errors import JobDefinitionError
+            raise JobDefinitionError(f"--input {v}: job {job.name!r} reads no input named {m.group(1)!r}; its inputs "
+                                     f"are {', '.join(map(repr, names))}")
+        else:
+            plain.append(v)
+    if not named:
+        if len(names) > 1:
+            from .errors import JobDefinitionError
+            raise JobDefinitionError(f"job {job.name!r} reads several inputs; give each as --input NAME=PATH: "
+                                     + " ".join(f"--input {n}=PATH" for n in names))
+        return values[0] if len(values) == 1 else values
+    if plain:
+        from .errors import JobDefinitionError
+        raise JobDefinitionError(f"--input {plain[0]}: job {job.name!r} reads named inputs "
+                                 f"({', '.join(map(repr, names))}); write it as --input NAME=PATH")
+    return {k: v[0] if len(v) == 1 else v for k, v in named.items()}
 
 
 def cmd_run(args) -> int:
@@ -338,7 +369,7 @@ def cmd_run(args) -> int:
     import dask.config
     try:
         with dask.config.set(options):
-            result = run(job, _inputs(args.input), args.output, cluster=args.scheduler, mode=args.mode,
+            result = run(job, _inputs(args.input, job), args.output, cluster=args.scheduler, mode=args.mode,
                          speculation=not args.no_speculation, skew=not args.no_skew, shuffle_dir=args.shuffle_dir,
                          partition_size=args.partition_size, force=args.force, report=args.report,
                          format=args.format, resume=args.resume, progress=None if args.quiet else _Progress(),
@@ -396,7 +427,7 @@ def cmd_explain(args) -> int:
         print(finished)
         return EXIT_OK
     job = load_job(args.job)
-    print(explain(job, _inputs(args.input) if args.input else None, partition_size=args.partition_size,
+    print(explain(job, _inputs(args.input, job) if args.input else None, partition_size=args.partition_size,
                   format=args.format))
     return EXIT_OK
 
@@ -429,6 +460,13 @@ def _committed_run(path: str) -> str | None:
     for s in decisions.get("stages", []):
         lines.append(f"  stage {s['name']}: {s['tasks']} task(s), {s['attempts']} attempt(s), "
                      f"{s['speculative']} speculative, {s['retries']} retried")
+    inputs = (meta.get("input") or {}).get("inputs")
+    for name, info in (inputs or {}).items():
+        lines.append(f"  input {name!r}: {info.get('files')} {info.get('format', '')} file(s), "
+                     f"{info.get('bytes', 0):,} bytes, snapshot {info.get('digest')}")
+    for d in decisions.get("joins", []):
+        what = d.get("strategy") or d.get("action")
+        lines.append(f"  join {what}: {d.get('reason', d)}")
     for d in decisions.get("skew", []):
         lines.append(f"  skew {d.get('action')}: {d.get('reason', d)}")
     for d in decisions.get("speculation", []):

@@ -39,15 +39,15 @@ class JoinTask:
     start: int
     stop: int
     refs: list[list[tuple]] = field(default_factory=list)     # per side: map-output slices
-    piece: tuple[int, int, int] | None = None                # rows cut (side, j, k) inside the task
+    piece: tuple | None = None          # rows cut inside the task: (side, j, k), or (-1, j, k, keys) by a 2nd hash
     nbytes: int = 0
 
     def describe(self, labels: Sequence[str]) -> str:
         where = f"hash partition {self.start}" if self.stop == self.start + 1 else \
             f"hash partitions {self.start}-{self.stop - 1}"
         if self.piece is not None:
-            side, j, k = self.piece
-            where += f", piece {j + 1}/{k} of side {labels[side]!r}"
+            side, j, k = self.piece[:3]
+            where += f", piece {j + 1}/{k} of " + (f"side {labels[side]!r}" if side >= 0 else "every side (2nd hash)")
         return f"{where} ({self.nbytes:,} bytes)"
 
 
@@ -69,15 +69,16 @@ def choose_broadcast(spec: JoinSpec | None, sizes: Sequence[int | None], limit: 
 
 def plan_join_tasks(sides: Sequence[Sequence[MapOutput]], spec: JoinSpec | None, partition_size: int, *,
                     min_tasks: int = 1, skew_enabled: bool = True, factor: float = 5.0,
-                    split_over: float = 2.0, labels: Sequence[str] = ()) -> tuple[list[JoinTask], list[dict]]:
+                    split_over: float = 2.0, labels: Sequence[str] = (),
+                    keys: Sequence[Sequence[str]] = ()) -> tuple[list[JoinTask], list[dict]]:
     """Reduce tasks of a shuffle join/cogroup over the sides' map outputs, and the decisions, with sizes."""
     nparts = next((o.num_partitions for outs in sides for o in outs), 1)
     per_side = [[sum(o.nbytes[p] for o in outs) for p in range(nparts)] for outs in sides]
     total = [sum(x[p] for x in per_side) for p in range(nparts)]
     decisions: list[dict] = []
-    splits: dict[int, tuple[int, int]] = {}          # partition -> (side, pieces)
+    splits: dict[int, tuple[int, int]] = {}          # partition -> (side, pieces); side -1: by a second hash
     for p in range(nparts):
-        best = None
+        best, whole = None, False
         for s, sizes in enumerate(per_side):
             nonzero = sorted(v for v in sizes if v)
             median = nonzero[len(nonzero) // 2] if nonzero else 0
@@ -89,11 +90,16 @@ def plan_join_tasks(sides: Sequence[Sequence[MapOutput]], spec: JoinSpec | None,
                     if best is None or b > per_side[best][p]:
                         best = s
                 else:
-                    decisions.append({"action": "join-unsplittable", "partition": p, "side": _lbl(labels, s),
-                                      "bytes": b, "median": median,
-                                      "reason": f"hash partition {p} holds {b:,} bytes of side {_lbl(labels, s)!r} "
-                                                f"(median {median:,}) but a {spec.how + ' join' if spec else 'cogroup'}"
-                                                " needs all of that side's rows in one task: it runs whole"})
+                    whole = True
+        if best is None and whole and keys:
+            # No side may be cut with the other replicated (full join, cogroup): cut every side by a
+            # second hash of the keys instead; a key's rows stay together, so a single hot key does not shrink.
+            k = max(2, min(64, math.ceil(total[p] / partition_size)))
+            splits[p] = (-1, k)
+            decisions.append({"action": "join-subpartition", "partition": p, "pieces": k, "bytes": total[p],
+                              "reason": f"hash partition {p} ({total[p]:,} bytes) cut into {k} pieces by a second "
+                                        f"hash of the keys (a {spec.how + ' join' if spec else 'cogroup'} cannot "
+                                        "replicate a side)"})
         if best is not None:
             b = per_side[best][p]
             k = max(2, min(64, math.ceil(b / partition_size)))
@@ -126,7 +132,12 @@ def plan_join_tasks(sides: Sequence[Sequence[MapOutput]], spec: JoinSpec | None,
                 add(start, p)
                 start, acc = None, 0
             side, k = splits[p]
-            _add_pieces(add, sides, p, side, k)
+            if side < 0:
+                refs = [[o.ref(o.batches[p]) for o in outs if o.batches[p]] for outs in sides]
+                for j in range(k):
+                    add(p, p + 1, (-1, j, k, tuple(tuple(x) for x in keys)), refs, total[p] // k)
+            else:
+                _add_pieces(add, sides, p, side, k)
             continue
         if start is None:
             start, acc = p, 0

@@ -226,7 +226,7 @@ def _join_node(ex: Execution, node: Node, streams: list[Stream]):
     tasks, decisions = plan_join_tasks(
         sides, spec, ex.plan.partition_size, min_tasks=ex.info.threads if sum(map(side_bytes, sides)) >= (8 << 20)
         else 1, skew_enabled=ex.skew_enabled, factor=float(config.get("skew.factor")),
-        split_over=float(config.get("skew.split-over")), labels=labels)
+        split_over=float(config.get("skew.split-over")), labels=labels, keys=[s.keys for s in node.sides])
     sizes = [side_bytes(o) for o in sides]
     what = spec.describe() if spec is not None else "cogroup"
     why = ("forced by engine.join.strategy='shuffle'" if strategy == "shuffle" else

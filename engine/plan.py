@@ -407,6 +407,8 @@ def resolve_inputs(job: Job, input: Any, storage_options: dict | None = None, *,
 def graph_size(plan: Plan) -> str:
     """A line per stage with its task count, as far as it is known before the run."""
     lines = ["dask graph (one Task per attempt; reduce stages sized at run time):"]
+    if plan.multi_input:
+        return "\n".join(lines + _dag_graph_size(plan))
     n_in = len(plan.input.splits) if plan.input is not None else None
     total = 0
     for r in plan.rounds:
@@ -426,6 +428,31 @@ def graph_size(plan: Plan) -> str:
     if total:
         lines.append(f"  known before the run: {total} map tasks")
     return "\n".join(lines)
+
+
+def _dag_graph_size(plan: Plan) -> list[str]:
+    lines, total = [], 0
+    for node in plan.nodes:
+        known = []
+        for side in node.sides:
+            spec = (plan.inputs or {}).get(side.input) if side.input is not None else None
+            if spec is not None:
+                known.append(f"{len(spec.splits)} over {side.label!r}")
+                total += len(spec.splits)
+            else:
+                known.append(f"one per partition of stage {side.upstream + 1}" if side.upstream is not None
+                             else f"one per split of {side.label!r}")
+        lines.append(f"  r{node.index}-map: " + "; ".join(known) + " (a side small enough to be broadcast maps "
+                     "first, alone)" * (node.kind == "join"))
+        if node.kind == "join":
+            lines.append(f"  r{node.index}-join: sized from map output (none for a broadcast join: it runs inside "
+                         "the other side's map tasks)")
+        elif node.kind != "map":
+            stage = "cogroup" if node.kind == "cogroup" else "reduce"
+            lines.append(f"  r{node.index}-{stage}: sized from map output")
+    if total:
+        lines.append(f"  known before the run: {total} map tasks over inputs")
+    return lines
 
 
 __all__ = ["Plan", "Node", "Side", "build_plan", "build_nodes", "validate_on_sample", "explain", "resolve_inputs"]

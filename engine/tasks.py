@@ -595,9 +595,16 @@ def run_partial(ctx: TaskContext, blob: bytes, refs: list, key_filter: dict | No
             "worker": _worker_name(), "partition": partition, "attempt": attempt, "input_bytes": None}
 
 
-def _piece_of(table: pa.Table, piece: tuple | None) -> pa.Table:
-    """Rows ``[j*n/k, (j+1)*n/k)`` of ``table`` for a piece ``(side, j, k)`` cut by rows."""
+def _piece_of(table: pa.Table, piece: tuple | None, side: int, num_partitions: int) -> pa.Table:
+    """This task's rows of one side: for a piece ``(side, j, k)``, rows ``[j*n/k, (j+1)*n/k)`` of that
+    side; for ``(-1, j, k, keys)``, the rows of every side whose keys' second hash is j (mod k)."""
     if piece is None or piece[2] <= 1:
+        return table
+    if piece[0] < 0:
+        _, j, k, keys = piece
+        buckets = shuffle.sub_bucket(table, keys[side], num_partitions, k)
+        return table.filter(pa.array(buckets == j))
+    if piece[0] != side:
         return table
     _, j, k = piece
     n = table.num_rows
@@ -619,9 +626,7 @@ def run_join(ctx: TaskContext, blob: bytes, refs: list, piece: tuple | None, sch
     try:
         tables = []
         for s, (side_refs, schema) in enumerate(zip(refs, schemas)):
-            table = shuffle.read_table(ctx.shuffle_fs, side_refs, schema)
-            if piece is not None and piece[0] == s:
-                table = _piece_of(table, piece)
+            table = _piece_of(shuffle.read_table(ctx.shuffle_fs, side_refs, schema), piece, s, ctx.num_partitions)
             tables.append(table)
             check_cancelled()
         if ctx.faults is not None:
