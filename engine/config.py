@@ -68,6 +68,8 @@ DEFAULTS: dict[str, Any] = {
         # else a shuffle hash join; "shuffle" or "broadcast" force one (broadcast only where correct).
         "strategy": "auto",
         "broadcast-max": "32MiB",
+        # Rows of the big side joined per call in a broadcast join (each call builds a hash table).
+        "broadcast-chunk-rows": 1048576,
     },
     "checksums": {
         "page-checksums": True,  # write Parquet page CRCs

@@ -330,7 +330,7 @@ def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partitio
     try:
         pipeline = _map_pipeline(ctx, payload, f"{label} (input {split.describe()})")
 
-        def mapped() -> Iterator[pa.Table]:
+        def read() -> Iterator[pa.Table]:
             nonlocal rows_in
             for batch in read_split(input_fs, split, columns=ctx.columns, batch_rows=ctx.batch_rows,
                                     partition_types=ctx.partition_types):
@@ -338,7 +338,7 @@ def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partitio
                 if ctx.faults is not None:
                     ctx.faults.during_task(ctx, "map", partition, attempt)
                 rows_in += batch.num_rows
-                yield pipeline(pa.Table.from_batches([batch]))
+                yield pa.Table.from_batches([batch])
                 if ctx.report_progress:
                     report_progress(rows_in)
             if rows_in == 0 and ctx.kind in ("join", "cogroup"):
@@ -350,7 +350,10 @@ def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partitio
                 if schema is not None:
                     if ctx.columns is not None:
                         schema = pa.schema([schema.field(c) for c in ctx.columns if c in schema.names])
-                    yield pipeline(schema.empty_table())
+                    yield schema.empty_table()
+
+        def mapped() -> Iterator[pa.Table]:
+            return pipeline(read())
 
         if ctx.kind == "map":
             output = _Output(ctx, partition, attempt, "map")
@@ -426,12 +429,13 @@ def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partitio
 
 
 def _map_pipeline(ctx: TaskContext, payload: list, label: str):
-    """``table -> table``: the steps fused before this side (``ctx.ops``), then the side's own maps."""
+    """``tables -> tables`` (iterators): the steps fused before this side (``ctx.ops``: maps of earlier
+    stages and broadcast joins), then the side's own maps."""
     steps: list = []
 
     def maps(fns, where: str) -> None:
         for i, fn in enumerate(fns):
-            steps.append((lambda t, fn=fn, w=f"map function {i + 1} of {where}": _apply(fn, t, w)))
+            steps.append(lambda tables, fn=fn, w=f"map function {i + 1} of {where}": (_apply(fn, t, w) for t in tables))
 
     for op in ctx.ops:
         if op[0] == "maps":
@@ -446,10 +450,10 @@ def _map_pipeline(ctx: TaskContext, payload: list, label: str):
         own = payload[ctx.round].get("sides")
         maps(own[ctx.side]["maps"] if own else payload[ctx.round]["maps"], label)
 
-    def run(table: pa.Table) -> pa.Table:
+    def run(tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
         for step in steps:
-            table = step(table)
-        return table
+            tables = step(tables)
+        return tables
     return run
 
 
@@ -458,9 +462,9 @@ _BROADCAST_LOCK = threading.Lock()
 
 
 def _broadcast_join(ctx: TaskContext, payload: list, op: tuple, label: str):
-    """The step that joins each chunk of the big side with the whole small side of a broadcast join
-    (read once per worker process from the small side's map outputs)."""
-    _, node, big, refs, schema = op
+    """The step that joins the big side of a broadcast join, in chunks of about ``chunk`` rows, with
+    the whole small side (read once per worker process from the small side's map outputs)."""
+    _, node, big, refs, schema, chunk = op
     spec = payload[node]["join"]
     cache_key = (ctx.shuffle_root, node, tuple(r[0] for r in refs))
     with _BROADCAST_LOCK:
@@ -473,10 +477,31 @@ def _broadcast_join(ctx: TaskContext, payload: list, op: tuple, label: str):
             _BROADCAST[cache_key] = small
     where = f"the broadcast {spec.describe()} of stage {node + 1}, {label}"
 
-    def step(table: pa.Table) -> pa.Table:
+    def join(table: pa.Table) -> pa.Table:
         with _computing(where):
             return join_tables(table, small, spec) if big == 0 else join_tables(small, table, spec)
+
+    def step(tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
+        buffered, rows = [], 0
+        for t in tables:
+            buffered.append(t)
+            rows += t.num_rows
+            if rows >= chunk:
+                yield join(_concat_same(buffered))
+                buffered, rows = [], 0
+        if buffered:
+            yield join(_concat_same(buffered))
     return step
+
+
+def _concat_same(tables: list[pa.Table]) -> pa.Table:
+    """One table of ``tables`` (batches of one stream: the same columns, perhaps different encodings)."""
+    if len(tables) == 1:
+        return tables[0]
+    try:
+        return pa.concat_tables(tables)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.concat_tables([shuffle.shuffle_ready(t) for t in tables], promote_options="permissive")
 
 
 def _combiner(ctx: TaskContext, stages: dict, label: str):
