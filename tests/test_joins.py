@@ -188,17 +188,13 @@ def check_join(tmp_path, left: pa.Table, right: pa.Table, how: str, *, on=None, 
 
 
 def strategies(result) -> list[str]:
-    return [d.get("strategy") for d in result.report.joins]
+    """The strategy of every join (or cogroup) of the run, in the order decided."""
+    return [d["strategy"] for d in result.report.joins if "strategy" in d]
 
 
 def splits(result) -> list[dict]:
-    """The join decisions that split a skewed partition."""
-    found = []
-    for d in result.report.joins:
-        text = " ".join(str(k) for k in d) + " " + " ".join(str(v) for v in d.values())
-        if "split" in text:
-            found.append(d)
-    return found
+    """The decisions that cut a skewed join partition into pieces."""
+    return [d for d in result.report.joins if d.get("action") == "join-split" or d.get("strategy") == "split"]
 
 
 STRATEGY = ["shuffle", "broadcast"]
@@ -459,9 +455,9 @@ def test_auto_broadcasts_a_small_side_and_shuffles_two_large_ones(tmp_path):
 
 
 SKEW = {"engine.join.strategy": "shuffle", "engine.skew.factor": 1.01, "engine.skew.split-over": 1.01}
-# Which side's hot key may be split (its rows spread over tasks, the other side's rows of the key copied
-# to each) without changing the answer: the preserved side of an outer join, and the probe side of a
-# semi or anti join, must not be the copied one.
+# Which side's hot partition may be cut into pieces (the other side's rows of the partition copied to
+# each piece) without changing the answer: the copied side must not be one whose unmatched rows are
+# output (outer joins), and a semi or anti join must not see a left row in several pieces.
 SPLITTABLE = {"left": {"inner", "left", "semi", "anti"}, "right": {"inner", "right"}}
 
 
