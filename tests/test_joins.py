@@ -58,13 +58,13 @@ def key_column(rng, n: int, *, distinct: int = 20, nulls: float = 0.0, hot: floa
 def left_table(n: int, seed: int = 0, **keys) -> pa.Table:
     rng = np.random.default_rng(seed)
     return pa.table({"k": key_column(rng, n, **keys), "a": pa.array(np.arange(n), pa.int64()),
-                     "x": rng.normal(0, 1, n), "s": pa.array([f"l{i % 7}" for i in range(n)])})
+                     "x": rng.normal(0, 1, n), "s": pa.array([f"l{i % 7}" for i in range(n)], pa.string())})
 
 
 def right_table(n: int, seed: int = 1, **keys) -> pa.Table:
     rng = np.random.default_rng(seed)
     return pa.table({"k": key_column(rng, n, **keys), "b": pa.array(np.arange(n), pa.int64()),
-                     "y": rng.normal(0, 1, n), "s": pa.array([f"r{i % 5}" for i in range(n)])})
+                     "y": rng.normal(0, 1, n), "s": pa.array([f"r{i % 5}" for i in range(n)], pa.string())})
 
 
 def write_input(directory, table: pa.Table, parts: int, seed: int = 0) -> str:
@@ -197,7 +197,14 @@ def splits(result) -> list[dict]:
     return [d for d in result.report.joins if d.get("action") == "join-split" or d.get("strategy") == "split"]
 
 
+def subpartitions(result) -> list[dict]:
+    """The decisions that cut a big partition by a second hash of the keys (no side replicated)."""
+    return [d for d in result.report.joins if d.get("action") == "join-subpartition"]
+
+
 STRATEGY = ["shuffle", "broadcast"]
+# Skew handling forced: any partition over the target and over the median is split.
+SKEW = {"engine.join.strategy": "shuffle", "engine.skew.factor": 1.01, "engine.skew.split-over": 1.01}
 
 
 def with_strategy(strategy: str):
@@ -230,9 +237,9 @@ def test_duplicate_keys_many_to_many(tmp_path, how, strategy):
         check_join(tmp_path, left, right, how, on="k")
 
 
-@pytest.mark.parametrize("strategy", STRATEGY)
+# The empty side and the strategy vary together; the zero-row-file test below takes the other pairs.
 @pytest.mark.parametrize("how", HOWS)
-@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("side, strategy", [("left", "broadcast"), ("right", "shuffle")])
 def test_one_side_emptied_by_its_map(tmp_path, how, strategy, side):
     left, right = left_table(300), right_table(200)
     kw = {"left_map": empty} if side == "left" else {"right_map": empty}
@@ -241,9 +248,8 @@ def test_one_side_emptied_by_its_map(tmp_path, how, strategy, side):
         check_join(tmp_path, left, right, how, on="k", where=where, **kw)
 
 
-@pytest.mark.parametrize("strategy", STRATEGY)
 @pytest.mark.parametrize("how", HOWS)
-@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("side, strategy", [("left", "shuffle"), ("right", "broadcast")])
 def test_one_side_has_only_zero_row_files(tmp_path, how, strategy, side):
     left, right = left_table(300), right_table(200)
     if side == "left":
@@ -316,9 +322,8 @@ def test_clashing_columns_take_the_given_suffix(tmp_path, how):
     check_join(tmp_path, left, right, how, on="k", suffix="_r2")
 
 
-@pytest.mark.parametrize("strategy", STRATEGY)
 @pytest.mark.parametrize("how", HOWS)
-@pytest.mark.parametrize("wide", ["left", "right"])
+@pytest.mark.parametrize("wide, strategy", [("left", "shuffle"), ("right", "broadcast")])
 def test_int32_key_joins_int64_key_by_value(tmp_path, how, strategy, wide):
     narrow, big = pa.int32(), pa.int64()
     left = left_table(400, distinct=40, nulls=0.05, type=big if wide == "left" else narrow)
@@ -327,6 +332,40 @@ def test_int32_key_joins_int64_key_by_value(tmp_path, how, strategy, wide):
         result = check_join(tmp_path, left, right, how, on="k")
     k = out_table(result)["k"]
     assert pa.types.is_integer(k.type), k.type
+
+
+def string_keyed(t: pa.Table, type: pa.DataType) -> pa.Table:
+    """``t`` with its key ``k`` as strings of ``type`` (string, large_string or a dictionary of strings)."""
+    k = pc.cast(t["k"], pa.string())
+    k = k.dictionary_encode() if pa.types.is_dictionary(type) else pc.cast(k, type)
+    return t.set_column(t.column_names.index("k"), "k", k)
+
+
+@pytest.mark.parametrize("how", ["inner", "full", "semi"])
+@pytest.mark.parametrize("strategy", STRATEGY)
+@pytest.mark.parametrize("types", ["string/large_string", "dictionary/string"])
+def test_string_keys_of_different_encodings_match_by_value(tmp_path, how, strategy, types):
+    lt, rt = {"string/large_string": (pa.string(), pa.large_string()),
+              "dictionary/string": (pa.dictionary(pa.int32(), pa.string()), pa.string())}[types]
+    left = string_keyed(left_table(400, distinct=40, nulls=0.05), lt)
+    right = string_keyed(right_table(300, distinct=50, nulls=0.05), rt)
+    assert pq.read_schema(write_input(tmp_path / "probe", left.slice(0, 5), 1) + "/part-000.parquet") \
+        .field("k").type == lt                                   # the files really hold the encoding
+    with with_strategy(strategy):
+        check_join(tmp_path, left, right, how, on="k")
+
+
+@pytest.mark.parametrize("how", ["left", "full"])
+@pytest.mark.parametrize("strategy", STRATEGY)
+def test_nested_and_dictionary_columns_are_carried(tmp_path, how, strategy):
+    rng = np.random.default_rng(12)
+    left = left_table(300, distinct=40)
+    right = right_table(200, distinct=50)
+    right = right.append_column("tags", pa.array([[int(x), int(x) + 1] if x % 4 else None
+                                                  for x in rng.integers(0, 100, 200)], pa.list_(pa.int64())))
+    right = right.set_column(right.column_names.index("s"), "s", right["s"].dictionary_encode())
+    with with_strategy(strategy):
+        check_join(tmp_path, left, right, how, on="k")
 
 
 def test_large_key_values_differ_from_their_int32_truncation(tmp_path):
@@ -376,7 +415,7 @@ def cogroup_sql(names: list[str], sources: dict[str, str] | None = None) -> str:
 def cogroup_table(n: int, seed: int, distinct: int, hot: float = 0.0) -> pa.Table:
     rng = np.random.default_rng(seed)
     return pa.table({"k": key_column(rng, n, distinct=distinct, hot=hot), "v": rng.normal(0, 1, n),
-                     "pad": pa.array([f"p{seed}-{i}" for i in range(n)])})
+                     "pad": pa.array([f"p{seed}-{i}" for i in range(n)], pa.string())})
 
 
 def test_cogroup_two_inputs(tmp_path):
@@ -386,6 +425,19 @@ def test_cogroup_two_inputs(tmp_path):
     result = engine.run(job, inputs, str(tmp_path / "out"), partition_size=SMALL)
     assert_same_rows(out_table(result), duck(cogroup_sql(["l", "r"]), inputs))
     assert sum(s.tasks for s in result.report.stages if s.kind == "reduce") >= 2
+
+
+def test_cogroup_with_a_hot_key_under_forced_skew(tmp_path):
+    # fn must still see every row of a key in one call however the big partitions are cut.
+    inputs = {"l": write_input(tmp_path / "l", cogroup_table(3000, 11, 400, hot=0.5), 4),
+              "r": write_input(tmp_path / "r", cogroup_table(600, 12, 400, hot=0.2), 2)}
+    job = Job("cg-skew", input="l").cogroup({"r": "r"}, counts_and_sum, by="k")
+    with dask.config.set(SKEW):
+        result = engine.run(job, inputs, str(tmp_path / "out"), partition_size="2KiB")
+    got = out_table(result)
+    assert got["k"].to_pylist().count(0) == 1, "the hot key's rows were grouped in more than one call"
+    assert subpartitions(result), result.report.joins
+    assert_same_rows(got, duck(cogroup_sql(["l", "r"]), inputs))
 
 
 def test_cogroup_three_inputs_with_an_empty_one_and_a_mapped_one(tmp_path):
@@ -444,6 +496,17 @@ def test_forced_strategies_agree_and_are_recorded(tmp_path, how):
     assert_same_rows(out_table(shuffled), out_table(broadcast))
 
 
+@pytest.mark.parametrize("how", HOWS)
+def test_forced_broadcast_when_the_left_side_is_the_small_one(tmp_path, how):
+    # Each left row meets matches in several right map outputs: broadcasting the left side is right
+    # only where every match is output (inner, right); a semi join must still output each left row once.
+    left = left_table(30, distinct=20)
+    right = right_table(1500, distinct=20)
+    with with_strategy("broadcast"):
+        result = check_join(tmp_path, left, right, how, on="k", lparts=1, rparts=4)
+    assert set(strategies(result)) == {"broadcast" if how in BROADCASTABLE else "shuffle"}, result.report.joins
+
+
 def test_auto_broadcasts_a_small_side_and_shuffles_two_large_ones(tmp_path):
     left, right = left_table(1500, distinct=300), right_table(40, distinct=300)
     with dask.config.set({"engine.join.broadcast-max": "1MiB"}):
@@ -454,7 +517,6 @@ def test_auto_broadcasts_a_small_side_and_shuffles_two_large_ones(tmp_path):
     assert strategies(large) == ["shuffle"], large.report.joins
 
 
-SKEW = {"engine.join.strategy": "shuffle", "engine.skew.factor": 1.01, "engine.skew.split-over": 1.01}
 # Which side's hot partition may be cut into pieces (the other side's rows of the partition copied to
 # each piece) without changing the answer: the copied side must not be one whose unmatched rows are
 # output (outer joins), and a semi or anti join must not see a left row in several pieces.
@@ -482,6 +544,8 @@ def test_forced_skew_split_gives_the_same_answer(tmp_path, how, hot_side):
     assert set(strategies(result)) == {"shuffle"}, result.report.joins
     if how in SPLITTABLE[hot_side]:
         assert splits(result), result.report.joins
+    else:       # the partition is too big for one task; with no side to replicate it is cut by key
+        assert subpartitions(result) and not splits(result), result.report.joins
 
 
 @pytest.mark.parametrize("how", ["full", "anti", "left"])
@@ -614,6 +678,17 @@ def test_left_outer_three_way_keeps_unmatched_rows_of_the_first(tmp_path):
                        FROM customer c LEFT JOIN orders o ON c.c_custkey = o.o_custkey
                        LEFT JOIN lineitem l ON o.o_orderkey = l.l_orderkey""", inputs)
     assert_same_rows(out_table(result), expected)
+
+
+def test_explain_shows_every_input_and_join(tmp_path):
+    customer, orders, lineitem = tpch_like()
+    inputs = {"customer": write_input(tmp_path / "c", customer, 2), "orders": write_input(tmp_path / "o", orders, 3),
+              "lineitem": write_input(tmp_path / "li", lineitem, 3)}
+    q3 = (Job("q3", input="customer").join("orders", left_on="c_custkey", right_on="o_custkey", how="left")
+          .join("lineitem", left_on="o_orderkey", right_on="l_orderkey").reduce(by="c_name", aggs={"n": agg.count()}))
+    text = q3.explain(inputs)
+    for word in ("customer", "orders", "lineitem", "left join", "inner join"):
+        assert word in text, text
 
 
 # ---------------------------------------------------------------------------------------------
