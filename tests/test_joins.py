@@ -368,6 +368,14 @@ def test_nested_and_dictionary_columns_are_carried(tmp_path, how, strategy):
         check_join(tmp_path, left, right, how, on="k")
 
 
+@pytest.mark.parametrize("how", ["inner", "left", "full"])
+def test_all_null_column_is_carried(tmp_path, how):
+    # A column of Arrow type null (all values missing, e.g. from JSON or a map) is data like any other.
+    left = left_table(200, distinct=20).append_column("note", pa.nulls(200))
+    right = right_table(100, distinct=25).append_column("extra", pa.nulls(100))
+    check_join(tmp_path, left, right, how, on="k")
+
+
 def test_large_key_values_differ_from_their_int32_truncation(tmp_path):
     # int64 keys beyond the int32 range must not match an int32 key equal to their truncation.
     left = pa.table({"k": pa.array([1, 2, 3, 4], pa.int32()), "a": pa.array([10, 20, 30, 40])})
@@ -860,6 +868,23 @@ def test_rerun_is_a_noop_and_a_changed_input_recomputes(tmp_path):
     assert not b.skipped and b.run_id != a.run_id
     sql2 = join_sql(["k", "b", "y", "s"], ["k", "a", "x", "s"], ["k"], ["k"], "full")
     assert_same_rows(engine.read(out2), duck(sql2, {"l": swapped_inputs["r"], "r": swapped_inputs["l"]}))
+
+
+def test_resume_after_a_failed_join_reuses_both_sides_map_outputs(tmp_path):
+    from engine.faults import Faults
+    left, right = left_table(600, distinct=40), right_table(300, distinct=40)
+    inputs = {"l": write_input(tmp_path / "l", left, 3), "r": write_input(tmp_path / "r", right, 2)}
+    job = make_join("full", on="k")
+    out = str(tmp_path / "out")
+    with with_strategy("shuffle"), dask.config.set({"engine.retries.backoff-base": 0.01}):
+        with pytest.raises(engine.StageFailedError):
+            engine.run(job, inputs, out, partition_size=SMALL, faults=Faults(fail_attempts={("reduce", 0): 99}))
+        assert not os.path.exists(os.path.join(out, "_SUCCESS"))
+        result = engine.run(job, inputs, out, partition_size=SMALL, resume=True)
+    maps = [s for s in result.report.stages if s.kind == "map"]
+    assert sum(s.resumed for s in maps) == 5, [(s.name, s.tasks, s.resumed) for s in result.report.stages]
+    sql = join_sql(left.column_names, right.column_names, ["k"], ["k"], "full")
+    assert_same_rows(engine.read(out), duck(sql, inputs))
 
 
 def test_changing_the_other_sides_code_recomputes(tmp_path):
