@@ -17,7 +17,7 @@ Semantics (the same as SQL's):
   column gets ``suffix`` appended (default ``"_right"``); a name that still clashes is an error.
 * Row order is unspecified.
 
-Columns of nested types (lists, structs, maps), which Arrow's hash join cannot carry, are joined
+Columns of nested types (lists, structs, maps) and of type ``null``, which Arrow's hash join cannot carry, are joined
 through row numbers: the keys are joined with each side's row index, then every column is gathered
 with ``take``.
 
@@ -82,9 +82,13 @@ class JoinSpec:
 
     def splittable(self, side: int) -> bool:
         """Whether rows of ``side`` (0 left, 1 right) may be cut into pieces, each joined with all
-        matching rows of the other side: the other side is then replicated, which is correct only if
-        the other side's unmatched rows are not part of the output."""
-        return not (self.preserves_right if side == 0 else self.preserves_left)
+        matching rows of the other side. The other side is then replicated, which is correct only if
+        its rows reach the output solely paired with a row of the cut side: not when its unmatched
+        rows are kept (outer joins), nor for the left side of semi and anti joins (a left row would
+        be emitted, or judged unmatched, once per piece)."""
+        if side == 0:
+            return self.how in ("inner", "left", "semi", "anti")
+        return self.how in ("inner", "right")
 
     def broadcastable(self, side: int) -> bool:
         """Whether ``side`` may be sent whole to every task holding a piece of the other side."""
@@ -159,7 +163,7 @@ def conform_keys(table: pa.Table, keys: Sequence[str], types: Sequence[pa.DataTy
 
 
 def _needs_row_numbers(table: pa.Table, keys: Sequence[str]) -> bool:
-    return any(pa.types.is_nested(f.type) or pa.types.is_dictionary(f.type)
+    return any(pa.types.is_nested(f.type) or pa.types.is_dictionary(f.type) or pa.types.is_null(f.type)
                for f in table.schema if f.name not in keys)
 
 
