@@ -186,8 +186,7 @@ def join_tables(left: pa.Table, right: pa.Table, spec: JoinSpec) -> pa.Table:
     rnames = [rmap.get(c) or (rename.get(c) or c) for c in right.column_names]
     rnames = [n if n in rkeys else f"__engine_r_{n}" for n in rnames]      # no clash inside Acero either
     r = right.rename_columns(rnames)
-    joined = left.join(r, list(spec.left_on), rkeys, join_type=_ARROW_TYPE[spec.how], coalesce_keys=False,
-                       use_threads=True)
+    joined = _acero_join(left, r, list(spec.left_on), rkeys, spec.how)
     return _assemble(joined, left.column_names, right.column_names, spec, names, rename, rkeys)
 
 
@@ -215,6 +214,21 @@ def _assemble(joined: pa.Table, lcols: Sequence[str], rcols: Sequence[str], spec
     return out
 
 
+_FLIPPED = {"inner": "inner", "left outer": "right outer", "right outer": "left outer", "full outer": "full outer",
+            "left semi": "right semi", "left anti": "right anti"}
+
+
+def _acero_join(left: pa.Table, right: pa.Table, left_keys: list[str], right_keys: list[str], how: str) -> pa.Table:
+    """Arrow's hash join, with its hash table built on the smaller input: Acero builds on its right
+    input, and building costs far more per row than probing (measured: a 1.5M-row build side joined
+    with a 7,500-row chunk took 0.33-1.2 s, the same join with the sides swapped 0.01 s)."""
+    join_type = _ARROW_TYPE[how]
+    if left.num_rows < right.num_rows:
+        return right.join(left, right_keys, left_keys, join_type=_FLIPPED[join_type], coalesce_keys=False,
+                          use_threads=True)
+    return left.join(right, left_keys, right_keys, join_type=join_type, coalesce_keys=False, use_threads=True)
+
+
 def _join_by_row_numbers(left: pa.Table, right: pa.Table, spec: JoinSpec, names: list[str],
                          rename: dict[str, str]) -> pa.Table:
     """Join keys and row numbers only, then gather every column (Acero cannot carry nested columns)."""
@@ -224,7 +238,7 @@ def _join_by_row_numbers(left: pa.Table, right: pa.Table, spec: JoinSpec, names:
                    _RIGHT_ROW: pa.array(range(right.num_rows), pa.int64())})
     lkeys = [f"__engine_lkey{i}" for i in range(len(spec.left_on))]
     rkeys = [f"__engine_rkey{i}" for i in range(len(spec.right_on))]
-    pairs = lk.join(rk, lkeys, rkeys, join_type=_ARROW_TYPE[spec.how], coalesce_keys=False, use_threads=True)
+    pairs = _acero_join(lk, rk, lkeys, rkeys, spec.how)
     lrows = pairs.column(_LEFT_ROW)
     gathered = {c: left.column(c).take(lrows) for c in left.column_names}
     joined_cols = dict(gathered)
