@@ -2,7 +2,7 @@
 
     python -m benchmarks [--quick] [--suites groupby,sort,...] [--repeat N] [--peers duckdb,polars,...]
                          [--out RESULTS.jsonl] [--no-html] [--timeline SUITE:CASE] [--data DIR]
-                         [--g1-rows 1e7] [--g1-parts 8] [--driver-tasks 20000]
+                         [--g1-rows 1e7] [--g1-parts 8] [--driver-tasks 20000] [--tpch-sf 1]
     python -m benchmarks compare BASELINE.jsonl CANDIDATE.jsonl [--threshold 0.10] [--noise 1.0]
     python -m benchmarks report RESULTS.jsonl [-o RESULTS.html]
     python -m benchmarks summary RESULTS.jsonl          # Markdown tables (for RESULTS.md)
@@ -55,6 +55,8 @@ def run(argv: list[str]) -> int:
     ap.add_argument("--g1-parts", type=int, default=None, help="Parquet files of the G1 dataset")
     ap.add_argument("--driver-tasks", type=int, default=None,
                     help="no-op tasks in the driver suite's stage (default: 20000; 2000 with --quick)")
+    ap.add_argument("--tpch-sf", type=float, default=None,
+                    help="TPC-H scale factor of the tpch suite (default: 1; 0.01 with --quick)")
     args = ap.parse_args(argv)
 
     chosen = _list(args.suites)
@@ -77,6 +79,11 @@ def run(argv: list[str]) -> int:
         if args.driver_tasks < 1:
             ap.error("--driver-tasks must be at least 1")
         profile = dataclasses.replace(profile, driver_tasks=args.driver_tasks)
+    if args.tpch_sf is not None:
+        import dataclasses
+        if args.tpch_sf <= 0:
+            ap.error("--tpch-sf must be positive")
+        profile = dataclasses.replace(profile, tpch_sf=args.tpch_sf)
     repeat = args.repeat or profile.repeat
     if repeat < 1:
         ap.error("--repeat must be at least 1")

@@ -14,10 +14,13 @@ commit         the commit protocol vs plain ``pq.write_table``  pyarrow (plain w
 cluster        groupby q3 and word count per cluster shape     -                             workers x threads
 driver         a stage of no-op tasks (driver CPU per task);   -                             -
                reducers' S3 bytes read / needed (moto)
+tpch           TPC-H Q1, Q3, Q5, Q6, Q10, Q12, Q18             duckdb, polars, dask          -
+               (``benchmarks.tpch_bench``)
 =============  ==============================================  ============================  ===============
 
 ``driver`` is not in the default set (20,000 tasks take minutes here): ask for it with ``--suites driver``;
-``--driver-tasks N`` sets the stage size (``--quick``: 2,000).
+``--driver-tasks N`` sets the stage size (``--quick``: 2,000). Neither is ``tpch`` (``--suites tpch``;
+``--tpch-sf N`` sets the scale factor, default 1, ``--quick``: 0.01).
 
 Every engine answer is checked: against each Arrow-answering peer value by value (dask: row count),
 and where a suite times no peer, against an untimed independent reference (DuckDB or pyarrow):
@@ -45,7 +48,7 @@ from benchmarks.progress import Progress
 from engine import Job
 
 SUITES = ("groupby", "wordcount", "sort", "skew", "stragglers", "commit", "cluster")
-EXTRA_SUITES = ("driver",)          # run only when asked for by name
+EXTRA_SUITES = ("driver", "tpch")  # run only when asked for by name
 QUESTIONS = tuple(f"q{i}" for i in range(1, 11))
 
 
@@ -76,6 +79,7 @@ class Profile:
     driver_tasks: int = 20_000
     driver_rows: int = 1_600_000
     driver_files: int = 16
+    tpch_sf: float = 1.0
 
 
 PROFILES = {
@@ -84,7 +88,7 @@ PROFILES = {
                      straggler_files=4, straggler_file_bytes=100_000, straggler_sleep=1.5,
                      commit_rows=20_000, commit_parts=4, sweep_parts=(1, 4),
                      sweep_partition_sizes=("32KiB", "64MiB"), sweep_shapes=((1, 2), (2, 1)),
-                     driver_tasks=2_000, driver_rows=200_000, driver_files=8),
+                     driver_tasks=2_000, driver_rows=200_000, driver_files=8, tpch_sf=0.01),
     "standard": Profile("standard", repeat=3, g1_rows=2_000_000, g1_parts=2, text_bytes=40_000_000, text_files=4,
                         sort_rows=1_000_000, sort_parts=4, skew_rows=4_000_000, skew_parts=4,
                         skew_partition_size="4MiB", straggler_files=6, straggler_file_bytes=2_000_000,
@@ -570,9 +574,18 @@ def driver(ctx: Context) -> None:
                           f"({rs[0]['maps']} maps x {rs[0]['reducers']} reducers){'' if ok else '  ANSWERS DIFFER'}")
 
 
+# ---------------------------------------------------------------------------------------------
+# TPC-H (not in the default set)
+
+
+def tpch(ctx: Context) -> None:
+    from benchmarks import tpch_bench
+    tpch_bench.run_suite(ctx)
+
+
 RUNNERS: dict[str, Callable[[Context], None]] = {
     "groupby": groupby, "wordcount": wordcount, "sort": sort, "skew": skew, "stragglers": stragglers,
-    "commit": commit, "cluster": cluster, "driver": driver,
+    "commit": commit, "cluster": cluster, "driver": driver, "tpch": tpch,
 }
 
 
