@@ -15,6 +15,8 @@ arguments returns at once. The files it writes (tpchgen-cli 4.0.0) hold:
 * every column non-nullable, Snappy-compressed, row groups of about 7 MiB. Tables of fewer rows
   than parts (nation, region) are written as one file.
 
+Generation takes about 10 s at scale factor 1 (346 MB) and 65 s at 10 (3.7 GB) on 2 cores.
+
 At scale factor 1 lineitem has 6,001,215 rows and orders 1,500,000.
 
 **Precision.** The queries' maps cast the decimal columns they use to ``float64`` before any
@@ -84,8 +86,10 @@ def generator_command() -> list[str]:
 
 
 def default_parts(scale_factor: float) -> int:
-    """Files per table: one per started unit of scale factor (SF 1: 1, SF 10: 10)."""
-    return max(1, int(-(-float(scale_factor) // 1)))
+    """Files per table: four per unit of scale factor, at least one (SF 1: 4 files, lineitem's of
+    about 58 MB each; SF 10: 40). Files of that size let every system read in parallel without
+    splitting files (dask.dataframe reads one 230 MB file as one partition)."""
+    return max(1, int(-(-float(scale_factor) * 4 // 1)))
 
 
 def read_marker(directory: str) -> dict | None:
