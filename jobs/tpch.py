@@ -141,16 +141,24 @@ def generate(scale_factor: float, directory: str, parts: int | None = None, *,
     missing = [t for t in tables if not _parquet_files(os.path.join(directory, t))]
     if missing:
         raise RuntimeError(f"{GENERATOR} wrote no Parquet files for {missing} in {directory}")
-    version = subprocess.run(generator_command() + ["--version"], capture_output=True, text=True).stdout.strip()
+    version = _generator_version()
     rows = {t: sum(pq.ParquetFile(os.path.join(directory, t, f)).metadata.num_rows
                    for f in _parquet_files(os.path.join(directory, t))) for t in tables}
     doc = {"scale_factor": float(scale_factor), "parts": parts, "tables": list(tables), "rows": rows,
-           "generator": version or GENERATOR, "seconds": round(seconds, 2)}
+           "generator": version, "seconds": round(seconds, 2)}
     tmp = os.path.join(directory, MARKER + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(doc, f, indent=1)
     os.replace(tmp, os.path.join(directory, MARKER))
     return directory
+
+
+def _generator_version() -> str:
+    from importlib import metadata
+    try:
+        return f"{GENERATOR} {metadata.version(GENERATOR)}"
+    except metadata.PackageNotFoundError:
+        return GENERATOR
 
 
 def _number(x: float) -> str:

@@ -2,9 +2,10 @@
 
 The tables are generated once per session (tpchgen-cli, two Parquet files per table where the table
 has enough rows); every query runs on the one embedded cluster, and DuckDB answers the standard SQL
-over the same files in this process. Same rows (sorted by the query's key columns), floats within
-1e-6 relative (the engine sums doubles, DuckDB exact decimals), and the engine's output in the
-order of its ``sort``. The benchmark's Polars and dask.dataframe versions are checked the same way,
+over the same files in this process, once with the default join strategy (at this size every
+join broadcasts its smaller side) and once with every join forced to shuffle over many small
+partitions. Same rows (sorted by the query's key columns), floats within 1e-6 relative (the engine
+sums doubles, DuckDB exact decimals), and the engine's output in the order of its ``sort``. The benchmark's Polars and dask.dataframe versions are checked the same way,
 so the benchmark compares like with like.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import datetime
 import os
 
+import dask
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -100,9 +102,7 @@ def _check_order(answer: pa.Table, query: int) -> None:
         assert not pc.any(wrong).as_py(), f"q{query}: output not ordered by {sort.by[0]}"
 
 
-@pytest.mark.parametrize("query", list(tpch.QUERIES))
-def test_query_matches_duckdb(query, tpch_data, tmp_path):
-    result = engine.run(tpch.QUERIES[query], tpch.inputs(tpch_data, query), str(tmp_path / f"q{query}"))
+def _check_query(query: int, result: engine.RunResult, tpch_data: str) -> None:
     actual = result.read()
     expected = tpch.duckdb_answer(query, tpch_data)
     assert expected.num_rows > 0
@@ -111,6 +111,30 @@ def test_query_matches_duckdb(query, tpch_data, tmp_path):
     ok, why = same(actual, expected, tpch.KEYS[query], rel=REL)
     assert ok, f"q{query}: {why}"
     _check_order(actual, query)
+
+
+@pytest.mark.parametrize("query", list(tpch.QUERIES))
+def test_query_matches_duckdb(query, tpch_data, tmp_path):
+    """Default settings: at this size every join side fits under broadcast-max, so joins broadcast."""
+    result = engine.run(tpch.QUERIES[query], tpch.inputs(tpch_data, query), str(tmp_path / f"q{query}"))
+    _check_query(query, result, tpch_data)
+    if len(tpch.INPUTS[query]) > 1:
+        assert {j["strategy"] for j in result.report.joins if "strategy" in j} == {"broadcast"}
+
+
+JOINED = [q for q in tpch.QUERIES if len(tpch.INPUTS[q]) > 1]
+
+
+@pytest.mark.parametrize("query", JOINED)
+def test_query_with_shuffle_joins_matches_duckdb(query, tpch_data, tmp_path):
+    """Every join forced to a shuffle join, over many small partitions."""
+    with dask.config.set({"engine.join.strategy": "shuffle"}):
+        result = engine.run(tpch.QUERIES[query], tpch.inputs(tpch_data, query), str(tmp_path / f"q{query}"),
+                            partition_size="1MiB")
+    joins = [j for j in result.report.joins if "strategy" in j]
+    assert joins and {j["strategy"] for j in joins} == {"shuffle"}
+    assert max(j["partitions"] for j in joins) > 1
+    _check_query(query, result, tpch_data)
 
 
 @pytest.mark.parametrize("system", ["polars", "dask"])
