@@ -314,10 +314,10 @@ def run_suite(ctx) -> None:
     from benchmarks import peers
     from benchmarks.harness import ENGINE, Outcome, timed
     from benchmarks.suites import _emit_case, _measure, peer_system
-    from jobs.tpch import INPUTS, KEYS, QUERIES, inputs, read_marker
+    from jobs.tpch import INPUTS, KEYS, QUERIES, _number, inputs, read_marker
 
     sf = ctx.profile.tpch_sf
-    ctx.progress.line(f"tpch: generating SF {sf} (once; cached under {data_dir(sf, _root(ctx))})")
+    ctx.progress.line(f"tpch: SF {_number(sf)} data in {data_dir(sf, _root(ctx))} (generated on first use)")
     directory = dataset(sf, _root(ctx))
     marker = read_marker(directory) or {}
     client, info = ctx.client()
