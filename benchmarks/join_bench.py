@@ -30,13 +30,15 @@ Experiments:
   (8), measured in an untimed warm-up run, as in :mod:`benchmarks.skew_bench`. Each shape runs with
   ``skew=True`` and ``skew=False``. Reported: skewed / uniform for both (target with skew handling:
   at most 1.5) and the join decisions (how many pieces the hot partition was cut into).
-* **k, kernel**: in this process, :func:`engine.joins.join_tables` of one probe batch
-  (``engine.batch-rows`` rows, as a broadcast join feeds it) with every build size, and of a
-  one-row batch (about the cost of building the build side's hash table alone), against one join of
-  the whole probe: what the broadcast join's per-batch joins cost.
+* **k, kernel**: in this process, one probe batch (``engine.batch-rows`` rows, as the broadcast
+  step receives them) joined with each whole build side by :func:`engine.joins.join_tables` (Acero
+  builds its hash table on the right input, the broadcast side, so once per batch), against the
+  same join with the sides swapped (the hash table on the batch); times the number of batches of
+  the probe, what the broadcast join's per-batch joins cost.
 
 Each timed figure is the median of ``--repeat`` runs; configurations take turns and the harness
-waits until the scheduler holds no tasks before every run. Answers are checked against DuckDB
+waits until the scheduler holds no tasks before every run. In a, a strategy whose first run takes
+more than ``--give-up`` (4) times the other's is not repeated (its single run is reported). Answers are checked against DuckDB
 (untimed, same Parquet files): broadcast, shuffle and DuckDB for each size of a; skew on and off
 against DuckDB for each shape of b.
 
@@ -57,7 +59,6 @@ import sys
 import tempfile
 import time
 import uuid
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -71,6 +72,7 @@ from engine.skew import format_size
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "joins.jsonl")
+QUICK_RESULTS = os.path.join(HERE, "results", "quick-joins.jsonl")     # --quick (not kept in git)
 DATA_VERSION = 1
 
 SIZES_MIB = (1, 4, 16, 64, 256)
@@ -284,6 +286,9 @@ def experiment_a(bench: Bench, probe: str, builds: dict[float, str], args, log) 
         tables: dict[str, pa.Table] = {}
         for rep in range(args.repeat):
             order = strategies if rep % 2 == 0 else strategies[::-1]
+            if rep > 0 and args.give_up:
+                # a strategy this much slower than the other after one run need not be run again
+                order = [s for s in order if times[s][0] <= args.give_up * min(times[o][0] for o in strategies)]
             for strategy in order:
                 keep = rep == 0 and not args.no_check
                 seconds, result, table = bench.run(inputs, strategy=strategy, keep=keep)
@@ -318,6 +323,7 @@ def experiment_a(bench: Bench, probe: str, builds: dict[float, str], args, log) 
                                                                       "shuffle": sh.get("strategy")},
             "seconds": {s: round(v, 3) for s, v in med.items()},
             "spread": {s: [round(min(v), 3), round(max(v), 3)] for s, v in times.items()},
+            "repeats": {s: len(v) for s, v in times.items()},
             "ratio_broadcast_over_shuffle": _ratio(med["broadcast"], med["shuffle"]),
             "paired_ratio": _paired(times["broadcast"], times["shuffle"]),
             "answers": answers or "unchecked",
@@ -435,7 +441,9 @@ def experiment_b(bench: Bench, probes: dict[str, str], build: str, args, log) ->
 
 
 def experiment_k(probe: str, builds: dict[float, str], args, log) -> dict:
-    """``join_tables`` of one probe batch with each build side (what a broadcast join does per batch)."""
+    """One probe batch joined with each build side, as the broadcast step joins every batch of the big side:
+    through :func:`engine.joins.join_tables` (Acero builds its hash table on the right input, here the
+    broadcast side, so once per batch), and with the sides swapped (the hash table on the batch)."""
     import pyarrow.parquet as pq
 
     from engine import config
@@ -444,41 +452,37 @@ def experiment_k(probe: str, builds: dict[float, str], args, log) -> dict:
     batch_rows = int(config.get("batch-rows"))
     files = sorted(f for f in os.listdir(probe) if f.endswith(".parquet"))
     first = pq.read_table(os.path.join(probe, files[0]))
-    chunk = first.slice(0, batch_rows).combine_chunks()
-    one = first.slice(0, 1).combine_chunks()
-    probe_rows = _rows_of(probe)
+    batch = first.slice(0, batch_rows).combine_chunks()
+    del first
     batches = sum(math.ceil(pq.ParquetFile(os.path.join(probe, f)).metadata.num_rows / batch_rows) for f in files)
-    repeat = max(1, args.repeat)
+
+    def timed(fn) -> float:
+        ts: list[float] = []
+        while len(ts) < max(1, args.repeat):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+            if ts[-1] > 2.0:         # slow enough that one measurement says it
+                break
+        return statistics.median(ts)
+
     out = []
     for mib, build in sorted(builds.items()):
         small = pq.read_table(build).combine_chunks()
-
-        def timed(left: pa.Table) -> float:
-            ts = []
-            for _ in range(repeat):
-                t0 = time.perf_counter()
-                join_tables(left, small, spec)
-                ts.append(time.perf_counter() - t0)
-            return statistics.median(ts)
-        t_batch, t_one = timed(chunk), timed(one)
-        # the whole probe joined once (one hash table build), from the probe's first file scaled up
-        t0 = time.perf_counter()
-        join_tables(first, small, spec)
-        t_file = time.perf_counter() - t0
-        t_whole = t_file * probe_rows / first.num_rows
+        t_kernel = timed(lambda: join_tables(batch, small, spec))
+        t_swapped = timed(lambda: small.join(batch, "k", "k", join_type="inner", use_threads=True))
         row = {"target_mib": mib, "build_rows": small.num_rows, "build_bytes": small.nbytes,
-               "batch_rows": chunk.num_rows, "seconds_per_batch": round(t_batch, 4),
-               "seconds_one_row_batch": round(t_one, 4), "batches": batches,
-               "broadcast_cpu_seconds": round(t_batch * batches, 2),
-               "hash_build_share": _ratio(t_one, t_batch),
-               "one_join_of_whole_probe_seconds": round(t_whole, 2)}
+               "batch_rows": batch.num_rows, "batches": batches,
+               "seconds_per_batch": round(t_kernel, 4), "seconds_per_batch_swapped": round(t_swapped, 4),
+               "cpu_seconds_all_batches": round(t_kernel * batches, 2),
+               "cpu_seconds_all_batches_swapped": round(t_swapped * batches, 2),
+               "load": round(os.getloadavg()[0], 2)}
         out.append(row)
-        log(f"  [k] {mib:g} MiB build ({small.num_rows:,} rows): {t_batch * 1000:.1f} ms per {chunk.num_rows:,}-row "
-            f"batch ({t_one * 1000:.1f} ms for a 1-row batch); x {batches} batches = {t_batch * batches:.1f}s CPU; "
-            f"one join of the whole probe ~{t_whole:.1f}s")
-        del small
+        log(f"  [k] {mib:g} MiB build ({small.num_rows:,} rows): join_tables {t_kernel * 1000:.0f} ms per "
+            f"{batch.num_rows:,}-row batch, sides swapped {t_swapped * 1000:.0f} ms; x {batches} batches = "
+            f"{t_kernel * batches:.1f}s vs {t_swapped * batches:.1f}s  load {os.getloadavg()[0]:.1f}")
     return {"benchmark": "joins", "experiment": "k", "title": "join kernel per broadcast batch",
-            "batch_rows": batch_rows, "probe_rows": probe_rows, "sizes": out}
+            "batch_rows": batch_rows, "probe_rows": _rows_of(probe), "sizes": out}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -501,12 +505,13 @@ def print_tables(records: list[dict], params: dict, env: dict, command: str, out
                 ans = a if isinstance(a, str) else (
                     "ok" if all(v == "ok" for k, v in a.items() if k != "rows_joined") else
                     "; ".join(f"{k}: {v}" for k, v in a.items() if k != "rows_joined" and v != "ok"))
+                def timing(st: str) -> str:
+                    lo, hi = s["spread"][st]
+                    n = s["repeats"][st]
+                    return f"{s['seconds'][st]:.2f} ({lo:.1f}-{hi:.1f})" if n > 1 else f"{s['seconds'][st]:.2f} (1 run)"
                 rows.append([f"{s['target_mib']:g} MiB", f"{s['build_rows']:,}",
                              format_size(s["measured_build_bytes"]) if s["measured_build_bytes"] else "-",
-                             f"{s['seconds']['broadcast']:.2f} ({s['spread']['broadcast'][0]:.1f}-"
-                             f"{s['spread']['broadcast'][1]:.1f})",
-                             f"{s['seconds']['shuffle']:.2f} ({s['spread']['shuffle'][0]:.1f}-"
-                             f"{s['spread']['shuffle'][1]:.1f})",
+                             timing("broadcast"), timing("shuffle"),
                              f"{_fmt(s['ratio_broadcast_over_shuffle'])} [{_fmt(s['paired_ratio'])}]", ans])
             common.print_markdown_table(head, rows, file=out)
             bad = [s["target_mib"] for s in r["sizes"] if s["broadcast_side"] not in (None, "build")
@@ -552,13 +557,15 @@ def print_tables(records: list[dict], params: dict, env: dict, command: str, out
             la = r["load_average"]
             print(f"  load {la['before'][0]:.1f} -> {la['after'][0]:.1f}", file=out)
         elif r["experiment"] == "k":
-            print(f"\nk. join kernel (engine.joins.join_tables, one process): a {r['sizes'][0]['batch_rows'] if r['sizes'] else r['batch_rows']:,}-row probe batch "
-                  f"joined with the whole build side, as a broadcast join does for each of its batches", file=out)
-            head = ["build target", "build rows", "per batch s", "1-row batch s", "batches", "broadcast CPU s",
-                    "one join of whole probe s"]
-            rows = [[f"{s['target_mib']:g} MiB", f"{s['build_rows']:,}", f"{s['seconds_per_batch']:.4f}",
-                     f"{s['seconds_one_row_batch']:.4f}", s["batches"], f"{s['broadcast_cpu_seconds']:.1f}",
-                     f"{s['one_join_of_whole_probe_seconds']:.1f}"] for s in r["sizes"]]
+            n = r["sizes"][0]["batch_rows"] if r["sizes"] else r["batch_rows"]
+            print(f"\nk. join kernel, one process: a {n:,}-row probe batch joined with the whole build side, as the "
+                  "broadcast step does for every batch; join_tables (hash table on the build side, rebuilt per "
+                  "batch) against the sides swapped (Acero: hash table on the batch)", file=out)
+            head = ["build target", "build rows", "join_tables s/batch", "swapped s/batch", "batches",
+                    "join_tables s, all batches", "swapped s, all batches"]
+            rows = [[f"{s['target_mib']:g} MiB", f"{s['build_rows']:,}", f"{s['seconds_per_batch']:.3f}",
+                     f"{s['seconds_per_batch_swapped']:.3f}", s["batches"], f"{s['cpu_seconds_all_batches']:.1f}",
+                     f"{s['cpu_seconds_all_batches_swapped']:.1f}"] for s in r["sizes"]]
             common.print_markdown_table(head, rows, file=out)
     print(f"command: {command}", file=out)
 
@@ -576,16 +583,20 @@ def main(argv: list[str] | None = None) -> int:
                                                  "1,4,16)")
     p.add_argument("--quick", action="store_true", help="1e6 probe rows, sizes 1,4,16 MiB, repeat 1")
     p.add_argument("--parts", type=int, default=8, help="Parquet files of the probe")
+    p.add_argument("--give-up", type=float, default=4.0, help="a: do not repeat a strategy whose first run took "
+                                                            "more than this x the other's (0: always repeat)")
     p.add_argument("--reducers", type=int, default=8, help="b: partition_size = uniform join map output / this")
     p.add_argument("--experiments", default="a,b,k")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default=None, help="dataset cache root (default: benchmarks/data)")
     p.add_argument("--scratch", default=None, help="where outputs go (default: the temp directory)")
-    p.add_argument("--results", default=RESULTS)
+    p.add_argument("--results", default=None, help="results file (default benchmarks/results/joins.jsonl; "
+                                                   "--quick: quick-joins.jsonl)")
     p.add_argument("--no-save", action="store_true", help="do not append to the results file")
     p.add_argument("--no-check", action="store_true", help="skip the answer checks against DuckDB")
     args = p.parse_args(argv)
     args.rows = int(args.rows if args.rows is not None else (1e6 if args.quick else 8e6))
+    args.results = args.results or (QUICK_RESULTS if args.quick else RESULTS)
     args.repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
     sizes = [float(x) for x in args.sizes.split(",")] if args.sizes else \
         list(QUICK_SIZES_MIB if args.quick else SIZES_MIB)
