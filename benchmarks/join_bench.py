@@ -30,17 +30,17 @@ Experiments:
   (8), measured in an untimed warm-up run, as in :mod:`benchmarks.skew_bench`. Each shape runs with
   ``skew=True`` and ``skew=False``. Reported: skewed / uniform for both (target with skew handling:
   at most 1.5) and the join decisions (how many pieces the hot partition was cut into).
-* **k, kernel**: in this process, one probe batch (``engine.batch-rows`` rows, as the broadcast
-  step receives them) joined with each whole build side by :func:`engine.joins.join_tables` (Acero
-  builds its hash table on the right input, the broadcast side, so once per batch), against the
-  same join with the sides swapped (the hash table on the batch); times the number of batches of
-  the probe, what the broadcast join's per-batch joins cost.
+* **k, kernel**: in this process, one probe chunk (``engine.join.broadcast-chunk-rows`` rows, what
+  the broadcast step joins per call) joined with each whole build side by
+  :func:`engine.joins.join_tables`, against Acero with its hash table on the broadcast side (Acero
+  builds on its right input: the cost of a kernel that does not hash the smaller input, paid once
+  per chunk); times the number of chunks of the probe.
 
 Each timed figure is the median of ``--repeat`` runs; configurations take turns and the harness
 waits until the scheduler holds no tasks before every run. In a, a strategy whose first run takes
-more than ``--give-up`` (4) times the other's is not repeated (its single run is reported). Answers are checked against DuckDB
-(untimed, same Parquet files): broadcast, shuffle and DuckDB for each size of a; skew on and off
-against DuckDB for each shape of b.
+more than ``--give-up`` (4) times the other's is not repeated (its single run is reported).
+Answers are checked against DuckDB (untimed, same Parquet files): broadcast, shuffle and DuckDB for
+each size of a; skew on and off against DuckDB for each shape of b.
 
 Results are printed as tables and appended as JSON lines (one per experiment, with versions, cores,
 git revision, load average, parameters and the command) to ``benchmarks/results/joins.jsonl``.
@@ -441,20 +441,25 @@ def experiment_b(bench: Bench, probes: dict[str, str], build: str, args, log) ->
 
 
 def experiment_k(probe: str, builds: dict[float, str], args, log) -> dict:
-    """One probe batch joined with each build side, as the broadcast step joins every batch of the big side:
-    through :func:`engine.joins.join_tables` (Acero builds its hash table on the right input, here the
-    broadcast side, so once per batch), and with the sides swapped (the hash table on the batch)."""
+    """One chunk of the probe joined with each whole build side, as the broadcast step joins every chunk
+    of the big side: through :func:`engine.joins.join_tables`, and through Acero with its hash table on
+    the broadcast side (Acero builds on its right input; what a kernel that does not pick the smaller
+    side to hash pays, once per chunk)."""
     import pyarrow.parquet as pq
 
     from engine import config
     from engine.joins import JoinSpec, join_tables
     spec = JoinSpec(("k",), ("k",), "inner")
-    batch_rows = int(config.get("batch-rows"))
+    try:
+        chunk_rows = int(config.get("join.broadcast-chunk-rows"))
+    except KeyError:
+        chunk_rows = int(config.get("batch-rows"))
     files = sorted(f for f in os.listdir(probe) if f.endswith(".parquet"))
     first = pq.read_table(os.path.join(probe, files[0]))
-    batch = first.slice(0, batch_rows).combine_chunks()
+    chunk = first.slice(0, chunk_rows).combine_chunks()
     del first
-    batches = sum(math.ceil(pq.ParquetFile(os.path.join(probe, f)).metadata.num_rows / batch_rows) for f in files)
+    # a map task reads one file (split); its chunks do not span files
+    chunks = sum(math.ceil(pq.ParquetFile(os.path.join(probe, f)).metadata.num_rows / chunk_rows) for f in files)
 
     def timed(fn) -> float:
         ts: list[float] = []
@@ -469,20 +474,21 @@ def experiment_k(probe: str, builds: dict[float, str], args, log) -> dict:
     out = []
     for mib, build in sorted(builds.items()):
         small = pq.read_table(build).combine_chunks()
-        t_kernel = timed(lambda: join_tables(batch, small, spec))
-        t_swapped = timed(lambda: small.join(batch, "k", "k", join_type="inner", use_threads=True))
+        t_kernel = timed(lambda: join_tables(chunk, small, spec))
+        t_hash_small = timed(lambda: chunk.join(small, "k", "k", join_type="inner", use_threads=True))
         row = {"target_mib": mib, "build_rows": small.num_rows, "build_bytes": small.nbytes,
-               "batch_rows": batch.num_rows, "batches": batches,
-               "seconds_per_batch": round(t_kernel, 4), "seconds_per_batch_swapped": round(t_swapped, 4),
-               "cpu_seconds_all_batches": round(t_kernel * batches, 2),
-               "cpu_seconds_all_batches_swapped": round(t_swapped * batches, 2),
+               "chunk_rows": chunk.num_rows, "chunks": chunks,
+               "seconds_per_chunk": round(t_kernel, 4),
+               "seconds_per_chunk_hash_on_broadcast_side": round(t_hash_small, 4),
+               "seconds_all_chunks": round(t_kernel * chunks, 2),
+               "seconds_all_chunks_hash_on_broadcast_side": round(t_hash_small * chunks, 2),
                "load": round(os.getloadavg()[0], 2)}
         out.append(row)
         log(f"  [k] {mib:g} MiB build ({small.num_rows:,} rows): join_tables {t_kernel * 1000:.0f} ms per "
-            f"{batch.num_rows:,}-row batch, sides swapped {t_swapped * 1000:.0f} ms; x {batches} batches = "
-            f"{t_kernel * batches:.1f}s vs {t_swapped * batches:.1f}s  load {os.getloadavg()[0]:.1f}")
-    return {"benchmark": "joins", "experiment": "k", "title": "join kernel per broadcast batch",
-            "batch_rows": batch_rows, "probe_rows": _rows_of(probe), "sizes": out}
+            f"{chunk.num_rows:,}-row chunk, hash table on the broadcast side {t_hash_small * 1000:.0f} ms; x {chunks} "
+            f"chunks = {t_kernel * chunks:.1f}s vs {t_hash_small * chunks:.1f}s  load {os.getloadavg()[0]:.1f}")
+    return {"benchmark": "joins", "experiment": "k", "title": "join kernel per broadcast chunk",
+            "chunk_rows": chunk_rows, "probe_rows": _rows_of(probe), "sizes": out}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -557,15 +563,16 @@ def print_tables(records: list[dict], params: dict, env: dict, command: str, out
             la = r["load_average"]
             print(f"  load {la['before'][0]:.1f} -> {la['after'][0]:.1f}", file=out)
         elif r["experiment"] == "k":
-            n = r["sizes"][0]["batch_rows"] if r["sizes"] else r["batch_rows"]
-            print(f"\nk. join kernel, one process: a {n:,}-row probe batch joined with the whole build side, as the "
-                  "broadcast step does for every batch; join_tables (hash table on the build side, rebuilt per "
-                  "batch) against the sides swapped (Acero: hash table on the batch)", file=out)
-            head = ["build target", "build rows", "join_tables s/batch", "swapped s/batch", "batches",
-                    "join_tables s, all batches", "swapped s, all batches"]
-            rows = [[f"{s['target_mib']:g} MiB", f"{s['build_rows']:,}", f"{s['seconds_per_batch']:.3f}",
-                     f"{s['seconds_per_batch_swapped']:.3f}", s["batches"], f"{s['cpu_seconds_all_batches']:.1f}",
-                     f"{s['cpu_seconds_all_batches_swapped']:.1f}"] for s in r["sizes"]]
+            n = r["sizes"][0]["chunk_rows"] if r["sizes"] else r["chunk_rows"]
+            print(f"\nk. join kernel, one process: a {n:,}-row probe chunk joined with the whole build side, as the "
+                  "broadcast step does for every chunk; engine.joins.join_tables against Acero with its hash table "
+                  "on the broadcast side (rebuilt per chunk)", file=out)
+            head = ["build target", "build rows", "join_tables s/chunk", "hash on broadcast side s/chunk", "chunks",
+                    "join_tables s, all chunks", "hash on broadcast side s, all chunks"]
+            rows = [[f"{s['target_mib']:g} MiB", f"{s['build_rows']:,}", f"{s['seconds_per_chunk']:.3f}",
+                     f"{s['seconds_per_chunk_hash_on_broadcast_side']:.3f}", s["chunks"],
+                     f"{s['seconds_all_chunks']:.1f}", f"{s['seconds_all_chunks_hash_on_broadcast_side']:.1f}"]
+                    for s in r["sizes"]]
             common.print_markdown_table(head, rows, file=out)
     print(f"command: {command}", file=out)
 
