@@ -269,7 +269,10 @@ def _broadcast(ex: Execution, node: Node, streams: list[Stream], small: int, res
     stream = streams[big]
     # every call of the join kernel builds its hash table anew (~15-40 ms a call on top of the work, measured),
     # so the big side is probed in chunks of engine.join.broadcast-chunk-rows rows, not batch by batch
+    # ... and a chunk at least twice the small side keeps the hash table on the small side (built once a chunk)
     chunk = int(config.get("join.broadcast-chunk-rows"))
+    small_rows = sum(o.total_rows for o in outputs)
+    chunk = max(chunk, min(4 * chunk, 2 * small_rows))
     ops = stream.ops + (("maps", node.index, big), ("broadcast", node.index, big, refs, schema, chunk))
     if node.index < ex.count - 1:
         return replace(stream, ops=ops)

