@@ -179,7 +179,9 @@ def _canonical(x: Any) -> Any:
     if isinstance(x, (Split, shuffle.RangePiece)):
         return repr(x)
     if isinstance(x, TaskContext):
-        return (x.kind, x.keys, x.descending, x.num_partitions, x.map_combine, x.columns, x.round)
+        base = (x.kind, x.keys, x.descending, x.num_partitions, x.map_combine, x.columns, x.round)
+        # which side of a join, and the steps fused before it (broadcast joins: which side, which files)
+        return base if (x.side == 0 and not x.ops) else base + (x.side, _canonical(x.ops))
     return type(x).__name__
 
 

@@ -26,7 +26,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .joins import JoinSpec
+from .joins import JoinSpec, hash_class
 from .shuffle import MapOutput
 
 
@@ -182,20 +182,6 @@ def _add_pieces(add, sides: Sequence[Sequence[MapOutput]], p: int, side: int, k:
 
 def _lbl(labels: Sequence[str], s: int) -> str:
     return labels[s] if s < len(labels) else str(s)
-
-
-def hash_class(t) -> str:
-    """Types whose equal values hash alike in the shuffle (:mod:`engine.hashing`)."""
-    import pyarrow as pa
-    if pa.types.is_integer(t):
-        return "integer"
-    if pa.types.is_floating(t):
-        return "float"
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return "string"
-    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
-        return "binary"
-    return str(t)
 
 
 __all__ = ["JoinTask", "choose_broadcast", "plan_join_tasks", "side_bytes", "hash_class"]

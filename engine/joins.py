@@ -143,11 +143,25 @@ def key_types(left: pa.Schema, right: pa.Schema, spec: JoinSpec) -> list[pa.Data
         lt = plain_type(left.field(lk).type, decode_dictionaries=True)
         rt = plain_type(right.field(rk).type, decode_dictionaries=True)
         t = lt if lt.equals(rt) else common_type(lt, rt)
-        if t is None or pa.types.is_nested(t):
+        if t is None or pa.types.is_nested(t) or hash_class(lt) != hash_class(rt):
             raise SchemaError(f"{spec.describe()}: key {lk!r} ({lt}) cannot be matched with {rk!r} ({rt}); "
                               "cast one of them in a map so both have the same type")
         out.append(t)
     return out
+
+
+def hash_class(t: pa.DataType) -> str:
+    """Key types whose equal values are equal keys, and hash alike in the shuffle (:mod:`engine.hashing`):
+    all integer widths, both floats, both string offsets, both binary offsets; other types only themselves."""
+    if pa.types.is_integer(t):
+        return "integer"
+    if pa.types.is_floating(t):
+        return "float"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "string"
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return "binary"
+    return str(t)
 
 
 def conform_keys(table: pa.Table, keys: Sequence[str], types: Sequence[pa.DataType]) -> pa.Table:
@@ -162,6 +176,14 @@ def conform_keys(table: pa.Table, keys: Sequence[str], types: Sequence[pa.DataTy
     return table
 
 
+def _plain(table: pa.Table) -> pa.Table:
+    """``table`` with view types (``string_view``...) made plain: Arrow's join cannot carry them."""
+    fields = [f.with_type(plain_type(f.type)) for f in table.schema]
+    if all(a.type.equals(b.type) for a, b in zip(fields, table.schema)):
+        return table
+    return table.cast(pa.schema(fields, metadata=table.schema.metadata))
+
+
 def _needs_row_numbers(table: pa.Table, keys: Sequence[str]) -> bool:
     return any(pa.types.is_nested(f.type) or pa.types.is_dictionary(f.type) or pa.types.is_null(f.type)
                for f in table.schema if f.name not in keys)
@@ -174,6 +196,7 @@ def join_tables(left: pa.Table, right: pa.Table, spec: JoinSpec) -> pa.Table:
     """``left`` joined with ``right`` by ``spec`` (see the module docstring for the rules)."""
     check_keys(left.schema, spec.left_on, "left", spec)
     check_keys(right.schema, spec.right_on, "right", spec)
+    left, right = _plain(left), _plain(right)
     types = key_types(left.schema, right.schema, spec)
     left = conform_keys(left, spec.left_on, types)
     right = conform_keys(right, spec.right_on, types)
@@ -251,6 +274,8 @@ def _join_by_row_numbers(left: pa.Table, right: pa.Table, spec: JoinSpec, names:
             if new and c not in spec.right_on:
                 joined_cols[f"__engine_r_{new}"] = right.column(c).take(rrows)
     fields = [left.schema.field(c) for c in left.column_names]
+    if spec.how in ("right", "full"):         # unmatched right rows put nulls in every left column
+        fields = [f.with_nullable(True) for f in fields]
     joined = pa.table(joined_cols)
     # left columns keep their declared types (take keeps them); rebuild the schema for _assemble
     joined = joined.cast(pa.schema([*fields, *[joined.schema.field(n) for n in joined.column_names[len(fields):]]]))

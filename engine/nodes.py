@@ -210,14 +210,14 @@ def _join_node(ex: Execution, node: Node, streams: list[Stream]):
             candidates = [s for s in candidates if streams[s].est_bytes <= 8 * limit]
         first = min(candidates, key=lambda s: streams[s].est_bytes) if candidates else None
     if first is not None:
-        results.update(_map_sides(ex, node, streams, [first], nparts, f"map-{_safe(labels[first])}"))
+        results.update(_map_sides(ex, node, streams, [first], nparts, f"map{first}-{_safe(labels[first])}"))
         measured = side_bytes(_outputs(results[first]))
         sizes = [measured if s == first else None for s in range(len(streams))]
         if choose_broadcast(spec, sizes, limit, strategy) == first:
             return _broadcast(ex, node, streams, first, results[first], measured, limit, strategy)
         rest = [s for s in range(len(streams)) if s != first]
         results.update(_map_sides(ex, node, streams, rest, nparts,
-                                  "map" if len(rest) > 1 else f"map-{_safe(labels[rest[0]])}"))
+                                  "map" if len(rest) > 1 else f"map{rest[0]}-{_safe(labels[rest[0]])}"))
     else:
         results.update(_map_sides(ex, node, streams, list(range(len(streams))), nparts, "map"))
     sides = [_outputs(results[s]) for s in range(len(streams))]

@@ -327,7 +327,12 @@ def _validate_dag(plan: Plan, samples: Mapping[str, pa.Table | None]) -> None:
                 out = r.aggregations.aggregate(t)
             elif node.kind == "reduce":
                 if r.combine is not None:
-                    t = _call(r.combine.fn, t, f"{where}: combine")
+                    combined = _call(r.combine.fn, t, f"{where}: combine")
+                    if not combined.schema.equals(t.schema):
+                        raise SchemaError(f"{where}: combine changed the schema from {_cols(t.schema)} to "
+                                          f"{_cols(combined.schema)}; a combine must return the columns and types "
+                                          "it receives, because the engine may apply it zero, one or many times")
+                    t = combined
                 out = _call(r.reduce.fn, t, f"{where}: reduce function")
             else:
                 out = t
@@ -366,7 +371,10 @@ def explain(job: Job, input: Any = None, *, storage_options: dict | None = None,
     plan = build_plan(job, spec, partition_size, format=format)
     text = plan.describe()
     if spec is not None:
-        validate_on_sample(plan, {k: sample_table(s.fs, s) for k, s in spec.items()})
+        if plan.multi_input:
+            validate_on_sample(plan, {k: sample_table(s.fs, s) for k, s in spec.items()})
+        else:
+            validate_on_sample(plan, sample_table(plan.input.fs, plan.input))
         text += "\n" + graph_size(plan)
     return text
 

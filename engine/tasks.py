@@ -332,16 +332,18 @@ def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partitio
 
         def read() -> Iterator[pa.Table]:
             nonlocal rows_in
+            read_any = False
             for batch in read_split(input_fs, split, columns=ctx.columns, batch_rows=ctx.batch_rows,
                                     partition_types=ctx.partition_types):
                 check_cancelled()
                 if ctx.faults is not None:
                     ctx.faults.during_task(ctx, "map", partition, attempt)
                 rows_in += batch.num_rows
+                read_any = True
                 yield pa.Table.from_batches([batch])
                 if ctx.report_progress:
                     report_progress(rows_in)
-            if rows_in == 0 and ctx.kind in ("join", "cogroup"):
+            if not read_any and ctx.kind in ("join", "cogroup"):
                 # no rows: the output still carries the schema (the reducers join with it)
                 schema = split.schema
                 if schema is None and split.format == "ipc":
@@ -457,7 +459,8 @@ def _map_pipeline(ctx: TaskContext, payload: list, label: str):
     return run
 
 
-_BROADCAST: dict[tuple, pa.Table] = {}
+_BROADCAST: dict[tuple, pa.Table] = {}      # small sides of broadcast joins, per worker process (LRU)
+_BROADCAST_KEEP = 8
 _BROADCAST_LOCK = threading.Lock()
 
 
@@ -468,16 +471,19 @@ def _broadcast_join(ctx: TaskContext, payload: list, op: tuple, label: str):
     spec = payload[node]["join"]
     cache_key = (ctx.shuffle_root, node, tuple(r[0] for r in refs))
     with _BROADCAST_LOCK:
-        small = _BROADCAST.get(cache_key)
+        small = _BROADCAST.pop(cache_key, None)
+        if small is not None:
+            _BROADCAST[cache_key] = small           # most recently used last
     if small is None:
         small = shuffle.read_table(ctx.shuffle_fs, refs, schema).combine_chunks()
         with _BROADCAST_LOCK:
-            if len(_BROADCAST) >= 4:
-                _BROADCAST.clear()
             _BROADCAST[cache_key] = small
+            while len(_BROADCAST) > _BROADCAST_KEEP:          # least recently used first out
+                _BROADCAST.pop(next(iter(_BROADCAST)))
     where = f"the broadcast {spec.describe()} of stage {node + 1}, {label}"
 
     def join(table: pa.Table) -> pa.Table:
+        table = shuffle.shuffle_ready(table)        # view types and dictionaries as the shuffle path has them
         with _computing(where):
             return join_tables(table, small, spec) if big == 0 else join_tables(small, table, spec)
 
