@@ -274,9 +274,10 @@ def _broadcast(ex: Execution, node: Node, streams: list[Stream], small: int, res
     small_rows = sum(o.total_rows for o in outputs)
     chunk = max(chunk, min(4 * chunk, 2 * small_rows))
     ops = stream.ops + (("maps", node.index, big), ("broadcast", node.index, big, refs, schema, chunk))
+    if node.post:
+        ops += (("post", node.index),)
     if node.index < ex.count - 1:
         return replace(stream, ops=ops)
-    ops += (("post", node.index),)
     ctx = ex.context(node, kind="map", keys=(), stream=stream, side=-1, ops=ops)
     tasks = [TaskSpec(i, run_map, (ctx, ex.shipped, stream.fs, s), s.size) for i, s in enumerate(stream.splits)]
     by_index = dict(enumerate(stream.splits))

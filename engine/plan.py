@@ -102,6 +102,17 @@ def build_nodes(job: Job) -> tuple[Node, ...]:
         nodes.append(Node(0, r, (Side(job.label, trailing, (), input=job.label, columns=r.columns),), job.name))
     elif trailing:
         nodes[up] = replace(nodes[up], post=trailing)
+    # The maps that read a node's output run inside that node's reduce tasks instead, on each output chunk
+    # before it is written (every node's output feeds exactly one side): a filter after an aggregation
+    # then writes its few rows, not the aggregation's many.
+    for i, node in enumerate(nodes):
+        sides = list(node.sides)
+        for s, side in enumerate(sides):
+            if side.upstream is not None and side.maps:
+                u = nodes[side.upstream]
+                nodes[side.upstream] = replace(u, post=u.post + side.maps)
+                sides[s] = replace(side, maps=())
+        nodes[i] = replace(nodes[i], sides=tuple(sides))
     return tuple(nodes)
 
 
