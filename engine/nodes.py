@@ -103,55 +103,105 @@ def output_stream(ex: Execution, results: dict[int, dict]) -> Stream:
 
 
 def execute(ex: Execution, specs: dict[str, InputSpec]) -> tuple[dict[int, dict], pa.Schema | None]:
-    """Run every node; the last one's results (commit messages per partition) and output schema."""
+    """Run every node, level by level (a node's level is one more than its inputs' highest); the last
+    node's results (commit messages per partition) and output schema.
+
+    Independent aggregations or reduces of one level (the two sides of a join that both reduce first)
+    run together: their map tasks as one stage, then their reduce tasks as one stage.
+    """
     streams: dict[int, Stream] = {}
     last = ex.count - 1
+    level: dict[int, int] = {}
     for node in ex.plan.nodes:
-        sides = [input_stream(specs[s.input], s) if s.input is not None else streams[s.upstream]
-                 for s in node.sides]
-        if node.kind in ("join", "cogroup"):
-            out = _join_node(ex, node, sides)
-        else:
-            out = _round_node(ex, node, sides[0])
-        if node.index == last:
-            return out
-        streams[node.index] = out
-    raise AssertionError("a plan has at least one node")
+        level[node.index] = 1 + max((level[u] for u in node.upstream), default=-1)
+    for lv in sorted(set(level.values())):
+        nodes = [n for n in ex.plan.nodes if level[n.index] == lv]
+        together = [n for n in nodes if n.kind in ("aggregate", "reduce") and n.index != last]
+        alone = [n for n in nodes if n not in together]
+        if together:
+            outs = _round_nodes(ex, [(n, _side_streams(n, specs, streams)[0]) for n in together])
+            streams.update({n.index: out for n, out in zip(together, outs)})
+        for node in alone:
+            sides = _side_streams(node, specs, streams)
+            out = _join_node(ex, node, sides) if node.kind in ("join", "cogroup") else \
+                _round_nodes(ex, [(node, sides[0])])[0]
+            if node.index == last:
+                return out
+            streams[node.index] = out
+    raise AssertionError("the last node of a plan depends on every other")
+
+
+def _side_streams(node: Node, specs: dict[str, InputSpec], streams: dict[int, Stream]) -> list[Stream]:
+    return [input_stream(specs[s.input], s) if s.input is not None else streams[s.upstream] for s in node.sides]
+
+
+def _together(ex: Execution, nodes: list[Node], stage: str, parts: list[tuple[list[TaskSpec], Any]],
+              kind: str) -> list[dict[int, dict]]:
+    """Run the tasks of several nodes' stages as one stage (partitions numbered one after the other);
+    each node's results under its own partition numbers."""
+    name = "+".join(f"r{n.index}" for n in nodes) + f"-{stage}"
+    tasks, owner, describe = [], {}, {}
+    for j, (node_tasks, desc) in enumerate(parts):
+        for t in node_tasks:
+            # one node keeps its partition numbers (they name its output files: merge tasks come after
+            # its reduce tasks); several are numbered one after the other
+            g = t.partition if len(parts) == 1 else len(tasks)
+            tasks.append(t if len(parts) == 1 else replace(t, partition=g))
+            owner[g] = (j, t.partition)
+            describe[g] = (desc, t.partition)
+    first = nodes[0]
+    log.info("stage %s/%d: %s, %d task(s)", "+".join(str(n.index + 1) for n in nodes), ex.count, stage, len(tasks))
+    prefix = ex.prefix(first, stage if len(nodes) == 1 else name)
+    results = ex.executor.run(name, prefix, tasks, round_index=first.index, round_count=ex.count, kind=kind,
+                              describe=lambda g: describe[g][0](describe[g][1]))
+    out: list[dict[int, dict]] = [{} for _ in parts]
+    for g, v in results.items():
+        j, p = owner[g]
+        out[j][p] = v
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
 # One round: map, then reduce / sort / nothing
 
 
-def _round_node(ex: Execution, node: Node, stream: Stream):
-    r = replace(node.round, index=node.index)
-    hashed = r.kind in ("aggregate", "reduce")
-    ctx = ex.context(node, kind=r.kind, keys=r.keys, stream=stream,
-                     num_partitions=ex.plan.initial_partitions(stream.est_bytes) if hashed else 1)
-    if r.kind == "sort" and not is_local(ex.shuffle_fs):
-        ctx = replace(ctx, sort_batch_bytes=reduceplan.sort_batch_bytes(ex.plan.partition_size, len(stream.splits)))
-    tasks = [TaskSpec(i, run_map, (ctx, ex.shipped, stream.fs, s), s.size) for i, s in enumerate(stream.splits)]
-    by_index = dict(enumerate(stream.splits))
-    log.info("stage %d/%d: map, %d task(s)", node.index + 1, ex.count, len(tasks))
-    results = ex.executor.run(f"r{node.index}-map", ex.prefix(node, "map"), tasks, round_index=node.index,
-                              round_count=ex.count, kind="map", describe=lambda p: f"input {by_index[p].describe()}")
-    if r.kind == "map":
-        return _finish(ex, node, results)
-    outputs = [results[p]["shuffle"] for p in sorted(results)]
-    map_schema = next((results[p]["schema"] for p in sorted(results) if results[p].get("schema") is not None), None)
-    reduce_tasks, describe, merges = reduceplan.reduce_tasks(ex.plan, r, ctx, outputs, map_schema, ex.shipped,
-                                                              ex.info, ex.rep, ex.skew_enabled)
-    log.info("stage %d/%d: reduce, %d task(s)", node.index + 1, ex.count, len(reduce_tasks))
-    results = ex.executor.run(f"r{node.index}-reduce", ex.prefix(node, "reduce"), reduce_tasks,
-                              round_index=node.index, round_count=ex.count, kind="reduce", describe=describe)
-    if merges:
-        tasks, described = reduceplan.merge_tasks(ctx, ex.shipped, results, merges)
-        log.info("stage %d/%d: merge, %d task(s)", node.index + 1, ex.count, len(tasks))
-        merged = ex.executor.run(f"r{node.index}-merge", ex.prefix(node, "merge"), tasks, round_index=node.index,
-                                 round_count=ex.count, kind="reduce", describe=lambda p: described[p])
-        results = reduceplan.merged_results(ex.shuffle_fs, results, merged, merges)
-    reduceplan.cleanup_files(ex.shuffle_fs, [o.path for o in outputs])
-    return _finish(ex, node, results)
+def _round_nodes(ex: Execution, group: list[tuple[Node, Stream]]) -> list:
+    """One or more independent rounds: their map stages as one, then their reduce stages as one."""
+    nodes = [n for n, _ in group]
+    ctxs, maps = [], []
+    for node, stream in group:
+        r = node.round
+        hashed = r.kind in ("aggregate", "reduce")
+        ctx = ex.context(node, kind=r.kind, keys=r.keys, stream=stream,
+                         num_partitions=ex.plan.initial_partitions(stream.est_bytes) if hashed else 1)
+        if r.kind == "sort" and not is_local(ex.shuffle_fs):
+            ctx = replace(ctx, sort_batch_bytes=reduceplan.sort_batch_bytes(ex.plan.partition_size,
+                                                                            len(stream.splits)))
+        ctxs.append(ctx)
+        tasks = [TaskSpec(i, run_map, (ctx, ex.shipped, stream.fs, s), s.size) for i, s in enumerate(stream.splits)]
+        by_index = dict(enumerate(stream.splits))
+        maps.append((tasks, lambda p, b=by_index: f"input {b[p].describe()}"))
+    mapped = _together(ex, nodes, "map", maps, "map")
+    if len(nodes) == 1 and nodes[0].kind == "map":
+        return [_finish(ex, nodes[0], mapped[0])]
+    planned = []
+    for node, ctx, results in zip(nodes, ctxs, mapped):
+        r = replace(node.round, index=node.index)
+        outputs = [results[p]["shuffle"] for p in sorted(results)]
+        schema = next((results[p]["schema"] for p in sorted(results) if results[p].get("schema") is not None), None)
+        tasks, describe, merges = reduceplan.reduce_tasks(ex.plan, r, ctx, outputs, schema, ex.shipped, ex.info,
+                                                          ex.rep, ex.skew_enabled)
+        planned.append((outputs, tasks, describe, merges))
+    reduced = _together(ex, nodes, "reduce", [(t, d) for _, t, d, _ in planned], "reduce")
+    outs = []
+    for node, ctx, (outputs, _, _, merges), results in zip(nodes, ctxs, planned, reduced):
+        if merges:
+            tasks, described = reduceplan.merge_tasks(ctx, ex.shipped, results, merges)
+            merged = _together(ex, [node], "merge", [(tasks, lambda p, d=described: d[p])], "reduce")[0]
+            results = reduceplan.merged_results(ex.shuffle_fs, results, merged, merges)
+        reduceplan.cleanup_files(ex.shuffle_fs, [o.path for o in outputs])
+        outs.append(_finish(ex, node, results))
+    return outs
 
 
 def _finish(ex: Execution, node: Node, results: dict[int, dict]):
