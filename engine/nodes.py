@@ -287,7 +287,7 @@ def _join_node(ex: Execution, node: Node, streams: list[Stream]):
                          "sides": dict(zip(labels, sizes)), "limit": limit, "partitions": nparts,
                          "tasks": len(tasks),
                          "reason": f"stage {node.index + 1}: shuffle {what} of "
-                                   + ", ".join(f"{lbl!r} ({b:,} bytes)" for lbl, b in zip(labels, sizes))
+                                   + ", ".join(f"{_who(node, i)} ({b:,} bytes)" for i, b in enumerate(sizes))
                                    + f" into {len(tasks)} tasks ({why})"})
     for d in decisions:
         ex.rep.joins.append({**d, "stage": node.index})
@@ -314,8 +314,8 @@ def _broadcast(ex: Execution, node: Node, streams: list[Stream], small: int, res
                          "broadcast": labels[small], "bytes": measured, "limit": limit,
                          "other": labels[big], "other_estimated_bytes": streams[big].est_bytes,
                          "reason": f"stage {node.index + 1}: broadcast {node.join.describe()}: side "
-                                   f"{labels[small]!r} ({measured:,} bytes of map output, {why}) sent to every "
-                                   f"map task of {labels[big]!r} (~{streams[big].est_bytes:,} bytes in)"})
+                                   f"{_who(node, small)} ({measured:,} bytes of map output, {why}) sent to every "
+                                   f"map task of {_who(node, big)} (~{streams[big].est_bytes:,} bytes in)"})
     stream = streams[big]
     # every call of the join kernel builds its hash table anew (~15-40 ms a call on top of the work, measured),
     # so the big side is probed in chunks of engine.join.broadcast-chunk-rows rows, not batch by batch
@@ -354,6 +354,15 @@ def _check_key_types(node: Node, schemas: list[pa.Schema | None]) -> None:
                                   f"{side.label!r} is {rt}; equal values of these types are not partitioned alike, "
                                   f"so they would never match: cast one side's key in a map (e.g. "
                                   f"t.set_column(i, {rk!r}, t[{rk!r}].cast(pa.{lt})))")
+
+
+def _who(node: Node, s: int) -> str:
+    """A side as the decisions name it: its input, or the stage whose output it is (a chain keeps the
+    name of the input it started from, which alone would hide that it is a join's or aggregate's result)."""
+    side = node.sides[s]
+    if side.input is not None:
+        return repr(side.label)
+    return f"{side.label!r} (the output of stage {side.upstream + 1})"
 
 
 def _safe(label: str) -> str:
