@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import platform
+import statistics
 import subprocess
 import time
 
@@ -94,6 +95,23 @@ def append_records(path: str, records) -> None:
     with open(path, "a", encoding="utf-8") as f:
         for rec in records:
             f.write(json.dumps(rec, default=str) + "\n")
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    """``a / b`` to 4 places; None when either is missing."""
+    if a is None or not b:
+        return None
+    return round(a / b, 4)
+
+
+def paired_ratio(a: list[float], b: list[float]) -> float | None:
+    """The median of ``a[i] / b[i]`` (runs of two configurations taken in turns)."""
+    ratios = [x / y for x, y in zip(a, b) if y]
+    return round(statistics.median(ratios), 4) if ratios else None
+
+
+def fmt(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
 
 
 def print_markdown_table(head: list[str], rows: list[list], file=None) -> None:

@@ -229,19 +229,7 @@ class Bench:
         return seconds, result, table
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
-    if a is None or not b:
-        return None
-    return round(a / b, 4)
-
-
-def _paired(a: list[float], b: list[float]) -> float | None:
-    ratios = [x / y for x, y in zip(a, b) if y]
-    return round(statistics.median(ratios), 4) if ratios else None
-
-
-def _fmt(x: float | None, digits: int = 2) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
+_ratio, _paired, _fmt = common.ratio, common.paired_ratio, common.fmt
 
 
 def _check(answer: pa.Table, ref: pa.Table) -> str:

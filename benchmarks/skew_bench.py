@@ -224,19 +224,7 @@ def plan_signature(run: dict) -> tuple:
     return (tuple(sorted(t[4] for t in tasks)), tuple(d.get("action") for d in run["skew_decisions"]))
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
-    if a is None or not b:
-        return None
-    return round(a / b, 4)
-
-
-def _paired(a: list[float], b: list[float]) -> float | None:
-    ratios = [x / y for x, y in zip(a, b) if y]
-    return round(statistics.median(ratios), 4) if ratios else None
-
-
-def _fmt(x: float | None, digits: int = 2) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
+_ratio, _paired, _fmt = common.ratio, common.paired_ratio, common.fmt
 
 
 class Bench:

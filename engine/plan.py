@@ -285,12 +285,7 @@ def validate_on_sample(plan: Plan, sample: pa.Table | Mapping[str, pa.Table | No
             raise SchemaError(f"{where}: {stage} key column(s) {missing} not in the map output; it has columns "
                               f"{table.column_names}")
         if r.combine is not None:
-            out = _call(r.combine.fn, table, f"{where}: combine")
-            if not out.schema.equals(table.schema):
-                raise SchemaError(f"{where}: combine changed the schema from {_cols(table.schema)} to "
-                                  f"{_cols(out.schema)}; a combine must return the columns and types it receives, "
-                                  "because the engine may apply it zero, one or many times")
-            table = out
+            table = _combined(r.combine.fn, table, where)
         if r.kind == "aggregate":
             aggs = r.aggregations
             aggs.validate(table.schema)
@@ -338,18 +333,23 @@ def _validate_dag(plan: Plan, samples: Mapping[str, pa.Table | None]) -> None:
                 out = r.aggregations.aggregate(t)
             elif node.kind == "reduce":
                 if r.combine is not None:
-                    combined = _call(r.combine.fn, t, f"{where}: combine")
-                    if not combined.schema.equals(t.schema):
-                        raise SchemaError(f"{where}: combine changed the schema from {_cols(t.schema)} to "
-                                          f"{_cols(combined.schema)}; a combine must return the columns and types "
-                                          "it receives, because the engine may apply it zero, one or many times")
-                    t = combined
+                    t = _combined(r.combine.fn, t, where)
                 out = _call(r.reduce.fn, t, f"{where}: reduce function")
             else:
                 out = t
             for i, m in enumerate(node.post):
                 out = _call(m.fn, out, f"{where}: map function {i + 1} after it ({m.describe()})")
         outputs[node.index] = out
+
+
+def _combined(fn, table: pa.Table, where: str) -> pa.Table:
+    """The user's combine on a sample, which must keep the schema (the engine applies it 0..n times)."""
+    out = _call(fn, table, f"{where}: combine")
+    if not out.schema.equals(table.schema):
+        raise SchemaError(f"{where}: combine changed the schema from {_cols(table.schema)} to "
+                          f"{_cols(out.schema)}; a combine must return the columns and types it receives, "
+                          "because the engine may apply it zero, one or many times")
+    return out
 
 
 def _cols(schema: pa.Schema) -> str:
