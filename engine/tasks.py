@@ -34,7 +34,7 @@ from . import shuffle
 from .commit import ParquetAttemptWriter
 from .datasets import Split, is_local, read_split
 from .errors import EngineError, FencedError, IntegrityError, SchemaError
-from .joins import conform_keys, join_tables
+from .joins import check_keys, conform_keys, join_tables, key_types
 
 
 class TaskCancelled(Exception):
@@ -481,11 +481,21 @@ def _broadcast_join(ctx: TaskContext, payload: list, op: tuple, label: str):
             while len(_BROADCAST) > _BROADCAST_KEEP:          # least recently used first out
                 _BROADCAST.pop(next(iter(_BROADCAST)))
     where = f"the broadcast {spec.describe()} of stage {node + 1}, {label}"
+    small_keys = spec.right_on if big == 0 else spec.left_on
+    big_keys = spec.left_on if big == 0 else spec.right_on
+    conformed: dict[tuple, pa.Table] = {}
 
     def join(table: pa.Table) -> pa.Table:
         table = shuffle.shuffle_ready(table)        # view types and dictionaries as the shuffle path has them
         with _computing(where):
-            return join_tables(table, small, spec) if big == 0 else join_tables(small, table, spec)
+            # the small side's keys cast to the pair's common types once per task, not once per chunk
+            check_keys(table.schema, big_keys, "left" if big == 0 else "right", spec)
+            pair = (table.schema, small.schema) if big == 0 else (small.schema, table.schema)
+            types = tuple(key_types(*pair, spec))
+            if types not in conformed:
+                conformed[types] = conform_keys(small, small_keys, types)
+            s = conformed[types]
+            return join_tables(table, s, spec) if big == 0 else join_tables(s, table, spec)
 
     def step(tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
         buffered, rows = [], 0
