@@ -31,8 +31,9 @@ from __future__ import annotations
 import io
 import os
 import posixpath
+import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import fsspec
@@ -72,7 +73,9 @@ class Split:
 
     def describe(self) -> str:
         extra = ""
-        if self.row_groups is not None:
+        if self.row_groups == ():
+            extra = " (nothing left to read after pruning)"
+        elif self.row_groups is not None:
             extra = f" row groups {self.row_groups[0]}..{self.row_groups[-1]}"
         elif self.byte_range is not None:
             extra = f" bytes {self.byte_range[0]}..{self.byte_range[1]}"
@@ -90,6 +93,9 @@ class InputSpec:
     partition_types: dict[str, pa.DataType] = field(default_factory=dict)
     read_options: dict = field(default_factory=dict)
     schema: pa.Schema | None = None     # unified schema of the files' columns (see ``unify_schemas``)
+    # Parquet footers (``FileMetaData``) by path, kept from the snapshot for row-group pruning.
+    footers: dict = field(default_factory=dict, repr=False, compare=False)
+    pruned_files: int = 0               # files left out of the snapshot: their partitions cannot match ``where``
 
     @property
     def total_bytes(self) -> int:
@@ -192,11 +198,18 @@ def _infer_partition_type(values: list[str]) -> pa.DataType:
 
 
 def resolve_input(source: Any, storage_options: dict | None = None, *, format: str | None = None,
-                  split_size: int | None = None) -> InputSpec:
+                  split_size: int | None = None, where: Any = None) -> InputSpec:
     """Resolve a path, URL, list of paths or ``pyarrow.dataset.Dataset`` into splits and a snapshot.
 
     Directories are listed recursively; names starting with ``_`` or ``.`` are skipped (they are
     engine or tool metadata); ``key=value`` directories become partition columns.
+
+    ``where`` (a ``pyarrow.compute.Expression``; every reader of the input needs only rows satisfying
+    it) prunes Hive partitions before anything else is read: the files of a partition whose values
+    cannot satisfy it are left out of the snapshot, so their footers are never read and a new
+    partition it excludes does not change the run id. This needs the expression to be decidable from
+    the partition columns alone with the other columns' types unknown (comparisons, arithmetic,
+    ``and``/``or``); otherwise every file stays and pruning happens per split (see :func:`prune_splits`).
     """
     fmt = normalize_format(format)
     split_size = split_size or config.parse_size(config.get("split-size"), name="split-size")
@@ -257,6 +270,13 @@ def resolve_input(source: Any, storage_options: dict | None = None, *, format: s
         for k, v in _parse_hive(rel):
             hive_values.setdefault(k, []).append(v)
     partition_types = {k: _infer_partition_type(v) for k, v in hive_values.items()}
+    pruned = 0
+    if where is not None and partition_types:
+        keep = _prune_listed(files, partition_types, where)
+        if keep is not None:
+            # Nothing matches: the first file still gives the input its schema (its rows are not read).
+            kept = [f for f, k in zip(files, keep) if k] or files[:1]
+            pruned, files = len(files) - len(kept), kept
 
     snapshot = tuple({"path": f[0], "size": int(f[2].get("size") or 0), "version": _file_token(f[2])} for f in files)
     footers = _read_footers(fs, [(f[0], int(f[2].get("size") or 0)) for f in files], fmt)
@@ -268,7 +288,8 @@ def resolve_input(source: Any, storage_options: dict | None = None, *, format: s
         for piece in _split_file(fpath, footers[fpath][1], fmt, size, split_size):
             splits.append(Split(len(splits), fpath, fmt, piece.get("size", size), piece.get("row_groups"),
                                 piece.get("byte_range"), hive, schema))
-    return InputSpec(fs, fmt, tuple(splits), snapshot, partition_types, schema=schema)
+    return InputSpec(fs, fmt, tuple(splits), snapshot, partition_types, schema=schema,
+                     footers={p: m for p, (_, m) in footers.items() if m is not None}, pruned_files=pruned)
 
 
 def _convert(value: str, typ: pa.DataType) -> Any:
@@ -305,6 +326,154 @@ def _split_file(path: str, meta: Any, fmt: str, size: int, split_size: int) -> l
         return [{"byte_range": (start, min(start + split_size, size)), "size": min(split_size, size - start)}
                 for start in range(0, size, split_size)]
     return [{}]
+
+
+# ---------------------------------------------------------------------------------------------
+# Pushdown of a ``where`` condition: Hive partitions and Parquet row groups that cannot match
+
+
+def input_schema(spec: InputSpec) -> pa.Schema:
+    """The columns a task reading ``spec`` can see: the files' unified columns, then partition columns."""
+    fields = list(spec.schema) if spec.schema is not None else []
+    names = {f.name for f in fields}
+    fields += [pa.field(k, t) for k, t in spec.partition_types.items() if k not in names]
+    return pa.schema(fields)
+
+
+def _partition_expression(values: Sequence[tuple[str, Any]], types: dict[str, pa.DataType]):
+    import pyarrow.compute as pc
+    expr = None
+    for name, value in values:
+        term = pc.field(name) == pa.scalar(value, types.get(name, pa.string()))
+        expr = term if expr is None else (expr & term)
+    return expr if expr is not None else pc.scalar(True)
+
+
+def partitions_matching(values: Sequence[tuple[tuple[str, Any], ...]], types: dict[str, pa.DataType],
+                        where: Any, schema: pa.Schema) -> list[bool]:
+    """For each partition (its ``(column, value)`` pairs), whether rows in it may satisfy ``where``:
+    pyarrow simplifies the condition with the partition's values as a guarantee, no file is opened.
+    Raises Arrow's error when ``where`` does not bind over ``schema``."""
+    import pyarrow.dataset as pads
+    import pyarrow.fs as pafs
+    distinct = list(dict.fromkeys(values))
+    paths = [f"/{i}" for i in range(len(distinct))]
+    dataset = pads.FileSystemDataset.from_paths(
+        paths, schema=schema, format=pads.ParquetFileFormat(), filesystem=pafs.LocalFileSystem(),
+        partitions=[_partition_expression(v, types) for v in distinct])
+    kept = {frag.path for frag in dataset.get_fragments(filter=where)}
+    ok = {v: p in kept for v, p in zip(distinct, paths)}
+    return [ok[v] for v in values]
+
+
+_FIELD_REF = re.compile(r"No match for FieldRef\.Name\((.*?)\) in ")
+
+
+def _prune_listed(files: list[tuple[str, str, dict]], types: dict[str, pa.DataType], where: Any) -> list[bool] | None:
+    """Partition pruning before any footer is read: the columns ``where`` names beyond the partition
+    columns are bound as ``null`` (type unknown yet). None when that does not bind (an ``isin`` or a
+    string function on a file column): then nothing is pruned here."""
+    values = [tuple((k, _convert(v, types[k])) for k, v in _parse_hive(rel)) for _, rel, _ in files]
+    fields = [pa.field(k, t) for k, t in types.items()]
+    for _ in range(64):
+        try:
+            return partitions_matching(values, types, where, pa.schema(fields))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+            m = _FIELD_REF.search(str(exc))
+            if not m or m.group(1) in {f.name for f in fields}:
+                return None
+            fields.append(pa.field(m.group(1), pa.null()))
+    return None
+
+
+def _row_groups_matching(meta: Any, values: tuple[tuple[str, Any], ...], types: dict[str, pa.DataType],
+                         where: Any, schema: pa.Schema) -> tuple[int, ...] | None:
+    """The row groups of a Parquet file (its footer ``meta``) whose statistics (min, max, null count)
+    and partition values do not rule ``where`` out; None when pyarrow cannot decide (keep them all)."""
+    import pyarrow.dataset as pads
+    sink = pa.BufferOutputStream()
+    meta.write_metadata_file(sink)
+    try:
+        fragment = pads.ParquetFileFormat().make_fragment(
+            pa.BufferReader(sink.getvalue()), partition_expression=_partition_expression(values, types),
+            row_groups=range(meta.num_row_groups))
+        return tuple(rg.id for rg in fragment.subset(filter=where, schema=schema).row_groups)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError):
+        return None
+
+
+@dataclass(frozen=True)
+class Pruning:
+    """What pushing a ``where`` into the read of an input kept."""
+
+    splits: tuple[Split, ...]
+    files: int                      # files of the snapshot
+    files_read: int                 # files with something left to read
+    row_groups: int = 0             # Parquet row groups of the snapshot's files
+    row_groups_read: int = 0
+    rows: int | None = None         # rows in the snapshot's files, and in what is read (Parquet)
+    rows_read: int | None = None
+
+    def describe(self) -> str:
+        text = f"{self.files_read} of {self.files} file(s)"
+        if self.row_groups:
+            text += f", {self.row_groups_read} of {self.row_groups} row group(s)"
+        if self.rows is not None:
+            text += f", {self.rows_read:,} of {self.rows:,} rows"
+        return text
+
+
+def prune_splits(spec: InputSpec, where: Any, schema: pa.Schema | None = None) -> Pruning:
+    """The splits of ``spec`` that may hold rows satisfying ``where``: Hive partitions whose values
+    rule it out are dropped, and Parquet splits keep only the row groups whose statistics do not
+    (decided from the footers read for the snapshot: no further reads). Rows that are read are still
+    filtered exactly by the map. When nothing is left, one split that reads nothing keeps the input's
+    schema for the stages after it."""
+    schema = schema if schema is not None else input_schema(spec)
+    splits = list(spec.splits)
+    if spec.partition_types:
+        try:
+            keep = partitions_matching([s.partition_values for s in splits], spec.partition_types, where, schema)
+            splits = [s for s, k in zip(splits, keep) if k]
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            pass
+    rg_total = rg_read = 0
+    rows_total = rows_read = 0
+    kept_groups: dict[str, tuple[int, ...] | None] = {}
+    out: list[Split] = []
+    for s in splits:
+        meta = spec.footers.get(s.path) if s.format == "parquet" else None
+        if meta is None:
+            out.append(s)
+            continue
+        if s.path not in kept_groups:
+            kept_groups[s.path] = _row_groups_matching(meta, s.partition_values, spec.partition_types, where, schema)
+        kept = kept_groups[s.path]
+        mine = s.row_groups if s.row_groups is not None else tuple(range(meta.num_row_groups))
+        if kept is None or set(mine) <= set(kept):
+            out.append(s)
+            continue
+        chosen = tuple(g for g in mine if g in set(kept))
+        if chosen:
+            rows = sum(meta.row_group(g).num_rows for g in mine) or 1
+            part = sum(meta.row_group(g).num_rows for g in chosen)
+            out.append(replace(s, row_groups=chosen, size=max(1, s.size * part // rows)))
+    for path, meta in spec.footers.items():
+        rg_total += meta.num_row_groups
+        rows_total += meta.num_rows
+    for s in out:
+        meta = spec.footers.get(s.path) if s.format == "parquet" else None
+        if meta is not None:
+            groups = s.row_groups if s.row_groups is not None else range(meta.num_row_groups)
+            rg_read += len(groups)
+            rows_read += sum(meta.row_group(g).num_rows for g in groups)
+    files_read = len({s.path for s in out})
+    if not out:
+        out = [replace(spec.splits[0], row_groups=(), size=0)]
+    out = [replace(s, index=i) for i, s in enumerate(out)]
+    parquet = bool(spec.footers) and spec.format == "parquet"
+    return Pruning(tuple(out), len(spec.snapshot), files_read, rg_total if parquet else 0,
+                   rg_read if parquet else 0, rows_total if parquet else None, rows_read if parquet else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -449,7 +618,9 @@ def read_split(fs, split: Split, *, columns: Sequence[str] | None = None, batch_
     target = _target_schema(split, columns)
     try:
         empty = None
-        for batch in _read_batches(fs, split, columns, batch_rows):
+        # ``row_groups == ()``: a split whose rows were all pruned (it only carries the schema)
+        batches = iter(()) if split.row_groups == () else _read_batches(fs, split, columns, batch_rows)
+        for batch in batches:
             if target is not None:
                 batch = conform(batch, target, split.path)
             if split.partition_values:
@@ -622,14 +793,17 @@ def _chunks(batch: pa.RecordBatch, rows: int) -> Iterator[pa.RecordBatch]:
         yield batch.slice(offset, rows)
 
 
-def sample_table(fs, spec: InputSpec, rows: int = 64) -> pa.Table | None:
-    """The first rows of the first split, for checking a job's stages before a run."""
-    for split in spec.splits[:1]:
-        for batch in read_split(fs, split, batch_rows=rows, partition_types=spec.partition_types):
+def sample_table(fs, spec: InputSpec, rows: int = 64, *, columns: Sequence[str] | None = None,
+                 split: Split | None = None) -> pa.Table | None:
+    """The first rows of ``split`` (default: the input's first), only ``columns`` of them (None: all),
+    for checking a job's stages before a run."""
+    for split in ([split] if split is not None else spec.splits[:1]):
+        for batch in read_split(fs, split, columns=columns, batch_rows=rows, partition_types=spec.partition_types):
             return pa.Table.from_batches([batch.slice(0, rows)])
     return None
 
 
-__all__ = ["Split", "InputSpec", "resolve_input", "read_split", "unify_schemas", "conform", "filesystem", "is_local", "sample_table",
+__all__ = ["Split", "InputSpec", "resolve_input", "read_split", "prune_splits", "Pruning", "input_schema",
+           "partitions_matching", "unify_schemas", "conform", "filesystem", "is_local", "sample_table",
            "infer_format", "FORMATS"]
 _ = io

@@ -29,7 +29,8 @@ Stage contracts (the engine relies on them; the tests check them):
 
 The **fingerprint** (:meth:`Job.fingerprint`) names what the job computes: a rerun over an
 unchanged input is a no-op, and a resumed run reuses map outputs, only under the same fingerprint.
-It digests the job's name and stage structure (kinds, keys, ``columns=``, the aggregations), the
+It digests the job's name and stage structure (kinds, keys, ``columns=``, ``where=``, the
+aggregations; not the columns a round derives from them, which follow from that structure), the
 engine version, the run options that change results (the input ``format``), and the code the tasks
 execute: what the driver ships to the workers by value, walked by :func:`engine.serialize.code_digest`
 (helpers the stage functions call, module globals they read, closures, defaults, and whole user
@@ -75,11 +76,13 @@ class Stage:
     columns: tuple[str, ...] | None = None
     others: tuple[tuple[str, Job], ...] = ()     # join: the right side; cogroup: every other input
     join: JoinSpec | None = None
+    where: Any = None                            # map: a pyarrow.compute.Expression its input rows must satisfy
 
     def describe(self) -> str:
         if self.kind == "map":
             cols = f" columns={list(self.columns)}" if self.columns else ""
-            return f"map {_fn_name(self.fn)}{cols}"
+            cond = f" where {describe_where(self.where)}" if self.where is not None else ""
+            return f"map {_fn_name(self.fn) if self.fn is not None else '(identity)'}{cols}{cond}"
         if self.kind == "combine":
             return f"combine {_fn_name(self.fn)}"
         if self.kind == "sort":
@@ -93,6 +96,101 @@ class Stage:
             inner = ", ".join(f"{k}={v!r}" for k, v in self.aggs.items())
             return f"reduce by={list(self.by)} aggs={{{inner}}}"
         return f"reduce {_fn_name(self.fn)} by={list(self.by)}"
+
+    @property
+    def task_fn(self) -> Any:
+        """What a task calls for this stage: the user's function, or for a map with ``where=`` (or no
+        function) a :class:`MapStep` that filters first."""
+        if self.kind != "map" or (self.where is None and self.fn is not None):
+            return self.fn
+        return MapStep(self.fn, self.where, self.columns)
+
+
+class MapStep:
+    """A map stage as tasks run it: keep the rows satisfying ``where`` (null counts as false, as in
+    SQL), keep ``columns`` (the read may have added the columns ``where`` names), then call ``fn``
+    (None: identity)."""
+
+    __slots__ = ("fn", "where", "columns")
+
+    def __init__(self, fn: TableFn | None, where: Any, columns: tuple[str, ...] | None) -> None:
+        self.fn, self.where, self.columns = fn, where, columns
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        if self.where is not None:
+            table = filter_table(table, self.where)
+        if self.columns is not None and table.column_names != list(self.columns):
+            table = table.select([c for c in self.columns if c in table.column_names])
+        return table if self.fn is None else self.fn(table)
+
+    def __reduce__(self):
+        return (MapStep, (self.fn, self.where, self.columns))
+
+
+def filter_table(table: pa.Table, where: Any) -> pa.Table:
+    """The rows of ``table`` for which ``where`` is true; a missing column raises :class:`SchemaError`,
+    an expression that is not a boolean condition :class:`JobDefinitionError`."""
+    try:
+        return table.filter(where)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        raise where_error(exc, where, table.schema, "its input") from exc
+
+
+def where_error(exc: Exception, where: Any, schema: pa.Schema, what: str) -> Exception:
+    """The engine's error for a ``where=`` that cannot be evaluated over ``schema``."""
+    from .errors import SchemaError
+    text = str(exc)
+    m = re.search(r"No match for FieldRef\.(?:Name\((.*?)\)|Nested\(FieldRef\.Name\((.*?)\))", text)
+    if isinstance(exc, pa.ArrowInvalid) and m:
+        col = m.group(1) or m.group(2)
+        return SchemaError(f"map where {describe_where(where)} names column {col!r}, which {what} lacks; it has "
+                           f"columns {schema.names}")
+    if "must evaluate to bool" in text:
+        return JobDefinitionError(f"map where= must be a condition (a boolean expression such as "
+                                  f"pc.field('day') >= '2026-11-01'), got {describe_where(where)}: {text}")
+    return JobDefinitionError(f"map where {describe_where(where)} cannot be evaluated over {what} (columns "
+                              f"{', '.join(f'{f.name}: {f.type}' for f in schema)}): {text}")
+
+
+def describe_where(where: Any, limit: int = 160) -> str:
+    text = " ".join(str(where).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def where_token(where: Any) -> str:
+    """A process-independent digest of an expression: its serialized form (``str()`` elides long
+    value sets, so two different ``isin`` lists could print alike)."""
+    try:
+        blob = bytes(where.__reduce__()[1][0])
+    except Exception:  # noqa: BLE001 - any other expression form: its text
+        blob = str(where).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def leading_where(maps: Sequence[Stage]) -> Any:
+    """The condition the input rows of a chain of maps must satisfy that can be checked on the input
+    itself: the ``where=`` of the first map, and of the maps after it while every map before has no
+    function (a filter only), joined by ``and``. None when the first map has none."""
+    out = None
+    for m in maps:
+        if m.where is not None:
+            out = m.where if out is None else (out & m.where)
+        if m.fn is not None:
+            break
+    return out
+
+
+def needed_columns(maps: Sequence[Stage], reduce: Stage | None) -> tuple[tuple[str, ...] | None, bool]:
+    """``(columns, declared)``: the input columns a round reading an input needs, without those its
+    ``where=`` names (known only with the input's schema). Declared by the first map's ``columns=``;
+    else derived when every map only filters and the round aggregates declaratively (its keys and the
+    aggregations' input columns); else None (all: a function may read any column, and a sort, a join,
+    a cogroup or a map-only round passes every column on)."""
+    if maps and maps[0].columns is not None:
+        return maps[0].columns, True
+    if any(m.fn is not None for m in maps) or reduce is None or reduce.kind != "reduce" or reduce.aggs is None:
+        return None, False
+    return tuple(AggregationSet(list(reduce.by), dict(reduce.aggs)).input_columns), False
 
 
 @dataclass(frozen=True)
@@ -134,8 +232,28 @@ class Round:
         return self.maps[0].columns if self.maps else None
 
     @property
+    def input_columns(self) -> tuple[str, ...] | None:
+        """Input columns this round reads when it reads an input (besides those its ``where=`` names):
+        the declared ``columns=``, else derived from its declarative stages (see :func:`needed_columns`)."""
+        return needed_columns(self.maps, self.reduce)[0]
+
+    @property
+    def where(self) -> Any:
+        """The condition on the round's input rows that can be pushed into reading them (see
+        :func:`leading_where`)."""
+        return leading_where(self.maps)
+
+    @property
     def combinable(self) -> bool:
         return self.kind == "aggregate" or self.combine is not None
+
+
+def _is_expression(obj: Any) -> bool:
+    try:
+        import pyarrow.compute as pc
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(obj, pc.Expression)
 
 
 def _side_name(job: Job) -> str:
@@ -174,7 +292,9 @@ class Job:
     >>> from engine import Job, agg
     >>> job = Job("per-key").reduce(by="k", aggs={"n": agg.count(), "total": agg.sum("v")})
     >>> print(job.explain())                                 # doctest: +ELLIPSIS
-    Job 'per-key': 1 round
+    Job 'per-key': 1 round, fingerprint ...
+    round 1 (aggregate by ['k'])
+      read   columns ['k', 'v'] (derived from the aggregation)
     ...
     """
 
@@ -199,14 +319,35 @@ class Job:
         job._split_rounds(complete=False)  # validates the stage order now, not at run time
         return job
 
-    def map(self, fn: TableFn, *, columns: Sequence[str] | None = None) -> Job:
-        """Add a map stage: ``fn(pa.Table) -> pa.Table`` per chunk of input.
+    def map(self, fn: TableFn | None = None, *, columns: Sequence[str] | None = None, where: Any = None) -> Job:
+        """Add a map stage: ``fn(pa.Table) -> pa.Table`` per chunk of input (None: identity).
 
         ``columns`` (first map of a round only) names the input columns it needs, so only those
-        are read.
+        are read. ``where``, a ``pyarrow.compute.Expression`` such as
+        ``pc.field("day") >= "2026-11-01"``, keeps only the rows for which it is true (null counts
+        as false) before ``fn`` sees them; on the first map of a round that reads an input it is also
+        pushed into the read: Hive partitions and Parquet row groups that cannot match are not read.
+
+        >>> import pyarrow.compute as pc
+        >>> from engine import Job, agg
+        >>> j = Job("late").map(where=pc.field("v") > 3).reduce(by="k", aggs={"n": agg.count()})
+        >>> j.stages[0].describe()
+        'map (identity) where (v > 3)'
         """
-        _check_fn(fn, "map")
-        return self._add(Stage("map", fn, columns=tuple(columns) if columns is not None else None))
+        if fn is not None:
+            _check_fn(fn, "map")
+        if where is not None and not _is_expression(where):
+            raise JobDefinitionError(f"map where= takes a pyarrow.compute.Expression such as "
+                                     f"pc.field('day') >= '2026-11-01', got {type(where).__name__}")
+        if fn is None and columns is None and where is None:
+            raise JobDefinitionError("map needs a function, columns= or where= (a map of none is the identity; "
+                                     "leave it out)")
+        if columns is not None:
+            if isinstance(columns, str) or not all(isinstance(c, str) and c for c in columns) \
+                    or len(set(columns)) != len(list(columns)):
+                raise JobDefinitionError(f"map columns= must list distinct column names, e.g. ['id1', 'v1'], "
+                                         f"got {columns!r}")
+        return self._add(Stage("map", fn, columns=tuple(columns) if columns is not None else None, where=where))
 
     def combine(self, fn: TableFn) -> Job:
         """Add a map-side combine for the next ``reduce``: associative, commutative, schema-preserving."""
@@ -464,6 +605,8 @@ def _structure(job: Job, h: Any, top: bool = False) -> None:
         h.update(f"|input={job.input}|".encode())
     for stage in job.stages:
         h.update(f"|{stage.kind}|{stage.by}|{stage.descending}|{stage.columns}|".encode())
+        if stage.where is not None:
+            h.update(f"where {where_token(stage.where)};".encode())
         if stage.aggs is not None:
             for out, a in stage.aggs.items():
                 h.update(f"{out}={a.token()};".encode())
@@ -505,4 +648,4 @@ def function_token(fn: Any) -> str:
         raise JobDefinitionError(f"cannot fingerprint {_fn_name(fn)}: {exc}") from exc
 
 
-__all__ = ["Job", "Stage", "Round", "JobFingerprint", "job_fingerprint", "function_token", "UNNAMED_INPUT"]
+__all__ = ["Job", "Stage", "Round", "MapStep", "filter_table", "needed_columns", "leading_where", "JobFingerprint", "job_fingerprint", "function_token", "UNNAMED_INPUT"]

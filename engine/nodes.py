@@ -93,7 +93,10 @@ class Execution:
 
 
 def input_stream(spec: InputSpec, side: Side) -> Stream:
-    return Stream(tuple(spec.splits), spec.fs, spec.total_bytes, dict(spec.partition_types), side.columns)
+    read = side.read     # the plan's pushdown: read columns and the splits its where leaves
+    if read is None:
+        return Stream(tuple(spec.splits), spec.fs, spec.total_bytes, dict(spec.partition_types), side.columns)
+    return Stream(read.splits, spec.fs, read.est_bytes, dict(spec.partition_types), read.columns)
 
 
 def output_stream(ex: Execution, results: dict[int, dict]) -> Stream:

@@ -20,15 +20,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
 
 from . import config
-from .datasets import InputSpec, normalize_format, resolve_input, sample_table
+from .datasets import (InputSpec, Pruning, Split, input_schema, normalize_format, prune_splits, resolve_input,
+                       sample_table)
 from .errors import EngineError, JobDefinitionError, SchemaError
-from .job import UNNAMED_INPUT, Job, Round, Stage, job_fingerprint
+from .job import (UNNAMED_INPUT, Job, Round, Stage, describe_where, job_fingerprint, leading_where, needed_columns,
+                  where_error)
 from .joins import JoinSpec, check_keys, join_tables
 
 
@@ -42,9 +44,41 @@ class Side:
     input: str | None = None              # the named input it reads, or
     upstream: int | None = None           # the node whose output it reads
     columns: tuple[str, ...] | None = None  # the input columns its first map needs (inputs only)
+    derived: bool = False                 # ``columns`` derived from declarative stages, not declared
+    where: Any = None                     # the condition pushed into reading the input (inputs only)
+    read: SideRead | None = field(default=None, compare=False)   # set by build_plan once inputs are known
 
     def describe(self) -> str:
         return f"input {self.input!r}" if self.input is not None else f"the output of stage {self.upstream + 1}"
+
+    def describe_read(self) -> str:
+        """What this side reads of its input, for ``explain``: the columns and the pushed condition."""
+        if self.input is None:
+            return ""
+        if self.columns is None:
+            text = "all columns"
+        else:
+            text = f"columns {list(self.columns)} ({'derived from the aggregation' if self.derived else 'columns='})"
+            cols = self.read.columns if self.read is not None else None
+            extra = [c for c in cols or () if c not in self.columns]
+            if extra:
+                text += f" + {extra} for where"
+        if self.where is not None:
+            text += f"; where {describe_where(self.where)} pushed down"
+            if self.read is not None and self.read.pruning is not None:
+                text += f": reads {self.read.pruning.describe()}"
+        return text
+
+
+@dataclass(frozen=True)
+class SideRead:
+    """What one side reads of its named input, decided with the input's schema: the columns (those
+    its stages need plus those its ``where`` names; None: all) and the splits left after pruning."""
+
+    columns: tuple[str, ...] | None
+    splits: tuple[Split, ...]
+    est_bytes: int
+    pruning: Pruning | None = None
 
 
 @dataclass(frozen=True)
@@ -86,12 +120,13 @@ def build_nodes(job: Job) -> tuple[Node, ...]:
                 return upstream, r.maps
             first = upstream is None
             sides = [Side(j.label, r.maps, r.keys, input=j.label if first else None, upstream=upstream,
-                          columns=r.columns if first else None)]
+                          **(_reads(r.maps, r.reduce) if first else {}))]
             for label, other in r.reduce.others:
                 up, maps = chain(other)
                 keys = r.reduce.join.right_on if r.reduce.join is not None else r.reduce.by
+                # a side read as it is by a join or cogroup passes every column on (None: all)
                 sides.append(Side(label, maps, keys, input=other.label if up is None else None, upstream=up,
-                                  columns=(maps[0].columns if maps and up is None else None)))
+                                  **(_reads(maps, None) if up is None else {})))
             nodes.append(Node(len(nodes), r, tuple(sides), j.name))
             upstream = len(nodes) - 1
         return upstream, ()
@@ -99,7 +134,8 @@ def build_nodes(job: Job) -> tuple[Node, ...]:
     up, trailing = chain(job)
     if up is None:
         r = job.rounds[-1]
-        nodes.append(Node(0, r, (Side(job.label, trailing, (), input=job.label, columns=r.columns),), job.name))
+        nodes.append(Node(0, r, (Side(job.label, trailing, (), input=job.label, **_reads(trailing, None)),),
+                          job.name))
     elif trailing:
         nodes[up] = replace(nodes[up], post=trailing)
     # The maps that read a node's output run inside that node's reduce tasks instead, on each output chunk
@@ -114,6 +150,71 @@ def build_nodes(job: Job) -> tuple[Node, ...]:
                 sides[s] = replace(side, maps=())
         nodes[i] = replace(nodes[i], sides=tuple(sides))
     return tuple(nodes)
+
+
+def _reads(maps: tuple[Stage, ...], reduce: Stage | None) -> dict:
+    """A side's read of its input, as far as the job's structure decides it (see ``needed_columns``)."""
+    columns, declared = needed_columns(maps, reduce)
+    return {"columns": columns, "derived": columns is not None and not declared, "where": leading_where(maps)}
+
+
+def plan_reads(nodes: tuple[Node, ...], specs: Mapping[str, InputSpec]) -> tuple[Node, ...]:
+    """``nodes`` with every side that reads a named input told what it reads (:class:`SideRead`): the
+    columns its ``where`` names join its own, and the splits its ``where`` cannot rule out.
+
+    Raises :class:`SchemaError` for a ``where`` naming a column the input lacks and
+    :class:`JobDefinitionError` for one that is no condition over the input's columns.
+    """
+    out = []
+    for node in nodes:
+        sides = []
+        for side in node.sides:
+            spec = specs.get(side.input) if side.input is not None else None
+            if spec is not None:
+                side = replace(side, read=_side_read(spec, side, f"stage {node.index + 1} (job {node.chain!r})"))
+            sides.append(side)
+        out.append(replace(node, sides=tuple(sides)))
+    return tuple(out)
+
+
+def _side_read(spec: InputSpec, side: Side, where_: str) -> SideRead:
+    columns, pruning, splits = side.columns, None, tuple(spec.splits)
+    what = f"input {side.input!r}" if side.input != UNNAMED_INPUT else "the input"
+    if columns is not None and not side.derived and spec.schema is not None:
+        names = input_schema(spec).names
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise SchemaError(f"{where_}: map columns= asks for {missing}, which {what} lacks; it has {names}")
+    if side.where is not None and spec.schema is not None:
+        schema = input_schema(spec)
+        try:
+            schema.empty_table().filter(side.where)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+            err = where_error(exc, side.where, schema, what)
+            err.args = (f"{where_}: {err.args[0]}",)
+            raise err from exc
+        if columns is not None:
+            columns = columns + tuple(c for c in _where_columns(side.where, schema) if c not in columns)
+        pruning = prune_splits(spec, side.where, schema)
+        splits = pruning.splits
+    elif side.where is not None:
+        columns = None              # no schema to find the columns the condition names: read them all
+    if side.derived and columns is not None and spec.schema is not None \
+            and any(c not in input_schema(spec).names for c in columns):
+        columns = None     # a key or column the input lacks: read all, and the sample check names it
+    est = spec.total_bytes if pruning is None else sum(s.size for s in splits)
+    return SideRead(columns, splits, est, pruning)
+
+
+def _where_columns(where: Any, schema: pa.Schema) -> list[str]:
+    """The columns of ``schema`` that ``where`` names: those without which it no longer binds."""
+    out = []
+    for i, f in enumerate(schema):
+        try:
+            schema.remove(i).empty_table().filter(where)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            out.append(f.name)
+    return out
 
 
 @dataclass(frozen=True)
@@ -149,10 +250,13 @@ class Plan:
             spec = self.input
             lines.append(f"input: {len(spec.snapshot)} {spec.format} file(s), {_size(spec.total_bytes)}, "
                          f"{len(spec.splits)} split(s) on {spec.protocol}://"
-                         + (f", partition columns {list(spec.partition_types)}" if spec.partition_types else ""))
+                         + (f", partition columns {list(spec.partition_types)}" if spec.partition_types else "")
+                         + _pruned(spec))
         for r in self.rounds:
             head = f"round {r.index + 1} ({r.kind}" + (f" by {list(r.keys)}" if r.keys else "") + ")"
             lines.append(head)
+            if r.index == 0 and self.nodes:
+                lines.append(f"  read   {self.nodes[0].sides[0].describe_read()}")
             if self.input is not None and r.index == 0:
                 tasks = f"{len(self.input.splits)} map tasks"
             elif r.index == 0:
@@ -191,7 +295,7 @@ class Plan:
                                                       else "")]
         for name, spec in (self.inputs or {}).items():
             lines.append(f"input {name!r}: {len(spec.snapshot)} {spec.format} file(s), {_size(spec.total_bytes)}, "
-                         f"{len(spec.splits)} split(s) on {spec.protocol}://")
+                         f"{len(spec.splits)} split(s) on {spec.protocol}://" + _pruned(spec))
         for node in self.nodes:
             r = node.round
             head = f"stage {node.index + 1} ({node.kind}" + (f" by {list(node.sides[0].keys)}" if node.sides[0].keys
@@ -200,6 +304,8 @@ class Plan:
             for side in node.sides:
                 maps = ", ".join(m.describe() for m in side.maps) or "(identity)"
                 lines.append(f"  map {side.label!r} <- {side.describe()}: {maps}")
+                if side.input is not None:
+                    lines.append(f"    reads {side.describe_read()}")
             if node.kind == "join":
                 lines.append(f"  {node.join.describe()} (right side: {node.sides[1].label!r}); strategy at run "
                              f"time: broadcast a side whose map output is at most "
@@ -219,6 +325,12 @@ class Plan:
                 f"input of stage {', '.join(str(x.index + 1) for x in self.nodes if node.index in x.upstream)}"
             lines.append(f"  -> {out}")
         return "\n".join(lines)
+
+
+def _pruned(spec: InputSpec) -> str:
+    n = spec.pruned_files
+    return (f"; {n} more file{'s' if n != 1 else ''} in partitions that no reader's where can match (not read, "
+            "not in the snapshot)") if n else ""
 
 
 def _size(n: int | None) -> str:
@@ -254,6 +366,8 @@ def build_plan(job: Job, input_spec: InputSpec | Mapping[str, InputSpec] | None,
         fmt = input_spec.format if input_spec is not None else normalize_format(format)
         single = input_spec
     fp = job_fingerprint(job, {"format": fmt})
+    if specs:
+        nodes = plan_reads(nodes, specs)
     return Plan(job, fp.digest, tuple(job.rounds), single, size, fp.covers(), nodes, specs)
 
 
@@ -269,14 +383,10 @@ def validate_on_sample(plan: Plan, sample: pa.Table | Mapping[str, pa.Table | No
     table = sample
     for r in plan.rounds:
         where = f"round {r.index + 1} of {len(plan.rounds)}"
-        if r.index == 0 and r.columns is not None:
-            missing = [c for c in r.columns if c not in table.column_names]
-            if missing:
-                raise SchemaError(f"{where}: map columns= asks for {missing}, which the input lacks; it has "
-                                  f"{table.column_names}")
-            table = table.select(list(r.columns))
+        if r.index == 0 and plan.nodes:
+            table = _project(table, plan.nodes[0].sides[0], where, "the input")
         for i, m in enumerate(r.maps):
-            table = _call(m.fn, table, f"{where}: map function {i + 1} ({m.describe()})")
+            table = _call(m.task_fn, table, f"{where}: map function {i + 1} ({m.describe()})")
         if r.kind == "map":
             return
         missing = [k for k in r.keys if k not in table.column_names]
@@ -304,15 +414,12 @@ def _validate_dag(plan: Plan, samples: Mapping[str, pa.Table | None]) -> None:
         tables: list[pa.Table | None] = []
         for side in node.sides:
             table = samples.get(side.input) if side.input is not None else outputs.get(side.upstream)
-            if table is not None and side.columns is not None:
-                missing = [c for c in side.columns if c not in table.column_names]
-                if missing:
-                    raise SchemaError(f"{where}: map columns= asks for {missing}, which input {side.input!r} "
-                                      f"lacks; it has {table.column_names}")
-                table = table.select(list(side.columns))
+            if table is not None and side.input is not None:
+                table = _project(table, side, where, f"input {side.input!r}")
             for i, m in enumerate(side.maps):
                 if table is not None:
-                    table = _call(m.fn, table, f"{where}: map function {i + 1} of {side.label!r} ({m.describe()})")
+                    table = _call(m.task_fn, table, f"{where}: map function {i + 1} of {side.label!r} "
+                                  f"({m.describe()})")
             if table is not None and side.keys:
                 missing = [k for k in side.keys if k not in table.column_names]
                 if missing:
@@ -338,8 +445,22 @@ def _validate_dag(plan: Plan, samples: Mapping[str, pa.Table | None]) -> None:
             else:
                 out = t
             for i, m in enumerate(node.post):
-                out = _call(m.fn, out, f"{where}: map function {i + 1} after it ({m.describe()})")
+                out = _call(m.task_fn, out, f"{where}: map function {i + 1} after it ({m.describe()})")
         outputs[node.index] = out
+
+
+def _project(table: pa.Table, side: Side, where: str, what: str) -> pa.Table:
+    """A sample of an input as the side's map tasks read it: its read columns only."""
+    cols = side.read.columns if side.read is not None else side.columns
+    if cols is None:
+        return table
+    missing = [c for c in cols if c not in table.column_names]
+    if missing:
+        if side.derived:
+            return table     # a key or an aggregation's column the input lacks: the stage's check names it
+        raise SchemaError(f"{where}: map columns= asks for {missing}, which {what} lacks; it has "
+                          f"{table.column_names}")
+    return table.select(list(cols))
 
 
 def _combined(fn, table: pa.Table, where: str) -> pa.Table:
@@ -382,12 +503,32 @@ def explain(job: Job, input: Any = None, *, storage_options: dict | None = None,
     plan = build_plan(job, spec, partition_size, format=format)
     text = plan.describe()
     if spec is not None:
-        if plan.multi_input:
-            validate_on_sample(plan, {k: sample_table(s.fs, s) for k, s in spec.items()})
-        else:
-            validate_on_sample(plan, sample_table(plan.input.fs, plan.input))
+        validate_on_sample(plan, read_samples(plan))
         text += "\n" + graph_size(plan)
     return text
+
+
+def read_samples(plan: Plan) -> pa.Table | dict[str, pa.Table | None] | None:
+    """The first rows of each input, as its map tasks read it: only the columns the sides reading it
+    need, from the first split their pushed-down conditions leave (a single-input plan: the table;
+    else ``{input: table}``), for :func:`validate_on_sample`."""
+    samples: dict[str, pa.Table | None] = {}
+    for name, spec in (plan.inputs or {}).items():
+        sides = [s for n in plan.nodes for s in n.sides if s.input == name]
+        reads = [s.read for s in sides if s.read is not None]
+        columns: list[str] | None = []
+        for r in reads:
+            if r.columns is None or columns is None:
+                columns = None
+            else:
+                columns += [c for c in r.columns if c not in columns]
+        if not reads:
+            columns = None
+        split = next((s for r in reads for s in r.splits[:1] if s.row_groups != ()), None)
+        samples[name] = sample_table(spec.fs, spec, columns=columns, split=split)
+    if plan.multi_input:
+        return samples
+    return samples.get(plan.job.label) if plan.input is not None else None
 
 
 def resolve_inputs(job: Job, input: Any, storage_options: dict | None = None, *,
@@ -420,7 +561,26 @@ def resolve_inputs(job: Job, input: Any, storage_options: dict | None = None, *,
         raise JobDefinitionError(f"job {job.name!r} reads several inputs ({', '.join(map(repr, names))}); pass a dict "
                                  + "{" + ", ".join(f"{n!r}: PATH" for n in names) + "} (CLI: "
                                  + " ".join(f"--input {n}=PATH" for n in names) + ")")
-    return {n: resolve_input(given[n], storage_options, format=format) for n in names}
+    wheres = _input_wheres(job)
+    return {n: resolve_input(given[n], storage_options, format=format, where=wheres.get(n)) for n in names}
+
+
+def _input_wheres(job: Job) -> dict[str, Any]:
+    """``{input: condition}``: the rows every side reading the input needs (``or`` of the sides'
+    pushed conditions); an input that a side reads without one is absent (it is read whole)."""
+    conds: dict[str, list] = {}
+    for node in build_nodes(job):
+        for side in node.sides:
+            if side.input is not None:
+                conds.setdefault(side.input, []).append(side.where)
+    out = {}
+    for name, cs in conds.items():
+        if all(c is not None for c in cs):
+            expr = cs[0]
+            for c in cs[1:]:
+                expr = expr | c
+            out[name] = expr
+    return out
 
 
 def graph_size(plan: Plan) -> str:
@@ -474,4 +634,4 @@ def _dag_graph_size(plan: Plan) -> list[str]:
     return lines
 
 
-__all__ = ["Plan", "Node", "Side", "build_plan", "build_nodes", "validate_on_sample", "explain", "resolve_inputs"]
+__all__ = ["Plan", "Node", "Side", "SideRead", "read_samples", "build_plan", "build_nodes", "validate_on_sample", "explain", "resolve_inputs"]

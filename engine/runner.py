@@ -41,7 +41,7 @@ import pyarrow as pa
 from . import commit, config, reduceplan, serialize
 from ._version import ENGINE_VERSION
 from .cluster import ClusterInfo, get_client
-from .datasets import InputSpec, filesystem, is_local, sample_table
+from .datasets import InputSpec, filesystem, is_local
 from .errors import (ClusterError, CommitError, EngineError, JobDefinitionError, OutputExistsError,
                      ShuffleLocationError)
 from .executor import ProgressFn, StageExecutor, _spec_digest, redact_exception
@@ -51,7 +51,7 @@ from .job import Job
 from .journal import Journal
 from .lock import output_lock
 from .nodes import Execution, execute
-from .plan import Plan, build_plan, resolve_inputs, validate_on_sample
+from .plan import Plan, build_plan, read_samples, resolve_inputs, validate_on_sample
 from .redact import install as _install_redaction, public_decisions, redact, redact_obj
 from .redact import remember as _remember_secrets
 from .report import RunReport, TaskReport
@@ -121,12 +121,12 @@ def _payload(plan: Plan) -> bytes:
         r = node.round
         user_reduce = r.reduce is not None and r.reduce.kind == "reduce" and r.reduce.aggs is None
         entries.append({
-            "sides": [{"label": s.label, "maps": [m.fn for m in s.maps]} for s in node.sides],
-            "maps": [m.fn for m in node.sides[0].maps],
+            "sides": [{"label": s.label, "maps": [m.task_fn for m in s.maps]} for s in node.sides],
+            "maps": [m.task_fn for m in node.sides[0].maps],
             "combine": r.combine.fn if r.combine is not None else None,
             "reduce": r.reduce.fn if user_reduce else None,
             "aggs": r.aggregations,
-            "post": [m.fn for m in node.post],
+            "post": [m.task_fn for m in node.post],
             "join": node.join,
             "cogroup": r.reduce.fn if r.kind == "cogroup" else None,
         })
@@ -189,10 +189,7 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
                                 "mode='append' to add to it")
 
     try:
-        if plan.multi_input:
-            validate_on_sample(plan, {name: sample_table(s.fs, s) for name, s in specs.items()})
-        else:
-            validate_on_sample(plan, sample_table(plan.input.fs, plan.input))
+        validate_on_sample(plan, read_samples(plan))
     except EngineError as exc:      # the user's function failed in the driver: its message may quote secrets
         redact_exception(exc)
         raise

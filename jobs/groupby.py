@@ -24,7 +24,9 @@ their own; q8 skips null v3 (a group whose v3 are all null has no rows); q9 uses
 both v1 and v2 are present, and gives null for a group without such a row and NaN where the
 correlation is undefined (fewer than two rows, or a constant column), as DuckDB's ``corr`` does.
 
-Every job reads only the columns it needs (``columns=`` on its first map)::
+The jobs are written the plain way, ``Job(name).reduce(by=..., aggs=...)``: a round that only
+aggregates reads just its keys and its aggregations' columns (the engine derives them), so no
+``columns=`` is needed; q9's map is a function, so it declares its columns. To run one::
 
     mapreduce run jobs/groupby.py --input G1_DIR --output out/q1        # runs q1 (``job``)
 
@@ -42,7 +44,8 @@ from engine import Job, agg
 
 
 def columns(t: pa.Table) -> pa.Table:
-    """Pass the input through: the question's ``columns=`` projection already chose what is read."""
+    """Pass the input through (kept for callers that wrote ``map(columns, columns=[...])``; the jobs
+    below need no such map: their rounds derive the columns they read)."""
     return t
 
 
@@ -108,48 +111,34 @@ def r2_from_sums(t: pa.Table) -> pa.Table:
 
 # -- the questions -----------------------------------------------------------------------------
 
-q1 = (Job("groupby-q1")
-      .map(columns, columns=["id1", "v1"])
-      .reduce(by="id1", aggs={"v1": agg.sum("v1")}))
+q1 = Job("groupby-q1").reduce(by="id1", aggs={"v1": agg.sum("v1")})
 
-q2 = (Job("groupby-q2")
-      .map(columns, columns=["id1", "id2", "v1"])
-      .reduce(by=["id1", "id2"], aggs={"v1": agg.sum("v1")}))
+q2 = Job("groupby-q2").reduce(by=["id1", "id2"], aggs={"v1": agg.sum("v1")})
 
-q3 = (Job("groupby-q3")
-      .map(columns, columns=["id3", "v1", "v3"])
-      .reduce(by="id3", aggs={"v1": agg.sum("v1"), "v3": agg.mean("v3")}))
+q3 = Job("groupby-q3").reduce(by="id3", aggs={"v1": agg.sum("v1"), "v3": agg.mean("v3")})
 
-q4 = (Job("groupby-q4")
-      .map(columns, columns=["id4", "v1", "v2", "v3"])
-      .reduce(by="id4", aggs={"v1": agg.mean("v1"), "v2": agg.mean("v2"), "v3": agg.mean("v3")}))
+q4 = Job("groupby-q4").reduce(by="id4", aggs={"v1": agg.mean("v1"), "v2": agg.mean("v2"), "v3": agg.mean("v3")})
 
-q5 = (Job("groupby-q5")
-      .map(columns, columns=["id6", "v1", "v2", "v3"])
-      .reduce(by="id6", aggs={"v1": agg.sum("v1"), "v2": agg.sum("v2"), "v3": agg.sum("v3")}))
+q5 = Job("groupby-q5").reduce(by="id6", aggs={"v1": agg.sum("v1"), "v2": agg.sum("v2"), "v3": agg.sum("v3")})
 
-q6 = (Job("groupby-q6")
-      .map(columns, columns=["id4", "id5", "v3"])
-      .reduce(by=["id4", "id5"], aggs={"median_v3": agg.median("v3"), "sd_v3": agg.std("v3")}))
+q6 = Job("groupby-q6").reduce(by=["id4", "id5"], aggs={"median_v3": agg.median("v3"), "sd_v3": agg.std("v3")})
 
 q7 = (Job("groupby-q7")
-      .map(columns, columns=["id3", "v1", "v2"])
       .reduce(by="id3", aggs={"max_v1": agg.max("v1"), "min_v2": agg.min("v2")})
       .map(range_v1_v2))
 
 q8 = (Job("groupby-q8")
-      .map(columns, columns=["id6", "v3"])
       .reduce(by="id6", aggs={"largest2_v3": agg.top_k(2, "v3")})
       .map(explode_largest2))
 
+# q9's map is a function, which may read any column: it declares the ones it needs.
 q9 = (Job("groupby-q9")
       .map(r2_terms, columns=["id2", "id4", "v1", "v2"])
       .reduce(by=["id2", "id4"], aggs={c: agg.sum(c) for c in ("n", "x", "y", "xx", "yy", "xy")})
       .map(r2_from_sums))
 
-q10 = (Job("groupby-q10")
-       .map(columns, columns=["id1", "id2", "id3", "id4", "id5", "id6", "v3"])
-       .reduce(by=["id1", "id2", "id3", "id4", "id5", "id6"], aggs={"v3": agg.sum("v3"), "count": agg.count()}))
+q10 = Job("groupby-q10").reduce(by=["id1", "id2", "id3", "id4", "id5", "id6"],
+                                aggs={"v3": agg.sum("v3"), "count": agg.count()})
 
 # The same questions in SQL over a table ``x`` (db-benchmark's DuckDB answers, integer sums cast to
 # BIGINT): the reference the tests and benchmarks compare the engine's output with.
