@@ -76,7 +76,11 @@ class Split:
         if self.row_groups == ():
             extra = " (nothing left to read after pruning)"
         elif self.row_groups is not None:
-            extra = f" row groups {self.row_groups[0]}..{self.row_groups[-1]}"
+            rg = self.row_groups
+            if rg[-1] - rg[0] == len(rg) - 1:
+                extra = f" row groups {rg[0]}..{rg[-1]}"
+            else:       # pruned by statistics: not a run
+                extra = " row groups " + ",".join(map(str, rg[:8])) + (f",... ({len(rg)})" if len(rg) > 8 else "")
         elif self.byte_range is not None:
             extra = f" bytes {self.byte_range[0]}..{self.byte_range[1]}"
         return f"{self.path}{extra}"

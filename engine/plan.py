@@ -207,11 +207,15 @@ def _side_read(spec: InputSpec, side: Side, where_: str) -> SideRead:
 
 
 def _where_columns(where: Any, schema: pa.Schema) -> list[str]:
-    """The columns of ``schema`` that ``where`` names: those without which it no longer binds."""
+    """The columns of ``schema`` that ``where`` names: those without which it no longer binds (bound
+    by listing the fragments of a one-path dataset, ~0.06 ms a try: no file is touched)."""
+    import pyarrow.dataset as pads
+    import pyarrow.fs as pafs
     out = []
     for i, f in enumerate(schema):
         try:
-            schema.remove(i).empty_table().filter(where)
+            list(pads.FileSystemDataset.from_paths(["/0"], schema=schema.remove(i), format=pads.ParquetFileFormat(),
+                                                   filesystem=pafs.LocalFileSystem()).get_fragments(filter=where))
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
             out.append(f.name)
     return out
