@@ -648,4 +648,5 @@ def function_token(fn: Any) -> str:
         raise JobDefinitionError(f"cannot fingerprint {_fn_name(fn)}: {exc}") from exc
 
 
-__all__ = ["Job", "Stage", "Round", "MapStep", "filter_table", "needed_columns", "leading_where", "JobFingerprint", "job_fingerprint", "function_token", "UNNAMED_INPUT"]
+__all__ = ["Job", "Stage", "Round", "MapStep", "filter_table", "needed_columns", "leading_where", "JobFingerprint",
+           "job_fingerprint", "function_token", "UNNAMED_INPUT"]

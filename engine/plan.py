@@ -177,21 +177,21 @@ def plan_reads(nodes: tuple[Node, ...], specs: Mapping[str, InputSpec]) -> tuple
     return tuple(out)
 
 
-def _side_read(spec: InputSpec, side: Side, where_: str) -> SideRead:
+def _side_read(spec: InputSpec, side: Side, stage: str) -> SideRead:
     columns, pruning, splits = side.columns, None, tuple(spec.splits)
     what = f"input {side.input!r}" if side.input != UNNAMED_INPUT else "the input"
     if columns is not None and not side.derived and spec.schema is not None:
         names = input_schema(spec).names
         missing = [c for c in columns if c not in names]
         if missing:
-            raise SchemaError(f"{where_}: map columns= asks for {missing}, which {what} lacks; it has {names}")
+            raise SchemaError(f"{stage}: map columns= asks for {missing}, which {what} lacks; it has {names}")
     if side.where is not None and spec.schema is not None:
         schema = input_schema(spec)
         try:
             schema.empty_table().filter(side.where)
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
             err = where_error(exc, side.where, schema, what)
-            err.args = (f"{where_}: {err.args[0]}",)
+            err.args = (f"{stage}: {err.args[0]}",)
             raise err from exc
         if columns is not None:
             columns = columns + tuple(c for c in _where_columns(side.where, schema) if c not in columns)
@@ -638,4 +638,5 @@ def _dag_graph_size(plan: Plan) -> list[str]:
     return lines
 
 
-__all__ = ["Plan", "Node", "Side", "SideRead", "read_samples", "build_plan", "build_nodes", "validate_on_sample", "explain", "resolve_inputs"]
+__all__ = ["Plan", "Node", "Side", "SideRead", "read_samples", "build_plan", "build_nodes", "validate_on_sample",
+           "explain", "resolve_inputs"]
