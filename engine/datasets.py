@@ -6,7 +6,12 @@ line, and the last line of a split is read to its end, as Hadoop's line reader d
 are never packed together, so task boundaries stay predictable.
 
 The *snapshot* lists every input file with its size and modification time or ETag; it feeds the
-run id, so a rerun on unchanged input is recognised.
+run id, so a rerun on unchanged input is recognised. Files in Hive partitions that the job's
+``where`` conditions rule out are not in it (:func:`resolve_input`): they are never read.
+
+*Pushdown* (:func:`prune_splits`): a ``where`` condition drops the splits of partitions it rules
+out and the Parquet row groups whose statistics rule it out, decided in the driver from the
+partition values and the footers already read, so a pruned split is never a task.
 
 The snapshot also fixes the input's *schema*, one for every job kind: each file's schema is read
 before any task runs (Parquet: the footer, one ranged read of the last 64 KiB; Arrow IPC: the file's
