@@ -16,11 +16,16 @@ driver         a stage of no-op tasks (driver CPU per task);   -                
                reducers' S3 bytes read / needed (moto)
 tpch           TPC-H Q1, Q3, Q5, Q6, Q10, Q12, Q18             duckdb, polars, dask          -
                (``benchmarks.tpch_bench``)
+startup        the README's word count and its no-op rerun     duckdb (a fresh process)      -
+               as CLI wall time; ``import engine``
+               (``benchmarks.startup``)
 =============  ==============================================  ============================  ===============
 
 ``driver`` is not in the default set (20,000 tasks take minutes here): ask for it with ``--suites driver``;
 ``--driver-tasks N`` sets the stage size (``--quick``: 2,000). Neither is ``tpch`` (``--suites tpch``;
-``--tpch-sf N`` sets the scale factor, default 1, ``--quick``: 0.01).
+``--tpch-sf N`` sets the scale factor, default 1, ``--quick``: 0.01), nor ``startup`` (``--suites startup``).
+Inputs up to ``engine.local.max-bytes`` run in the driver process, as they do for users; the
+``stragglers`` and ``cluster`` suites, which measure the cluster itself, set it to 0.
 
 Every engine answer is checked: against each Arrow-answering peer value by value (dask: row count),
 and where a suite times no peer, against an untimed independent reference (DuckDB or pyarrow):
@@ -48,7 +53,7 @@ from benchmarks.progress import Progress
 from engine import Job
 
 SUITES = ("groupby", "wordcount", "sort", "skew", "stragglers", "commit", "cluster")
-EXTRA_SUITES = ("driver", "tpch")  # run only when asked for by name
+EXTRA_SUITES = ("driver", "tpch", "startup")  # run only when asked for by name
 QUESTIONS = tuple(f"q{i}" for i in range(1, 11))
 
 
@@ -583,9 +588,24 @@ def tpch(ctx: Context) -> None:
     tpch_bench.run_suite(ctx)
 
 
+def startup(ctx: Context) -> None:
+    from benchmarks import startup as startup_bench
+    startup_bench.run_suite(ctx)
+
+
+def _on_cluster(suite: Callable[[Context], None]) -> Callable[[Context], None]:
+    """A suite about the cluster itself (speculation, worker shapes): its inputs, small enough to run in the
+    driver process, run on the embedded cluster (``engine.local.max-bytes: 0``)."""
+    def run(ctx: Context) -> None:
+        import dask.config
+        with dask.config.set({"engine.local.max-bytes": 0}):
+            suite(ctx)
+    return run
+
+
 RUNNERS: dict[str, Callable[[Context], None]] = {
-    "groupby": groupby, "wordcount": wordcount, "sort": sort, "skew": skew, "stragglers": stragglers,
-    "commit": commit, "cluster": cluster, "driver": driver, "tpch": tpch,
+    "groupby": groupby, "wordcount": wordcount, "sort": sort, "skew": skew, "stragglers": _on_cluster(stragglers),
+    "commit": commit, "cluster": _on_cluster(cluster), "driver": driver, "tpch": tpch, "startup": startup,
 }
 
 

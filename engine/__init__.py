@@ -16,15 +16,41 @@ Public surface: :class:`Job`, :mod:`agg`, :func:`run`, :func:`read`, :func:`veri
 
 from __future__ import annotations
 
-from . import agg, config  # noqa: F401  (config registers the engine.* defaults)
-from .commit import VerifySummary, read, verify
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from . import config  # noqa: F401  (the engine.* defaults; it imports dask only when needed)
 from .errors import (ClusterError, CommitError, ConcurrentRunError, EmptyInputError, EngineError, FencedError, InputError,
                      IntegrityError, JobDefinitionError, ManifestError, OutputExistsError, SchemaError,
                      ShuffleLocationError, StageFailedError)
-from .job import Job
-from .report import RunReport
-from .runner import ENGINE_VERSION as __version__
-from .runner import RunResult, run
+
+if TYPE_CHECKING:
+    from . import agg
+    from .commit import VerifySummary, read, verify
+    from .job import Job
+    from .report import RunReport
+    from .runner import RunResult, run
+
+# Public names imported on first use (PEP 562): `from engine import Job, agg` loads the job modules
+# only, so a job file, and a rerun with nothing to do, do not pay for the run machinery.
+_LAZY = {"agg": (".agg", None), "Job": (".job", "Job"), "read": (".commit", "read"), "verify": (".commit", "verify"),
+         "VerifySummary": (".commit", "VerifySummary"), "RunReport": (".report", "RunReport"),
+         "run": (".runner", "run"), "RunResult": (".runner", "RunResult"), "__version__": ("._version", "ENGINE_VERSION")}
+
+
+def __getattr__(name: str) -> Any:
+    where = _LAZY.get(name)
+    if where is None:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    module = importlib.import_module(where[0], __name__)
+    value = module if where[1] is None else getattr(module, where[1])
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "Job", "agg", "run", "read", "verify", "RunResult", "RunReport", "VerifySummary", "__version__",

@@ -251,6 +251,19 @@ class _CliFormatter(logging.Formatter):
 
 
 def _configure_logging(quiet: bool, debug: bool) -> None:
+    from . import config
+    config.on_dask(lambda: _configure_dask(debug))   # when a run needs dask (not for a no-op or a check)
+    engine_log = logging.getLogger("engine")
+    engine_log.setLevel(logging.WARNING if quiet else logging.INFO)
+    if not any(getattr(h, "_mapreduce_cli", False) for h in engine_log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_CliFormatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"))
+        handler._mapreduce_cli = True  # type: ignore[attr-defined]
+        engine_log.addHandler(handler)
+        engine_log.propagate = False
+
+
+def _configure_dask(debug: bool) -> None:
     import dask.config
     # distributed configures its loggers (in this process and in every worker process) when it is
     # first imported. Keep its chatter to real problems: a failing task is retried and reported by
@@ -267,14 +280,6 @@ def _configure_logging(quiet: bool, debug: bool) -> None:
             dask.config.set({"distributed.worker.preload": [*preload, __name__]})
     if "distributed" in sys.modules:  # imported already: its configuration has run, adjust the level here
         logging.getLogger("distributed").setLevel(logging.WARNING if debug else logging.ERROR)
-    engine_log = logging.getLogger("engine")
-    engine_log.setLevel(logging.WARNING if quiet else logging.INFO)
-    if not any(getattr(h, "_mapreduce_cli", False) for h in engine_log.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(_CliFormatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"))
-        handler._mapreduce_cli = True  # type: ignore[attr-defined]
-        engine_log.addHandler(handler)
-        engine_log.propagate = False
 
 
 class _NoComputeFailed(logging.Filter):
@@ -366,9 +371,8 @@ def cmd_run(args) -> int:
         if args.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS"):
             log.warning("--workers sizes the embedded cluster only; it is ignored with an existing scheduler")
         options["engine.cluster.workers"] = args.workers
-    import dask.config
     try:
-        with dask.config.set(options):
+        with _config_set(options):
             result = run(job, _inputs(args.input, job), args.output, cluster=args.scheduler, mode=args.mode,
                          speculation=not args.no_speculation, skew=not args.no_skew, shuffle_dir=args.shuffle_dir,
                          partition_size=args.partition_size, force=args.force, report=args.report,
@@ -394,9 +398,18 @@ def cmd_run(args) -> int:
     return EXIT_OK
 
 
+def _config_set(options: dict[str, Any]):
+    """``dask.config.set(options)``; nothing (and no import of dask) when there are none."""
+    if not options:
+        import contextlib
+        return contextlib.nullcontext()
+    from . import config
+    return config.dask_config().set(options)
+
+
 def _shutdown_embedded() -> None:
-    """Close the embedded cluster now, quietly, rather than at interpreter exit."""
-    if "distributed" not in sys.modules:
+    """Close the embedded cluster (or the driver's thread pool) now, quietly, rather than at interpreter exit."""
+    if "engine.cluster" not in sys.modules:
         return
     try:
         from .cluster import shutdown

@@ -1,6 +1,9 @@
-"""Which cluster a run uses: an embedded LocalCluster (one per process), an address, or a Client.
+"""Which cluster a run uses: the driver's own threads, an embedded LocalCluster (one per process), an
+address, or a Client.
 
-``cluster=None`` starts one ``LocalCluster`` on 127.0.0.1 the first time it is needed (one worker
+``cluster=None`` (and no ``DASK_SCHEDULER_ADDRESS``) with an input of at most ``engine.local.max-bytes``
+runs in the driver process on a thread pool (:mod:`engine.local`): no cluster starts and neither dask
+nor distributed is imported. Above that, ``cluster=None`` starts one ``LocalCluster`` on 127.0.0.1 the first time it is needed (one worker
 process per core, one thread each) and reuses it for later runs in the same process: a notebook
 or script pays the start-up once. ``DASK_SCHEDULER_ADDRESS`` in the environment is honoured like an
 address. ``memory://`` data lives in one process, so runs that touch it use an in-process cluster.
@@ -22,8 +25,6 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-import dask.config
-
 from . import config
 from .errors import ClusterError
 
@@ -44,6 +45,16 @@ class ClusterInfo:
     threads: int
     dashboard: str | None
     memory_limit: int = 0    # the smallest worker memory limit in bytes (0: unlimited or unknown)
+    local: bool = False      # the driver's own threads (engine.local), no cluster
+
+    @property
+    def where(self) -> str:
+        """Where the run's tasks run, in words (for the report)."""
+        if self.local:
+            return f"in the driver process ({self.threads} thread(s), no cluster)"
+        kind = "embedded local cluster" if self.embedded else "cluster"
+        shape = "in-process" if self.in_process else f"{self.workers} worker process(es)"
+        return f"on the {kind} ({shape}, {self.threads} thread(s))"
 
 
 def _worker_env() -> dict[str, str]:
@@ -52,6 +63,7 @@ def _worker_env() -> dict[str, str]:
 
 
 def _embedded(processes: bool):
+    config.dask_config()          # dask's settings for the run (and the CLI's) before distributed is imported
     with _LOCK:
         entry = _EMBEDDED.get(processes)
         if entry is not None and entry[1].status == "running":
@@ -68,7 +80,7 @@ def _embedded(processes: bool):
             dashboard = None
         env = _worker_env()
         os.environ.update(env)
-        with dask.config.set({"distributed.scheduler.worker-saturation": 1.0,
+        with config.dask_config().set({"distributed.scheduler.worker-saturation": 1.0,
                               "distributed.nanny.pre-spawn-environ": env,
                               "distributed.worker.daemon": False,
                               "distributed.admin.tick.limit": "30s"}):
@@ -95,13 +107,17 @@ def _script_hint() -> str:
     main = sys.modules.get("__main__")
     if multiprocessing.parent_process() is not None or getattr(main, "__file__", None):
         return ("; if a script starts this run, put the run under `if __name__ == \"__main__\":` (each worker "
-                "process imports the script again), or pass cluster= a scheduler address")
+                "process imports the script again; inputs up to engine.local.max-bytes run in this process and "
+                "need no guard), or pass cluster= a scheduler address")
     return ""
 
 
 def shutdown() -> None:
-    """Close the embedded clusters (also runs at interpreter exit)."""
+    """Close the embedded clusters and the driver's thread pool (also runs at interpreter exit)."""
     with _LOCK:
+        for local in list(_LOCAL.values()):
+            local.close()
+        _LOCAL.clear()
         for cluster, client in list(_EMBEDDED.values()):
             try:
                 client.close()
@@ -139,11 +155,50 @@ def _is_local_host(host: str) -> bool:
     return host in _local_addresses()
 
 
-def get_client(cluster: Any = None, *, in_process: bool = False):
-    """``(client, ClusterInfo)`` for ``cluster`` (None, an address, or a ``distributed.Client``)."""
-    from distributed import Client
+_LOCAL: dict[int, Any] = {}      # threads -> engine.local.LocalClient
+
+
+def local_max_bytes() -> int:
+    """``engine.local.max-bytes`` in bytes (-1: never run in the driver)."""
+    value = config.get("local.max-bytes")
+    if value in (None, False, 0, "0", ""):
+        return -1
+    try:
+        limit = int(config.parse_bytes(value))
+        return limit if limit > 0 else -1
+    except (ValueError, TypeError) as exc:
+        raise ClusterError(f"engine.local.max-bytes={value!r} is not a size; write a number of bytes, a string "
+                           "like '64MiB', or 0 to always start a cluster") from exc
+
+
+def _local_threads() -> int:
+    workers = config.get("cluster.workers") or (os.cpu_count() or 1)
+    return int(workers) * int(config.get("cluster.threads") or 1)
+
+
+def _local():
+    from .local import LocalClient
+    threads = _local_threads()
+    with _LOCK:
+        client = _LOCAL.get(threads)
+        if client is None or client.status != "running":
+            client = _LOCAL[threads] = LocalClient(threads)
+        return client
+
+
+def get_client(cluster: Any = None, *, in_process: bool = False, input_bytes: int | None = None):
+    """``(client, ClusterInfo)`` for ``cluster`` (None, an address, or a ``distributed.Client``).
+
+    With ``cluster=None``, no ``DASK_SCHEDULER_ADDRESS`` and ``input_bytes`` at most
+    ``engine.local.max-bytes``, the client is the driver's thread pool (:class:`engine.local.LocalClient`).
+    """
     if cluster is None:
         cluster = os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+    if cluster is None and input_bytes is not None and input_bytes <= local_max_bytes():
+        client = _local()
+        return client, ClusterInfo(True, True, True, 1, client.threads, None, 0, local=True)
+    config.dask_config()
+    from distributed import Client
     if cluster is None:
         lc, client = _embedded(processes=not in_process)
         info = client.scheduler_info(n_workers=-1)

@@ -17,8 +17,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dask.task_spec import Task, TaskRef
-
 from .plan import graph_size  # noqa: F401  (it moved to engine.plan; the old name works)
 
 
@@ -44,6 +42,7 @@ class TaskSpec:
 
     def graph(self, prefix: str, attempt: int, shared: dict[str, Any]) -> dict:
         """A one-node graph for this attempt; ``shared`` maps argument names to futures' keys."""
+        from dask.task_spec import Task, TaskRef      # imported here: a run in the driver needs no dask
         key = task_key(prefix, self.partition, attempt)
         args = [TaskRef(a.key) if _is_future(a) else a for a in self.args]
         return {key: Task(key, self.func, *args, self.partition, attempt)}

@@ -9,14 +9,20 @@ overridden per run through :func:`engine.run`'s parameters.
 '64MiB'
 >>> cfg.parse_size("1.5 KiB")
 1536
+
+Reading a key does not import dask while nothing outside this module can have set one: dask not
+imported yet in this process, no ``DASK_ENGINE__*`` variable, no inherited dask configuration and no
+dask config file that mentions ``engine`` (a no-op rerun then decides in a fraction of the time).
+Otherwise :func:`dask_config` imports ``dask.config``, registers the defaults there and reads it.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
+from collections.abc import Callable
 from typing import Any
-
-import dask.config
-from dask.utils import parse_bytes
 
 from .errors import JobDefinitionError
 
@@ -84,16 +90,147 @@ DEFAULTS: dict[str, Any] = {
         "threads": 1,
         "memory-limit": "auto",
     },
+    "local": {
+        # A run given no cluster (cluster=None, no DASK_SCHEDULER_ADDRESS) whose input is at most this
+        # many bytes runs in the driver process on a thread pool, without starting a cluster; 0 always
+        # starts the embedded cluster. Measured on 2 cores (benchmarks/startup.py).
+        "max-bytes": "64MiB",
+    },
 }
 
-dask.config.update_defaults({"engine": DEFAULTS})
+_LOCK = threading.RLock()
+_DASK: Any = None                            # dask.config, once the defaults are registered there
+_ON_DASK: list[Callable[[], None]] = []      # run once, right after that
+_FILES: bool | None = None                   # does a dask config file mention engine.* keys?
+
+
+def dask_config():
+    """``dask.config`` with the ``engine.*`` defaults registered (imports dask on the first call)."""
+    global _DASK
+    if _DASK is not None:
+        return _DASK
+    with _LOCK:
+        if _DASK is None:
+            import dask.config as dc
+            dc.update_defaults({"engine": DEFAULTS})
+            _DASK = dc
+            hooks = list(_ON_DASK)
+            _ON_DASK.clear()
+            for hook in hooks:
+                hook()
+    return _DASK
+
+
+def on_dask(hook: Callable[[], None]) -> None:
+    """Run ``hook`` once dask's configuration is in use through :func:`dask_config` (now, if it is):
+    settings for dask and distributed that only a run on a cluster needs."""
+    with _LOCK:
+        if _DASK is None:
+            _ON_DASK.append(hook)
+            return
+    hook()
+
+
+def _outside_sources() -> bool:
+    """Whether a ``DASK_ENGINE__*`` variable, an inherited dask configuration or a dask config file
+    (the places dask reads at import) may set an ``engine.*`` key."""
+    global _FILES
+    env = os.environ
+    if "DASK_INTERNAL_INHERIT_CONFIG" in env:
+        return True
+    if any(k.startswith("DASK_") and k[5:].lower().startswith("engine") for k in env):
+        return True
+    if _FILES is None:
+        _FILES = _config_files_mention_engine()
+    return _FILES
+
+
+def _config_files_mention_engine() -> bool:
+    env = os.environ
+    import site
+    paths = [env.get("DASK_ROOT_CONFIG", "/etc/dask"), os.path.join(sys.prefix, "etc", "dask"),
+             *[os.path.join(prefix, "etc", "dask") for prefix in getattr(site, "PREFIXES", [])],
+             os.path.join(os.path.expanduser("~"), ".config", "dask")]
+    if "DASK_CONFIG" in env:
+        paths.append(env["DASK_CONFIG"])
+    for path in dict.fromkeys(paths):
+        if os.path.isdir(path):
+            try:
+                files = [os.path.join(path, n) for n in os.listdir(path)
+                         if os.path.splitext(n)[1].lower() in (".json", ".yaml", ".yml")]
+            except OSError:
+                continue
+        elif os.path.isfile(path):
+            files = [path]
+        else:
+            continue
+        for name in files:
+            try:
+                with open(name, encoding="utf-8", errors="replace") as f:
+                    if "engine" in f.read():
+                        return True
+            except OSError:
+                continue
+    return False
+
+
+def _default(key: str) -> Any:
+    node: Any = DEFAULTS
+    for part in key.split("."):
+        if not isinstance(node, dict):
+            raise KeyError(key)
+        if part in node:
+            node = node[part]
+        elif part.replace("_", "-") in node:
+            node = node[part.replace("_", "-")]
+        else:
+            raise KeyError(f"engine.{key}")
+    return node
 
 
 def get(key: str, override: Any = None) -> Any:
     """The value of ``engine.<key>``, or ``override`` when it is not None."""
     if override is not None:
         return override
-    return dask.config.get(f"engine.{key}")
+    if _DASK is None and "dask.config" not in sys.modules and not _outside_sources():
+        return _default(key)
+    value = dask_config().get(f"engine.{key}", default=_MISSING)
+    # Missing only when a `dask.config.set` block that began before the defaults were registered here
+    # removed them on exit: the default is the answer.
+    return _default(key) if value is _MISSING else value
+
+
+_MISSING = object()
+
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+          "t": 10**12, "tb": 10**12, "p": 10**15, "pb": 10**15, "ki": 2**10, "kib": 2**10, "mi": 2**20,
+          "mib": 2**20, "gi": 2**30, "gib": 2**30, "ti": 2**40, "tib": 2**40, "pi": 2**50, "pib": 2**50}
+
+
+if "dask.config" in sys.modules:      # dask is loaded already: register the defaults there now
+    dask_config()
+
+
+def parse_bytes(text: int | float | str) -> int:
+    """Bytes from ``"64MiB"``, ``"1.5 kB"``, ``"1e6"`` or ``"MB"``, as :func:`dask.utils.parse_bytes`
+    reads them, without importing dask; ValueError for anything else."""
+    if isinstance(text, (int, float)):
+        return int(text)
+    s = text.replace(" ", "")
+    if not any(c.isdigit() for c in s):
+        s = "1" + s
+    cut = len(s)
+    while cut > 0 and s[cut - 1].isalpha():
+        cut -= 1
+    number, unit = s[:cut], s[cut:].lower()
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"Could not interpret {number!r} as a number") from None
+    if unit not in _UNITS:
+        raise ValueError(f"Could not interpret {unit!r} as a byte unit")
+    return int(value * _UNITS[unit])
 
 
 def parse_size(value: int | float | str | None, *, name: str = "size") -> int:

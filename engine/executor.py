@@ -13,6 +13,10 @@ future), and the results of the tasks that finished together are fetched in one 
 A speculation supervisor (:class:`StageSupervisor`, implemented by
 :class:`engine.speculation.Supervisor`) watches each stage through a :class:`StageView`: what it
 may read of the running stage, and the one thing it may do, launch a speculative attempt.
+
+The client is a ``distributed.Client`` (each attempt goes to the scheduler as a one-task graph) or,
+for a run in the driver process, an :class:`engine.local.LocalClient` (each attempt is a call on its
+thread pool; no graph is built and dask is not imported).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from . import commit, config, shuffle
-from .compile import TaskSpec
+from .compile import TaskSpec, task_key
 from .datasets import Split
 from .errors import ClusterError, InputError, JobDefinitionError, SchemaError, StageFailedError
 from .journal import Journal, still_valid
@@ -123,10 +127,14 @@ class _Running(dict):
     def next_done(self, timeout: float) -> list:
         """The running futures that completed (in any state), waiting up to ``timeout`` for the first."""
         if self._unwatched:
-            # One hop to the client's event loop for all futures added since the last call (a callback
-            # per future would wake the loop once per task).
             futures, self._unwatched = self._unwatched, []
-            futures[0].client.loop.add_callback(_watch, futures, self._done.put)
+            if getattr(futures[0].client, "local", False):      # the driver's threads (engine.local)
+                for future in futures:
+                    future.add_done_callback(self._done.put)
+            else:
+                # One hop to the client's event loop for all futures added since the last call (a callback
+                # per future would wake the loop once per task).
+                futures[0].client.loop.add_callback(_watch, futures, self._done.put)
         try:
             first = self._done.get(timeout=timeout)
         except queue.Empty:
@@ -314,6 +322,7 @@ class StageExecutor:
         self.resume = resume
         self.shuffle_fs, self.out_fs, self.out = shuffle_fs, out_fs, out
         self.session = uuid.uuid4().hex[:6]   # keys never collide with a dead driver's tasks
+        self.local = bool(getattr(client, "local", False))   # the driver's threads: no graphs, no dask
         self.losers: list[dict] = []
         self._pending_uploads: set[str] | None = None
         self.max_attempts = int(config.get("retries.attempts"))
@@ -372,6 +381,14 @@ class StageExecutor:
         first = [p for p in st.tasks if p not in st.results]
         if not first:
             return
+        if self.local:
+            now = time.time()
+            for p in first:
+                future = self.client.submit(task_key(st.prefix, p, st.attempts[p]), st.tasks[p])
+                st.running[future] = (p, st.attempts[p], now, False)
+                st.attempts[p] += 1
+                st.report.attempts += 1
+            return
         dsk: dict = {}
         for p in first:
             dsk.update(st.tasks[p].graph(st.prefix, st.attempts[p], {}))
@@ -395,6 +412,12 @@ class StageExecutor:
         """Submit one more attempt of ``partition`` under a new key; its attempt number."""
         attempt = st.attempts[partition]
         st.attempts[partition] += 1
+        if self.local:
+            future = self.client.submit(task_key(st.prefix, partition, attempt), st.tasks[partition])
+            st.running[future] = (partition, attempt, time.time(), speculative)
+            st.report.attempts += 1
+            st.report.speculative += bool(speculative)
+            return attempt
         dsk = st.tasks[partition].graph(st.prefix, attempt, {})
         placement = self._placement(avoid or set(), strict=True)
         if speculative:

@@ -138,6 +138,8 @@ class RunReport:
         if self.status in ("committed",):
             lines.append(f"  input: {self.input_files} files, {self.input_bytes:,} bytes; output: "
                          f"{self.output_files} files, {self.output_rows:,} rows, {self.output_bytes:,} bytes")
+            if self.cluster.get("where"):
+                lines.append(f"  ran {self.cluster['where']}")
         for s in self.stages:
             extra = []
             if s.retries:

@@ -34,28 +34,30 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from . import commit, config, reduceplan, serialize
+from . import commit, config
 from ._version import ENGINE_VERSION
-from .cluster import ClusterInfo, get_client
 from .datasets import InputSpec, filesystem, is_local
 from .errors import (ClusterError, CommitError, EngineError, JobDefinitionError, OutputExistsError,
                      ShuffleLocationError)
-from .executor import ProgressFn, StageExecutor, _spec_digest, redact_exception
 from .faults import Faults
-from .fence import RunFence
 from .job import Job
-from .journal import Journal
-from .lock import output_lock
-from .nodes import Execution, execute
 from .plan import Plan, build_plan, read_samples, resolve_inputs, validate_on_sample
 from .redact import install as _install_redaction, public_decisions, redact, redact_obj
 from .redact import remember as _remember_secrets
-from .report import RunReport, TaskReport
-from .tasks import PayloadRef
+from .report import RunReport
+
+if TYPE_CHECKING:
+    from .cluster import ClusterInfo
+    from .executor import ProgressFn, StageExecutor
+    from .fence import RunFence
+    from .tasks import PayloadRef
+
+# The modules that execute a run (dask, distributed, the executor, the shuffle) are imported when a run
+# executes, not when this module is: a rerun with nothing to do decides without them.
 
 log = logging.getLogger("engine")
 _install_redaction("engine")     # every record of the "engine" logger is redacted (engine.redact)
@@ -116,6 +118,7 @@ def _snapshots_digest(specs: dict[str, InputSpec], single: bool) -> str:
 def _payload(plan: Plan) -> bytes:
     """The functions every task needs, by node: each side's maps, combine, reduce, aggregations, the
     maps fused after it (``post``), and a join's spec or a cogroup's function."""
+    from . import serialize
     entries = []
     for node in plan.nodes:
         r = node.round
@@ -191,17 +194,29 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
     try:
         validate_on_sample(plan, read_samples(plan))
     except EngineError as exc:      # the user's function failed in the driver: its message may quote secrets
+        from .executor import redact_exception
         redact_exception(exc)
         raise
 
+    from .cluster import get_client
+    from .executor import StageExecutor, redact_exception
+    from .fence import RunFence
+    from .journal import Journal
+    from .lock import output_lock
+
     protocols = {s.protocol for s in specs.values()} | {_protocol(out_fs)}
     in_process = "memory" in protocols
-    client, info = get_client(cluster, in_process=in_process)
+    client, info = get_client(cluster, in_process=in_process, input_bytes=rep.input_bytes)
     if in_process and not info.in_process:
         raise ClusterError("memory:// data lives in one process, but the cluster's workers are other processes; "
                            "use a local path or an object store, or run with cluster=None")
     rep.cluster = {"workers": info.workers, "threads": info.threads, "embedded": info.embedded,
-                   "dashboard": info.dashboard}
+                   "dashboard": info.dashboard, "local": info.local, "where": info.where}
+    if info.local:
+        # Every thread shares this process: no other worker for a speculative copy, none to restart.
+        rep.cluster["speculation"] = "off (the run is in the driver process)"
+        log.info("running %s: the input (%s bytes) is at most engine.local.max-bytes", info.where,
+                 f"{rep.input_bytes:,}")
     for s in specs.values():
         _check_reachability(info, s, out_fs, shuffle_dir)
 
@@ -224,7 +239,7 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
         blob = _payload(plan)
         shipped = _ship_payload(blob, shuffle_fs, shuffle_root)
         supervisor = None
-        if speculation and config.get("speculation.enabled"):
+        if speculation and config.get("speculation.enabled") and not info.local:
             try:
                 from .speculation import Supervisor
                 supervisor = Supervisor.from_config(client, rep)
@@ -278,6 +293,7 @@ def _ship_payload(blob: bytes, fs, root: str) -> bytes | PayloadRef:
     """
     if len(blob) <= _INLINE_PAYLOAD:
         return blob
+    from .tasks import PayloadRef
     digest = hashlib.sha256(blob).hexdigest()
     path = posixpath.join(root, f"_payload-{digest[:16]}.pkl")
     with fs.open(path, "wb") as f:
@@ -351,6 +367,8 @@ def _execute(plan: Plan, specs: dict[str, InputSpec], client, info: ClusterInfo,
              rep: RunReport, *, run_id: str, out_fs, out: str, shipped, shuffle_fs, shuffle_root: str,
              skew_enabled: bool, mode: str, previous: commit.Manifest | None, snapshot: str, faults: Any,
              map_combine: bool = True, lock: Any = None, run_fence: RunFence | None = None) -> commit.Manifest:
+    from . import reduceplan
+    from .nodes import Execution, execute
     ex = Execution(plan, executor, rep, info, run_id, shipped, shuffle_fs, shuffle_root, out_fs, out, skew_enabled,
                    faults, map_combine, run_fence)
     final, schema = execute(ex, specs)
@@ -389,6 +407,17 @@ def _input_meta(plan: Plan, specs: dict[str, InputSpec], snapshot: str) -> dict:
                        for name, s in specs.items()}}
 
 
-# Names kept importable from here: StageExecutor (engine.executor), _spec_digest, redact.
+def __getattr__(name: str) -> Any:
+    """Names kept importable from here, loaded on first use: StageExecutor and _spec_digest
+    (engine.executor), TaskReport (engine.report)."""
+    if name in ("StageExecutor", "_spec_digest"):
+        from . import executor
+        return getattr(executor, name)
+    if name == "TaskReport":
+        from .report import TaskReport
+        return TaskReport
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = ["run", "RunResult", "StageExecutor", "ENGINE_VERSION"]
-_ = (EngineError, TaskReport, _spec_digest)
+_ = (EngineError,)

@@ -22,6 +22,7 @@ import hashlib
 import pickle
 import posixpath
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -115,6 +116,8 @@ def load_payload(blob: bytes | PayloadRef) -> Any:
 
 def _current_attempt() -> tuple[Any, Any] | None:
     """``(worker, task key)`` of the attempt running in this thread; None outside a dask worker."""
+    if "distributed" not in sys.modules:      # a run in the driver (engine.local): no worker, no import
+        return None
     try:
         from distributed import get_worker
         from distributed.worker import thread_state
@@ -161,6 +164,8 @@ def report_progress(rows_done: int, min_interval: float = 0.1) -> None:
 
 
 def _worker_name() -> str:
+    if "distributed" not in sys.modules:      # a run in the driver (engine.local): no worker, no import
+        return socket.gethostname()
     try:
         from distributed import get_worker
         return get_worker().address

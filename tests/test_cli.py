@@ -452,6 +452,7 @@ def test_sigterm_unwinds_the_run_and_a_rerun_finishes(tmp_path, env):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "engine", "run", str(job), "--input", str(tmp_path / "in"), "--output", str(out),
            "--workers", "1"]
+    env = {**env, "DASK_ENGINE__LOCAL__MAX_BYTES": "0"}     # on a worker process (the map asks get_worker)
     proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             stdin=subprocess.DEVNULL)
     deadline = time.time() + TIMEOUT

@@ -51,12 +51,17 @@ def s3_data(s3, tmp_path_factory):
             "text": text, "table": read_parquet_parts(parquet)}
 
 
-@pytest.fixture(params=["embedded", "cli"])
+@pytest.fixture(params=["embedded", "cli", "driver"])
 def cluster(request):
-    """None (the engine's embedded LocalCluster) or the address of the CLI-started cluster."""
+    """None with the engine's embedded LocalCluster (worker processes, asked for explicitly: these inputs
+    are small), the address of the CLI-started cluster, or None for a run in the driver process."""
     if request.param == "embedded":
-        return None
-    return request.getfixturevalue("dask_cluster")
+        with dask.config.set({"engine.local.max-bytes": 0}):
+            yield None
+    elif request.param == "driver":
+        yield None
+    else:
+        yield request.getfixturevalue("dask_cluster")
 
 
 def _key(url: str) -> str:
