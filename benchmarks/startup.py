@@ -8,8 +8,9 @@ in a fresh process and as the median of ``STARTUP_REPEAT`` runs:
   fresh ``OUT`` every time (the command of the README's quick start), against DuckDB answering the
   same word count in a fresh ``python`` process (importing duckdb, writing its answer as Parquet);
 * ``cli-noop``: the same command again over its own committed output ("nothing to do");
-* ``import``: ``python -c "import engine"``, beside ``python -c pass`` (the interpreter) and
-  ``import pyarrow.compute`` (what the job file itself imports: the floor of both commands above).
+* ``import``: ``python -c "import engine"``, beside ``python -c pass`` (the interpreter), a job file's
+  imports (``import pyarrow.compute; from engine import Job, agg``) and ``import pyarrow.compute``
+  alone (what the job file itself needs: the floor of both commands above).
 
 Both answers are checked against a word count by pyarrow in this process.
 
@@ -160,13 +161,16 @@ def startup_cases(repeat: int, scratch: str, peers: tuple[str, ...] = ("duckdb",
             return harness.Outcome(wall([sys.executable, "-c", statement], env))
         return run
     imports = harness.measure({ENGINE: importing("import engine"), "python": importing("pass"),
+                               "job-file": importing("import pyarrow.compute; from engine import Job, agg"),
                                "pyarrow.compute": importing("import pyarrow.compute")}, repeat, on_run=on_run)
     where = "a fresh process each run; bytecode caches on"
     return [("cli-wordcount", cli, cli_check, [f"mapreduce run {README_JOB} --input {README_INPUT} --output <fresh>; "
                                                f"{where}; target {TARGET_CLI_S} s"]),
             ("cli-noop", rerun, noop_check, [f"the same command over its committed output; {where}; "
                                              f"target {TARGET_NOOP_S} s"]),
-            ("import", imports, {}, [f"python -c 'import engine' (and the interpreter, and pyarrow.compute); {where}"])]
+            ("import", imports, {}, [f"python -c 'import engine'; beside it the interpreter alone, what a job file "
+                                     f"imports (pyarrow.compute; from engine import Job, agg) and pyarrow.compute "
+                                     f"alone; {where}"])]
 
 
 def _installed(name: str) -> bool:

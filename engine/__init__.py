@@ -33,9 +33,10 @@ if TYPE_CHECKING:
 
 # Public names imported on first use (PEP 562): `from engine import Job, agg` loads the job modules
 # only, so a job file, and a rerun with nothing to do, do not pay for the run machinery.
-_LAZY = {"agg": (".agg", None), "Job": (".job", "Job"), "read": (".commit", "read"), "verify": (".commit", "verify"),
-         "VerifySummary": (".commit", "VerifySummary"), "RunReport": (".report", "RunReport"),
-         "run": (".runner", "run"), "RunResult": (".runner", "RunResult"), "__version__": ("._version", "ENGINE_VERSION")}
+_LAZY = {"agg": (".agg", None), "Job": (".job", "Job"), "read": (".commit", "read"),
+         "verify": (".commit", "verify"), "VerifySummary": (".commit", "VerifySummary"),
+         "RunReport": (".report", "RunReport"), "run": (".runner", "run"), "RunResult": (".runner", "RunResult"),
+         "__version__": ("._version", "ENGINE_VERSION")}
 
 
 def __getattr__(name: str) -> Any:

@@ -3,10 +3,11 @@ address, or a Client.
 
 ``cluster=None`` (and no ``DASK_SCHEDULER_ADDRESS``) with an input of at most ``engine.local.max-bytes``
 runs in the driver process on a thread pool (:mod:`engine.local`): no cluster starts and neither dask
-nor distributed is imported. Above that, ``cluster=None`` starts one ``LocalCluster`` on 127.0.0.1 the first time it is needed (one worker
-process per core, one thread each) and reuses it for later runs in the same process: a notebook
-or script pays the start-up once. ``DASK_SCHEDULER_ADDRESS`` in the environment is honoured like an
-address. ``memory://`` data lives in one process, so runs that touch it use an in-process cluster.
+nor distributed is imported. Above that, ``cluster=None`` starts one ``LocalCluster`` on 127.0.0.1 the
+first time it is needed (one worker process per core, one thread each) and reuses it for later runs
+in the same process: a notebook or script pays the start-up once. ``DASK_SCHEDULER_ADDRESS`` in the
+environment is honoured like an address. ``memory://`` data lives in one process, so runs that touch
+it use the driver's threads or an in-process cluster.
 
 >>> client, info = get_client(None)                      # doctest: +SKIP
 >>> info.dashboard                                        # doctest: +SKIP
@@ -81,9 +82,9 @@ def _embedded(processes: bool):
         env = _worker_env()
         os.environ.update(env)
         with config.dask_config().set({"distributed.scheduler.worker-saturation": 1.0,
-                              "distributed.nanny.pre-spawn-environ": env,
-                              "distributed.worker.daemon": False,
-                              "distributed.admin.tick.limit": "30s"}):
+                                       "distributed.nanny.pre-spawn-environ": env,
+                                       "distributed.worker.daemon": False,
+                                       "distributed.admin.tick.limit": "30s"}):
             try:
                 where = {"host": "127.0.0.1"} if processes else {}   # in-process clusters talk inproc://
                 cluster = LocalCluster(n_workers=workers, threads_per_worker=threads, processes=processes,
@@ -225,7 +226,7 @@ def get_client(cluster: Any = None, *, in_process: bool = False, input_bytes: in
         except Exception as exc:  # noqa: BLE001
             raise ClusterError(f"the cluster at {client.scheduler.address} has no workers") from exc
         workers = client.scheduler_info(n_workers=-1).get("workers", {})
-    same_host = all(_is_local_host(_host(addr)) for addr in workers)
+    same_host = all(addr.startswith("inproc://") or _is_local_host(_host(addr)) for addr in workers)
     in_proc = getattr(getattr(client, "cluster", None), "processes", True) is False
     return client, ClusterInfo(False, same_host, in_proc, len(workers),
                                sum(w.get("nthreads", 1) for w in workers.values()),
