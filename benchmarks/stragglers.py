@@ -457,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: the big file ({file_bytes * args.skew_factor / 2**20:.0f} MiB) is over the split size "
               f"({split / 2**20:.0f} MiB) and becomes several map tasks", flush=True)
 
+    import dask.config
+    dask.config.set({"engine.local.max-bytes": 0})   # speculation needs worker processes, however small the input
     client, info = get_client(None)
     env = environment(info)
     scratch = tempfile.mkdtemp(prefix="stragglers-")
