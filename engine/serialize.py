@@ -69,9 +69,21 @@ def _system_dirs_of(path: tuple[str, ...], prefix: str, base_prefix: str) -> tup
     return tuple(sorted(dirs))
 
 
+@functools.lru_cache(maxsize=2048)
+def _real_dir(directory: str) -> str:
+    return os.path.realpath(directory)
+
+
+def _realpath(path: str) -> str:
+    """``os.path.realpath(path)``, resolving each directory once (hundreds of modules share a few)."""
+    if os.path.islink(path):
+        return os.path.realpath(path)
+    return os.path.join(_real_dir(os.path.dirname(path)), os.path.basename(path))
+
+
 @functools.lru_cache(maxsize=8192)
 def _is_user_file(path: str, system: tuple[str, ...]) -> bool:
-    real = os.path.realpath(path)
+    real = _realpath(path)
     if real.startswith(_ENGINE_DIR + os.sep):
         return False
     return not any(real.startswith(d + os.sep) for d in system)
