@@ -29,6 +29,11 @@ The engine never sees a whole group at once.  It runs every aggregation as three
 
 ``aggregate(table)`` is ``finalize(merge(partial(table)))``: the answer a single process gives.
 
+``row_states(table)`` is a ``partial`` that does not group: one state row per input row (each the
+state of a group holding that row alone).  ``merge`` accepts its output like any other state, so a
+map task whose keys are nearly unique may ship ``row_states`` instead of paying for a ``partial``
+that would barely shrink its rows.
+
 Semantics follow Arrow's (and SQL's) grouped aggregation: null values are skipped by every
 aggregation except :func:`count`, which counts rows; null keys form a group of their own; a group
 whose values are all null yields null (``count_distinct`` and ``approx_distinct`` yield 0,
@@ -423,6 +428,25 @@ def _valid_rows(values: pa.ChunkedArray | pa.Array, gid: np.ndarray) -> tuple[pa
     return values.filter(pa.array(valid)), gid[valid]
 
 
+def _row_offsets(valid: np.ndarray | None, n: int) -> np.ndarray:
+    """int32 list offsets giving every row a list of its own value (none for a null row)."""
+    offsets = np.arange(n + 1, dtype=np.int64) if valid is None else \
+        np.concatenate([[0], np.cumsum(valid, dtype=np.int64)])
+    if offsets[-1] >= 1 << 31:
+        raise OverflowError("an aggregation state holds more than 2**31 values in one table")
+    return offsets.astype(np.int32)
+
+
+def _row_lists(values: pa.Array | pa.ChunkedArray, value_type: pa.DataType) -> pa.Array:
+    """Per row, the list of its value: ``[v]``, or ``[]`` where the value is null."""
+    values = _single(values)
+    valid = _valid_mask(values)
+    offsets = pa.array(_row_offsets(valid, len(values)), type=pa.int32())
+    if valid is not None:
+        values = values.filter(pa.array(valid))
+    return pa.ListArray.from_arrays(offsets, _single(values, value_type), type=pa.list_(value_type))
+
+
 class _Plan:
     """Collects Arrow hash aggregations over one table's group ids and runs them in a single
     ``group_by``; results come back aligned with group ids ``0..ng-1``."""
@@ -590,6 +614,12 @@ class _Kind:
     def merge(self, agg: Aggregation, state: list[pa.ChunkedArray], plan: _Plan) -> _Finisher:
         raise NotImplementedError
 
+    def rows(self, agg: Aggregation, values: pa.ChunkedArray | None,
+             n: int) -> list[pa.Array | pa.ChunkedArray]:
+        """One state row per input row, without grouping: the state ``partial`` gives a group
+        that holds that row alone."""
+        raise NotImplementedError
+
     def finalize(self, agg: Aggregation,
                  state: list[pa.ChunkedArray]) -> pa.Array | pa.ChunkedArray:
         raise NotImplementedError
@@ -612,6 +642,9 @@ class _Count(_Kind):
     def merge(self, agg, state, plan):
         i = plan.want(plan.column(("state", id(state[0])), lambda: state[0]), "sum")
         return lambda: [plan[i]]
+
+    def rows(self, agg, values, n):
+        return [pa.array(np.ones(n, dtype=np.int64), type=pa.int64())]
 
     def finalize(self, agg, state):
         return state[0]
@@ -640,6 +673,9 @@ class _Reduce(_Kind):
         i = plan.want(plan.column(("state", id(state[0])), lambda: state[0]), self.func)
         return lambda: [plan[i]]
 
+    def rows(self, agg, values, n):
+        return [values if self.func != "sum" else values.cast(_sum_type(values.type))]
+
     def finalize(self, agg, state):
         return state[0]
 
@@ -666,6 +702,10 @@ class _Mean(_Kind):
         s = plan.want(sc, "sum", pc.ScalarAggregateOptions(min_count=0), "min_count=0")
         n = plan.want(nc, "sum", pc.ScalarAggregateOptions(min_count=0), "min_count=0")
         return lambda: [plan[s], plan[n]]
+
+    def rows(self, agg, values, n):
+        f = pc.cast(values, pa.float64())
+        return [pc.fill_null(f, 0.0), pc.cast(pc.is_valid(f), pa.int64())]
 
     def finalize(self, agg, state):
         total = _numpy(state[0], np.float64)
@@ -727,6 +767,12 @@ class _Var(_Kind):
                     pa.array(new_m2, pa.float64())]
         return finish
 
+    def rows(self, agg, values, n):
+        f = pc.cast(values, pa.float64())
+        # one value: mean = the value, M2 = 0 (NaN for an infinite or NaN value, as Arrow's variance has it)
+        return [pc.cast(pc.is_valid(f), pa.int64()), pc.fill_null(f, 0.0),
+                pc.fill_null(pc.subtract(f, f), 0.0)]
+
     def finalize(self, agg, state):
         n = _numpy(state[0], np.int64)
         m2 = _numpy(state[2], np.float64)
@@ -769,6 +815,9 @@ class _CountDistinct(_Kind):
             flat, parents = _explode(state[0])
             return [_distinct_lists(flat, g.gid[parents], g.ng, state[0].type.value_type)]
         return finish
+
+    def rows(self, agg, values, n):
+        return [_row_lists(values, values.type)]
 
     def finalize(self, agg, state):
         return pc.cast(pc.list_value_length(state[0]), pa.int64())
@@ -841,6 +890,21 @@ class _ApproxDistinct(_Kind):
                                   g.ng, agg.param("precision"))
         return finish
 
+    def rows(self, agg, values, n):
+        p = agg.param("precision")
+        values = _single(values)
+        h = hash_array(values)
+        valid = _valid_mask(values)
+        if valid is not None:
+            h = h[valid]
+        rest = h & _U64((1 << (64 - p)) - 1)
+        rank = (64 - p) - _bit_length(rest) + 1
+        offsets = pa.array(_row_offsets(valid, n), type=pa.int32())
+        idx = pa.array((h >> _U64(64 - p)).astype(np.uint16), type=pa.uint16())
+        return [pa.ListArray.from_arrays(offsets, idx, type=pa.list_(pa.uint16())),
+                pa.ListArray.from_arrays(offsets, pa.array(rank.astype(np.uint8), type=pa.uint8()),
+                                         type=pa.list_(pa.uint8()))]
+
     def finalize(self, agg, state):
         m = 1 << agg.param("precision")
         ng = len(state[1])
@@ -901,6 +965,9 @@ class _TopK(_Kind):
                                state[0].type.value_type)]
         return finish
 
+    def rows(self, agg, values, n):
+        return [_row_lists(values, values.type)]
+
     def finalize(self, agg, state):
         return state[0]
 
@@ -935,6 +1002,9 @@ class _FirstLast(_Kind):
 
     def merge(self, agg, state, plan):
         return self._pick(("rows", id(state[0])), state[0], plan)
+
+    def rows(self, agg, values, n):
+        return [values]
 
     def finalize(self, agg, state):
         return state[0]
@@ -985,6 +1055,9 @@ class _Quantile(_Kind):
     def merge(self, agg, state, plan):
         g = plan.groups
         return lambda: [_regrouped_lists(state[0], g.gid, g.ng)]
+
+    def rows(self, agg, values, n):
+        return [_row_lists(pc.cast(values, pa.float64()), pa.float64())]
 
     def finalize(self, agg, state):
         ng = len(state[0])
@@ -1242,6 +1315,22 @@ class AggregationSet:
             finishers.append(_IMPL[a.kind].partial(a, values, plan))
         plan.run()
         return self._assemble(table, plan, finishers, schema)
+
+    def row_states(self, table: pa.Table | pa.RecordBatch) -> pa.Table:
+        """Raw rows → a state table with one row per input row, in input order, without grouping:
+        each row's state is the one ``partial`` gives a group holding that row alone (``count``: 1,
+        ``sum``: the value, ``mean``: the value and 1, ``count_distinct``: a list of the value, ...).
+        Cheaper than ``partial`` where keys are nearly unique; ``merge`` takes both alike."""
+        if isinstance(table, pa.RecordBatch):
+            table = pa.Table.from_batches([table])
+        schema = self.state_schema(table.schema)
+        n = table.num_rows
+        columns: list[Any] = [table.column(k) for k in self.keys]
+        for a in self.aggs.values():
+            values = _values(table, a.column) if a.column else None
+            columns.extend(_IMPL[a.kind].rows(a, values, n))
+        columns = [_conform(c, f.type) for c, f in zip(columns, schema)]
+        return pa.Table.from_arrays(columns, schema=schema)
 
     def merge(self, state: pa.Table | Sequence[pa.Table]) -> pa.Table:
         """State rows (any number per key, e.g. several partials concatenated) → one state row

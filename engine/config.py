@@ -47,6 +47,12 @@ DEFAULTS: dict[str, Any] = {
         "dir": None,
         # Apply the round's combine (or aggregations' partials) on the map side before shuffling.
         "map-combine": True,
+        # A map task stops combining once its first combine-min-rows input rows show that the combine
+        # removes less than combine-min-reduction of the rows it sees (nearly unique keys); it ships the
+        # rest uncombined (aggregations: one state row per input row), and the reducers merge as ever.
+        "adaptive-combine": True,
+        "combine-min-rows": 1048576,
+        "combine-min-reduction": 0.5,
     },
     "retries": {
         "attempts": 3,          # attempts per task in all (first + retries)

@@ -562,6 +562,7 @@ class StageExecutor:
                                    f"{missing} never finished", round=st.round_index, stage=st.kind,
                                    partition=missing[0])
         st.report.stop = time.time()
+        self.report.note_combine(st.report, st.results)
         self.losers.extend(st.losers)
         return st.results
 

@@ -61,6 +61,8 @@ class StageReport:
     retries: int = 0
     speculative: int = 0
     resumed: int = 0
+    combine_stopped: int = 0    # map tasks that gave up their map-side combine (engine.shuffle.adaptive-combine)
+    combine_kept: int = 0       # map tasks that decided to keep combining
 
     @property
     def duration(self) -> float:
@@ -87,6 +89,7 @@ class RunReport:
     tasks: list[TaskReport] = field(default_factory=list)
     skew: list[dict] = field(default_factory=list)
     joins: list[dict] = field(default_factory=list)       # join strategy and skew-split decisions, with sizes
+    combine: list[dict] = field(default_factory=list)     # map stages whose tasks stopped combining, see note_combine
     speculation: list[dict] = field(default_factory=list)
     zombies: list[dict] = field(default_factory=list)     # cancelled attempts that kept running, see above
     retries: list[dict] = field(default_factory=list)
@@ -106,6 +109,29 @@ class RunReport:
             if (stage is None or t.stage == stage) and t.worker and t.worker != "?":
                 counts[t.worker] = counts.get(t.worker, 0) + 1
         return dict(sorted(counts.items()))
+
+    def note_combine(self, stage: StageReport, results: dict[int, dict]) -> None:
+        """Count a finished map stage's adaptive-combine decisions (each task reports ``combine``:
+        ``"stopped"``, ``"kept"`` or ``"undecided"``, with the rows its combine saw and kept); a stage
+        where some task stopped combining gets an entry in ``combine``, with its reason."""
+        outcomes = [v for v in results.values() if v.get("combine")]
+        if not outcomes:
+            return
+        stopped = [v for v in outcomes if v["combine"] == "stopped"]
+        stage.combine_stopped = len(stopped)
+        stage.combine_kept = sum(1 for v in outcomes if v["combine"] == "kept")
+        if not stopped:
+            return
+        seen = sum(int(v.get("combine_rows_in") or 0) for v in stopped)
+        kept = sum(int(v.get("combine_rows_out") or 0) for v in stopped)
+        share = kept / seen if seen else 1.0
+        self.combine.append({
+            "stage": stage.name, "round": stage.round, "tasks": len(outcomes), "stopped": len(stopped),
+            "kept": stage.combine_kept, "sampled_rows": seen, "sampled_rows_out": kept,
+            "reason": f"{stage.name}: {len(stopped)} of {len(outcomes)} map task(s) stopped combining: on the "
+                      f"{seen:,} rows they combined first, the combine kept {share:.1%} (less reduction than "
+                      f"engine.shuffle.combine-min-reduction asks); they shipped the rest of their rows "
+                      f"uncombined, for the reducers to merge"})
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -142,6 +168,8 @@ class RunReport:
                 lines.append(f"  ran {self.cluster['where']}")
         for s in self.stages:
             extra = []
+            if s.combine_stopped:
+                extra.append(f"{s.combine_stopped} stopped combining")
             if s.retries:
                 extra.append(f"{s.retries} retried")
             if s.speculative:
@@ -152,6 +180,8 @@ class RunReport:
                 lines.append(f"  {'':<24} tasks per worker: {self._placement_line(s.name)}")
         for d in self.joins:
             lines.append(f"  join: {d.get('reason', d)}")
+        for d in self.combine:
+            lines.append(f"  combine: {d.get('reason', d)}")
         for d in self.skew:
             lines.append(f"  skew: {d.get('reason', d)}")
         for d in self.speculation:
@@ -169,7 +199,7 @@ class RunReport:
             f"<td>{s.rows_in:,}</td><td>{s.rows_out:,}</td><td>{s.bytes_out:,}</td><td>{s.retries}</td>"
             f"<td>{s.speculative}</td><td>{html.escape(self._placement_line(s.name))}</td></tr>" for s in self.stages)
         notes = "".join(f"<li>{html.escape(redact(str(d.get('reason', d))))}</li>"
-                        for d in self.joins + self.skew + self.speculation + self.zombies)
+                        for d in self.joins + self.combine + self.skew + self.speculation + self.zombies)
         return (f"<div><b>{html.escape(self.job)}</b> run <code>{self.run_id[:12]}</code>: {self.status} in "
                 f"{self.duration:.2f}s, {self.output_rows:,} rows in {self.output_files} files<br>"
                 f"<table><tr><th>stage</th><th>tasks</th><th>time</th><th>rows in</th><th>rows out</th>"

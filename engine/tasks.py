@@ -34,12 +34,36 @@ import pyarrow as pa
 from . import shuffle
 from .commit import ParquetAttemptWriter
 from .datasets import Split, is_local, read_split
-from .errors import EngineError, FencedError, IntegrityError, SchemaError
+from .errors import EngineError, FencedError, IntegrityError, JobDefinitionError, SchemaError
 from .joins import check_keys, conform_keys, join_tables, key_types
 
 
 class TaskCancelled(Exception):
     """Raised inside a task whose attempt was cancelled by the driver (a speculative loser)."""
+
+
+@dataclass(frozen=True)
+class CombinePolicy:
+    """When a map task gives up its map-side combine (``engine.shuffle.adaptive-combine``,
+    ``combine-min-rows``, ``combine-min-reduction``): once it has combined ``min_rows`` input rows,
+    if the combine removed less than ``min_reduction`` of them (keys nearly unique in the task), it
+    ships the rest of its rows uncombined. Read from the config where the context is made (the driver)."""
+
+    enabled: bool = True
+    min_rows: int = 1 << 20
+    min_reduction: float = 0.5
+
+    @classmethod
+    def from_config(cls) -> CombinePolicy:
+        from . import config
+        enabled = bool(config.get("shuffle.adaptive-combine"))
+        rows, reduction = config.get("shuffle.combine-min-rows"), config.get("shuffle.combine-min-reduction")
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+            raise JobDefinitionError(f"engine.shuffle.combine-min-rows must be a positive number of rows, got {rows!r}")
+        if isinstance(reduction, bool) or not isinstance(reduction, (int, float)) or not 0 <= reduction <= 1:
+            raise JobDefinitionError("engine.shuffle.combine-min-reduction must be a fraction between 0 and 1 "
+                                     f"(0.5: the combine must remove half the rows to go on), got {reduction!r}")
+        return cls(enabled, int(rows), float(reduction))
 
 
 @dataclass(frozen=True)
@@ -72,6 +96,7 @@ class TaskContext:
     side: int = 0                     # map tasks: which side of the node (its maps in the payload)
     ops: tuple = ()                   # map tasks: steps before the side's maps (fused broadcast joins)
     key_types: tuple | None = None    # join/cogroup map tasks: cast the keys to these types before hashing
+    combine_policy: CombinePolicy = field(default_factory=CombinePolicy.from_config)
 
     @property
     def last_round(self) -> bool:
@@ -402,6 +427,9 @@ def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partitio
                       "schema": writer.schema, "side": ctx.side}
         else:
             combine = _combiner(ctx, stages, label) if ctx.map_combine else None
+            adaptive = None
+            if combine is not None and ctx.combine_policy.enabled:
+                adaptive = combine = _AdaptiveCombine(combine, _uncombined(stages), ctx.combine_policy)
             path = posixpath.join(ctx.shuffle_root, shuffle.attempt_name(f"r{ctx.round}-map", partition, attempt))
             what, fence = f"{label}, attempt {attempt}", _shuffle_fence(ctx, path)
             with _fenced(fence, ctx.shuffle_fs, path, what):
@@ -409,6 +437,7 @@ def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partitio
                                                    combine=combine, spill_bytes=ctx.spill_bytes,
                                                    top_keys=ctx.top_keys)
                 checked = False
+                written = 0
                 for table in mapped():
                     if not checked:
                         _check_keys(table, ctx.keys, f"the map output of {label}")
@@ -418,6 +447,9 @@ def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partitio
                         checked = True
                     with _computing(f"the map-side combine of {label} (input {split.describe()})"):
                         writer.write(table)
+                        written += table.num_rows
+                        if adaptive is not None and adaptive.undecided and written >= adaptive.policy.min_rows:
+                            writer.spill()      # combine the sample now: the decision need not wait for a full buffer
                 if ctx.faults is not None:
                     ctx.faults.during_task(ctx, "map", partition, attempt)
                 _fence_check(fence, what, path)          # the file is usually opened by close()
@@ -426,6 +458,8 @@ def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partitio
             index.rows_in = rows_in
             result = {"shuffle": index, "rows_out": index.total_rows, "bytes_out": index.total_bytes,
                       "schema": writer.schema}
+            if adaptive is not None:
+                result.update(adaptive.outcome())
     except BaseException:
         if output is not None:
             output.abort()
@@ -540,6 +574,46 @@ def _combiner(ctx: TaskContext, stages: dict, label: str):
                               "a combine must return the columns and types it receives")
         return out
     return combine
+
+
+def _uncombined(stages: dict):
+    """What a map task ships once it stops combining: the aggregations' per-row states (the reducers
+    merge them like any partial state), or the rows as they are (a user combine may run zero times)."""
+    aggs = stages.get("aggs")
+    return aggs.row_states if aggs is not None else (lambda table: table)
+
+
+class _AdaptiveCombine:
+    """A map task's combine that gives up when it does not pay (see :class:`CombinePolicy`).
+
+    Each spill is combined until ``policy.min_rows`` input rows have been; then, if the combine kept
+    more than ``1 - policy.min_reduction`` of them, every later spill goes through ``uncombined``
+    instead (no hashing, no grouping). The decision is final and made once per task attempt, from
+    the rows the task itself saw; :meth:`outcome` reports it with the task's result."""
+
+    def __init__(self, combine, uncombined, policy: CombinePolicy) -> None:
+        self.combine, self.uncombined, self.policy = combine, uncombined, policy
+        self.rows_in = self.rows_out = 0        # rows the combine saw and kept, while it ran
+        self.stopped_at: int | None = None      # combined input rows when it stopped
+        self.undecided = True
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        if self.stopped_at is not None:
+            return self.uncombined(table)
+        out = self.combine(table)
+        self.rows_in += table.num_rows
+        self.rows_out += out.num_rows
+        if self.undecided and self.rows_in >= self.policy.min_rows:
+            self.undecided = False
+            if self.rows_out > (1.0 - self.policy.min_reduction) * self.rows_in:
+                self.stopped_at = self.rows_in
+        return out
+
+    def outcome(self) -> dict:
+        """Plain fields for the task's result (and its journal entry)."""
+        return {"combine": "stopped" if self.stopped_at is not None else
+                ("kept" if not self.undecided else "undecided"),
+                "combine_rows_in": self.rows_in, "combine_rows_out": self.rows_out}
 
 
 def _concat(tables: list[pa.Table]) -> pa.Table:
@@ -697,6 +771,6 @@ def run_join(ctx: TaskContext, blob: bytes, refs: list, piece: tuple | None, sch
     return result_info
 
 
-__all__ = ["TaskContext", "run_map", "run_reduce", "run_partial", "run_join", "check_cancelled", "TaskCancelled", "load_payload",
+__all__ = ["TaskContext", "CombinePolicy", "run_map", "run_reduce", "run_partial", "run_join", "check_cancelled", "TaskCancelled", "load_payload",
            "PayloadRef"]
 _ = EngineError
