@@ -292,9 +292,13 @@ class _Groups:
         self.first = first
 
 
-def _codes(column: pa.ChunkedArray) -> tuple[np.ndarray, int]:
-    """Dense first-appearance codes of a column's values (null is a value of its own)."""
+def _codes(column: pa.ChunkedArray, dense: bool = True) -> tuple[np.ndarray, int]:
+    """Codes of a column's values (null is a value of its own) and their count: dense and numbered
+    in order of first appearance, or with ``dense=False`` perhaps neither (a dictionary's indices)."""
     if pa.types.is_dictionary(column.type):
+        found = _dictionary_codes(column, dense)
+        if found is not None:
+            return found
         column = column.cast(column.type.value_type)
     encoded = pc.dictionary_encode(column, null_encoding="encode")
     if isinstance(encoded, pa.ChunkedArray):
@@ -308,6 +312,27 @@ def _codes(column: pa.ChunkedArray) -> tuple[np.ndarray, int]:
         return codes, card
     return np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64), \
         len(encoded.dictionary)
+
+
+def _dictionary_codes(column: pa.ChunkedArray, dense: bool) -> tuple[np.ndarray, int] | None:
+    """Codes of a dictionary-encoded column from its indices, without decoding its values: the chunks'
+    dictionaries unified first, so equal values get one code whatever chunk they are in; null gets a
+    code of its own. None where the values' own equality is not the module's (floats), or where a
+    dictionary holds nulls or a value twice: then the caller decodes."""
+    if not _direct_key(column.type.value_type) or column.num_chunks == 0:
+        return None
+    if column.num_chunks > 1:
+        column = pa.table({"c": column}).unify_dictionaries().column(0)
+    dictionary = column.chunk(0).dictionary
+    if dictionary.null_count or pc.count_distinct(dictionary).as_py() != len(dictionary):
+        return None
+    card = len(dictionary)
+    codes = np.concatenate([_numpy(c.indices, np.int64, fill=card) for c in column.chunks])
+    if column.null_count:
+        card += 1
+    if dense:
+        codes, card = _densify(codes)
+    return codes, card
 
 
 def _first_rows(gid: np.ndarray) -> np.ndarray:
@@ -326,9 +351,9 @@ def _group_ids(table: pa.Table, keys: Sequence[str]) -> _Groups:
     if not keys:
         ng = 1 if n else 0
         return _Groups(np.zeros(n, dtype=np.int64), ng, np.zeros(ng, dtype=np.int64))
-    codes, card = _codes(table.column(keys[0]))
+    codes, card = _codes(table.column(keys[0]), dense=len(keys) == 1)
     for key in keys[1:]:
-        more, more_card = _codes(table.column(key))
+        more, more_card = _codes(table.column(key), dense=False)
         if card * more_card >= 1 << 62:      # keep the mixed-radix code in int64: re-densify
             codes, card = _densify(codes)
         codes = codes * more_card + more
@@ -494,8 +519,8 @@ class _Plan:
 @lru_cache(maxsize=None)
 def _direct_key(t: pa.DataType) -> bool:
     """Whether Arrow's grouping of a single key column of type ``t`` matches the module's (floats
-    are left out for their zeros and NaNs, dictionaries because their chunks may not share one
-    dictionary)."""
+    are left out for their zeros and NaNs; a dictionary column is grouped on its codes instead, see
+    :func:`_dictionary_codes`, as its chunks may not share one dictionary)."""
     return (pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t)
             or pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_boolean(t)
             or pa.types.is_temporal(t) or pa.types.is_decimal(t)
@@ -505,9 +530,9 @@ def _direct_key(t: pa.DataType) -> bool:
 def _mixed_codes(table: pa.Table, keys: Sequence[str]) -> np.ndarray | None:
     """One int64 code per row for several keys (mixed radix of the keys' dictionary codes, equal
     exactly for equal key tuples), or None when the code would not fit in int64."""
-    codes, card = _codes(table.column(keys[0]))
+    codes, card = _codes(table.column(keys[0]), dense=False)
     for key in keys[1:]:
-        more, more_card = _codes(table.column(key))
+        more, more_card = _codes(table.column(key), dense=False)
         if card * more_card >= 1 << 62:
             return None
         codes = codes * more_card + more
@@ -530,7 +555,9 @@ class _KeyPlan(_Plan):
 
     def run(self) -> None:
         table, keys = self.table, self.key_names
-        codes = _mixed_codes(table, keys) if len(keys) > 1 else None
+        # a dictionary key is grouped on its (unified) indices, never decoded
+        codes = _mixed_codes(table, keys) if len(keys) > 1 or pa.types.is_dictionary(
+            table.schema.field(keys[0]).type) else None
         if codes is not None:
             names = ["k0"]
             data: dict[str, Any] = {"k0": pa.array(codes, type=pa.int64())}
@@ -1297,7 +1324,8 @@ class AggregationSet:
         if not self.keys:
             return False
         # one key is grouped on as it is; several keys through their dictionary codes
-        if len(self.keys) == 1 and not _direct_key(schema.field(self.keys[0]).type):
+        t = schema.field(self.keys[0]).type
+        if len(self.keys) == 1 and not (_direct_key(t) or (pa.types.is_dictionary(t) and _direct_key(t.value_type))):
             return False
         flag = "direct_partial" if step == "partial" else "direct_merge"
         return _bi.all(getattr(_IMPL[a.kind], flag) for a in self.aggs.values())

@@ -53,6 +53,9 @@ DEFAULTS: dict[str, Any] = {
         "adaptive-combine": True,
         "combine-min-rows": 1048576,
         "combine-min-reduction": 0.5,
+        # Aggregations with no map function before them read Parquet string keys that have small
+        # dictionaries as dictionaries, and group and hash their codes; the shuffle files hold values.
+        "encoded-keys": True,
     },
     "retries": {
         "attempts": 3,          # attempts per task in all (first + retries)

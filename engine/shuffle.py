@@ -77,8 +77,10 @@ def split_by_partition(table: pa.Table, pids: np.ndarray, num_partitions: int) -
 # What the shuffle writes
 
 
-def shuffle_ready(table: pa.Table) -> pa.Table:
+def shuffle_ready(table: pa.Table, keep: Sequence[str] = ()) -> pa.Table:
     """``table`` in the types the shuffle writes: dictionaries decoded, view types made plain (any depth).
+    Columns named in ``keep`` stay dictionary-encoded (their values made plain) for now: a map task's
+    key columns until the aggregations have combined them and their partitions are known.
 
     An Arrow IPC file holds one dictionary per column for all its batches, but a map function emits a
     new dictionary with every input batch, and every spill writes new batches: the second dictionary
@@ -89,7 +91,7 @@ def shuffle_ready(table: pa.Table) -> pa.Table:
     as it is.
     """
     schema = table.schema
-    fields = [f.with_type(plain_type(f.type, decode_dictionaries=True)) for f in schema]
+    fields = [f.with_type(plain_type(f.type, decode_dictionaries=f.name not in keep)) for f in schema]
     if all(a.type.equals(b.type) for a, b in zip(fields, schema)):
         return table
     return table.cast(pa.schema(fields, metadata=schema.metadata))
@@ -217,13 +219,19 @@ class HashShuffleWriter:
 
     ``combine`` (optional) maps a buffered table to a smaller one of the form the reducer expects
     (a user's combine, or an aggregation's partial). It is applied once per spill.
+
+    ``encoded_keys``: dictionary-encoded key columns stay encoded through the combine (which groups on
+    their codes) and the hashing (which hashes each dictionary value once); they are decoded only
+    before the spill's rows are written, so the file holds values and equal keys meet whatever their
+    encoding. Only for a combine that accepts dictionary keys (the aggregations' own).
     """
 
     def __init__(self, fs, path: str, keys: Sequence[str], num_partitions: int, *,
                  combine: Callable[[pa.Table], pa.Table] | None = None, spill_bytes: int = 64 << 20,
-                 top_keys: int = 0) -> None:
+                 top_keys: int = 0, encoded_keys: bool = False) -> None:
         self.keys, self.num_partitions, self.combine = list(keys), num_partitions, combine
         self.spill_bytes, self.top_keys = spill_bytes, top_keys
+        self._keep = tuple(self.keys) if encoded_keys else ()
         self._file = _IPCFile(fs, path)
         self._buffer: list[pa.Table] = []
         self._buffered = 0
@@ -234,7 +242,7 @@ class HashShuffleWriter:
         self._heavy: dict[tuple, tuple[int, int]] = {}
 
     def write(self, table: pa.Table) -> None:
-        table = shuffle_ready(table)
+        table = shuffle_ready(table, self._keep)
         if table.num_rows == 0:
             if self._empty is None:
                 self._empty = table
@@ -251,8 +259,9 @@ class HashShuffleWriter:
         self._buffer, self._buffered = [], 0
         if self.combine is not None:
             table = self.combine(table)
-        self._schema = table.schema
         pids = partition_ids(table, self.keys, self.num_partitions)
+        table = shuffle_ready(table)            # encoded keys decoded: the file holds values
+        self._schema = table.schema
         for p, part in split_by_partition(table, pids, self.num_partitions):
             for batch in part.combine_chunks().to_batches():
                 b = self._file.write(batch)
@@ -293,7 +302,7 @@ class HashShuffleWriter:
         if self._schema is None and self._empty is not None:
             # No rows at all: the file still carries the schema reducers expect (after combine).
             empty = self.combine(self._empty) if self.combine is not None else self._empty
-            self._schema = empty.schema
+            self._schema = shuffle_ready(empty).schema
         self._file.close(self._schema)
         self.out.blocks, self.out.schema = self._file.blocks, self._file.schema
         return self.out

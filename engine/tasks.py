@@ -42,6 +42,11 @@ class TaskCancelled(Exception):
     """Raised inside a task whose attempt was cancelled by the driver (a speculative loser)."""
 
 
+def _config_get(key: str) -> Any:
+    from . import config
+    return config.get(key)
+
+
 @dataclass(frozen=True)
 class CombinePolicy:
     """When a map task gives up its map-side combine (``engine.shuffle.adaptive-combine``,
@@ -97,6 +102,8 @@ class TaskContext:
     ops: tuple = ()                   # map tasks: steps before the side's maps (fused broadcast joins)
     key_types: tuple | None = None    # join/cogroup map tasks: cast the keys to these types before hashing
     combine_policy: CombinePolicy = field(default_factory=CombinePolicy.from_config)
+    # declarative aggregations read Parquet string keys with small dictionaries dictionary-encoded
+    encoded_keys: bool = field(default_factory=lambda: bool(_config_get("shuffle.encoded-keys")))
 
     @property
     def last_round(self) -> bool:
@@ -357,6 +364,9 @@ def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partitio
         ctx.faults.before_task(ctx, "map", partition, attempt)
     rows_in = 0
     output = None
+    # a declarative aggregation reads its string keys dictionary-encoded where the file's dictionaries are
+    # small: no user function sees them, the combine groups on their codes and the shuffle decodes them
+    encoded = _encoded_keys(ctx, stages)
     try:
         pipeline = _map_pipeline(ctx, payload, f"{label} (input {split.describe()})")
 
@@ -364,7 +374,7 @@ def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partitio
             nonlocal rows_in
             read_any = False
             for batch in read_split(input_fs, split, columns=ctx.columns, batch_rows=ctx.batch_rows,
-                                    partition_types=ctx.partition_types):
+                                    partition_types=ctx.partition_types, dictionaries=encoded):
                 check_cancelled()
                 if ctx.faults is not None:
                     ctx.faults.during_task(ctx, "map", partition, attempt)
@@ -435,7 +445,7 @@ def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partitio
             with _fenced(fence, ctx.shuffle_fs, path, what):
                 writer = shuffle.HashShuffleWriter(ctx.shuffle_fs, path, ctx.keys, ctx.num_partitions,
                                                    combine=combine, spill_bytes=ctx.spill_bytes,
-                                                   top_keys=ctx.top_keys)
+                                                   top_keys=ctx.top_keys, encoded_keys=bool(encoded))
                 checked = False
                 written = 0
                 for table in mapped():
@@ -467,6 +477,16 @@ def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partitio
     result.update({"rows_in": rows_in, "start": start, "stop": time.time(), "worker": _worker_name(),
                    "partition": partition, "attempt": attempt, "input_bytes": split.size})
     return result
+
+
+def _encoded_keys(ctx: TaskContext, stages: dict) -> tuple[str, ...]:
+    """The key columns a map task may read dictionary-encoded: those of an aggregation round whose rows
+    reach the aggregations as read (no map function, no fused step before them), when the config allows."""
+    if ctx.kind != "aggregate" or stages.get("aggs") is None or ctx.ops or ctx.side < 0 or not ctx.encoded_keys:
+        return ()
+    own = stages.get("sides")
+    maps = own[ctx.side]["maps"] if own else stages.get("maps")
+    return () if maps else tuple(ctx.keys)
 
 
 def _map_pipeline(ctx: TaskContext, payload: list, label: str):
