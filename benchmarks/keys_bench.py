@@ -24,8 +24,9 @@ Ways of holding the keys:
   shuffle writer does today (values, not codes, decide equality).
 * ``dict-kept``: read as dictionaries and kept encoded until the combine groups on the codes (the
   spill's dictionaries unified first), decoding only the combined rows' keys.
-* ``dict-small``: ``dict-kept`` for the keys whose dictionary is small (at most 1/16 of a batch's rows
-  in the file's first row group), plain strings for the others.
+* ``dict-small``: ``dict-kept`` for the keys whose dictionary is small by the engine's rule
+  (``engine.datasets.small_dictionaries``: a dictionary page of at most half a byte per batch row),
+  plain strings for the others. This is what the engine does for declarative aggregations.
 
 Prints a table per question (seconds per step, and the total) and appends records to ``--out``.
 """
@@ -66,10 +67,10 @@ def string_keys(pf: pq.ParquetFile, keys: list[str]) -> list[str]:
 
 
 def small_dictionaries(path: str, keys: list[str]) -> list[str]:
-    """The string keys whose first row group's dictionary has at most BATCH_ROWS / 16 values."""
-    pf = pq.ParquetFile(path, read_dictionary=keys)
-    first = next(pf.iter_batches(batch_size=BATCH_ROWS, columns=keys))
-    return [k for k in keys if len(first.column(k).dictionary) <= BATCH_ROWS // 16]
+    """The string keys the engine reads dictionary-encoded from this file (its own rule, from the metadata)."""
+    from engine.datasets import small_dictionaries as chosen
+    pf = pq.ParquetFile(path)
+    return chosen(pf.metadata, pf.schema_arrow, keys, 0, BATCH_ROWS)
 
 
 def read(path: str, columns: list[str], way: str, dict_keys: list[str]) -> list[pa.RecordBatch]:
@@ -104,21 +105,9 @@ def spills(tables: list[pa.Table]) -> list[pa.Table]:
 
 
 def combine(table: pa.Table, aset: AggregationSet, q: str) -> pa.Table:
-    """The spill's partial states; dictionary keys grouped on their (unified) codes, then decoded."""
-    encoded = [k for k in aset.keys if pa.types.is_dictionary(table.schema.field(k).type)]
-    if not encoded:
-        return aset.row_states(table) if q == "q10" else aset.partial(table)
-    table = table.unify_dictionaries().combine_chunks()
-    dictionaries = {}
-    for k in encoded:
-        col = table.column(k).chunk(0)
-        dictionaries[k] = col.dictionary
-        table = table.set_column(table.schema.get_field_index(k), k, col.indices)
-    state = aset.row_states(table) if q == "q10" else aset.partial(table)
-    for k in encoded:
-        i = state.schema.get_field_index(k)
-        state = state.set_column(i, k, dictionaries[k].take(state.column(k)))
-    return state
+    """The spill's partial states (q10: per-row states), by the engine's own kernels: dictionary keys
+    are grouped on their unified codes (``engine.agg``), and decoded later with the combined rows."""
+    return aset.row_states(table) if q == "q10" else aset.partial(table)
 
 
 def run_once(path: str, q: str, way: str, scratch: str, dict_keys: list[str]) -> tuple[dict, int]:

@@ -31,7 +31,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from . import shuffle
+from . import config, shuffle
 from .commit import ParquetAttemptWriter
 from .datasets import Split, is_local, read_split
 from .errors import EngineError, FencedError, IntegrityError, JobDefinitionError, SchemaError
@@ -40,11 +40,6 @@ from .joins import check_keys, conform_keys, join_tables, key_types
 
 class TaskCancelled(Exception):
     """Raised inside a task whose attempt was cancelled by the driver (a speculative loser)."""
-
-
-def _config_get(key: str) -> Any:
-    from . import config
-    return config.get(key)
 
 
 @dataclass(frozen=True)
@@ -60,7 +55,6 @@ class CombinePolicy:
 
     @classmethod
     def from_config(cls) -> CombinePolicy:
-        from . import config
         enabled = bool(config.get("shuffle.adaptive-combine"))
         rows, reduction = config.get("shuffle.combine-min-rows"), config.get("shuffle.combine-min-reduction")
         if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
@@ -103,7 +97,7 @@ class TaskContext:
     key_types: tuple | None = None    # join/cogroup map tasks: cast the keys to these types before hashing
     combine_policy: CombinePolicy = field(default_factory=CombinePolicy.from_config)
     # declarative aggregations read Parquet string keys with small dictionaries dictionary-encoded
-    encoded_keys: bool = field(default_factory=lambda: bool(_config_get("shuffle.encoded-keys")))
+    encoded_keys: bool = field(default_factory=lambda: bool(config.get("shuffle.encoded-keys")))
 
     @property
     def last_round(self) -> bool:
