@@ -57,6 +57,8 @@ class CombinePolicy:
     def from_config(cls) -> CombinePolicy:
         enabled = bool(config.get("shuffle.adaptive-combine"))
         rows, reduction = config.get("shuffle.combine-min-rows"), config.get("shuffle.combine-min-reduction")
+        if isinstance(rows, float) and rows.is_integer():
+            rows = int(rows)                    # 1e6 from a YAML file or an environment variable
         if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
             raise JobDefinitionError(f"engine.shuffle.combine-min-rows must be a positive number of rows, got {rows!r}")
         if isinstance(reduction, bool) or not isinstance(reduction, (int, float)) or not 0 <= reduction <= 1:
