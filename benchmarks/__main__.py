@@ -3,9 +3,11 @@
     python -m benchmarks [--quick] [--suites groupby,sort,...] [--repeat N] [--peers duckdb,polars,...]
                          [--out RESULTS.jsonl] [--no-html] [--timeline SUITE:CASE] [--data DIR]
                          [--g1-rows 1e7] [--g1-parts 8] [--driver-tasks 20000] [--tpch-sf 1]
+                         [--scale-rows 1e6,1e7,1e8] [--scale-questions q1,q3,q10] [--answers-in-memory 2e7]
     python -m benchmarks compare BASELINE.jsonl CANDIDATE.jsonl [--threshold 0.10] [--noise 1.0]
     python -m benchmarks report RESULTS.jsonl [-o RESULTS.html]
     python -m benchmarks summary RESULTS.jsonl          # Markdown tables (for RESULTS.md)
+    python -m benchmarks replay REPORT.json [--slots 8,64,512]   # a run replayed on N slots, by simulation
 
 A run writes JSON lines (a ``run`` record with the environment and parameters, one ``measurement``
 record per case, system and knob value, the chosen run's ``timeline``, a closing ``summary``) and,
@@ -57,6 +59,14 @@ def run(argv: list[str]) -> int:
                     help="no-op tasks in the driver suite's stage (default: 20000; 2000 with --quick)")
     ap.add_argument("--tpch-sf", type=float, default=None,
                     help="TPC-H scale factor of the tpch suite (default: 1; 0.01 with --quick)")
+    ap.add_argument("--scale-rows", default=None,
+                    help="input sizes of the scale suite (default: 1e6,1e7,1e8; --quick: 1e4,4e4)")
+    ap.add_argument("--scale-questions", default=None, help="G1 questions of the scale suite (default: q1,q3,q10)")
+    ap.add_argument("--answers-in-memory", type=float, default=2e7,
+                    help="G1 answers estimated larger than this many rows are written as Parquet by every system "
+                         "and checked streamed (default: %(default)g)")
+    ap.add_argument("--skew-partition-size", default=None,
+                    help="partition_size of the skew suite's runs (default: the profile's)")
     args = ap.parse_args(argv)
 
     chosen = _list(args.suites)
@@ -84,6 +94,27 @@ def run(argv: list[str]) -> int:
         if args.tpch_sf <= 0:
             ap.error("--tpch-sf must be positive")
         profile = dataclasses.replace(profile, tpch_sf=args.tpch_sf)
+    if args.scale_rows is not None:
+        import dataclasses
+        try:
+            sizes = tuple(int(float(x)) for x in _list(args.scale_rows))
+        except ValueError:
+            ap.error(f"--scale-rows takes comma-separated row counts (e.g. 1e6,1e7,1e8), got {args.scale_rows!r}")
+        if not sizes or min(sizes) < 1:
+            ap.error("--scale-rows needs row counts of at least 1")
+        profile = dataclasses.replace(profile, scale_rows=sizes)
+    if args.scale_questions is not None:
+        import dataclasses
+        qs = tuple(_list(args.scale_questions))
+        wrong = [q for q in qs if q not in suites.QUESTIONS]
+        if wrong or not qs:
+            ap.error(f"--scale-questions: unknown question(s) {wrong}; choose from {', '.join(suites.QUESTIONS)}")
+        profile = dataclasses.replace(profile, scale_questions=qs)
+    if args.skew_partition_size is not None:
+        import dataclasses
+        profile = dataclasses.replace(profile, skew_partition_size=args.skew_partition_size)
+    if args.answers_in_memory < 0:
+        ap.error("--answers-in-memory must be at least 0")
     repeat = args.repeat or profile.repeat
     if repeat < 1:
         ap.error("--repeat must be at least 1")
@@ -108,13 +139,15 @@ def run(argv: list[str]) -> int:
             sink.flush()
 
         ctx = suites.Context(profile, repeat, tuple(p for p in wanted if installed.get(p)), scratch, emit,
-                             progress, data_root=args.data, timeline=args.timeline)
+                             progress, data_root=args.data, timeline=args.timeline,
+                             answers_in_memory=int(args.answers_in_memory))
         try:
             _, info = ctx.client()
             emit({"kind": "run", "mode": profile.name, "started": started,
                   "command": "python -m benchmarks " + shlex.join(argv),
                   "params": {"suites": chosen, "repeat": repeat, "peers": list(ctx.peers),
                              "peers_missing": missing, "timeline": args.timeline,
+                             "answers_in_memory": int(args.answers_in_memory),
                              "profile": suites.profile_dict(profile)},
                   "environment": common.environment(info, packages=("duckdb", "polars", "pandas"), settings=True)})
             for name in chosen:
@@ -156,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "report":
         from benchmarks import report
         return report.main(argv[1:])
+    if argv and argv[0] == "replay":
+        from benchmarks import replay
+        return replay.main(argv[1:])
     if argv and argv[0] == "run":
         argv = argv[1:]
     return run(argv)

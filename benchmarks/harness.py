@@ -9,12 +9,17 @@ them alike. Every system is a callable returning an :class:`Outcome`: the second
 Figures are medians; the *spread* of a figure is ``(max - min) / median`` of its repeats, the noise
 ``python -m benchmarks compare`` uses. The ratio of the engine to a peer is taken within every repeat
 (the two runs seconds apart) and the median of those ratios reported.
+
+An answer is a pyarrow Table, or, when it is too big to hold (``benchmarks.answers.ParquetAnswer``),
+the Parquet files the system wrote; :class:`PeakRSS` measures how much memory checking it took.
 """
 
 from __future__ import annotations
 
 import gc
+import os
 import statistics
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +33,7 @@ class Outcome:
     """What one timed run of one system returns."""
 
     seconds: float
-    answer: Any = None              # a pyarrow Table (or anything the case's check understands)
+    answer: Any = None              # a pyarrow Table, a ParquetAnswer (or anything the case's check understands)
     rows: int | None = None         # rows of the answer
     extra: dict = field(default_factory=dict)   # per-run facts worth keeping (stage times, decisions)
 
@@ -96,6 +101,47 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - t0, value
 
 
+class PeakRSS:
+    """The process's resident memory while a block runs, sampled every ``interval`` seconds:
+    ``start`` and ``peak`` in bytes (``growth`` = peak - start).
+
+    >>> with PeakRSS() as mem:           # doctest: +SKIP
+    ...     check(...)
+    >>> mem.growth                        # doctest: +SKIP
+    """
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval = interval
+        self.start = self.peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def rss() -> int:
+        import psutil
+        return int(psutil.Process(os.getpid()).memory_info().rss)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self.rss())
+
+    def __enter__(self) -> PeakRSS:
+        self.start = self.peak = self.rss()
+        self._thread = threading.Thread(target=self._sample, name="peak-rss", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak = max(self.peak, self.rss())
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.start
+
+
 def median(xs: Sequence[float]) -> float | None:
     return statistics.median(xs) if xs else None
 
@@ -154,4 +200,4 @@ def key(rec: dict) -> tuple:
 
 
 __all__ = ["Outcome", "System", "Measured", "measure", "timed", "median", "spread", "paired_ratio", "records",
-           "key", "ENGINE"]
+           "key", "ENGINE", "PeakRSS"]

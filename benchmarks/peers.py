@@ -9,6 +9,10 @@
 
 Every function takes a dataset directory and returns the answer; the caller times it. A peer whose
 package is not installed is reported by :func:`available` and skipped by the suites.
+
+An answer too big to hold (G1 q10 at 1e8 rows) is written instead: :data:`TO_PARQUET` has, per peer,
+a function that writes the groupby answer as Parquet files into a directory (DuckDB ``COPY ... TO``,
+polars ``sink_parquet``, pyarrow ``write_table``, dask ``to_parquet``), timed the same way.
 """
 
 from __future__ import annotations
@@ -82,6 +86,10 @@ def groupby_duckdb(q: str, data: str, threads: int) -> pa.Table:
 
 
 def groupby_polars(q: str, data: str, threads: int) -> pa.Table:
+    return _polars_plan(q, data).collect().to_arrow()
+
+
+def _polars_plan(q: str, data: str):
     import polars as pl
     x = pl.scan_parquet(_glob(data, "parquet"))
     col = pl.col
@@ -100,7 +108,7 @@ def groupby_polars(q: str, data: str, threads: int) -> pa.Table:
         "q10": lambda: x.group_by("id1", "id2", "id3", "id4", "id5", "id6").agg(col("v3").sum(),
                                                                                  pl.len().alias("count")),
     }
-    return plans[q]().collect().to_arrow()
+    return plans[q]()
 
 
 def _groups(t: pa.Table, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -200,6 +208,63 @@ def groupby_dask(q: str, data: str, client) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
+# Groupby answers written as Parquet (answers too big to hold)
+
+
+def groupby_duckdb_to(q: str, data: str, threads: int, out: str) -> None:
+    from jobs.groupby import SQL
+    con = _duckdb(threads)
+    try:
+        con.execute(f"CREATE VIEW x AS SELECT * FROM read_parquet('{_glob(data, 'parquet')}')")
+        con.execute(f"COPY ({SQL[q]}) TO '{out}' (FORMAT parquet, PER_THREAD_OUTPUT true, OVERWRITE_OR_IGNORE true)")
+    finally:
+        con.close()
+
+
+def groupby_polars_to(q: str, data: str, threads: int, out: str) -> None:
+    plan = _polars_plan(q, data)
+    os.makedirs(out, exist_ok=True)
+    plan.sink_parquet(os.path.join(out, "part-0.parquet"))
+
+
+def groupby_pyarrow_to(q: str, data: str, threads: int, out: str) -> None:
+    import pyarrow.parquet as pq
+    os.makedirs(out, exist_ok=True)
+    pq.write_table(groupby_pyarrow(q, data, threads), os.path.join(out, "part-0.parquet"))
+
+
+def groupby_dask_to(q: str, data: str, client, out: str) -> None:
+    """The question with dask.dataframe, written by the workers with ``to_parquet`` (output split
+    automatically). Only for questions answered without a pandas step on the client."""
+    import dask.dataframe as dd
+
+    from benchmarks.groupby_bench import dask_question
+    x = dd.read_parquet(_glob(data, "parquet"))
+    expr, finish = dask_question(q, x, split_out=True)
+    if not _identity(finish):
+        raise PeerUnavailableError(f"dask's {q} ends with a pandas step on the client: it cannot be written "
+                                   "as Parquet by the workers")
+    future = client.compute(expr.to_parquet(out, compute=False))
+    try:
+        future.result()
+    finally:
+        future.release()
+
+
+def _identity(fn: Callable) -> bool:
+    marker = object()
+    try:
+        return fn(marker) is marker
+    except Exception:  # noqa: BLE001 - any other function is a real pandas step
+        return False
+
+
+TO_PARQUET: dict[str, dict[str, Callable]] = {
+    "groupby": {"duckdb": groupby_duckdb_to, "polars": groupby_polars_to, "pyarrow": groupby_pyarrow_to},
+}
+
+
+# ---------------------------------------------------------------------------------------------
 # Word count: (word, count)
 
 
@@ -265,4 +330,5 @@ def function(workload: str, peer: str) -> Callable:
     return FUNCTIONS[workload][peer]
 
 
-__all__ = ["PEERS", "ARROW_ANSWERS", "available", "function", "groupby_dask", "PeerUnavailableError"]
+__all__ = ["PEERS", "ARROW_ANSWERS", "available", "function", "groupby_dask", "groupby_dask_to", "TO_PARQUET",
+           "PeerUnavailableError"]

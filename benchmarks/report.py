@@ -5,7 +5,8 @@
 The page holds: the environment and run parameters; per suite with peers, the engine against each
 peer per question (median seconds, bars, with the min-max of the repeats as whiskers) and a table of
 the pairwise ratios and answer checks; per knob swept, the engine's throughput (input rows/s) against
-the knob's values, one line per case; and the task timeline of the chosen engine run, drawn by the
+the knob's values, one line per case; the scale suite's growth curves (seconds against input rows,
+log-log, one line per system and question); and the task timeline of the chosen engine run, drawn by the
 engine's own :meth:`engine.report.RunReport.to_html` inside a frame. Bokeh's JavaScript is inlined,
 so the file opens without a network.
 """
@@ -119,6 +120,33 @@ def sweep_figure(knob: str, recs: list[dict]):
     return fig
 
 
+def growth_figure(recs: list[dict]):
+    """The scale suite: median seconds against input rows (log-log), one line per question and system."""
+    from bokeh.models import ColumnDataSource, HoverTool, Legend
+    from bokeh.plotting import figure
+
+    fig = figure(height=380, width=820, x_axis_type="log", y_axis_type="log", x_axis_label="input rows",
+                 y_axis_label="median seconds", title="scale: seconds per input size",
+                 tools="pan,wheel_zoom,reset,save")
+    fig.add_layout(Legend(click_policy="hide", label_text_font_size="11px"), "right")
+    curves: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in recs:
+        if r.get("median"):
+            curves[(r["params"]["question"], r["system"])].append(r)
+    dashes = ("solid", "dashed", "dotted", "dotdash", "dashdot")
+    questions = sorted({q for q, _ in curves})
+    for (q, system), rows in sorted(curves.items()):
+        rows.sort(key=lambda r: r["params"]["rows"])
+        src = ColumnDataSource({"x": [r["params"]["rows"] for r in rows], "y": [r["median"] for r in rows],
+                                "label": [f"{q} {system}"] * len(rows)})
+        color = SYSTEM_COLORS.get(system, "#888888")
+        dash = dashes[questions.index(q) % len(dashes)]
+        fig.line("x", "y", source=src, color=color, line_dash=dash, line_width=2, legend_label=f"{q} {system}")
+        fig.scatter("x", "y", source=src, color=color, size=7)
+    fig.add_tools(HoverTool(tooltips=[("", "@label"), ("rows", "@x{0,0}"), ("median s", "@y{0.000}")]))
+    return fig
+
+
 def timeline_frame(rec: dict) -> str:
     """The engine's own report page of the chosen run, in a frame of this page."""
     from engine.report import RunReport
@@ -161,6 +189,10 @@ def render(records: list[dict], title: str = "Benchmarks") -> str:
         if len({r["system"] for r in recs}) > 1:
             sections.append((f"<h2>{html.escape(suite)}</h2>", peers_figure(suite, recs)))
             sections.append((ratio_table(suite, recs), None))
+
+    growth = [r for r in meas if r["suite"] == "scale" and not r.get("sweep")]
+    if len({r["params"].get("rows") for r in growth}) > 1:
+        sections.append(("<h2>scale: growth with input size</h2>", growth_figure(growth)))
 
     sweeps: dict[str, list[dict]] = defaultdict(list)
     for r in meas:

@@ -19,11 +19,24 @@ tpch           TPC-H Q1, Q3, Q5, Q6, Q10, Q12, Q18             duckdb, polars, d
 startup        the README's word count and its no-op rerun     duckdb (a fresh process)      -
                as CLI wall time; ``import engine``
                (``benchmarks.startup``)
+scale          G1 questions (default q1, q3, q10) at each of   duckdb, polars, pyarrow, dask input rows
+               several input sizes (default 1e6, 1e7, 1e8)
 =============  ==============================================  ============================  ===============
 
 ``driver`` is not in the default set (20,000 tasks take minutes here): ask for it with ``--suites driver``;
 ``--driver-tasks N`` sets the stage size (``--quick``: 2,000). Neither is ``tpch`` (``--suites tpch``;
-``--tpch-sf N`` sets the scale factor, default 1, ``--quick``: 0.01), nor ``startup`` (``--suites startup``).
+``--tpch-sf N`` sets the scale factor, default 1, ``--quick``: 0.01), nor ``startup`` (``--suites startup``),
+nor ``scale`` (``--suites scale``;
+``--scale-rows 1e6,1e7,1e8`` and ``--scale-questions q1,q3,q10`` choose the sizes and questions; the
+growth curve and a straight-line fit ``seconds = a + b x rows`` with its value at 1e9 rows are in
+``python -m benchmarks summary``).
+
+Answers too big to hold (a G1 question whose estimated groups exceed ``--answers-in-memory``,
+default 2e7 rows: q10 at 1e8) are written as Parquet by every system, in every timed run (the
+engine keeps its committed output, DuckDB ``COPY``, polars ``sink_parquet``, dask ``to_parquet``),
+and checked by :func:`benchmarks.answers.same_streamed` with bounded memory; the check's peak
+memory is in its record (``check.rss_peak_mb``).
+
 Inputs up to ``engine.local.max-bytes`` run in the driver process, as they do for users; the
 ``stragglers`` and ``cluster`` suites, which measure the cluster itself, set it to 0.
 
@@ -32,14 +45,19 @@ and where a suite times no peer, against an untimed independent reference (DuckD
 groupby answers equal DuckDB's, word count equals a pyarrow count, a sort equals the sorted input,
 committed files read back equal what was written (and a verified read equals the unverified one).
 
+The skew suite also keeps the report of its median skew-on and skew-off runs (``run_report``
+records) for ``python -m benchmarks replay``.
+
 The *combine* sweep runs word count with ``engine.run(..., map_combine=True/False)``; with an engine
 that lacks that switch it runs two jobs differing only in a ``.combine`` stage instead.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -53,7 +71,7 @@ from benchmarks.progress import Progress
 from engine import Job
 
 SUITES = ("groupby", "wordcount", "sort", "skew", "stragglers", "commit", "cluster")
-EXTRA_SUITES = ("driver", "tpch", "startup")  # run only when asked for by name
+EXTRA_SUITES = ("driver", "tpch", "startup", "scale")  # run only when asked for by name
 QUESTIONS = tuple(f"q{i}" for i in range(1, 11))
 
 
@@ -85,6 +103,8 @@ class Profile:
     driver_rows: int = 1_600_000
     driver_files: int = 16
     tpch_sf: float = 1.0
+    scale_rows: tuple[int, ...] = (1_000_000, 10_000_000, 100_000_000)
+    scale_questions: tuple[str, ...] = ("q1", "q3", "q10")
 
 
 PROFILES = {
@@ -93,7 +113,8 @@ PROFILES = {
                      straggler_files=4, straggler_file_bytes=100_000, straggler_sleep=1.5,
                      commit_rows=20_000, commit_parts=4, sweep_parts=(1, 4),
                      sweep_partition_sizes=("32KiB", "64MiB"), sweep_shapes=((1, 2), (2, 1)),
-                     driver_tasks=2_000, driver_rows=200_000, driver_files=8, tpch_sf=0.01),
+                     driver_tasks=2_000, driver_rows=200_000, driver_files=8, tpch_sf=0.01,
+                     scale_rows=(10_000, 40_000)),
     "standard": Profile("standard", repeat=3, g1_rows=2_000_000, g1_parts=2, text_bytes=40_000_000, text_files=4,
                         sort_rows=1_000_000, sort_parts=4, skew_rows=4_000_000, skew_parts=4,
                         skew_partition_size="4MiB", straggler_files=6, straggler_file_bytes=2_000_000,
@@ -115,6 +136,7 @@ class Context:
     data_root: str | None = None
     timeline: str = "groupby:q3"
     failures: list[str] = field(default_factory=list)
+    answers_in_memory: int = 20_000_000      # larger answers are written as Parquet and checked streamed
 
     def client(self):
         from engine.cluster import get_client
@@ -131,17 +153,26 @@ class Context:
 # Systems
 
 
-def engine_system(ctx: Context, job: Job, data: str, *, keep_reports: list | None = None, **options: Any):
-    """The engine as a system: one ``engine.run`` into a fresh output, ``force=True``, timed whole."""
+def engine_system(ctx: Context, job: Job, data: str, *, keep_reports: list | None = None, spill: bool = False,
+                  **options: Any):
+    """The engine as a system: one ``engine.run`` into a fresh output, ``force=True``, timed whole.
+
+    ``spill``: the answer is too big to hold; keep the committed output's files as the answer
+    (a :class:`benchmarks.answers.ParquetAnswer`, removed once checked) instead of reading them."""
     import engine
 
     def run(keep: bool) -> Outcome:
         out = ctx.out(job.name)
+        kept = False
         try:
             seconds, result = timed(lambda: engine.run(job, data, out, force=True, **options))
-            answer = result.read() if keep else None
+            if keep and spill:
+                answer, kept = answers.ParquetAnswer.of_files(result.files, owner=out), True
+            else:
+                answer = result.read() if keep else None
         finally:
-            shutil.rmtree(out, ignore_errors=True)
+            if not kept:
+                shutil.rmtree(out, ignore_errors=True)
         rep = result.report
         if keep_reports is not None:
             keep_reports.append((seconds, rep.to_dict()))
@@ -160,30 +191,67 @@ def peer_system(fn: Callable[[], Any]):
     return run
 
 
-def check(measured: Measured, sort_by: list[str], references: dict[str, pa.Table] | None = None,
-          engine_names: tuple[str, ...] = (ENGINE,)) -> dict:
+def peer_files_system(ctx: Context, name: str, write: Callable[[str], Any], *, values: bool = True):
+    """A peer whose answer is too big to hold: ``write(directory)`` writes it as Parquet, timed; the
+    files are the answer (:class:`benchmarks.answers.ParquetAnswer`) when kept, else removed."""
+    def run(keep: bool) -> Outcome:
+        out = ctx.out(name)
+        try:
+            seconds, _ = timed(lambda: write(out))
+            answer = answers.ParquetAnswer.of_directory(out, values=values, owner=out)
+        except BaseException:
+            shutil.rmtree(out, ignore_errors=True)
+            raise
+        if not keep:
+            answer.discard()
+        return Outcome(seconds, answer if keep else None, answer.rows)
+    return run
+
+
+def _compared_by_values(ref: Any) -> bool:
+    return isinstance(ref, pa.Table) or (isinstance(ref, answers.ParquetAnswer) and ref.values)
+
+
+def check(measured: Measured, sort_by: list[str], references: dict[str, Any] | None = None,
+          engine_names: tuple[str, ...] = (ENGINE,), *, keys: list[str] | None = None,
+          scratch: str | None = None) -> dict:
     """Compare every engine answer with every peer's (Arrow: values; other: row count) and with the
-    untimed ``references``; ``ok`` only if at least one comparison ran and all agree."""
+    untimed ``references``; ``ok`` only if at least one comparison ran and all agree.
+
+    Two tables are compared in memory (:func:`benchmarks.answers.same`); as soon as one side is a
+    :class:`benchmarks.answers.ParquetAnswer` the comparison streams (``same_streamed``, rows bucketed
+    by ``keys``, bucket files under ``scratch``). The record says how, how long the check took and the
+    process's memory before and at its peak."""
     refs: dict[str, Any] = {n: a for n, a in measured.answers.items() if n not in engine_names}
     refs.update(references or {})
     out: dict[str, Any] = {"against": {}, "ok": False}
     results = []
-    for name in engine_names:
-        mine = measured.answers.get(name)
-        for ref_name, ref in refs.items():
-            label = ref_name if len(engine_names) == 1 else f"{name} vs {ref_name}"
-            if mine is None or ref is None:
-                out["against"][label] = {"equal": False, "how": "missing answer"}
-                results.append(False)
-                continue
-            if isinstance(ref, pa.Table):
-                ok, why = answers.same(mine, ref, sort_by)
-                out["against"][label] = {"equal": ok, "how": "values", **({"why": why} if why else {})}
-            else:
-                ok = len(ref) == mine.num_rows
-                out["against"][label] = {"equal": ok, "how": "rows", "rows": [mine.num_rows, len(ref)]}
-            results.append(ok)
+    t0 = time.perf_counter()
+    with harness.PeakRSS() as mem:
+        for name in engine_names:
+            mine = measured.answers.get(name)
+            for ref_name, ref in refs.items():
+                label = ref_name if len(engine_names) == 1 else f"{name} vs {ref_name}"
+                if mine is None or ref is None:
+                    out["against"][label] = {"equal": False, "how": "missing answer"}
+                    results.append(False)
+                    continue
+                if isinstance(mine, pa.Table) and isinstance(ref, pa.Table):
+                    ok, why = answers.same(mine, ref, sort_by)
+                    out["against"][label] = {"equal": ok, "how": "values", **({"why": why} if why else {})}
+                elif _compared_by_values(ref):
+                    ok, why, info = answers.same_streamed(mine, ref, sort_by, keys=keys, scratch=scratch)
+                    out["against"][label] = {"equal": ok, "how": f"values, streamed in {info['buckets']} key bucket(s)",
+                                             **({"why": why} if why else {})}
+                else:
+                    theirs, own = answers.rows_of(ref), answers.rows_of(mine)
+                    ok = theirs == own
+                    out["against"][label] = {"equal": ok, "how": "rows", "rows": [own, theirs]}
+                results.append(ok)
     out["ok"] = bool(results) and all(results)
+    if any(isinstance(a, answers.ParquetAnswer) for a in [*measured.answers.values(), *refs.values()]):
+        out.update({"streamed": True, "seconds": round(time.perf_counter() - t0, 2),
+                    "rss_start_mb": round(mem.start / 2**20, 1), "rss_peak_mb": round(mem.peak / 2**20, 1)})
     return out
 
 
@@ -228,6 +296,15 @@ def _emit_timeline(ctx: Context, suite: str, case: str, reports: list) -> None:
     ctx.emit({"kind": "timeline", "suite": suite, "case": case, "seconds": round(seconds, 4), "report": report})
 
 
+def _emit_run_report(ctx: Context, suite: str, case: str, system: str, reports: list) -> None:
+    """The report of the median run of ``system`` as a ``run_report`` record."""
+    if not reports:
+        return
+    seconds, report = sorted(reports, key=lambda r: r[0])[len(reports) // 2]
+    ctx.emit({"kind": "run_report", "suite": suite, "case": case, "system": system, "seconds": round(seconds, 4),
+              "report": report})
+
+
 def _dir_bytes(path: str, ext: str) -> int:
     return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path) if f.endswith(ext))
 
@@ -241,9 +318,58 @@ def _warm(ctx: Context, job: Job, data: str) -> None:
 # groupby
 
 
+def g1_groups(q: str, rows: int, k: int = 100) -> int:
+    """About how many rows question ``q``'s answer has on G1 of ``rows`` rows (id1, id2, id4, id5 take
+    ``k`` values, id3 and id6 ``rows / k``): what decides whether the answer is held or written."""
+    from jobs.groupby import KEYS
+    card = {"id1": k, "id2": k, "id4": k, "id5": k, "id3": max(1, rows // k), "id6": max(1, rows // k)}
+    groups = min(rows, math.prod(card[c] for c in KEYS[q]))
+    return 2 * groups if q == "q8" else groups
+
+
+def _groupby_case(ctx: Context, suite: str, case: str, q: str, data: str, params: dict, *, rows: int,
+                  size: int, label: str | None = None) -> None:
+    """One G1 question on ``data``: the engine and every installed peer, timed, answers checked."""
+    from jobs.groupby import KEYS, QUESTIONS as JOBS
+    client, info = ctx.client()
+    spill = g1_groups(q, rows) > ctx.answers_in_memory
+    reports: list = []
+    systems = {ENGINE: engine_system(ctx, JOBS[q], data, keep_reports=reports, spill=spill)}
+    for name in ctx.peers:
+        if name == "dask":
+            if spill:
+                systems[name] = peer_files_system(ctx, f"dask-{q}", lambda out, q=q: peers.groupby_dask_to(
+                    q, data, client, out), values=False)
+            else:
+                systems[name] = peer_system(lambda q=q: peers.groupby_dask(q, data, client))
+        elif spill and name in peers.TO_PARQUET["groupby"]:
+            fn = peers.TO_PARQUET["groupby"][name]
+            systems[name] = peer_files_system(ctx, f"{name}-{q}", lambda out, q=q, fn=fn: fn(q, data, info.threads, out))
+        elif name in peers.FUNCTIONS["groupby"]:
+            fn = peers.FUNCTIONS["groupby"][name]
+            systems[name] = peer_system(lambda q=q, fn=fn: fn(q, data, info.threads))
+    m = _measure(ctx, label or case, systems)
+    sort_by = KEYS[q] + (["largest2_v3"] if q == "q8" else [])
+    references: dict[str, Any] = {}
+    try:
+        if not any(n in peers.ARROW_ANSWERS for n in systems):      # always one independent reference
+            if spill:
+                out = ctx.out(f"pyarrow-{q}")
+                peers.groupby_pyarrow_to(q, data, info.threads, out)
+                references["pyarrow"] = answers.ParquetAnswer.of_directory(out, owner=out)
+            else:
+                references["pyarrow"] = peers.FUNCTIONS["groupby"]["pyarrow"](q, data, info.threads)
+        verdict = check(m, sort_by, references, keys=KEYS[q], scratch=ctx.scratch)
+    finally:
+        answers.discard([*m.answers.values(), *references.values()])
+    _emit_case(ctx, suite, case, m, params={**params, "question": q}, check_=verdict,
+               input_rows=rows, input_bytes=size, label=label)
+    _emit_timeline(ctx, suite, case, reports)
+
+
 def groupby(ctx: Context) -> None:
     from benchmarks import datagen
-    from jobs.groupby import KEYS, QUESTIONS as JOBS
+    from jobs.groupby import QUESTIONS as JOBS
     p = ctx.profile
     data = datagen.g1(p.g1_rows, parts=p.g1_parts, out=ctx.data_root)
     rows, size = p.g1_rows, _dir_bytes(data, ".parquet")
@@ -253,22 +379,7 @@ def groupby(ctx: Context) -> None:
         peers.groupby_dask("q1", data, client)
     params = {"rows": rows, "files": p.g1_parts, "dataset": os.path.basename(data)}
     for q in p.questions:
-        reports: list = []
-        systems = {ENGINE: engine_system(ctx, JOBS[q], data, keep_reports=reports)}
-        for name in ctx.peers:
-            if name == "dask":
-                systems[name] = peer_system(lambda q=q: peers.groupby_dask(q, data, client))
-            elif name in peers.FUNCTIONS["groupby"]:
-                fn = peers.FUNCTIONS["groupby"][name]
-                systems[name] = peer_system(lambda q=q, fn=fn: fn(q, data, info.threads))
-        m = _measure(ctx, q, systems)
-        sort_by = KEYS[q] + (["largest2_v3"] if q == "q8" else [])
-        references = {}
-        if not any(n in peers.ARROW_ANSWERS for n in systems):      # always one independent reference
-            references["pyarrow"] = peers.FUNCTIONS["groupby"]["pyarrow"](q, data, info.threads)
-        _emit_case(ctx, "groupby", q, m, params={**params, "question": q}, check_=check(m, sort_by, references),
-                   input_rows=rows, input_bytes=size)
-        _emit_timeline(ctx, "groupby", q, reports)
+        _groupby_case(ctx, "groupby", q, q, data, params, rows=rows, size=size)
 
     # sweep: input partitions (same rows in more, smaller files), q3
     q = "q3"
@@ -367,9 +478,12 @@ def skew(ctx: Context) -> None:
         data = skew_bench.dataset(shape, p.skew_rows, p.skew_parts, root=ctx.data_root)
         size = _dir_bytes(data, ".parquet")
         _warm(ctx, job, data)
-        systems = {on: engine_system(ctx, job, data, skew=on == "on", partition_size=p.skew_partition_size)
-                   for on in ("on", "off")}
+        kept: dict[str, list] = {"on": [], "off": []}
+        systems = {on: engine_system(ctx, job, data, skew=on == "on", partition_size=p.skew_partition_size,
+                                     keep_reports=kept[on]) for on in ("on", "off")}
         m = _measure(ctx, case, systems)
+        for on, reports in kept.items():          # for python -m benchmarks replay
+            _emit_run_report(ctx, "skew", case, on, reports)
         ref = {"duckdb": _duckdb_reference(data, sql)} if peers.available(("duckdb",))["duckdb"] else {}
         if not ref:
             ref = {"skew off": m.answers.get("off")} if case == "median-top10" else {"pyarrow": _sums(data)}
@@ -588,6 +702,35 @@ def tpch(ctx: Context) -> None:
     tpch_bench.run_suite(ctx)
 
 
+# ---------------------------------------------------------------------------------------------
+# scale: time per input size (not in the default set)
+
+
+def rows_label(rows: int) -> str:
+    """``1e7`` for 10,000,000; ``2.5e6`` for 2,500,000."""
+    mantissa, exponent = f"{rows:.6e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
+
+
+def scale(ctx: Context) -> None:
+    """G1 questions at each input size: the engine and the peers, answers checked (streamed when big)."""
+    from benchmarks import datagen
+    from jobs.groupby import QUESTIONS as JOBS
+    p = ctx.profile
+    client, _ = ctx.client()
+    for rows in p.scale_rows:
+        data = datagen.g1(rows, out=ctx.data_root)          # the default file count: reuses cached datasets
+        files = len([f for f in os.listdir(data) if f.endswith(".parquet")])
+        size = _dir_bytes(data, ".parquet")
+        _warm(ctx, JOBS[p.scale_questions[0]], data)         # worker imports, the page cache
+        if "dask" in ctx.peers:
+            peers.groupby_dask(p.scale_questions[0], data, client)
+        params = {"rows": rows, "files": files, "dataset": os.path.basename(data)}
+        for q in p.scale_questions:
+            case = f"{q}@{rows_label(rows)}"
+            _groupby_case(ctx, "scale", case, q, data, params, rows=rows, size=size, label=f"{q} {rows_label(rows)} rows")
+
+
 def startup(ctx: Context) -> None:
     from benchmarks import startup as startup_bench
     startup_bench.run_suite(ctx)
@@ -605,7 +748,7 @@ def _on_cluster(suite: Callable[[Context], None]) -> Callable[[Context], None]:
 
 RUNNERS: dict[str, Callable[[Context], None]] = {
     "groupby": groupby, "wordcount": wordcount, "sort": sort, "skew": skew, "stragglers": _on_cluster(stragglers),
-    "commit": commit, "cluster": _on_cluster(cluster), "driver": driver, "tpch": tpch, "startup": startup,
+    "commit": commit, "cluster": _on_cluster(cluster), "driver": driver, "tpch": tpch, "startup": startup, "scale": scale,
 }
 
 
@@ -633,4 +776,5 @@ def summarize(records: list[dict]) -> dict[str, dict]:
     return out
 
 
-__all__ = ["SUITES", "EXTRA_SUITES", "PROFILES", "Profile", "Context", "RUNNERS", "summarize", "check"]
+__all__ = ["SUITES", "EXTRA_SUITES", "PROFILES", "Profile", "Context", "RUNNERS", "summarize", "check", "g1_groups",
+           "rows_label"]

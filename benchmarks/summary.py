@@ -2,7 +2,9 @@
 
 One table of the engine against its peers (median seconds, the engine's rows/s, and the engine/peer
 ratio taken pair by pair within the run), one of every sweep (each knob value's median and rows/s,
-the best value marked), and the run's environment line. Meant for pasting into ``RESULTS.md``.
+the best value marked), the scale suite's growth curve (seconds per input size, per question and
+system) with a least-squares line ``seconds = a + b x rows`` and its value at 1e9 rows, and the
+run's environment line. Meant for pasting into ``RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -70,6 +72,62 @@ def sweeps_table(meas: list[dict]) -> list[str]:
     return _table(["knob", "workload", "median per value", "best"], rows)
 
 
+def fit_line(points: list[tuple[float, float]]) -> tuple[float, float, float] | None:
+    """Least-squares ``(a, b, r2)`` of ``seconds = a + b x rows`` over ``(rows, seconds)`` points (two or more
+    sizes), or None."""
+    xs = sorted({x for x, _ in points})
+    if len(xs) < 2:
+        return None
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    b = sum((x - mx) * (y - my) for x, y in points) / sxx
+    a = my - b * mx
+    syy = sum((y - my) ** 2 for _, y in points)
+    r2 = 1 - sum((y - a - b * x) ** 2 for x, y in points) / syy if syy > 0 else 1.0
+    return a, b, r2
+
+
+def _label(rows: float) -> str:
+    mantissa, exponent = f"{rows:.6e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
+
+
+def scale_tables(meas: list[dict], at: float = 1e9) -> list[str]:
+    """The scale suite: median seconds per input size (one row per question and system), and the
+    straight-line fit with its extrapolation to ``at`` rows."""
+    recs = [r for r in meas if r["suite"] == "scale" and not r.get("sweep") and not r.get("error")
+            and r.get("median") is not None]
+    if not recs:
+        return []
+    sizes = sorted({int(r["params"]["rows"]) for r in recs})
+    curves: dict[tuple[str, str], dict[int, dict]] = defaultdict(dict)
+    for r in recs:
+        curves[(r["params"]["question"], r["system"])][int(r["params"]["rows"])] = r
+    order = sorted(curves, key=lambda qs: (int(qs[0][1:]) if qs[0][1:].isdigit() else 0, qs[1] != "engine", qs[1]))
+    head = ["question", "system", *[f"{_label(n)} rows s" for n in sizes], "a s", "b s per 1e6 rows",
+            "r2", f"at {_label(at)} rows s", "answers"]
+    rows = []
+    for q, system in order:
+        by_size = curves[(q, system)]
+        fit = fit_line([(n, by_size[n]["median"]) for n in sizes if n in by_size])
+        answers = "-" if system != "engine" else (
+            "equal" if all((by_size[n].get("check") or {}).get("ok") for n in by_size) else "DIFFER")
+        rows.append([q, system, *[f"{by_size[n]['median']:.3f}" if n in by_size else "-" for n in sizes],
+                     *([f"{fit[0]:.3f}", f"{fit[1] * 1e6:.4f}", f"{fit[2]:.3f}", f"{fit[0] + fit[1] * at:,.1f}"]
+                       if fit else ["-"] * 4), answers])
+    lines = ["Scale: median seconds per input size; `seconds = a + b x rows` fitted by least squares over the "
+             f"sizes, and its value at {_label(at)} rows", "", *_table(head, rows)]
+    streamed = [r for r in recs if r["system"] == "engine" and (r.get("check") or {}).get("streamed")]
+    for r in streamed:
+        c = r["check"]
+        lines.append(f"- {r['case']}: answers written as Parquet and checked streamed in {c.get('seconds')} s, "
+                     f"process memory {c.get('rss_start_mb')} MiB before the check, {c.get('rss_peak_mb')} MiB at "
+                     "its peak")
+    return lines
+
+
 def environment_line(records: list[dict]) -> str:
     run = next((r for r in records if r.get("kind") == "run"), {})
     env = run.get("environment", {})
@@ -87,6 +145,9 @@ def environment_line(records: list[dict]) -> str:
 def render(records: list[dict]) -> str:
     meas = [r for r in records if r.get("kind") == "measurement"]
     lines = [environment_line(records), "", *peers_table(meas), "", *sweeps_table(meas)]
+    scale = scale_tables(meas)
+    if scale:
+        lines += ["", *scale]
     return "\n".join(lines) + "\n"
 
 
@@ -103,4 +164,4 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["render", "main"]
+__all__ = ["render", "main", "fit_line", "scale_tables"]

@@ -170,3 +170,97 @@ def test_summary_renders_the_run_as_markdown_tables(quick):
     assert "engine/duckdb" in text and "| wordcount | wordcount |" in text
     knobs = {line.split(" | ")[0].lstrip("| ") for line in lines if line.startswith("| ") and "rows/s)" in line}
     assert {"input_partitions", "partition_size", "workers_x_threads", "skew", "speculation", "combine"} <= knobs
+
+
+# ---------------------------------------------------------------------------------------------
+# Answers too big to hold: written as Parquet, checked streamed
+
+
+def _answer_files(table, directory, parts: int, seed: int | None = 0):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from benchmarks import answers
+    os.makedirs(directory, exist_ok=True)
+    shuffled = table if seed is None else table.take(pa.array(np.random.default_rng(seed).permutation(table.num_rows)))
+    step = -(-shuffled.num_rows // parts)
+    for i in range(parts):
+        pq.write_table(shuffled.slice(i * step, step), os.path.join(directory, f"part-{i}.parquet"))
+    return answers.ParquetAnswer.of_directory(str(directory), owner=str(directory))
+
+
+def test_streamed_check_agrees_with_the_in_memory_one_within_its_tolerance(tmp_path):
+    import numpy as np
+    import pyarrow as pa
+    from benchmarks import answers
+    rng = np.random.default_rng(7)
+    n = 60_000
+    ref = pa.table({"id1": pa.array([f"id{i % 300:03d}" for i in range(n)]),
+                    "id4": pa.array(np.arange(n) // 300, pa.int32()), "v3": rng.random(n) * 100,
+                    "count": pa.array(rng.integers(1, 9, n))})
+    written = _answer_files(ref.cast(pa.schema([("id1", pa.large_string()), ("id4", pa.int64()),
+                                                ("v3", pa.float64()), ("count", pa.int32())])),
+                            tmp_path / "engine", parts=5)
+    keys = ["id1", "id4"]
+    ok, why, info = answers.same_streamed(written, ref, keys, bucket_rows=10_000, scratch=str(tmp_path))
+    assert ok, why
+    assert info["buckets"] == 6 and os.listdir(tmp_path) == ["engine"]     # bucket files are gone
+    close = ref.set_column(2, "v3", pa.array(ref["v3"].to_numpy() * (1 + 1e-12)))
+    assert answers.same_streamed(written, close, keys, bucket_rows=10_000)[0]
+    for damaged in (ref.set_column(2, "v3", pa.array(ref["v3"].to_numpy() * (1 + 1e-6))),
+                    ref.set_column(3, "count", pa.array(np.r_[ref["count"].to_numpy()[:-1], 99]))):
+        streamed, why, _ = answers.same_streamed(written, damaged, keys, bucket_rows=10_000)
+        assert not streamed and "differs" in why and not answers.same(ref, damaged, keys)[0]
+    short, why, _ = answers.same_streamed(written, ref.slice(1), keys)
+    assert not short and "rows" in why
+    # no keys: the order is the answer, compared side by side in batches
+    ordered = ref.sort_by([("id4", "ascending"), ("id1", "ascending")])
+    assert answers.same_streamed(_answer_files(ordered, tmp_path / "o", 3, seed=None), ordered, [], batch_rows=999)[0]
+    assert not answers.same_streamed(written, ordered, [], batch_rows=999)[0]
+    written.discard()
+    assert not (tmp_path / "engine").exists()
+
+
+def test_scale_suite_times_each_size_and_streams_big_answers(tmp_path, capsys):
+    from benchmarks.__main__ import main
+    out = tmp_path / "scale.jsonl"
+    import logging
+    levels = {name: logging.getLogger(name).level for name in ("engine", "distributed")}
+    try:        # in this process: the embedded cluster of the other tests serves it
+        code = main(["--quick", "--suites", "scale", "--scale-rows", "1e4,3e4", "--scale-questions", "q1,q10",
+                     "--peers", "duckdb", "--repeat", "1", "--answers-in-memory", "2e4", "--out", str(out),
+                     "--data", str(tmp_path / "data"), "--no-html", "--quiet"])
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+    assert code == 0, capsys.readouterr()
+    records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    meas = {(r["case"], r["system"]): r for r in records if r["kind"] == "measurement"}
+    assert set(meas) == {(f"{q}@{n}", s) for q in ("q1", "q10") for n in ("1e4", "3e4") for s in ("engine", "duckdb")}
+    for (case, system), r in meas.items():
+        assert r["suite"] == "scale" and r["params"]["rows"] in (10_000, 30_000) and r["median"] > 0
+        if system == "engine":
+            assert r["check"]["ok"], r["check"]
+    # q10 at 3e4 rows (about 3e4 groups, over --answers-in-memory): written as Parquet, checked streamed
+    streamed = meas[("q10@3e4", "engine")]["check"]
+    assert streamed["streamed"] and streamed["against"]["duckdb"]["how"].startswith("values, streamed")
+    assert streamed["rss_peak_mb"] >= streamed["rss_start_mb"] > 0
+    assert meas[("q10@3e4", "engine")]["answer_rows"] == meas[("q10@3e4", "duckdb")]["answer_rows"] > 20_000
+    assert meas[("q10@1e4", "engine")]["check"]["against"]["duckdb"]["how"] == "values"
+    from benchmarks import summary
+    text = summary.render(records)
+    line = next(x for x in text.splitlines() if x.startswith("| q10 | engine |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    t1, t3, a, b = (float(c.replace(",", "")) for c in cells[2:6])
+    assert (a + b * 1e4 / 1e6, a + b * 3e4 / 1e6) == (pytest.approx(t1, abs=2e-3), pytest.approx(t3, abs=2e-3))
+    assert float(cells[7].replace(",", "")) == pytest.approx(a + b * 1e3, rel=1e-3)     # at 1e9 rows
+    assert "checked streamed" in text
+
+
+def test_fit_line_is_least_squares():
+    from benchmarks.summary import fit_line
+    a, b, r2 = fit_line([(1e6, 1.0), (1e7, 10.0), (1e8, 100.0)])
+    assert (a, b * 1e6, r2) == (pytest.approx(0, abs=1e-9), pytest.approx(1.0), pytest.approx(1.0))
+    a, b, r2 = fit_line([(0, 1.0), (1, 2.0), (2, 2.0), (3, 4.0)])      # by hand: b = 4.5 / 5, a = 2.25 - 1.5 b
+    assert (a, b) == (pytest.approx(0.9), pytest.approx(0.9)) and 0 < r2 < 1
+    assert fit_line([(1e6, 1.0)]) is None
