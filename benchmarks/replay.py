@@ -24,14 +24,24 @@ The model, step by step:
    wins and frees both slots. The expected cost is what the task's input rows take at the stage's
    median seconds per row (a big task is not a slow one: Spark's efficiency filter), the unslowed cost
    of an injected straggler, or, for a task the run itself speculated, its winning copy's seconds.
-4. Without skew handling: every hash partition the run split (``RunReport.skew``: a hot key combined
+4. Without skew handling, derived: every hash partition the run split (``RunReport.skew``: a hot key combined
    in shares and merged, keys isolated in tasks of their own, sub-buckets) runs as one task that costs
    the sum of its pieces plus their merge tasks. The report does not say which reduce task read which
    hash partition, so the pieces are found as the engine lays them out: contiguously, in partition
    order, a split partition's hot-key pieces first (each writes at most one row per key it reads),
    then its sub-buckets. A run whose pieces cannot be found so raises :class:`ReplayError`.
+   Without skew handling, measured: the report of the same job run with ``skew=False`` (``--skew-off``;
+   by default the ``off`` run of the same case when a results file's ``on`` run is replayed), replayed
+   the same way. The two differ by what splitting itself costs (a piece that reads only its keys
+   still reads and filters its map outputs).
 5. Stragglers (``--stragglers FRACTION:FACTOR``): a seeded choice of that fraction of every stage's
-   tasks (at least one) runs FACTOR times slower; its expected cost stays the unslowed one.
+   tasks (at least one) runs FACTOR times slower, the same partitions for two runs' stages of one
+   name and size; its expected cost stays the unslowed one.
+6. Per-task overhead: what a task costs beyond its own run time (submitting it, collecting its result,
+   the gap before the next one starts; about 10 ms here) is added to every task. By default it is
+   calibrated so that the replay on the run's own slot count takes the run's measured time
+   (``--task-overhead SECONDS`` sets it; 0 leaves it out). A split partition put back together pays
+   it once.
 
 Left out: contention for disks and network as slots grow, worker start-up, the scheduler's cost per
 task (about 2 ms here), memory limits; and the oracle median makes speculation react a little sooner
@@ -43,6 +53,7 @@ from __future__ import annotations
 import argparse
 import heapq
 import json
+import os
 import random
 import re
 import statistics
@@ -360,20 +371,51 @@ def _find_block(tasks: Sequence[Task], cursor: int, hot: Sequence[int], rest: in
 
 
 def with_stragglers(stages: Sequence[Stage], fraction: float, factor: float, seed: int = 0) -> list[Stage]:
-    """Every stage with ``fraction`` of its tasks (at least one) ``factor`` times slower (seeded)."""
+    """Every stage with ``fraction`` of its tasks (at least one) ``factor`` times slower, chosen by a
+    generator seeded with ``seed`` and the stage's name (two runs' stages of one name and size get the
+    same stragglers)."""
     if not 0 < fraction <= 1 or factor < 1:
         raise ReplayError(f"stragglers need 0 < fraction <= 1 and factor >= 1, got {fraction}:{factor}")
-    rng = random.Random(seed)
     out = []
     for s in stages:
         if not s.tasks:
             out.append(s)
             continue
+        rng = random.Random(f"{seed}:{s.name}")
         chosen = set(rng.sample(range(len(s.tasks)), max(1, round(fraction * len(s.tasks)))))
         out.append(replace(s, tasks=tuple(
             replace(t, cost=t.cost * factor, expected=t.expected if t.expected is not None else t.cost)
             if i in chosen else t for i, t in enumerate(s.tasks))))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-task overhead
+
+
+def with_overhead(stages: Sequence[Stage], seconds: float) -> list[Stage]:
+    """Every task ``seconds`` dearer (its expected cost too)."""
+    if seconds == 0:
+        return list(stages)
+    return [replace(s, tasks=tuple(replace(t, cost=t.cost + seconds,
+                                           expected=None if t.expected is None else t.expected + seconds)
+                                   for t in s.tasks)) for s in stages]
+
+
+def calibrate(stages: Sequence[Stage], driver: float, slots: int, measured: float) -> float:
+    """The per-task overhead that makes the replay on ``slots`` slots take ``measured`` seconds (0 when the
+    replay without overhead already takes that long)."""
+    if replay(stages, driver, slots).seconds >= measured:
+        return 0.0
+    tasks = sum(len(s.tasks) for s in stages)
+    lo, hi = 0.0, measured / max(1, tasks) * slots
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        if replay(with_overhead(stages, mid), driver, slots).seconds < measured:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,10 +453,29 @@ def load(path: str, case: str | None = None, system: str | None = None) -> RunRe
 # The table
 
 
-def scenarios(report: RunReport, slots: Sequence[int], *, speculation: Speculation | None = None,
-              stragglers: tuple[float, float] | None = None, seed: int = 0) -> dict[str, Any]:
-    """Every slot count's makespan: as run and without skew handling, each without and with speculation."""
+def _prepared(report: RunReport, overhead: float | None, stragglers, seed: int):
     stages, driver = stages_of(report)
+    run_slots = int((report.cluster or {}).get("threads") or 0)
+    if overhead is None:
+        overhead = calibrate(stages, driver, run_slots, report.duration) if run_slots else 0.0
+    if stragglers is not None:
+        stages = with_stragglers(stages, *stragglers, seed=seed)
+    return with_overhead(stages, overhead), driver, overhead
+
+
+def scenarios(report: RunReport, slots: Sequence[int], *, speculation: Speculation | None = None,
+              stragglers: tuple[float, float] | None = None, seed: int = 0,
+              overhead: float | None = None, skew_off: RunReport | None = None) -> dict[str, Any]:
+    """Every slot count's makespan: as run and without skew handling, each without and with speculation.
+    ``overhead``: seconds added to every task (None: calibrated on the run, see the module docstring);
+    ``skew_off``: the report of the same job run without skew handling, replayed alongside."""
+    given = overhead
+    stages, driver = stages_of(report)
+    run_slots = int((report.cluster or {}).get("threads") or 0)
+    if overhead is None:
+        overhead = calibrate(stages, driver, run_slots, report.duration) if run_slots else 0.0
+    if overhead < 0:
+        raise ReplayError(f"the per-task overhead must be at least 0, got {overhead}")
     if stragglers is not None:
         stages = with_stragglers(stages, *stragglers, seed=seed)
     spec = speculation or Speculation.engine_defaults()
@@ -423,16 +484,22 @@ def scenarios(report: RunReport, slots: Sequence[int], *, speculation: Speculati
         why = None if merged else "the run split no partition: the same plan either way"
     except ReplayError as exc:
         flat, merged, why = None, 0, str(exc)
-    run_slots = int((report.cluster or {}).get("threads") or 0)
+    stages = with_overhead(stages, overhead)
+    flat = with_overhead(flat, overhead) if flat is not None else None
+    off = _prepared(skew_off, given, stragglers, seed) if skew_off else None
     rows = []
     for n in ([run_slots] if run_slots and run_slots not in slots else []) + list(slots):
         row = {"slots": n, "as_run": replay(stages, driver, n), "as_run_spec": replay(stages, driver, n, speculation=spec)}
         if flat is not None and merged:
             row["unsplit"] = replay(flat, driver, n)
             row["unsplit_spec"] = replay(flat, driver, n, speculation=spec)
+        if off is not None:
+            row["off"] = replay(off[0], off[1], n)
+            row["off_spec"] = replay(off[0], off[1], n, speculation=spec)
         rows.append(row)
     return {"report": report, "stages": stages, "driver": driver, "rows": rows, "merged": merged,
-            "unsplit_note": why, "run_slots": run_slots, "speculation": spec, "stragglers": stragglers}
+            "unsplit_note": why, "run_slots": run_slots, "speculation": spec, "stragglers": stragglers,
+            "overhead": overhead, "skew_off": skew_off, "skew_off_overhead": off[2] if off else None}
 
 
 def render(result: dict[str, Any]) -> str:
@@ -440,20 +507,28 @@ def render(result: dict[str, Any]) -> str:
     spec: Speculation = result["speculation"]
     lines = [f"Replay of {rep.job!r} run {rep.run_id[:12]}: {len(result['stages'])} stage(s) "
              f"({', '.join(f'{s.name} {len(s.tasks)}' for s in result['stages'])} tasks), measured "
-             f"{rep.duration:.2f} s on {result['run_slots'] or '?'} slots, driver {result['driver']:.2f} s"]
+             f"{rep.duration:.2f} s on {result['run_slots'] or '?'} slots, driver {result['driver']:.2f} s, "
+             f"per-task overhead {result['overhead'] * 1e3:.1f} ms"]
     if result["stragglers"]:
         f, k = result["stragglers"]
         lines.append(f"stragglers: {f:.0%} of every stage's tasks (at least one) {k:g}x slower")
     lines.append(f"speculation: copy after max({spec.multiplier:g} x median, {spec.min_runtime:g} s) when over "
                  f"{spec.multiplier:g} x the expected cost, at most {spec.max_concurrent} at once")
     if result["merged"]:
-        lines.append(f"without skew handling: {result['merged']} split partition(s) run whole (pieces + merges)")
+        lines.append(f"without skew handling, derived: {result['merged']} split partition(s) run whole "
+                     "(pieces + merges)")
     else:
-        lines.append(f"without skew handling: {result['unsplit_note']}")
+        lines.append(f"without skew handling, derived: {result['unsplit_note']}")
+    off: RunReport | None = result["skew_off"]
+    if off is not None:
+        lines.append(f"without skew handling, measured: run {off.run_id[:12]} ({len(off.tasks)} tasks, "
+                     f"{off.duration:.2f} s, per-task overhead {result['skew_off_overhead'] * 1e3:.1f} ms)")
     lines.append("")
     head = ["slots", "as run s", "+ speculation s"]
     if result["merged"]:
         head += ["no skew handling s", "no skew, + speculation s", "skew handling gains"]
+    if off is not None:
+        head += ["skew-off run s", "skew-off run, + speculation s", "gain over the skew-off run"]
     head += ["lower bound s"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in result["rows"]:
@@ -464,6 +539,10 @@ def render(result: dict[str, Any]) -> str:
             gain = row["unsplit"].seconds / row["as_run"].seconds if row["as_run"].seconds else float("nan")
             cells += [f"{row['unsplit'].seconds:.3f}",
                       f"{row['unsplit_spec'].seconds:.3f} ({row['unsplit_spec'].copies} copies)", f"{gain:.2f}x"]
+        if "off" in row:
+            gain = row["off"].seconds / row["as_run"].seconds if row["as_run"].seconds else float("nan")
+            cells += [f"{row['off'].seconds:.3f}", f"{row['off_spec'].seconds:.3f} ({row['off_spec'].copies} copies)",
+                      f"{gain:.2f}x"]
         cells.append(f"{row['as_run'].bound:.3f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -495,9 +574,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slots", type=_slots, default=[8, 64, 512], help="slot counts (default: 8,64,512)")
     ap.add_argument("--stragglers", type=_stragglers, default=None, help="FRACTION:FACTOR of slowed tasks")
     ap.add_argument("--seed", type=int, default=0, help="seed of the straggler choice")
+    ap.add_argument("--task-overhead", type=float, default=None,
+                    help="seconds added to every task (default: calibrated on the run's measured time)")
     ap.add_argument("--multiplier", type=float, default=None, help="speculation multiplier (engine: 1.5)")
     ap.add_argument("--min-runtime", type=float, default=None, help="speculation min runtime s (engine: 0.5)")
     ap.add_argument("--max-concurrent", type=int, default=None, help="speculative copies at once (engine: 2)")
+    ap.add_argument("--skew-off", default=None,
+                    help="the same job's run without skew handling, replayed alongside: a report file, or a system "
+                         "of the same case in the results file (default: 'off' when replaying 'on')")
     ap.add_argument("--shuffle", default=None, help="MAPSxREDUCERS: price a shuffle on an object store instead")
     ap.add_argument("--map-bytes", default="128MiB", help="shuffle bytes each map task writes (with --shuffle)")
     args = ap.parse_args(argv)
@@ -513,7 +597,17 @@ def main(argv: list[str] | None = None) -> int:
                        args.max_concurrent if args.max_concurrent is not None else base.max_concurrent)
     try:
         report = load(args.report, args.case, args.system)
-        result = scenarios(report, args.slots, speculation=spec, stragglers=args.stragglers, seed=args.seed)
+        skew_off = None
+        if args.skew_off and os.path.exists(args.skew_off):
+            skew_off = load(args.skew_off)
+        elif args.skew_off or (args.system == "on" and args.case):
+            try:
+                skew_off = load(args.report, args.case, args.skew_off or "off")
+            except ReplayError:
+                if args.skew_off:
+                    raise
+        result = scenarios(report, args.slots, speculation=spec, stragglers=args.stragglers, seed=args.seed,
+                           overhead=args.task_overhead, skew_off=skew_off)
     except (OSError, ReplayError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -522,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 __all__ = ["Task", "Stage", "Speculation", "Replay", "ReplayError", "stages_of", "stage_makespan", "replay",
-           "unsplit", "with_stragglers", "load", "scenarios", "render", "main"]
+           "unsplit", "with_stragglers", "with_overhead", "calibrate", "load", "scenarios", "render", "main"]
 
 
 if __name__ == "__main__":

@@ -64,6 +64,14 @@ def test_speculation_copies_a_slow_task_at_its_expected_cost():
     assert replay.stage_makespan(tasks(10, 10, 1, 1, 1, 1), 8, one) == (3.5, 2)
 
 
+def test_per_task_overhead_is_calibrated_on_the_runs_own_slots():
+    stages = [Stage("r0-map", 0, "map", tasks(1, 1, 1, 1))]
+    # 2 slots: two waves of (1 + o) seconds plus a 0.5 s driver make the measured 2.7 s when o = 0.1
+    assert replay.calibrate(stages, 0.5, 2, 2.7) == pytest.approx(0.1, abs=1e-6)
+    assert replay.calibrate(stages, 0.5, 2, 2.0) == 0.0
+    assert replay.replay(replay.with_overhead(stages, 0.1), 0.5, 4).seconds == pytest.approx(1.6)
+
+
 def test_stragglers_are_seeded_and_keep_their_unslowed_cost():
     stages = [Stage("r0-map", 0, "map", tasks(*[1.0] * 20))]
     slowed = replay.with_stragglers(stages, 0.1, 5, seed=3)
@@ -140,6 +148,10 @@ def test_replay_of_a_real_skewed_run_finds_each_split_partitions_rows(tmp_path, 
     times = [replay.replay(stages, driver, n).seconds for n in (2, 8, 64)]
     assert times == sorted(times, reverse=True)
 
+    # the table: the run's own slot count (calibrated to its measured time) first, then the asked ones
+    result = replay.scenarios(rep, [8, 64])
+    assert [r["slots"] for r in result["rows"]] == [2, 8, 64]
+    assert result["rows"][0]["as_run"].seconds == pytest.approx(rep.duration, rel=1e-3)
     assert replay.main([str(report_path), "--slots", "8,64"]) == 0
     text = capsys.readouterr().out
     assert "| 64 |" in text and "no skew handling s" in text
