@@ -127,7 +127,8 @@ def render(maps: int, reducers: int, map_bytes: int, slots: list[int], *, spills
     for n in slots:
         p = price(req, store, slots=n, connections=connections, prefixes=prefixes)
         lines.append(f"| {n} | ${p['dollars']:,.2f} | {_hours(p['read_rate_floor_s'])} | "
-                     f"{_hours(p['read_latency_floor_s'])} | {_hours(p['read_s'])} | {_hours(p['write_rate_floor_s'])} |")
+                     f"{_hours(p['read_latency_floor_s'])} | {_hours(p['read_s'])} | "
+                     f"{_hours(p['write_rate_floor_s'])} |")
     return "\n".join(lines) + "\n"
 
 

@@ -489,7 +489,8 @@ def scenarios(report: RunReport, slots: Sequence[int], *, speculation: Speculati
     off = _prepared(skew_off, given, stragglers, seed) if skew_off else None
     rows = []
     for n in ([run_slots] if run_slots and run_slots not in slots else []) + list(slots):
-        row = {"slots": n, "as_run": replay(stages, driver, n), "as_run_spec": replay(stages, driver, n, speculation=spec)}
+        row = {"slots": n, "as_run": replay(stages, driver, n),
+               "as_run_spec": replay(stages, driver, n, speculation=spec)}
         if flat is not None and merged:
             row["unsplit"] = replay(flat, driver, n)
             row["unsplit_spec"] = replay(flat, driver, n, speculation=spec)

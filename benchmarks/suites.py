@@ -356,7 +356,8 @@ def _groupby_case(ctx: Context, suite: str, case: str, q: str, data: str, params
                 systems[name] = peer_system(lambda q=q: peers.groupby_dask(q, data, client))
         elif spill and name in peers.TO_PARQUET["groupby"]:
             fn = peers.TO_PARQUET["groupby"][name]
-            systems[name] = peer_files_system(ctx, f"{name}-{q}", lambda out, q=q, fn=fn: fn(q, data, info.threads, out))
+            systems[name] = peer_files_system(ctx, f"{name}-{q}",
+                                              lambda out, q=q, fn=fn: fn(q, data, info.threads, out))
         elif name in peers.FUNCTIONS["groupby"]:
             fn = peers.FUNCTIONS["groupby"][name]
             systems[name] = peer_system(lambda q=q, fn=fn: fn(q, data, info.threads))
@@ -741,7 +742,8 @@ def scale(ctx: Context) -> None:
         params = {"rows": rows, "files": files, "dataset": os.path.basename(data)}
         for q in p.scale_questions:
             case = f"{q}@{rows_label(rows)}"
-            _groupby_case(ctx, "scale", case, q, data, params, rows=rows, size=size, label=f"{q} {rows_label(rows)} rows")
+            _groupby_case(ctx, "scale", case, q, data, params, rows=rows, size=size,
+                          label=f"{q} {rows_label(rows)} rows")
 
 
 def startup(ctx: Context) -> None:

@@ -15,7 +15,6 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
-import engine
 from benchmarks import objectstore, replay
 from benchmarks.replay import ReplayError, Speculation, Stage, Task
 from conftest import write_parts
@@ -223,7 +222,8 @@ def test_shuffle_request_counts_match_a_moto_s3_run(s3, tmp_path):
     assert (seen["put"], seen["get"], seen["delete"]) == (model.puts, model.gets, model.deletes), seen
     assert seen["other"] <= model.lists + model.heads
     priced = objectstore.price(model)
-    assert priced["dollars"] == pytest.approx((model.puts + model.lists) * 0.005e-3 + (model.gets + model.heads) * 0.4e-6)
+    assert priced["dollars"] == pytest.approx((model.puts + model.lists) * 0.005e-3
+                                              + (model.gets + model.heads) * 0.4e-6)
 
 
 def test_a_ten_thousand_square_shuffle_is_bound_by_the_per_prefix_get_rate():
