@@ -246,7 +246,7 @@ def _same_bucket(a: pa.Table, b: pa.Table, sort_by: Sequence[str], keys: Sequenc
 
 
 def same_streamed(answer, reference, sort_by: Sequence[str], *, keys: Sequence[str] | None = None,
-                  rel: float = 1e-9, bucket_rows: int = 1_000_000, batch_rows: int = 1 << 20,
+                  rel: float = 1e-9, bucket_rows: int = 500_000, batch_rows: int = 1 << 18,
                   scratch: str | None = None) -> tuple[bool, str, dict]:
     """Whether ``answer`` equals ``reference`` (tables or :class:`ParquetAnswer`), with bounded memory
     (see the module docstring): ``(ok, why not, {"buckets", "rows"})``.

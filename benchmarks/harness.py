@@ -103,7 +103,8 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 class PeakRSS:
     """The process's resident memory while a block runs, sampled every ``interval`` seconds:
-    ``start`` and ``peak`` in bytes (``growth`` = peak - start).
+    ``start`` and ``peak`` in bytes (``growth`` = peak - start), and the peak of the bytes Arrow's
+    memory pool had allocated (``arrow_peak``: live buffers, without what the allocator keeps cached).
 
     >>> with PeakRSS() as mem:           # doctest: +SKIP
     ...     check(...)
@@ -112,7 +113,7 @@ class PeakRSS:
 
     def __init__(self, interval: float = 0.02) -> None:
         self.interval = interval
-        self.start = self.peak = 0
+        self.start = self.peak = self.arrow_peak = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -122,11 +123,15 @@ class PeakRSS:
         return int(psutil.Process(os.getpid()).memory_info().rss)
 
     def _sample(self) -> None:
+        import pyarrow as pa
         while not self._stop.wait(self.interval):
             self.peak = max(self.peak, self.rss())
+            self.arrow_peak = max(self.arrow_peak, pa.total_allocated_bytes())
 
     def __enter__(self) -> PeakRSS:
+        import pyarrow as pa
         self.start = self.peak = self.rss()
+        self.arrow_peak = pa.total_allocated_bytes()
         self._thread = threading.Thread(target=self._sample, name="peak-rss", daemon=True)
         self._thread.start()
         return self

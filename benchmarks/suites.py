@@ -253,7 +253,8 @@ def check(measured: Measured, sort_by: list[str], references: dict[str, Any] | N
     out["ok"] = bool(results) and all(results)
     if any(isinstance(a, answers.ParquetAnswer) for a in [*measured.answers.values(), *refs.values()]):
         out.update({"streamed": True, "seconds": round(time.perf_counter() - t0, 2),
-                    "rss_start_mb": round(mem.start / 2**20, 1), "rss_peak_mb": round(mem.peak / 2**20, 1)})
+                    "rss_start_mb": round(mem.start / 2**20, 1), "rss_peak_mb": round(mem.peak / 2**20, 1),
+                    "arrow_peak_mb": round(mem.arrow_peak / 2**20, 1)})
     return out
 
 

@@ -124,7 +124,7 @@ def scale_tables(meas: list[dict], at: float = 1e9) -> list[str]:
         c = r["check"]
         lines.append(f"- {r['case']}: answers written as Parquet and checked streamed in {c.get('seconds')} s, "
                      f"process memory {c.get('rss_start_mb')} MiB before the check, {c.get('rss_peak_mb')} MiB at "
-                     "its peak")
+                     f"its peak (Arrow buffers at most {c.get('arrow_peak_mb')} MiB)")
     return lines
 
 
