@@ -148,11 +148,16 @@ class ParquetAnswer:
         return list(self.schema.names) if self.schema is not None else []
 
     def batches(self, columns: Sequence[str] | None = None, batch_rows: int = 1 << 20) -> Iterator[pa.RecordBatch]:
+        """The rows in batches, read one row group at a time (``ParquetFile.iter_batches`` held ~480 MiB of
+        Arrow buffers reading DuckDB's 50M-row files, one row group at a time holds ~20 MiB)."""
         import pyarrow.parquet as pq
         for p in self.paths:
             f = pq.ParquetFile(p)
             try:
-                yield from f.iter_batches(batch_size=batch_rows, columns=list(columns) if columns else None)
+                for g in range(f.num_row_groups):
+                    group = f.read_row_group(g, columns=list(columns) if columns else None)
+                    yield from group.to_batches(max_chunksize=batch_rows)
+                    del group
             finally:
                 f.close()
 
