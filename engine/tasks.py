@@ -6,6 +6,10 @@ attempt-scoped files, checks for cancellation between batches, and returns a sma
 driver (file index or commit message, rows, bytes, timings). It never publishes anything.
 
 Map tasks read batches already conformed to the input's unified schema (:mod:`engine.datasets`).
+A hash round's map task combines its spills (the aggregations' partials or the user's combine) until
+its first rows show the combine barely reduces them (:class:`CombinePolicy`); then it ships the rest
+uncombined and says so in its result. A declarative aggregation reads its Parquet string keys with
+small dictionaries dictionary-encoded and keeps them so until the shuffle writes its rows.
 An Arrow error raised while computing (user functions, aggregations, the map-side combine, sorting)
 is marked ``engine_deterministic`` and names where it happened, so the driver does not retry it.
 
