@@ -46,14 +46,16 @@ import tempfile
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import crc32c as _crc32c
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from .datasets import filesystem, is_local, is_s3, precondition_failed
 from .errors import CommitError, ConcurrentRunError, IntegrityError, ManifestError, OutputExistsError
+
+if TYPE_CHECKING:
+    import pyarrow.parquet as pq     # imported where used: a rerun with nothing to do needs no Parquet
 
 MANIFEST = "_SUCCESS"
 TEMPORARY = "_temporary"
@@ -184,6 +186,7 @@ class ParquetAttemptWriter:
         return f"partition {self.partition} attempt {self.attempt}"
 
     def _open(self, schema: pa.Schema) -> None:
+        import pyarrow.parquet as pq          # here: a rerun with nothing to do never writes Parquet
         if self.fence is not None:
             self.fence.check(self._what(), self.path)
         if self.s3:
@@ -816,6 +819,7 @@ def verify_manifest(fs, manifest: Manifest, *, pages: bool = True) -> VerifySumm
 
     Each file is read once; every problem is collected before IntegrityError is raised.
     """
+    import pyarrow.parquet as pq
     problems: list[str] = []
     for entry in manifest.files:
         path = manifest.path_of(entry)
@@ -871,6 +875,7 @@ def read(path: str, storage_options: dict | None = None, verify: bool = True,
     >>> table = engine.read("out/wc")                # doctest: +SKIP
     >>> table = engine.read("out/wc", columns=["word"], verify=False)   # doctest: +SKIP
     """
+    import pyarrow.parquet as pq
     fs, out = filesystem(path, storage_options)
     manifest = load_manifest(fs, out)
     if manifest is None:
