@@ -1,7 +1,7 @@
 """Where a groupby question's time goes: stage times, a sampled profile by category, and the decode floor.
 
 For each question (jobs written the plain way: ``Job(q).reduce(by=..., aggs=...)``), on the embedded
-cluster:
+cluster (whatever the input's size: ``engine.local.max-bytes`` is set to 0):
 
 * **decode floor**: pyarrow alone reading the columns the question needs from the same Parquet files
   (``pq.read_table(files, columns=...)``, all cores), the median of ``--repeat``: no engine can answer
@@ -130,7 +130,7 @@ def sample(job, data: str, rate: int = 100, keep: str | None = None, native: boo
     spy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
     if not os.path.exists(spy):
         raise SystemExit("--sample needs py-spy (pip install py-spy)")
-    client, _ = get_client(None)
+    client, _ = get_client(None)     # the embedded cluster: the caller sets engine.local.max-bytes to 0
     pids = sorted(set(client.run(os.getpid).values()))
     with tempfile.TemporaryDirectory() as tmp:
         procs = []
@@ -169,7 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--raw", default=None, help="keep the sampled stacks as RAW-<question>.txt (py-spy raw format)")
     ap.add_argument("--json", default=None, help="append one JSON record per question to this file")
     args = ap.parse_args(argv)
+    import dask.config
     from jobs.groupby import QUESTIONS
+    # Worker processes to sample, and the same place for every size: never the driver-process path.
+    stack = dask.config.set({"engine.local.max-bytes": 0})
+    stack.__enter__()
     for q in args.questions.split(","):
         job = plain(QUESTIONS[q])
         cols = needed_columns(job)
