@@ -84,14 +84,8 @@ def plain(job):
 
 
 def needed_columns(job) -> list[str]:
-    """The input columns the question's first round needs (its keys and aggregation inputs)."""
-    r = job.rounds[0]
-    if r.columns:
-        return list(r.columns)
-    cols = list(r.reduce.by)
-    for a in (r.reduce.aggs or {}).values():
-        cols += [c for c in a.input_columns if c not in cols]
-    return cols
+    """The input columns the question's first round reads (the engine's own derivation)."""
+    return list(job.rounds[0].input_columns or ())
 
 
 def decode_floor(data: str, columns: list[str], repeat: int) -> float:
