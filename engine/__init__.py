@@ -27,6 +27,7 @@ from .errors import (ClusterError, CommitError, ConcurrentRunError, EmptyInputEr
 if TYPE_CHECKING:
     from . import agg
     from .commit import VerifySummary, read, verify
+    from .context import logical_date
     from .job import Job
     from .report import RunReport
     from .runner import RunResult, run
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 _LAZY = {"agg": (".agg", None), "Job": (".job", "Job"), "read": (".commit", "read"),
          "verify": (".commit", "verify"), "VerifySummary": (".commit", "VerifySummary"),
          "RunReport": (".report", "RunReport"), "run": (".runner", "run"), "RunResult": (".runner", "RunResult"),
+         "logical_date": (".context", "logical_date"),
          "__version__": ("._version", "ENGINE_VERSION")}
 
 
@@ -54,7 +56,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "Job", "agg", "run", "read", "verify", "RunResult", "RunReport", "VerifySummary", "__version__",
+    "Job", "agg", "run", "read", "verify", "logical_date", "RunResult", "RunReport", "VerifySummary", "__version__",
     "EngineError", "JobDefinitionError", "SchemaError", "InputError", "EmptyInputError", "ClusterError",
     "ShuffleLocationError", "StageFailedError", "CommitError", "OutputExistsError", "ConcurrentRunError",
     "IntegrityError", "ManifestError", "FencedError",

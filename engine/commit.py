@@ -60,7 +60,7 @@ if TYPE_CHECKING:
 MANIFEST = "_SUCCESS"
 TEMPORARY = "_temporary"
 MANIFEST_FORMAT = "engine-manifest"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2     # 2: Hive-partitioned outputs (partition_by); 1 otherwise
 _READ_BLOCK = 8 << 20
 
 
@@ -169,15 +169,20 @@ class ParquetAttemptWriter:
     """
 
     def __init__(self, fs, out: str, run_id: str, partition: int, attempt: int, *,
-                 page_checksums: bool = True, compression: str = "snappy", fence: Any = None) -> None:
+                 page_checksums: bool = True, compression: str = "snappy", fence: Any = None,
+                 directory: str = "", values: dict | None = None) -> None:
         self.fs, self.out, self.run_id = fs, out, run_id
         self.partition, self.attempt = partition, attempt
         self.page_checksums, self.compression = page_checksums, compression
         self.fence = fence
-        self.name = f"part-{partition:05d}-{run_id[:16]}-a{attempt}-{uuid.uuid4().hex[:8]}.parquet"
+        self.values = values
+        base = f"part-{partition:05d}-{run_id[:16]}-a{attempt}-{uuid.uuid4().hex[:8]}.parquet"
+        # the final name, relative to the output: in a Hive partition directory for partitioned outputs
+        self.name = posixpath.join(directory, base) if directory else base
         self.s3 = is_s3(fs)
-        self.path = posixpath.join(out, self.name) if self.s3 else posixpath.join(temporary_dir(out, run_id),
-                                                                                  self.name)
+        # Attempt files sit flat in the run's temporary directory (no directory is created there:
+        # the fence relies on it); on S3 they are pending uploads at their final key.
+        self.path = posixpath.join(out, self.name) if self.s3 else posixpath.join(temporary_dir(out, run_id), base)
         self._file: ChecksummingFile | None = None
         self._writer: pq.ParquetWriter | None = None
         self.rows = 0
@@ -224,6 +229,8 @@ class ParquetAttemptWriter:
         self._file.close()
         entry = {"name": self.name, "tmp": self.path, "rows": self.rows, "bytes": self._file.size,
                  "crc32c": self._file.crc, "upload": None}
+        if self.values is not None:
+            entry["values"] = dict(self.values)
         if self.s3:
             raw = self._file.raw
             entry["upload"] = {"upload_id": raw.mpu["UploadId"], "parts": list(raw.parts)}
@@ -262,6 +269,59 @@ class ParquetAttemptWriter:
                     pass
 
 
+class PartitionedAttemptWriter:
+    """One task attempt's output split into Hive partition directories (``partition_by``).
+
+    Rows are grouped by the values of the partition columns (:func:`engine.hive.split_by_partition`);
+    each directory gets its own :class:`ParquetAttemptWriter`, and a file that reaches ``max_file_bytes``
+    is closed and the next rows of its directory go to a new one, so a partition holds at most one
+    file per reduce task plus one per ``max_file_bytes`` of its data. The partition columns are not
+    stored in the files (their values are in the directory names and the manifest), as Hive, Spark,
+    pyarrow and DuckDB write them. :meth:`close` returns one commit message listing every file.
+    """
+
+    def __init__(self, fs, out: str, run_id: str, partition: int, attempt: int, partition_by: Sequence[str], *,
+                 page_checksums: bool = True, compression: str = "snappy", fence: Any = None,
+                 max_file_bytes: int = 512 << 20) -> None:
+        self.args = (fs, out, run_id, partition, attempt)
+        self.kwargs = {"page_checksums": page_checksums, "compression": compression, "fence": fence}
+        self.partition, self.attempt, self.run_id = partition, attempt, run_id
+        self.partition_by = tuple(partition_by)
+        self.max_file_bytes = max_file_bytes
+        self.open: dict[str, ParquetAttemptWriter] = {}
+        self.done: list[dict] = []
+        self.rows = 0
+
+    def write(self, data: pa.Table | pa.RecordBatch) -> None:
+        from . import hive
+        if isinstance(data, pa.RecordBatch):
+            data = pa.Table.from_batches([data])
+        for directory, values, rows in hive.split_by_partition(data, self.partition_by):
+            writer = self.open.get(directory)
+            if writer is None:
+                writer = self.open[directory] = ParquetAttemptWriter(*self.args, directory=directory, values=values,
+                                                                     **self.kwargs)
+            writer.write(rows)
+            self.rows += rows.num_rows
+            if writer._file is not None and writer._file.size >= self.max_file_bytes:
+                self.done += writer.close()["files"]
+                del self.open[directory]
+
+    def close(self, schema: pa.Schema | None = None) -> dict:
+        for directory in sorted(self.open):
+            self.done += self.open.pop(directory).close()["files"]
+        return {"partition": self.partition, "attempt": self.attempt, "run_id": self.run_id, "files": self.done}
+
+    def abort(self) -> None:
+        for writer in self.open.values():
+            writer.abort()
+        self.open.clear()
+        fs = self.args[0]
+        for entry in self.done:
+            discard_file(fs, entry)
+        self.done = []
+
+
 def publish_file(fs, out: str, entry: dict) -> str:
     """Make one winning attempt file visible under its final name; idempotent (resumed commits)."""
     final = posixpath.join(out, entry["name"])
@@ -276,6 +336,8 @@ def publish_file(fs, out: str, entry: dict) -> str:
                 raise
         fs.invalidate_cache(out)
         return final
+    if is_local(fs) and "/" in entry["name"]:
+        os.makedirs(posixpath.dirname(final), exist_ok=True)     # a Hive partition directory
     try:
         fs.mv(entry["tmp"], final)
     except FileNotFoundError:
@@ -480,11 +542,9 @@ def _damaged_manifest(fs, out: str, raw: bytes, exc: ManifestError) -> Manifest:
     present = []
     if is_s3(fs):
         fs.invalidate_cache(out)
-    with contextlib.suppress(FileNotFoundError):
-        for p in fs.ls(out, detail=False):
-            name = posixpath.basename(p.rstrip("/"))
-            if engine_file(name):
-                present.append({"path": name, "partition": -1, "rows": 0, "bytes": 0, "crc32c": 0})
+    for rel, _ in data_files(fs, out):
+        if engine_file(posixpath.basename(rel)) and _in_partitions(rel):
+            present.append({"path": rel, "partition": -1, "rows": 0, "bytes": 0, "crc32c": 0})
     doc = {"format": MANIFEST_FORMAT, "generation": generation if _count(generation) else 0, "run_id": None,
            "files": present}
     return Manifest(doc, out, raw, damage="; ".join(exc.problems) or str(exc))
@@ -604,9 +664,83 @@ def discard(fs, messages: Sequence[dict]) -> None:
             discard_file(fs, f)
 
 
+MODES = ("error", "overwrite", "append", "overwrite-partitions")
+
+
+def partition_of(path: str) -> str:
+    """The Hive partition directory of a manifest entry's path (``""`` for an unpartitioned file)."""
+    return posixpath.dirname(path)
+
+
+def _same_schema(a: pa.Schema, b: pa.Schema) -> bool:
+    return a.remove_metadata().equals(b.remove_metadata())
+
+
+def _merge_files(out: str, previous: Manifest | None, entries: list[dict], schema: pa.Schema, mode: str,
+                 partition_by: list[str]) -> tuple[list[dict], set[str]]:
+    """The new generation's files, and the partition directories whose earlier files it drops."""
+    if previous is None or previous.damage is not None or mode in ("error", "overwrite"):
+        return entries, set()
+    old_by = list(previous.doc.get("partition_by") or [])
+    if old_by != partition_by:
+        raise CommitError(f"cannot {'append to' if mode == 'append' else 'replace partitions of'} {out}: it is "
+                          f"partitioned by {old_by or 'nothing'}, this run by {partition_by or 'nothing'}; use the "
+                          "same partition_by, or write to a new output (or use mode='overwrite')")
+    if schema.names and previous.schema.names and not _same_schema(previous.schema, schema):
+        raise CommitError(f"cannot {'append to' if mode == 'append' else 'replace partitions of'} {out}: its schema "
+                          f"{previous.schema} differs from this run's {schema}; write to a new output or use "
+                          "mode='overwrite'")
+    if mode == "append":
+        offset = 1 + max((f["partition"] for f in previous.files), default=-1)
+        return previous.files + [{**f, "partition": f["partition"] + offset} for f in entries], set()
+    produced = {partition_of(e["path"]) for e in entries}
+    kept = [f for f in previous.files if partition_of(f["path"]) not in produced]
+    return kept + entries, produced
+
+
+def _provenance(previous: Manifest | None, files: list[dict], entries: list[dict], replaced: set[str], mode: str,
+                meta: dict, run_id: str, generation: int, committed_at: str, logical_date: str | None,
+                partition_by: list[str]) -> dict:
+    """The manifest's ``partitions`` (who wrote each Hive partition, from what) and ``dates`` (what
+    each logical date's last run committed) for the new generation."""
+    prev = previous.doc if previous is not None and previous.damage is None and mode in (
+        "append", "overwrite-partitions") else {}
+    digest = (meta.get("input") or {}).get("digest")
+    produced = sorted({partition_of(e["path"]) for e in entries})
+    out: dict = {}
+    if partition_by:
+        partitions = {d: p for d, p in (prev.get("partitions") or {}).items() if d not in produced}
+        totals: dict[str, list[int]] = {}
+        for f in files:
+            t = totals.setdefault(partition_of(f["path"]), [0, 0, 0])
+            t[0] += 1
+            t[1] += f["rows"]
+            t[2] += f["bytes"]
+        values = {partition_of(e["path"]): e.get("values") for e in entries}
+        for d in produced:
+            n, rows, nbytes = totals[d]
+            partitions[d] = {"values": values[d], "run_id": run_id, "job": meta.get("job"),
+                             "fingerprint": meta.get("fingerprint"), "engine_version": meta.get("engine_version"),
+                             "input_digest": digest, "logical_date": logical_date, "committed_at": committed_at,
+                             "generation": generation, "files": n, "rows": rows, "bytes": nbytes}
+        out["partitions"] = dict(sorted(partitions.items()))
+    dates = {}
+    for day, rec in (prev.get("dates") or {}).items():
+        # a date whose partitions another date's run has just rewritten is no longer as it committed it
+        if day != logical_date and not (set(rec.get("partitions") or ()) & replaced):
+            dates[day] = rec
+    if logical_date is not None:
+        dates[logical_date] = {"run_id": run_id, "fingerprint": meta.get("fingerprint"), "input_digest": digest,
+                               "committed_at": committed_at, "generation": generation, "partitions": produced,
+                               "rows": sum(e["rows"] for e in entries)}
+    if dates:
+        out["dates"] = dict(sorted(dates.items()))
+    return out
+
+
 def commit_job(fs, out: str, *, run_id: str, winners: dict[int, dict], schema: pa.Schema, mode: str,
                previous: Manifest | None, meta: dict, hook: Any = None, fence: Any = None,
-               writers: Any = None) -> Manifest:
+               writers: Any = None, partition_by: Sequence[str] = (), logical_date: str | None = None) -> Manifest:
     """Publish the winners' files, then create the manifest; returns the committed manifest.
 
     Until the manifest is written, readers see the previous generation (or nothing); published
@@ -623,11 +757,19 @@ def commit_job(fs, out: str, *, run_id: str, winners: dict[int, dict], schema: p
     """
     if writers is not None:
         writers.close()
+    partition_by = list(partition_by)
+    if mode == "overwrite-partitions" and not partition_by:
+        raise CommitError("mode='overwrite-partitions' replaces Hive partitions: pass partition_by=[...] (the output's "
+                          "partition columns), or use mode='overwrite' to replace the whole output")
     entries: list[dict] = []
     for partition in sorted(winners):
         for f in winners[partition]["files"]:
-            entries.append({"path": f["name"], "partition": partition, "rows": f["rows"], "bytes": f["bytes"],
-                            "crc32c": f["crc32c"]})
+            entry = {"path": f["name"], "partition": partition, "rows": f["rows"], "bytes": f["bytes"],
+                     "crc32c": f["crc32c"]}
+            if partition_by:
+                entry["values"] = f.get("values")
+            entries.append(entry)
+    files, replaced = _merge_files(out, previous, entries, schema, mode, partition_by)
     if hook:
         hook("before-publish")
     for partition in sorted(winners):
@@ -639,19 +781,20 @@ def commit_job(fs, out: str, *, run_id: str, winners: dict[int, dict], schema: p
                                   "Was the output cleaned by another process? Rerun the job.") from exc
             if hook:
                 hook("publish")
-    files = entries
-    generation = 1
-    if previous is not None:
-        generation = previous.generation + 1
-        if mode == "append":
-            if not previous.schema.equals(schema):
-                raise CommitError(f"cannot append to {out}: its schema {previous.schema} differs from this run's "
-                                  f"{schema}; write to a new output or use mode='overwrite'")
-            offset = 1 + max((f["partition"] for f in previous.files), default=-1)
-            files = previous.files + [{**f, "partition": f["partition"] + offset} for f in files]
-    doc = seal({"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "generation": generation,
+    generation = previous.generation + 1 if previous is not None else 1
+    if previous is not None and previous.damage is None and mode in ("append", "overwrite-partitions") \
+            and not schema.names:
+        schema = previous.schema          # a run that produced nothing keeps the output's schema
+    committed_at = _dt.datetime.now(_dt.timezone.utc).isoformat()
+    extra = _provenance(previous, files, entries, replaced, mode, meta, run_id, generation, committed_at,
+                        logical_date, partition_by)
+    if partition_by:
+        extra["partition_by"] = partition_by
+    if logical_date is not None:
+        extra["logical_date"] = logical_date
+    doc = seal({"format": MANIFEST_FORMAT, "version": 2 if partition_by else 1, "generation": generation,
                 "run_id": run_id, "schema": schema_to_text(schema), "files": files,
-                "committed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(), **meta})
+                "committed_at": committed_at, **extra, **meta})
     data = json.dumps(doc, indent=1, sort_keys=True).encode()
     if hook:
         hook("before-manifest")
@@ -698,16 +841,24 @@ def cleanup(fs, out: str, *, keep_run: str | None, manifest: Manifest | None) ->
         if not kept:
             with contextlib.suppress(FileNotFoundError, OSError):
                 fs.rm(tmp_root, recursive=True)
-    with contextlib.suppress(FileNotFoundError):
-        if is_s3(fs):
-            fs.invalidate_cache(out)
-        for p in fs.ls(out, detail=False):
-            name = posixpath.basename(p.rstrip("/"))
-            if engine_file(name) and name not in referenced and \
-                    (keep_run is None or _NAME.match(name).group("run") != keep_run[:16]):
-                with contextlib.suppress(FileNotFoundError, OSError):
-                    fs.rm(p)
-                    removed.append(p)
+    emptied: set[str] = set()
+    for rel, p in data_files(fs, out):
+        name = posixpath.basename(rel)
+        if engine_file(name) and _in_partitions(rel) and rel not in referenced and \
+                (keep_run is None or _NAME.match(name).group("run") != keep_run[:16]):
+            with contextlib.suppress(FileNotFoundError, OSError):
+                fs.rm(p)
+                removed.append(p)
+                if "/" in rel:
+                    emptied.add(posixpath.dirname(p))
+    if is_local(fs):
+        for d in sorted(emptied, key=len, reverse=True):      # partition directories left empty
+            while d.rstrip("/") != out.rstrip("/") and d.startswith(out.rstrip("/") + "/"):
+                try:
+                    os.rmdir(d)
+                except OSError:
+                    break
+                d = posixpath.dirname(d)
     if is_s3(fs):
         bucket, prefix = _bucket_key(out.rstrip("/") + "/")
         with contextlib.suppress(Exception):
@@ -722,6 +873,36 @@ def cleanup(fs, out: str, *, keep_run: str | None, manifest: Manifest | None) ->
     return removed
 
 
+def data_files(fs, out: str) -> list[tuple[str, str]]:
+    """``(path relative to out, full path)`` of every file in ``out`` and its ``col=value`` partition
+    directories, leaving out ``_``/``.``-prefixed names (the engine's and other tools' own) at any depth."""
+    found: list[tuple[str, str]] = []
+    root = out.rstrip("/")
+    if is_s3(fs):
+        fs.invalidate_cache(out)
+    try:
+        listing = fs.find(out, withdirs=False)
+    except FileNotFoundError:
+        return found
+    for p in sorted(listing):
+        rel = p[len(root) + 1:] if p.startswith(root + "/") else None
+        if not rel:
+            continue
+        if not any(part.startswith(("_", ".")) for part in rel.split("/")):
+            found.append((rel, p))
+    return found
+
+
+def _in_partitions(rel: str) -> bool:
+    """True for a file directly in ``out`` or in ``col=value`` directories below it."""
+    return all("=" in part for part in rel.split("/")[:-1])
+
+
+def _foreign_files(fs, out: str) -> list[str]:
+    """Files in ``out`` that no run of this engine wrote (a data file's name tells)."""
+    return [p for rel, p in data_files(fs, out) if not engine_file(posixpath.basename(rel)) or not _in_partitions(rel)]
+
+
 def check_output(fs, out: str, mode: str) -> Manifest | None:
     """The committed manifest (if any) after checking that ``mode`` allows writing to ``out``.
 
@@ -730,15 +911,13 @@ def check_output(fs, out: str, mode: str) -> Manifest | None:
     (``damage`` set) so that the run replaces it: the new manifest is swapped in against the
     damaged bytes, and the damaged generation's files are removed after that commit.
     """
-    if mode not in ("error", "overwrite", "append"):
-        raise CommitError(f"mode must be 'error', 'overwrite' or 'append', got {mode!r}")
+    if mode not in MODES:
+        raise CommitError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
     manifest = load_manifest(fs, out, damaged=mode == "overwrite")
     if manifest is None or manifest.damage is not None:
         foreign = []
         if fs.exists(out):
-            foreign = [p for p in fs.ls(out, detail=False)
-                       if not posixpath.basename(p.rstrip("/")).startswith(("_", "."))
-                       and not engine_file(posixpath.basename(p.rstrip("/")))]
+            foreign = _foreign_files(fs, out)
         if foreign and manifest is not None:
             raise OutputExistsError(f"output {out} holds a {MANIFEST} that is not a valid engine manifest and files "
                                     f"that no run of this engine committed (e.g. {foreign[0]}); choose an empty or "
@@ -883,6 +1062,20 @@ def read(path: str, storage_options: dict | None = None, verify: bool = True,
                             [f"{posixpath.join(out, MANIFEST)}: missing"])
     schema = manifest.schema
     selected = list(columns) if columns is not None else None
+    partition_by = list(manifest.doc.get("partition_by") or [])
+    if selected is not None:
+        missing = [c for c in selected if c not in schema.names]
+        if missing:
+            from .errors import SchemaError
+            raise SchemaError(f"{out} has no column(s) {missing}; its columns are {schema.names}")
+    wanted = selected if selected is not None else schema.names
+    if partition_by:                   # the files hold the other columns; the directories hold these
+        selected = [c for c in wanted if c not in partition_by]
+
+    def decoded(source, entry: dict) -> pa.Table:
+        table = pq.read_table(source, columns=selected)
+        return _with_partition_columns(table, entry["path"], schema, partition_by, wanted) if partition_by else table
+
     tables: list[pa.Table] = []
     problems: list[str] = []
     for entry in sorted(manifest.files, key=lambda e: (e["partition"], e["path"])):
@@ -892,10 +1085,10 @@ def read(path: str, storage_options: dict | None = None, verify: bool = True,
             try:
                 if is_local(fs):
                     with pa.memory_map(p) as f:
-                        tables.append(pq.read_table(f, columns=selected))
+                        tables.append(decoded(f, entry))
                 else:
                     with fs.open(p, "rb") as f:
-                        tables.append(pq.read_table(f, columns=selected))
+                        tables.append(decoded(f, entry))
             except FileNotFoundError:
                 raise IntegrityError(f"{where} is listed in the manifest but missing; run engine.verify('{path}')",
                                      [f"{where}: missing"]) from None
@@ -909,7 +1102,7 @@ def read(path: str, storage_options: dict | None = None, verify: bool = True,
             problems.append(problem)
             tables = []               # nothing will be returned: keep checking the rest, decode no more
         elif not problems:
-            tables.append(pq.read_table(pa.BufferReader(buf), columns=selected))
+            tables.append(decoded(pa.BufferReader(buf), entry))
         del buf
     if problems:
         raise IntegrityError(f"{out} is damaged, nothing was returned: " + "; ".join(problems) + ". Rerun the "
@@ -920,6 +1113,34 @@ def read(path: str, storage_options: dict | None = None, verify: bool = True,
             schema = pa.schema([schema.field(c) for c in columns])
         return schema.empty_table()
     return pa.concat_tables(tables, promote_options="default")
+
+
+def partition_values(path: str) -> dict[str, str | None]:
+    """The Hive partition values of a data file's relative path, unescaped (None for a null value)."""
+    from . import hive
+    values: dict[str, str | None] = {}
+    for part in path.split("/")[:-1]:
+        col, _, text = part.partition("=")
+        values[hive.unescape(col)] = None if text == hive.DEFAULT_PARTITION else hive.unescape(text)
+    return values
+
+
+def _with_partition_columns(table: pa.Table, path: str, schema: pa.Schema, partition_by: list[str],
+                            wanted: list[str]) -> pa.Table:
+    """``table`` (a file's columns) with the partition columns its directory names, typed as ``schema``
+    says, in the order of ``wanted``."""
+    from . import hive
+    values = partition_values(path)
+    n = table.num_rows
+    columns = []
+    for name in wanted:
+        if name in partition_by:
+            typ = schema.field(name).type
+            text = values.get(name)
+            columns.append(pa.nulls(n, typ) if text is None else pa.repeat(hive.parse_value(text, typ), n))
+        else:
+            columns.append(table.column(name))
+    return pa.table(columns, schema=pa.schema([schema.field(c) for c in wanted]))
 
 
 __all__ = ["ParquetAttemptWriter", "ChecksummingFile", "Manifest", "VerifySummary", "commit_job", "check_output",

@@ -105,6 +105,12 @@ DEFAULTS: dict[str, Any] = {
         # starts the embedded cluster. Measured on 2 cores (benchmarks/startup.py).
         "max-bytes": "64MiB",
     },
+    "output": {
+        # A Hive-partitioned output's task writes a new file in a partition directory once its current
+        # one there reaches this size (a partition holds at most one file per reduce task, plus one
+        # per this many bytes of its data).
+        "max-file-bytes": "512MiB",
+    },
 }
 
 _LOCK = threading.RLock()

@@ -650,3 +650,19 @@ def function_token(fn: Any) -> str:
 
 __all__ = ["Job", "Stage", "Round", "MapStep", "filter_table", "needed_columns", "leading_where", "JobFingerprint",
            "job_fingerprint", "function_token", "UNNAMED_INPUT"]
+
+
+def with_input_filter(job: Job, where: Any) -> Job:
+    """``job`` whose input rows must first satisfy ``where`` (a ``pyarrow.compute.Expression``), as
+    ``engine.run(..., where=)`` asks: merged into the first map's ``where=`` when the job starts with
+    a map, else a map of its own in front (so it is pushed into the read either way)."""
+    if job.inputs != (job.label,) or any(s.kind in ("join", "cogroup") for s in job.stages):
+        raise JobDefinitionError(f"job {job.name!r} reads several inputs: a run's where= filters the input of a "
+                                 "job that reads one; give each input its condition with .map(where=...) in the job")
+    first = job.stages[0] if job.stages else None
+    if first is not None and first.kind == "map":
+        merged = where if first.where is None else (where & first.where)
+        stages = (dataclasses.replace(first, where=merged),) + job.stages[1:]
+    else:
+        stages = (Stage("map", None, where=where),) + job.stages
+    return dataclasses.replace(job, stages=stages)

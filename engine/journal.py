@@ -42,7 +42,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from .commit import engine_file, temporary_dir
+from .commit import _bad_entry_path, engine_file, temporary_dir
 from .datasets import Split, is_local
 from .shuffle import MapOutput
 
@@ -282,10 +282,15 @@ def commit_from_json(d: Any) -> dict:
     files = []
     for f in d["files"]:
         fields = {"name", "tmp", "rows", "bytes", "crc32c", "upload"}
-        _dict(f, "commit file", fields, fields)
+        _dict(f, "commit file", fields | {"values"}, fields)
         entry = {"name": _str(f["name"], "commit file name"), "tmp": _str(f["tmp"], "commit file tmp"),
                  "rows": _int(f["rows"], "commit file rows"), "bytes": _int(f["bytes"], "commit file bytes"),
                  "crc32c": _int(f["crc32c"], "commit file crc32c"), "upload": None}
+        if "values" in f:        # a Hive partition's values (text, or None for null)
+            _check(isinstance(f["values"], dict) and all(isinstance(k, str) and (v is None or isinstance(v, str))
+                                                         for k, v in f["values"].items()),
+                   "commit file values must map column names to text or null")
+            entry["values"] = dict(f["values"])
         if f["upload"] is not None:
             up = _dict(f["upload"], "commit upload", {"upload_id", "parts"}, {"upload_id", "parts"})
             _check(isinstance(up["parts"], list), "commit upload parts must be a list")
@@ -382,8 +387,10 @@ def check_paths(result: dict, *, run_id: str, out: str, shuffle_root: str | None
         _check(message.get("run_id", run_id) == run_id, "the commit message is of another run")
         for f in message["files"]:
             name = f["name"]
-            _check(engine_file(name) and f"-{run_id[:16]}-a" in name, f"{name!r} is not a file of this run")
-            staged = posixpath.join(temporary_dir(out, run_id), name)
+            base = posixpath.basename(name)
+            _check(engine_file(base) and f"-{run_id[:16]}-a" in base and _bad_entry_path(name) is None,
+                   f"{name!r} is not a file of this run")
+            staged = posixpath.join(temporary_dir(out, run_id), base)
             final = posixpath.join(out, name)
             if f["upload"] is not None:
                 _check(s3 and f["tmp"] == final, f"{f['tmp']!r} is not a pending upload of this output")

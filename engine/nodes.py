@@ -65,6 +65,8 @@ class Execution:
     map_combine: bool
     run_fence: Any
     leftovers: list[str] = field(default_factory=list)   # shuffle files read by a later stage (broadcast sides)
+    partition_by: tuple[str, ...] = ()    # the output's Hive partition columns
+    logical_date: str | None = None       # engine.logical_date() in the job's functions
 
     @property
     def count(self) -> int:
@@ -89,7 +91,9 @@ class Execution:
             columns=stream.columns, partition_types=stream.partition_types,
             page_checksums=bool(config.get("checksums.page-checksums")), faults=self.faults,
             map_combine=self.map_combine, report_progress=self.executor.supervisor is not None,
-            fence=self.run_fence, side=side, ops=stream.ops if ops is None else ops)
+            fence=self.run_fence, side=side, ops=stream.ops if ops is None else ops,
+            partition_by=self.partition_by, logical_date=self.logical_date,
+            max_file_bytes=config.parse_size(config.get("output.max-file-bytes"), name="output.max-file-bytes"))
 
 
 def input_stream(spec: InputSpec, side: Side) -> Stream:

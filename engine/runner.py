@@ -34,6 +34,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -140,7 +141,8 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
         mode: str = "error", speculation: bool = True, skew: bool = True, shuffle_dir: str | None = None,
         partition_size: int | str | None = None, force: bool = False, report: str | None = None, *,
         format: str | None = None, resume: bool = False, progress: ProgressFn | None = None,
-        faults: Any = None, map_combine: bool | None = None) -> RunResult:
+        faults: Any = None, map_combine: bool | None = None, partition_by: Sequence[str] | str | None = None,
+        date: Any = None, where: Any = None) -> RunResult:
     """Run ``job`` over ``input`` and commit its output to ``output`` atomically.
 
     >>> import engine
@@ -153,20 +155,87 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
     input snapshot over its own committed output is a no-op unless ``force=True``.
     ``map_combine=False`` ships map output uncombined (the reducers combine it; for tuning and tests;
     default ``engine.shuffle.map-combine``).
+
+    Partitioned outputs and scheduled runs:
+
+    ``partition_by``: output columns to partition by, Hive-style (``OUT/date=2026-11-30/…``); with
+    ``mode="overwrite-partitions"`` a run replaces exactly the partitions it produced and keeps the
+    others, in one atomic manifest swap.
+    ``date``: the run's logical date (``"2026-11-30"`` or a ``datetime.date``): :func:`engine.logical_date`
+    returns it inside the job's functions, ``{date}`` in a ``where`` string stands for it, and a rerun
+    for a date whose partitions this job already committed from the same input is a no-op.
+    ``where``: a condition the input rows must satisfy (a ``pyarrow.compute.Expression``, or text such
+    as ``"date = '{date}'"``, see :mod:`engine.whereexpr`); Hive partitions it rules out are not read.
+
+    >>> engine.run(daily, "events/", "agg/", partition_by=["date"], mode="overwrite-partitions",
+    ...            date="2026-11-30", where="date = '{date}'")              # doctest: +SKIP
     """
     started = time.time()
     _remember_secrets(storage_options)      # redacted from logs, reports, history and errors from now on
-    if mode not in ("error", "overwrite", "append"):
-        raise CommitError(f"mode must be 'error', 'overwrite' or 'append', got {mode!r}")
+    if mode not in commit.MODES:
+        raise CommitError(f"mode must be one of {', '.join(map(repr, commit.MODES))}, got {mode!r}")
     if not isinstance(job, Job):
         raise JobDefinitionError(f"run() expects an engine.Job, got {type(job).__name__}")
+    from .context import parse_date, using_date
+    logical_date = parse_date(date)
+    partition_by = _partition_columns(partition_by)
+    if mode == "overwrite-partitions" and not partition_by:
+        raise CommitError("mode='overwrite-partitions' replaces Hive partitions of a partitioned output: pass "
+                          "partition_by=[...] too, or use mode='overwrite' to replace the whole output")
     out_fs, out = filesystem(output, storage_options)
-    specs = resolve_inputs(job, input, storage_options, format=format)
+    with using_date(logical_date):
+        return _run(job, input, output, out_fs, out, cluster, storage_options, mode, speculation, skew, shuffle_dir,
+                    partition_size, force, report, format, resume, progress, faults, map_combine, partition_by,
+                    logical_date, where, started)
+
+
+def _partition_columns(partition_by: Sequence[str] | str | None) -> tuple[str, ...]:
+    if partition_by is None:
+        return ()
+    cols = [partition_by] if isinstance(partition_by, str) else list(partition_by)
+    cols = [c.strip() for col in cols for c in str(col).split(",") if c.strip()]
+    if len(set(cols)) != len(cols):
+        raise JobDefinitionError(f"partition_by lists a column twice: {cols}")
+    return tuple(cols)
+
+
+def _filtered_inputs(job: Job, input: Any, where: Any, logical_date: str | None, storage_options: dict | None,
+                     format: str | None) -> tuple[Job, dict[str, InputSpec]]:
+    """The job with the run's ``where`` in front of its maps, and its inputs resolved with it (pruned)."""
+    from .job import _is_expression, with_input_filter
+    if isinstance(where, str):
+        from .datasets import input_schema
+        from .whereexpr import parse_where
+        rough = parse_where(where, None, date=logical_date)      # literal types unknown: for pruning partitions
+        specs = resolve_inputs(with_input_filter(job, rough), input, storage_options, format=format)
+        spec = next(iter(specs.values()))
+        return with_input_filter(job, parse_where(where, input_schema(spec), date=logical_date)), specs
+    if not _is_expression(where):
+        raise JobDefinitionError(f"where= takes a pyarrow.compute.Expression such as pc.field('date') == "
+                                 f"'2026-11-30', or text such as \"date = '{{date}}'\", got {type(where).__name__}")
+    filtered = with_input_filter(job, where)
+    return filtered, resolve_inputs(filtered, input, storage_options, format=format)
+
+
+def _run(job: Job, input: Any, output: str, out_fs, out: str, cluster: Any, storage_options: dict | None, mode: str,
+         speculation: bool, skew: bool, shuffle_dir: str | None, partition_size: Any, force: bool, report: str | None,
+         format: str | None, resume: bool, progress: Any, faults: Any, map_combine: bool | None,
+         partition_by: tuple[str, ...], logical_date: str | None, where: Any, started: float) -> RunResult:
+    if where is not None:
+        job, specs = _filtered_inputs(job, input, where, logical_date, storage_options, format)
+    else:
+        specs = resolve_inputs(job, input, storage_options, format=format)
     plan = build_plan(job, specs, partition_size)
     fingerprint = plan.fingerprint
     snapshot = _snapshots_digest(specs, single=not plan.multi_input)
-    # Same job + same input snapshot → same run id, so an interrupted run can be resumed.
-    run_id = hashlib.sha256(f"{fingerprint}:{snapshot}".encode()).hexdigest()[:16]
+    # Same job + same input snapshot (+ logical date, output partitioning) → same run id, so an
+    # interrupted run can be resumed.
+    identity = f"{fingerprint}:{snapshot}"
+    if logical_date is not None:
+        identity += f":date={logical_date}"
+    if partition_by:
+        identity += f":partition_by={','.join(partition_by)}"
+    run_id = hashlib.sha256(identity.encode()).hexdigest()[:16]
     if force:
         run_id = f"{run_id[:8]}{uuid.uuid4().hex[:8]}"
     if faults is None:
@@ -176,16 +245,17 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
                     input_bytes=sum(s.total_bytes for s in specs.values()), output=output)
 
     previous = commit.check_output(out_fs, out, mode)
-    if previous is not None and not force and previous.doc.get("fingerprint") == fingerprint \
-            and previous.doc.get("input", {}).get("digest") == snapshot:
-        rep.status, rep.stop, rep.run_id = "skipped", time.time(), previous.doc["run_id"]
-        rep.message = (f"{output} already holds this job's output for this input snapshot (run "
-                       f"{previous.doc['run_id']}); nothing to do. Pass force=True to recompute.")
+    done = _already_committed(previous, fingerprint, snapshot, logical_date, partition_by) if not force else None
+    if done is not None:
+        rep.status, rep.stop, rep.run_id = "skipped", time.time(), done
+        what = f"for logical date {logical_date} " if logical_date is not None else ""
+        rep.message = (f"{output} already holds this job's output {what}for this input snapshot (run "
+                       f"{done}); nothing to do. Pass force=True to recompute.")
         rep.output_rows = previous.rows
         rep.output_files = len(previous.files)
         log.info(rep.message)
         _record_history(rep)
-        return RunResult(output, previous.doc["run_id"], rep, True, previous, storage_options)
+        return RunResult(output, done, rep, True, previous, storage_options)
     if previous is not None and mode == "error":
         raise OutputExistsError(f"{output} already holds committed output (job {previous.doc.get('job')!r}, run "
                                 f"{previous.doc.get('run_id')}); pass mode='overwrite' to replace it or "
@@ -255,7 +325,8 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
                                 shipped=shipped, shuffle_fs=shuffle_fs, shuffle_root=shuffle_root,
                                 skew_enabled=bool(skew and config.get("skew.enabled")), mode=mode, previous=previous, snapshot=snapshot,
                                 faults=faults, map_combine=bool(config.get("shuffle.map-combine", map_combine)),
-                                lock=lock, run_fence=run_fence)
+                                lock=lock, run_fence=run_fence, partition_by=partition_by,
+                                logical_date=logical_date)
             ok = True
         except BaseException as exc:
             rep.status, rep.stop = "failed", time.time()
@@ -268,10 +339,20 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
                 run_fence.close()
             cleanup(ok)
     rep.status, rep.stop = "committed", time.time()
-    rep.output_rows = manifest.rows
-    rep.output_files = len(manifest.files)
-    rep.output_bytes = sum(f["bytes"] for f in manifest.files)
+    # what this run wrote (in modes append and overwrite-partitions the output holds more)
+    mine = [f for f in manifest.files if f"-{run_id[:16]}-a" in posixpath.basename(f["path"])]
+    rep.output_rows = sum(f["rows"] for f in mine)
+    rep.output_files = len(mine)
+    rep.output_bytes = sum(f["bytes"] for f in mine)
     rep.message = f"committed {rep.output_rows:,} rows in {rep.output_files} file(s) to {output}"
+    if partition_by:
+        parts = sorted({commit.partition_of(f["path"]) for f in mine})
+        rep.message += f", {len(parts)} partition(s)" + (f" ({', '.join(parts[:3])}{', …' if len(parts) > 3 else ''})"
+                                                          if parts else "")
+    if len(mine) != len(manifest.files):
+        kept = len({commit.partition_of(f["path"]) for f in manifest.files})
+        rep.message += (f"; the output now holds {manifest.rows:,} rows in {len(manifest.files)} file(s)"
+                        + (f", {kept} partition(s)" if partition_by else "") + f" (generation {manifest.generation})")
     log.info("%s in %.2fs (run %s)", rep.message, rep.duration, run_id)
     if report:
         rep.to_html(report)
@@ -366,11 +447,12 @@ def _shuffle_location(shuffle_dir: str | None, storage_options: dict | None, run
 def _execute(plan: Plan, specs: dict[str, InputSpec], client, info: ClusterInfo, executor: StageExecutor,
              rep: RunReport, *, run_id: str, out_fs, out: str, shipped, shuffle_fs, shuffle_root: str,
              skew_enabled: bool, mode: str, previous: commit.Manifest | None, snapshot: str, faults: Any,
-             map_combine: bool = True, lock: Any = None, run_fence: RunFence | None = None) -> commit.Manifest:
+             map_combine: bool = True, lock: Any = None, run_fence: RunFence | None = None,
+             partition_by: tuple[str, ...] = (), logical_date: str | None = None) -> commit.Manifest:
     from . import reduceplan
     from .nodes import Execution, execute
     ex = Execution(plan, executor, rep, info, run_id, shipped, shuffle_fs, shuffle_root, out_fs, out, skew_enabled,
-                   faults, map_combine, run_fence)
+                   faults, map_combine, run_fence, partition_by=partition_by, logical_date=logical_date)
     final, schema = execute(ex, specs)
     reduceplan.cleanup_files(shuffle_fs, ex.leftovers)
     messages = [v["commit"] for v in final.values() if v["commit"]["files"]]
@@ -391,7 +473,27 @@ def _execute(plan: Plan, specs: dict[str, InputSpec], client, info: ClusterInfo,
                             "retries": s.retries} for s in rep.stages]}, default=str)))}
     return commit.commit_job(out_fs, out, run_id=run_id, winners=winners, schema=schema, mode=mode,
                              previous=previous, meta=meta, hook=faults.commit_hook if faults is not None else None,
-                             fence=lock.check if lock is not None else None, writers=run_fence)
+                             fence=lock.check if lock is not None else None, writers=run_fence,
+                             partition_by=partition_by, logical_date=logical_date)
+
+
+def _already_committed(previous: commit.Manifest | None, fingerprint: str, snapshot: str, logical_date: str | None,
+                       partition_by: tuple[str, ...]) -> str | None:
+    """The run id that already committed this job's output for this input snapshot (and logical
+    date, and partitioning), or None when there is something to do."""
+    if previous is None or previous.damage is not None:
+        return None
+    doc = previous.doc
+    if list(doc.get("partition_by") or ()) != list(partition_by):
+        return None
+    if logical_date is not None:
+        rec = (doc.get("dates") or {}).get(logical_date)
+        if rec and rec.get("fingerprint") == fingerprint and rec.get("input_digest") == snapshot:
+            return rec.get("run_id")
+        return None
+    if doc.get("fingerprint") == fingerprint and (doc.get("input") or {}).get("digest") == snapshot:
+        return doc.get("run_id")
+    return None
 
 
 def _input_meta(plan: Plan, specs: dict[str, InputSpec], snapshot: str) -> dict:

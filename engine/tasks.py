@@ -36,7 +36,8 @@ from typing import Any
 import pyarrow as pa
 
 from . import config, shuffle
-from .commit import ParquetAttemptWriter
+from .commit import ParquetAttemptWriter, PartitionedAttemptWriter
+from .context import set_task_date
 from .datasets import Split, is_local, read_split
 from .errors import EngineError, FencedError, IntegrityError, JobDefinitionError, SchemaError
 from .joins import check_keys, conform_keys, join_tables, key_types
@@ -102,6 +103,9 @@ class TaskContext:
     ops: tuple = ()                   # map tasks: steps before the side's maps (fused broadcast joins)
     key_types: tuple | None = None    # join/cogroup map tasks: cast the keys to these types before hashing
     combine_policy: CombinePolicy = field(default_factory=CombinePolicy.from_config)
+    partition_by: tuple[str, ...] = ()  # the job output's Hive partition columns (last round only)
+    max_file_bytes: int = 512 << 20   # a partitioned output's files are rolled at this size
+    logical_date: str | None = None   # engine.logical_date() in the job's functions
     # declarative aggregations read Parquet string keys with small dictionaries dictionary-encoded
     encoded_keys: bool = field(default_factory=lambda: bool(config.get("shuffle.encoded-keys")))
 
@@ -295,7 +299,11 @@ class _Output:
         self.schema: pa.Schema | None = None
         self.rows = 0
         self.nbytes = 0
-        if ctx.last_round:
+        if ctx.last_round and ctx.partition_by:
+            self.writer = PartitionedAttemptWriter(ctx.out_fs, ctx.out_root, ctx.run_id, partition, attempt,
+                                                   ctx.partition_by, page_checksums=ctx.page_checksums,
+                                                   fence=ctx.fence, max_file_bytes=ctx.max_file_bytes)
+        elif ctx.last_round:
             self.writer = ParquetAttemptWriter(ctx.out_fs, ctx.out_root, ctx.run_id, partition, attempt,
                                                page_checksums=ctx.page_checksums, fence=ctx.fence)
         else:
@@ -308,6 +316,9 @@ class _Output:
         if not self.ctx.last_round:
             table = shuffle.shuffle_ready(table)     # an IPC file: one dictionary per column, no views
         if self.schema is None:
+            if self.ctx.last_round and self.ctx.partition_by:
+                from .hive import check_partition_columns
+                check_partition_columns(table.schema, self.ctx.partition_by)
             self.schema = table.schema
         elif not table.schema.equals(self.schema):
             raise SchemaError(f"output schema changed between chunks: {self.schema} then {table.schema}")
@@ -356,6 +367,7 @@ class _Output:
 
 def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partition: int, attempt: int) -> dict:
     """One map attempt over one split; returns its shuffle index or commit message."""
+    set_task_date(ctx.logical_date)
     start = time.time()
     payload = load_payload(blob)
     stages = payload[ctx.round]
@@ -662,6 +674,7 @@ def _reduce_input(ctx: TaskContext, refs: list, key_filter: dict | None, schema:
 def run_reduce(ctx: TaskContext, blob: bytes, refs: list, bounds: tuple | None, schema: pa.Schema | None,
                partition: int, attempt: int) -> dict:
     """One reduce attempt over its slices of every map file; returns commit message or next input."""
+    set_task_date(ctx.logical_date)
     start = time.time()
     stages = load_payload(blob)[ctx.round]
     label = _label(ctx, "reduce", partition)
@@ -710,6 +723,7 @@ def run_partial(ctx: TaskContext, blob: bytes, refs: list, key_filter: dict | No
                 partition: int, attempt: int) -> dict:
     """One share of a hot key in a combinable round: combine its rows from some map outputs into a
     partial result (a shuffle file of one partition) that a merge task finishes."""
+    set_task_date(ctx.logical_date)
     start = time.time()
     stages = load_payload(blob)[ctx.round]
     label = _label(ctx, "partial", partition)
@@ -756,6 +770,7 @@ def run_join(ctx: TaskContext, blob: bytes, refs: list, piece: tuple | None, sch
              partition: int, attempt: int) -> dict:
     """One join or cogroup attempt: each side's slices of the hash partitions it was given (one side
     perhaps only a piece of them, the other replicated), joined or passed to the cogroup function."""
+    set_task_date(ctx.logical_date)
     start = time.time()
     stages = load_payload(blob)[ctx.round]
     label = _label(ctx, ctx.kind, partition)
