@@ -16,8 +16,10 @@ do not know this module::
     │   ├── OutputExistsError (FileExistsError-like)  committed output present and mode="error"
     │   ├── ConcurrentRunError               another live run holds the output, won the commit race, or took
     │   │                                    over the lease of this one (then nothing was committed)
-    │   └── FencedError                      a task attempt tried to write after its run had ended (committed,
-    │                                        failed or fenced off): it wrote nothing and discarded its file
+    │   ├── FencedError                      a task attempt tried to write after its run had ended (committed,
+    │   │                                    failed or fenced off): it wrote nothing and discarded its file
+    │   └── ChangeGateError                  a staged or canary result moved more than max_change allows:
+    │                                        nothing was published (exit code 3 on the command line)
     └── IntegrityError (ValueError)          committed output does not match its manifest
         └── ManifestError                    the manifest is missing, unreadable or self-inconsistent
 
@@ -97,6 +99,23 @@ class FencedError(CommitError):
         return type(self), (str(self), self.path)
 
 
+class ChangeGateError(CommitError):
+    """A staged (or canary) result differs from the live output by more than ``max_change`` allows.
+
+    Nothing was published: the live output is as it was. ``violations`` lists one sentence per
+    partition that moved too much; ``staged`` is where the staged result was kept (None for a canary,
+    whose result is discarded).
+    """
+
+    def __init__(self, message: str, violations: list[str] | None = None, staged: str | None = None) -> None:
+        super().__init__(message)
+        self.violations = list(violations or [])
+        self.staged = staged
+
+    def __reduce__(self):
+        return type(self), (str(self), self.violations, self.staged)
+
+
 class IntegrityError(EngineError, ValueError):
     """Committed output does not match its manifest (missing file, size or checksum mismatch).
 
@@ -115,5 +134,5 @@ class ManifestError(IntegrityError):
 __all__ = [
     "EngineError", "JobDefinitionError", "SchemaError", "InputError", "EmptyInputError",
     "ClusterError", "ShuffleLocationError", "StageFailedError", "CommitError",
-    "OutputExistsError", "ConcurrentRunError", "FencedError", "IntegrityError", "ManifestError",
+    "OutputExistsError", "ConcurrentRunError", "FencedError", "ChangeGateError", "IntegrityError", "ManifestError",
 ]

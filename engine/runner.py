@@ -42,7 +42,7 @@ import pyarrow as pa
 from . import commit, config
 from ._version import ENGINE_VERSION
 from .datasets import InputSpec, filesystem, is_local
-from .errors import (ClusterError, CommitError, EngineError, JobDefinitionError, OutputExistsError,
+from .errors import (ChangeGateError, ClusterError, CommitError, EngineError, JobDefinitionError, OutputExistsError,
                      ShuffleLocationError)
 from .faults import Faults
 from .job import Job
@@ -74,6 +74,9 @@ class RunResult:
     skipped: bool = False
     manifest: commit.Manifest | None = None
     storage_options: dict | None = field(default=None, repr=False)
+    staged: str | None = None          # stage_to=: where the run committed its result
+    diff: Any = None                   # stage_to=: engine.diff.OutputDiff of the staged against the live partitions
+    published: Any = None              # engine.publish.PublishResult once the staged result went live
 
     @property
     def rows(self) -> int:
@@ -142,7 +145,8 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
         partition_size: int | str | None = None, force: bool = False, report: str | None = None, *,
         format: str | None = None, resume: bool = False, progress: ProgressFn | None = None,
         faults: Any = None, map_combine: bool | None = None, partition_by: Sequence[str] | str | None = None,
-        date: Any = None, where: Any = None) -> RunResult:
+        date: Any = None, where: Any = None, stage_to: str | None = None,
+        max_change: float | str | None = None) -> RunResult:
     """Run ``job`` over ``input`` and commit its output to ``output`` atomically.
 
     >>> import engine
@@ -167,6 +171,13 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
     ``where``: a condition the input rows must satisfy (a ``pyarrow.compute.Expression``, or text such
     as ``"date = '{date}'"``, see :mod:`engine.whereexpr`); Hive partitions it rules out are not read.
 
+    ``stage_to``: commit into this staging output instead (its manifest names ``output`` as the live
+    output it is staged for), compare it with the live partitions it would replace (``result.diff``),
+    and publish it (:func:`engine.publish.publish`) only if ``max_change`` is given and no partition's
+    row count moves by more than that fraction (``0.05`` or ``"5%"``); otherwise it stays staged for
+    ``mapreduce publish``. A gate that trips raises :class:`~engine.errors.ChangeGateError` and
+    publishes nothing.
+
     >>> engine.run(daily, "events/", "agg/", partition_by=["date"], mode="overwrite-partitions",
     ...            date="2026-11-30", where="date = '{date}'")              # doctest: +SKIP
     """
@@ -183,10 +194,56 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
         raise CommitError("mode='overwrite-partitions' replaces Hive partitions of a partitioned output: pass "
                           "partition_by=[...] too, or use mode='overwrite' to replace the whole output")
     out_fs, out = filesystem(output, storage_options)
+    args = (cluster, storage_options, mode, speculation, skew, shuffle_dir, partition_size, force, report, format,
+            resume, progress, faults, map_combine, partition_by, logical_date, where, started)
     with using_date(logical_date):
-        return _run(job, input, output, out_fs, out, cluster, storage_options, mode, speculation, skew, shuffle_dir,
-                    partition_size, force, report, format, resume, progress, faults, map_combine, partition_by,
-                    logical_date, where, started)
+        if stage_to is None:
+            if max_change is not None:
+                raise JobDefinitionError("max_change= gates publishing a staged result: pass stage_to= too")
+            return _run(job, input, output, out_fs, out, *args)
+        return _staged_run(job, input, output, out_fs, out, stage_to, max_change, args)
+
+
+def _staged_run(job: Job, input: Any, output: str, out_fs, out: str, stage_to: str, max_change: Any,
+                args: tuple) -> RunResult:
+    """A run committed into ``stage_to``, compared with the live partitions it replaces, published if
+    the gate allows."""
+    storage_options, partition_by = args[1], args[14]
+    if not partition_by:
+        raise JobDefinitionError("stage_to= stages partitions to replace in the live output: pass partition_by=[...]")
+    if isinstance(max_change, str):
+        from .diff import parse_change
+        max_change = parse_change(max_change)
+    gate = max_change
+    st_fs, st = filesystem(stage_to, storage_options)
+    if st.rstrip("/") == out.rstrip("/"):
+        raise JobDefinitionError(f"stage_to= must differ from the output ({output})")
+    staged_args = list(args)
+    staged_args[2] = "overwrite"                     # the staging output holds one staged result at a time
+    result = _run(job, input, stage_to, st_fs, st, *staged_args, live=(out_fs, out, output))
+    if result.skipped:
+        return result                                 # the live output holds this already
+    result.staged = stage_to
+    live = commit.load_manifest(out_fs, out)
+    produced = sorted({commit.partition_of(f["path"]) for f in result.manifest.files})
+    replaced = [p for p in produced if live is not None and p in (live.doc.get("partitions") or {})]
+    if replaced:
+        from .diff import compare
+        result.diff = compare(output, stage_to, storage_options=storage_options, partitions=replaced)
+    if gate is None:
+        log.info("staged %d partition(s) at %s; compare them with `mapreduce diff %s %s`, publish them with "
+                 "`mapreduce publish %s`", len(produced), stage_to, output, stage_to, stage_to)
+        return result
+    violations = result.diff.violations(gate) if result.diff is not None else []
+    if violations:
+        raise ChangeGateError(f"the staged result at {stage_to} moves {len(violations)} partition(s) of {output} by "
+                              f"more than max_change={gate:.2%}, so nothing was published: " + "; ".join(violations[:5])
+                              + f". Inspect it with `mapreduce diff {output} {stage_to}`; publish it anyway with "
+                              f"`mapreduce publish {stage_to}`", violations, stage_to)
+    from .publish import publish
+    result.published = publish(stage_to, output, storage_options)
+    result.report.message += f"; {result.published}"
+    return result
 
 
 def _partition_columns(partition_by: Sequence[str] | str | None) -> tuple[str, ...]:
@@ -220,7 +277,8 @@ def _filtered_inputs(job: Job, input: Any, where: Any, logical_date: str | None,
 def _run(job: Job, input: Any, output: str, out_fs, out: str, cluster: Any, storage_options: dict | None, mode: str,
          speculation: bool, skew: bool, shuffle_dir: str | None, partition_size: Any, force: bool, report: str | None,
          format: str | None, resume: bool, progress: Any, faults: Any, map_combine: bool | None,
-         partition_by: tuple[str, ...], logical_date: str | None, where: Any, started: float) -> RunResult:
+         partition_by: tuple[str, ...], logical_date: str | None, where: Any, started: float,
+         live: tuple | None = None) -> RunResult:
     if where is not None:
         job, specs = _filtered_inputs(job, input, where, logical_date, storage_options, format)
     else:
@@ -245,8 +303,11 @@ def _run(job: Job, input: Any, output: str, out_fs, out: str, cluster: Any, stor
                     input_bytes=sum(s.total_bytes for s in specs.values()), output=output)
 
     previous = commit.check_output(out_fs, out, mode)
-    done = _already_committed(previous, fingerprint, snapshot, logical_date, partition_by) if not force else None
+    against = previous if live is None else commit.load_manifest(live[0], live[1])
+    done = _already_committed(against, fingerprint, snapshot, logical_date, partition_by) if not force else None
     if done is not None:
+        if live is not None:
+            output, previous = live[2], against
         rep.status, rep.stop, rep.run_id = "skipped", time.time(), done
         what = f"for logical date {logical_date} " if logical_date is not None else ""
         rep.message = (f"{output} already holds this job's output {what}for this input snapshot (run "
@@ -326,7 +387,7 @@ def _run(job: Job, input: Any, output: str, out_fs, out: str, cluster: Any, stor
                                 skew_enabled=bool(skew and config.get("skew.enabled")), mode=mode, previous=previous, snapshot=snapshot,
                                 faults=faults, map_combine=bool(config.get("shuffle.map-combine", map_combine)),
                                 lock=lock, run_fence=run_fence, partition_by=partition_by,
-                                logical_date=logical_date)
+                                logical_date=logical_date, staged_for=live[2] if live is not None else None)
             ok = True
         except BaseException as exc:
             rep.status, rep.stop = "failed", time.time()
@@ -448,7 +509,8 @@ def _execute(plan: Plan, specs: dict[str, InputSpec], client, info: ClusterInfo,
              rep: RunReport, *, run_id: str, out_fs, out: str, shipped, shuffle_fs, shuffle_root: str,
              skew_enabled: bool, mode: str, previous: commit.Manifest | None, snapshot: str, faults: Any,
              map_combine: bool = True, lock: Any = None, run_fence: RunFence | None = None,
-             partition_by: tuple[str, ...] = (), logical_date: str | None = None) -> commit.Manifest:
+             partition_by: tuple[str, ...] = (), logical_date: str | None = None,
+             staged_for: str | None = None) -> commit.Manifest:
     from . import reduceplan
     from .nodes import Execution, execute
     ex = Execution(plan, executor, rep, info, run_id, shipped, shuffle_fs, shuffle_root, out_fs, out, skew_enabled,
@@ -471,6 +533,8 @@ def _execute(plan: Plan, specs: dict[str, InputSpec], client, info: ClusterInfo,
                 "speculation": rep.speculation[:500],
                 "stages": [{"name": s.name, "tasks": s.tasks, "attempts": s.attempts, "speculative": s.speculative,
                             "retries": s.retries} for s in rep.stages]}, default=str)))}
+    if staged_for is not None:
+        meta["staged_for"] = redact(staged_for)
     return commit.commit_job(out_fs, out, run_id=run_id, winners=winners, schema=schema, mode=mode,
                              previous=previous, meta=meta, hook=faults.commit_hook if faults is not None else None,
                              fence=lock.check if lock is not None else None, writers=run_fence,

@@ -1,0 +1,197 @@
+"""Publishing a staged result: the partitions of a committed staging output replace the same
+partitions of the live output, in one manifest swap.
+
+A run with ``stage_to=PATH`` commits into ``PATH`` (a complete output with its own manifest, which
+names the live output it was staged for), so it can be inspected and compared with what it would
+replace (:mod:`engine.diff`) before anyone reads it. :func:`publish` then, holding the live
+output's lock:
+
+1. checks every staged file against the staged manifest (size and CRC32C), so nothing damaged
+   goes live;
+2. copies the staged files to the same relative paths under the live output (a hard link on a
+   local disk, a server-side copy on S3); their names carry the staged run's id and a uuid, so
+   they never overwrite a live file, and readers do not see them until step 3;
+3. swaps the live manifest (compare-and-swap against the generation it read): the staged
+   partitions replace the live ones, every other live partition stays, and each partition keeps
+   its provenance (the run, job fingerprint, input snapshot and logical date that produced it);
+4. removes the replaced generation's files, then the staged output.
+
+A publish killed at any point leaves the live output at its old or its new generation, never a mix:
+before the swap the copied files are unreferenced (the next run or ``mapreduce clean`` removes
+them), and the staged output stays intact until the swap has happened, so running the same
+``publish`` again finishes the job (it recognises a staged run that is already live).
+
+This module never imports dask.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import posixpath
+import shutil
+from dataclasses import dataclass
+from typing import Any
+
+from . import commit
+from .commit import MANIFEST, MANIFEST_FORMAT, Manifest, load_manifest, partition_of, seal
+from .datasets import filesystem, is_local, is_s3
+from .errors import CommitError, ConcurrentRunError, ManifestError
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """What :func:`publish` did: the partitions it replaced or added, and the live generation now."""
+
+    output: str
+    staged: str
+    run_id: str
+    partitions: tuple[str, ...]
+    rows: int
+    generation: int
+    already: bool = False          # the staged run was live already (a publish repeated after a kill)
+
+    def __str__(self) -> str:
+        if self.already:
+            return f"{self.output}: run {self.run_id} was already published (generation {self.generation})"
+        shown = ", ".join(self.partitions[:5]) + (", …" if len(self.partitions) > 5 else "")
+        return (f"published {len(self.partitions)} partition(s) ({shown}), {self.rows:,} rows of run {self.run_id} "
+                f"from {self.staged} to {self.output} (generation {self.generation})")
+
+
+def _copy(src_fs, src: str, dst_fs, dst: str) -> None:
+    """``src`` to ``dst`` without going through this process where the store allows it."""
+    if is_local(src_fs) and is_local(dst_fs):
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(dst)             # a copy of an earlier, interrupted publish: same bytes
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copyfile(src, dst)
+        return
+    if type(src_fs) is type(dst_fs) and (is_s3(src_fs) or not is_local(src_fs)):
+        src_fs.copy(src, dst)
+        return
+    with src_fs.open(src, "rb") as fin, dst_fs.open(dst, "wb") as fout:
+        shutil.copyfileobj(fin, fout, 8 << 20)
+
+
+def staged_for(staged: Manifest) -> str | None:
+    """The live output a staged output was staged for (recorded by ``run(..., stage_to=)``)."""
+    return staged.doc.get("staged_for")
+
+
+def merged_doc(live: Manifest | None, staged: Manifest, now: str) -> dict:
+    """The live output's next manifest: ``staged``'s partitions replace the same ones of ``live``."""
+    sdoc = staged.doc
+    produced = {partition_of(f["path"]) for f in staged.files}
+    generation = live.generation + 1 if live is not None else 1
+    kept = [f for f in live.files if partition_of(f["path"]) not in produced] if live is not None else []
+    offset = 1 + max((f["partition"] for f in kept), default=-1)
+    files = kept + [{**f, "partition": f["partition"] + offset} for f in staged.files]
+    ldoc = live.doc if live is not None else {}
+    partitions = {d: p for d, p in (ldoc.get("partitions") or {}).items() if d not in produced}
+    for d, p in (sdoc.get("partitions") or {}).items():
+        partitions[d] = {**p, "generation": generation, "published_at": now}
+    staged_dates = sdoc.get("dates") or {}
+    dates = {day: rec for day, rec in (ldoc.get("dates") or {}).items()
+             if day not in staged_dates and not (set(rec.get("partitions") or ()) & produced)}
+    for day, rec in staged_dates.items():
+        dates[day] = {**rec, "generation": generation}
+    doc = {k: v for k, v in sdoc.items() if k not in ("checksum", "staged_for", "files", "partitions", "dates",
+                                                       "generation", "committed_at")}
+    doc.update({"format": MANIFEST_FORMAT, "version": 2, "generation": generation, "files": files,
+                "committed_at": now, "partitions": dict(sorted(partitions.items())), "published_from_run": sdoc["run_id"]})
+    if dates:
+        doc["dates"] = dict(sorted(dates.items()))
+    return seal(doc)
+
+
+def publish(staged: str, output: str | None = None, storage_options: dict | None = None, *,
+            hook: Any = None) -> PublishResult:
+    """Atomically replace the live output's partitions with those of the staged output ``staged``.
+
+    ``output`` defaults to the live output the staged run was staged for. Raises
+    :class:`~engine.errors.ManifestError` if nothing is committed at ``staged``,
+    :class:`~engine.errors.IntegrityError` if a staged file is damaged, :class:`~engine.errors.CommitError`
+    if the partitioning or schema differ from the live output's, and
+    :class:`~engine.errors.ConcurrentRunError` if another run holds the live output.
+
+    >>> engine.run(daily, "events/", "agg/", partition_by=["date"], date="2026-11-30",
+    ...            where="date = '{date}'", stage_to="agg-staged/")          # doctest: +SKIP
+    >>> print(engine.diff.compare("agg/", "agg-staged/"))                      # doctest: +SKIP
+    >>> engine.publish("agg-staged/")                                          # doctest: +SKIP
+    """
+    from .lock import output_lock
+    sfs, sroot = filesystem(staged, storage_options)
+    smanifest = load_manifest(sfs, sroot)
+    if smanifest is None:
+        raise ManifestError(f"nothing is staged at {staged} (no {MANIFEST} manifest): run the job with "
+                            f"stage_to={staged!r} first, or it was published already",
+                            [f"{posixpath.join(sroot, MANIFEST)}: missing"])
+    target = output or staged_for(smanifest)
+    if not target:
+        raise CommitError(f"{staged} does not say which output it was staged for; pass the live output: "
+                          f"publish({staged!r}, 'OUT')")
+    if not smanifest.doc.get("partition_by"):
+        raise CommitError(f"{staged} is not partitioned: publishing replaces partitions of a partitioned output "
+                          "(run with partition_by=[...])")
+    commit.verify_manifest(sfs, smanifest, pages=False)     # nothing damaged goes live
+    lfs, live = filesystem(target, storage_options)
+    produced = tuple(sorted({partition_of(f["path"]) for f in smanifest.files}))
+    run_id = smanifest.doc["run_id"]
+    with output_lock(lfs, live) as lock:
+        previous = load_manifest(lfs, live)
+        if previous is not None:
+            if list(previous.doc.get("partition_by") or []) != list(smanifest.doc["partition_by"]):
+                raise CommitError(f"cannot publish {staged} to {target}: the live output is partitioned by "
+                                  f"{previous.doc.get('partition_by') or 'nothing'}, the staged one by "
+                                  f"{smanifest.doc['partition_by']}")
+            if smanifest.files and previous.files and not commit._same_schema(previous.schema, smanifest.schema):
+                raise CommitError(f"cannot publish {staged} to {target}: the live schema {previous.schema} differs "
+                                  f"from the staged {smanifest.schema}; write to a new output or overwrite it whole")
+            live_paths = {f["path"] for f in previous.files}
+            if previous.doc.get("published_from_run") == run_id and all(f["path"] in live_paths
+                                                                          for f in smanifest.files):
+                _remove_staged(sfs, sroot, smanifest)
+                return PublishResult(target, staged, run_id, produced, smanifest.rows, previous.generation, True)
+        for f in smanifest.files:
+            _copy(sfs, smanifest.path_of(f), lfs, posixpath.join(live, f["path"]))
+            if hook:
+                hook("publish")
+        now = _dt.datetime.now(_dt.timezone.utc).isoformat()
+        doc = merged_doc(previous, smanifest, now)
+        data = json.dumps(doc, indent=1, sort_keys=True).encode()
+        if hook:
+            hook("before-manifest")
+        lock.check()
+        try:
+            commit.write_manifest(lfs, posixpath.join(live, MANIFEST), data, previous)
+        except FileExistsError:
+            raise ConcurrentRunError(f"another run committed {target} while {staged} was being published; nothing "
+                                     "was published: publish again") from None
+        if hook:
+            hook("after-manifest")
+        manifest = Manifest(doc, live, data)
+        commit.cleanup(lfs, live, keep_run=None, manifest=manifest)
+    _remove_staged(sfs, sroot, smanifest)
+    return PublishResult(target, staged, run_id, produced, smanifest.rows, manifest.generation)
+
+
+def _remove_staged(fs, root: str, manifest: Manifest) -> None:
+    """Remove a published staged output: its manifest first (so it is never half there), then its files."""
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm(posixpath.join(root, MANIFEST))
+    commit.cleanup(fs, root, keep_run=None, manifest=None)
+    if is_local(fs):
+        with contextlib.suppress(OSError):
+            lock = os.path.join(root, "_lock")
+            if os.path.exists(lock):
+                os.unlink(lock)
+            os.rmdir(root)
+
+
+__all__ = ["publish", "PublishResult", "merged_doc", "staged_for"]
