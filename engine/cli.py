@@ -47,6 +47,7 @@ import traceback
 from typing import Any
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+EXIT_GATE = 3          # a --max-change gate (staged result or canary) tripped: nothing was published
 
 
 class Terminated(KeyboardInterrupt):
@@ -164,13 +165,24 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _canary_size(text: str) -> int | float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of partitions or a fraction, got {text!r}") from None
+    if value <= 0 or (value >= 1 and not value.is_integer()):
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1 or a fraction between 0 and 1, got {text!r}")
+    return int(value) if value >= 1 else value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mapreduce", description="Run and check dataframe-native MapReduce jobs.",
-                                epilog="Exit codes: 0 success, 1 failed (reason on stderr), 2 usage error.")
+                                epilog="Exit codes: 0 success, 1 failed (reason on stderr), 2 usage error, 3 a --max-change gate "
+                                       "tripped (nothing published), 130/143 interrupted/terminated.")
     p.add_argument("--debug", action="store_true", help="print tracebacks of unexpected errors, and the workers' logs")
     common = argparse.ArgumentParser(add_help=False)  # --debug after the command works too
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    sub = p.add_subparsers(dest="command", required=True, metavar="{run,verify,explain,history}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{run,verify,explain,history,publish,clean}")
     r = sub.add_parser("run", parents=[common], help="run a job and commit its output",
                        description="Run JOB over the input and commit its output atomically. Rerunning the same "
                                    "job on unchanged input over its own committed output does nothing and exits 0.")
@@ -181,8 +193,22 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--scheduler", help="address of an existing dask scheduler (default: an embedded local cluster, "
                                        "or DASK_SCHEDULER_ADDRESS)")
     r.add_argument("--workers", type=_positive_int, help="worker processes of the embedded cluster (default: cores)")
-    r.add_argument("--mode", choices=["error", "overwrite", "append"], default="error",
-                   help="what to do with committed output: refuse it (default), replace it, or add to it")
+    r.add_argument("--mode", choices=["error", "overwrite", "append", "overwrite-partitions"], default="error",
+                   help="what to do with committed output: refuse it (default), replace it, add to it, or replace "
+                        "only the partitions this run writes (with --partition-by)")
+    r.add_argument("--partition-by", help="write the output Hive-partitioned by these columns, e.g. date,region")
+    r.add_argument("--date", help="the run's logical date (YYYY-MM-DD): engine.logical_date() in the job, {date} in "
+                                  "--where; a rerun for a date already committed from the same input does nothing")
+    r.add_argument("--where", help="only input rows satisfying this condition, e.g. \"date = '{date}'\" or "
+                                   "\"date >= '2026-11-01' and region in ('eu', 'us')\"; Hive partitions it rules out "
+                                   "are not read")
+    r.add_argument("--stage-to", help="commit into this staging output instead, show how it differs from the live "
+                                      "partitions it replaces, and publish it only with --max-change (or later with "
+                                      "`mapreduce publish`)")
+    r.add_argument("--max-change", help="publish the staged result (or go on after the canary) only if no "
+                                        "partition's row count moves by more than this, e.g. 5%%; else exit 3")
+    r.add_argument("--canary", type=_canary_size, help="first run the job on N sampled input partitions (or a "
+                                                       "fraction such as 0.05) and compare with the live output")
     r.add_argument("--format", help="input format (default: from file names)")
     r.add_argument("--no-speculation", action="store_true", help="never re-run straggling tasks speculatively")
     r.add_argument("--no-skew", action="store_true", help="no run-time skew splitting of reduce partitions")
@@ -196,6 +222,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="recompute even if this job already committed this output from this input "
                         "(combine with --mode overwrite to replace it)")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress or log lines, only the summary and errors")
+    pb = sub.add_parser("publish", parents=[common], help="make a staged result live (atomic partition replace)",
+                        description="Replace the live output's partitions with those of the staged output STAGED "
+                                    "(written by `mapreduce run --stage-to STAGED`), in one atomic manifest swap; "
+                                    "the other partitions stay as they are.")
+    pb.add_argument("staged", help="the staging output")
+    pb.add_argument("--output", help="the live output (default: the one the staged run was staged for)")
     c = sub.add_parser("clean", parents=[common], help="remove what dead runs left in an output",
                        description="Remove attempt files, pending multipart uploads and unreferenced part files "
                                    "that dead runs left in PATH. Refuses (exit 1) while a live run holds PATH, and "
@@ -314,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {type(exc).__name__}: {_one_paragraph(exc)}", file=sys.stderr)
         if args.debug:
             traceback.print_exc()
-        return EXIT_FAILED
+        from .errors import ChangeGateError
+        return EXIT_GATE if isinstance(exc, ChangeGateError) else EXIT_FAILED
     except KeyboardInterrupt as exc:
         what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
         print(f"{what}; the output holds what was committed before (all of a run or none of it): rerun the "
@@ -377,7 +410,9 @@ def cmd_run(args) -> int:
                          speculation=not args.no_speculation, skew=not args.no_skew, shuffle_dir=args.shuffle_dir,
                          partition_size=args.partition_size, force=args.force, report=args.report,
                          format=args.format, resume=args.resume, progress=None if args.quiet else _Progress(),
-                         map_combine=False if args.no_map_combine else None)
+                         map_combine=False if args.no_map_combine else None, partition_by=args.partition_by,
+                         date=args.date, where=args.where, stage_to=args.stage_to, max_change=args.max_change,
+                         canary=args.canary)
     except OutputExistsError as exc:
         if args.force and args.mode == "error":
             raise OutputExistsError(f"{exc} (--force recomputes, but replaces committed output only together with "
@@ -393,8 +428,25 @@ def cmd_run(args) -> int:
             result.report.to_html(args.report)
         return EXIT_OK
     print(result.report.summary())
+    if result.canary is not None:
+        c = result.canary
+        print(f"  canary: {len(c['sampled'])} of {c['of']} input partition(s), {c['rows']:,} rows, "
+              f"{len(c['compared'])} partition(s) compared with the live output, within the gate")
+    if result.staged is not None:
+        if result.diff is not None:
+            print(result.diff)
+        if result.published is not None:
+            print(f"  {result.published}")
+        else:
+            print(f"  staged at {result.staged}; publish it with: mapreduce publish {result.staged}")
     if args.report:
         print(f"  report: {args.report}")
+    return EXIT_OK
+
+
+def cmd_publish(args) -> int:
+    from .publish import publish
+    print(publish(args.staged, args.output))
     return EXIT_OK
 
 
@@ -536,4 +588,4 @@ def cmd_clean(args) -> int:
 
 
 _COMMANDS = {"run": cmd_run, "verify": cmd_verify, "explain": cmd_explain, "history": cmd_history,
-             "clean": cmd_clean}
+             "clean": cmd_clean, "publish": cmd_publish}

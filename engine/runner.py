@@ -77,6 +77,7 @@ class RunResult:
     staged: str | None = None          # stage_to=: where the run committed its result
     diff: Any = None                   # stage_to=: engine.diff.OutputDiff of the staged against the live partitions
     published: Any = None              # engine.publish.PublishResult once the staged result went live
+    canary: dict | None = None         # canary=: what the canary run sampled, wrote and how it compared
 
     @property
     def rows(self) -> int:
@@ -146,7 +147,7 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
         format: str | None = None, resume: bool = False, progress: ProgressFn | None = None,
         faults: Any = None, map_combine: bool | None = None, partition_by: Sequence[str] | str | None = None,
         date: Any = None, where: Any = None, stage_to: str | None = None,
-        max_change: float | str | None = None) -> RunResult:
+        max_change: float | str | None = None, canary: int | float | None = None) -> RunResult:
     """Run ``job`` over ``input`` and commit its output to ``output`` atomically.
 
     >>> import engine
@@ -178,6 +179,12 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
     ``mapreduce publish``. A gate that trips raises :class:`~engine.errors.ChangeGateError` and
     publishes nothing.
 
+    ``canary``: before the full run, run the job on ``canary`` sampled input partitions (an int), or
+    that fraction of them (a float below 1), into ``OUT/_canary``; compare the partitions it wrote
+    with the live output's same partitions and, if ``max_change`` is given, stop with
+    :class:`~engine.errors.ChangeGateError` before the full run when one moved by more
+    (``result.canary`` says what it sampled and found).
+
     >>> engine.run(daily, "events/", "agg/", partition_by=["date"], mode="overwrite-partitions",
     ...            date="2026-11-30", where="date = '{date}'")              # doctest: +SKIP
     """
@@ -196,12 +203,94 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
     out_fs, out = filesystem(output, storage_options)
     args = (cluster, storage_options, mode, speculation, skew, shuffle_dir, partition_size, force, report, format,
             resume, progress, faults, map_combine, partition_by, logical_date, where, started)
+    if isinstance(max_change, str):
+        from .diff import parse_change
+        max_change = parse_change(max_change)
     with using_date(logical_date):
+        checked = _canary(job, input, output, out, canary, max_change, args) if canary is not None else None
         if stage_to is None:
-            if max_change is not None:
-                raise JobDefinitionError("max_change= gates publishing a staged result: pass stage_to= too")
-            return _run(job, input, output, out_fs, out, *args)
-        return _staged_run(job, input, output, out_fs, out, stage_to, max_change, args)
+            if max_change is not None and canary is None:
+                raise JobDefinitionError("max_change= gates publishing a staged result or a canary: pass stage_to= "
+                                         "or canary= too")
+            result = _run(job, input, output, out_fs, out, *args)
+        else:
+            result = _staged_run(job, input, output, out_fs, out, stage_to, max_change, args)
+    result.canary = checked
+    return result
+
+
+def _canary(job: Job, input: Any, output: str, out: str, canary: int | float, gate: float | None,
+            args: tuple) -> dict:
+    """Run ``job`` on a sample of the input's partitions into ``OUT/_canary`` and compare what it
+    wrote with the live output's same partitions; ChangeGateError when ``gate`` is exceeded."""
+    import math
+
+    import pyarrow.compute as pc
+
+    from .job import with_input_filter
+    storage_options, fmt, partition_by, logical_date, where = args[1], args[9], args[14], args[15], args[16]
+    if isinstance(canary, bool) or not isinstance(canary, (int, float)) or canary <= 0 or             (isinstance(canary, float) and canary >= 1 and not canary.is_integer()):
+        raise JobDefinitionError(f"canary= is a number of input partitions (an int >= 1) or a fraction of them "
+                                 f"(0 < f < 1), got {canary!r}")
+    if where is not None:
+        _, specs = _filtered_inputs(job, input, where, logical_date, storage_options, fmt)
+    else:
+        specs = resolve_inputs(job, input, storage_options, format=fmt)
+    if len(specs) != 1:
+        raise JobDefinitionError(f"canary= samples the input of a job that reads one; job {job.name!r} reads "
+                                 f"{', '.join(specs)}")
+    spec = next(iter(specs.values()))
+    hive = bool(spec.partition_types)
+    groups = sorted({s.partition_values if hive else s.path for s in spec.splits}, key=repr)
+    n = int(canary) if canary >= 1 else max(1, math.ceil(canary * len(groups)))
+    # a deterministic sample spread over the input (not just its first partitions)
+    chosen = sorted(groups, key=lambda g: hashlib.sha256(repr(g).encode()).hexdigest())[:n]
+    if hive:
+        expr = None
+        for values in chosen:
+            term = None
+            for k, v in values:
+                cond = pc.field(k) == v if v is not None else pc.field(k).is_null()
+                term = cond if term is None else term & cond
+            expr = term if expr is None else expr | term
+        cjob, cinput = with_input_filter(job, expr), input
+        sampled = [dict(v) for v in chosen]
+    else:
+        cjob, cinput = job, list(chosen) if len(chosen) > 1 else chosen[0]
+        sampled = list(chosen)
+    target = output.rstrip("/") + "/_canary"
+    cfs, cout = filesystem(target, storage_options)
+    cargs = list(args)
+    cargs[2], cargs[7], cargs[8], cargs[10] = "overwrite", True, None, False      # mode, force, report, resume
+    started = time.time()
+    result = _run(cjob, cinput, target, cfs, cout, *cargs)
+    produced = sorted({commit.partition_of(f["path"]) for f in result.manifest.files}) if result.manifest else []
+    out_fs, _ = filesystem(output, storage_options)
+    live = commit.load_manifest(out_fs, out)
+    compared = [p for p in produced if live is not None and p in (live.doc.get("partitions") or {})] \
+        if partition_by else []
+    diff = None
+    violations: list[str] = []
+    try:
+        if compared:
+            from .diff import compare
+            diff = compare(output, target, storage_options=storage_options, partitions=compared)
+            violations = diff.violations(gate) if gate is not None else []
+    finally:
+        from .publish import _remove_staged
+        if result.manifest is not None:
+            _remove_staged(cfs, cout, result.manifest)
+    info = {"sampled": sampled, "of": len(groups), "rows": result.report.output_rows, "partitions": produced,
+            "compared": compared, "diff": diff, "violations": violations, "seconds": round(time.time() - started, 3)}
+    what = f"the canary on {len(chosen)} of {len(groups)} input {'partitions' if hive else 'files'}"
+    if violations:
+        raise ChangeGateError(f"{what} moved {len(violations)} partition(s) of {output} by more than max_change="
+                              f"{gate:.2%}, so the full run did not start: " + "; ".join(violations[:5]), violations)
+    log.info("%s wrote %s rows in %d partition(s); %s", what, f"{result.report.output_rows:,}", len(produced),
+             f"{len(compared)} compared with the live output, within max_change" if compared and gate is not None
+             else f"{len(compared)} compared with the live output (no max_change gate)" if compared
+             else "nothing to compare with in the live output")
+    return info
 
 
 def _staged_run(job: Job, input: Any, output: str, out_fs, out: str, stage_to: str, max_change: Any,
@@ -211,9 +300,6 @@ def _staged_run(job: Job, input: Any, output: str, out_fs, out: str, stage_to: s
     storage_options, partition_by = args[1], args[14]
     if not partition_by:
         raise JobDefinitionError("stage_to= stages partitions to replace in the live output: pass partition_by=[...]")
-    if isinstance(max_change, str):
-        from .diff import parse_change
-        max_change = parse_change(max_change)
     gate = max_change
     st_fs, st = filesystem(stage_to, storage_options)
     if st.rstrip("/") == out.rstrip("/"):
