@@ -49,6 +49,7 @@ import pyarrow as pa
 from . import config
 from .arrowtypes import common_type, plain_type
 from .errors import EmptyInputError, InputError, SchemaError
+from .hive import parse_partition_dir
 
 FORMATS = ("parquet", "ipc", "csv", "json", "text")
 
@@ -194,18 +195,23 @@ def _file_token(info: dict) -> str:
     return ""
 
 
-def _parse_hive(relpath: str) -> list[tuple[str, str]]:
-    parts = relpath.split("/")[:-1]
-    return [tuple(p.split("=", 1)) for p in parts if "=" in p]  # type: ignore[misc]
+def _parse_hive(relpath: str) -> list[tuple[str, str | None]]:
+    """The ``(column, value)`` pairs of the ``key=value`` directories of a file's relative path,
+    decoded as Hive writes them (:mod:`engine.hive`): names and values unescaped (``eu%2Fwest`` is
+    ``eu/west``), ``__HIVE_DEFAULT_PARTITION__`` (a null or empty value) is None."""
+    return parse_partition_dir(relpath.rsplit("/", 1)[0] if "/" in relpath else "")
 
 
-def _infer_partition_type(values: list[str]) -> pa.DataType:
-    try:
-        for v in values:
-            int(v)
+_INT64 = re.compile(r"[+-]?[0-9]{1,19}")
+
+
+def _infer_partition_type(values: list[str | None]) -> pa.DataType:
+    """``int64`` when every non-null value is a decimal integer that fits, else ``string`` (also when
+    every value is null)."""
+    present = [v for v in values if v is not None]
+    if present and all(_INT64.fullmatch(v) and -2 ** 63 <= int(v) < 2 ** 63 for v in present):
         return pa.int64()
-    except ValueError:
-        return pa.string()
+    return pa.string()
 
 
 def resolve_input(source: Any, storage_options: dict | None = None, *, format: str | None = None,
@@ -300,8 +306,8 @@ def resolve_input(source: Any, storage_options: dict | None = None, *, format: s
                      footers={p: m for p, (_, m) in footers.items() if m is not None}, pruned_files=pruned)
 
 
-def _convert(value: str, typ: pa.DataType) -> Any:
-    return int(value) if pa.types.is_integer(typ) else value
+def _convert(value: str | None, typ: pa.DataType) -> Any:
+    return int(value) if value is not None and pa.types.is_integer(typ) else value
 
 
 def _fsspec_from_arrow(afs: Any) -> fsspec.AbstractFileSystem:

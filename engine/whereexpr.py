@@ -1,15 +1,511 @@
-"""(temporary stand-in; replaced by the full module)"""
+"""A small, safe filter language for ``--where``: SQL's WHERE clause, parsed (never evaluated as code)
+into a ``pyarrow.compute.Expression``.
+
+Grammar (keywords in any case; ``or`` binds loosest, then ``and``, then ``not``)::
+
+    condition  := or
+    or         := and ("or" and)*
+    and        := not ("and" not)*
+    not        := "not" not | predicate
+    predicate  := "(" condition ")"
+                | operand ( ("=" | "==" | "!=" | "<>" | "<" | "<=" | ">" | ">=") operand
+                          | ["not"] "in" "(" literal ("," literal)* ")"
+                          | "is" ["not"] "null"
+                          | ["not"] "between" operand "and" operand )?
+    operand    := column | literal | "{date}"
+    column     := name | "double-quoted name"          ("" inside quotes is one ")
+    literal    := 'string' ('' inside is one ') | [-]integer | [-]float | true | false | null
+                | date 'YYYY-MM-DD' | timestamp 'YYYY-MM-DD HH:MM:SS[.f]'
+
+A bare operand is a predicate too (``where flag`` for a boolean column).
+
+**Placeholders.** ``{date}`` is the run's logical date (``date=``), as a string literal, and is
+replaced inside quoted strings too (``date = '{date}'`` and ``date = {date}`` are the same
+condition). A condition using it without a logical date is an error.
+
+**Null semantics are SQL's** (three-valued): a comparison with a null is null, ``and``/``or`` are
+Kleene's, ``not null`` is null, and a row is kept only when the condition is true. So
+``x not in (1, null)`` keeps no row and ``x in (1, 2)`` is null, not false, for a null ``x``. NaN is
+an ordinary float that compares false with everything (DuckDB orders it above every number instead:
+avoid NaN in conditions).
+
+**Types.** With the input's ``schema``, each literal compared with a column takes the column's type:
+a quoted string is read as a value of that type (``d >= '2026-11-01'`` compares dates for a
+``date32`` column, ``k = '5'`` compares integers for an integer column, as DuckDB does), numbers
+compare with numeric columns (exactly with decimals), and a number compared with a string, date or
+boolean column is a :class:`SchemaError` that says to quote it. A column the schema lacks is a
+:class:`SchemaError` naming it and listing the schema's columns. Without a schema, literals keep
+their own types (strings, ``int64``, ``double``, ``bool``).
+
+Syntax errors are :class:`JobDefinitionError` with the character position and a caret line.
+
+>>> parse_where("region = 'eu' and day >= {date}", date="2026-11-30")   # doctest: +SKIP
+<pyarrow.compute.Expression ((region == "eu") and (day >= "2026-11-30"))>
+"""
+
 from __future__ import annotations
+
+import datetime as _dt
+import decimal
+import difflib
 import re
-import pyarrow.compute as pc
-_OPS = {"=": "__eq__", "==": "__eq__", "!=": "__ne__", "<": "__lt__", "<=": "__le__", ">": "__gt__", ">=": "__ge__"}
-def parse_where(text, schema=None, *, date=None):
-    if date is not None:
-        text = text.replace("{date}", date)
-    parts = [p.strip() for p in re.split(r"\band\b", text)]
-    expr = None
-    for p in parts:
-        m = re.fullmatch(r"(\w+)\s*(==|=|!=|<=|>=|<|>)\s*'([^']*)'", p)
-        e = getattr(pc.field(m.group(1)), _OPS[m.group(2)])(m.group(3))
-        expr = e if expr is None else expr & e
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from .errors import JobDefinitionError, SchemaError
+
+_KEYWORDS = {"and", "or", "not", "in", "is", "null", "between", "true", "false"}
+_PLACEHOLDERS = ("date",)
+
+_TOKEN = re.compile(r"""
+    (?P<space>\s+)
+  | (?P<string>'(?:[^']|'')*')
+  | (?P<unterminated_string>'(?:[^']|'')*\Z)
+  | (?P<quoted>"(?:[^"]|"")*")
+  | (?P<unterminated_quoted>"(?:[^"]|"")*\Z)
+  | (?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?(?![A-Za-z_0-9.]))
+  | (?P<placeholder>\{[^{}]*\})
+  | (?P<word>[A-Za-z_][A-Za-z0-9_]*)
+  | (?P<op><=|>=|<>|!=|==|=|<|>|\(|\)|,|-)
+""", re.VERBOSE)
+
+
+@dataclass(frozen=True)
+class _Token:
+    kind: str           # string, quoted, number, placeholder, word, keyword, op, end
+    text: str           # the source text (for keywords: lower-cased)
+    pos: int
+
+
+# AST nodes: plain tuples, tagged by their first element.
+#   ("column", name, pos) | ("literal", value, kind, source, pos) | ("compare", op, left, right, pos)
+#   ("in", operand, [literals], negated, pos) | ("isnull", operand, negated) | ("between", operand, lo, hi, negated, pos)
+#   ("and", left, right) | ("or", left, right) | ("not", inner) | ("bool", operand)
+
+
+def _caret(text: str, pos: int) -> str:
+    start = text.rfind("\n", 0, pos) + 1
+    end = text.find("\n", pos)
+    line = text[start:end if end >= 0 else len(text)]
+    return f"\n  {line}\n  {' ' * (pos - start)}^"
+
+
+def _syntax(text: str, pos: int, message: str) -> JobDefinitionError:
+    column = pos - (text.rfind("\n", 0, pos) + 1) + 1
+    where = f"line {text.count(chr(10), 0, pos) + 1}, character {column}" if "\n" in text else f"character {column}"
+    return JobDefinitionError(f"cannot parse the where condition at {where}: {message}{_caret(text, pos)}")
+
+
+class _Parser:
+    def __init__(self, text: str, date: str | None) -> None:
+        self.text = text
+        self.date = date
+        self.tokens = self._tokenize()
+        self.i = 0
+
+    # -- tokens --------------------------------------------------------------------------------
+
+    def _tokenize(self) -> list[_Token]:
+        tokens: list[_Token] = []
+        pos = 0
+        text = self.text
+        while pos < len(text):
+            m = _TOKEN.match(text, pos)
+            if m is None:
+                raise _syntax(text, pos, f"unexpected character {text[pos]!r}")
+            kind = m.lastgroup
+            assert kind is not None
+            if kind == "unterminated_string":
+                raise _syntax(text, pos, "this string is never closed (a quote inside a string is written '')")
+            if kind == "unterminated_quoted":
+                raise _syntax(text, pos, 'this quoted name is never closed (a quote inside a name is written "")')
+            if kind == "word" and m.group().lower() in _KEYWORDS:
+                tokens.append(_Token("keyword", m.group().lower(), pos))
+            elif kind != "space":
+                tokens.append(_Token(kind, m.group(), pos))
+            pos = m.end()
+        tokens.append(_Token("end", "", len(text)))
+        return tokens
+
+    @property
+    def tok(self) -> _Token:
+        return self.tokens[self.i]
+
+    def _next(self) -> _Token:
+        tok = self.tokens[self.i]
+        self.i += 1
+        return tok
+
+    def _is(self, kind: str, text: str | None = None) -> bool:
+        return self.tok.kind == kind and (text is None or self.tok.text == text)
+
+    def _accept(self, kind: str, text: str | None = None) -> _Token | None:
+        return self._next() if self._is(kind, text) else None
+
+    def _expect(self, kind: str, text: str, what: str) -> _Token:
+        if not self._is(kind, text):
+            raise self._error(f"expected {what}")
+        return self._next()
+
+    def _error(self, message: str, tok: _Token | None = None) -> JobDefinitionError:
+        tok = tok or self.tok
+        found = "the end of the condition" if tok.kind == "end" else repr(tok.text)
+        return _syntax(self.text, tok.pos, f"{message}, found {found}")
+
+    # -- grammar -------------------------------------------------------------------------------
+
+    def parse(self):
+        if self._is("end"):
+            raise _syntax(self.text, 0, "the condition is empty")
+        node = self._or()
+        if not self._is("end"):
+            raise self._error("expected 'and', 'or' or the end of the condition")
+        return node
+
+    def _or(self):
+        node = self._and()
+        while self._accept("keyword", "or"):
+            node = ("or", node, self._and())
+        return node
+
+    def _and(self):
+        node = self._not()
+        while self._accept("keyword", "and"):
+            node = ("and", node, self._not())
+        return node
+
+    def _not(self):
+        if self._accept("keyword", "not"):
+            return ("not", self._not())
+        return self._predicate()
+
+    def _predicate(self):
+        if self._is("op", "("):
+            # A parenthesised condition; "(a) = 1" is not in the language (operands are not grouped).
+            self._next()
+            node = self._or()
+            self._expect("op", ")", "')' to close the parenthesis")
+            return node
+        left = self._operand()
+        tok = self.tok
+        if tok.kind == "op" and tok.text in ("=", "==", "!=", "<>", "<", "<=", ">", ">="):
+            self._next()
+            return ("compare", tok.text, left, self._operand(), tok.pos)
+        negated = False
+        if self._is("keyword", "not"):
+            negated = True
+            self._next()
+            if not (self._is("keyword", "in") or self._is("keyword", "between")):
+                raise self._error("expected 'in' or 'between' after 'not'")
+        if self._accept("keyword", "in"):
+            self._expect("op", "(", "'(' to open the list after 'in'")
+            items = [self._literal("a literal in the list")]
+            while self._accept("op", ","):
+                items.append(self._literal("a literal after ','"))
+            self._expect("op", ")", "',' or ')' in the list")
+            return ("in", left, items, negated, tok.pos)
+        if self._accept("keyword", "between"):
+            low = self._operand()
+            self._expect("keyword", "and", "'and' between the two bounds of 'between'")
+            high = self._operand()
+            return ("between", left, low, high, negated, tok.pos)
+        if self._accept("keyword", "is"):
+            is_not = bool(self._accept("keyword", "not"))
+            self._expect("keyword", "null", "'null' after 'is'" + ("" if is_not else " (or 'is not null')"))
+            return ("isnull", left, is_not)
+        return ("bool", left)
+
+    def _operand(self):
+        tok = self.tok
+        if tok.kind == "word":
+            if tok.text.lower() in ("date", "timestamp") and self.tokens[self.i + 1].kind == "string":
+                self._next()
+                return self._typed(tok, self._next())
+            self._next()
+            return ("column", tok.text, tok.pos)
+        if tok.kind == "quoted":
+            self._next()
+            name = tok.text[1:-1].replace('""', '"')
+            if not name:
+                raise _syntax(self.text, tok.pos, 'a quoted column name cannot be empty ("")')
+            return ("column", name, tok.pos)
+        if self._is("op", "("):
+            raise self._error("expected a column or a value (parentheses group conditions, not values)")
+        return self._literal("a column or a value")
+
+    def _literal(self, what: str):
+        tok = self.tok
+        if tok.kind == "string":
+            self._next()
+            return ("literal", self._substitute(tok.text[1:-1].replace("''", "'"), tok), "string", tok.text, tok.pos)
+        if tok.kind == "placeholder":
+            self._next()
+            name = tok.text[1:-1].strip()
+            if name not in _PLACEHOLDERS:
+                raise _syntax(self.text, tok.pos, f"unknown placeholder {tok.text}; the only one is {{date}}, "
+                              "the run's logical date")
+            return ("literal", self._date_value(tok), "string", tok.text, tok.pos)
+        sign = ""
+        if self._is("op", "-"):
+            self._next()
+            sign = "-"
+            if not self._is("number"):
+                raise self._error("expected a number after '-'")
+        if self.tok.kind == "number":
+            num = self._next()
+            source = sign + num.text
+            if re.fullmatch(r"-?\d+", source):
+                value = int(source)
+                if not -2 ** 63 <= value < 2 ** 63:
+                    raise _syntax(self.text, num.pos, f"the integer {source} does not fit in 64 bits")
+                return ("literal", value, "int", source, tok.pos)
+            return ("literal", float(source), "float", source, tok.pos)
+        if tok.kind == "keyword" and tok.text in ("true", "false", "null"):
+            self._next()
+            value = {"true": True, "false": False, "null": None}[tok.text]
+            return ("literal", value, "null" if value is None else "bool", tok.text, tok.pos)
+        if tok.kind == "word" and tok.text.lower() in ("date", "timestamp") and self.tokens[self.i + 1].kind == "string":
+            self._next()
+            return self._typed(tok, self._next())
+        raise self._error(f"expected {what}")
+
+    def _typed(self, word: _Token, string: _Token):
+        text = self._substitute(string.text[1:-1].replace("''", "'"), string)
+        kind = word.text.lower()
+        target = pa.date32() if kind == "date" else pa.timestamp("us")
+        try:
+            value = pa.scalar(text).cast(target)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise _syntax(self.text, string.pos, f"{text!r} is not a {kind} (write "
+                          + ("'YYYY-MM-DD')" if kind == "date" else "'YYYY-MM-DD HH:MM:SS[.ffffff]')")) from None
+        return ("literal", value, kind, f"{word.text} {string.text}", word.pos)
+
+    def _date_value(self, tok: _Token) -> str:
+        if self.date is None:
+            raise JobDefinitionError(
+                f"the where condition uses {{date}} (at character {tok.pos + 1}) but this run has no logical date; "
+                "pass date='YYYY-MM-DD' (command line: --date YYYY-MM-DD)")
+        return self.date
+
+    def _substitute(self, value: str, tok: _Token) -> str:
+        if "{date}" not in value:
+            return value
+        return value.replace("{date}", self._date_value(tok))
+
+
+# ---------------------------------------------------------------------------------------------
+# Compiling the tree into an Expression, with the schema's types
+
+
+def _value_type(typ: pa.DataType) -> pa.DataType:
+    return typ.value_type if pa.types.is_dictionary(typ) else typ
+
+
+def _is_text(typ: pa.DataType) -> bool:
+    return (pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_string_view(typ))
+
+
+def _is_numeric(typ: pa.DataType) -> bool:
+    return pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_decimal(typ)
+
+
+class _Compiler:
+    def __init__(self, text: str, schema: pa.Schema | None) -> None:
+        import pyarrow.compute as pc
+        self.pc = pc
+        self.text = text
+        self.schema = schema
+
+    def compile(self, node):
+        pc = self.pc
+        tag = node[0]
+        if tag == "or":
+            return self.compile(node[1]) | self.compile(node[2])
+        if tag == "and":
+            return self.compile(node[1]) & self.compile(node[2])
+        if tag == "not":
+            return ~self.compile(node[1])
+        if tag == "compare":
+            _, op, left, right, _ = node
+            typ = _first(self._column_type(left), self._column_type(right))
+            lhs, rhs = self._operand(left, typ), self._operand(right, typ)
+            return {"=": lhs == rhs, "==": lhs == rhs, "!=": lhs != rhs, "<>": lhs != rhs,
+                    "<": lhs < rhs, "<=": lhs <= rhs, ">": lhs > rhs, ">=": lhs >= rhs}[op]
+        if tag == "between":
+            _, operand, low, high, negated, _ = node
+            typ = _first(self._column_type(operand), self._column_type(low), self._column_type(high))
+            value = self._operand(operand, typ)
+            expr = (value >= self._operand(low, typ)) & (value <= self._operand(high, typ))
+            return ~expr if negated else expr
+        if tag == "isnull":
+            value = self._operand(node[1], self._column_type(node[1]))
+            return value.is_valid() if node[2] else value.is_null()
+        if tag == "in":
+            return self._in(node)
+        if tag == "bool":
+            operand = node[1]
+            typ = self._column_type(operand)
+            if typ is not None and not pa.types.is_boolean(_value_type(typ)):
+                raise SchemaError(f"the where condition uses column {operand[1]!r} ({typ}) as a condition; only a "
+                                  f"boolean column can stand alone: compare it, e.g. {operand[1]} = ...")
+            if operand[0] == "literal" and operand[2] not in ("bool", "null"):
+                raise _syntax(self.text, operand[4], "a value alone is not a condition; compare it with a column")
+            return self._operand(operand, pa.bool_() if operand[0] == "literal" else None)
+        raise AssertionError(tag)  # pragma: no cover
+
+    def _in(self, node):
+        pc = self.pc
+        _, operand, items, negated, _ = node
+        typ = self._column_type(operand)
+        value = self._operand(operand, typ)
+        present = [item for item in items if item[2] != "null"]
+        has_null = len(present) < len(items)
+        if typ is not None:
+            scalars = [self._literal(item, typ) for item in present]
+            target = _value_type(typ)
+            if pa.types.is_decimal(target) or (_is_numeric(target) and any(s.type != target for s in scalars)):
+                target = None       # let Arrow find the common type of the literals
+        else:
+            scalars = [self._literal(item, None) for item in present]
+            target = None
+        try:
+            values = pa.array([s.as_py() for s in scalars], target) if target is not None else _common_array(scalars)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+            raise SchemaError(f"the values of the 'in' list at character {node[4] + 1} do not share one type: {exc}") from None
+        null = pc.scalar(pa.scalar(None, pa.bool_()))
+        # SQL: x in (...) is null, not false, when x is null or when the list holds a null and x is not in it.
+        expr = value.isin(values) | (null if has_null else (value.is_null() & null))
+        return ~expr if negated else expr
+
+    # -- operands ------------------------------------------------------------------------------
+
+    def _column_type(self, node) -> pa.DataType | None:
+        if node[0] != "column" or self.schema is None:
+            return None
+        name = node[1]
+        if name not in self.schema.names:
+            names = list(self.schema.names)
+            close = [n for n in names if n.lower() == name.lower()] or difflib.get_close_matches(name, names, 1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise SchemaError(f"the where condition names column {name!r}, which the input does not have{hint}; "
+                              f"its columns are: {', '.join(names) or '(none)'}")
+        return self.schema.field(name).type
+
+    def _operand(self, node, typ: pa.DataType | None):
+        pc = self.pc
+        if node[0] == "column":
+            self._column_type(node)
+            return pc.field(node[1])
+        return pc.scalar(self._literal(node, typ))
+
+    def _literal(self, node, typ: pa.DataType | None) -> pa.Scalar:
+        _, value, kind, source, pos = node
+        if isinstance(value, pa.Scalar):            # date '…' / timestamp '…'
+            return value
+        if typ is None:
+            if kind == "null":
+                return pa.scalar(None)
+            return pa.scalar(value)
+        target = _value_type(typ)
+        if kind == "null":
+            return pa.scalar(None, target)
+        if kind == "string":
+            if _is_text(target):
+                return pa.scalar(value, pa.string()) if not pa.types.is_string_view(target) else pa.scalar(value, target)
+            if pa.types.is_binary(target) or pa.types.is_large_binary(target):
+                return pa.scalar(value.encode(), target)
+            return self._cast_text(value, target, source, pos)
+        if kind in ("int", "float"):
+            if pa.types.is_decimal(target):
+                return pa.scalar(decimal.Decimal(source))     # exact: 0.1 is one tenth, as in SQL
+            if _is_numeric(target):
+                return pa.scalar(value)
+            raise SchemaError(f"the where condition compares a {_kind(target)} column with the number {source} "
+                              f"(character {pos + 1}); write the value in quotes, e.g. '{source}'"
+                              + ("" if not _is_text(target) else ", to compare text"))
+        if kind == "bool":
+            if pa.types.is_boolean(target):
+                return pa.scalar(value)
+            raise SchemaError(f"the where condition compares a {_kind(target)} column with {source} "
+                              f"(character {pos + 1}); {source} only compares with boolean columns")
+        raise AssertionError(kind)  # pragma: no cover
+
+    def _cast_text(self, value: str, target: pa.DataType, source: str, pos: int) -> pa.Scalar:
+        try:
+            if pa.types.is_boolean(target):
+                if value.strip().lower() not in ("true", "false"):
+                    raise ValueError
+                return pa.scalar(value.strip().lower() == "true")
+            if pa.types.is_timestamp(target) and target.tz is not None:
+                try:
+                    return pa.scalar(value).cast(target)        # with an offset: '…+01:00' or '…Z'
+                except pa.ArrowInvalid:
+                    return pa.scalar(value).cast(pa.timestamp(target.unit)).cast(target)   # without: UTC
+            if pa.types.is_integer(target) or pa.types.is_floating(target):
+                number = pa.scalar(value.strip()).cast(pa.float64() if pa.types.is_floating(target) else pa.int64())
+                return number
+            return pa.scalar(value).cast(target)
+        except (ValueError, pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            raise SchemaError(f"the where condition compares a {target} column with {source} (character {pos + 1}), "
+                              f"which is not a {target} value{_example(target)}") from None
+
+
+def _first(*types: pa.DataType | None) -> pa.DataType | None:
+    return next((t for t in types if t is not None), None)
+
+
+def _kind(typ: pa.DataType) -> str:
+    return "string" if _is_text(typ) else str(typ)
+
+
+def _example(typ: pa.DataType) -> str:
+    if pa.types.is_date(typ):
+        return "; write dates as 'YYYY-MM-DD'"
+    if pa.types.is_timestamp(typ):
+        return "; write timestamps as 'YYYY-MM-DD HH:MM:SS[.ffffff]'"
+    if pa.types.is_boolean(typ):
+        return "; write true or false"
+    return ""
+
+
+def _common_array(scalars: list[pa.Scalar]) -> pa.Array:
+    if not scalars:
+        return pa.array([], pa.null())
+    types = {s.type for s in scalars}
+    if len(types) == 1:
+        return pa.array([s.as_py() for s in scalars], scalars[0].type)
+    if types <= {pa.int64(), pa.float64()}:
+        return pa.array([float(s.as_py()) for s in scalars], pa.float64())
+    raise pa.ArrowTypeError("the list mixes " + ", ".join(sorted(str(t) for t in types)))
+
+
+def parse_where(text: Any, schema: pa.Schema | None = None, *, date: str | _dt.date | None = None):
+    """The ``pyarrow.compute.Expression`` of a where condition written in the language above.
+
+    ``schema`` (the input's columns) types the literals and checks the column names and the types
+    (an Arrow type error becomes a :class:`SchemaError`); ``date`` (``'YYYY-MM-DD'`` or a
+    ``datetime.date``) is what ``{date}`` stands for. An ``Expression`` passes through unchanged.
+    """
+    import pyarrow.compute as pc
+    if isinstance(text, pc.Expression):
+        return text
+    if not isinstance(text, str):
+        raise JobDefinitionError(f"a where condition is a string or a pyarrow.compute.Expression, not "
+                                 f"{type(text).__name__}")
+    if isinstance(date, _dt.datetime):
+        date = date.date().isoformat()
+    elif isinstance(date, _dt.date):
+        date = date.isoformat()
+    tree = _Parser(text, date).parse()
+    expr = _Compiler(text, schema).compile(tree)
+    if schema is not None:
+        try:
+            schema.empty_table().filter(expr)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError) as exc:
+            raise SchemaError(f"the where condition {text!r} does not fit the input's column types: {exc}") from None
     return expr
+
+
+__all__ = ["parse_where"]
