@@ -212,7 +212,7 @@ def _cast_texts(texts: pa.Array, typ: pa.DataType) -> pa.Array:
     try:
         if pa.types.is_boolean(vtype):
             lowered = pc.utf8_lower(texts)
-            bad = pc.filter(texts, pc.invert(pc.fill_null(pc.is_in(lowered, pa.array(["true", "false"])), True)))
+            bad = pc.filter(texts, pc.and_(pc.is_valid(texts), pc.invert(pc.is_in(lowered, pa.array(["true", "false"])))))
             if len(bad):
                 raise ValueError(f"{bad[0].as_py()!r} is neither 'true' nor 'false'")
             return pc.equal(lowered, "true").cast(typ)

@@ -114,7 +114,8 @@ class _Parser:
         while pos < len(text):
             m = _TOKEN.match(text, pos)
             if m is None:
-                raise _syntax(text, pos, f"unexpected character {text[pos]!r}")
+                extra = " (the where language has no arithmetic)" if text[pos] in "+*/%" else ""
+                raise _syntax(text, pos, f"unexpected character {text[pos]!r}{extra}")
             kind = m.lastgroup
             assert kind is not None
             if kind == "unterminated_string":
@@ -312,6 +313,9 @@ def _is_numeric(typ: pa.DataType) -> bool:
 
 
 class _Compiler:
+    """Turns the tree into an Expression. A literal compared with a column takes that column's type
+    (the *target*: the column's name and type, known when a schema is given)."""
+
     def __init__(self, text: str, schema: pa.Schema | None) -> None:
         import pyarrow.compute as pc
         self.pc = pc
@@ -319,7 +323,6 @@ class _Compiler:
         self.schema = schema
 
     def compile(self, node):
-        pc = self.pc
         tag = node[0]
         if tag == "or":
             return self.compile(node[1]) | self.compile(node[2])
@@ -329,51 +332,44 @@ class _Compiler:
             return ~self.compile(node[1])
         if tag == "compare":
             _, op, left, right, _ = node
-            typ = _first(self._column_type(left), self._column_type(right))
-            lhs, rhs = self._operand(left, typ), self._operand(right, typ)
+            target = self._target(left, right)
+            lhs, rhs = self._operand(left, target), self._operand(right, target)
             return {"=": lhs == rhs, "==": lhs == rhs, "!=": lhs != rhs, "<>": lhs != rhs,
                     "<": lhs < rhs, "<=": lhs <= rhs, ">": lhs > rhs, ">=": lhs >= rhs}[op]
         if tag == "between":
             _, operand, low, high, negated, _ = node
-            typ = _first(self._column_type(operand), self._column_type(low), self._column_type(high))
-            value = self._operand(operand, typ)
-            expr = (value >= self._operand(low, typ)) & (value <= self._operand(high, typ))
+            target = self._target(operand, low, high)
+            value = self._operand(operand, target)
+            expr = (value >= self._operand(low, target)) & (value <= self._operand(high, target))
             return ~expr if negated else expr
         if tag == "isnull":
-            value = self._operand(node[1], self._column_type(node[1]))
+            value = self._operand(node[1], self._target(node[1]))
             return value.is_valid() if node[2] else value.is_null()
         if tag == "in":
             return self._in(node)
         if tag == "bool":
             operand = node[1]
-            typ = self._column_type(operand)
-            if typ is not None and not pa.types.is_boolean(_value_type(typ)):
-                raise SchemaError(f"the where condition uses column {operand[1]!r} ({typ}) as a condition; only a "
-                                  f"boolean column can stand alone: compare it, e.g. {operand[1]} = ...")
+            target = self._target(operand)
+            if target is not None and not pa.types.is_boolean(_value_type(target[1])):
+                raise SchemaError(f"the where condition uses column {target[0]!r} ({target[1]}) as a condition; only "
+                                  f"a boolean column can stand alone: compare it, e.g. {target[0]} = ...")
             if operand[0] == "literal" and operand[2] not in ("bool", "null"):
                 raise _syntax(self.text, operand[4], "a value alone is not a condition; compare it with a column")
-            return self._operand(operand, pa.bool_() if operand[0] == "literal" else None)
+            return self._operand(operand, ("", pa.bool_()) if operand[0] == "literal" else None)
         raise AssertionError(tag)  # pragma: no cover
 
     def _in(self, node):
         pc = self.pc
-        _, operand, items, negated, _ = node
-        typ = self._column_type(operand)
-        value = self._operand(operand, typ)
+        _, operand, items, negated, pos = node
+        target = self._target(operand)
+        value = self._operand(operand, target)
         present = [item for item in items if item[2] != "null"]
         has_null = len(present) < len(items)
-        if typ is not None:
-            scalars = [self._literal(item, typ) for item in present]
-            target = _value_type(typ)
-            if pa.types.is_decimal(target) or (_is_numeric(target) and any(s.type != target for s in scalars)):
-                target = None       # let Arrow find the common type of the literals
-        else:
-            scalars = [self._literal(item, None) for item in present]
-            target = None
+        scalars = [self._literal(item, target) for item in present]
         try:
-            values = pa.array([s.as_py() for s in scalars], target) if target is not None else _common_array(scalars)
+            values = _common_array(scalars, None if target is None else _value_type(target[1]))
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-            raise SchemaError(f"the values of the 'in' list at character {node[4] + 1} do not share one type: {exc}") from None
+            raise SchemaError(f"the values of the 'in' list at character {pos + 1} do not share one type: {exc}") from None
         null = pc.scalar(pa.scalar(None, pa.bool_()))
         # SQL: x in (...) is null, not false, when x is null or when the list holds a null and x is not in it.
         expr = value.isin(values) | (null if has_null else (value.is_null() & null))
@@ -381,9 +377,17 @@ class _Compiler:
 
     # -- operands ------------------------------------------------------------------------------
 
-    def _column_type(self, node) -> pa.DataType | None:
-        if node[0] != "column" or self.schema is None:
-            return None
+    def _target(self, *nodes) -> tuple[str, pa.DataType] | None:
+        """The first column among ``nodes`` with its type (checked against the schema), if any."""
+        found = None
+        for node in nodes:
+            if node[0] == "column" and self.schema is not None:
+                typ = self._column_type(node)
+                found = found or (node[1], typ)
+        return found
+
+    def _column_type(self, node) -> pa.DataType:
+        assert self.schema is not None
         name = node[1]
         if name not in self.schema.names:
             names = list(self.schema.names)
@@ -393,67 +397,69 @@ class _Compiler:
                               f"its columns are: {', '.join(names) or '(none)'}")
         return self.schema.field(name).type
 
-    def _operand(self, node, typ: pa.DataType | None):
-        pc = self.pc
+    def _operand(self, node, target: tuple[str, pa.DataType] | None):
         if node[0] == "column":
-            self._column_type(node)
-            return pc.field(node[1])
-        return pc.scalar(self._literal(node, typ))
+            if self.schema is not None:
+                self._column_type(node)
+            return self.pc.field(node[1])
+        return self.pc.scalar(self._literal(node, target))
 
-    def _literal(self, node, typ: pa.DataType | None) -> pa.Scalar:
+    def _literal(self, node, target: tuple[str, pa.DataType] | None) -> pa.Scalar:
         _, value, kind, source, pos = node
+        if target is None:
+            if isinstance(value, pa.Scalar):
+                return value
+            return pa.scalar(None) if kind == "null" else pa.scalar(value)
+        name, typ = target
+        typ = _value_type(typ)
+        column = f"column {name!r} ({_kind(typ)})"
         if isinstance(value, pa.Scalar):            # date '…' / timestamp '…'
+            if pa.types.is_timestamp(typ):
+                return value.cast(pa.timestamp(typ.unit)).cast(typ)     # a zoned column: the literal is UTC
             return value
-        if typ is None:
-            if kind == "null":
-                return pa.scalar(None)
-            return pa.scalar(value)
-        target = _value_type(typ)
         if kind == "null":
-            return pa.scalar(None, target)
+            return pa.scalar(None, typ)
         if kind == "string":
-            if _is_text(target):
-                return pa.scalar(value, pa.string()) if not pa.types.is_string_view(target) else pa.scalar(value, target)
-            if pa.types.is_binary(target) or pa.types.is_large_binary(target):
-                return pa.scalar(value.encode(), target)
-            return self._cast_text(value, target, source, pos)
+            if _is_text(typ):
+                return pa.scalar(value, typ)
+            if pa.types.is_binary(typ) or pa.types.is_large_binary(typ):
+                return pa.scalar(value.encode(), typ)
+            return self._cast_text(value, typ, column, source, pos)
         if kind in ("int", "float"):
-            if pa.types.is_decimal(target):
+            if pa.types.is_decimal(typ):
                 return pa.scalar(decimal.Decimal(source))     # exact: 0.1 is one tenth, as in SQL
-            if _is_numeric(target):
+            if _is_numeric(typ):
                 return pa.scalar(value)
-            raise SchemaError(f"the where condition compares a {_kind(target)} column with the number {source} "
-                              f"(character {pos + 1}); write the value in quotes, e.g. '{source}'"
-                              + ("" if not _is_text(target) else ", to compare text"))
+            fix = (f"write the value in quotes to compare text: '{source}'" if _is_text(typ) else
+                   f"a {_kind(typ)} column compares with a quoted value{_example(typ)}")
+            raise SchemaError(f"the where condition compares {column} with the number {source} (character "
+                              f"{pos + 1}); {fix}")
         if kind == "bool":
-            if pa.types.is_boolean(target):
+            if pa.types.is_boolean(typ):
                 return pa.scalar(value)
-            raise SchemaError(f"the where condition compares a {_kind(target)} column with {source} "
-                              f"(character {pos + 1}); {source} only compares with boolean columns")
+            raise SchemaError(f"the where condition compares {column} with {source} (character {pos + 1}); "
+                              f"{source} only compares with boolean columns")
         raise AssertionError(kind)  # pragma: no cover
 
-    def _cast_text(self, value: str, target: pa.DataType, source: str, pos: int) -> pa.Scalar:
+    def _cast_text(self, value: str, typ: pa.DataType, column: str, source: str, pos: int) -> pa.Scalar:
         try:
-            if pa.types.is_boolean(target):
+            if pa.types.is_boolean(typ):
                 if value.strip().lower() not in ("true", "false"):
-                    raise ValueError
+                    raise ValueError(value)
                 return pa.scalar(value.strip().lower() == "true")
-            if pa.types.is_timestamp(target) and target.tz is not None:
+            if pa.types.is_timestamp(typ) and typ.tz is not None:
                 try:
-                    return pa.scalar(value).cast(target)        # with an offset: '…+01:00' or '…Z'
+                    return pa.scalar(value).cast(typ)        # with an offset: '…+01:00' or '…Z'
                 except pa.ArrowInvalid:
-                    return pa.scalar(value).cast(pa.timestamp(target.unit)).cast(target)   # without: UTC
-            if pa.types.is_integer(target) or pa.types.is_floating(target):
-                number = pa.scalar(value.strip()).cast(pa.float64() if pa.types.is_floating(target) else pa.int64())
-                return number
-            return pa.scalar(value).cast(target)
+                    return pa.scalar(value).cast(pa.timestamp(typ.unit)).cast(typ)   # without: UTC
+            if pa.types.is_integer(typ):
+                return pa.scalar(value.strip()).cast(pa.int64())
+            if pa.types.is_floating(typ):
+                return pa.scalar(value.strip()).cast(pa.float64())
+            return pa.scalar(value).cast(typ)
         except (ValueError, pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-            raise SchemaError(f"the where condition compares a {target} column with {source} (character {pos + 1}), "
-                              f"which is not a {target} value{_example(target)}") from None
-
-
-def _first(*types: pa.DataType | None) -> pa.DataType | None:
-    return next((t for t in types if t is not None), None)
+            raise SchemaError(f"the where condition compares {column} with {source} (character {pos + 1}), which "
+                              f"is not a value of that type{_example(typ)}") from None
 
 
 def _kind(typ: pa.DataType) -> str:
@@ -467,17 +473,27 @@ def _example(typ: pa.DataType) -> str:
         return "; write timestamps as 'YYYY-MM-DD HH:MM:SS[.ffffff]'"
     if pa.types.is_boolean(typ):
         return "; write true or false"
+    if pa.types.is_integer(typ):
+        return "; write an integer"
+    if pa.types.is_floating(typ) or pa.types.is_decimal(typ):
+        return "; write a number"
     return ""
 
 
-def _common_array(scalars: list[pa.Scalar]) -> pa.Array:
-    if not scalars:
-        return pa.array([], pa.null())
+def _common_array(scalars: list[pa.Scalar], column_type: pa.DataType | None) -> pa.Array:
+    """The value set of an ``in`` list: the column's type when every literal has it, the common
+    numeric type of numbers (int64, or float64 when one is a float), else the literals' one type."""
     types = {s.type for s in scalars}
+    if not scalars:
+        return pa.array([], column_type or pa.null())
+    if column_type is not None and types == {column_type}:
+        return pa.array([s.as_py() for s in scalars], column_type)
     if len(types) == 1:
         return pa.array([s.as_py() for s in scalars], scalars[0].type)
     if types <= {pa.int64(), pa.float64()}:
         return pa.array([float(s.as_py()) for s in scalars], pa.float64())
+    if all(pa.types.is_decimal(t) for t in types):
+        return pa.array([s.as_py() for s in scalars])          # Arrow picks a precision and scale fitting all
     raise pa.ArrowTypeError("the list mixes " + ", ".join(sorted(str(t) for t in types)))
 
 
