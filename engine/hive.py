@@ -21,9 +21,15 @@ literally ``__HIVE_DEFAULT_PARTITION__`` reads back as null too (the same ambigu
 
 **What other readers do** (pyarrow 26 ``partitioning="hive"``, DuckDB 2.0 ``hive_partitioning=true``,
 Polars 2.1 ``hive_partitioning=True``; asserted by ``tests/test_hive.py``): all three decode the
-percent-encoded *values* and read ``__HIVE_DEFAULT_PARTITION__`` as null. Only pyarrow also decodes
-the column *names*: DuckDB and Polars name a column ``a=b`` as written, ``a%3Db``. Plain column names
-(letters, digits, ``_``) are written as they are, so they read back the same everywhere.
+percent-encoded *values* (``/ = % : ?``, quotes, control characters, as UTF-8) and read
+``__HIVE_DEFAULT_PARTITION__`` as null. Only pyarrow also decodes the column *names*: DuckDB and
+Polars name a column ``a=b`` as written, ``a%3Db``. Plain column names (letters, digits, ``_``) are
+written as they are, so they read back the same everywhere. The types they give a partition column
+differ, since the directory holds text only: integers are ``int32`` in pyarrow and 64-bit in DuckDB
+and Polars; dates are strings in pyarrow and dates in DuckDB and Polars; timestamps, booleans,
+floats and decimals are strings in pyarrow and DuckDB, while Polars infers datetime, boolean and
+float (decimals become floats). ``engine.read`` types them as the manifest's schema says; a job
+reading a Hive directory as input sees ``int64`` when every value is an integer, else ``string``.
 
 This module needs pyarrow and numpy only (no dask), so a reader of the output can use it alone.
 """
@@ -107,11 +113,11 @@ def _supported(typ: pa.DataType) -> bool:
     typ = _value_type(typ)
     return (pa.types.is_integer(typ) or _is_string(typ) or pa.types.is_boolean(typ)
             or pa.types.is_date(typ) or pa.types.is_timestamp(typ) or pa.types.is_decimal(typ)
-            or pa.types.is_floating(typ) or pa.types.is_null(typ))
+            or pa.types.is_float32(typ) or pa.types.is_float64(typ) or pa.types.is_null(typ))
 
 
-_SUPPORTED_TEXT = ("integers, strings, booleans, dates, timestamps, decimals and floating point numbers "
-                   "(or dictionaries of these)")
+_SUPPORTED_TEXT = ("integers, strings, booleans, dates, timestamps, decimals and 32- or 64-bit floating point "
+                   "numbers (or dictionaries of these)")
 
 
 def _unsupported(name: str | None, typ: pa.DataType) -> SchemaError:
@@ -146,8 +152,8 @@ def format_value(value: Any, typ: pa.DataType | None = None, *, column: str | No
     infinities are refused (readers disagree on their text). Dictionaries use their value type.
 
     Returns None for a null and for the empty string (and the string ``__HIVE_DEFAULT_PARTITION__``):
-    Hive stores them all as :data:`DEFAULT_PARTITION` and they read back as null. Raises :class:`SchemaError` (naming ``column``) for a type or value
-    that cannot name a partition.
+    Hive stores them all as :data:`DEFAULT_PARTITION` and they read back as null. Raises
+    :class:`SchemaError` (naming ``column``) for a type or value that cannot name a partition.
     """
     if isinstance(value, pa.Scalar):
         typ = value.type
@@ -187,7 +193,7 @@ def _format_py(value: Any, typ: pa.DataType, column: str | None, *, ticks: bool)
         if not math.isfinite(number):
             raise SchemaError(f"{where} holds {number!r}, which cannot name a Hive partition (readers disagree "
                               "on its text); replace it with null or a finite value before partitioning")
-        return str(np.float32(number)) if pa.types.is_float32(typ) or pa.types.is_float16(typ) else repr(number)
+        return str(np.float32(number)) if pa.types.is_float32(typ) else repr(number)
     if pa.types.is_date(typ):
         if isinstance(value, _dt.datetime):
             value = value.date()

@@ -33,8 +33,9 @@ avoid NaN in conditions).
 a quoted string is read as a value of that type (``d >= '2026-11-01'`` compares dates for a
 ``date32`` column, ``k = '5'`` compares integers for an integer column, as DuckDB does), numbers
 compare with numeric columns (exactly with decimals), and a number compared with a string, date or
-boolean column is a :class:`SchemaError` that says to quote it. A column the schema lacks is a
-:class:`SchemaError` naming it and listing the schema's columns. Without a schema, literals keep
+boolean column is a :class:`SchemaError` that says to quote it. A name matches the column of that
+name, else the one column whose name equals it ignoring case (as in SQL); a column the schema lacks
+is a :class:`SchemaError` naming it and listing the schema's columns. Without a schema, literals keep
 their own types (strings, ``int64``, ``double``, ``bool``).
 
 Syntax errors are :class:`JobDefinitionError` with the character position and a caret line.
@@ -382,26 +383,29 @@ class _Compiler:
         found = None
         for node in nodes:
             if node[0] == "column" and self.schema is not None:
-                typ = self._column_type(node)
-                found = found or (node[1], typ)
+                name = self._resolve(node)
+                found = found or (name, self.schema.field(name).type)
         return found
 
-    def _column_type(self, node) -> pa.DataType:
+    def _resolve(self, node) -> str:
+        """The schema's name for a column node: the name itself, else the one name equal to it
+        ignoring case (SQL's, and DuckDB's, reading of names)."""
         assert self.schema is not None
         name = node[1]
-        if name not in self.schema.names:
-            names = list(self.schema.names)
-            close = [n for n in names if n.lower() == name.lower()] or difflib.get_close_matches(name, names, 1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise SchemaError(f"the where condition names column {name!r}, which the input does not have{hint}; "
-                              f"its columns are: {', '.join(names) or '(none)'}")
-        return self.schema.field(name).type
+        names = list(self.schema.names)
+        if name in names:
+            return name
+        folded = [n for n in names if n.lower() == name.lower()]
+        if len(folded) == 1:
+            return folded[0]
+        close = folded or difflib.get_close_matches(name, names, 1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise SchemaError(f"the where condition names column {name!r}, which the input does not have{hint}; "
+                          f"its columns are: {', '.join(names) or '(none)'}")
 
     def _operand(self, node, target: tuple[str, pa.DataType] | None):
         if node[0] == "column":
-            if self.schema is not None:
-                self._column_type(node)
-            return self.pc.field(node[1])
+            return self.pc.field(self._resolve(node) if self.schema is not None else node[1])
         return self.pc.scalar(self._literal(node, target))
 
     def _literal(self, node, target: tuple[str, pa.DataType] | None) -> pa.Scalar:

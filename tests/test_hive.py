@@ -159,7 +159,8 @@ def test_decimal_round_trip(d):
 
 
 def test_unsupported_types_and_values():
-    for typ in (pa.binary(), pa.list_(pa.int64()), pa.struct([("a", pa.int64())]), pa.duration("s"), pa.time32("s")):
+    for typ in (pa.binary(), pa.list_(pa.int64()), pa.struct([("a", pa.int64())]), pa.duration("s"), pa.time32("s"),
+                pa.float16()):
         with pytest.raises(SchemaError, match="cannot name a Hive partition"):
             format_value(None, typ, column="c")
     for bad in (float("nan"), float("inf"), -float("inf")):
