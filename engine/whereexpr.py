@@ -67,6 +67,7 @@ _TOKEN = re.compile(r"""
   | (?P<quoted>"(?:[^"]|"")*")
   | (?P<unterminated_quoted>"(?:[^"]|"")*\Z)
   | (?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?(?![A-Za-z_0-9.]))
+  | (?P<bad_number>\.?\d[A-Za-z_0-9.]*)
   | (?P<placeholder>\{[^{}]*\})
   | (?P<word>[A-Za-z_][A-Za-z0-9_]*)
   | (?P<op><=|>=|<>|!=|==|=|<|>|\(|\)|,|-)
@@ -123,6 +124,9 @@ class _Parser:
                 raise _syntax(text, pos, "this string is never closed (a quote inside a string is written '')")
             if kind == "unterminated_quoted":
                 raise _syntax(text, pos, 'this quoted name is never closed (a quote inside a name is written "")')
+            if kind == "bad_number":
+                raise _syntax(text, pos, f"{m.group()!r} is not a number (a name cannot start with a digit: "
+                              'quote it, "1st")')
             if kind == "word" and m.group().lower() in _KEYWORDS:
                 tokens.append(_Token("keyword", m.group().lower(), pos))
             elif kind != "space":

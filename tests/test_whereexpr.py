@@ -216,6 +216,8 @@ def test_syntax_errors_point_at_the_spot():
         ("x = 1 s = 2", "expected 'and', 'or' or the end of the condition, found 's'"),
         ("x + 1 = 2", "unexpected character '+' (the where language has no arithmetic)"),
         ("x = 99999999999999999999", "does not fit in 64 bits"),
+        ("x = 1.5.3", "'1.5.3' is not a number"),
+        ("1st = 2", "'1st' is not a number (a name cannot start with a digit"),
         ("d = date 'soon'", "'soon' is not a date"),
         ('"" = 1', "a quoted column name cannot be empty"),
         ("s = {today}", "unknown placeholder {today}; the only one is {date}"),
