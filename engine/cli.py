@@ -47,7 +47,8 @@ import traceback
 from typing import Any
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
-EXIT_GATE = 3          # a --max-change gate (staged result or canary) tripped: nothing was published
+EXIT_GATE = 3          # a --max-change gate tripped: a staged result or canary was not published, or
+                       # `mapreduce diff` found outputs that differ by more than allowed
 
 
 class Terminated(KeyboardInterrupt):
@@ -249,7 +250,41 @@ def _parser() -> argparse.ArgumentParser:
     h = sub.add_parser("history", parents=[common], help="past runs and SLIs (ENGINE_HISTORY sets the database path)")
     h.add_argument("--job")
     h.add_argument("--limit", type=_positive_int, default=20)
+    _diff_parser(sub, common)
     return p
+
+
+def _change_threshold(text: str) -> float:
+    from .diff import parse_change
+    try:
+        return parse_change(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _diff_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    d = sub.add_parser("diff", parents=[common], help="compare two committed outputs (rows, keys, aggregates)",
+                       description="Compare the committed outputs A (e.g. the live one) and B (e.g. a staged one): "
+                                   "row counts per partition, schema, per-column aggregates, and with --key the key "
+                                   "coverage and, for outputs of at most --max-rows rows, an exact row-level diff. "
+                                   "Every file is checked against its checksum first.",
+                       epilog="Exit codes: 0 no partition's row count moved by more than --max-change (or no gate "
+                              "given), 3 the gate tripped (each partition is named on stderr), 1 an output is "
+                              "missing or damaged or the comparison cannot be made as asked, 2 usage error.")
+    d.add_argument("a", metavar="A", help="committed output path or URL (the reference, e.g. the live output)")
+    d.add_argument("b", metavar="B", help="committed output path or URL (the candidate, e.g. a staged run)")
+    d.add_argument("--key", help="columns that identify a row, comma-separated (key coverage, row-level diff)")
+    d.add_argument("--partitions", action="append",
+                   help="compare only these partitions (or the partitions under these directories), comma-separated "
+                        "or repeated, e.g. date=2026-11-30/region=eu or date=2026-11-30")
+    d.add_argument("--by", help="compare per value of these columns (comma-separated) instead of per partition "
+                                "directory; --by '' compares the outputs whole")
+    d.add_argument("--max-rows", type=_positive_int, default=100_000,
+                   help="largest side (in rows) that gets an exact row-level diff (default 100000)")
+    d.add_argument("--max-change", type=_change_threshold,
+                   help="exit 3 if any partition's row count moves by more than this, e.g. 5%% or 0.05 (a "
+                        "partition that appears or disappears is a 100%% change)")
+    d.add_argument("--json", action="store_true", help="print the comparison as JSON")
 
 
 # Messages of the engine name Python parameters; on the command line the flags are what to type.
@@ -587,5 +622,37 @@ def cmd_clean(args) -> int:
     return EXIT_OK
 
 
+def _column_list(text: str | None) -> list[str] | None:
+    return None if text is None else [c.strip() for c in text.split(",") if c.strip()]
+
+
+def cmd_diff(args) -> int:
+    """``mapreduce diff A B``: the comparison on stdout (text or ``--json``); with ``--max-change`` exit
+    ``EXIT_GATE`` when a partition's row count moved by more than allowed, naming each on stderr."""
+    import json
+    from .diff import compare, percent
+    result = compare(args.a, args.b, key=_column_list(args.key), partitions=args.partitions,
+                     max_rows=args.max_rows, partition_columns=_column_list(args.by))
+    gate = args.max_change
+    violations = result.violations(gate) if gate is not None else []
+    if args.json:
+        doc = result.to_dict()
+        doc["max_change"] = gate
+        doc["violations"] = violations
+        print(json.dumps(doc, indent=1, allow_nan=False))
+    else:
+        print(result)
+        if gate is not None:
+            print(f"gate --max-change {percent(gate)}: " + ("passed" if not violations else
+                                                          f"TRIPPED by {len(violations)} partition(s)"))
+    if violations:
+        print(f"gate tripped: {len(violations)} partition(s) of {args.b} moved by more than {percent(gate)} against "
+              f"{args.a}:", file=sys.stderr)
+        for v in violations:
+            print(f"  {v}", file=sys.stderr)
+        return EXIT_GATE
+    return EXIT_OK
+
+
 _COMMANDS = {"run": cmd_run, "verify": cmd_verify, "explain": cmd_explain, "history": cmd_history,
-             "clean": cmd_clean, "publish": cmd_publish}
+             "clean": cmd_clean, "publish": cmd_publish, "diff": cmd_diff}

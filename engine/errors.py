@@ -20,8 +20,10 @@ do not know this module::
     │   │                                    failed or fenced off): it wrote nothing and discarded its file
     │   └── ChangeGateError                  a staged or canary result moved more than max_change allows:
     │                                        nothing was published (exit code 3 on the command line)
-    └── IntegrityError (ValueError)          committed output does not match its manifest
-        └── ManifestError                    the manifest is missing, unreadable or self-inconsistent
+    ├── IntegrityError (ValueError)          committed output does not match its manifest
+    │   └── ManifestError                    the manifest is missing, unreadable or self-inconsistent
+    └── DiffError (ValueError)               two outputs cannot be compared as asked (a key column one
+                                             lacks, a partition in neither, a bad change threshold)
 
 Messages say what happened, where (file, column, partition), and what to do about it.
 """
@@ -131,8 +133,14 @@ class ManifestError(IntegrityError):
     """The manifest (``_SUCCESS``) is missing, unreadable or fails its own checksum."""
 
 
+class DiffError(EngineError, ValueError):
+    """Two committed outputs cannot be compared as asked: a key or partition column missing on one side,
+    a partition in neither output, key types without a common type, or a malformed change threshold."""
+
+
 __all__ = [
     "EngineError", "JobDefinitionError", "SchemaError", "InputError", "EmptyInputError",
     "ClusterError", "ShuffleLocationError", "StageFailedError", "CommitError",
     "OutputExistsError", "ConcurrentRunError", "FencedError", "ChangeGateError", "IntegrityError", "ManifestError",
+    "DiffError",
 ]
