@@ -8,7 +8,8 @@ an :class:`OutputDiff`:
    partition, named by its ``col=value/...`` directory; ``partition_columns=`` groups the rows by other
    columns instead (``[]`` compares whole outputs), and an unpartitioned output is one partition named
    ``""``. ``partitions=`` restricts everything below to some partitions (e.g. the ones a staged run
-   would replace; ``"date=2026-11-30"`` picks every partition under that directory). Each partition gets its row count in A and in B and the relative change.
+   would replace; ``"date=2026-11-30"`` picks every partition under that directory). Each partition
+   gets its row count in A and in B and the relative change.
 2. **Schema.** Columns added (only in B), removed (only in A), and whose type changed.
 3. **Aggregates**, per column and side: numeric columns sum, min, max, mean and null count (and NaN
    count for floats); other columns null count, distinct count and, where the type is orderable,
@@ -948,8 +949,8 @@ def compare(a: str, b: str, *, key: str | Sequence[str] | None = None, storage_o
             hits = [v for name, v in lookup.items() if name == p or name.startswith(p + "/")]
             if not hits:
                 known = sorted(lookup)
-                raise DiffError(f"partition {p!r} matches no partition of A or B; they have {len(known)} partitions, e.g. "
-                                f"{', '.join(known[:5])}")
+                raise DiffError(f"partition {p!r} matches no partition of A or B; they have {len(known)} partitions, "
+                                f"e.g. {', '.join(known[:5])}")
             chosen += hits
         values = list(dict.fromkeys(chosen))
         table_a = table_a.filter(_mask(table_a, cols, values))
