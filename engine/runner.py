@@ -608,7 +608,8 @@ def _execute(plan: Plan, specs: dict[str, InputSpec], client, info: ClusterInfo,
     commit.discard(out_fs, losers + [v["commit"] for v in executor.losers if "commit" in v])
     if schema is None:
         schema = pa.schema([])
-    meta = {"job": plan.job.name, "fingerprint": plan.fingerprint, "engine_version": ENGINE_VERSION,
+    meta = {"job": plan.job.name, "job_version": plan.job.version, "fingerprint": plan.fingerprint,
+            "engine_version": ENGINE_VERSION,
             "input": _input_meta(plan, specs, snapshot),
             "timings": {"started": rep.start, "seconds": round(time.time() - rep.start, 3)},
             # what the run decided at run time, for `mapreduce explain OUT` (plain JSON values only)
