@@ -7,6 +7,8 @@
     mapreduce clean PATH [--force]
     mapreduce explain JOB [--input IN]
     mapreduce history [--job NAME]
+    mapreduce backfill JOB --input IN --output OUT --from DATE --to DATE --partition-by COLS [--where COND]
+                  [--parallel N] [--force] [--fail-fast] [--wait SECONDS] [--json] [-q]
 
 ``JOB`` is a Python file or an importable module that defines a module-level ``job``. Exit codes:
 0 success (including a rerun that had nothing to do), 1 the run or check failed (one-paragraph
@@ -21,6 +23,11 @@ lines and errors go to stderr. On a terminal the progress is a one-line bar per 
 ``explain JOB`` prints the plan and the job fingerprint with what it covers (the code of how many
 functions from which user modules, or the ``version=`` that pins it); ``explain OUT`` on a committed
 output prints its fingerprint, engine version and run-time decisions.
+
+``backfill`` runs JOB once per logical date from ``--from`` to ``--to`` (``engine.backfill``), skipping
+dates already committed from the same input, and prints a table of what each date did; exit 0 when
+every date committed or was skipped, 1 when one failed (the table says which), 130/143 when stopped
+(after printing what finished; the same command again finishes the rest).
 
 ``--force`` recomputes a committed output that the same job already wrote from the same input
 (which is otherwise a no-op that exits 0); it does not by itself replace committed output:
@@ -183,7 +190,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="print tracebacks of unexpected errors, and the workers' logs")
     common = argparse.ArgumentParser(add_help=False)  # --debug after the command works too
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    sub = p.add_subparsers(dest="command", required=True, metavar="{run,verify,explain,history,publish,clean}")
+    sub = p.add_subparsers(dest="command", required=True,
+                           metavar="{run,backfill,verify,explain,history,publish,diff,clean}")
     r = sub.add_parser("run", parents=[common], help="run a job and commit its output",
                        description="Run JOB over the input and commit its output atomically. Rerunning the same "
                                    "job on unchanged input over its own committed output does nothing and exits 0.")
@@ -223,6 +231,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="recompute even if this job already committed this output from this input "
                         "(combine with --mode overwrite to replace it)")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress or log lines, only the summary and errors")
+    _backfill_parser(sub, common)
     pb = sub.add_parser("publish", parents=[common], help="make a staged result live (atomic partition replace)",
                         description="Replace the live output's partitions with those of the staged output STAGED "
                                     "(written by `mapreduce run --stage-to STAGED`), in one atomic manifest swap; "
@@ -285,6 +294,49 @@ def _diff_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="exit 3 if any partition's row count moves by more than this, e.g. 5%% or 0.05 (a "
                         "partition that appears or disappears is a 100%% change)")
     d.add_argument("--json", action="store_true", help="print the comparison as JSON")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text!r}")
+    return value
+
+
+def _backfill_parser(sub, common) -> None:
+    b = sub.add_parser("backfill", parents=[common], help="run a job once per logical date over a range of dates",
+                       description="Run JOB once per logical date from --from to --to (inclusive) into the "
+                                   "partitioned output, each date replacing exactly the partitions it writes "
+                                   "(--mode overwrite-partitions, --date D, --where with {date} = D). Dates already "
+                                   "committed by this job from the same input are skipped, so after a kill the same "
+                                   "command finishes the rest. Prints a table of the dates. Exit 0 when every date "
+                                   "committed or was skipped, 1 when one failed, 130/143 when interrupted.")
+    b.add_argument("job", help="Python file or module defining a module-level `job`")
+    b.add_argument("--input", "-i", required=True, action="append",
+                   help="input path or URL (repeatable); NAME=PATH for a job that reads named inputs")
+    b.add_argument("--output", "-o", required=True, help="the partitioned output path or URL")
+    b.add_argument("--from", dest="start", required=True, metavar="DATE", help="first logical date, YYYY-MM-DD")
+    b.add_argument("--to", dest="end", required=True, metavar="DATE", help="last logical date (inclusive)")
+    b.add_argument("--partition-by", required=True, help="the output's partition columns, e.g. date or date,region")
+    b.add_argument("--where", help="the input rows of a date, e.g. \"date = '{date}'\" ({date} is the date run)")
+    b.add_argument("--parallel", type=_positive_int, default=1, metavar="N",
+                   help="run up to N dates at once (each staged, then published atomically); default 1")
+    b.add_argument("--force", action="store_true", help="recompute dates already committed from the same input")
+    b.add_argument("--fail-fast", action="store_true", help="stop at the first date that fails")
+    b.add_argument("--wait", type=_seconds, metavar="SECONDS",
+                   help="wait this long for another backfill of the same output to end (default: refuse at once)")
+    b.add_argument("--json", action="store_true", help="print the summary as JSON")
+    b.add_argument("--quiet", "-q", action="store_true", help="no per-date lines, only the summary and errors")
+    b.add_argument("--scheduler", help="address of an existing dask scheduler")
+    b.add_argument("--workers", type=_positive_int, help="worker processes of the embedded cluster (default: cores)")
+    b.add_argument("--format", help="input format (default: from file names)")
+    b.add_argument("--no-speculation", action="store_true", help="never re-run straggling tasks speculatively")
+    b.add_argument("--no-skew", action="store_true", help="no run-time skew splitting of reduce partitions")
+    b.add_argument("--partition-size", help="target reduce partition size, e.g. 64MiB")
+    b.add_argument("--shuffle-dir", help="where map outputs go (a URL every worker reaches)")
 
 
 # Messages of the engine name Python parameters; on the command line the flags are what to type.
@@ -479,6 +531,54 @@ def cmd_run(args) -> int:
     return EXIT_OK
 
 
+def _date_line(d) -> None:
+    """One stderr line per finished date of a backfill."""
+    if d.status == "failed":
+        text = f"{d.date}: failed after {d.seconds or 0:.2f}s: {d.error}"
+    elif d.status in ("committed", "skipped"):
+        text = (f"{d.date}: {d.status}, {d.rows or 0:,} rows in {len(d.partitions)} partition(s), "
+                f"{d.seconds or 0:.2f}s" + (f", resumed {d.resumed} task(s)" if d.resumed else ""))
+    else:
+        text = f"{d.date}: {d.status}"
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+def cmd_backfill(args) -> int:
+    from .backfill import backfill
+    job = load_job(args.job)
+    options: dict[str, Any] = {}
+    if args.workers:
+        options["engine.cluster.workers"] = args.workers
+    engine_log = logging.getLogger("engine")
+    level = engine_log.level
+    if not args.debug:
+        engine_log.setLevel(logging.WARNING)    # one line per date (below), not every run's own lines
+    try:
+        with _config_set(options):
+            result = backfill(job, _inputs(args.input, job), args.output, args.start, args.end,
+                              partition_by=args.partition_by, where=args.where, parallel=args.parallel,
+                              force=args.force, fail_fast=args.fail_fast, cluster=args.scheduler, wait=args.wait,
+                              progress=None if args.quiet or args.json else _date_line,
+                              speculation=not args.no_speculation, skew=not args.no_skew,
+                              shuffle_dir=args.shuffle_dir, partition_size=args.partition_size, format=args.format)
+    except KeyboardInterrupt as exc:
+        partial = getattr(exc, "backfill_result", None)
+        if partial is not None:
+            print(partial.to_json() if args.json else partial, flush=True)
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"{what}; every date's partitions are as committed before (a date's old or new version, never a mix): "
+              "run the same command again to finish (committed dates are skipped)", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+    finally:
+        engine_log.setLevel(level)
+        _shutdown_embedded()
+    print(result.to_json() if args.json else result)
+    return result.exit_code
+
+
 def cmd_publish(args) -> int:
     from .publish import publish
     print(publish(args.staged, args.output))
@@ -553,7 +653,10 @@ def _committed_run(path: str) -> str | None:
     made_by = f" (fingerprint {fingerprint}, engine {engine_version})" if fingerprint else ""
     lines = [f"committed output {path}: job {meta.get('job', doc.get('job'))!r}{made_by}, run {doc.get('run_id')}, "
              f"{len(manifest.files)} file(s), {manifest.rows:,} rows"]
+    lines += _partition_provenance(doc, manifest.generation)
     decisions = meta.get("decisions") or doc.get("decisions")
+    if decisions and doc.get("partition_by"):
+        lines.append(f"  decisions of the last run ({doc.get('run_id')}):")
     if not decisions:
         lines.append("  (this output was committed without run-time decisions)")
         return "\n".join(lines)
@@ -572,6 +675,69 @@ def _committed_run(path: str) -> str | None:
     for d in decisions.get("speculation", []):
         lines.append(f"  speculation: {d.get('reason', d)} -> won by attempt {d.get('won')}")
     return "\n".join(lines)
+
+
+_EXPLAIN_PARTITIONS = 20        # explain OUT shows the first and last this many partitions of a larger output
+
+
+def _partition_provenance(doc: dict, generation: int) -> list[str]:
+    """``explain OUT`` lines for a partitioned output: who wrote each partition, from what, and when
+    (the manifest's ``partitions``); the first and last ``_EXPLAIN_PARTITIONS`` of many."""
+    by = doc.get("partition_by")
+    if not by:
+        return []
+    parts = doc.get("partitions") or {}
+    dates = sorted(doc.get("dates") or {})
+    head = f"  partitioned by {', '.join(by)}: {len(parts)} partition(s), generation {generation}"
+    if dates:
+        head += f", {len(dates)} logical date(s) ({dates[0]} .. {dates[-1]})" if len(dates) > 1 else \
+            f", logical date {dates[0]}"
+    lines = [head]
+    if not parts:
+        return lines
+
+    def when(text: Any) -> str:
+        import datetime as _dt
+        try:
+            return _dt.datetime.fromisoformat(str(text)).strftime("%Y-%m-%d %H:%M:%S")
+        except ValueError:
+            return str(text or "-")
+
+    def values(d: str, rec: dict) -> str:
+        vals = rec.get("values")
+        if not isinstance(vals, dict):
+            return d
+        return ", ".join(f"{k}={'null' if v is None else v}" for k, v in vals.items())
+
+    cols = ["values", "logical date", "run", "fingerprint", "engine", "input digest", "rows", "files", "committed at",
+            "gen"]
+    names = sorted(parts)
+    shown = names if len(names) <= 2 * _EXPLAIN_PARTITIONS else \
+        names[:_EXPLAIN_PARTITIONS] + [None] + names[-_EXPLAIN_PARTITIONS:]
+    rows = []
+    for d in shown:
+        if d is None:
+            rows.append(None)
+            continue
+        rec = parts[d] if isinstance(parts[d], dict) else {}
+        cells = [values(d, rec), rec.get("logical_date") or "-", str(rec.get("run_id") or "-")[:12],
+                 str(rec.get("fingerprint") or "-"), str(rec.get("engine_version") or "-"),
+                 str(rec.get("input_digest") or "-"), f"{rec.get('rows', 0):,}", str(rec.get("files", "-")),
+                 when(rec.get("committed_at")), str(rec.get("generation", "-"))]
+        if rec.get("published_at"):
+            cells.append(f"published {when(rec['published_at'])}")
+        rows.append(cells)
+    width = [max(len(c), *(len(r[i]) for r in rows if r is not None)) for i, c in enumerate(cols)]
+    right = {cols.index("rows"), cols.index("files"), cols.index("gen")}
+
+    def fmt(cells: list[str]) -> str:
+        out = [c.rjust(width[i]) if i in right else c.ljust(width[i]) for i, c in enumerate(cells[:len(cols)])]
+        return "    " + "  ".join(out + cells[len(cols):]).rstrip()
+
+    lines.append(fmt(cols))
+    for r in rows:
+        lines.append(f"    … {len(names) - 2 * _EXPLAIN_PARTITIONS} more partition(s) …" if r is None else fmt(r))
+    return lines
 
 
 def cmd_history(args) -> int:
@@ -655,4 +821,4 @@ def cmd_diff(args) -> int:
 
 
 _COMMANDS = {"run": cmd_run, "verify": cmd_verify, "explain": cmd_explain, "history": cmd_history,
-             "clean": cmd_clean, "publish": cmd_publish, "diff": cmd_diff}
+             "clean": cmd_clean, "publish": cmd_publish, "diff": cmd_diff, "backfill": cmd_backfill}
