@@ -488,3 +488,33 @@ def test_parallel_rewrites_changed_dates(tmp_path, daily):
     after = partition_files(out)
     assert all(after[f"date={d}"] == before[f"date={d}"] for d in dates if d not in dates[1::3])
     assert by_date(engine.read(str(out))) == reference(inp)
+
+
+# ---------------------------------------------------------------------------------------------
+# Object store
+
+
+def test_backfill_into_s3_with_its_lease(tmp_path, daily, s3):
+    """On S3 the backfill lock is a lease object (``OUT/_backfill/_lock``): a second backfill refuses while
+    it is held; sequential and parallel dates commit, changed dates are rewritten, the rest skipped."""
+    from engine.backfill import backfill_lock
+    inp = tmp_path / "in"
+    dates = make_input(inp, 4)
+    out, opts = s3["url"]("backfill", "out"), s3["storage_options"]
+    res = backfill(daily, str(inp), out, dates[0], dates[-1], partition_by="date", where=WHERE,
+                   storage_options=opts)
+    assert res.counts()["committed"] == 4, res
+    write_day(inp, dates[2], seed=4242)
+    fs, root = engine.datasets.filesystem(out, opts)
+    with backfill_lock(fs, root, what="another"):
+        assert fs.exists(f"{root}/_backfill/_lock")
+        with pytest.raises(ConcurrentRunError, match="another backfill is running"):
+            backfill(daily, str(inp), out, dates[0], dates[-1], partition_by="date", where=WHERE,
+                     storage_options=opts)
+    again = backfill(daily, str(inp), out, dates[0], dates[-1], partition_by="date", where=WHERE,
+                     storage_options=opts, parallel=2)
+    assert [d.date for d in again.dates if d.status == "committed"] == [dates[2]], again
+    assert by_date(engine.read(out, opts)) == reference(inp)
+    engine.verify(out, opts)
+    fs.invalidate_cache()
+    assert not fs.exists(f"{root}/_backfill/_lock") and not fs.exists(f"{root}/_backfill/{dates[2]}")
