@@ -233,7 +233,8 @@ def resolve_input(source: Any, storage_options: dict | None = None, *, format: s
     paths: Sequence[str]
     fs: fsspec.AbstractFileSystem | None = None
     pads = sys.modules.get("pyarrow.dataset")    # a dataset given here was made with it: no import (0.25 s)
-    is_dataset = pads is not None and isinstance(source, pads.FileSystemDataset)
+    # (another thread may be importing pyarrow.dataset right now: its class may not exist yet)
+    is_dataset = pads is not None and isinstance(source, getattr(pads, "FileSystemDataset", ()))
     if is_dataset:
         fs = _fsspec_from_arrow(source.filesystem)
         paths = list(source.files)

@@ -484,6 +484,9 @@ def _run(job: Job, input: Any, output: str, out_fs, out: str, cluster: Any, stor
         finally:
             with contextlib.suppress(Exception):
                 run_fence.close()
+            if supervisor is not None:
+                with contextlib.suppress(Exception):
+                    supervisor.close()
             cleanup(ok)
     rep.status, rep.stop = "committed", time.time()
     # what this run wrote (in modes append and overwrite-partitions the output holds more)

@@ -55,6 +55,7 @@ import itertools
 import logging
 import math
 import threading
+import weakref
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -158,6 +159,27 @@ _REGISTERED: set[int] = set()
 _REG_LOCK = threading.Lock()
 
 
+class _Dispatch:
+    """Forwards a client's task events to every live supervisor of that client.
+
+    distributed keeps one handler per topic per client, so runs that share a client at the same time
+    (a backfill's parallel dates) would otherwise leave every supervisor but the last one deaf."""
+
+    def __init__(self) -> None:
+        self.supervisors: weakref.WeakSet = weakref.WeakSet()
+
+    def on_start(self, event) -> None:
+        for s in list(self.supervisors):
+            s._on_start(event)
+
+    def on_progress(self, event) -> None:
+        for s in list(self.supervisors):
+            s._on_progress(event)
+
+
+_DISPATCH: dict[int, _Dispatch] = {}
+
+
 class Supervisor:
     """Watches one stage at a time and launches speculative attempts of its stragglers."""
 
@@ -181,8 +203,19 @@ class Supervisor:
             if id(client) not in _REGISTERED:
                 client.register_plugin(TaskStartReporter())
                 _REGISTERED.add(id(client))
-        client.subscribe_topic(TOPIC, self._on_start)
-        client.subscribe_topic(PROGRESS_TOPIC, self._on_progress)
+            dispatch = _DISPATCH.get(id(client))
+            if dispatch is None or getattr(client, "_engine_dispatch", None) is not dispatch:
+                dispatch = _DISPATCH[id(client)] = _Dispatch()
+                client._engine_dispatch = dispatch       # ties the dispatcher to this client object
+                client.subscribe_topic(TOPIC, dispatch.on_start)
+                client.subscribe_topic(PROGRESS_TOPIC, dispatch.on_progress)
+            dispatch.supervisors.add(self)
+        self._dispatch = dispatch
+
+    def close(self) -> None:
+        """Stop receiving task events (the run is over)."""
+        with _REG_LOCK:
+            self._dispatch.supervisors.discard(self)
 
     @classmethod
     def from_config(cls, client, report: RunReport) -> Supervisor:

@@ -76,3 +76,32 @@ def test_policy_defaults_come_from_config():
     import dask.config
     with dask.config.set({"engine.speculation.multiplier": 3.0}):
         assert Policy.from_config().multiplier == 3.0
+
+
+@pytest.mark.timeout(180)
+def test_concurrent_runs_on_one_client_each_speculate(corpus, dask_cluster, tmp_path):
+    """Two runs sharing one client at once (a backfill's parallel dates): each run's supervisor hears its
+    own tasks start, so each speculates its hung attempt (before, only the last one started heard any)."""
+    import threading
+
+    import dask.config
+    from distributed import Client
+    src, expected = corpus
+    results: dict = {}
+    with Client(dask_cluster) as client, dask.config.set({"engine.speculation.min-runtime": 0.5}):
+        def go(name):
+            try:
+                results[name] = wordcount.run(src, str(tmp_path / name), cluster=client, partition_size="24KiB",
+                                              faults=Faults(hang_first_attempt={("map", 1)}))
+            except BaseException as exc:  # noqa: BLE001 - asserted below
+                results[name] = exc
+        threads = [threading.Thread(target=go, args=(n,)) for n in ("a", "b")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(150)
+    for name in ("a", "b"):
+        result = results[name]
+        assert not isinstance(result, BaseException), result
+        assert [d["partition"] for d in result.report.speculation] == [1], (name, result.report.speculation)
+        assert as_counts(engine.read(str(tmp_path / name))) == expected
