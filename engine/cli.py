@@ -709,8 +709,8 @@ def _partition_provenance(doc: dict, generation: int) -> list[str]:
             return d
         return ", ".join(f"{k}={'null' if v is None else v}" for k, v in vals.items())
 
-    cols = ["values", "logical date", "run", "fingerprint", "engine", "input digest", "rows", "files", "committed at",
-            "gen"]
+    cols = ["values", "logical date", "run", "version", "code", "fingerprint", "engine", "input digest", "rows",
+            "files", "committed at", "gen"]
     names = sorted(parts)
     shown = names if len(names) <= 2 * _EXPLAIN_PARTITIONS else \
         names[:_EXPLAIN_PARTITIONS] + [None] + names[-_EXPLAIN_PARTITIONS:]
@@ -721,6 +721,7 @@ def _partition_provenance(doc: dict, generation: int) -> list[str]:
             continue
         rec = parts[d] if isinstance(parts[d], dict) else {}
         cells = [values(d, rec), rec.get("logical_date") or "-", str(rec.get("run_id") or "-")[:12],
+                 str(rec.get("job_version") or "-"), str(rec.get("code_fingerprint") or "-"),
                  str(rec.get("fingerprint") or "-"), str(rec.get("engine_version") or "-"),
                  str(rec.get("input_digest") or "-"), f"{rec.get('rows', 0):,}", str(rec.get("files", "-")),
                  when(rec.get("committed_at")), str(rec.get("generation", "-"))]

@@ -720,7 +720,8 @@ def _provenance(previous: Manifest | None, files: list[dict], entries: list[dict
         for d in produced:
             n, rows, nbytes = totals[d]
             partitions[d] = {"values": values[d], "run_id": run_id, "job": meta.get("job"),
-                             "job_version": meta.get("job_version"), "fingerprint": meta.get("fingerprint"), "engine_version": meta.get("engine_version"),
+                             "job_version": meta.get("job_version"), "fingerprint": meta.get("fingerprint"),
+                             "code_fingerprint": meta.get("code_fingerprint"), "engine_version": meta.get("engine_version"),
                              "input_digest": digest, "logical_date": logical_date, "committed_at": committed_at,
                              "generation": generation, "files": n, "rows": rows, "bytes": nbytes}
         out["partitions"] = dict(sorted(partitions.items()))
@@ -731,7 +732,8 @@ def _provenance(previous: Manifest | None, files: list[dict], entries: list[dict
             dates[day] = rec
     if logical_date is not None:
         dates[logical_date] = {"run_id": run_id, "fingerprint": meta.get("fingerprint"),
-                               "job_version": meta.get("job_version"), "input_digest": digest,
+                               "job_version": meta.get("job_version"),
+                               "code_fingerprint": meta.get("code_fingerprint"), "input_digest": digest,
                                "committed_at": committed_at, "generation": generation, "partitions": produced,
                                "rows": sum(e["rows"] for e in entries)}
     if dates:

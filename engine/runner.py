@@ -365,12 +365,19 @@ def _run(job: Job, input: Any, output: str, out_fs, out: str, cluster: Any, stor
          format: str | None, resume: bool, progress: Any, faults: Any, map_combine: bool | None,
          partition_by: tuple[str, ...], logical_date: str | None, where: Any, started: float,
          live: tuple | None = None) -> RunResult:
+    code_job = job
     if where is not None:
         job, specs = _filtered_inputs(job, input, where, logical_date, storage_options, format)
     else:
         specs = resolve_inputs(job, input, storage_options, format=format)
     plan = build_plan(job, specs, partition_size)
     fingerprint = plan.fingerprint
+    # The run's where (its date filled in) is part of the fingerprint; the job's code alone is this:
+    # the same for every day's run of one release, which provenance shows.
+    code_fingerprint = fingerprint
+    if code_job is not job:
+        from .job import job_fingerprint
+        code_fingerprint = job_fingerprint(code_job, {"format": next(iter(specs.values())).format}).digest
     snapshot = _snapshots_digest(specs, single=not plan.multi_input)
     # Same job + same input snapshot (+ logical date, output partitioning) → same run id, so an
     # interrupted run can be resumed.
@@ -473,7 +480,8 @@ def _run(job: Job, input: Any, output: str, out_fs, out: str, cluster: Any, stor
                                 skew_enabled=bool(skew and config.get("skew.enabled")), mode=mode, previous=previous, snapshot=snapshot,
                                 faults=faults, map_combine=bool(config.get("shuffle.map-combine", map_combine)),
                                 lock=lock, run_fence=run_fence, partition_by=partition_by,
-                                logical_date=logical_date, staged_for=live[2] if live is not None else None)
+                                logical_date=logical_date, staged_for=live[2] if live is not None else None,
+                                code_fingerprint=code_fingerprint)
             ok = True
         except BaseException as exc:
             rep.status, rep.stop = "failed", time.time()
@@ -599,7 +607,7 @@ def _execute(plan: Plan, specs: dict[str, InputSpec], client, info: ClusterInfo,
              skew_enabled: bool, mode: str, previous: commit.Manifest | None, snapshot: str, faults: Any,
              map_combine: bool = True, lock: Any = None, run_fence: RunFence | None = None,
              partition_by: tuple[str, ...] = (), logical_date: str | None = None,
-             staged_for: str | None = None) -> commit.Manifest:
+             staged_for: str | None = None, code_fingerprint: str | None = None) -> commit.Manifest:
     from . import reduceplan
     from .nodes import Execution, execute
     ex = Execution(plan, executor, rep, info, run_id, shipped, shuffle_fs, shuffle_root, out_fs, out, skew_enabled,
@@ -612,6 +620,7 @@ def _execute(plan: Plan, specs: dict[str, InputSpec], client, info: ClusterInfo,
     if schema is None:
         schema = pa.schema([])
     meta = {"job": plan.job.name, "job_version": plan.job.version, "fingerprint": plan.fingerprint,
+            "code_fingerprint": code_fingerprint or plan.fingerprint,
             "engine_version": ENGINE_VERSION,
             "input": _input_meta(plan, specs, snapshot),
             "timings": {"started": rep.start, "seconds": round(time.time() - rep.start, 3)},
