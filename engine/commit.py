@@ -291,28 +291,52 @@ class PartitionedAttemptWriter:
         self.open: dict[str, ParquetAttemptWriter] = {}
         self.done: list[dict] = []
         self.rows = 0
+        # rows wait per directory until they make a row group of a useful size (a batch spread over
+        # many partitions would otherwise write many tiny row groups); all waiting rows are bounded
+        self.pending: dict[str, tuple[dict, list[pa.Table], int, int]] = {}
+        self.pending_bytes = 0
+        self.group_bytes = max(1, min(self.GROUP_BYTES, max_file_bytes // 4))    # files roll near their bound
+
+    GROUP_ROWS = 1 << 17            # a directory's waiting rows are written once they reach this many...
+    GROUP_BYTES = 16 << 20          # ... or this many bytes
+    PENDING_BYTES = 64 << 20        # and the largest waiting group goes out while all waiting rows exceed this
 
     def write(self, data: pa.Table | pa.RecordBatch) -> None:
         from . import hive
         if isinstance(data, pa.RecordBatch):
             data = pa.Table.from_batches([data])
         for directory, values, rows in hive.split_by_partition(data, self.partition_by):
-            writer = self.open.get(directory)
-            if writer is None:
-                writer = self.open[directory] = ParquetAttemptWriter(*self.args, directory=directory, values=values,
-                                                                     **self.kwargs)
-            writer.write(rows)
+            old_values, tables, n, nbytes = self.pending.get(directory, (values, [], 0, 0))
+            tables.append(rows)
+            self.pending[directory] = (old_values, tables, n + rows.num_rows, nbytes + rows.nbytes)
+            self.pending_bytes += rows.nbytes
             self.rows += rows.num_rows
-            if writer._file is not None and writer._file.size >= self.max_file_bytes:
-                self.done += writer.close()["files"]
-                del self.open[directory]
+            if n + rows.num_rows >= self.GROUP_ROWS or nbytes + rows.nbytes >= self.group_bytes:
+                self._flush(directory)
+        while self.pending_bytes > self.PENDING_BYTES and self.pending:
+            self._flush(max(self.pending, key=lambda d: self.pending[d][3]))
+
+    def _flush(self, directory: str) -> None:
+        values, tables, _, nbytes = self.pending.pop(directory)
+        self.pending_bytes -= nbytes
+        writer = self.open.get(directory)
+        if writer is None:
+            writer = self.open[directory] = ParquetAttemptWriter(*self.args, directory=directory, values=values,
+                                                                 **self.kwargs)
+        writer.write(pa.concat_tables(tables) if len(tables) > 1 else tables[0])
+        if writer._file is not None and writer._file.size >= self.max_file_bytes:
+            self.done += writer.close()["files"]
+            del self.open[directory]
 
     def close(self, schema: pa.Schema | None = None) -> dict:
+        for directory in sorted(self.pending):
+            self._flush(directory)
         for directory in sorted(self.open):
             self.done += self.open.pop(directory).close()["files"]
         return {"partition": self.partition, "attempt": self.attempt, "run_id": self.run_id, "files": self.done}
 
     def abort(self) -> None:
+        self.pending.clear()
         for writer in self.open.values():
             writer.abort()
         self.open.clear()
@@ -863,17 +887,33 @@ def cleanup(fs, out: str, *, keep_run: str | None, manifest: Manifest | None) ->
                     break
                 d = posixpath.dirname(d)
     if is_s3(fs):
-        bucket, prefix = _bucket_key(out.rstrip("/") + "/")
+        bucket, _ = _bucket_key(out.rstrip("/") + "/")
         with contextlib.suppress(Exception):
-            listing = fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix)
-            for up in listing.get("Uploads", []):
-                name = up["Key"].rsplit("/", 1)[-1]
-                m = _NAME.match(name)
-                if m and (keep_run is None or m.group("run") != keep_run[:16]):
+            for key, upload_id, rel in pending_uploads(fs, out):
+                # only this output's own data files: not those of runs staged or canaried below it
+                # (``_``-prefixed directories) nor of other outputs under the same prefix
+                m = _NAME.match(posixpath.basename(rel))
+                if m and _bad_entry_path(rel) is None and (keep_run is None or m.group("run") != keep_run[:16]):
                     with contextlib.suppress(Exception):
-                        fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
-                        removed.append(f"upload {up['Key']}")
+                        fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
+                        removed.append(f"upload {key}")
     return removed
+
+
+def pending_uploads(fs, out: str):
+    """``(key, upload id, key relative to out)`` of every multipart upload pending under ``out`` on S3,
+    page by page (S3 returns at most 1,000 per call)."""
+    bucket, prefix = _bucket_key(out.rstrip("/") + "/")
+    if prefix == "/":
+        prefix = ""
+    marker: dict = {}
+    while True:
+        listing = fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix, **marker)
+        for up in listing.get("Uploads", []):
+            yield up["Key"], up["UploadId"], up["Key"][len(prefix):]
+        if not listing.get("IsTruncated"):
+            return
+        marker = {"KeyMarker": listing.get("NextKeyMarker", ""), "UploadIdMarker": listing.get("NextUploadIdMarker", "")}
 
 
 def data_files(fs, out: str) -> list[tuple[str, str]]:

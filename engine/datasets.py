@@ -285,6 +285,9 @@ def resolve_input(source: Any, storage_options: dict | None = None, *, format: s
         for k, v in _parse_hive(rel):
             hive_values.setdefault(k, []).append(v)
     partition_types = {k: _infer_partition_type(v) for k, v in hive_values.items()}
+    if callable(where):
+        # a condition that needs the partition columns' types (a where text): built now that they are known
+        where = where(pa.schema([pa.field(k, t) for k, t in partition_types.items()])) if partition_types else None
     pruned = 0
     if where is not None and partition_types:
         keep = _prune_listed(files, partition_types, where)

@@ -580,10 +580,8 @@ class StageExecutor:
 
     def _uploads(self) -> set[str] | None:
         if self._pending_uploads is None and self.out_fs is not None and commit.is_s3(self.out_fs):
-            bucket, _, prefix = self.out.partition("/")
             try:
-                listing = self.out_fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix.rstrip("/") + "/")
-                self._pending_uploads = {u["UploadId"] for u in listing.get("Uploads", [])}
+                self._pending_uploads = {upload for _, upload, _ in commit.pending_uploads(self.out_fs, self.out)}
             except Exception:  # noqa: BLE001 - then no journaled upload is trusted
                 self._pending_uploads = set()
         return self._pending_uploads

@@ -565,11 +565,11 @@ def resolve_inputs(job: Job, input: Any, storage_options: dict | None = None, *,
         raise JobDefinitionError(f"job {job.name!r} reads several inputs ({', '.join(map(repr, names))}); pass a dict "
                                  + "{" + ", ".join(f"{n!r}: PATH" for n in names) + "} (CLI: "
                                  + " ".join(f"--input {n}=PATH" for n in names) + ")")
-    wheres = _input_wheres(job)
+    wheres = input_wheres(job)
     return {n: resolve_input(given[n], storage_options, format=format, where=wheres.get(n)) for n in names}
 
 
-def _input_wheres(job: Job) -> dict[str, Any]:
+def input_wheres(job: Job) -> dict[str, Any]:
     """``{input: condition}``: the rows every side reading the input needs (``or`` of the sides'
     pushed conditions); an input that a side reads without one is absent (it is read whole)."""
     conds: dict[str, list] = {}

@@ -34,7 +34,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -347,11 +347,30 @@ def _filtered_inputs(job: Job, input: Any, where: Any, logical_date: str | None,
     """The job with the run's ``where`` in front of its maps, and its inputs resolved with it (pruned)."""
     from .job import _is_expression, with_input_filter
     if isinstance(where, str):
-        from .datasets import input_schema
+        from .datasets import input_schema, resolve_input
+        from .plan import input_wheres
         from .whereexpr import parse_where
-        rough = parse_where(where, None, date=logical_date)      # literal types unknown: for pruning partitions
-        specs = resolve_inputs(with_input_filter(job, rough), input, storage_options, format=format)
-        spec = next(iter(specs.values()))
+        import pyarrow.compute as pc
+
+        from .errors import SchemaError
+        # syntax errors, and a job reading several inputs, are refused before anything is listed
+        # (types are checked below, against the input's columns)
+        with contextlib.suppress(SchemaError):
+            parse_where(where, None, date=logical_date)
+        with_input_filter(job, pc.scalar(True))
+        own = input_wheres(job).get(job.label)
+
+        def pruning(partitions: pa.Schema):
+            # the Hive partition columns' types are known once the input is listed: prune with them
+            expr = parse_where(where, partitions, date=logical_date, partial=True)
+            return expr if own is None else expr & own
+        source = input
+        if isinstance(input, Mapping):
+            if len(input) != 1:
+                resolve_inputs(job, input, storage_options, format=format)      # its error names the inputs
+            source = next(iter(input.values()))
+        spec = resolve_input(source, storage_options, format=format, where=pruning)
+        specs = {job.label: spec}
         return with_input_filter(job, parse_where(where, input_schema(spec), date=logical_date)), specs
     if not _is_expression(where):
         raise JobDefinitionError(f"where= takes a pyarrow.compute.Expression such as pc.field('date') == "

@@ -321,11 +321,12 @@ class _Compiler:
     """Turns the tree into an Expression. A literal compared with a column takes that column's type
     (the *target*: the column's name and type, known when a schema is given)."""
 
-    def __init__(self, text: str, schema: pa.Schema | None) -> None:
+    def __init__(self, text: str, schema: pa.Schema | None, partial: bool = False) -> None:
         import pyarrow.compute as pc
         self.pc = pc
         self.text = text
         self.schema = schema
+        self.partial = partial          # columns the schema lacks stay untyped names (no error)
 
     def compile(self, node):
         tag = node[0]
@@ -388,7 +389,8 @@ class _Compiler:
         for node in nodes:
             if node[0] == "column" and self.schema is not None:
                 name = self._resolve(node)
-                found = found or (name, self.schema.field(name).type)
+                if name in self.schema.names:
+                    found = found or (name, self.schema.field(name).type)
         return found
 
     def _resolve(self, node) -> str:
@@ -402,6 +404,8 @@ class _Compiler:
         folded = [n for n in names if n.lower() == name.lower()]
         if len(folded) == 1:
             return folded[0]
+        if self.partial and not folded:
+            return name
         close = folded or difflib.get_close_matches(name, names, 1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise SchemaError(f"the where condition names column {name!r}, which the input does not have{hint}; "
@@ -505,12 +509,16 @@ def _common_array(scalars: list[pa.Scalar], column_type: pa.DataType | None) -> 
     raise pa.ArrowTypeError("the list mixes " + ", ".join(sorted(str(t) for t in types)))
 
 
-def parse_where(text: Any, schema: pa.Schema | None = None, *, date: str | _dt.date | None = None):
+def parse_where(text: Any, schema: pa.Schema | None = None, *, date: str | _dt.date | None = None,
+                partial: bool = False):
     """The ``pyarrow.compute.Expression`` of a where condition written in the language above.
 
     ``schema`` (the input's columns) types the literals and checks the column names and the types
     (an Arrow type error becomes a :class:`SchemaError`); ``date`` (``'YYYY-MM-DD'`` or a
     ``datetime.date``) is what ``{date}`` stands for. An ``Expression`` passes through unchanged.
+    ``partial=True``: ``schema`` holds only some of the columns (a Hive input's partition columns,
+    known before any file is opened): those are typed and matched ignoring case, the others stay as
+    written and untyped, and nothing is checked.
     """
     import pyarrow.compute as pc
     if isinstance(text, pc.Expression):
@@ -523,8 +531,8 @@ def parse_where(text: Any, schema: pa.Schema | None = None, *, date: str | _dt.d
     elif isinstance(date, _dt.date):
         date = date.isoformat()
     tree = _Parser(text, date).parse()
-    expr = _Compiler(text, schema).compile(tree)
-    if schema is not None:
+    expr = _Compiler(text, schema, partial).compile(tree)
+    if schema is not None and not partial:
         try:
             schema.empty_table().filter(expr)
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError) as exc:

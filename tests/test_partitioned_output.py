@@ -430,3 +430,37 @@ def test_partition_replace_waits_for_no_one_and_refuses_a_held_output(tmp_path):
     finally:
         done.set()
         t.join()
+
+
+def test_rows_of_many_partitions_are_written_in_few_row_groups(tmp_path):
+    """Batches spread over many partitions are gathered per partition before they are written: a file
+    gets row groups of a useful size, not one sliver per input batch."""
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(2)
+    pq.write_table(pa.table({"k": rng.integers(0, 50, 200_000), "x": rng.random(200_000)}), src / "a.parquet",
+                   row_group_size=20_000)
+    out = str(tmp_path / "out")
+    with dask.config.set({"engine.batch-rows": 20_000}):
+        engine.run(Job("copy").map(columns=["k", "x"]), str(src), out, partition_by="k")
+    manifest = commit.load_manifest(*engine.datasets.filesystem(out))
+    groups = [pq.ParquetFile(manifest.path_of(f)).metadata.num_row_groups for f in manifest.files]
+    assert len(groups) == 50 and max(groups) == 1, groups
+    assert engine.read(out).num_rows == 200_000
+
+
+@pytest.mark.parametrize("where", ["hour = 1", "hour = '1'", "HOUR = 1", "hour in ('1', 2) and hour < 2"])
+def test_where_text_prunes_typed_hive_partitions_before_listing_them(tmp_path, where):
+    """Quoted numbers and names in another case prune integer Hive partitions too, so a new hour's files
+    are neither read nor part of the snapshot: the rerun is a no-op."""
+    src = tmp_path / "in"
+    for h in range(3):
+        (src / f"hour={h}").mkdir(parents=True)
+        pq.write_table(pa.table({"v": [1, 2, 3]}), src / f"hour={h}" / "x.parquet")
+    out = str(tmp_path / "out")
+    job = Job("h").reduce(by="hour", aggs={"n": agg.count()})
+    first = engine.run(job, str(src), out, where=where)
+    assert first.report.input_files == 1 and engine.read(out).to_pylist() == [{"hour": 1, "n": 3}]
+    (src / "hour=7").mkdir()
+    pq.write_table(pa.table({"v": [1]}), src / "hour=7" / "x.parquet")
+    assert engine.run(job, str(src), out, where=where).skipped
