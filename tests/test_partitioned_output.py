@@ -464,3 +464,24 @@ def test_where_text_prunes_typed_hive_partitions_before_listing_them(tmp_path, w
     (src / "hour=7").mkdir()
     pq.write_table(pa.table({"v": [1]}), src / "hour=7" / "x.parquet")
     assert engine.run(job, str(src), out, where=where).skipped
+
+
+def test_s3_cleanup_aborts_only_this_outputs_own_pending_uploads(s3, tmp_path):
+    """A run's cleanup aborts pending uploads of dead runs of its own output, never those of runs staged
+    or canaried below it (``_``-prefixed directories), which are live runs of other outputs."""
+    fs, url = s3["fs"], s3["url"]
+    out = url(f"cleanup-{time.time_ns()}")
+    name = "part-00000-0123456789abcdef-a0-89abcdef.parquet"
+    keys = {"staged": f"{out[5:]}/_backfill/2026-11-01/day=a/{name}", "dead": f"{out[5:]}/day=a/{name}"}
+    ids = {}
+    for what, key in keys.items():
+        bucket, _, k = key.partition("/")
+        ids[what] = fs.call_s3("create_multipart_upload", Bucket=bucket, Key=k)["UploadId"]
+    src = tmp_path / "in"
+    src.mkdir()
+    pq.write_table(pa.table({"day": ["a"], "v": [1]}), src / "t.parquet")
+    engine.run(Job("j").map(columns=["day", "v"]), str(src), out, storage_options=s3["storage_options"],
+               partition_by="day")
+    bucket = s3["bucket"]
+    pending = {u["UploadId"] for u in fs.call_s3("list_multipart_uploads", Bucket=bucket).get("Uploads", [])}
+    assert ids["staged"] in pending and ids["dead"] not in pending
