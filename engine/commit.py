@@ -994,6 +994,10 @@ def _stored_buffer(fs, path: str, size: int) -> tuple[pa.Buffer, int]:
         with pa.memory_map(path) as f:
             buf = f.read_buffer()     # the mapping lives as long as the buffer
         return buf, crc32c(memoryview(buf))
+    if is_s3(fs):
+        # s3fs sizes a download from its listing cache: a directory this process listed before another
+        # process wrote the file there would make a committed file look missing
+        fs.invalidate_cache(path)
     if size <= _SPOOL_ABOVE:
         data = fs.cat_file(path)
         return pa.py_buffer(data), crc32c(data)
@@ -1083,7 +1087,7 @@ def verify(path: str, storage_options: dict | None = None) -> VerifySummary:
 
 
 def read(path: str, storage_options: dict | None = None, verify: bool = True,
-         columns: Sequence[str] | None = None) -> pa.Table:
+         columns: Sequence[str] | None = None, partitions: str | Sequence[str] | None = None) -> pa.Table:
     """The committed output of ``path`` as one table, rows in partition order.
 
     Reads only the files the manifest lists (never a listing), so files of running or failed runs
@@ -1094,15 +1098,60 @@ def read(path: str, storage_options: dict | None = None, verify: bool = True,
     downloaded whole, once (with ``columns`` that is more bytes than a projection needs: pass
     ``verify=False`` to read only the chosen columns unchecked).
 
+    ``partitions`` (a partitioned output only): read only the files of these Hive partition
+    directories, each named as in the output (``"date=2026-11-30/region=eu"``) or by its leading
+    directories (``"date=2026-11-30"``: every partition below it); the other files are not opened.
+    A name that matches no partition raises :class:`~engine.errors.PartitionNotFoundError`.
+
     >>> table = engine.read("out/wc")                # doctest: +SKIP
     >>> table = engine.read("out/wc", columns=["word"], verify=False)   # doctest: +SKIP
+    >>> table = engine.read("out/daily", partitions=["date=2026-11-30"])  # doctest: +SKIP
     """
-    import pyarrow.parquet as pq
     fs, out = filesystem(path, storage_options)
     manifest = load_manifest(fs, out)
     if manifest is None:
         raise ManifestError(f"{out} has no committed output (no {MANIFEST} manifest)",
                             [f"{posixpath.join(out, MANIFEST)}: missing"])
+    entries = partition_entries(manifest, partitions) if partitions is not None else None
+    return read_manifest(fs, manifest, verify=verify, columns=columns, entries=entries, path=path)
+
+
+def partition_entries(manifest: Manifest, partitions: str | Sequence[str]) -> list[dict]:
+    """The entries of ``manifest`` in the partition directories ``partitions`` names (whole names or
+    leading directories, see :func:`read`); PartitionNotFoundError for a name that matches none."""
+    from .errors import PartitionNotFoundError
+    names = [partitions] if isinstance(partitions, str) else list(partitions)
+    if not all(isinstance(n, str) for n in names):
+        raise PartitionNotFoundError(f"partitions= takes partition directory names such as 'date=2026-11-30', got "
+                                     f"{partitions!r}")
+    names = [n.strip().strip("/") for n in names]
+    if not names or not all(names):
+        raise PartitionNotFoundError(f"partitions= names no partition ({partitions!r}); give directory names such "
+                                     "as 'date=2026-11-30', or leave it out to read every partition")
+    partition_by = list(manifest.doc.get("partition_by") or [])
+    if not partition_by:
+        raise PartitionNotFoundError(f"{manifest.root} is not partitioned (it was written without partition_by), so "
+                                     f"it has no partition {names[0]!r}; read it without partitions=")
+    known = {partition_of(f["path"]) for f in manifest.files} | set(manifest.doc.get("partitions") or {})
+    chosen: set[str] = set()
+    for name in names:
+        hits = {d for d in known if d == name or d.startswith(name + "/")}
+        if not hits:
+            shown = ", ".join(sorted(known)[:5]) + (", …" if len(known) > 5 else "")
+            raise PartitionNotFoundError(f"{manifest.root} has no partition {name!r} (partitioned by "
+                                         f"{', '.join(partition_by)}; {len(known)} partition(s)"
+                                         + (f", e.g. {shown}" if known else "") + "); name a partition directory "
+                                         "as it appears in the output, or leading directories of one")
+        chosen |= hits
+    return [f for f in manifest.files if partition_of(f["path"]) in chosen]
+
+
+def read_manifest(fs, manifest: Manifest, *, verify: bool = True, columns: Sequence[str] | None = None,
+                  entries: list[dict] | None = None, path: str | None = None) -> pa.Table:
+    """:func:`read` of an already loaded manifest: its files (or only ``entries``, some of them) as one table."""
+    import pyarrow.parquet as pq
+    out = manifest.root
+    path = path if path is not None else out
     schema = manifest.schema
     selected = list(columns) if columns is not None else None
     partition_by = list(manifest.doc.get("partition_by") or [])
@@ -1121,7 +1170,7 @@ def read(path: str, storage_options: dict | None = None, verify: bool = True,
 
     tables: list[pa.Table] = []
     problems: list[str] = []
-    for entry in sorted(manifest.files, key=lambda e: (e["partition"], e["path"])):
+    for entry in sorted(manifest.files if entries is None else entries, key=lambda e: (e["partition"], e["path"])):
         p = manifest.path_of(entry)
         where = f"{p} (partition {entry['partition']})"
         if not verify:
@@ -1130,6 +1179,8 @@ def read(path: str, storage_options: dict | None = None, verify: bool = True,
                     with pa.memory_map(p) as f:
                         tables.append(decoded(f, entry))
                 else:
+                    if is_s3(fs):
+                        fs.invalidate_cache(p)         # as in _stored_buffer: no stale listing decides
                     with fs.open(p, "rb") as f:
                         tables.append(decoded(f, entry))
             except FileNotFoundError:
@@ -1188,6 +1239,7 @@ def _with_partition_columns(table: pa.Table, path: str, schema: pa.Schema, parti
 
 __all__ = ["ParquetAttemptWriter", "ChecksummingFile", "Manifest", "VerifySummary", "commit_job", "check_output",
            "cleanup", "publish_file", "discard_file", "write_manifest", "engine_file",
-           "choose_winners", "discard", "load_manifest", "remove_damaged_manifest", "read", "verify", "verify_manifest", "crc32c",
+           "choose_winners", "discard", "load_manifest", "remove_damaged_manifest", "read", "read_manifest",
+           "partition_entries", "verify", "verify_manifest", "crc32c",
            "file_crc32c", "MANIFEST", "TEMPORARY"]
 _ = Any

@@ -8,8 +8,11 @@ an :class:`OutputDiff`:
    partition, named by its ``col=value/...`` directory; ``partition_columns=`` groups the rows by other
    columns instead (``[]`` compares whole outputs), and an unpartitioned output is one partition named
    ``""``. ``partitions=`` restricts everything below to some partitions (e.g. the ones a staged run
-   would replace; ``"date=2026-11-30"`` picks every partition under that directory). Each partition
-   gets its row count in A and in B and the relative change.
+   would replace; ``"date=2026-11-30"`` picks every partition under that directory). When both
+   outputs are partitioned by the compared columns, only the files of those partitions are read
+   (:func:`engine.commit.read` ``partitions=``), so a few staged partitions compare with a large
+   output at the cost of those partitions. Each partition gets its row count in A and in B and the
+   relative change.
 2. **Schema.** Columns added (only in B), removed (only in A), and whose type changed.
 3. **Aggregates**, per column and side: numeric columns sum, min, max, mean and null count (and NaN
    count for floats); other columns null count, distinct count and, where the type is orderable,
@@ -30,7 +33,7 @@ than a fraction (a partition that appears or disappears is a 100% change; 0 rows
 >>> print(d)                                                        # doctest: +SKIP
 >>> d.violations("5%")                                              # doctest: +SKIP
 
-Both outputs are held in memory while they are compared. This module never imports dask.
+Both outputs (or the partitions compared) are held in memory while they are compared. This module never imports dask.
 """
 
 from __future__ import annotations
@@ -51,9 +54,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .arrowtypes import common_type, plain_type
-from .commit import MANIFEST, Manifest, load_manifest, read
+from .commit import MANIFEST, Manifest, load_manifest, partition_of, read_manifest
 from .datasets import filesystem
-from .errors import DiffError, ManifestError
+from .errors import DiffError, IntegrityError, ManifestError
 from .hive import DEFAULT_PARTITION
 
 UNPARTITIONED = ""                          # the name of the one partition of an output compared whole
@@ -567,20 +570,57 @@ class _Loaded:
         return tuple(self.manifest.doc.get("partition_by") or ())
 
 
-def _load(label: str, path: str, storage_options: dict | None) -> _Loaded:
+def _manifest(label: str, path: str, storage_options: dict | None) -> tuple[Any, Manifest]:
     fs, root = filesystem(path, storage_options)
     manifest = load_manifest(fs, root)
     if manifest is None:
         raise ManifestError(f"{label} ({path}) holds no committed output (no {MANIFEST} manifest in {root}), so "
                             "there is nothing to compare: check the path, or run the job that writes it first",
                             [f"{posixpath.join(root, MANIFEST)}: missing"])
-    table = read(path, storage_options)       # checks every byte against the manifest's CRC32C
-    if table.num_rows != manifest.rows:
+    return fs, manifest
+
+
+def _load(label: str, path: str, fs: Any, manifest: Manifest, entries: list[dict] | None = None) -> _Loaded:
+    """``manifest``'s output read (all of it, or only ``entries``), every byte checked against its CRC32C."""
+    try:
+        table = read_manifest(fs, manifest, entries=entries, path=path)
+    except IntegrityError:
+        again = load_manifest(fs, manifest.root)
+        if again is not None and again.raw != manifest.raw:
+            raise DiffError(f"{label} ({path}) changed while it was being read (generation {manifest.generation} "
+                            f"became {again.generation}): another run committed it meanwhile; compare again") from None
+        raise
+    expected = manifest.rows if entries is None else sum(f["rows"] for f in entries)
+    if table.num_rows != expected:
         raise DiffError(f"{label} ({path}) changed while it was being read ({table.num_rows:,} rows read, its "
-                        f"manifest lists {manifest.rows:,}): another run committed it meanwhile; compare again")
+                        f"manifest lists {expected:,}): another run committed it meanwhile; compare again")
     schema = pa.schema([f.with_type(plain_type(f.type, decode_dictionaries=True)) for f in table.schema])
     plain = table if schema.equals(table.schema) else table.cast(schema)
     return _Loaded(label, path, manifest, table, plain)
+
+
+def _pushdown(names: tuple[str, ...], explicit: tuple[str, ...] | None, a: Manifest,
+              b: Manifest) -> tuple[list[dict], list[dict]] | None:
+    """The files of A and of B that hold the partitions ``names`` picks, when both outputs are
+    partitioned by the compared columns and every name is a partition directory of one of them (or
+    leading directories of one); None otherwise (then both are read whole and the names are matched
+    against the partitions found in the rows)."""
+    by_a, by_b = (tuple(m.doc.get("partition_by") or ()) for m in (a, b))
+    cols = explicit if explicit is not None else (by_a or by_b)
+    if not cols or by_a != cols or by_b != cols:
+        return None
+    dirs = [{partition_of(f["path"]) for f in m.files} | set(m.doc.get("partitions") or {}) for m in (a, b)]
+    chosen: list[set[str]] = [set(), set()]
+    for name in names:
+        found = False
+        for side, known in enumerate(dirs):
+            hits = {d for d in known if d == name or d.startswith(name + "/")}
+            chosen[side] |= hits
+            found = found or bool(hits)
+        if not found:
+            return None
+    return ([f for f in a.files if partition_of(f["path"]) in chosen[0]],
+            [f for f in b.files if partition_of(f["path"]) in chosen[1]])
 
 
 def _side(x: _Loaded, rows: int) -> Side:
@@ -588,7 +628,7 @@ def _side(x: _Loaded, rows: int) -> Side:
     meta = doc.get("meta") if isinstance(doc.get("meta"), dict) else doc
     return Side(path=x.path, run_id=doc.get("run_id"), generation=x.manifest.generation,
                 job=meta.get("job", doc.get("job")), committed_at=doc.get("committed_at"),
-                total_rows=x.table.num_rows, rows=rows, partition_by=x.partition_by, schema=x.table.schema)
+                total_rows=x.manifest.rows, rows=rows, partition_by=x.partition_by, schema=x.table.schema)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -916,8 +956,11 @@ def compare(a: str, b: str, *, key: str | Sequence[str] | None = None, storage_o
             raise DiffError("partitions= names no partition; give names like 'date=2026-11-30' or leave it out")
     if not isinstance(max_rows, int) or isinstance(max_rows, bool) or max_rows < 0:
         raise DiffError(f"max_rows must be a whole number >= 0, got {max_rows!r}")
-    left = _load("A", a, storage_options)
-    right = _load("B", b, storage_options)
+    (fs_a, man_a), (fs_b, man_b) = _manifest("A", a, storage_options), _manifest("B", b, storage_options)
+    # a few partitions of large outputs: read only the files of those partitions
+    picked = _pushdown(partitions, explicit, man_a, man_b) if partitions is not None else None
+    left = _load("A", a, fs_a, man_a, picked[0] if picked else None)
+    right = _load("B", b, fs_b, man_b, picked[1] if picked else None)
     cols = _choose_partition_columns(explicit, left, right)
     for side in (left, right):
         missing = [k for k in key or () if k not in side.plain.column_names]

@@ -8,7 +8,8 @@ do not know this module::
     ├── JobDefinitionError (ValueError)      a job is malformed: caught when it is defined or planned
     │   └── SchemaError                      a stage's input or output columns do not fit
     ├── InputError (ValueError)              input paths, formats or files that cannot be read
-    │   └── EmptyInputError                  the input matched no files
+    │   ├── EmptyInputError                  the input matched no files
+    │   └── PartitionNotFoundError           read(..., partitions=) names a partition the output does not have
     ├── ClusterError (RuntimeError)          the cluster cannot be started, reached or used
     │   └── ShuffleLocationError             the shuffle directory is not reachable by every worker
     ├── StageFailedError (RuntimeError)      a task failed for good: names round, stage and partition
@@ -49,6 +50,11 @@ class InputError(EngineError, ValueError):
 
 class EmptyInputError(InputError):
     """The input matched no data files."""
+
+
+class PartitionNotFoundError(InputError):
+    """``read(..., partitions=)`` names a partition directory that the committed output does not have
+    (or the output is not partitioned)."""
 
 
 class ClusterError(EngineError, RuntimeError):
@@ -139,7 +145,7 @@ class DiffError(EngineError, ValueError):
 
 
 __all__ = [
-    "EngineError", "JobDefinitionError", "SchemaError", "InputError", "EmptyInputError",
+    "EngineError", "JobDefinitionError", "SchemaError", "InputError", "EmptyInputError", "PartitionNotFoundError",
     "ClusterError", "ShuffleLocationError", "StageFailedError", "CommitError",
     "OutputExistsError", "ConcurrentRunError", "FencedError", "ChangeGateError", "IntegrityError", "ManifestError",
     "DiffError",

@@ -3,8 +3,8 @@ partitions of the live output, in one manifest swap.
 
 A run with ``stage_to=PATH`` commits into ``PATH`` (a complete output with its own manifest, which
 names the live output it was staged for), so it can be inspected and compared with what it would
-replace (:mod:`engine.diff`) before anyone reads it. :func:`publish` then, holding the live
-output's lock:
+replace (:mod:`engine.diff`) before anyone reads it. :func:`publish` then, holding the staged
+output's lock (nobody stages into it meanwhile) and the live output's lock:
 
 1. checks every staged file against the staged manifest (size and CRC32C), so nothing damaged
    goes live;
@@ -14,12 +14,13 @@ output's lock:
 3. swaps the live manifest (compare-and-swap against the generation it read): the staged
    partitions replace the live ones, every other live partition stays, and each partition keeps
    its provenance (the run, job fingerprint, input snapshot and logical date that produced it);
-4. removes the replaced generation's files, then the staged output.
+4. removes the replaced generation's files, then the staged files, then the staged manifest.
 
 A publish killed at any point leaves the live output at its old or its new generation, never a mix:
 before the swap the copied files are unreferenced (the next run or ``mapreduce clean`` removes
-them), and the staged output stays intact until the swap has happened, so running the same
-``publish`` again finishes the job (it recognises a staged run that is already live).
+them), and the staged manifest stays until everything else is done, so running the same
+``publish`` again finishes the job: before the swap it starts over; after it, it finds the staged
+files in the live manifest, removes what is left over and says ``already``.
 
 This module never imports dask.
 """
@@ -62,11 +63,21 @@ class PublishResult:
 
 
 def _copy(src_fs, src: str, dst_fs, dst: str) -> None:
-    """``src`` to ``dst`` without going through this process where the store allows it."""
+    """``src`` to ``dst`` without going through this process where the store allows it.
+
+    ``dst`` may exist already only as a copy made by an earlier publish of the same staged run (the
+    names carry the run id and a uuid): left by a publish killed before its swap (unreferenced, so it
+    is replaced), or live already (then locally the very same file, left alone, and on S3 rewritten
+    with the same bytes in one atomic copy).
+    """
     if is_local(src_fs) and is_local(dst_fs):
         os.makedirs(os.path.dirname(dst), exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(dst)             # a copy of an earlier, interrupted publish: same bytes
+        try:
+            if os.path.samefile(src, dst):
+                return
+            os.unlink(dst)             # an unreferenced copy of an interrupted publish
+        except FileNotFoundError:
+            pass
         try:
             os.link(src, dst)
         except OSError:
@@ -77,6 +88,16 @@ def _copy(src_fs, src: str, dst_fs, dst: str) -> None:
         return
     with src_fs.open(src, "rb") as fin, dst_fs.open(dst, "wb") as fout:
         shutil.copyfileobj(fin, fout, 8 << 20)
+
+
+def _is_live(live: Manifest | None, staged: Manifest) -> bool:
+    """True when the staged run's result is the live one already (a publish repeated after it swapped)."""
+    if live is None:
+        return False
+    if not staged.files:
+        return live.doc.get("published_from_run") == staged.doc.get("run_id")
+    paths = {f["path"] for f in live.files}
+    return all(f["path"] in paths for f in staged.files)
 
 
 def staged_for(staged: Manifest) -> str | None:
@@ -118,20 +139,25 @@ def publish(staged: str, output: str | None = None, storage_options: dict | None
     :class:`~engine.errors.ManifestError` if nothing is committed at ``staged``,
     :class:`~engine.errors.IntegrityError` if a staged file is damaged, :class:`~engine.errors.CommitError`
     if the partitioning or schema differ from the live output's, and
-    :class:`~engine.errors.ConcurrentRunError` if another run holds the live output.
+    :class:`~engine.errors.ConcurrentRunError` if another run holds the live or the staged output.
+
+    Publishing the same staged output again after a publish was interrupted finishes it: before its
+    manifest swap nothing was live and it starts over; after it, the result says ``already`` and the
+    leftovers (replaced files, the staged output) are removed. ``hook(point)`` is called at each step
+    (fault-injection tests kill the process there); by default ``ENGINE_FAULTS`` decides, as for runs.
 
     >>> engine.run(daily, "events/", "agg/", partition_by=["date"], date="2026-11-30",
     ...            where="date = '{date}'", stage_to="agg-staged/")          # doctest: +SKIP
     >>> print(engine.diff.compare("agg/", "agg-staged/"))                      # doctest: +SKIP
-    >>> engine.publish("agg-staged/")                                          # doctest: +SKIP
+    >>> engine.publish.publish("agg-staged/")                                  # doctest: +SKIP
     """
     from .lock import output_lock
+    if hook is None:
+        from .faults import Faults
+        faults = Faults.from_env()
+        hook = faults.commit_hook if faults is not None else None
     sfs, sroot = filesystem(staged, storage_options)
-    smanifest = load_manifest(sfs, sroot)
-    if smanifest is None:
-        raise ManifestError(f"nothing is staged at {staged} (no {MANIFEST} manifest): run the job with "
-                            f"stage_to={staged!r} first, or it was published already",
-                            [f"{posixpath.join(sroot, MANIFEST)}: missing"])
+    smanifest = _staged_manifest(sfs, sroot, staged)
     target = output or staged_for(smanifest)
     if not target:
         raise CommitError(f"{staged} does not say which output it was staged for; pass the live output: "
@@ -139,59 +165,100 @@ def publish(staged: str, output: str | None = None, storage_options: dict | None
     if not smanifest.doc.get("partition_by"):
         raise CommitError(f"{staged} is not partitioned: publishing replaces partitions of a partitioned output "
                           "(run with partition_by=[...])")
-    commit.verify_manifest(sfs, smanifest, pages=False)     # nothing damaged goes live
     lfs, live = filesystem(target, storage_options)
-    produced = tuple(sorted({partition_of(f["path"]) for f in smanifest.files}))
-    run_id = smanifest.doc["run_id"]
-    with output_lock(lfs, live) as lock:
-        previous = load_manifest(lfs, live)
-        if previous is not None:
-            if list(previous.doc.get("partition_by") or []) != list(smanifest.doc["partition_by"]):
-                raise CommitError(f"cannot publish {staged} to {target}: the live output is partitioned by "
-                                  f"{previous.doc.get('partition_by') or 'nothing'}, the staged one by "
-                                  f"{smanifest.doc['partition_by']}")
-            if smanifest.files and previous.files and not commit._same_schema(previous.schema, smanifest.schema):
-                raise CommitError(f"cannot publish {staged} to {target}: the live schema {previous.schema} differs "
-                                  f"from the staged {smanifest.schema}; write to a new output or overwrite it whole")
-            live_paths = {f["path"] for f in previous.files}
-            if previous.doc.get("published_from_run") == run_id and all(f["path"] in live_paths
-                                                                          for f in smanifest.files):
-                _remove_staged(sfs, sroot, smanifest)
-                return PublishResult(target, staged, run_id, produced, smanifest.rows, previous.generation, True)
-        for f in smanifest.files:
-            _copy(sfs, smanifest.path_of(f), lfs, posixpath.join(live, f["path"]))
-            if hook:
-                hook("publish")
-        now = _dt.datetime.now(_dt.timezone.utc).isoformat()
-        doc = merged_doc(previous, smanifest, now)
-        data = json.dumps(doc, indent=1, sort_keys=True).encode()
-        if hook:
-            hook("before-manifest")
-        lock.check()
-        try:
-            commit.write_manifest(lfs, posixpath.join(live, MANIFEST), data, previous)
-        except FileExistsError:
-            raise ConcurrentRunError(f"another run committed {target} while {staged} was being published; nothing "
-                                     "was published: publish again") from None
-        if hook:
-            hook("after-manifest")
-        manifest = Manifest(doc, live, data)
-        commit.cleanup(lfs, live, keep_run=None, manifest=manifest)
-    _remove_staged(sfs, sroot, smanifest)
-    return PublishResult(target, staged, run_id, produced, smanifest.rows, manifest.generation)
+    if type(lfs) is type(sfs) and live.rstrip("/") == sroot.rstrip("/"):
+        raise CommitError(f"cannot publish {staged} onto itself: pass the live output it replaces partitions of")
+    # The staged output's lock: nobody stages into it or publishes it meanwhile.
+    with output_lock(sfs, sroot):
+        smanifest = _staged_manifest(sfs, sroot, staged)          # as it is now that no one else writes it
+        run_id = smanifest.doc["run_id"]
+        produced = tuple(sorted({partition_of(f["path"]) for f in smanifest.files}))
+        verified = _is_live(load_manifest(lfs, live), smanifest)
+        if not verified:
+            commit.verify_manifest(sfs, smanifest, pages=False)     # nothing damaged goes live
+            verified = True
+        with output_lock(lfs, live) as lock:
+            previous = load_manifest(lfs, live)
+            if _is_live(previous, smanifest):
+                # an earlier publish swapped the manifest and was stopped before it had cleaned up
+                commit.cleanup(lfs, live, keep_run=None, manifest=previous)
+                _remove_staged_files(sfs, sroot)
+                result = PublishResult(target, staged, run_id, produced, smanifest.rows, previous.generation, True)
+            else:
+                result = _swap(lfs, live, target, sfs, sroot, staged, smanifest, previous, produced, lock, hook)
+    _remove_staged_dir(sfs, sroot)
+    return result
 
 
-def _remove_staged(fs, root: str, manifest: Manifest) -> None:
-    """Remove a published staged output: its manifest first (so it is never half there), then its files."""
+def _staged_manifest(fs, root: str, staged: str) -> Manifest:
+    smanifest = load_manifest(fs, root)
+    if smanifest is None:
+        raise ManifestError(f"nothing is staged at {staged} (no {MANIFEST} manifest): run the job with "
+                            f"stage_to={staged!r} first, or it was published already",
+                            [f"{posixpath.join(root, MANIFEST)}: missing"])
+    return smanifest
+
+
+def _swap(lfs, live: str, target: str, sfs, sroot: str, staged: str, smanifest: Manifest,
+          previous: Manifest | None, produced: tuple[str, ...], lock: Any, hook: Any) -> PublishResult:
+    """Copy the staged files next to the live ones, swap the live manifest, clean up (live lock held)."""
+    if previous is not None:
+        if list(previous.doc.get("partition_by") or []) != list(smanifest.doc["partition_by"]):
+            raise CommitError(f"cannot publish {staged} to {target}: the live output is partitioned by "
+                              f"{previous.doc.get('partition_by') or 'nothing'}, the staged one by "
+                              f"{smanifest.doc['partition_by']}")
+        if smanifest.files and previous.files and not commit._same_schema(previous.schema, smanifest.schema):
+            raise CommitError(f"cannot publish {staged} to {target}: the live schema {previous.schema} differs "
+                              f"from the staged {smanifest.schema}; write to a new output or overwrite it whole")
+    for f in smanifest.files:
+        _copy(sfs, smanifest.path_of(f), lfs, posixpath.join(live, f["path"]))
+        if hook:
+            hook("publish")
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat()
+    doc = merged_doc(previous, smanifest, now)
+    data = json.dumps(doc, indent=1, sort_keys=True).encode()
+    if hook:
+        hook("before-manifest")
+    lock.check()
+    try:
+        commit.write_manifest(lfs, posixpath.join(live, MANIFEST), data, previous)
+    except FileExistsError:
+        raise ConcurrentRunError(f"another run committed {target} while {staged} was being published; nothing "
+                                 "was published: publish again") from None
+    if hook:
+        hook("after-manifest")
+    manifest = Manifest(doc, live, data)
+    commit.cleanup(lfs, live, keep_run=None, manifest=manifest)
+    if hook:
+        hook("after-cleanup")
+    _remove_staged_files(sfs, sroot)
+    return PublishResult(target, staged, smanifest.doc["run_id"], produced, smanifest.rows, manifest.generation)
+
+
+def _remove_staged_files(fs, root: str) -> None:
+    """Remove a published staged output's files, then its manifest: a publish stopped in between finds
+    the manifest and, its files being live, finishes as ``already``."""
+    commit.cleanup(fs, root, keep_run=None, manifest=None)
     with contextlib.suppress(FileNotFoundError):
         fs.rm(posixpath.join(root, MANIFEST))
-    commit.cleanup(fs, root, keep_run=None, manifest=None)
+    if is_s3(fs):
+        fs.invalidate_cache(root)
+
+
+def _remove_staged_dir(fs, root: str) -> None:
+    """On a local disk, the emptied staged directory and its lock file (once the lock is released)."""
     if is_local(fs):
         with contextlib.suppress(OSError):
             lock = os.path.join(root, "_lock")
             if os.path.exists(lock):
                 os.unlink(lock)
             os.rmdir(root)
+
+
+def _remove_staged(fs, root: str, manifest: Manifest | None = None) -> None:
+    """Remove a staged output whole (files, manifest, and locally its directory)."""
+    _remove_staged_files(fs, root)
+    _remove_staged_dir(fs, root)
 
 
 __all__ = ["publish", "PublishResult", "merged_doc", "staged_for"]

@@ -207,7 +207,8 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
         from .diff import parse_change
         max_change = parse_change(max_change)
     with using_date(logical_date):
-        checked = _canary(job, input, output, out, canary, max_change, args) if canary is not None else None
+        checked = (_canary(job, input, output, out, canary, max_change, args, staged=stage_to is not None)
+                   if canary is not None else None)
         if stage_to is None:
             if max_change is not None and canary is None:
                 raise JobDefinitionError("max_change= gates publishing a staged result or a canary: pass stage_to= "
@@ -220,16 +221,23 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
 
 
 def _canary(job: Job, input: Any, output: str, out: str, canary: int | float, gate: float | None,
-            args: tuple) -> dict:
+            args: tuple, staged: bool = False) -> dict:
     """Run ``job`` on a sample of the input's partitions into ``OUT/_canary`` and compare what it
-    wrote with the live output's same partitions; ChangeGateError when ``gate`` is exceeded."""
+    wrote with the live output's same partitions; ChangeGateError when ``gate`` is exceeded.
+
+    Only output partitions the sample determines completely are compared: those of a Hive input
+    whose partition columns are all output partition columns, with the sampled values. A canary
+    that samples files (a plain input), or whose output is partitioned otherwise, writes partial
+    partitions; it is a smoke test of the job then, and a ``gate`` meant for it alone is refused
+    before anything runs (with ``stage_to``, the gate still guards the publish)."""
     import math
 
     import pyarrow.compute as pc
 
     from .job import with_input_filter
     storage_options, fmt, partition_by, logical_date, where = args[1], args[9], args[14], args[15], args[16]
-    if isinstance(canary, bool) or not isinstance(canary, (int, float)) or canary <= 0 or             (isinstance(canary, float) and canary >= 1 and not canary.is_integer()):
+    if isinstance(canary, bool) or not isinstance(canary, (int, float)) or not canary > 0 or \
+            (isinstance(canary, float) and canary >= 1 and not canary.is_integer()):
         raise JobDefinitionError(f"canary= is a number of input partitions (an int >= 1) or a fraction of them "
                                  f"(0 < f < 1), got {canary!r}")
     if where is not None:
@@ -241,8 +249,24 @@ def _canary(job: Job, input: Any, output: str, out: str, canary: int | float, ga
                                  f"{', '.join(specs)}")
     spec = next(iter(specs.values()))
     hive = bool(spec.partition_types)
+    unit = "partitions" if hive else "files"
+    if not partition_by:
+        partial = "the output is not partitioned, so there is no partition of it to compare"
+    elif not hive:
+        partial = ("the input is not Hive-partitioned: the canary samples its files, whose rows may belong to any "
+                   "output partition")
+    elif not set(spec.partition_types) <= set(partition_by):
+        partial = (f"the output is partitioned by {', '.join(partition_by)}, not by every partition column of the "
+                   f"input ({', '.join(spec.partition_types)}), so a sampled input partition fills no output "
+                   "partition completely")
+    else:
+        partial = None
+    if partial is not None and gate is not None and not staged:
+        raise JobDefinitionError(f"max_change= cannot gate this canary: {partial}. Partition the output by the "
+                                 "input's Hive partition columns, or run the canary without max_change (a smoke test "
+                                 "of the job on a sample)")
     groups = sorted({s.partition_values if hive else s.path for s in spec.splits}, key=repr)
-    n = int(canary) if canary >= 1 else max(1, math.ceil(canary * len(groups)))
+    n = min(len(groups), int(canary) if canary >= 1 else max(1, math.ceil(canary * len(groups))))
     # a deterministic sample spread over the input (not just its first partitions)
     chosen = sorted(groups, key=lambda g: hashlib.sha256(repr(g).encode()).hexdigest())[:n]
     if hive:
@@ -254,59 +278,116 @@ def _canary(job: Job, input: Any, output: str, out: str, canary: int | float, ga
                 term = cond if term is None else term & cond
             expr = term if expr is None else expr | term
         cjob, cinput = with_input_filter(job, expr), input
-        sampled = [dict(v) for v in chosen]
+        sampled: list = [dict(v) for v in chosen]
     else:
-        cjob, cinput = job, list(chosen) if len(chosen) > 1 else chosen[0]
-        sampled = list(chosen)
+        urls = chosen if is_local(spec.fs) else [spec.fs.unstrip_protocol(p) for p in chosen]
+        cjob, cinput = job, list(urls) if len(urls) > 1 else urls[0]
+        sampled = list(urls)
     target = output.rstrip("/") + "/_canary"
     cfs, cout = filesystem(target, storage_options)
+    out_fs, _ = filesystem(output, storage_options)
+    existed = out_fs.exists(out) if is_local(out_fs) else True
     cargs = list(args)
     cargs[2], cargs[7], cargs[8], cargs[10] = "overwrite", True, None, False      # mode, force, report, resume
     started = time.time()
-    result = _run(cjob, cinput, target, cfs, cout, *cargs)
-    produced = sorted({commit.partition_of(f["path"]) for f in result.manifest.files}) if result.manifest else []
-    out_fs, _ = filesystem(output, storage_options)
-    live = commit.load_manifest(out_fs, out)
-    compared = [p for p in produced if live is not None and p in (live.doc.get("partitions") or {})] \
-        if partition_by else []
+    cargs[17] = started
+    ran = False
     diff = None
+    compared: list[str] = []
     violations: list[str] = []
     try:
+        result = _run(cjob, cinput, target, cfs, cout, *cargs)
+        ran = True
+        manifest = result.manifest
+        produced = sorted({commit.partition_of(f["path"]) for f in manifest.files}) if manifest else []
+        live = commit.load_manifest(out_fs, out)
+        if partial is None and live is not None and manifest is not None:
+            inputs_cols = list(spec.partition_types)
+            wanted = [{k: None if v is None else str(v) for k, v in values if k in inputs_cols} for values in chosen]
+            info_of = manifest.doc.get("partitions") or {}
+            live_parts = live.doc.get("partitions") or {}
+            for d in produced:
+                values = (info_of.get(d) or {}).get("values") or {}
+                if d in live_parts and {k: values.get(k) for k in inputs_cols} in wanted:
+                    compared.append(d)
         if compared:
             from .diff import compare
             diff = compare(output, target, storage_options=storage_options, partitions=compared)
             violations = diff.violations(gate) if gate is not None else []
     finally:
-        from .publish import _remove_staged
-        if result.manifest is not None:
-            _remove_staged(cfs, cout, result.manifest)
-    info = {"sampled": sampled, "of": len(groups), "rows": result.report.output_rows, "partitions": produced,
-            "compared": compared, "diff": diff, "violations": violations, "seconds": round(time.time() - started, 3)}
-    what = f"the canary on {len(chosen)} of {len(groups)} input {'partitions' if hive else 'files'}"
+        _discard_canary(cfs, cout, ran)
+        if not existed:
+            with contextlib.suppress(OSError):
+                os.rmdir(out)                 # the output directory only the canary created
+    info = {"sampled": sampled, "of": len(groups), "unit": unit, "rows": result.report.output_rows,
+            "partitions": produced, "compared": compared, "not_compared": partial, "diff": diff,
+            "violations": violations, "seconds": round(time.time() - started, 3)}
+    what = f"the canary on {len(chosen)} of {len(groups)} input {unit}"
     if violations:
         raise ChangeGateError(f"{what} moved {len(violations)} partition(s) of {output} by more than max_change="
                               f"{gate:.2%}, so the full run did not start: " + "; ".join(violations[:5]), violations)
-    log.info("%s wrote %s rows in %d partition(s); %s", what, f"{result.report.output_rows:,}", len(produced),
-             f"{len(compared)} compared with the live output, within max_change" if compared and gate is not None
-             else f"{len(compared)} compared with the live output (no max_change gate)" if compared
-             else "nothing to compare with in the live output")
+    if partial is not None:
+        log.warning("%s wrote %s rows in %d partition(s); none is compared with the live output: %s", what,
+                    f"{result.report.output_rows:,}", len(produced), partial)
+    else:
+        log.info("%s wrote %s rows in %d partition(s); %s", what, f"{result.report.output_rows:,}", len(produced),
+                 f"{len(compared)} compared with the live output, within max_change" if compared and gate is not None
+                 else f"{len(compared)} compared with the live output (no max_change gate)" if compared
+                 else "nothing to compare with in the live output")
     return info
+
+
+def _discard_canary(fs, root: str, ran: bool) -> None:
+    """Remove ``OUT/_canary`` whatever the canary did, unless another live run holds it."""
+    from .errors import ConcurrentRunError
+    from .lock import output_lock
+    from .publish import _remove_staged_dir, _remove_staged_files
+    if not ran and not fs.exists(root):
+        return
+    try:
+        with output_lock(fs, root):
+            _remove_staged_files(fs, root)
+            if is_local(fs):
+                for name in os.listdir(root):
+                    if name != "_lock":
+                        path = os.path.join(root, name)
+                        shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+            else:
+                for path in fs.find(root, withdirs=False):
+                    if posixpath.basename(path) != "_lock":
+                        with contextlib.suppress(FileNotFoundError):
+                            fs.rm(path)
+    except ConcurrentRunError:
+        return                                   # another run's canary: it removes its own
+    _remove_staged_dir(fs, root)
 
 
 def _staged_run(job: Job, input: Any, output: str, out_fs, out: str, stage_to: str, max_change: Any,
                 args: tuple) -> RunResult:
     """A run committed into ``stage_to``, compared with the live partitions it replaces, published if
     the gate allows."""
-    storage_options, partition_by = args[1], args[14]
+    storage_options, faults, partition_by = args[1], args[12], args[14]
     if not partition_by:
         raise JobDefinitionError("stage_to= stages partitions to replace in the live output: pass partition_by=[...]")
     gate = max_change
     st_fs, st = filesystem(stage_to, storage_options)
-    if st.rstrip("/") == out.rstrip("/"):
-        raise JobDefinitionError(f"stage_to= must differ from the output ({output})")
+    if type(st_fs) is type(out_fs):
+        a, b = st.rstrip("/"), out.rstrip("/")
+        if a == b:
+            raise JobDefinitionError(f"stage_to= must differ from the output ({output})")
+        inner = a[len(b) + 1:] if a.startswith(b + "/") else None
+        if inner is not None and not inner.startswith(("_", ".")):
+            raise JobDefinitionError(f"stage_to={stage_to!r} lies inside the output {output}, where its files would "
+                                     f"be taken for foreign files: stage beside it, or under a name starting with "
+                                     f"'_' ({output.rstrip('/')}/_staged)")
+        if b.startswith(a + "/"):
+            raise JobDefinitionError(f"the output {output} lies inside stage_to={stage_to!r}: stage beside it")
     staged_args = list(args)
     staged_args[2] = "overwrite"                     # the staging output holds one staged result at a time
-    result = _run(job, input, stage_to, st_fs, st, *staged_args, live=(out_fs, out, output))
+    # the live output as the staged manifest records it: absolute on a local disk, so that
+    # `mapreduce publish STAGED` from any directory finds it
+    live_name = out if is_local(out_fs) else output
+    result = _run(job, input, stage_to, st_fs, st, *staged_args, live=(out_fs, out, live_name))
     if result.skipped:
         return result                                 # the live output holds this already
     result.staged = stage_to
@@ -314,7 +395,7 @@ def _staged_run(job: Job, input: Any, output: str, out_fs, out: str, stage_to: s
     produced = sorted({commit.partition_of(f["path"]) for f in result.manifest.files})
     replaced = [p for p in produced if live is not None and p in (live.doc.get("partitions") or {})]
     if replaced:
-        from .diff import compare
+        from .diff import compare                    # reads only the replaced partitions of the live output
         result.diff = compare(output, stage_to, storage_options=storage_options, partitions=replaced)
     if gate is None:
         log.info("staged %d partition(s) at %s; compare them with `mapreduce diff %s %s`, publish them with "
@@ -327,7 +408,10 @@ def _staged_run(job: Job, input: Any, output: str, out_fs, out: str, stage_to: s
                               + f". Inspect it with `mapreduce diff {output} {stage_to}`; publish it anyway with "
                               f"`mapreduce publish {stage_to}`", violations, stage_to)
     from .publish import publish
-    result.published = publish(stage_to, output, storage_options)
+    if faults is None:
+        faults = Faults.from_env()
+    result.published = publish(stage_to, output, storage_options,
+                               hook=faults.commit_hook if faults is not None else None)
     result.report.message += f"; {result.published}"
     return result
 
