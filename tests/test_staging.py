@@ -45,7 +45,7 @@ from engine import Job, commit
 from engine.cli import main as cli_main
 from engine.diff import compare
 from engine.errors import (ChangeGateError, ConcurrentRunError, IntegrityError, JobDefinitionError, ManifestError,
-                           PartitionNotFoundError)
+                           PartitionNotFoundError, StageFailedError)
 from engine.faults import Faults
 from engine.publish import publish
 from fixtures import Backend, storage_backend
@@ -68,7 +68,8 @@ def cli():
     saved = (list(log.handlers), log.propagate, log.level)
     yield lambda *argv: cli_main(list(argv))
     log.handlers[:] = saved[0]
-    log.propagate, _ = saved[1], log.setLevel(saved[2])
+    log.propagate = saved[1]
+    log.setLevel(saved[2])
 
 
 def local_backend(tmp_path) -> Backend:
@@ -156,7 +157,8 @@ def provenance(rec: dict) -> dict:
     return {k: v for k, v in rec.items() if k not in ("generation", "published_at")}
 
 
-def env_with_worktree(**extra: str) -> dict:
+def subprocess_env(**extra: str) -> dict:
+    """This environment, with the engine under test importable (tests run from the repository root)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), env.get("PYTHONPATH", "")])
     env.update(extra)
@@ -238,7 +240,7 @@ def test_publish_from_the_command_line(tmp_path, monkeypatch, capsys, cli):
     assert manifest_of(backend, out).generation == 2 and not os.path.exists(tmp_path / "staged-a")
 
     result = stage(backend, srcs[2], out, str(tmp_path / "staged-b"), [DAYS[3], DAYS[5]])
-    proc = subprocess.run([sys.executable, "-m", "engine", "publish", str(tmp_path / "staged-b")], env=env_with_worktree(),
+    proc = subprocess.run([sys.executable, "-m", "engine", "publish", str(tmp_path / "staged-b")], env=subprocess_env(),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert f"published 2 partition(s) (day={DAYS[3]}, day={DAYS[5]}), 170 rows of run {result.run_id}" in proc.stdout
@@ -309,9 +311,13 @@ def test_stage_to_refuses_a_place_inside_the_output(tmp_path):
 
 PUBLISHER = textwrap.dedent('''
     import json, sys
+    import pyarrow.parquet
+    from engine.datasets import filesystem
     from engine.errors import EngineError
     from engine.publish import publish
     args = json.loads(sys.argv[1])
+    fs, root = filesystem(args["staged"], args["options"])   # connected before READY (the same instance is reused)
+    fs.exists(root)
     hook = None
     if args["hold"]:                       # stop at the first copy until told to go on
         def hook(point, held=[]):
@@ -337,7 +343,7 @@ def start_publisher(tmp_path, backend: Backend, staged: str, delay: float = 0.0,
     the fault hook of ``ENGINE_FAULTS`` slows each step down by ``delay`` seconds)."""
     script = tmp_path / "publisher.py"
     script.write_text(PUBLISHER)
-    env = env_with_worktree(ENGINE_FAULTS=json.dumps({"commit_delay": delay}))
+    env = subprocess_env(ENGINE_FAULTS=json.dumps({"commit_delay": delay}))
     args = {"staged": staged, "options": backend.options, "hold": hold}
     proc = subprocess.Popen([sys.executable, str(script), json.dumps(args)],
                             env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -408,7 +414,7 @@ def test_publish_killed_at_random_moments_leaves_old_or_new(backend, tmp_path):
         proc.stdin.flush()
         killed = False
         if duration is None:                                       # the first publish runs to the end
-            assert proc.stdout.readline().startswith("engine-fault: commit step publish")
+            assert proc.stdout.readline().startswith("engine-fault: commit step")
             first = time.time() - started
             stdout, stderr = proc.communicate(timeout=60)
             assert proc.returncode == 0 and "DONE False" in stdout, stderr
@@ -535,8 +541,9 @@ def test_canary_gate_stops_the_run_before_it_starts(tmp_path, capsys, cli):
 
     # the job changed: half of one sampled day's rows disappear
     bad = sampled[0]
-    changed = Job("staged-copy-v2").map(lambda t: t.filter(pc.or_(pc.not_equal(t["day"], bad), pc.less(t["v"], 500))),
-                                        columns=["day", "region", "v"])
+    changed = Job("staged-copy-v2").map(
+        lambda t: t.filter(pc.or_(pc.not_equal(t["day"], bad), pc.less(t["v"], 500))).select(["day", "region", "v"]),
+        columns=["day", "region", "v"])
     ev = events(backend, src)   # noqa: F841 - read by DuckDB
     kept = duckdb.sql(f"select count(*) from ev where day = '{bad}' and v < 500").fetchall()[0][0]
     assert 0.4 < 1 - kept / 200 < 0.6
@@ -544,8 +551,8 @@ def test_canary_gate_stops_the_run_before_it_starts(tmp_path, capsys, cli):
     with pytest.raises(ChangeGateError) as caught:
         engine.run(changed, src, out, partition_by=["day"], mode="overwrite-partitions", canary=2, max_change="5%")
     assert "the full run did not start" in str(caught.value)
-    assert caught.value.violations == [v for v in caught.value.violations if f"day={bad}: 200 rows in A, {kept} in B"
-                                       in v] and len(caught.value.violations) == 1
+    violations = caught.value.violations
+    assert len(violations) == 1 and f"day={bad}: 200 rows in A, {kept} in B" in violations[0]
     assert raw_manifest(backend, out) == raw and files_of(backend, out) == before
     assert _history_outputs("staged-copy-v2") == [os.path.join(out, "_canary")]     # only the canary ran
     assert not os.path.exists(os.path.join(out, "_canary"))
@@ -556,7 +563,8 @@ def test_canary_gate_stops_the_run_before_it_starts(tmp_path, capsys, cli):
         import pyarrow.compute as pc
         from engine import Job
         job = Job("staged-copy-v3").map(
-            lambda t: t.filter(pc.or_(pc.not_equal(t["day"], "{bad}"), pc.less(t["v"], 500))),
+            lambda t: t.filter(pc.or_(pc.not_equal(t["day"], "{bad}"), pc.less(t["v"], 500))).select(
+                ["day", "region", "v"]),
             columns=["day", "region", "v"])
     '''))
     capsys.readouterr()
@@ -604,16 +612,16 @@ def test_canary_fraction_plain_input_and_failures(tmp_path):
     assert by_day(engine.read(out2)) == by_day(ev) and manifest_of(backend, out2).generation == 2
     assert not os.path.exists(os.path.join(out2, "_canary"))
 
-    # a canary whose job fails: the error, no full run, no _canary, and no directory it alone created
-    def boom(t):
-        raise RuntimeError("broken job")
+    # a canary whose task fails for good: the error, no full run, no _canary, and no directory it alone created
+    failing = Faults(fail_attempts={("map", 0): 9})
     raw = raw_manifest(backend, out)
-    with pytest.raises(Exception, match="broken job"):
-        engine.run(Job("boom").map(boom), src, out, partition_by=["day"], mode="overwrite-partitions", canary=1)
+    with pytest.raises(StageFailedError, match="injected failure"):
+        engine.run(JOB, src, out, partition_by=["day"], mode="overwrite-partitions", canary=1, faults=failing,
+                   force=True)
     assert raw_manifest(backend, out) == raw and not os.path.exists(os.path.join(out, "_canary"))
     fresh = str(tmp_path / "fresh")
-    with pytest.raises(Exception, match="broken job"):
-        engine.run(Job("boom").map(boom), src, fresh, partition_by=["day"], canary=1)
+    with pytest.raises(StageFailedError, match="injected failure"):
+        engine.run(JOB, src, fresh, partition_by=["day"], canary=1, faults=failing)
     assert not os.path.exists(fresh)
 
 
