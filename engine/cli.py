@@ -238,6 +238,8 @@ def _parser() -> argparse.ArgumentParser:
                                     "the other partitions stay as they are.")
     pb.add_argument("staged", help="the staging output")
     pb.add_argument("--output", help="the live output (default: the one the staged run was staged for)")
+    pb.add_argument("--force", action="store_true",
+                    help="replace live partitions even if another run rewrote them after this result was staged")
     c = sub.add_parser("clean", parents=[common], help="remove what dead runs left in an output",
                        description="Remove attempt files, pending multipart uploads and unreferenced part files "
                                    "that dead runs left in PATH. Refuses (exit 1) while a live run holds PATH, and "
@@ -581,7 +583,7 @@ def cmd_backfill(args) -> int:
 
 def cmd_publish(args) -> int:
     from .publish import publish
-    print(publish(args.staged, args.output))
+    print(publish(args.staged, args.output, force=args.force))
     return EXIT_OK
 
 

@@ -132,7 +132,7 @@ def merged_doc(live: Manifest | None, staged: Manifest, now: str) -> dict:
 
 
 def publish(staged: str, output: str | None = None, storage_options: dict | None = None, *,
-            hook: Any = None) -> PublishResult:
+            hook: Any = None, force: bool = False) -> PublishResult:
     """Atomically replace the live output's partitions with those of the staged output ``staged``.
 
     ``output`` defaults to the live output the staged run was staged for. Raises
@@ -140,6 +140,10 @@ def publish(staged: str, output: str | None = None, storage_options: dict | None
     :class:`~engine.errors.IntegrityError` if a staged file is damaged, :class:`~engine.errors.CommitError`
     if the partitioning or schema differ from the live output's, and
     :class:`~engine.errors.ConcurrentRunError` if another run holds the live or the staged output.
+
+    A live partition that another run rewrote after this result was staged is not replaced: the
+    publish raises :class:`~engine.errors.CommitError` naming it (stage again, or pass ``force=True``
+    to replace it anyway), so an old staged result never overwrites newer data.
 
     Publishing the same staged output again after a publish was interrupted finishes it: before its
     manifest swap nothing was live and it starts over; after it, the result says ``already`` and the
@@ -185,9 +189,31 @@ def publish(staged: str, output: str | None = None, storage_options: dict | None
                 _remove_staged_files(sfs, sroot)
                 result = PublishResult(target, staged, run_id, produced, smanifest.rows, previous.generation, True)
             else:
+                if not force:
+                    _check_not_stale(previous, smanifest, produced, staged, target)
                 result = _swap(lfs, live, target, sfs, sroot, staged, smanifest, previous, produced, lock, hook)
     _remove_staged_dir(sfs, sroot)
     return result
+
+
+def _check_not_stale(previous: Manifest | None, smanifest: Manifest, produced: tuple[str, ...], staged: str,
+                     target: str) -> None:
+    """CommitError if a live partition the staged result replaces changed after it was staged."""
+    against = smanifest.doc.get("staged_against")
+    if not isinstance(against, dict):
+        return                                        # staged by hand, or by an engine that did not record it
+    then = against.get("partitions") or {}
+    now = (previous.doc.get("partitions") or {}) if previous is not None else {}
+    stale = []
+    for d in produced:
+        current = now.get(d, {}).get("run_id") if isinstance(now.get(d), dict) else None
+        if current != then.get(d) and current != smanifest.doc["run_id"]:
+            stale.append(f"{d} (staged against run {then.get(d) or 'none'}, now run {current or 'none'})")
+    if stale:
+        raise CommitError(f"cannot publish {staged} to {target}: {len(stale)} live partition(s) changed after it was "
+                          f"staged: {'; '.join(stale[:5])}. Publishing would replace newer data with an older "
+                          f"result: stage the job again, or publish with force=True (`mapreduce publish --force`) "
+                          "to replace them anyway")
 
 
 def _staged_manifest(fs, root: str, staged: str) -> Manifest:
@@ -249,6 +275,12 @@ def _remove_staged_dir(fs, root: str) -> None:
     """On a local disk, the emptied staged directory and its lock file (once the lock is released)."""
     if is_local(fs):
         with contextlib.suppress(OSError):
+            # what a backfill into the staging output left: its lock and holder record
+            for name in ("_holder.json", "_lock"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(root, "_backfill", name))
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir(os.path.join(root, "_backfill"))
             lock = os.path.join(root, "_lock")
             if os.path.exists(lock):
                 os.unlink(lock)

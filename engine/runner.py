@@ -584,6 +584,7 @@ def _run(job: Job, input: Any, output: str, out_fs, out: str, cluster: Any, stor
                                 faults=faults, map_combine=bool(config.get("shuffle.map-combine", map_combine)),
                                 lock=lock, run_fence=run_fence, partition_by=partition_by,
                                 logical_date=logical_date, staged_for=live[2] if live is not None else None,
+                                staged_against=against if live is not None else None,
                                 code_fingerprint=code_fingerprint)
             ok = True
         except BaseException as exc:
@@ -710,7 +711,8 @@ def _execute(plan: Plan, specs: dict[str, InputSpec], client, info: ClusterInfo,
              skew_enabled: bool, mode: str, previous: commit.Manifest | None, snapshot: str, faults: Any,
              map_combine: bool = True, lock: Any = None, run_fence: RunFence | None = None,
              partition_by: tuple[str, ...] = (), logical_date: str | None = None,
-             staged_for: str | None = None, code_fingerprint: str | None = None) -> commit.Manifest:
+             staged_for: str | None = None, code_fingerprint: str | None = None,
+             staged_against: commit.Manifest | None = None) -> commit.Manifest:
     from . import reduceplan
     from .nodes import Execution, execute
     ex = Execution(plan, executor, rep, info, run_id, shipped, shuffle_fs, shuffle_root, out_fs, out, skew_enabled,
@@ -737,6 +739,12 @@ def _execute(plan: Plan, specs: dict[str, InputSpec], client, info: ClusterInfo,
                             "retries": s.retries} for s in rep.stages]}, default=str)))}
     if staged_for is not None:
         meta["staged_for"] = redact(staged_for)
+        # which run each live partition held when this was staged: publish refuses to replace a
+        # partition that has changed since (an old staged result never overwrites newer data)
+        live_parts = (staged_against.doc.get("partitions") or {}) if staged_against is not None else {}
+        meta["staged_against"] = {"generation": staged_against.generation if staged_against is not None else 0,
+                                  "partitions": {d: rec.get("run_id") for d, rec in live_parts.items()
+                                                 if isinstance(rec, dict)}}
     return commit.commit_job(out_fs, out, run_id=run_id, winners=winners, schema=schema, mode=mode,
                              previous=previous, meta=meta, hook=faults.commit_hook if faults is not None else None,
                              fence=lock.check if lock is not None else None, writers=run_fence,

@@ -509,8 +509,11 @@ def test_publish_racing_a_direct_partition_replace(backend, tmp_path):
     assert results and not results[0].skipped
     expected = {d: (c if d in DAYS[2:] else b if d in DAYS[:4] else a)[d] for d in DAYS}
     assert by_day(engine.read(out, backend.options)) == expected
-    engine.verify(st, backend.options)                            # kept intact, publishable later
-    publish(st, storage_options=backend.options)
+    engine.verify(st, backend.options)                            # kept intact, publishable later...
+    with pytest.raises(engine.CommitError, match="changed after it was staged"):
+        publish(st, storage_options=backend.options)              # ...but not over the newer days 3-4
+    assert by_day(engine.read(out, backend.options)) == expected
+    publish(st, storage_options=backend.options, force=True)
     assert by_day(engine.read(out, backend.options)) == {d: (a if d in DAYS[:4] else c)[d] for d in DAYS}
     engine.verify(out, backend.options)
 
@@ -678,3 +681,26 @@ def test_read_and_compare_open_only_the_partitions_asked_for(tmp_path):
     engine.run(job, src, flat)
     with pytest.raises(PartitionNotFoundError, match="not partitioned"):
         engine.read(flat, partitions=[f"day={DAYS[0]}"])
+
+
+def test_an_old_staged_result_never_replaces_newer_live_data(tmp_path, cli):
+    """A result staged, then left unpublished while a newer run rewrote the same day, is refused by publish
+    (it would put older data back); --force replaces it on purpose."""
+    b = local_backend(tmp_path)
+    src_a, src_b, out, staged = (str(tmp_path / n) for n in ("a", "b", "out", "staged"))
+    write_days(b, src_a, {d: 100 for d in DAYS}, seed=1)
+    write_days(b, src_b, {d: 100 for d in DAYS}, seed=1)
+    write_days(b, src_b, {DAYS[2]: 300}, seed=2)
+    engine.run(JOB, src_a, out, partition_by=["day"])
+    engine.run(JOB, src_a, out, partition_by=["day"], mode="overwrite-partitions", where=f"day = '{DAYS[2]}'",
+               stage_to=staged, force=True)                             # staged: day 3 with 100 rows
+    newer = engine.run(JOB, src_b, out, partition_by=["day"], mode="overwrite-partitions",
+                       where=f"day = '{DAYS[2]}'")                       # live: day 3 rewritten, 300 rows
+    before = raw_manifest(b, out)
+    with pytest.raises(engine.CommitError, match="changed after it was staged"):
+        publish(staged)
+    assert raw_manifest(b, out) == before and counts(engine.read(out))[DAYS[2]] == 300
+    assert cli("publish", staged) == 1
+    assert cli("publish", staged, "--force") == 0
+    assert counts(engine.read(out))[DAYS[2]] == 100
+    assert commit.load_manifest(b.fs, out).doc["partitions"][f"day={DAYS[2]}"]["run_id"] != newer.run_id
