@@ -203,20 +203,25 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
     out_fs, out = filesystem(output, storage_options)
     args = (cluster, storage_options, mode, speculation, skew, shuffle_dir, partition_size, force, report, format,
             resume, progress, faults, map_combine, partition_by, logical_date, where, started)
-    if isinstance(max_change, str):
+    if max_change is not None:
         from .diff import parse_change
-        max_change = parse_change(max_change)
+        max_change = parse_change(max_change)          # 0.05 or "5%"; refused before anything runs
+        if stage_to is None and canary is None:
+            raise JobDefinitionError("max_change= gates publishing a staged result or a canary: pass stage_to= "
+                                     "or canary= too")
+    checked: dict = {}
+
+    def before() -> None:
+        # the canary runs only once the run is known to have work to do (not for a no-op rerun)
+        if canary is not None:
+            checked["canary"] = _canary(job, input, output, out, canary, max_change, args,
+                                        staged=stage_to is not None)
     with using_date(logical_date):
-        checked = (_canary(job, input, output, out, canary, max_change, args, staged=stage_to is not None)
-                   if canary is not None else None)
         if stage_to is None:
-            if max_change is not None and canary is None:
-                raise JobDefinitionError("max_change= gates publishing a staged result or a canary: pass stage_to= "
-                                         "or canary= too")
-            result = _run(job, input, output, out_fs, out, *args)
+            result = _run(job, input, output, out_fs, out, *args, before=before)
         else:
-            result = _staged_run(job, input, output, out_fs, out, stage_to, max_change, args)
-    result.canary = checked
+            result = _staged_run(job, input, output, out_fs, out, stage_to, max_change, args, before=before)
+    result.canary = checked.get("canary")
     return result
 
 
@@ -363,7 +368,7 @@ def _discard_canary(fs, root: str, ran: bool) -> None:
 
 
 def _staged_run(job: Job, input: Any, output: str, out_fs, out: str, stage_to: str, max_change: Any,
-                args: tuple) -> RunResult:
+                args: tuple, before: Any = None) -> RunResult:
     """A run committed into ``stage_to``, compared with the live partitions it replaces, published if
     the gate allows."""
     storage_options, faults, partition_by = args[1], args[12], args[14]
@@ -387,7 +392,7 @@ def _staged_run(job: Job, input: Any, output: str, out_fs, out: str, stage_to: s
     # the live output as the staged manifest records it: absolute on a local disk, so that
     # `mapreduce publish STAGED` from any directory finds it
     live_name = out if is_local(out_fs) else output
-    result = _run(job, input, stage_to, st_fs, st, *staged_args, live=(out_fs, out, live_name))
+    result = _run(job, input, stage_to, st_fs, st, *staged_args, live=(out_fs, out, live_name), before=before)
     if result.skipped:
         return result                                 # the live output holds this already
     result.staged = stage_to
@@ -467,7 +472,7 @@ def _run(job: Job, input: Any, output: str, out_fs, out: str, cluster: Any, stor
          speculation: bool, skew: bool, shuffle_dir: str | None, partition_size: Any, force: bool, report: str | None,
          format: str | None, resume: bool, progress: Any, faults: Any, map_combine: bool | None,
          partition_by: tuple[str, ...], logical_date: str | None, where: Any, started: float,
-         live: tuple | None = None) -> RunResult:
+         live: tuple | None = None, before: Any = None) -> RunResult:
     code_job = job
     if where is not None:
         job, specs = _filtered_inputs(job, input, where, logical_date, storage_options, format)
@@ -517,6 +522,8 @@ def _run(job: Job, input: Any, output: str, out_fs, out: str, cluster: Any, stor
         raise OutputExistsError(f"{output} already holds committed output (job {previous.doc.get('job')!r}, run "
                                 f"{previous.doc.get('run_id')}); pass mode='overwrite' to replace it or "
                                 "mode='append' to add to it")
+    if before is not None:
+        before()
 
     try:
         validate_on_sample(plan, read_samples(plan))

@@ -580,6 +580,11 @@ def test_canary_gate_stops_the_run_before_it_starts(tmp_path, capsys, cli):
     assert raw_manifest(backend, out) == raw and not os.path.exists(os.path.join(out, "_canary"))
     assert _history_outputs("staged-copy-v3") == [os.path.join(out, "_canary")]
 
+    # a rerun with nothing to do runs no canary either
+    again = engine.run(JOB, src, out, partition_by=["day"], mode="overwrite-partitions", canary=2, max_change="5%")
+    assert again.skipped and again.canary is None
+    assert _history_outputs("staged-copy") .count(os.path.join(out, "_canary")) == 1      # the passing one above
+
 
 def test_canary_fraction_plain_input_and_failures(tmp_path):
     backend = local_backend(tmp_path)
