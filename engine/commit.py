@@ -1112,8 +1112,23 @@ def read(path: str, storage_options: dict | None = None, verify: bool = True,
     if manifest is None:
         raise ManifestError(f"{out} has no committed output (no {MANIFEST} manifest)",
                             [f"{posixpath.join(out, MANIFEST)}: missing"])
-    entries = partition_entries(manifest, partitions) if partitions is not None else None
-    return read_manifest(fs, manifest, verify=verify, columns=columns, entries=entries, path=path)
+    for _ in range(3):
+        entries = partition_entries(manifest, partitions) if partitions is not None else None
+        try:
+            return read_manifest(fs, manifest, verify=verify, columns=columns, entries=entries, path=path)
+        except IntegrityError as exc:
+            # Files of the generation this read began with can vanish when a new generation commits
+            # meanwhile (its cleanup removes the replaced files): read the new one instead. Damage in
+            # a generation that is still the committed one is reported as it is.
+            if not exc.problems or not all(p.endswith(": missing") for p in exc.problems):
+                raise
+            newer = load_manifest(fs, out)
+            if newer is None or newer.raw == manifest.raw:
+                raise
+            manifest = newer
+    return read_manifest(fs, manifest, verify=verify, columns=columns,
+                         entries=partition_entries(manifest, partitions) if partitions is not None else None,
+                         path=path)
 
 
 def partition_entries(manifest: Manifest, partitions: str | Sequence[str]) -> list[dict]:
