@@ -519,8 +519,13 @@ def cmd_run(args) -> int:
     print(result.report.summary())
     if result.canary is not None:
         c = result.canary
-        print(f"  canary: {len(c['sampled'])} of {c['of']} input partition(s), {c['rows']:,} rows, "
-              f"{len(c['compared'])} partition(s) compared with the live output, within the gate")
+        if c["compared"]:
+            verdict = (f"{len(c['compared'])} partition(s) compared with the live output"
+                       + (", within --max-change" if args.max_change is not None else " (no --max-change gate)"))
+        else:
+            verdict = f"nothing compared ({c.get('not_compared') or 'the live output has none of its partitions'})"
+        print(f"  canary: {len(c['sampled'])} of {c['of']} input {c.get('unit', 'partitions')}, {c['rows']:,} rows "
+              f"written; {verdict}")
     if result.staged is not None:
         if result.diff is not None:
             print(result.diff)

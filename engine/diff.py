@@ -449,6 +449,11 @@ class OutputDiff:
                 lines.append(f"    {_key_text(row, r.key)}: {what}")
         return lines
 
+    def __repr__(self) -> str:
+        changed = sum(1 for p in self.partitions if p.status != "same count")
+        return (f"<OutputDiff {self.a.path} vs {self.b.path}: {len(self.partitions)} partition(s), {changed} with "
+                f"another row count; print() it for the report>")
+
     def _repr_html_(self) -> str:
         e = html.escape
         out = ["<div class='engine-diff'>", "<table>",
