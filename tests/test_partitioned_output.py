@@ -273,9 +273,12 @@ def start_driver(tmp_path, cluster, src, out, options, days, faults=None):
 
 
 @pytest.mark.slow
-def test_driver_killed_during_partition_replace_leaves_old_or_new(backend, dask_cluster, tmp_path):
+def test_driver_killed_during_partition_replace_leaves_old_or_new(backend, tmp_path):
     """SIGKILL of a driver replacing three partitions at random moments: every time, the three are all old
-    or all new (never a mix), the other partitions are untouched, and the output verifies."""
+    or all new (never a mix), the other partitions are untouched, and the output verifies. (The input is
+    small, so each driver runs its tasks itself: the process killed is the one that commits; killing a
+    driver of a cluster run is test_commit_faults' and the race test's.)"""
+    dask_cluster = None
     src_old, src_new, out = backend.url("old"), backend.url("new"), backend.url("out")
     changed = [DAYS[0], DAYS[2], DAYS[3]]
     write_events(backend, src_old, DAYS, seed=1)
@@ -293,13 +296,13 @@ def test_driver_killed_during_partition_replace_leaves_old_or_new(backend, dask_
     duration = time.time() - started
     rng = random.Random(20261201)
     outcomes = collections.Counter()
-    for i in range(40):
-        if outcomes["killed"] >= 12:
+    for i in range(30):
+        if outcomes["killed"] >= 10:
             break
         # alternate the direction, so a kill may hit an old→new and a new→old replacement
         src, _ = (src_new, new) if i % 2 == 0 else (src_old, old)
         proc = start_driver(tmp_path, dask_cluster, src, out, backend.options, changed, faults=faults)
-        time.sleep(rng.uniform(0.3, 1.0) * duration)
+        time.sleep(rng.uniform(0.25, 0.9) * duration)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             outcomes["killed"] += 1
@@ -317,7 +320,7 @@ def test_driver_killed_during_partition_replace_leaves_old_or_new(backend, dask_
     manifest = commit.load_manifest(backend.fs, backend.path(out))
     assert set(files_of(backend, out)) == {f["path"] for f in manifest.files}      # no leftovers
     print(f"driver run {duration:.1f}s;", dict(outcomes))
-    assert outcomes["killed"] >= 12 and outcomes["old"] >= 1 and outcomes["new"] >= 1, outcomes
+    assert outcomes["killed"] >= 10 and outcomes["old"] >= 1 and outcomes["new"] >= 1, outcomes
 
 
 @pytest.mark.slow

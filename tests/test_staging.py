@@ -277,6 +277,7 @@ def test_max_change_gate(tmp_path, capsys, cli):
     # the same on the command line: exit 3, one line on stderr
     job_file = tmp_path / "job.py"
     job_file.write_text(JOB_SOURCE)
+    capsys.readouterr()              # only what the command prints (runs above may have logged to stderr)
     code = cli("run", str(job_file), "-i", src, "-o", out, "--partition-by", "day", "--where",
                f"day in ('{DAYS[2]}', '{DAYS[3]}')", "--stage-to", st, "--max-change", "5%", "-q")
     err = capsys.readouterr().err.strip().splitlines()
