@@ -4,6 +4,7 @@
                          [--out RESULTS.jsonl] [--no-html] [--timeline SUITE:CASE] [--data DIR]
                          [--g1-rows 1e7] [--g1-parts 8] [--driver-tasks 20000] [--tpch-sf 1]
                          [--scale-rows 1e6,1e7,1e8] [--scale-questions q1,q3,q10] [--answers-in-memory 2e7]
+                         [--incremental-days 365] [--incremental-rows-per-day 1e6]
     python -m benchmarks compare BASELINE.jsonl CANDIDATE.jsonl [--threshold 0.10] [--noise 1.0]
     python -m benchmarks report RESULTS.jsonl [-o RESULTS.html]
     python -m benchmarks summary RESULTS.jsonl          # Markdown tables (for RESULTS.md)
@@ -67,6 +68,10 @@ def run(argv: list[str]) -> int:
                          "and checked streamed (default: %(default)g)")
     ap.add_argument("--skew-partition-size", default=None,
                     help="partition_size of the skew suite's runs (default: the profile's)")
+    ap.add_argument("--incremental-days", type=int, default=None,
+                    help="days of the incremental suite's Hive input (default: 365; --quick: 6)")
+    ap.add_argument("--incremental-rows-per-day", type=float, default=None,
+                    help="rows per day of the incremental suite's input (default: 1e6; --quick: 2e4)")
     args = ap.parse_args(argv)
 
     chosen = _list(args.suites)
@@ -113,6 +118,14 @@ def run(argv: list[str]) -> int:
     if args.skew_partition_size is not None:
         import dataclasses
         profile = dataclasses.replace(profile, skew_partition_size=args.skew_partition_size)
+    if args.incremental_days is not None or args.incremental_rows_per_day is not None:
+        import dataclasses
+        days = args.incremental_days if args.incremental_days is not None else profile.incremental_days
+        per_day = int(args.incremental_rows_per_day) if args.incremental_rows_per_day is not None \
+            else profile.incremental_rows_per_day
+        if days < 2 or per_day < 1:
+            ap.error("--incremental-days must be at least 2 and --incremental-rows-per-day at least 1")
+        profile = dataclasses.replace(profile, incremental_days=days, incremental_rows_per_day=per_day)
     if args.answers_in_memory < 0:
         ap.error("--answers-in-memory must be at least 0")
     repeat = args.repeat or profile.repeat
