@@ -395,6 +395,24 @@ def _canonical(doc: dict) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
+_ENCODER = json.JSONEncoder(sort_keys=True)
+
+
+def manifest_text(doc: dict) -> bytes:
+    """The bytes of a manifest: JSON with sorted keys, one top-level key per line and one entry of
+    ``files``, ``partitions`` and ``dates`` per line, each line by the C encoder (``indent=`` makes
+    ``json`` encode in Python: 25 ms for an output of 365 partitions, against 7 ms this way)."""
+    enc = _ENCODER.encode
+
+    def value(v: Any) -> str:
+        if isinstance(v, list) and v:
+            return "[\n  " + ",\n  ".join(map(enc, v)) + "\n ]"
+        if isinstance(v, dict) and v and all(isinstance(x, dict) for x in v.values()):
+            return "{\n  " + ",\n  ".join(f"{enc(k)}: {enc(v[k])}" for k in sorted(v)) + "\n }"
+        return enc(v)
+    return ("{\n" + ",\n".join(f" {enc(k)}: {value(doc[k])}" for k in sorted(doc)) + "\n}").encode()
+
+
 def seal(doc: dict) -> dict:
     """Add the manifest's checksum of its own canonical content."""
     doc = dict(doc)
@@ -822,7 +840,7 @@ def commit_job(fs, out: str, *, run_id: str, winners: dict[int, dict], schema: p
     doc = seal({"format": MANIFEST_FORMAT, "version": 2 if partition_by else 1, "generation": generation,
                 "run_id": run_id, "schema": schema_to_text(schema), "files": files,
                 "committed_at": committed_at, **extra, **meta})
-    data = json.dumps(doc, indent=1, sort_keys=True).encode()
+    data = manifest_text(doc)
     if hook:
         hook("before-manifest")
     if fence is not None:
@@ -921,6 +939,12 @@ def data_files(fs, out: str) -> list[tuple[str, str]]:
     directories, leaving out ``_``/``.``-prefixed names (the engine's and other tools' own) at any depth."""
     found: list[tuple[str, str]] = []
     root = out.rstrip("/")
+    if is_local(fs):
+        # os.scandir, not fs.find: fsspec stats every entry in Python (an output of 365 partitions took
+        # 30 ms to list, twice per run); and the engine's own directories are not descended into
+        for p in sorted(_local_files(root)):
+            found.append((p[len(root) + 1:], p))
+        return found
     if is_s3(fs):
         fs.invalidate_cache(out)
     try:
@@ -934,6 +958,31 @@ def data_files(fs, out: str) -> list[tuple[str, str]]:
         if not any(part.startswith(("_", ".")) for part in rel.split("/")):
             found.append((rel, p))
     return found
+
+
+def _local_files(directory: str) -> list[str]:
+    """Every file below a local ``directory``, leaving out ``_``/``.``-prefixed names and what is below
+    them; symbolic links are followed as ``fs.find`` follows them. Empty if it does not exist."""
+    out: list[str] = []
+    pending = [directory]
+    while pending:
+        d = pending.pop()
+        try:
+            entries = list(os.scandir(d))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for e in entries:
+            if e.name.startswith(("_", ".")):
+                continue
+            path = posixpath.join(d, e.name)
+            try:
+                if e.is_dir():
+                    pending.append(path)
+                elif e.is_file():
+                    out.append(path)
+            except OSError:
+                continue
+    return out
 
 
 def _in_partitions(rel: str) -> bool:

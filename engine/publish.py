@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import json
 import os
 import posixpath
 import shutil
@@ -242,7 +241,7 @@ def _swap(lfs, live: str, target: str, sfs, sroot: str, staged: str, smanifest: 
             hook("publish")
     now = _dt.datetime.now(_dt.timezone.utc).isoformat()
     doc = merged_doc(previous, smanifest, now)
-    data = json.dumps(doc, indent=1, sort_keys=True).encode()
+    data = commit.manifest_text(doc)
     if hook:
         hook("before-manifest")
     lock.check()
