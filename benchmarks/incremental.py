@@ -60,7 +60,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from benchmarks import harness
+from benchmarks import common, harness
 from benchmarks.harness import ENGINE, Measured, Outcome
 
 FIRST_DAY = dt.date(2026, 1, 1)
@@ -279,6 +279,31 @@ def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def _cpu() -> float:
+    """CPU seconds of this process (every thread) and of its waited-for children."""
+    import resource
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _timed(fn) -> tuple[float, float, Any]:
+    """``(wall seconds, CPU seconds, fn())``."""
+    c0, t0 = _cpu(), time.perf_counter()
+    value = fn()
+    return time.perf_counter() - t0, _cpu() - c0, value
+
+
+def same_answer(answer: pa.Table, ref: pa.Table) -> tuple[bool, str]:
+    from benchmarks import answers
+    return answers.same(answer, ref, ["country", "event"])
+
+
+def _manifest_bytes(out: str) -> bytes:
+    with open(os.path.join(out, "_SUCCESS"), "rb") as f:
+        return f.read()
+
+
 def run_suite(ctx) -> None:
     """The ``incremental`` suite of ``python -m benchmarks``."""
     import dask.config
@@ -304,185 +329,248 @@ def run_suite(ctx) -> None:
     ref = reference(data, day)
     params = {"days": ndays, "rows_per_day": rows, "day": day, "day_bytes": day_bytes, "repeat": repeat}
 
-    # Setup: the live output of days[:-1], committed by daily runs (untimed here; their seconds are a record)
-    base = os.path.join(scratch, "live")
-    ctx.progress.line(f"incremental: building the live output by {ndays - 1} daily runs "
-                      f"({rows:,} rows/day, {day_bytes / 1e6:.1f} MB/day)")
-    t0 = time.time()
-    setup = build_live(job_, data, base, days[:-1],
-                       on_run=lambda i, s: ctx.progress.step(f"setup day {i + 1}/{ndays - 1}", s)
-                       if (i + 1) % 30 == 0 or i + 2 == ndays else None)
-    base_doc = manifest_doc(base)
-    with open(os.path.join(base, "_SUCCESS"), "rb") as f:
-        manifest_bytes = len(f.read())
-    tenth = max(1, len(setup) // 10)
-    ctx.emit({"kind": "setup", "suite": "incremental", "case": "live-output", "params": params,
-              "seconds": round(time.time() - t0, 2), "runs": [round(s, 4) for s in setup],
-              "first_tenth_median": round(harness.median(setup[:tenth]), 4),
-              "last_tenth_median": round(harness.median(setup[-tenth:]), 4),
-              "partitions": len(base_doc.get("partitions") or {}), "dates": len(base_doc.get("dates") or {}),
-              "manifest_bytes": manifest_bytes, "load": _load(),
-              "notes": [f"{ndays - 1} daily runs (in the driver process when the day is at most "
-                        "engine.local.max-bytes), one per day, building the live output"]})
-    ctx.progress.done(f"setup: {ndays - 1} daily runs in {time.time() - t0:.0f}s; a daily run took "
-                      f"{harness.median(setup[:tenth]):.3f}s with few partitions, "
-                      f"{harness.median(setup[-tenth:]):.3f}s with {ndays - 1 - tenth}+ "
-                      f"(manifest {manifest_bytes / 1e3:.0f} KB)")
+    try:
+        # Setup: the live output of days[:-1], committed by daily runs (untimed; their seconds are a record)
+        base = os.path.join(scratch, "live")
+        ctx.progress.line(f"incremental: building the live output by {ndays - 1} daily runs "
+                          f"({rows:,} rows/day, {day_bytes / 1e6:.1f} MB/day)")
+        load0, t0 = _load(), time.time()
+        setup = build_live(job_, data, base, days[:-1],
+                           on_run=lambda i, sec: ctx.progress.step(f"setup day {i + 1}/{ndays - 1}", sec))
+        base_doc = manifest_doc(base)
+        manifest_size = len(_manifest_bytes(base))
+        tenth = max(1, len(setup) // 10)
+        first, last = harness.median(setup[:tenth]), harness.median(setup[-tenth:])
+        ctx.emit({"kind": "setup", "suite": "incremental", "case": "live-output", "params": params,
+                  "seconds": round(time.time() - t0, 2), "runs": [round(x, 4) for x in setup],
+                  "first_tenth_median": round(first, 4), "last_tenth_median": round(last, 4),
+                  "partitions": len(base_doc.get("partitions") or {}), "dates": len(base_doc.get("dates") or {}),
+                  "manifest_bytes": manifest_size, "load": {"before": load0, "after": _load()},
+                  "notes": [f"{ndays - 1} daily runs, one per day (as the timed incremental run, in the driver "
+                            "process when the day is at most engine.local.max-bytes), building the live output"]})
+        ctx.progress.done(f"setup: {ndays - 1} daily runs in {time.time() - t0:.0f}s; a daily run took {first:.3f}s "
+                          f"over the first {tenth} days, {last:.3f}s over the last {tenth} "
+                          f"(manifest {manifest_size / 1e3:.0f} KB)")
 
-    def fresh(name: str) -> str:
-        return os.path.join(scratch, f"{name}-{uuid.uuid4().hex[:8]}")
+        def fresh(name: str) -> str:
+            return os.path.join(scratch, f"{name}-{uuid.uuid4().hex[:8]}")
 
-    def discard(path: str) -> None:
-        shutil.rmtree(path, ignore_errors=True)
+        def discard(path: str) -> None:
+            shutil.rmtree(path, ignore_errors=True)
 
-    structure: dict[str, Any] = {}
+        structure: dict[str, Any] = {}
 
-    def incremental(label: str):
-        def run(keep: bool) -> Outcome:
-            out = copy_output(base, fresh("inc"))
+        def inspect(label: str, out: str, input_files: int) -> None:
+            doc = manifest_doc(out)
+            s = structure_check(base_doc, doc, day, input_files)
+            s["files_unchanged"] = _files_unchanged(out, doc, day)
+            s["ok"] = s["ok"] and s["files_unchanged"]
+            s["manifest_bytes"] = len(_manifest_bytes(out))
+            structure[label] = s
+
+        def incremental(label: str):
+            def run(keep: bool) -> Outcome:
+                out = copy_output(base, fresh("inc"))
+                try:
+                    seconds, cpu, result = _timed(lambda: daily(job_, data, out, day))
+                    if result.skipped:
+                        raise RuntimeError("the incremental run was skipped")
+                    extra = {"local": bool(result.report.cluster.get("local")),
+                             "input_files": result.report.input_files, "cpu_s": round(cpu, 4)}
+                    if keep:
+                        inspect(label, out, result.report.input_files)
+                    answer = read_day(out, day) if keep else None
+                    return Outcome(seconds, answer, answer.num_rows if keep else None, extra=extra)
+                finally:
+                    discard(out)
+            return run
+
+        def by_itself(keep: bool) -> Outcome:
+            out = fresh("alone")
             try:
-                t0 = time.perf_counter()
-                result = daily(job_, data, out, day)
-                seconds = time.perf_counter() - t0
-                if result.skipped:
-                    raise RuntimeError("the incremental run was skipped")
-                extra = {"local": bool(result.report.cluster.get("local")), "input_files": result.report.input_files}
-                if keep:
-                    doc = manifest_doc(out)
-                    s = structure_check(base_doc, doc, day, result.report.input_files)
-                    s["files_unchanged"] = _files_unchanged(out, doc, day)
-                    s["ok"] = s["ok"] and s["files_unchanged"]
-                    with open(os.path.join(out, "_SUCCESS"), "rb") as f:
-                        s["manifest_bytes"] = len(f.read())
-                    structure[label] = s
-                return Outcome(seconds, read_day(out, day) if keep else None, extra=extra)
+                seconds, cpu, result = _timed(lambda: engine.run(job_, alone, out, partition_by=["day"]))
+                answer = engine.read(out) if keep else None
+                return Outcome(seconds, answer, answer.num_rows if keep else None,
+                               extra={"local": bool(result.report.cluster.get("local")), "cpu_s": round(cpu, 4)})
             finally:
                 discard(out)
-        return run
 
-    def by_itself(keep: bool) -> Outcome:
-        out = fresh("alone")
-        try:
-            t0 = time.perf_counter()
-            result = engine.run(job_, alone, out, partition_by=["day"])
-            seconds = time.perf_counter() - t0
-            return Outcome(seconds, engine.read(out) if keep else None,
-                           extra={"local": bool(result.report.cluster.get("local"))})
-        finally:
-            discard(out)
+        def measure(case: str, systems: dict, *, before=None, notes=(), check_structure: str | None = None,
+                    config: dict | None = None, skipped: dict | None = None) -> Measured:
+            load0 = _load()
+            with dask.config.set(config or {}):
+                measured = harness.measure(systems, repeat, before=before, on_run=lambda s, r, sec: ctx.progress.step(
+                    f"{case} {s} {r + 1}/{repeat}", sec))
+            check: dict[str, Any] = {"against": {}, "ok": False}
+            results = []
+            for name, answer in measured.answers.items():
+                if answer is None:
+                    continue
+                ok, why = same_answer(answer, ref)
+                check["against"][f"{name} vs duckdb"] = {"equal": ok, "how": "values", **({"why": why} if why else {})}
+                results.append(ok)
+            if check_structure is not None:
+                check["structure"] = structure.get(check_structure)
+                results.append(bool(check["structure"] and check["structure"].get("ok")))
+            if skipped is not None:
+                check["skipped"] = dict(skipped)
+                results.append(set(skipped) == set(systems) and all(skipped.values()))
+            check["ok"] = bool(results) and all(results)
+            load1 = _load()
+            cpu = {s: [x["cpu_s"] for x in measured.extras.get(s, []) if "cpu_s" in x] for s in measured.runs}
+            for rec in harness.records("incremental", case, measured, params=params, input_rows=rows,
+                                       input_bytes=day_bytes, check=check, notes=notes):
+                rec["load"] = {"before": load0, "after": load1}
+                rec["cpu_s"] = cpu.get(rec["system"]) or None
+                if rec["system"] == ENGINE and cpu.get(ENGINE):
+                    rec["cpu_ratios"] = {s: common.paired_ratio(cpu[ENGINE], c) for s, c in cpu.items()
+                                         if s != ENGINE and c}
+                ctx.emit(rec)
+            if not check["ok"]:
+                ctx.failures.append(f"incremental {case}: check failed: {json.dumps(check, default=str)[:600]}")
+            for system, err in measured.errors.items():
+                ctx.failures.append(f"incremental {case} {system}: {err}")
+            meds = ", ".join(f"{s} {harness.median(r):.3f}s" for s, r in measured.runs.items() if r)
+            ratio = harness.paired_ratio(measured.runs.get(ENGINE, []), measured.runs.get("alone", []))
+            ctx.progress.done(f"{case}: {meds}" + (f", ratio {ratio:.2f}" if ratio else "") + f" (load {load0[0]})")
+            return measured
 
-    def measure(case: str, systems: dict, *, before=None, notes=(), check_structure: str | None = None,
-                config: dict | None = None) -> Measured:
-        load0 = _load()
-        with dask.config.set(config or {}):
-            measured = harness.measure(systems, repeat, before=before,
-                                       on_run=lambda s, r, sec: ctx.progress.step(f"{case} {s} {r + 1}/{repeat}", sec))
-        check = {"against": {}, "ok": False}
-        results = []
-        for name, answer in measured.answers.items():
-            if answer is None:
-                continue
-            ok, why = harness_same(answer, ref)
-            check["against"][f"{name} vs duckdb"] = {"equal": ok, "how": "values", **({"why": why} if why else {})}
-            results.append(ok)
-        if check_structure is not None:
-            s = structure.get(check_structure)
-            check["structure"] = s
-            results.append(bool(s and s.get("ok")))
-        check["ok"] = bool(results) and all(results)
-        load1 = _load()
-        for rec in harness.records("incremental", case, measured, params=params, input_rows=rows,
-                                   input_bytes=day_bytes, check=check, notes=notes):
-            rec["load"] = {"before": load0, "after": load1}
-            ctx.emit(rec)
-        if not check["ok"]:
-            ctx.failures.append(f"incremental {case}: check failed: {json.dumps(check, default=str)[:600]}")
-        for system, err in measured.errors.items():
-            ctx.failures.append(f"incremental {case} {system}: {err}")
-        meds = ", ".join(f"{s} {harness.median(r):.3f}s" for s, r in measured.runs.items() if r)
-        ratio = harness.paired_ratio(measured.runs.get(ENGINE, []), measured.runs.get("alone", []))
-        ctx.progress.done(f"{case}: {meds}" + (f", ratio {ratio:.2f}" if ratio else "") + f" (load {load0[0]})")
-        return measured
-
-    try:
         # the day in the driver process (when it is small enough), then on the embedded cluster
         if in_driver:
-            by_itself(False)                       # warm: imports, page cache
+            by_itself(False)                       # warm: imports (the where language's too), page cache
+            incremental("warm")(False)
             measure("daily-driver", {ENGINE: incremental("driver"), "alone": by_itself}, check_structure="driver",
                     notes=["engine: the incremental run for the last day over the live output of the other days; "
                            "alone: the same job on a directory holding only that day's file, into an empty output; "
-                           "both in the driver process"])
+                           "both in the driver process; cpu_s: CPU seconds of the process (all its threads)"])
         ctx.client()
         cluster_cfg = {"engine.local.max-bytes": 0}
         with dask.config.set(cluster_cfg):
             by_itself(False)                       # warm the workers
+            incremental("warm")(False)
         measure("daily-cluster", {ENGINE: incremental("cluster"), "alone": by_itself}, before=ctx.idle,
                 check_structure="cluster", config=cluster_cfg,
-                notes=["as daily-driver, on the embedded cluster (engine.local.max-bytes: 0)"])
+                notes=["as daily-driver, on the embedded cluster (engine.local.max-bytes: 0); cpu_s: the driver "
+                       "process's CPU seconds only (not the workers')"])
 
         # the same runs as a scheduler calls them: a fresh `mapreduce run` process each
         env = startup.subprocess_env()
-        cli_outs: dict[str, str] = {}
+        kept: dict[str, str] = {}
+
+        def cli(cmd: list[str]) -> tuple[float, float]:
+            seconds, cpu, _ = _timed(lambda: _wall(cmd, env))
+            return seconds, cpu
 
         def cli_incremental(keep: bool) -> Outcome:
             out = copy_output(base, fresh("cli-inc"))
             try:
-                seconds = _wall(cli_command(job_file, data, out, day), env)
-                return Outcome(seconds, read_day(out, day) if keep else None)
+                seconds, cpu = cli(cli_command(job_file, data, out, day))
+                answer = read_day(out, day) if keep else None
+                return Outcome(seconds, answer, answer.num_rows if keep else None, extra={"cpu_s": round(cpu, 4)})
             finally:
-                if keep and "noop" not in cli_outs:
-                    cli_outs["noop"] = out         # kept: the no-op case reruns over it
+                if keep and "cli" not in kept:
+                    kept["cli"] = out              # the no-op case reruns the command over it
                 else:
                     discard(out)
 
         def cli_alone(keep: bool) -> Outcome:
             out = fresh("cli-alone")
             try:
-                seconds = _wall(cli_command(job_file, alone, out, None), env)
-                return Outcome(seconds, engine.read(out) if keep else None)
+                seconds, cpu = cli(cli_command(job_file, alone, out, None))
+                answer = engine.read(out) if keep else None
+                return Outcome(seconds, answer, answer.num_rows if keep else None, extra={"cpu_s": round(cpu, 4)})
             finally:
                 discard(out)
 
-        _wall([sys.executable, "-c", "import engine, pyarrow.compute"], env)     # bytecode caches
+        _wall([sys.executable, "-c", "import engine, pyarrow.compute"], env)     # bytecode caches, page cache
         measure("daily-cli", {ENGINE: cli_incremental, "alone": cli_alone},
                 notes=["as daily-driver, each run a fresh `mapreduce run` process (--date D --where \"day = "
-                       "'{date}'\" --mode overwrite-partitions --partition-by day vs --partition-by day alone)"])
+                       "'{date}'\" --mode overwrite-partitions --partition-by day, against --partition-by day "
+                       "alone); cpu_s: the child process's CPU seconds"])
 
         # no-op reruns, and a date committed by the setup (what a backfill pays per date already done)
         committed = copy_output(base, fresh("noop"))
-        first = daily(job_, data, committed, day)
-        assert not first.skipped
+        if daily(job_, data, committed, day).skipped:
+            raise RuntimeError("the incremental run over a copy of the live output was skipped")
         mid = days[len(days) // 2]
-        skips: dict[str, bool] = {}
+        skipped: dict[str, bool] = {}
 
-        def rerun(which: str, on_day: str):
+        def rerun(name: str, on_day: str):
             def run(keep: bool) -> Outcome:
-                t0 = time.perf_counter()
-                result = daily(job_, data, committed, on_day)
-                seconds = time.perf_counter() - t0
-                skips.setdefault(which, True)
-                skips[which] = skips[which] and bool(result.skipped)
-                return Outcome(seconds, read_day(committed, day) if keep and which == ENGINE else None)
+                seconds, cpu, result = _timed(lambda: daily(job_, data, committed, on_day))
+                skipped[name] = skipped.get(name, True) and bool(result.skipped)
+                answer = read_day(committed, day) if keep and on_day == day else None
+                return Outcome(seconds, answer, answer.num_rows if answer is not None else None,
+                               extra={"cpu_s": round(cpu, 4)})
             return run
 
         def cli_noop(keep: bool) -> Outcome:
-            out = cli_outs.get("noop") or committed
-            return Outcome(_wall(cli_command(job_file, data, out, day), env))
+            out = kept.get("cli")
+            if out is None:
+                raise RuntimeError("no output of the command-line incremental run to rerun over")
+            before = _manifest_bytes(out)
+            seconds, cpu = cli(cli_command(job_file, data, out, day))
+            skipped["cli"] = skipped.get("cli", True) and _manifest_bytes(out) == before
+            return Outcome(seconds, extra={"cpu_s": round(cpu, 4)})
 
-        measure("noop", {ENGINE: rerun(ENGINE, day), "skipped-date": rerun("skipped-date", mid),
-                                "cli": cli_noop},
-                       notes=[f"engine: the incremental run for {day} again over its committed output, in the "
-                              f"process; skipped-date: a run for {mid}, committed by the setup; cli: the "
-                              "incremental command again in a fresh process"])
-        if not all(skips.values()) or len(skips) != 2:
-            ctx.failures.append(f"incremental noop: a rerun was not skipped: {skips}")
+        measure("noop", {ENGINE: rerun(ENGINE, day), "skipped-date": rerun("skipped-date", mid), "cli": cli_noop},
+                skipped=skipped,
+                notes=[f"engine: the incremental run for {day} again over its committed output, in the process; "
+                       f"skipped-date: a run for {mid}, committed by the setup's daily run, in the process; cli: "
+                       "the command-line incremental run again over its own output, in a fresh process (skipped: "
+                       "its manifest's bytes unchanged)"])
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def harness_same(answer: pa.Table, ref: pa.Table) -> tuple[bool, str]:
-    from benchmarks import answers
-    return answers.same(answer, ref, ["country", "event"])
+# ---------------------------------------------------------------------------------------------
+# Summary (``python -m benchmarks summary`` includes it)
 
 
-__all__ = ["events", "day_table", "job", "JOB_SOURCE", "run_suite", "build_live", "daily"]
+def summary_lines(records: list[dict]) -> list[str]:
+    """The incremental suite's records as a Markdown table (empty if the run has none)."""
+    meas = {(r["case"], r["system"]): r for r in records
+            if r.get("kind") == "measurement" and r.get("suite") == "incremental"}
+    if not meas:
+        return []
+
+    def cell(r: dict | None, digits: int = 3) -> str:
+        if r is None or r.get("median") is None:
+            return "-"
+        return f"{r['median']:.{digits}f} (±{100 * (r.get('spread') or 0) / 2:.0f}%)"
+
+    rows = []
+    for case in ("daily-driver", "daily-cluster", "daily-cli"):
+        eng, alone = meas.get((case, ENGINE)), meas.get((case, "alone"))
+        if eng is None:
+            continue
+        ratio = (eng.get("ratios") or {}).get("alone")
+        cpu = (eng.get("cpu_ratios") or {}).get("alone")
+        check = eng.get("check") or {}
+        rows.append([case, cell(eng), cell(alone), f"**{ratio:.2f}**" if ratio else "-",
+                     f"{cpu:.2f}" if cpu else "-", str((eng.get("load") or {}).get("before", ["?"])[0]),
+                     "ok" if check.get("ok") else "FAILED"])
+    head = ["case", "(a) incremental s", "(b) alone s", "(a)/(b)", "CPU (a)/(b)", "load", "checks"]
+    lines = ["Incremental: (a) the daily run of the last day over the live output of the other days vs (b) the "
+             "same job on that day alone; median seconds (± half the spread), ratio paired per repeat", "",
+             "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    noop = [(label, meas.get(("noop", s))) for label, s in (("no-op rerun, in the process", ENGINE),
+                                                            ("a date committed before (skipped)", "skipped-date"),
+                                                            ("no-op rerun, `mapreduce run` process", "cli"))]
+    if any(r for _, r in noop):
+        lines += ["", "| rerun | s | skipped |", "|---|---|---|"]
+        skipped = ((meas.get(("noop", ENGINE)) or {}).get("check") or {}).get("skipped") or {}
+        for (label, r), s in zip(noop, (ENGINE, "skipped-date", "cli")):
+            lines.append(f"| {label} | {cell(r)} | {'yes' if skipped.get(s) else 'NO'} |")
+    setup = next((r for r in records if r.get("kind") == "setup" and r.get("suite") == "incremental"), None)
+    if setup:
+        lines += ["", f"Setup: {len(setup['runs'])} daily runs in {setup['seconds']:.0f} s; a daily run took "
+                  f"{setup['first_tenth_median']:.3f} s (median) over the first tenth of the days and "
+                  f"{setup['last_tenth_median']:.3f} s over the last tenth; the live output's manifest is "
+                  f"{setup['manifest_bytes'] / 1e3:.0f} KB for {setup['partitions']} partitions and "
+                  f"{setup['dates']} dates"]
+    return lines
+
+
+__all__ = ["summary_lines", "events", "day_table", "job", "JOB_SOURCE", "run_suite", "build_live", "daily"]

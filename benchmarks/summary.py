@@ -148,6 +148,10 @@ def render(records: list[dict]) -> str:
     scale = scale_tables(meas)
     if scale:
         lines += ["", *scale]
+    from benchmarks.incremental import summary_lines
+    incremental = summary_lines(records)
+    if incremental:
+        lines += ["", *incremental]
     return "\n".join(lines) + "\n"
 
 

@@ -549,6 +549,12 @@ def _parse_manifest(path: str, out: str, raw: bytes) -> dict:
     return doc
 
 
+# The last manifest parsed, ``(path, bytes, document)``: a run reads its output's manifest twice (before and
+# under the output lock), and parsing and checking one of 365 partitions costs ~10 ms. Documents are never
+# modified in place (a new generation is a new document).
+_LAST_PARSED: tuple[str, bytes, dict] | None = None
+
+
 def load_manifest(fs, out: str, *, damaged: bool = False) -> Manifest | None:
     """The committed manifest of ``out``, or None when nothing is committed.
 
@@ -557,6 +563,7 @@ def load_manifest(fs, out: str, *, damaged: bool = False) -> Manifest | None:
     outside the output). With ``damaged=True`` such a manifest is returned instead, with
     :attr:`Manifest.damage` saying what is wrong (for ``mode="overwrite"`` and ``clean --force``).
     """
+    global _LAST_PARSED
     path = posixpath.join(out, MANIFEST)
     try:
         if is_s3(fs):
@@ -564,6 +571,9 @@ def load_manifest(fs, out: str, *, damaged: bool = False) -> Manifest | None:
         raw = fs.cat_file(path)
     except FileNotFoundError:
         return None
+    last = _LAST_PARSED
+    if last is not None and last[0] == path and last[1] == raw:
+        return Manifest(last[2], out, raw)      # the same bytes as the last one parsed: the same document
     try:
         doc = _parse_manifest(path, out, raw)
     except _NewerManifest:
@@ -572,6 +582,7 @@ def load_manifest(fs, out: str, *, damaged: bool = False) -> Manifest | None:
         if not damaged:
             raise
         return _damaged_manifest(fs, out, raw, exc)
+    _LAST_PARSED = (path, raw, doc)
     return Manifest(doc, out, raw)
 
 
@@ -961,8 +972,9 @@ def data_files(fs, out: str) -> list[tuple[str, str]]:
 
 
 def _local_files(directory: str) -> list[str]:
-    """Every file below a local ``directory``, leaving out ``_``/``.``-prefixed names and what is below
-    them; symbolic links are followed as ``fs.find`` follows them. Empty if it does not exist."""
+    """Every entry below a local ``directory`` that is not a directory, leaving out ``_``/``.``-prefixed
+    names and what is below them; a symbolic link is an entry, not followed (as ``fs.find`` lists it).
+    Empty if ``directory`` is not a directory."""
     out: list[str] = []
     pending = [directory]
     while pending:
@@ -976,12 +988,10 @@ def _local_files(directory: str) -> list[str]:
                 continue
             path = posixpath.join(d, e.name)
             try:
-                if e.is_dir():
-                    pending.append(path)
-                elif e.is_file():
-                    out.append(path)
+                is_dir = e.is_dir(follow_symlinks=False)
             except OSError:
                 continue
+            (pending if is_dir else out).append(path)
     return out
 
 

@@ -264,3 +264,48 @@ def test_fit_line_is_least_squares():
     a, b, r2 = fit_line([(0, 1.0), (1, 2.0), (2, 2.0), (3, 4.0)])      # by hand: b = 4.5 / 5, a = 2.25 - 1.5 b
     assert (a, b) == (pytest.approx(0.9), pytest.approx(0.9)) and 0 < r2 < 1
     assert fit_line([(1e6, 1.0)]) is None
+
+
+def test_incremental_suite_times_a_daily_run_against_the_day_alone(tmp_path, capsys):
+    from benchmarks import incremental
+    from benchmarks.__main__ import main
+    out = tmp_path / "incremental.jsonl"
+    import logging
+    levels = {name: logging.getLogger(name).level for name in ("engine", "distributed")}
+    try:        # in this process: the embedded cluster of the other tests serves the cluster case
+        code = main(["--quick", "--suites", "incremental", "--incremental-days", "4", "--incremental-rows-per-day",
+                     "3000", "--repeat", "1", "--out", str(out), "--data", str(tmp_path / "data"), "--no-html",
+                     "--quiet"])
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+    assert code == 0, capsys.readouterr()
+    data = tmp_path / "data" / "events_4d_3e3_seed0_v1"
+    assert sorted(os.listdir(data)) == ["_COMPLETE"] + [f"day=2026-01-0{d}" for d in range(1, 5)]
+    records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    setup = next(r for r in records if r["kind"] == "setup")
+    assert len(setup["runs"]) == 3 and setup["partitions"] == setup["dates"] == 3
+    meas = {(r["case"], r["system"]): r for r in records if r["kind"] == "measurement"}
+    assert set(meas) == {("daily-driver", "engine"), ("daily-driver", "alone"), ("daily-cluster", "engine"),
+                         ("daily-cluster", "alone"), ("daily-cli", "engine"), ("daily-cli", "alone"),
+                         ("noop", "engine"), ("noop", "skipped-date"), ("noop", "cli")}
+    for (case, system), r in meas.items():
+        assert r["suite"] == "incremental" and r["median"] > 0 and r["error"] is None and r["load"]["before"]
+    for case in ("daily-driver", "daily-cluster", "daily-cli"):
+        eng = meas[(case, "engine")]
+        assert eng["ratios"]["alone"] > 0 and eng["check"]["ok"], eng["check"]
+        assert all(v["equal"] and v["how"] == "values" for v in eng["check"]["against"].values())
+        assert set(eng["check"]["against"]) == {"engine vs duckdb", "alone vs duckdb"}
+    for case, local in (("daily-driver", True), ("daily-cluster", False)):
+        eng = meas[(case, "engine")]
+        assert eng["extra"][0] == {"local": local, "input_files": 1, "cpu_s": eng["extra"][0]["cpu_s"]}
+        s = eng["check"]["structure"]     # one partition replaced, the others' entries and files kept
+        assert s["replaced"] == ["day=2026-01-04"] and s["partitions"] == 4 and s["others_unchanged"], s
+    # the answer DuckDB gives for the day is what both runs wrote
+    ref = incremental.reference(str(data), "2026-01-04")
+    assert ref.num_rows == meas[("daily-driver", "engine")]["answer_rows"] == meas[("daily-driver", "alone")]["answer_rows"]
+    assert meas[("noop", "engine")]["check"]["ok"] and meas[("noop", "engine")]["check"]["skipped"] == {
+        "engine": True, "skipped-date": True, "cli": True}
+    from benchmarks import summary
+    text = summary.render(records)
+    assert "| incremental | daily-driver |" in text and "engine/alone" in text
