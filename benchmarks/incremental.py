@@ -573,4 +573,71 @@ def summary_lines(records: list[dict]) -> list[str]:
     return lines
 
 
-__all__ = ["summary_lines", "events", "day_table", "job", "JOB_SOURCE", "run_suite", "build_live", "daily"]
+# ---------------------------------------------------------------------------------------------
+# What the commit path costs on a committed output (for before/after comparisons of engine revisions)
+
+
+def commit_costs(out: str, repeat: int = 15) -> dict[str, float]:
+    """CPU milliseconds (median of ``repeat``) of what a run's commit path does with an output of many
+    partitions: list its data files (a run does it twice), load its manifest (twice: the second time
+    the same bytes), write the next manifest's bytes, and seal it."""
+    import json as _json
+
+    from engine import commit
+    from engine.datasets import filesystem
+    fs, path = filesystem(out)
+
+    def cpu_ms(fn) -> float:
+        fn()
+        xs = []
+        for _ in range(repeat):
+            t0 = time.process_time()
+            fn()
+            xs.append(time.process_time() - t0)
+        return round(1e3 * harness.median(xs), 2)
+
+    def cold_load():
+        if hasattr(commit, "_LAST_PARSED"):
+            commit._LAST_PARSED = None
+        return commit.load_manifest(fs, path)
+
+    doc = cold_load().doc
+    writer = getattr(commit, "manifest_text", None) or (lambda d: _json.dumps(d, indent=1, sort_keys=True).encode())
+    return {"list data files": cpu_ms(lambda: commit.data_files(fs, path)),
+            "load manifest": cpu_ms(cold_load),
+            "load manifest again (same bytes)": cpu_ms(lambda: commit.load_manifest(fs, path)),
+            "manifest bytes": cpu_ms(lambda: writer(doc)),
+            "seal": cpu_ms(lambda: commit.seal(dict(doc)))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.incremental", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("commit-costs", help="CPU ms of the commit path's steps on a committed output")
+    c.add_argument("output", help="a committed (partitioned) output, e.g. one built by build-live")
+    c.add_argument("--repeat", type=int, default=15)
+    b = sub.add_parser("build-live", help="the live output of the first DAYS-1 days, by daily runs")
+    b.add_argument("output")
+    b.add_argument("--days", type=int, default=DAYS)
+    b.add_argument("--rows-per-day", type=float, default=ROWS_PER_DAY)
+    b.add_argument("--data", default=None, help="dataset cache root (default: benchmarks/data)")
+    args = ap.parse_args(argv)
+    if args.command == "commit-costs":
+        import engine
+        costs = commit_costs(args.output, args.repeat)
+        print(f"engine {os.path.dirname(engine.__file__)}, load {_load()[0]}")
+        for what, ms in costs.items():
+            print(f"  {what:<36} {ms:8.2f} ms")
+        return 0
+    data = events(args.days, int(args.rows_per_day), out=args.data)
+    seconds = build_live(job(), data, args.output, [day_of(i) for i in range(args.days - 1)])
+    print(f"{args.output}: {len(seconds)} daily runs in {sum(seconds):.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["summary_lines", "commit_costs", "events", "day_table", "job", "JOB_SOURCE", "run_suite", "build_live", "daily"]
