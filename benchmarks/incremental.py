@@ -10,8 +10,8 @@ partition without rewriting (or re-listing at length) the rest of the output.
 does) ``events/day=YYYY-MM-DD/part.parquet``: ``--incremental-days`` days (default 365, from
 2026-01-01) of ``--incremental-rows-per-day`` rows (default 1e6) of ``ts`` (timestamp, sorted within
 the day), ``user_id`` (int64), ``country`` (60 values, Zipf-like), ``event`` (5 types) and ``amount``
-(float64). One day is ~12 MB of Parquet (~37 MB decoded); the year is 3.65e8 rows, ~4.4 GB of
-Parquet and ~13 GB decoded.
+(float64). One day is ~12 MB of Parquet (~37 MB decoded); the year is 3.65e8 rows, ~4.3 GB of
+Parquet and ~13 GB decoded, generated in ~1.5 min by two threads.
 
 **Job** (as a user writes it; no ``columns=``): ``JOB_SOURCE``, the events per day, country and event
 type with their count, sum, mean and max of ``amount``, written partitioned by ``day``.
@@ -39,9 +39,18 @@ incremental run starts from a fresh copy of that output (the copy untimed).
 
 Checks: both answers equal DuckDB's over the day's file; the incremental run read one input file,
 replaced exactly the day's partition, and left the other partitions' manifest entries (paths and
-checksums) and files as they were; the no-op runs report ``skipped``.
+checksums) and files as they were; the no-op runs report ``skipped`` (the command line's: its
+manifest's bytes are unchanged). Every record carries ``cpu_s``, the CPU seconds of each run (the
+process, all its threads; for the command line, the child process; on the cluster, the driver only),
+``cpu_ratios`` (paired, as ``ratios``) and the load average before and after the case.
 
     python -m benchmarks --suites incremental [--incremental-days 365] [--incremental-rows-per-day 1e6]
+    python -m benchmarks.incremental build-live OUT [--days 365] [--rows-per-day 1e6]   # the live output alone
+    python -m benchmarks.incremental commit-costs OUT      # CPU ms of the commit path's steps on OUT
+
+``commit-costs`` times what a run's commit path does with a committed output (list its data files,
+load its manifest, twice, write the next manifest's bytes, seal it) in this process's engine: run it
+from two checkouts to compare revisions.
 """
 
 from __future__ import annotations
