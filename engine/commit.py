@@ -401,7 +401,7 @@ _ENCODER = json.JSONEncoder(sort_keys=True)
 def manifest_text(doc: dict) -> bytes:
     """The bytes of a manifest: JSON with sorted keys, one top-level key per line and one entry of
     ``files``, ``partitions`` and ``dates`` per line, each line by the C encoder (``indent=`` makes
-    ``json`` encode in Python: 25 ms for an output of 365 partitions, against 7 ms this way)."""
+    ``json`` encode in Python: 12 ms of CPU for an output of 365 partitions, against 5 ms this way)."""
     enc = _ENCODER.encode
 
     def value(v: Any) -> str:
@@ -952,7 +952,7 @@ def data_files(fs, out: str) -> list[tuple[str, str]]:
     root = out.rstrip("/")
     if is_local(fs):
         # os.scandir, not fs.find: fsspec stats every entry in Python (an output of 365 partitions took
-        # 30 ms to list, twice per run); and the engine's own directories are not descended into
+        # 15 ms to list, 4 ms this way; a run lists twice); the engine's own directories are not descended into
         for p in sorted(_local_files(root)):
             found.append((p[len(root) + 1:], p))
         return found
