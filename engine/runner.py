@@ -460,12 +460,41 @@ def _filtered_inputs(job: Job, input: Any, where: Any, logical_date: str | None,
             source = next(iter(input.values()))
         spec = resolve_input(source, storage_options, format=format, where=pruning)
         specs = {job.label: spec}
-        return with_input_filter(job, parse_where(where, input_schema(spec), date=logical_date)), specs
+        typed = parse_where(where, input_schema(spec), date=logical_date)
+        if _decided_by_partitions(typed, spec):
+            return job, specs
+        return with_input_filter(job, typed), specs
     if not _is_expression(where):
         raise JobDefinitionError(f"where= takes a pyarrow.compute.Expression such as pc.field('date') == "
                                  f"'2026-11-30', or text such as \"date = '{{date}}'\", got {type(where).__name__}")
     filtered = with_input_filter(job, where)
-    return filtered, resolve_inputs(filtered, input, storage_options, format=format)
+    specs = resolve_inputs(filtered, input, storage_options, format=format)
+    if _decided_by_partitions(where, next(iter(specs.values()))):
+        return job, specs
+    return filtered, specs
+
+
+def _decided_by_partitions(where: Any, spec: InputSpec) -> bool:
+    """True when pruning Hive partitions has already applied ``where`` exactly: it names partition
+    columns only, and the values of every partition left satisfy it. Every row read then satisfies
+    it, so no task filters rows again (and the job runs as written: same fingerprint, dictionary-
+    encoded keys and projection as without it)."""
+    types = spec.partition_types
+    if not types or not spec.splits:
+        return False
+    distinct = {s.partition_values for s in spec.splits}
+    columns: dict[str, list] = {k: [] for k in types}
+    for values in distinct:
+        given = dict(values)
+        if set(given) != set(types):
+            return False
+        for k in types:
+            columns[k].append(given[k])
+    table = pa.table({k: pa.array(v, types[k]) for k, v in columns.items()})
+    try:
+        return table.filter(where).num_rows == table.num_rows
+    except Exception:  # noqa: BLE001 - it names other columns (or cannot be decided here): tasks filter
+        return False
 
 
 def _run(job: Job, input: Any, output: str, out_fs, out: str, cluster: Any, storage_options: dict | None, mode: str,

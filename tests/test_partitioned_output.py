@@ -496,3 +496,23 @@ def test_s3_cleanup_aborts_only_this_outputs_own_pending_uploads(s3, tmp_path):
     bucket = s3["bucket"]
     pending = {u["UploadId"] for u in fs.call_s3("list_multipart_uploads", Bucket=bucket).get("Uploads", [])}
     assert ids["staged"] in pending and ids["dead"] not in pending
+
+
+def test_a_where_on_partition_columns_only_is_applied_by_pruning_alone(tmp_path):
+    """When pruning the Hive partitions already applied the where exactly, the job runs as written (no
+    filter step: same fingerprint as without the where); a where that also names file columns filters."""
+    src = tmp_path / "in"
+    for h in range(3):
+        (src / f"hour={h}").mkdir(parents=True)
+        pq.write_table(pa.table({"v": [1, 2, 3]}), src / f"hour={h}" / "x.parquet")
+    job = Job("h").reduce(by="hour", aggs={"n": agg.count()})
+    plain = engine.run(job, str(src), str(tmp_path / "plain"))
+    pruned = engine.run(job, str(src), str(tmp_path / "pruned"), where="hour >= 1")
+    mixed = engine.run(job, str(src), str(tmp_path / "mixed"), where="hour >= 1 and v > 1")
+    fp = {name: commit.load_manifest(*engine.datasets.filesystem(str(tmp_path / name))).doc["fingerprint"]
+          for name in ("plain", "pruned", "mixed")}
+    assert fp["pruned"] == fp["plain"] != fp["mixed"]
+    assert pruned.report.input_files == 2
+    assert engine.read(str(tmp_path / "pruned")).sort_by("hour").to_pylist() == [{"hour": 1, "n": 3}, {"hour": 2, "n": 3}]
+    assert engine.read(str(tmp_path / "mixed")).sort_by("hour").to_pylist() == [{"hour": 1, "n": 2}, {"hour": 2, "n": 2}]
+    assert plain.report.input_files == 3
