@@ -28,6 +28,14 @@ The protocol, in the order things happen:
    files are removed after the new commit), and ``mapreduce clean PATH --force`` removes it
    (:func:`remove_damaged_manifest`) together with the engine's data files.
 
+Partitioned outputs (``partition_by``): an attempt splits its rows into Hive partition directories
+(:class:`PartitionedAttemptWriter`, escaping by :mod:`engine.hive`); its files still sit flat in the
+run's temporary directory and get their ``col=value/…`` name at publish. The manifest (version 2) then
+records each file's values, the partitioning, per-partition provenance (``partitions``) and what each
+logical date committed (``dates``). ``mode="overwrite-partitions"`` builds the next generation from
+the previous one minus the partitions this run produced plus its files, and swaps it in like
+``overwrite``; :mod:`engine.publish` does the same from a staged output.
+
 This module never imports dask.
 """
 
