@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import os
+import time
 
 import numpy as np
 import pytest
@@ -80,8 +81,9 @@ def test_policy_defaults_come_from_config():
 
 @pytest.mark.timeout(180)
 def test_concurrent_runs_on_one_client_each_speculate(corpus, dask_cluster, tmp_path):
-    """Two runs sharing one client at once (a backfill's parallel dates): each run's supervisor hears its
-    own tasks start, so each speculates its hung attempt (before, only the last one started heard any)."""
+    """Two runs sharing one client at once (a backfill's parallel dates): the first run's supervisor still
+    hears its tasks start after the second run's supervisor subscribed, so it speculates its hung attempt
+    (before, only the supervisor subscribed last heard any task start, and the first run hung)."""
     import threading
 
     import dask.config
@@ -89,19 +91,20 @@ def test_concurrent_runs_on_one_client_each_speculate(corpus, dask_cluster, tmp_
     src, expected = corpus
     results: dict = {}
     with Client(dask_cluster) as client, dask.config.set({"engine.speculation.min-runtime": 0.5}):
-        def go(name):
+        def go(name, faults):
             try:
                 results[name] = wordcount.run(src, str(tmp_path / name), cluster=client, partition_size="24KiB",
-                                              faults=Faults(hang_first_attempt={("map", 1)}))
+                                              faults=faults)
             except BaseException as exc:  # noqa: BLE001 - asserted below
                 results[name] = exc
-        threads = [threading.Thread(target=go, args=(n,)) for n in ("a", "b")]
-        for t in threads:
-            t.start()
-        for t in threads:
+        first = threading.Thread(target=go, args=("a", Faults(hang_first_attempt={("map", 1)})))
+        first.start()
+        time.sleep(0.5)                 # the first run's supervisor is listening; its map 1 hangs
+        second = threading.Thread(target=go, args=("b", None))
+        second.start()
+        for t in (first, second):
             t.join(150)
     for name in ("a", "b"):
-        result = results[name]
-        assert not isinstance(result, BaseException), result
-        assert [d["partition"] for d in result.report.speculation] == [1], (name, result.report.speculation)
+        assert not isinstance(results[name], BaseException), results[name]
         assert as_counts(engine.read(str(tmp_path / name))) == expected
+    assert [d["partition"] for d in results["a"].report.speculation] == [1], results["a"].report.speculation
