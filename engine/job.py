@@ -652,13 +652,18 @@ __all__ = ["Job", "Stage", "Round", "MapStep", "filter_table", "needed_columns",
            "job_fingerprint", "function_token", "UNNAMED_INPUT"]
 
 
+def check_single_input(job: Job) -> None:
+    """JobDefinitionError unless ``job`` reads one input (a run's ``where=`` filters that input)."""
+    if job.inputs != (job.label,) or any(s.kind in ("join", "cogroup") for s in job.stages):
+        raise JobDefinitionError(f"job {job.name!r} reads several inputs: a run's where= filters the input of a "
+                                 "job that reads one; give each input its condition with .map(where=...) in the job")
+
+
 def with_input_filter(job: Job, where: Any) -> Job:
     """``job`` whose input rows must first satisfy ``where`` (a ``pyarrow.compute.Expression``), as
     ``engine.run(..., where=)`` asks: merged into the first map's ``where=`` when the job starts with
     a map, else a map of its own in front (so it is pushed into the read either way)."""
-    if job.inputs != (job.label,) or any(s.kind in ("join", "cogroup") for s in job.stages):
-        raise JobDefinitionError(f"job {job.name!r} reads several inputs: a run's where= filters the input of a "
-                                 "job that reads one; give each input its condition with .map(where=...) in the job")
+    check_single_input(job)
     first = job.stages[0] if job.stages else None
     if first is not None and first.kind == "map":
         merged = where if first.where is None else (where & first.where)

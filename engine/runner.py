@@ -434,19 +434,17 @@ def _partition_columns(partition_by: Sequence[str] | str | None) -> tuple[str, .
 def _filtered_inputs(job: Job, input: Any, where: Any, logical_date: str | None, storage_options: dict | None,
                      format: str | None) -> tuple[Job, dict[str, InputSpec]]:
     """The job with the run's ``where`` in front of its maps, and its inputs resolved with it (pruned)."""
-    from .job import _is_expression, with_input_filter
+    from .job import _is_expression, check_single_input, with_input_filter
     if isinstance(where, str):
         from .datasets import input_schema, resolve_input
         from .plan import input_wheres
         from .whereexpr import parse_where
-        import pyarrow.compute as pc
-
         from .errors import SchemaError
         # syntax errors, and a job reading several inputs, are refused before anything is listed
         # (types are checked below, against the input's columns)
         with contextlib.suppress(SchemaError):
             parse_where(where, None, date=logical_date)
-        with_input_filter(job, pc.scalar(True))
+        check_single_input(job)
         own = input_wheres(job).get(job.label)
 
         def pruning(partitions: pa.Schema):
