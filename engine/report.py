@@ -40,6 +40,7 @@ class TaskReport:
     status: str = "ok"          # ok | failed | cancelled | lost (a later attempt won)
     speculative: bool = False
     error: str | None = None
+    cpu: float = 0.0            # CPU seconds of the task's thread (pyarrow's own threads are not counted)
 
     @property
     def duration(self) -> float:
@@ -76,7 +77,7 @@ class RunReport:
     job: str
     run_id: str
     fingerprint: str
-    status: str = "running"     # running | committed | skipped | failed
+    status: str = "running"     # running | committed | skipped | failed | interrupted | refused
     start: float = 0.0
     stop: float = 0.0
     input_files: int = 0
@@ -96,6 +97,13 @@ class RunReport:
     message: str = ""
     cluster: dict = field(default_factory=dict)
     peak_memory: int | None = None
+    record_id: str = ""                                   # this run's record in the history (engine.history)
+    logical_date: str | None = None
+    error: dict = field(default_factory=dict)             # a run that did not commit: type, message, location
+                                                          # (the user's file:line), traceback (user frames first)
+    settings: dict = field(default_factory=dict)          # the run's arguments and engine.* settings it used
+    versions: dict = field(default_factory=dict)          # engine, python, pyarrow, dask, distributed
+    usage: dict = field(default_factory=dict)             # cpu_seconds, worker_cpu_seconds, thread_seconds, ...
 
     @property
     def duration(self) -> float:

@@ -368,7 +368,7 @@ class _Output:
 def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partition: int, attempt: int) -> dict:
     """One map attempt over one split; returns its shuffle index or commit message."""
     set_task_date(ctx.logical_date)
-    start = time.time()
+    start, cpu0 = time.time(), time.thread_time()
     payload = load_payload(blob)
     stages = payload[ctx.round]
     label = _label(ctx, "map", partition)
@@ -486,7 +486,7 @@ def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partitio
         if output is not None:
             output.abort()
         raise
-    result.update({"rows_in": rows_in, "start": start, "stop": time.time(), "worker": _worker_name(),
+    result.update({"rows_in": rows_in, "start": start, "stop": time.time(), "cpu": time.thread_time() - cpu0, "worker": _worker_name(),
                    "partition": partition, "attempt": attempt, "input_bytes": split.size})
     return result
 
@@ -675,7 +675,7 @@ def run_reduce(ctx: TaskContext, blob: bytes, refs: list, bounds: tuple | None, 
                partition: int, attempt: int) -> dict:
     """One reduce attempt over its slices of every map file; returns commit message or next input."""
     set_task_date(ctx.logical_date)
-    start = time.time()
+    start, cpu0 = time.time(), time.thread_time()
     stages = load_payload(blob)[ctx.round]
     label = _label(ctx, "reduce", partition)
     if ctx.faults is not None:
@@ -713,7 +713,7 @@ def run_reduce(ctx: TaskContext, blob: bytes, refs: list, bounds: tuple | None, 
     except BaseException:
         output.abort()
         raise
-    result_info.update({"rows_in": rows_in, "start": start, "stop": time.time(), "worker": _worker_name(),
+    result_info.update({"rows_in": rows_in, "start": start, "stop": time.time(), "cpu": time.thread_time() - cpu0, "worker": _worker_name(),
                         "partition": partition, "attempt": attempt,
                         "input_bytes": None})
     return result_info
@@ -724,7 +724,7 @@ def run_partial(ctx: TaskContext, blob: bytes, refs: list, key_filter: dict | No
     """One share of a hot key in a combinable round: combine its rows from some map outputs into a
     partial result (a shuffle file of one partition) that a merge task finishes."""
     set_task_date(ctx.logical_date)
-    start = time.time()
+    start, cpu0 = time.time(), time.thread_time()
     stages = load_payload(blob)[ctx.round]
     label = _label(ctx, "partial", partition)
     if ctx.faults is not None:
@@ -745,7 +745,7 @@ def run_partial(ctx: TaskContext, blob: bytes, refs: list, key_filter: dict | No
         writer.write(combined)
         index = writer.close()
     return {"shuffle": index, "rows_out": index.total_rows, "bytes_out": index.total_bytes,
-            "schema": writer.schema, "rows_in": rows_in, "start": start, "stop": time.time(),
+            "schema": writer.schema, "rows_in": rows_in, "start": start, "stop": time.time(), "cpu": time.thread_time() - cpu0,
             "worker": _worker_name(), "partition": partition, "attempt": attempt, "input_bytes": None}
 
 
@@ -771,7 +771,7 @@ def run_join(ctx: TaskContext, blob: bytes, refs: list, piece: tuple | None, sch
     """One join or cogroup attempt: each side's slices of the hash partitions it was given (one side
     perhaps only a piece of them, the other replicated), joined or passed to the cogroup function."""
     set_task_date(ctx.logical_date)
-    start = time.time()
+    start, cpu0 = time.time(), time.thread_time()
     stages = load_payload(blob)[ctx.round]
     label = _label(ctx, ctx.kind, partition)
     if ctx.faults is not None:
@@ -801,7 +801,7 @@ def run_join(ctx: TaskContext, blob: bytes, refs: list, piece: tuple | None, sch
     except BaseException:
         output.abort()
         raise
-    result_info.update({"rows_in": rows_in, "start": start, "stop": time.time(), "worker": _worker_name(),
+    result_info.update({"rows_in": rows_in, "start": start, "stop": time.time(), "cpu": time.thread_time() - cpu0, "worker": _worker_name(),
                         "partition": partition, "attempt": attempt, "input_bytes": None})
     return result_info
 
