@@ -58,12 +58,7 @@ EXIT_GATE = 3          # a --max-change gate tripped: a staged result or canary 
                        # `mapreduce diff` found outputs that differ by more than allowed
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (cron, Airflow, systemd, a container stop) turned into an exception, so a run unwinds like
-    on Ctrl-C: its fence closes, its lock is released and the history records it."""
-
-    def __str__(self) -> str:
-        return "terminated by SIGTERM"
+from .errors import Terminated  # noqa: E402 - SIGTERM as an exception (kept importable from here)
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:

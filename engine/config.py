@@ -105,6 +105,28 @@ DEFAULTS: dict[str, Any] = {
         # starts the embedded cluster. Measured on 2 cores (benchmarks/startup.py).
         "max-bytes": "64MiB",
     },
+    "history": {
+        # Where run records go: a SQLite file path, a postgresql:// URL, or "off"; None: the default
+        # file (ENGINE_HISTORY overrides this).
+        "url": None,
+        # Seconds between rewrites of a running run's record (progress and newest checkpoint).
+        "heartbeat": 10.0,
+    },
+    "metrics": {
+        "file": None,           # node-exporter textfile (a .prom file, or a directory) written after each run
+        "push-gateway": None,   # Prometheus Pushgateway URL pushed to after each run
+    },
+    "alerts": {
+        "on-failure": None,     # a command or an http(s):// URL called with a JSON event (engine.alerts)
+        "on-success": None,
+        "on-slo-breach": None,
+    },
+    "cost": {
+        # Prices of M7 (cost per run): per CPU-second of the worker processes, per GB-second of their
+        # memory limits (0: report the seconds only).
+        "cpu-second": 0.0,
+        "gb-second": 0.0,
+    },
     "output": {
         # A Hive-partitioned output's task writes a new file in a partition directory once its current
         # one there reaches this size (a partition holds at most one file per reduce task, plus one

@@ -26,6 +26,10 @@ do not know this module::
     └── DiffError (ValueError)               two outputs cannot be compared as asked (a key column one
                                              lacks, a partition in neither, a bad change threshold)
 
+    Terminated (KeyboardInterrupt)           SIGTERM received during a run (cron, Airflow, systemd, a
+                                             container stop): the run unwinds as on Ctrl-C and is
+                                             recorded as interrupted
+
 Messages say what happened, where (file, column, partition), and what to do about it.
 """
 
@@ -148,5 +152,14 @@ __all__ = [
     "EngineError", "JobDefinitionError", "SchemaError", "InputError", "EmptyInputError", "PartitionNotFoundError",
     "ClusterError", "ShuffleLocationError", "StageFailedError", "CommitError",
     "OutputExistsError", "ConcurrentRunError", "FencedError", "ChangeGateError", "IntegrityError", "ManifestError",
-    "DiffError",
+    "DiffError", "Terminated",
 ]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (cron, Airflow, systemd, a container stop) turned into an exception while a run runs in
+    the main thread, so the run unwinds as on Ctrl-C: running tasks are cancelled, its fence closes,
+    its lock is released and the history records it as ``interrupted``."""
+
+    def __str__(self) -> str:
+        return "terminated by SIGTERM"

@@ -2,8 +2,8 @@
 
 Every call of :func:`engine.run` (and so every ``mapreduce run`` and every date of a backfill)
 leaves one record: ``committed``, ``skipped`` (a no-op rerun), ``failed``, ``interrupted``
-(Ctrl-C or SIGTERM), ``refused`` (nothing ran: the output exists, another run holds it, a change
-gate tripped, the job or its arguments are malformed), or ``running`` while it runs (a record
+(Ctrl-C or SIGTERM), ``refused`` (the engine declined to run or to publish: the output exists,
+another run holds it, a change gate tripped), or ``running`` while it runs (a record
 still ``running`` whose driver is gone is shown as ``lost``).
 
 Where: ``ENGINE_HISTORY`` (or ``engine.history.url``) is a file path (SQLite, default

@@ -147,7 +147,9 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
         format: str | None = None, resume: bool = False, progress: ProgressFn | None = None,
         faults: Any = None, map_combine: bool | None = None, partition_by: Sequence[str] | str | None = None,
         date: Any = None, where: Any = None, stage_to: str | None = None,
-        max_change: float | str | None = None, canary: int | float | None = None) -> RunResult:
+        max_change: float | str | None = None, canary: int | float | None = None,
+        metrics_file: str | None = None, push_gateway: str | None = None, on_failure: str | None = None,
+        on_success: str | None = None, on_slo_breach: str | None = None) -> RunResult:
     """Run ``job`` over ``input`` and commit its output to ``output`` atomically.
 
     >>> import engine
@@ -187,8 +189,47 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
 
     >>> engine.run(daily, "events/", "agg/", partition_by=["date"], mode="overwrite-partitions",
     ...            date="2026-11-30", where="date = '{date}'")              # doctest: +SKIP
+
+    Operations: every call leaves one record in the run history (:mod:`engine.history`), whatever
+    its end — committed, skipped, failed, interrupted (Ctrl-C, or SIGTERM while the run holds the
+    main thread), refused — and ``report`` is written whatever the end. ``metrics_file`` (a
+    node-exporter textfile) and ``push_gateway`` (a Prometheus Pushgateway URL) receive the run's
+    metrics (:mod:`engine.metrics`); ``on_failure``, ``on_success`` and ``on_slo_breach`` are alert
+    hooks, a command or an http(s) URL that receives a JSON event, deduplicated by job and logical
+    date (:mod:`engine.alerts`). Each defaults to its ``engine.metrics.*`` / ``engine.alerts.*`` setting.
     """
+    from .telemetry import Hooks, Tracker, sigterm_interrupts
     started = time.time()
+    _remember_secrets(storage_options)      # redacted from logs, reports, history and errors from now on
+    arguments = {"input": redact(str(input))[:2000], "mode": mode, "speculation": speculation, "skew": skew,
+                 "shuffle_dir": redact(str(shuffle_dir)) if shuffle_dir else None,
+                 "partition_size": str(partition_size) if partition_size is not None else None, "force": force,
+                 "format": format, "resume": resume, "map_combine": map_combine,
+                 "partition_by": partition_by if partition_by is None or isinstance(partition_by, str)
+                 else list(partition_by), "date": str(date) if date is not None else None,
+                 "where": redact(str(where)) if where is not None else None, "stage_to": redact(str(stage_to))
+                 if stage_to else None, "max_change": str(max_change) if max_change is not None else None,
+                 "canary": canary, "cluster": redact(str(cluster)) if isinstance(cluster, str) else
+                 (type(cluster).__name__ if cluster is not None else None)}
+    tracker = Tracker(job, output, logical_date=str(date) if date is not None else None, started=started,
+                      hooks=Hooks(report, metrics_file, push_gateway, on_failure, on_success, on_slo_breach),
+                      settings=arguments)
+    tracker.begin()
+    try:
+        with sigterm_interrupts():
+            result = _run_call(job, input, output, cluster, storage_options, mode, speculation, skew, shuffle_dir,
+                               partition_size, force, report, format, resume, progress, faults, map_combine,
+                               partition_by, date, where, stage_to, max_change, canary, started, tracker)
+    except BaseException as exc:
+        tracker.finish(exc=exc)
+        raise
+    tracker.finish(result=result)
+    return result
+
+
+def _run_call(job, input, output, cluster, storage_options, mode, speculation, skew, shuffle_dir, partition_size,
+              force, report, format, resume, progress, faults, map_combine, partition_by, date, where, stage_to,
+              max_change, canary, started, tracker) -> RunResult:
     _remember_secrets(storage_options)      # redacted from logs, reports, history and errors from now on
     if mode not in commit.MODES:
         raise CommitError(f"mode must be one of {', '.join(map(repr, commit.MODES))}, got {mode!r}")
@@ -196,6 +237,7 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
         raise JobDefinitionError(f"run() expects an engine.Job, got {type(job).__name__}")
     from .context import parse_date, using_date
     logical_date = parse_date(date)
+    tracker.logical_date = logical_date
     partition_by = _partition_columns(partition_by)
     if mode == "overwrite-partitions" and not partition_by:
         raise CommitError("mode='overwrite-partitions' replaces Hive partitions of a partitioned output: pass "
@@ -218,9 +260,10 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
                                         staged=stage_to is not None)
     with using_date(logical_date):
         if stage_to is None:
-            result = _run(job, input, output, out_fs, out, *args, before=before)
+            result = _run(job, input, output, out_fs, out, *args, before=before, tracker=tracker)
         else:
-            result = _staged_run(job, input, output, out_fs, out, stage_to, max_change, args, before=before)
+            result = _staged_run(job, input, output, out_fs, out, stage_to, max_change, args, before=before,
+                                 tracker=tracker)
     result.canary = checked.get("canary")
     return result
 
@@ -368,7 +411,7 @@ def _discard_canary(fs, root: str, ran: bool) -> None:
 
 
 def _staged_run(job: Job, input: Any, output: str, out_fs, out: str, stage_to: str, max_change: Any,
-                args: tuple, before: Any = None) -> RunResult:
+                args: tuple, before: Any = None, tracker: Any = None) -> RunResult:
     """A run committed into ``stage_to``, compared with the live partitions it replaces, published if
     the gate allows."""
     storage_options, faults, partition_by = args[1], args[12], args[14]
@@ -392,7 +435,8 @@ def _staged_run(job: Job, input: Any, output: str, out_fs, out: str, stage_to: s
     # the live output as the staged manifest records it: absolute on a local disk, so that
     # `mapreduce publish STAGED` from any directory finds it
     live_name = out if is_local(out_fs) else output
-    result = _run(job, input, stage_to, st_fs, st, *staged_args, live=(out_fs, out, live_name), before=before)
+    result = _run(job, input, stage_to, st_fs, st, *staged_args, live=(out_fs, out, live_name), before=before,
+                  tracker=tracker)
     if result.skipped:
         return result                                 # the live output holds this already
     result.staged = stage_to
@@ -495,11 +539,28 @@ def _decided_by_partitions(where: Any, spec: InputSpec) -> bool:
         return False
 
 
-def _run(job: Job, input: Any, output: str, out_fs, out: str, cluster: Any, storage_options: dict | None, mode: str,
-         speculation: bool, skew: bool, shuffle_dir: str | None, partition_size: Any, force: bool, report: str | None,
-         format: str | None, resume: bool, progress: Any, faults: Any, map_combine: bool | None,
-         partition_by: tuple[str, ...], logical_date: str | None, where: Any, started: float,
-         live: tuple | None = None, before: Any = None) -> RunResult:
+def _run(job: Job, input: Any, output: str, out_fs, out: str, *args: Any, live: tuple | None = None,
+         before: Any = None, tracker: Any = None) -> RunResult:
+    """One run into ``output``, followed by ``tracker`` (a canary's run, given none, has its own record)."""
+    if tracker is not None:
+        return _run_body(job, input, output, out_fs, out, *args, live=live, before=before, tracker=tracker)
+    from .telemetry import Tracker
+    own = Tracker(job, output, logical_date=args[15], started=args[17])
+    own.begin()
+    try:
+        result = _run_body(job, input, output, out_fs, out, *args, live=live, before=before, tracker=own)
+    except BaseException as exc:
+        own.finish(exc=exc)
+        raise
+    own.finish(result=result)
+    return result
+
+
+def _run_body(job: Job, input: Any, output: str, out_fs, out: str, cluster: Any, storage_options: dict | None,
+              mode: str, speculation: bool, skew: bool, shuffle_dir: str | None, partition_size: Any, force: bool,
+              report: str | None, format: str | None, resume: bool, progress: Any, faults: Any,
+              map_combine: bool | None, partition_by: tuple[str, ...], logical_date: str | None, where: Any,
+              started: float, live: tuple | None = None, before: Any = None, tracker: Any = None) -> RunResult:
     code_job = job
     if where is not None:
         job, specs = _filtered_inputs(job, input, where, logical_date, storage_options, format)
@@ -529,6 +590,7 @@ def _run(job: Job, input: Any, output: str, out_fs, out: str, cluster: Any, stor
     rep = RunReport(job.name, run_id, fingerprint, start=started,
                     input_files=sum(len(s.snapshot) for s in specs.values()),
                     input_bytes=sum(s.total_bytes for s in specs.values()), output=output)
+    tracker.attach(rep)
 
     previous = commit.check_output(out_fs, out, mode)
     against = previous if live is None else commit.load_manifest(live[0], live[1])
@@ -543,7 +605,6 @@ def _run(job: Job, input: Any, output: str, out_fs, out: str, cluster: Any, stor
         rep.output_rows = previous.rows
         rep.output_files = len(previous.files)
         log.info(rep.message)
-        _record_history(rep)
         return RunResult(output, done, rep, True, previous, storage_options)
     if previous is not None and mode == "error":
         raise OutputExistsError(f"{output} already holds committed output (job {previous.doc.get('job')!r}, run "
@@ -572,7 +633,9 @@ def _run(job: Job, input: Any, output: str, out_fs, out: str, cluster: Any, stor
         raise ClusterError("memory:// data lives in one process, but the cluster's workers are other processes; "
                            "use a local path or an object store, or run with cluster=None")
     rep.cluster = {"workers": info.workers, "threads": info.threads, "embedded": info.embedded,
-                   "dashboard": info.dashboard, "local": info.local, "where": info.where}
+                   "dashboard": info.dashboard, "local": info.local, "where": info.where,
+                   "memory_limit": info.memory_limit}
+    cpu_before = _cluster_cpu(client, info)
     if info.local:
         # Every thread shares this process: no other worker for a speculative copy, none to restart.
         rep.cluster["speculation"] = "off (the run is in the driver process)"
@@ -625,9 +688,9 @@ def _run(job: Job, input: Any, output: str, out_fs, out: str, cluster: Any, stor
             rep.status, rep.stop = "failed", time.time()
             rep.message = f"{type(exc).__name__}: {redact(str(exc), storage_options)}"
             redact_exception(exc)
-            _record_history(rep)
             raise
         finally:
+            _note_cluster_cpu(rep, client, info, cpu_before)
             with contextlib.suppress(Exception):
                 run_fence.close()
             if supervisor is not None:
@@ -650,9 +713,6 @@ def _run(job: Job, input: Any, output: str, out_fs, out: str, cluster: Any, stor
         rep.message += (f"; the output now holds {manifest.rows:,} rows in {len(manifest.files)} file(s)"
                         + (f", {kept} partition(s)" if partition_by else "") + f" (generation {manifest.generation})")
     log.info("%s in %.2fs (run %s)", rep.message, rep.duration, run_id)
-    if report:
-        rep.to_html(report)
-    _record_history(rep)
     return RunResult(output, run_id, rep, False, manifest, storage_options)
 
 
@@ -678,13 +738,24 @@ def _ship_payload(blob: bytes, fs, root: str) -> bytes | PayloadRef:
     return PayloadRef(fs, path, digest, len(blob))
 
 
-def _record_history(rep: RunReport) -> None:
+def _cluster_cpu(client, info: ClusterInfo) -> dict[str, float] | None:
+    """CPU seconds each worker process has used so far (all its threads: pyarrow's too)."""
+    from .telemetry import process_cpu
     try:
-        from . import history
-    except ImportError:
+        if info.local or info.in_process:
+            return {"driver": process_cpu()}
+        return dict(client.run(process_cpu))
+    except Exception:  # noqa: BLE001 - usage figures never fail a run
+        return None
+
+
+def _note_cluster_cpu(rep: RunReport, client, info: ClusterInfo, before: dict[str, float] | None) -> None:
+    """The CPU seconds the workers used during the run (a worker that restarted counts from zero)."""
+    after = _cluster_cpu(client, info) if before is not None else None
+    if after is None:
         return
-    with contextlib.suppress(Exception):
-        history.record(rep, key_values=bool(config.get("report.key-values")))
+    used = sum(max(0.0, v - before.get(w, 0.0)) if v >= before.get(w, 0.0) else v for w, v in after.items())
+    rep.usage["worker_cpu_seconds"] = round(used, 6)
 
 
 def _protocol(fs) -> str:

@@ -2,17 +2,381 @@
 
 :class:`Tracker` follows one call of :func:`engine.run` from its start to its end, whatever the end:
 it writes a ``running`` record when the run starts (re-written by a heartbeat while it runs, with
-the newest checkpoint), and the final record when it ends, then exports metrics
-(:mod:`engine.metrics`), spans (:mod:`engine.tracing`) and alerts (:mod:`engine.alerts`). None of
-these ever fails a run: a problem is a warning on the ``engine`` logger.
+progress and the newest checkpoint), and the final record when it ends — ``committed``,
+``skipped``, ``failed``, ``interrupted`` or ``refused`` — then exports metrics
+(:mod:`engine.metrics`), spans (:mod:`engine.tracing`) and alerts (:mod:`engine.alerts`), and writes
+the HTML report when one was asked for (on failure too). None of these ever fails a run: a problem
+is a warning on the ``engine`` logger.
+
+A failed run's record names the user's code that raised: :func:`error_info` walks the exception
+and its causes (a task's error travels from the worker with its traceback) and keeps the last
+frame outside the engine, dask, distributed, pyarrow and the standard library
+(``"jobs/wordcount.py:12"``), with the traceback text of those frames.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
+import platform
+import signal
+import sys
+import sysconfig
+import threading
+import time
+import traceback
+from dataclasses import dataclass
 from typing import Any
 
-from .redact import public_decisions, redact_obj
+from . import config, history
+from .redact import public_decisions, redact, redact_obj
+
+log = logging.getLogger("engine")
+
+
+@dataclass
+class Hooks:
+    """What a run exports when it ends (each None: the ``engine.*`` config default)."""
+
+    report: str | None = None            # HTML report path (written whatever the end)
+    metrics_file: str | None = None
+    push_gateway: str | None = None
+    on_failure: str | None = None
+    on_success: str | None = None
+    on_slo_breach: str | None = None
+
+    def resolved(self) -> Hooks:
+        return Hooks(self.report, config.get("metrics.file", self.metrics_file),
+                     config.get("metrics.push-gateway", self.push_gateway),
+                     config.get("alerts.on-failure", self.on_failure), config.get("alerts.on-success", self.on_success),
+                     config.get("alerts.on-slo-breach", self.on_slo_breach))
+
+
+# -- where the user's code raised -------------------------------------------------------------
+
+_ENGINE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_LIBRARY_DIRS = tuple({p + os.sep for p in (sysconfig.get_paths().get("stdlib"), sysconfig.get_paths().get("purelib"),
+                                            sysconfig.get_paths().get("platlib")) if p})
+
+
+def _is_user_frame(filename: str) -> bool:
+    if not filename or filename.startswith("<"):
+        return False
+    f = os.path.abspath(filename)
+    if f.startswith(_ENGINE_DIR) or f.startswith(_LIBRARY_DIRS):
+        return False
+    return not any(part in f for part in (f"{os.sep}site-packages{os.sep}", f"{os.sep}dist-packages{os.sep}"))
+
+
+def _code_index() -> dict[str, list[tuple[str, int, int]]]:
+    """Function name → (file, first line, last line) of the code the user's modules define (their
+    functions, methods and the functions nested in them). User functions travel to the tasks by value,
+    and the serializer names their file ``<dynamic-code>`` while keeping names and line numbers: this
+    index finds the real file again. Built only when a run fails."""
+    index: dict[str, list[tuple[str, int, int]]] = {}
+    seen: set[int] = set()
+
+    def add(code: Any) -> None:
+        if id(code) in seen or not hasattr(code, "co_lines"):
+            return
+        seen.add(id(code))
+        lines = [ln for _, _, ln in code.co_lines() if ln is not None]
+        if lines:
+            index.setdefault(code.co_name, []).append((code.co_filename, min(lines), max(lines)))
+        for const in code.co_consts:
+            if hasattr(const, "co_lines"):
+                add(const)
+
+    def visit(obj: Any, depth: int = 0) -> None:
+        code = getattr(getattr(obj, "__func__", obj), "__code__", None)
+        if code is not None:
+            add(code)
+        elif isinstance(obj, type) and depth < 2:
+            for member in list(vars(obj).values()):
+                visit(member, depth + 1)
+    for name, mod in list(sys.modules.items()):
+        f = getattr(mod, "__file__", None)
+        if name != "__main__" and not (f and _is_user_frame(f)):
+            continue
+        with contextlib.suppress(Exception):
+            for obj in list(vars(mod).values()):
+                visit(obj)
+    return index
+
+
+def _real_place(frame: traceback.FrameSummary, index: dict | None) -> tuple[str, str | None]:
+    """The file of a frame whose code came by value (``<dynamic-code>``), and its source line."""
+    if not frame.filename.startswith("<dynamic") or not index:
+        return frame.filename, frame.line
+    for filename, first, last in index.get(frame.name, ()):
+        if first <= (frame.lineno or 0) <= last and _is_user_frame(filename):
+            import linecache
+            return filename, linecache.getline(filename, frame.lineno or 0).strip() or None
+    return frame.filename, frame.line
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception and its causes, outermost first (``cause`` of the engine's errors, ``__cause__``,
+    ``__context__``), without repeats."""
+    seen: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop(0)
+        if e is None or any(e is s for s in seen) or len(seen) > 20:
+            continue
+        seen.append(e)
+        todo.extend([getattr(e, "cause", None), e.__cause__, e.__context__])
+    return seen
+
+
+def error_info(exc: BaseException) -> dict[str, Any]:
+    """``{"type", "message", "location", "source", "traceback"}`` of a run's error: ``location`` is the
+    innermost frame of the user's own code among the exception and its causes (None if none)."""
+    location = source = None
+    user_tb: list[str] = []
+    index: dict | None = None
+    for e in reversed(_chain(exc)):           # the original cause first
+        frames = []
+        for f in traceback.extract_tb(e.__traceback__):
+            if f.filename.startswith("<dynamic"):
+                if index is None:
+                    index = _code_index()
+                filename, line = _real_place(f, index)
+                f = traceback.FrameSummary(filename, f.lineno, f.name, line=line)
+            if _is_user_frame(f.filename):
+                frames.append(f)
+        if frames:
+            last = frames[-1]
+            location = f"{last.filename}:{last.lineno}"
+            source = (last.line or "").strip() or None
+            user_tb = traceback.format_list(frames) + [f"{type(e).__name__}: {e}\n"]
+            break
+    if isinstance(exc, KeyboardInterrupt):
+        message = str(exc) or "interrupted (Ctrl-C)"
+    else:
+        message = " ".join(str(exc).split()) or type(exc).__name__
+    full = "".join(traceback.format_exception(exc))
+    return redact_obj({"type": type(exc).__name__, "message": redact(message), "location": location,
+                       "source": source, "function": None, "user_traceback": "".join(user_tb)[-8000:],
+                       "traceback": full[-16000:]})
+
+
+def classify(exc: BaseException | None, rep: Any, skipped: bool = False) -> str:
+    """The status a run's end gets in the history: ``refused`` when the engine declined to run or to
+    publish (the output exists, another run holds it, a change gate tripped), ``interrupted`` for
+    Ctrl-C and SIGTERM, ``failed`` for every other error (a malformed job and unreadable input too:
+    the pipeline did not deliver)."""
+    if exc is None:
+        return "skipped" if skipped else "committed"
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    from .errors import ChangeGateError, ConcurrentRunError, OutputExistsError
+    if isinstance(exc, (ChangeGateError, OutputExistsError)):
+        return "refused"
+    ran = rep is not None and any(s.attempts or s.tasks for s in rep.stages)
+    if not ran and isinstance(exc, ConcurrentRunError):
+        return "refused"
+    return "failed"
+
+
+def process_cpu() -> float:
+    """CPU seconds (user + system) this process has used, all its threads included."""
+    t = os.times()
+    return t.user + t.system
+
+
+def versions() -> dict[str, str]:
+    from ._version import ENGINE_VERSION
+    out = {"engine": ENGINE_VERSION, "python": platform.python_version()}
+    for name in ("pyarrow", "dask", "distributed", "fsspec", "s3fs"):
+        mod = sys.modules.get(name)
+        if mod is not None and getattr(mod, "__version__", None):
+            out[name] = str(mod.__version__)
+    return out
+
+
+def engine_settings() -> dict[str, Any]:
+    """The engine.* settings in force (plain values)."""
+    with contextlib.suppress(Exception):
+        if "dask.config" in sys.modules:
+            import dask.config
+            return json.loads(json.dumps(dask.config.get("engine", default={}) or {}, default=str))
+        return json.loads(json.dumps(config.DEFAULTS, default=str))
+    return {}
+
+
+@contextlib.contextmanager
+def sigterm_interrupts():
+    """While a run runs in the main thread of a process that left SIGTERM at its default (die at
+    once), turn SIGTERM into :class:`engine.errors.Terminated`, so the run unwinds and is recorded."""
+    from .errors import Terminated
+    installed = False
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        with contextlib.suppress(Exception):
+            previous = signal.getsignal(signal.SIGTERM)
+            if previous == signal.SIG_DFL:
+                def _raise(signum: int, frame: Any) -> None:
+                    raise Terminated()
+                signal.signal(signal.SIGTERM, _raise)
+                installed = True
+    try:
+        yield
+    finally:
+        if installed:
+            with contextlib.suppress(Exception):
+                signal.signal(signal.SIGTERM, previous)
+
+
+class Tracker:
+    """One run's record, from ``running`` to its end (see the module docstring)."""
+
+    def __init__(self, job: Any, output: str, *, logical_date: str | None = None, started: float | None = None,
+                 hooks: Hooks | None = None, settings: dict | None = None, own: bool = True) -> None:
+        self.job_name = getattr(job, "name", str(job))
+        slo = getattr(job, "slo", None)
+        self.slo = slo.to_dict() if hasattr(slo, "to_dict") else slo
+        self.hooks = (hooks or Hooks()).resolved()
+        self.record_id = history.new_record_id()
+        self.output = output
+        self.logical_date = logical_date
+        self.started = started if started is not None else time.time()
+        self.settings = settings or {}
+        self.rep: Any = None
+        self.finished: dict | None = None
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    # -- while it runs -------------------------------------------------------------------------
+    def _base(self) -> dict[str, Any]:
+        rec = history.base_record(self.record_id, self.job_name, self.output, logical_date=self.logical_date,
+                                  started=self.started)
+        rec["slo"] = json.dumps(self.slo) if self.slo else None
+        return rec
+
+    def begin(self) -> None:
+        """Write the ``running`` record."""
+        history.put(self._base())
+
+    def attach(self, rep: Any) -> None:
+        """The run's report, once it exists; starts the heartbeat."""
+        self.rep = rep
+        rep.record_id = self.record_id
+        rep.logical_date = self.logical_date
+        rep.settings = {"arguments": self.settings, "engine": engine_settings()}
+        rep.versions = versions()
+        interval = float(config.get("history.heartbeat") or 0)
+        if interval > 0 and self._beat is None and history.url() is not None:
+            self._beat = threading.Thread(target=self._heartbeat, args=(interval,), name="engine-heartbeat",
+                                          daemon=True)
+            self._beat.start()
+
+    def _heartbeat(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            rep = self.rep
+            if rep is None:
+                continue
+            with contextlib.suppress(Exception):
+                rec = self._base()
+                tasks = list(rep.tasks)
+                done = [t for t in tasks if t.status == "ok"]
+                rec.update({"run_id": rep.run_id, "fingerprint": rep.fingerprint, "updated": time.time(),
+                            "checkpoint_at": max((t.stop for t in done), default=None),
+                            "tasks": sum(s.tasks for s in list(rep.stages)), "attempts": len(tasks),
+                            "input_files": rep.input_files, "input_bytes": rep.input_bytes,
+                            "message": f"{len(done)} task(s) done"})
+                with self._lock:
+                    if self.finished is None:
+                        history.put(rec)
+                        self._export("progress", rec)
+
+    # -- at the end ----------------------------------------------------------------------------
+    def finish(self, *, result: Any = None, exc: BaseException | None = None) -> dict[str, Any]:
+        """Write the final record and export it; returns the record."""
+        from .report import RunReport
+        self._stop.set()
+        rep = self.rep
+        if rep is None:
+            rep = RunReport(self.job_name, "", "", start=self.started, output=self.output)
+            self.attach(rep)
+        skipped = bool(getattr(result, "skipped", False))
+        status = classify(exc, rep, skipped)
+        rep.status = status
+        if not rep.stop or exc is not None:
+            rep.stop = time.time()
+        if exc is not None:
+            rep.error = error_info(exc)
+            if not rep.message:
+                rep.message = f"{rep.error['type']}: {rep.error['message']}"
+        self._usage(rep)
+        rec = record_from_report(rep, self.record_id,
+                                 key_values=bool(config.get("report.key-values")))
+        rec.update({k: v for k, v in self._base().items() if k not in rec or rec[k] is None})
+        rec["status"], rec["updated"] = status, time.time()
+        with self._lock:
+            self.finished = rec
+        history.put(rec)
+        if self.hooks.report:
+            try:
+                rep.to_html(self.hooks.report)
+            except Exception as e:  # noqa: BLE001 - the report never fails a run
+                log.warning("could not write the HTML report to %s: %s", self.hooks.report, e)
+        self._export("final", rec)
+        return rec
+
+    def _usage(self, rep: Any) -> None:
+        usage = dict(rep.usage or {})
+        threads = int((rep.cluster or {}).get("threads") or 0)
+        usage.setdefault("cpu_seconds", round(sum(t.cpu for t in rep.tasks), 6))
+        if threads:
+            usage["thread_seconds"] = round(threads * rep.duration, 6)
+            mem = int((rep.cluster or {}).get("memory_limit") or 0)
+            if mem:
+                usage["memory_gb_seconds"] = round(mem * threads / 2 ** 30 * rep.duration, 6)
+        done = [t.stop for t in rep.tasks if t.status == "ok"]
+        if done:
+            usage["checkpoint_at"] = max(done)
+        rep.usage = usage
+
+    def _export(self, what: str, rec: dict[str, Any]) -> None:
+        h = self.hooks
+        store = None
+        with contextlib.suppress(Exception):
+            store = history.open_store()
+        if what == "progress":
+            if h.push_gateway:
+                with contextlib.suppress(Exception):
+                    from . import metrics
+                    progress = getattr(metrics, "progress", None)
+                    if progress is not None:
+                        progress(rec, gateway=h.push_gateway)
+            return
+        if h.metrics_file or h.push_gateway:
+            try:
+                from . import metrics
+                metrics.export(rec, store, textfile=h.metrics_file, gateway=h.push_gateway)
+            except Exception as e:  # noqa: BLE001 - metrics never fail a run
+                log.warning("could not export the run's metrics: %s", redact(str(e)))
+        with contextlib.suppress(ImportError):
+            from . import tracing
+            try:
+                tracing.emit(self.rep)
+            except Exception as e:  # noqa: BLE001
+                log.warning("could not emit the run's trace spans: %s", redact(str(e)))
+        if h.on_failure or h.on_success or h.on_slo_breach:
+            try:
+                from . import alerts
+                breaches: list[str] = []
+                if h.on_slo_breach and store is not None and self.slo:
+                    from . import slo as slo_mod
+                    breaches = slo_mod.breaches(rec, store, slo_mod.Objectives.from_obj(self.slo))
+                alerts.notify(rec, store, on_failure=h.on_failure, on_success=h.on_success,
+                              on_slo_breach=h.on_slo_breach, breaches=breaches)
+            except Exception as e:  # noqa: BLE001 - alerts never fail a run
+                log.warning("could not deliver the run's alerts: %s", redact(str(e)))
 
 
 def _usage_totals(rep) -> dict[str, Any]:
@@ -55,4 +419,4 @@ def record_from_report(rep, record_id: str, *, key_values: bool = False) -> dict
     return rec
 
 
-__all__ = ["record_from_report"]
+__all__ = ["Tracker", "Hooks", "record_from_report", "error_info", "classify", "sigterm_interrupts"]

@@ -468,7 +468,7 @@ def test_sigterm_unwinds_the_run_and_a_rerun_finishes(tmp_path, env):
     assert leftovers == [], f"the terminated run left its fence open: {leftovers}"
     with sqlite3.connect(env["ENGINE_HISTORY"]) as db:
         rows = db.execute("SELECT status, message FROM runs WHERE job = 'slowjob'").fetchall()
-    assert rows and rows[-1][0] == "failed" and "SIGTERM" in rows[-1][1], rows
+    assert rows and rows[-1][0] == "interrupted" and "SIGTERM" in rows[-1][1], rows
 
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT,
                           stdin=subprocess.DEVNULL)

@@ -527,8 +527,14 @@ def test_publish_racing_a_direct_partition_replace(backend, tmp_path):
 
 
 def _history_outputs(job: str) -> list[str]:
+    """The outputs this job's runs wrote (committed or skipped), per the run history."""
     from engine import history
-    return [r["output"] for r in history.runs(limit=1000, job=job)]
+    return [r["output"] for r in history.runs(limit=1000, job=job) if r["status"] in ("committed", "skipped")]
+
+
+def _refused(job: str) -> list[tuple[str, str]]:
+    from engine import history
+    return [(r["output"], r["error_type"]) for r in history.runs(limit=1000, job=job) if r["status"] == "refused"]
 
 
 def test_canary_gate_stops_the_run_before_it_starts(tmp_path, capsys, cli):
@@ -562,6 +568,7 @@ def test_canary_gate_stops_the_run_before_it_starts(tmp_path, capsys, cli):
     assert len(violations) == 1 and f"day={bad}: 200 rows in A, {kept} in B" in violations[0]
     assert raw_manifest(backend, out) == raw and files_of(backend, out) == before
     assert _history_outputs("staged-copy-v2") == [os.path.join(out, "_canary")]     # only the canary ran
+    assert _refused("staged-copy-v2") == [(out, "ChangeGateError")]                # and the run was refused
     assert not os.path.exists(os.path.join(out, "_canary"))
 
     # the command line: exit 3 and one line
@@ -583,6 +590,7 @@ def test_canary_gate_stops_the_run_before_it_starts(tmp_path, capsys, cli):
     assert "did not start" in err[0] and f"day={bad}" in err[0]
     assert raw_manifest(backend, out) == raw and not os.path.exists(os.path.join(out, "_canary"))
     assert _history_outputs("staged-copy-v3") == [os.path.join(out, "_canary")]
+    assert _refused("staged-copy-v3") == [(out, "ChangeGateError")]
 
     # a rerun with nothing to do runs no canary either
     again = engine.run(JOB, src, out, partition_by=["day"], mode="overwrite-partitions", canary=2, max_change="5%")

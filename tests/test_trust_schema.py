@@ -98,8 +98,10 @@ def test_int_string_drift_is_refused_before_any_task_naming_column_types_and_fil
     msg = str(info.value)
     assert "'v'" in msg and "int64" in msg and "string" in msg, msg
     assert "new.parquet" in msg and ("old.parquet" in msg or "other.parquet" in msg), msg
-    # refused at snapshot time: no stage ran, so no attempt was made at all
-    assert _history("drift-refused") == []
+    # refused at snapshot time: no stage ran, so no attempt was made at all (the history records the
+    # failed run, with its reason and no task)
+    (run,) = _history("drift-refused")
+    assert run["status"] == "failed" and "SchemaError" in run["message"] and run["stages"] == [] and run["tasks"] == []
     assert not (tmp_path / "out").exists()
 
 
