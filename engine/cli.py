@@ -186,7 +186,7 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)  # --debug after the command works too
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True,
-                           metavar="{run,backfill,verify,explain,history,publish,diff,clean}")
+                           metavar="{run,backfill,verify,explain,history,show,slo,dashboard,publish,diff,clean}")
     r = sub.add_parser("run", parents=[common], help="run a job and commit its output",
                        description="Run JOB over the input and commit its output atomically. Rerunning the same "
                                    "job on unchanged input over its own committed output does nothing and exits 0.")
@@ -226,6 +226,17 @@ def _parser() -> argparse.ArgumentParser:
                    help="recompute even if this job already committed this output from this input "
                         "(combine with --mode overwrite to replace it)")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress or log lines, only the summary and errors")
+    r.add_argument("--json", action="store_true",
+                   help="print the run's record as JSON on stdout (on failure too), for schedulers")
+    ops = r.add_argument_group("operations (defaults: the engine.metrics.* and engine.alerts.* settings)")
+    ops.add_argument("--metrics-file", help="write the run's Prometheus metrics to this node-exporter textfile "
+                                            "(a .prom file, or a directory)")
+    ops.add_argument("--push-gateway", help="push the run's metrics to this Prometheus Pushgateway URL")
+    ops.add_argument("--on-failure", help="a command or http(s):// URL given a JSON event when the run fails "
+                                          "(once per job and logical date, however often it is retried)")
+    ops.add_argument("--on-success", help="a command or http(s):// URL given a JSON event when the run commits")
+    ops.add_argument("--on-slo-breach", help="a command or http(s):// URL given a JSON event when the job's SLOs "
+                                             "are breached")
     _backfill_parser(sub, common)
     pb = sub.add_parser("publish", parents=[common], help="make a staged result live (atomic partition replace)",
                         description="Replace the live output's partitions with those of the staged output STAGED "
@@ -246,6 +257,7 @@ def _parser() -> argparse.ArgumentParser:
                        description="Exit 0 when PATH's committed output is intact, 1 when it is corrupt or "
                                    "incomplete (each bad file is named on stderr).")
     v.add_argument("path")
+    v.add_argument("--json", action="store_true", help="print the verdict as JSON on stdout")
     e = sub.add_parser("explain", parents=[common],
                        help="print a job's plan (with --input, the Dask graph size); or, given a committed "
                             "output directory, what its run decided (skew, speculation)")
@@ -253,11 +265,23 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--input", "-i", action="append")
     e.add_argument("--format", help="input format (default: from file names)")
     e.add_argument("--partition-size")
-    h = sub.add_parser("history", parents=[common], help="past runs and SLIs (ENGINE_HISTORY sets the database path)")
-    h.add_argument("--job")
-    h.add_argument("--limit", type=_positive_int, default=20)
+    e.add_argument("--json", action="store_true", help="print the plan (or the committed output's record) as JSON")
+    from . import cli_ops
+    cli_ops.add_parsers(sub, common, _positive_int)
+    for name in ("slo", "dashboard"):
+        module = _optional_command(name)
+        if module is not None:
+            module.add_parser(sub, common)
     _diff_parser(sub, common)
     return p
+
+
+def _optional_command(name: str):
+    """The module of command ``name`` (engine.slo, engine.dashboard), or None if it cannot be imported."""
+    try:
+        return importlib.import_module(f"engine.{name}")
+    except ImportError:
+        return None
 
 
 def _change_threshold(text: str) -> float:
@@ -426,23 +450,50 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return _COMMANDS[args.command](args)
-    except EngineError as exc:
-        print(f"error: {type(exc).__name__}: {_one_paragraph(exc)}", file=sys.stderr)
-        if args.debug:
-            traceback.print_exc()
-        from .errors import ChangeGateError
-        return EXIT_GATE if isinstance(exc, ChangeGateError) else EXIT_FAILED
-    except KeyboardInterrupt as exc:
-        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-        print(f"{what}; the output holds what was committed before (all of a run or none of it): rerun the "
-              "same command to finish (--resume reuses the tasks this run finished)", file=sys.stderr)
-        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
-    except Exception as exc:  # noqa: BLE001 - a CLI answers with a paragraph, not a traceback
-        print(f"error: unexpected {type(exc).__name__}: {_one_paragraph(exc)}"
-              + ("" if args.debug else " (rerun with `mapreduce --debug ...` for the traceback)"), file=sys.stderr)
-        if args.debug:
-            traceback.print_exc()
-        return EXIT_FAILED
+    except (Exception, KeyboardInterrupt) as exc:
+        if getattr(args, "json", False) and args.command == "run" and getattr(exc, "run_record", None) is not None:
+            print(_json_doc(exc.run_record), flush=True)    # a scheduler reads the failed run's record too
+        if isinstance(exc, KeyboardInterrupt):
+            return _interrupted(exc)
+        if isinstance(exc, EngineError):
+            return _failed(exc, args)
+        return _unexpected(exc, args)
+
+
+def _json_doc(rec: dict | None, result: Any = None) -> str:
+    """``run --json``: the run's record (report included) as one JSON document."""
+    import json
+    from .cli_ops import record_json
+    doc = record_json(rec) if rec is not None else {}
+    if result is not None:
+        doc.setdefault("output", result.output)
+        doc["skipped"] = bool(result.skipped)
+        if result.staged is not None:
+            doc["staged"] = result.staged
+    return json.dumps(doc, default=str)
+
+
+def _failed(exc: BaseException, args) -> int:
+    print(f"error: {type(exc).__name__}: {_one_paragraph(exc)}", file=sys.stderr)
+    if args.debug:
+        traceback.print_exc()
+    from .errors import ChangeGateError
+    return EXIT_GATE if isinstance(exc, ChangeGateError) else EXIT_FAILED
+
+
+def _interrupted(exc: BaseException) -> int:
+    what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+    print(f"{what}; the output holds what was committed before (all of a run or none of it): rerun the "
+          "same command to finish (--resume reuses the tasks this run finished)", file=sys.stderr)
+    return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+
+
+def _unexpected(exc: BaseException, args) -> int:
+    print(f"error: unexpected {type(exc).__name__}: {_one_paragraph(exc)}"
+          + ("" if args.debug else " (rerun with `mapreduce --debug ...` for the traceback)"), file=sys.stderr)
+    if args.debug:
+        traceback.print_exc()
+    return EXIT_FAILED
 
 
 _NAMED = re.compile(r"([A-Za-z_][A-Za-z0-9_.\-]*)=(.+)")
@@ -496,7 +547,8 @@ def cmd_run(args) -> int:
                          format=args.format, resume=args.resume, progress=None if args.quiet else _Progress(),
                          map_combine=False if args.no_map_combine else None, partition_by=args.partition_by,
                          date=args.date, where=args.where, stage_to=args.stage_to, max_change=args.max_change,
-                         canary=args.canary)
+                         canary=args.canary, metrics_file=args.metrics_file, push_gateway=args.push_gateway,
+                         on_failure=args.on_failure, on_success=args.on_success, on_slo_breach=args.on_slo_breach)
     except OutputExistsError as exc:
         if args.force and args.mode == "error":
             raise OutputExistsError(f"{exc} (--force recomputes, but replaces committed output only together with "
@@ -504,12 +556,13 @@ def cmd_run(args) -> int:
         raise
     finally:
         _shutdown_embedded()
+    if args.json:
+        print(_json_doc(result.record, result))
+        return EXIT_OK
     if result.skipped:
         previous = result.manifest.doc.get("run_id", "?") if result.manifest is not None else "?"
         print(f"nothing to do: {args.output} already holds the output of job {job.name!r} for this input (run "
               f"{previous}, {result.rows:,} rows); pass --force to recompute")
-        if args.report:
-            result.report.to_html(args.report)
         return EXIT_OK
     print(result.report.summary())
     if result.canary is not None:
@@ -608,29 +661,55 @@ def _shutdown_embedded() -> None:
 
 
 def cmd_verify(args) -> int:
+    import dataclasses
+    import json
     from .commit import verify
     from .errors import IntegrityError, ManifestError
     try:
         summary = verify(args.path)
     except IntegrityError as exc:
         missing = isinstance(exc, ManifestError) and all(p.endswith(": missing") for p in (exc.problems or []))
-        print(f"{'INCOMPLETE' if missing else 'CORRUPT'} {args.path}: {_one_paragraph(exc)}", file=sys.stderr)
+        verdict = "INCOMPLETE" if missing else "CORRUPT"
+        if args.json:
+            print(json.dumps({"path": args.path, "ok": False, "verdict": verdict.lower(), "error": _one_paragraph(exc),
+                              "problems": list(exc.problems or [])}))
+        print(f"{verdict} {args.path}: {_one_paragraph(exc)}", file=sys.stderr)
         for problem in exc.problems or []:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_FAILED
-    print(summary)
+    if args.json:
+        print(json.dumps({"ok": True, "verdict": "intact", **dataclasses.asdict(summary)}))
+    else:
+        print(summary)
     return EXIT_OK
 
 
 def cmd_explain(args) -> int:
+    import json
     from .plan import explain
     finished = _committed_run(args.job)
     if finished is not None:
-        print(finished)
+        if args.json:
+            from .commit import load_manifest
+            from .datasets import filesystem
+            fs, root = filesystem(args.job)
+            doc = load_manifest(fs, root).doc
+            print(json.dumps({"output": args.job, **{k: v for k, v in doc.items() if k not in ("files", "partitions")},
+                              "file_count": len(doc.get("files") or []),
+                              "partition_count": len(doc.get("partitions") or {})}, default=str))
+        else:
+            print(finished)
         return EXIT_OK
     job = load_job(args.job)
-    print(explain(job, _inputs(args.input, job) if args.input else None, partition_size=args.partition_size,
-                  format=args.format))
+    text = explain(job, _inputs(args.input, job) if args.input else None, partition_size=args.partition_size,
+                   format=args.format)
+    if args.json:
+        from .job import job_fingerprint
+        fp = job_fingerprint(job)
+        print(json.dumps({"job": job.name, "fingerprint": fp.digest, "fingerprint_covers": str(fp),
+                          "plan": text.splitlines()}, default=str))
+    else:
+        print(text)
     return EXIT_OK
 
 
@@ -743,27 +822,6 @@ def _partition_provenance(doc: dict, generation: int) -> list[str]:
     return lines
 
 
-def cmd_history(args) -> int:
-    from . import history
-    where = history.path()
-    rows = history.runs(args.limit, args.job)
-    if not rows:
-        print("no runs recorded" + (f" in {where}" if where else " (history is off: ENGINE_HISTORY=off)"))
-        return EXIT_OK
-    print(f"{'started':<19}  {'job':<20} {'status':<9} {'seconds':>9}  {'rows':>12}  {'run':<12}  output")
-    for r in rows:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["started"]))
-        print(f"{when}  {r['job']:<20} {r['status']:<9} {r['seconds'] or 0:8.2f}s  {r['output_rows'] or 0:>12,}  "
-              f"{r['run_id'][:12]:<12}  {r['output']}")
-    print()
-    for s in history.slis(args.job):
-        med = f"{s['median_seconds']:.2f}s" if s["median_seconds"] is not None else "-"
-        p95 = f"{s['p95_seconds']:.2f}s" if s["p95_seconds"] is not None else "-"
-        rate = f"{s['success_rate']:.0%}" if s["success_rate"] is not None else "-"
-        print(f"{s['job']:<20} runs {s['runs']:>4}  success {rate}  median {med}  p95 {p95}")
-    return EXIT_OK
-
-
 def cmd_clean(args) -> int:
     from .commit import MANIFEST, cleanup, load_manifest, remove_damaged_manifest
     from .datasets import filesystem
@@ -823,5 +881,16 @@ def cmd_diff(args) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {"run": cmd_run, "verify": cmd_verify, "explain": cmd_explain, "history": cmd_history,
+def _ops(name: str):
+    def command(args) -> int:
+        if name in ("show", "history"):
+            from . import cli_ops
+            return cli_ops.COMMANDS[name](args)
+        module = _optional_command(name)
+        return module.command(args)
+    return command
+
+
+_COMMANDS = {"run": cmd_run, "verify": cmd_verify, "explain": cmd_explain, "history": _ops("history"),
+             "show": _ops("show"), "slo": _ops("slo"), "dashboard": _ops("dashboard"),
              "clean": cmd_clean, "publish": cmd_publish, "diff": cmd_diff, "backfill": cmd_backfill}

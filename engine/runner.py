@@ -78,6 +78,7 @@ class RunResult:
     diff: Any = None                   # stage_to=: engine.diff.OutputDiff of the staged against the live partitions
     published: Any = None              # engine.publish.PublishResult once the staged result went live
     canary: dict | None = None         # canary=: what the canary run sampled, wrote and how it compared
+    record: dict | None = field(default=None, repr=False)   # this run's record in the history (engine.history)
 
     @property
     def rows(self) -> int:
@@ -221,9 +222,11 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
                                partition_size, force, report, format, resume, progress, faults, map_combine,
                                partition_by, date, where, stage_to, max_change, canary, started, tracker)
     except BaseException as exc:
-        tracker.finish(exc=exc)
+        rec = tracker.finish(exc=exc)
+        with contextlib.suppress(Exception):
+            exc.run_record = rec            # type: ignore[attr-defined]  (the CLI's --json reads it)
         raise
-    tracker.finish(result=result)
+    result.record = tracker.finish(result=result)
     return result
 
 

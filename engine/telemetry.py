@@ -240,7 +240,7 @@ class Tracker:
         self.slo = slo.to_dict() if hasattr(slo, "to_dict") else slo
         self.hooks = (hooks or Hooks()).resolved()
         self.record_id = history.new_record_id()
-        self.output = output
+        self.output = output if "://" in str(output) else os.path.abspath(str(output))
         self.logical_date = logical_date
         self.started = started if started is not None else time.time()
         self.settings = settings or {}
