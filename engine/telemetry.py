@@ -70,7 +70,26 @@ def _is_user_frame(filename: str) -> bool:
     return not any(part in f for part in (f"{os.sep}site-packages{os.sep}", f"{os.sep}dist-packages{os.sep}"))
 
 
-def _code_index() -> dict[str, list[tuple[str, int, int]]]:
+def job_functions(job: Any) -> list[Any]:
+    """The user's functions a job holds (every stage's, the joined and cogrouped jobs' too)."""
+    found: list[Any] = []
+    todo, seen = [job], set()
+    while todo:
+        j = todo.pop()
+        if j is None or id(j) in seen:
+            continue
+        seen.add(id(j))
+        for stage in getattr(j, "stages", ()) or ():
+            fn = getattr(stage, "fn", None)
+            while fn is not None and not hasattr(fn, "__code__") and hasattr(fn, "fn"):
+                fn = fn.fn                      # wrappers keep the user's function as .fn
+            if fn is not None:
+                found.append(fn)
+            todo.extend(other for _, other in getattr(stage, "others", ()) or ())
+    return found
+
+
+def _code_index(roots: list[Any] = ()) -> dict[str, list[tuple[str, int, int]]]:
     """Function name → (file, first line, last line) of the code the user's modules define (their
     functions, methods and the functions nested in them). User functions travel to the tasks by value,
     and the serializer names their file ``<dynamic-code>`` while keeping names and line numbers: this
@@ -96,12 +115,22 @@ def _code_index() -> dict[str, list[tuple[str, int, int]]]:
         elif isinstance(obj, type) and depth < 2:
             for member in list(vars(obj).values()):
                 visit(member, depth + 1)
+    namespaces = []
     for name, mod in list(sys.modules.items()):
         f = getattr(mod, "__file__", None)
-        if name != "__main__" and not (f and _is_user_frame(f)):
-            continue
+        if name == "__main__" or (f and _is_user_frame(f)):
+            namespaces.append(getattr(mod, "__dict__", {}))
+    for fn in roots:           # the job's functions, and their modules (which may not be in sys.modules)
         with contextlib.suppress(Exception):
-            for obj in list(vars(mod).values()):
+            visit(fn)
+            namespaces.append(fn.__globals__)
+    done: set[int] = set()
+    for ns in namespaces:
+        if id(ns) in done:
+            continue
+        done.add(id(ns))
+        with contextlib.suppress(Exception):
+            for obj in list(ns.values()):
                 visit(obj)
     return index
 
@@ -131,7 +160,7 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return seen
 
 
-def error_info(exc: BaseException) -> dict[str, Any]:
+def error_info(exc: BaseException, roots: list[Any] = ()) -> dict[str, Any]:
     """``{"type", "message", "location", "source", "traceback"}`` of a run's error: ``location`` is the
     innermost frame of the user's own code among the exception and its causes (None if none)."""
     location = source = None
@@ -142,7 +171,7 @@ def error_info(exc: BaseException) -> dict[str, Any]:
         for f in traceback.extract_tb(e.__traceback__):
             if f.filename.startswith("<dynamic"):
                 if index is None:
-                    index = _code_index()
+                    index = _code_index(list(roots))
                 filename, line = _real_place(f, index)
                 f = traceback.FrameSummary(filename, f.lineno, f.name, line=line)
             if _is_user_frame(f.filename):
@@ -236,6 +265,7 @@ class Tracker:
     def __init__(self, job: Any, output: str, *, logical_date: str | None = None, started: float | None = None,
                  hooks: Hooks | None = None, settings: dict | None = None, own: bool = True) -> None:
         self.job_name = getattr(job, "name", str(job))
+        self.job = job
         slo = getattr(job, "slo", None)
         self.slo = slo.to_dict() if hasattr(slo, "to_dict") else slo
         self.hooks = (hooks or Hooks()).resolved()
@@ -308,7 +338,7 @@ class Tracker:
         if not rep.stop or exc is not None:
             rep.stop = time.time()
         if exc is not None:
-            rep.error = error_info(exc)
+            rep.error = error_info(exc, job_functions(self.job))
             if not rep.message:
                 rep.message = f"{rep.error['type']}: {rep.error['message']}"
         self._usage(rep)
