@@ -12,6 +12,8 @@ do not know this module::
     │   └── PartitionNotFoundError           read(..., partitions=) names a partition the output does not have
     ├── ClusterError (RuntimeError)          the cluster cannot be started, reached or used
     │   └── ShuffleLocationError             the shuffle directory is not reachable by every worker
+    ├── HistoryError (RuntimeError)          the run history's store cannot be reached, set up or written
+    │                                        (a run never fails for it: the runner logs a warning)
     ├── StageFailedError (RuntimeError)      a task failed for good: names round, stage and partition
     ├── CommitError (RuntimeError)           the output could not be committed
     │   ├── OutputExistsError (FileExistsError-like)  committed output present and mode="error"
@@ -67,6 +69,14 @@ class ClusterError(EngineError, RuntimeError):
 
 class ShuffleLocationError(ClusterError):
     """The shuffle directory is not reachable by every worker of the cluster."""
+
+
+class HistoryError(EngineError, RuntimeError):
+    """The run history's store (a PostgreSQL server, a SQLite file) cannot be reached, set up or used.
+
+    The message names the store without its credentials and says what to check. A run never fails for
+    it: the runner writes its record on a best-effort basis and logs a warning instead.
+    """
 
 
 class StageFailedError(EngineError, RuntimeError):
@@ -150,7 +160,7 @@ class DiffError(EngineError, ValueError):
 
 __all__ = [
     "EngineError", "JobDefinitionError", "SchemaError", "InputError", "EmptyInputError", "PartitionNotFoundError",
-    "ClusterError", "ShuffleLocationError", "StageFailedError", "CommitError",
+    "ClusterError", "ShuffleLocationError", "HistoryError", "StageFailedError", "CommitError",
     "OutputExistsError", "ConcurrentRunError", "FencedError", "ChangeGateError", "IntegrityError", "ManifestError",
     "DiffError", "Terminated",
 ]
