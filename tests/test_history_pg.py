@@ -177,12 +177,13 @@ def test_two_concurrent_runs_leave_their_records(pg, tmp_path):
         assert p.returncode == 0, err[-3000:]
         run_ids[name] = out.strip().splitlines()[-1]
     store = pg.open(url)
-    final = {r["job"]: r for r in store.records(status=history.FINAL)}
-    assert set(final) == {"pg-run-a", "pg-run-b"}, store.records()
+    records = store.records()
+    final = {r["job"]: r for r in records}
+    assert len(records) == 2 and set(final) == {"pg-run-a", "pg-run-b"}, records    # one record per run
     for name, r in final.items():
         assert r["status"] == "committed" and r["run_id"] == run_ids[name]
         assert r["output"].endswith(name) and r["output_rows"] == 7
-        assert r["record_id"] and r["seconds"] > 0
+        assert r["record_id"] and r["seconds"] > 0 and r["pid"] == procs[name].pid
         assert PASSWORD not in " ".join(str(v) for v in r.values())
     assert final["pg-run-a"]["record_id"] != final["pg-run-b"]["record_id"]
     assert store.jobs() == ["pg-run-a", "pg-run-b"]
