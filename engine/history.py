@@ -296,12 +296,24 @@ def base_record(record_id: str, job: str, output: str, *, logical_date: str | No
             "host": socket.gethostname(), "pid": os.getpid(), "user": user, "engine_version": ENGINE_VERSION}
 
 
+_WARNED: set[str] = set()
+
+
 def put(rec: dict[str, Any]) -> None:
-    """Write a record (best effort: the history never fails a run). Strings are redacted."""
-    with contextlib.suppress(Exception):
+    """Write a record (best effort: the history never fails a run; a failure is a warning on the
+    ``engine`` logger, once per distinct problem). Strings are redacted."""
+    try:
         store = open_store()
         if store is not None:
             store.put(redact_obj(dict(rec)))
+    except Exception as exc:  # noqa: BLE001
+        from .redact import redact
+        text = redact(f"{type(exc).__name__}: {exc}")
+        if text not in _WARNED:
+            _WARNED.add(text)
+            import logging
+            logging.getLogger("engine").warning("could not write the run's record to the history (%s); the run "
+                                                "goes on. ENGINE_HISTORY=off turns the history off", text)
 
 
 def is_lost(rec: dict[str, Any]) -> bool:
