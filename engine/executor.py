@@ -527,6 +527,10 @@ class StageExecutor:
         if _is_permanent(exc) or st.failures[partition] >= self.max_attempts:
             raise self._stage_failed(st, partition, exc, error) from exc
         self._retry_later(st, partition, attempt, error)
+        # the exception itself, for the run's record to name the user's file and line of each retry
+        retried = self.report.__dict__.setdefault("retry_exceptions", [])
+        if len(retried) < 100:
+            retried.append((self.report.retries[-1], exc))
 
     def _stage_failed(self, st: _Stage, partition: int, exc: BaseException, error: str) -> StageFailedError:
         """The error that fails the stage (a deterministic failure, or the partition is out of attempts)."""

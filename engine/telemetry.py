@@ -337,6 +337,10 @@ class Tracker:
         rep.status = status
         if not rep.stop or exc is not None:
             rep.stop = time.time()
+        pending = rep.__dict__.pop("retry_exceptions", None) or []
+        for entry, retry_exc in pending:                  # where each retried attempt raised
+            with contextlib.suppress(Exception):
+                entry["location"] = error_info(retry_exc, job_functions(self.job))["location"]
         if exc is not None:
             rep.error = error_info(exc, job_functions(self.job))
             if not rep.message:

@@ -192,6 +192,7 @@ def test_a_failed_run_names_the_users_file_and_line_everywhere(tmp_path):
     assert doc["status"] == "failed" and doc["error_type"] == "StageFailedError" and doc["error_location"] == where
     assert doc["task_failures"] == 3 and doc["retries"] == 2 and doc["failed_tasks"] == 1
     assert "cannot parse this part" in doc["report"]["error"]["user_traceback"]
+    assert [r["location"] for r in doc["report"]["retries"]] == [where, where]      # each retry's too
     page = html.read_text()                        # --report is written on failure too
     assert "failjob.py" in page and "cannot parse this part" in page
     shown = _cli("show", doc["run_id"][:8], env=env, cwd=tmp_path)
