@@ -302,10 +302,14 @@ class Job:
     stages: tuple[Stage, ...] = field(default=())
     version: str | None = None
     input: str | None = None
+    slo: Any = None      # engine.slo.Objectives (or a dict of its fields); not part of the fingerprint
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
             raise JobDefinitionError("a job needs a non-empty name, e.g. Job('wordcount')")
+        if self.slo is not None:
+            from .slo import Objectives    # late: only jobs that declare objectives need it
+            object.__setattr__(self, "slo", Objectives.from_obj(self.slo, what=f"job {self.name!r}: slo"))
         if self.input is not None and (not isinstance(self.input, str) or not _INPUT_NAME.fullmatch(self.input)):
             raise JobDefinitionError(f"job {self.name!r}: input= names one of the run's named inputs (letters, "
                                      f"digits, '_', '-', '.'; e.g. input='orders'), got {self.input!r}")
