@@ -180,7 +180,7 @@ def event(kind: str, record: dict[str, Any], *, dedup_key: str, attempts_seen: i
     ref = record.get("record_id") or record.get("run_id") or ""
     ev: dict[str, Any] = {
         "version": 1, "kind": kind, "severity": sev, "job": record.get("job"), "status": record.get("status"),
-        "run_id": record.get("run_id"), "record_id": record.get("record_id"),
+        "run_id": record.get("run_id") or None, "record_id": record.get("record_id"),
         "logical_date": record.get("logical_date"), "output": record.get("output"),
         "started": _iso(started), "started_epoch": started, "finished": _iso(finished), "finished_epoch": finished,
         "seconds": _num(record.get("seconds")), "error_type": record.get("error_type"),

@@ -112,15 +112,13 @@ def _reject_bad(t: pa.Table) -> pa.Table:
     return t
 
 
-def _run(job, inp, out, store) -> dict:
-    """Run the job for DATE (a failure is expected sometimes) and return its history record."""
+def _run(job, inp, out, store, hooks) -> dict:
+    """Run the job for DATE with the alert hooks (a failure is expected sometimes); its history record."""
     try:
-        engine.run(job, inp, out, date=DATE, mode="overwrite")
+        engine.run(job, inp, out, date=DATE, mode="overwrite", **hooks)
     except engine.errors.StageFailedError:
         pass
-    rec = store.records(job=job.name, limit=1)[0]
-    rec["logical_date"] = rec["logical_date"] or DATE       # (records written before the runner kept the date)
-    return rec
+    return store.records(job=job.name, limit=1)[0]
 
 
 def test_a_failure_retried_three_times_alerts_once_then_recovers_once_then_alerts_again(tmp_path, receiver, store):
@@ -131,9 +129,8 @@ def test_a_failure_retried_three_times_alerts_once_then_recovers_once_then_alert
     with dask.config.set({"engine.retries.attempts": 1}):
         records = []
         for _ in range(3):                                 # the scheduler retries the failed run twice
-            records.append(_run(job, inp, out, store))
-            alerts.notify(records[-1], store, **hooks)
-        assert [r["status"] for r in records] == ["failed"] * 3
+            records.append(_run(job, inp, out, store, hooks))
+        assert [(r["status"], r["logical_date"]) for r in records] == [("failed", DATE)] * 3
         assert len({r["record_id"] for r in records}) == 3
 
         # exactly one webhook for the three failed runs: the first one's
@@ -143,6 +140,8 @@ def test_a_failure_retried_three_times_alerts_once_then_recovers_once_then_alert
         assert ev["record_id"] == records[0]["record_id"] and ev["run_id"] == records[0]["run_id"]
         assert ev["logical_date"] == DATE and ev["output"] == out and ev["attempts_seen"] == 1
         assert ev["dedup_key"] == f"failure:alerts-flaky:{DATE}"
+        assert ev["error_type"] == "StageFailedError"
+        assert ev["error_location"].endswith(f"test_alerts.py:{_reject_bad.__code__.co_firstlineno + 2}")
         assert "upstream sent the key 'bad'" in ev["message"] and ev["show"] == f"mapreduce show {ev['record_id']}"
         assert ev["finished_epoch"] == pytest.approx(records[0]["finished"])
         # the ledger holds the episode: when it began, when it was delivered (M4), how many runs failed
@@ -153,9 +152,8 @@ def test_a_failure_retried_three_times_alerts_once_then_recovers_once_then_alert
 
         # the input is fixed: the next run commits, the failure hook hears it is resolved (and success is announced)
         _flaky_input(inp, broken=False)
-        fixed = _run(job, inp, out, store)
+        fixed = _run(job, inp, out, store, hooks)
         assert fixed["status"] == "committed"
-        alerts.notify(fixed, store, **hooks)
         (recovery,) = receiver.taken("/failure")[1:]
         assert (recovery["kind"], recovery["dedup_key"], recovery["attempts_seen"]) == \
             ("recovery", ev["dedup_key"], 3)
@@ -165,15 +163,13 @@ def test_a_failure_retried_three_times_alerts_once_then_recovers_once_then_alert
         assert success["resolves"] == {"dedup_key": ev["dedup_key"], "attempts_seen": 3}
 
         # a no-op rerun of the same date tells nobody anything new
-        again = _run(job, inp, out, store)
-        assert again["status"] == "skipped"
-        assert alerts.notify(again, store, **hooks) == []
+        again = _run(job, inp, out, store, hooks)
+        assert again["status"] == "skipped" and again["run_id"] == fixed["run_id"]
         assert len(receiver.posts) == 3
 
         # the episode is closed: the next failure of that date alerts again
         _flaky_input(inp, broken=True)
-        later = _run(job, inp, out, store)
-        alerts.notify(later, store, **hooks)
+        later = _run(job, inp, out, store, hooks)
     failures = [e for e in receiver.taken("/failure") if e["kind"] == "failure"]
     assert len(failures) == 2 and failures[1]["record_id"] == later["record_id"]
     assert failures[1]["attempts_seen"] == 1
