@@ -186,7 +186,7 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)  # --debug after the command works too
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True,
-                           metavar="{run,backfill,verify,explain,history,show,slo,dashboard,publish,diff,clean}")
+                           metavar="{run,backfill,verify,explain,history,show,slo,alerts,dashboard,publish,diff,clean}")
     r = sub.add_parser("run", parents=[common], help="run a job and commit its output",
                        description="Run JOB over the input and commit its output atomically. Rerunning the same "
                                    "job on unchanged input over its own committed output does nothing and exits 0.")
@@ -268,7 +268,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print the plan (or the committed output's record) as JSON")
     from . import cli_ops
     cli_ops.add_parsers(sub, common, _positive_int)
-    for name in ("slo", "dashboard"):
+    for name in ("slo", "alerts", "dashboard"):
         module = _optional_command(name)
         if module is not None:
             module.add_parser(sub, common)
@@ -892,5 +892,5 @@ def _ops(name: str):
 
 
 _COMMANDS = {"run": cmd_run, "verify": cmd_verify, "explain": cmd_explain, "history": _ops("history"),
-             "show": _ops("show"), "slo": _ops("slo"), "dashboard": _ops("dashboard"),
+             "show": _ops("show"), "slo": _ops("slo"), "alerts": _ops("alerts"), "dashboard": _ops("dashboard"),
              "clean": cmd_clean, "publish": cmd_publish, "diff": cmd_diff, "backfill": cmd_backfill}

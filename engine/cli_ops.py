@@ -153,9 +153,9 @@ def cmd_history(args) -> int:
         from . import slo as slo_mod                  # type: ignore[no-redef]
     except ImportError:
         slo_mod = None
-    window = store.records(job=args.job, since=since if since is not None else time.time() - 30 * 86400)
-    if slo_mod is not None and hasattr(slo_mod, "compute_slis"):
-        slis = slo_mod.compute_slis(window, since=since if since is not None else time.time() - 30 * 86400)
+    if slo_mod is not None:
+        slis = slo_mod.slis_from_store(store, since=since if since is not None else time.time() - 30 * 86400,
+                                       job=args.job)
     if args.json:
         print(json.dumps({"history": store.location, "runs": [_row_json(r) for r in rows], "slis": slis},
                          indent=2, default=str))

@@ -368,6 +368,10 @@ class Tracker:
         if threads:
             usage["thread_seconds"] = round(threads * rep.duration, 6)
             mem = int((rep.cluster or {}).get("memory_limit") or 0)
+            if not mem and (rep.cluster or {}).get("local"):
+                # the driver's threads share this machine's memory: each thread's share of it
+                with contextlib.suppress(ValueError, OSError, AttributeError):
+                    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // threads
             if mem:
                 usage["memory_gb_seconds"] = round(mem * threads / 2 ** 30 * rep.duration, 6)
         done = [t.stop for t in rep.tasks if t.status == "ok"]
