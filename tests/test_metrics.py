@@ -14,6 +14,7 @@ same job whose map partition 1 fails in all three attempts):
   share one file, a directory gets ``mapreduce_<job>.prom``, other families in the file are kept;
   eight threads exporting eight jobs to one file at once leave all eight in it;
 * ``progress`` marks the job running on the gateway and the final export clears it;
+* ``Job.run(..., metrics_file=DIR, push_gateway=URL)`` exports both runs' records to both, as above;
 * failures say what failed: an unreachable gateway (the textfile is still written), a file that is
   not in the text format (left as it was), a record that is still running.
 
@@ -155,6 +156,21 @@ def test_progress_marks_the_job_running_until_its_record_is_exported(tmp_path, p
         (ok["checkpoint_at"] if ok["checkpoint_at"] is not None else ok["started"] + 0.25)
     metrics.forget("gw-progress", pushgateway.url)
     assert series(pushgateway.samples("mapreduce_"), "mapreduce_running", "gw-progress") == {}
+
+
+def test_runs_export_their_metrics_when_they_end(tmp_path, pushgateway):
+    textdir = tmp_path / "textfile"
+    textdir.mkdir()
+    hooks = {"metrics_file": str(textdir), "push_gateway": pushgateway.url}
+    job = tiny("e2e-nightly")
+    job.run(write_input(tmp_path / "in"), str(tmp_path / "out"), **hooks)
+    ok = newest("e2e-nightly")
+    with pytest.raises(StageFailedError):
+        job.run(str(tmp_path / "in"), str(tmp_path / "never"), faults=Faults(fail_attempts={("map", 1): 99}), **hooks)
+    bad = newest("e2e-nightly")
+    assert (ok["status"], bad["status"]) == ("committed", "failed")
+    for samples in (pushgateway.samples("mapreduce_"), parse_file(textdir / "mapreduce_e2e-nightly.prom")):
+        check_after_failure(samples, "e2e-nightly", ok, bad)
 
 
 # ---------------------------------------------------------------------------------------------
