@@ -67,6 +67,8 @@ COLUMNS: dict[str, str] = {
     "checkpoint_at": "REAL",      # when the newest task result was journaled (resume point)
     "engine_version": "TEXT",
     "slo": "TEXT",                # JSON: the objectives the job declared (engine.slo.Objectives)
+    "deadline_missed": "INTEGER",  # 1: the job declares a deadline and this run ended after it without
+                                  # delivering by then (0: in time; NULL: no deadline declared)
 }
 STATUSES = ("running", "committed", "skipped", "failed", "interrupted", "refused")
 FINAL = ("committed", "skipped", "failed", "interrupted", "refused")

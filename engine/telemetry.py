@@ -350,6 +350,8 @@ class Tracker:
                                  key_values=bool(config.get("report.key-values")))
         rec.update({k: v for k, v in self._base().items() if k not in rec or rec[k] is None})
         rec["status"], rec["updated"] = status, time.time()
+        rec["deadline_missed"] = self._deadline_missed(rec)
+        rec["deadline_misses"] = rec["deadline_missed"] or 0          # the metrics' name for it
         with self._lock:
             self.finished = rec
         history.put(rec)
@@ -360,6 +362,27 @@ class Tracker:
                 log.warning("could not write the HTML report to %s: %s", self.hooks.report, e)
         self._export("final", rec)
         return rec
+
+    def _deadline_missed(self, rec: dict[str, Any]) -> int | None:
+        """1 when the job declares a deadline and this run ends after it without having delivered the
+        output for its day by then; None without a deadline."""
+        if not self.slo or not (self.slo.get("deadline") if isinstance(self.slo, dict) else None):
+            return None
+        try:
+            import datetime as dt
+
+            from . import slo as slo_mod
+            objectives = slo_mod.Objectives.from_obj(self.slo)
+            if rec.get("logical_date"):
+                day, logical = dt.date.fromisoformat(str(rec["logical_date"])), True
+            else:
+                from zoneinfo import ZoneInfo
+                day = dt.datetime.fromtimestamp(rec["started"], ZoneInfo(objectives.timezone or "UTC")).date()
+                logical = False
+            due = slo_mod.deadline_at(day, objectives, logical=logical)
+        except Exception:  # noqa: BLE001 - a deadline that cannot be judged is not a miss
+            return None
+        return int(float(rec.get("finished") or time.time()) > due)
 
     def _usage(self, rep: Any) -> None:
         usage = dict(rep.usage or {})
@@ -385,12 +408,12 @@ class Tracker:
         with contextlib.suppress(Exception):
             store = history.open_store()
         if what == "progress":
-            if h.push_gateway:
+            if h.push_gateway or h.metrics_file:
                 with contextlib.suppress(Exception):
                     from . import metrics
                     progress = getattr(metrics, "progress", None)
                     if progress is not None:
-                        progress(rec, gateway=h.push_gateway)
+                        progress(rec, gateway=h.push_gateway, textfile=h.metrics_file)
             return
         if h.metrics_file or h.push_gateway:
             try:

@@ -267,3 +267,19 @@ def test_sigterm_in_a_plain_script_is_recorded(tmp_path):
     assert proc.returncode != 0
     (rec,) = _records(env, "scriptjob")
     assert rec["status"] == "interrupted" and rec["error_type"] == "Terminated"
+
+
+def test_a_run_after_its_deadline_is_recorded_as_a_miss(tmp_path):
+    _inputs(tmp_path / "in")
+    job = Job("deadlinejob", slo={"deadline": "06:00", "timezone": "Europe/Paris", "success_rate": 0.99})
+    job = job.reduce(by="k", aggs={"n": agg.count()})
+    late = engine.run(job, str(tmp_path / "in"), str(tmp_path / "late"), date="2020-01-01")
+    # due 2020-01-02 06:00 in Paris; this run ends years later
+    assert late.record["deadline_missed"] == 1
+    early = engine.run(job, str(tmp_path / "in"), str(tmp_path / "early"), date="2999-12-30")
+    assert early.record["deadline_missed"] == 0
+    plain = engine.run(Job("nodeadline").reduce(by="k", aggs={"n": agg.count()}), str(tmp_path / "in"),
+                       str(tmp_path / "plain"))
+    assert plain.record["deadline_missed"] is None
+    stored = history.open_store().get(late.record["record_id"])
+    assert stored["deadline_missed"] == 1 and json.loads(stored["slo"])["deadline"] == "06:00"
