@@ -414,11 +414,13 @@ def test_history_lists_the_runs(committed, env, workspace, tmp_path):
     proc = cli("history", env=env, cwd=workspace, script=True)
     assert proc.returncode == 0, proc.stderr
     run_id = manifest(committed["out"])["run_id"]
-    lines = [line for line in proc.stdout.splitlines() if run_id[:12] in line and " committed " in line]
+    runs = [line for line in proc.stdout.splitlines() if re.match(r"\d{4}-\d\d-\d\d ", line)]
+    lines = [line for line in runs if run_id[:12] in line and " committed " in line]
     assert len(lines) == 1, proc.stdout          # skipped reruns are listed too, as "skipped"
     assert "wordcount" in lines[0] and "committed" in lines[0] and str(committed["out"]) in lines[0]
     assert f" {len(reference_counts())} " in lines[0]
-    assert re.search(r"^wordcount\s+runs\s+\d+\s+success", proc.stdout, flags=re.M)  # the SLI line
+    assert re.search(r"^wordcount\s+\(\d+ runs?: ", proc.stdout, flags=re.M)          # the SLIs per job
+    assert re.search(r"^\s+M1\s+success rate\s+\d", proc.stdout, flags=re.M)
 
     proc = cli("history", "--job", "no-such-job", env=env, cwd=workspace)
     assert proc.returncode == 0 and "no runs recorded" in proc.stdout
