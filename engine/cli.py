@@ -228,15 +228,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", "-q", action="store_true", help="no progress or log lines, only the summary and errors")
     r.add_argument("--json", action="store_true",
                    help="print the run's record as JSON on stdout (on failure too), for schedulers")
-    ops = r.add_argument_group("operations (defaults: the engine.metrics.* and engine.alerts.* settings)")
-    ops.add_argument("--metrics-file", help="write the run's Prometheus metrics to this node-exporter textfile "
-                                            "(a .prom file, or a directory)")
-    ops.add_argument("--push-gateway", help="push the run's metrics to this Prometheus Pushgateway URL")
-    ops.add_argument("--on-failure", help="a command or http(s):// URL given a JSON event when the run fails "
-                                          "(once per job and logical date, however often it is retried)")
-    ops.add_argument("--on-success", help="a command or http(s):// URL given a JSON event when the run commits")
-    ops.add_argument("--on-slo-breach", help="a command or http(s):// URL given a JSON event when the job's SLOs "
-                                             "are breached")
+    _ops_flags(r)
     _backfill_parser(sub, common)
     pb = sub.add_parser("publish", parents=[common], help="make a staged result live (atomic partition replace)",
                         description="Replace the live output's partitions with those of the staged output STAGED "
@@ -274,6 +266,27 @@ def _parser() -> argparse.ArgumentParser:
             module.add_parser(sub, common)
     _diff_parser(sub, common)
     return p
+
+
+def _ops_flags(parser: argparse.ArgumentParser, each: str = "the run") -> None:
+    """--metrics-file, --push-gateway and the alert hooks (``run``, and ``backfill`` for each date's run)."""
+    ops = parser.add_argument_group("operations (defaults: the engine.metrics.* and engine.alerts.* settings)")
+    ops.add_argument("--metrics-file", help=f"write {each}'s Prometheus metrics to this node-exporter textfile "
+                                            "(a .prom file, or a directory)")
+    ops.add_argument("--push-gateway", help=f"push {each}'s metrics to this Prometheus Pushgateway URL")
+    ops.add_argument("--on-failure", help=f"a command or http(s):// URL given a JSON event when {each} fails "
+                                          "(once per job and logical date, however often it is retried)")
+    ops.add_argument("--on-success", help=f"a command or http(s):// URL given a JSON event when {each} commits")
+    ops.add_argument("--on-slo-breach", help="a command or http(s):// URL given a JSON event when the job's SLOs "
+                                             "are breached")
+
+
+def _ops_options(args) -> dict[str, Any]:
+    """The operations flags as engine.* settings (for every run a command makes)."""
+    keys = {"metrics_file": "engine.metrics.file", "push_gateway": "engine.metrics.push-gateway",
+            "on_failure": "engine.alerts.on-failure", "on_success": "engine.alerts.on-success",
+            "on_slo_breach": "engine.alerts.on-slo-breach"}
+    return {key: getattr(args, name) for name, key in keys.items() if getattr(args, name, None)}
 
 
 def _optional_command(name: str):
@@ -351,6 +364,7 @@ def _backfill_parser(sub, common) -> None:
                    help="wait this long for another backfill of the same output to end (default: refuse at once)")
     b.add_argument("--json", action="store_true", help="print the summary as JSON")
     b.add_argument("--quiet", "-q", action="store_true", help="no per-date lines, only the summary and errors")
+    _ops_flags(b, each="each date's run")
     b.add_argument("--scheduler", help="address of an existing dask scheduler")
     b.add_argument("--workers", type=_positive_int, help="worker processes of the embedded cluster (default: cores)")
     b.add_argument("--format", help="input format (default: from file names)")
@@ -604,7 +618,7 @@ def _date_line(d) -> None:
 def cmd_backfill(args) -> int:
     from .backfill import backfill
     job = load_job(args.job)
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = _ops_options(args)
     if args.workers:
         options["engine.cluster.workers"] = args.workers
     engine_log = logging.getLogger("engine")

@@ -283,3 +283,27 @@ def test_a_run_after_its_deadline_is_recorded_as_a_miss(tmp_path):
     assert plain.record["deadline_missed"] is None
     stored = history.open_store().get(late.record["record_id"])
     assert stored["deadline_missed"] == 1 and json.loads(stored["slo"])["deadline"] == "06:00"
+
+
+def test_backfill_records_each_date_and_exports_its_metrics(tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+    src = tmp_path / "events"
+    for day in ("2026-11-01", "2026-11-02", "2026-11-03"):
+        (src / f"day={day}").mkdir(parents=True)
+        pq.write_table(pa.table({"k": [1, 2, 2], "v": [1, 2, 3]}), src / f"day={day}" / "part.parquet")
+    job_file = tmp_path / "daily.py"
+    job_file.write_text("from engine import Job, agg\n"
+                        "job = Job('dailyops').reduce(by=['day', 'k'], aggs={'n': agg.count()})\n")
+    env = _env(tmp_path)
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    proc = _cli("backfill", job_file, "-i", src, "-o", tmp_path / "out", "--from", "2026-11-01", "--to", "2026-11-03",
+                "--partition-by", "day", "--where", "day = '{date}'", "--metrics-file", metrics, "-q",
+                env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    recs = _records(env, "dailyops")
+    assert sorted(r["logical_date"] for r in recs) == ["2026-11-01", "2026-11-02", "2026-11-03"]
+    assert {r["status"] for r in recs} == {"committed"}
+    text = (metrics / "mapreduce_dailyops.prom").read_text()
+    samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples["mapreduce_last_success_timestamp_seconds"] == max(r["finished"] for r in recs)
