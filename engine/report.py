@@ -70,6 +70,44 @@ class StageReport:
         return max(0.0, self.stop - self.start)
 
 
+QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)     # the task-duration columns of the stage table (min .. max)
+STATUS_COLORS = {"ok": "#4c78a8", "failed": "#e45756", "cancelled": "#bab0ac", "lost": "#f58518",
+                 "speculative": "#54a24b"}
+
+
+def quantiles(values, qs=QUANTILES) -> tuple[float, ...] | None:
+    """The ``qs`` quantiles of ``values`` by linear interpolation between the closest ranks (numpy's
+    default; for 5 values: min, 2nd, 3rd, 4th, max); None for no values."""
+    v = sorted(float(x) for x in values)
+    if not v:
+        return None
+    out = []
+    for q in qs:
+        pos = q * (len(v) - 1)
+        lo = int(pos)
+        hi = min(lo + 1, len(v) - 1)
+        out.append(v[lo] + (v[hi] - v[lo]) * (pos - lo))
+    return tuple(out)
+
+
+def _secs(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.3f}" if x < 10 else f"{x:.1f}" if x < 1000 else f"{x:,.0f}"
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    from .skew import format_size
+    return format_size(n)
+
+
+def _status_class(t: TaskReport) -> str:
+    """The timeline's color class of an attempt: its status, or "speculative" for a speculative copy."""
+    return "speculative" if t.speculative and t.status != "failed" else t.status
+
+
 @dataclass
 class RunReport:
     """Everything a run did, for people (``summary()``, HTML) and programs (``to_dict()``)."""
@@ -165,16 +203,56 @@ class RunReport:
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), default=str, **kwargs)
 
+    def stage_metrics(self) -> list[dict[str, Any]]:
+        """Per stage, as Spark's stage page: tasks, attempts, wall time, the quantiles of its successful
+        tasks' durations (``task_seconds``: min, 25th, median, 75th, max; None without task reports),
+        rows in and out, ``shuffle_bytes`` (what its map tasks wrote for the next stage of the round;
+        None for a stage that is no shuffle's map side), ``output_bytes`` (what its tasks wrote
+        otherwise), and ``spills`` (map-side buffer spills, when the tasks report them; else None)."""
+        reduced_rounds = {s.round for s in self.stages if s.kind != "map"}
+        rows = []
+        for s in self.stages:
+            mine = [t for t in self.tasks if t.stage == s.name]
+            ok = [t for t in mine if t.status == "ok"]
+            # a stage that failed has no stop time: it lasted until its last attempt ended
+            seconds = s.duration if s.stop else max([t.stop - s.start for t in mine] + [0.0])
+            shuffles = s.kind == "map" and s.round in reduced_rounds
+            spills = [getattr(t, "spills", None) for t in ok]
+            rows.append({
+                "stage": s.name, "kind": s.kind, "round": s.round, "tasks": s.tasks, "attempts": s.attempts,
+                "retries": s.retries, "speculative": s.speculative, "resumed": s.resumed, "seconds": seconds,
+                "task_seconds": quantiles(t.duration for t in ok),
+                "rows_in": s.rows_in, "rows_out": s.rows_out,
+                "shuffle_bytes": s.bytes_out if shuffles else None,
+                "output_bytes": None if shuffles else s.bytes_out,
+                "spills": sum(spills) if spills and all(x is not None for x in spills) else None,
+            })
+        return rows
+
+    def _error_lines(self) -> list[str]:
+        err = self.error or {}
+        if not err:
+            return []
+        what = err.get("type") or "error"
+        lines = [f"  error: {what}" + (f" at {err['location']}" if err.get("location") else "")]
+        msg = str(err.get("message") or "")
+        if msg and msg not in self.message:
+            lines.append(f"  {msg}")
+        return lines
+
     def summary(self) -> str:
         lines = [f"job {self.job!r} run {self.run_id[:12]}: {self.status} in {self.duration:.2f}s"]
         if self.message:
             lines.append(f"  {self.message}")
+        lines += self._error_lines()
         if self.status in ("committed",):
             lines.append(f"  input: {self.input_files} files, {self.input_bytes:,} bytes; output: "
                          f"{self.output_files} files, {self.output_rows:,} rows, {self.output_bytes:,} bytes")
             if self.cluster.get("where"):
                 lines.append(f"  ran {self.cluster['where']}")
+        metrics = {m["stage"]: m for m in self.stage_metrics()}
         for s in self.stages:
+            m = metrics[s.name]
             extra = []
             if s.combine_stopped:
                 extra.append(f"{s.combine_stopped} stopped combining")
@@ -182,8 +260,13 @@ class RunReport:
                 extra.append(f"{s.retries} retried")
             if s.speculative:
                 extra.append(f"{s.speculative} speculative")
-            lines.append(f"  {s.name:<24} {s.tasks:>4} tasks {s.duration:7.2f}s  rows {s.rows_in:,} -> "
-                         f"{s.rows_out:,}  {s.bytes_out:,} B" + (f"  ({', '.join(extra)})" if extra else ""))
+            lines.append(f"  {s.name:<24} {s.tasks:>4} tasks {m['seconds']:7.2f}s  rows {s.rows_in:,} -> "
+                         f"{s.rows_out:,}  {s.bytes_out:,} B" + (" shuffled" if m["shuffle_bytes"] is not None else "")
+                         + (f"  ({', '.join(extra)})" if extra else ""))
+            if m["task_seconds"] is not None:
+                lines.append(f"  {'':<24} task seconds min/25/50/75/max: "
+                             + " / ".join(_secs(x) for x in m["task_seconds"])
+                             + (f"; {m['spills']} spill(s)" if m["spills"] is not None else ""))
             if self.tasks:
                 lines.append(f"  {'':<24} tasks per worker: {self._placement_line(s.name)}")
         for d in self.joins:
@@ -201,53 +284,129 @@ class RunReport:
     def __str__(self) -> str:
         return self.summary()
 
+    def stage_table_html(self) -> str:
+        """The per-stage table (:meth:`stage_metrics`) as an HTML table (every string escaped)."""
+        metrics = self.stage_metrics()
+        spills = any(m["spills"] is not None for m in metrics)
+        head = ("<tr><th rowspan=2>stage</th><th rowspan=2>tasks</th><th rowspan=2>retries</th>"
+                "<th rowspan=2>speculative</th><th rowspan=2>time</th><th colspan=5>task seconds</th>"
+                "<th rowspan=2>rows in</th><th rowspan=2>rows out</th><th rowspan=2>shuffle write</th>"
+                "<th rowspan=2>output</th>" + ("<th rowspan=2>spills</th>" if spills else "")
+                + "<th rowspan=2>tasks per worker</th></tr>"
+                "<tr><th>min</th><th>25th</th><th>median</th><th>75th</th><th>max</th></tr>")
+        body = []
+        for m in metrics:
+            q = m["task_seconds"] or (None,) * 5
+            body.append(
+                f"<tr><td>{html.escape(m['stage'])}</td><td>{m['tasks']}</td><td>{m['retries']}</td>"
+                f"<td>{m['speculative']}</td><td>{m['seconds']:.2f}s</td>"
+                + "".join(f"<td class='q'>{_secs(x)}</td>" for x in q)
+                + f"<td>{m['rows_in']:,}</td><td>{m['rows_out']:,}</td><td>{_size(m['shuffle_bytes'])}</td>"
+                f"<td>{_size(m['output_bytes'])}</td>"
+                + (f"<td>{'-' if m['spills'] is None else m['spills']}</td>" if spills else "")
+                + f"<td>{html.escape(redact(self._placement_line(m['stage'])))}</td></tr>")
+        return ("<table class='stages' border=1 style='border-collapse:collapse;text-align:right'>"
+                f"{head}{''.join(body)}</table>")
+
+    def error_html(self) -> str:
+        """The error of a run that did not commit (type, message, the user's file:line and source line,
+        the user's frames, the full traceback), as an HTML block; "" when the report has none."""
+        err = self.error or {}
+        if not err:
+            return ""
+        esc = lambda x: html.escape(redact(str(x)))  # noqa: E731
+        loc = (f"<div>at <code class='error-location'>{esc(err['location'])}</code>"
+               + (f": <code>{esc(err['source'])}</code>" if err.get("source") else "") + "</div>"
+               if err.get("location") else "")
+        pre = "<pre style='white-space:pre-wrap;font-size:90%'>"
+        tb = f"{pre}{esc(err['user_traceback'])}</pre>" if err.get("user_traceback") else ""
+        if err.get("traceback"):
+            tb += (f"<details{'' if tb else ' open'}><summary>full traceback</summary>{pre}"
+                   f"{esc(err['traceback'])}</pre></details>")
+        return (f"<div class='run-error' style='border:2px solid #e45756;background:#fdecea;padding:6px 10px;"
+                f"margin:4px 0'><b>{esc(self.status)}: {esc(err.get('type') or 'error')}</b>: "
+                f"{esc(err.get('message') or '')}{loc}{tb}</div>")
+
     def _repr_html_(self) -> str:
-        rows = "".join(
-            f"<tr><td>{html.escape(s.name)}</td><td>{s.tasks}</td><td>{s.duration:.2f}s</td>"
-            f"<td>{s.rows_in:,}</td><td>{s.rows_out:,}</td><td>{s.bytes_out:,}</td><td>{s.retries}</td>"
-            f"<td>{s.speculative}</td><td>{html.escape(self._placement_line(s.name))}</td></tr>" for s in self.stages)
         notes = "".join(f"<li>{html.escape(redact(str(d.get('reason', d))))}</li>"
                         for d in self.joins + self.combine + self.skew + self.speculation + self.zombies)
-        return (f"<div><b>{html.escape(self.job)}</b> run <code>{self.run_id[:12]}</code>: {self.status} in "
-                f"{self.duration:.2f}s, {self.output_rows:,} rows in {self.output_files} files<br>"
-                f"<table><tr><th>stage</th><th>tasks</th><th>time</th><th>rows in</th><th>rows out</th>"
-                f"<th>bytes out</th><th>retries</th><th>speculative</th><th>tasks per worker</th></tr>{rows}</table>"
+        return (f"<div><b>{html.escape(self.job)}</b> run <code>{html.escape(self.run_id[:12])}</code>: "
+                f"{html.escape(self.status)} in {self.duration:.2f}s, {self.output_rows:,} rows in "
+                f"{self.output_files} files<br>{self.error_html()}{self.stage_table_html()}"
                 + (f"<ul>{notes}</ul>" if notes else "") + "</div>")
 
     def to_html(self, path: str | None = None) -> str:
-        """A self-contained bokeh page: task timeline per worker, and the summary. Written to ``path`` if given."""
+        """A self-contained bokeh page: the error of a run that did not commit, the summary, the stage
+        table and the task timeline per worker. Written to ``path`` if given."""
         from bokeh.embed import file_html
         from bokeh.layouts import column
-        from bokeh.models import ColumnDataSource, Div, HoverTool
-        from bokeh.plotting import figure
+        from bokeh.models import Div
         from bokeh.resources import INLINE
 
-        t0 = min((t.start for t in self.tasks), default=self.start)
-        workers = sorted({t.worker for t in self.tasks}) or ["-"]
-        palette = {"ok": "#4c78a8", "failed": "#e45756", "cancelled": "#bab0ac", "lost": "#f58518"}
-        src = ColumnDataSource({
-            "worker": [t.worker for t in self.tasks],
-            "left": [t.start - t0 for t in self.tasks],
-            "right": [t.stop - t0 for t in self.tasks],
-            "stage": [t.stage for t in self.tasks],
-            "partition": [t.partition for t in self.tasks],
-            "attempt": [t.attempt for t in self.tasks],
-            "status": [t.status + (" (speculative)" if t.speculative else "") for t in self.tasks],
-            "rows": [t.rows_out for t in self.tasks],
-            "color": [palette.get(t.status, "#72b7b2") if not t.speculative else "#54a24b" for t in self.tasks],
-        })
-        fig = figure(y_range=workers, height=120 + 40 * len(workers), width=900, title="Tasks per worker",
-                     x_axis_label="seconds since first task", tools="xpan,xwheel_zoom,reset,save")
-        fig.hbar(y="worker", left="left", right="right", height=0.7, color="color", source=src,
-                 line_color="white")
-        fig.add_tools(HoverTool(tooltips=[("stage", "@stage"), ("partition", "@partition"),
-                                          ("attempt", "@attempt"), ("status", "@status"), ("rows", "@rows")]))
-        page = file_html(column(Div(text=f"<pre>{html.escape(self.summary())}</pre>"), fig), INLINE,
-                         title=f"{self.job} run {self.run_id[:12]}")
+        parts = [Div(text=self.error_html(), sizing_mode="stretch_width")] if self.error else []
+        parts += [Div(text=f"<pre>{html.escape(self.summary())}</pre>"),
+                  Div(text=self.stage_table_html()), timeline_figure(self)]
+        page = file_html(column(*parts), INLINE, title=f"{self.job} run {self.run_id[:12]}")
         if path is not None:
             with open(path, "w", encoding="utf-8") as f:
                 f.write(page)
         return page
 
 
-__all__ = ["RunReport", "StageReport", "TaskReport"]
+STAGE_PALETTE = ("#9ecae9", "#ffbf79", "#88d27a", "#ff9d98", "#d6a5c9", "#c5b0d5", "#bcbd22", "#8cd17d")
+_NO_WORKER = "(no worker seen)"
+
+
+def timeline_figure(rep: RunReport, *, width: int = 900, title: str = "Tasks per worker"):
+    """The bokeh figure of a run's attempts: one row per worker, one bar per attempt colored by its end
+    (legend: ok, failed, cancelled, lost, speculative), and a top row with each stage's span, labelled."""
+    from bokeh.models import ColumnDataSource, HoverTool, Legend, LegendItem
+    from bokeh.plotting import figure
+
+    tasks = rep.tasks
+    t0 = min([t.start for t in tasks] + [s.start for s in rep.stages if s.start], default=rep.start)
+    name = lambda w: _NO_WORKER if not w or w == "?" else redact(w)  # noqa: E731
+    workers = sorted({name(t.worker) for t in tasks}) or ["-"]
+    rows = workers[::-1] + ["stages"]
+    fig = figure(y_range=rows, height=140 + 36 * len(rows), width=width, title=title,
+                 x_axis_label="seconds since the first task", tools="xpan,xwheel_zoom,reset,save")
+    # the stages' spans, on the top row
+    ends = {}
+    for t in tasks:
+        ends[t.stage] = max(ends.get(t.stage, 0.0), t.stop)
+    spans = [(s.name, s.start - t0, max(s.stop or 0.0, ends.get(s.name, s.start)) - t0) for s in rep.stages]
+    stage_src = ColumnDataSource({
+        "y": ["stages"] * len(spans), "left": [a for _, a, _ in spans], "right": [b for _, _, b in spans],
+        "stage": [n for n, _, _ in spans], "color": [STAGE_PALETTE[i % len(STAGE_PALETTE)] for i in range(len(spans))],
+        "seconds": [round(b - a, 3) for _, a, b in spans]})
+    stage_bars = fig.hbar(y="y", left="left", right="right", height=0.8, color="color", source=stage_src,
+                          line_color="white")
+    fig.text(x="left", y="y", text="stage", source=stage_src, text_baseline="middle", text_font_size="9pt",
+             x_offset=3)
+    fig.add_tools(HoverTool(renderers=[stage_bars], tooltips=[("stage", "@stage"), ("seconds", "@seconds")]))
+    # the attempts, one renderer per color class so that the legend lists every class
+    items, bars = [], []
+    for cls, color in STATUS_COLORS.items():
+        mine = [t for t in tasks if _status_class(t) == cls]
+        data = {
+            "worker": [name(t.worker) for t in mine], "left": [t.start - t0 for t in mine],
+            "right": [t.stop - t0 for t in mine], "stage": [t.stage for t in mine],
+            "partition": [t.partition for t in mine], "attempt": [t.attempt for t in mine],
+            "status": [t.status + (" (speculative)" if t.speculative else "") for t in mine],
+            "rows": [t.rows_out for t in mine], "seconds": [round(t.duration, 3) for t in mine],
+            "error": [redact(t.error or "") for t in mine]}
+        if not mine:        # one bar of no length: the legend draws the color of a class no attempt has
+            data = {k: [workers[0]] if k == "worker" else [0.0] if k in ("left", "right") else [""] for k in data}
+        src = ColumnDataSource(data)
+        r = fig.hbar(y="worker", left="left", right="right", height=0.7, color=color, source=src,
+                     line_color="white")
+        bars.append(r)
+        items.append(LegendItem(label=cls, renderers=[r]))
+    fig.add_layout(Legend(items=items, title="attempt", click_policy="hide"), "right")
+    fig.add_tools(HoverTool(renderers=bars, tooltips=[
+        ("stage", "@stage"), ("partition", "@partition"), ("attempt", "@attempt"), ("status", "@status"),
+        ("seconds", "@seconds"), ("rows out", "@rows"), ("error", "@error")]))
+    return fig
+
+
+__all__ = ["RunReport", "StageReport", "TaskReport", "quantiles", "timeline_figure"]
