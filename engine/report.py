@@ -210,9 +210,12 @@ class RunReport:
         None for a stage that is no shuffle's map side), ``output_bytes`` (what its tasks wrote
         otherwise), and ``spills`` (map-side buffer spills, when the tasks report them; else None)."""
         reduced_rounds = {s.round for s in self.stages if s.kind != "map"}
+        by_stage: dict[str, list[TaskReport]] = {}
+        for t in self.tasks:
+            by_stage.setdefault(t.stage, []).append(t)
         rows = []
         for s in self.stages:
-            mine = [t for t in self.tasks if t.stage == s.name]
+            mine = by_stage.get(s.name, [])
             ok = [t for t in mine if t.status == "ok"]
             # a stage that failed has no stop time: it lasted until its last attempt ended
             seconds = s.duration if s.stop else max([t.stop - s.start for t in mine] + [0.0])
