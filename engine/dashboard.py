@@ -1,14 +1,18 @@
 """The three dashboards of batch operations, from the run history, as one self-contained HTML page.
 
-* **Executive**: success rate per job, cost per run over time (CPU-seconds and GB-seconds of the
-  workers, priced when ``engine.cost.cpu-second`` / ``engine.cost.gb-second`` are set), SLO compliance
-  and the error budget left per job.
-* **On-call**: the failed, interrupted, refused, lost and late runs with their error (type, the user's
-  file:line, message), completion time P50/P95/P99 per job, retries and rejected records per run.
+* **Executive**: success rate per job (M1), cost per run over time (CPU-seconds and GB-seconds of the
+  workers, priced when ``engine.cost.cpu-second`` / ``engine.cost.gb-second`` are set, with a weekly
+  trend), SLO compliance, error budget left and burn rates per job and objective.
+* **On-call**: the failed, interrupted, refused, lost, late (deadline missed) and slow (over the
+  latency objective) runs with their error (type, the user's file:line, message), completion time
+  P50/P95/P99 per job (M2), retries and rejected records per run.
 * **Debug** (one run: ``run=``, default the newest): the task-duration histogram with its stragglers
   (attempts longer than 1.5x their stage's median) and speculative attempts marked, the per-stage
   table, partition sizes, the age of the newest checkpoint (journaled task result) over the run, and
   the worker timeline.
+
+The indicators and objectives are :mod:`engine.slo`'s (the same figures as ``mapreduce slo`` and
+``mapreduce history --since``).
 
 >>> from engine import dashboard, history
 >>> dashboard.render(history.open_store(), since=7 * 86400, path="ops.html")   # doctest: +SKIP
@@ -20,15 +24,16 @@ and is escaped.
 
 from __future__ import annotations
 
+import argparse
 import html
-import json
-import re
 import statistics
 import time
+from collections.abc import Mapping
 from typing import Any
 
-from .errors import EngineError
-from .history import FINAL, SUCCEEDED, report_of, shown_status
+from . import slo
+from .errors import EngineError, JobDefinitionError
+from .history import report_of, shown_status
 
 DEFAULT_WINDOW = 30 * 86400.0
 DEFAULT_FILE = "mapreduce-dashboard.html"
@@ -36,36 +41,22 @@ STRAGGLER_FACTOR = 1.5          # an attempt longer than this times its stage's 
 PROBLEMS = ("failed", "interrupted", "refused", "lost")
 JOB_PALETTE = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#ff9da6", "#9d755d",
                "#bab0ac", "#eeca3b")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 class RunNotFoundError(EngineError, LookupError):
     """The run asked for (``run=``, ``--run``) is not in the history."""
 
 
-def parse_since(text: str | float | int) -> float:
-    """Seconds from ``"30d"``, ``"12h"``, ``"90m"``, ``"2w"``, ``"45s"`` or a plain number of seconds."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        value = float(text)
-    else:
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", str(text).lower())
-        if m is None:
-            raise ValueError(f"{text!r} is not a window: write a number with s, m, h, d or w, e.g. 30d or 12h")
-        value = float(m.group(1)) * _UNITS[m.group(2) or "s"]
-    if value <= 0:
-        raise ValueError(f"the window must be longer than 0 seconds, got {text!r}")
-    return value
-
-
 def render(store, *, since: float | None = None, job: str | None = None, run: str | None = None,
-           objectives: Any = None, path: str | None = None, rates: dict | None = None,
+           objectives: Any = None, path: str | None = None, rates: Mapping[str, float] | None = None,
            now: float | None = None) -> str:
     """The dashboards page over the runs that started in the last ``since`` seconds (default 30 days)
     of ``job`` (default all jobs), from ``store`` (:func:`engine.history.open_store`; None: the history
     is off). ``run``: the record id or run id (or a prefix) shown in the debug dashboard, default the
-    newest run. ``objectives``: an ``engine.slo.Objectives`` (or a dict of its fields) for every job, or
-    ``{job: objectives}``; default each job's declared ones. ``rates``: ``{"cpu-second": price,
-    "gb-second": price}``, default ``engine.cost.*``. Written to ``path`` if given; returns the HTML."""
+    newest run. ``objectives``: an :class:`engine.slo.Objectives` (or a dict of its fields) for every
+    job, or ``{job: objectives}``; default each job's newest declared ones. ``rates``: prices per
+    ``cpu_second`` and ``gb_second``, default ``engine.cost.*``. Written to ``path`` if given; returns
+    the HTML."""
     from bokeh.embed import file_html
     from bokeh.layouts import column
     from bokeh.models import Div, TabPanel, Tabs
@@ -82,14 +73,17 @@ def render(store, *, since: float | None = None, job: str | None = None, run: st
             f"<div>{len(records)} run(s) since {_when(now - window)}; generated {_when(now)}"
             + (f" from the history at <code>{where}</code>" if where else "") + "</div>")
     if not records and chosen is None:
-        body = Div(text=head + "<p class='empty'><b>No runs recorded in this window.</b> Every "
-                   "<code>engine.run</code> and <code>mapreduce run</code> leaves a record in the history "
-                   "(<code>ENGINE_HISTORY</code>); widen the window with <code>--since</code>.</p>",
-                   sizing_mode="stretch_width")
-        layout = column(body)
+        layout = column(Div(text=head + "<p class='empty'><b>No runs recorded in this window.</b> Every "
+                            "<code>engine.run</code> and <code>mapreduce run</code> leaves a record in the history "
+                            "(<code>ENGINE_HISTORY</code>); widen the window with <code>--since</code>.</p>",
+                            sizing_mode="stretch_width"))
     else:
-        tabs = [TabPanel(title="Executive", child=_executive(records, objectives, _rates(rates))),
-                TabPanel(title="On-call", child=_on_call(records, objectives)),
+        objs = _objectives(records, objectives)
+        prices = dict(slo.default_rates())
+        prices.update({k.replace("-", "_"): float(v or 0.0) for k, v in (rates or {}).items()})
+        slis = slo.compute_slis(records, since=now - window, now=now, rates=prices, objectives=objs)
+        tabs = [TabPanel(title="Executive", child=_executive(records, slis, objs, prices, now)),
+                TabPanel(title="On-call", child=_on_call(records, slis, objs)),
                 TabPanel(title="Debug", child=_debug(chosen))]
         layout = column(Div(text=head, sizing_mode="stretch_width"), Tabs(tabs=tabs, name="dashboards"))
     page = file_html(layout, INLINE, title="mapreduce dashboard")
@@ -112,21 +106,19 @@ def _chosen(store, records: list[dict], run: str | None) -> dict | None:
         raise RunNotFoundError(f"no run {run!r} in the history"
                                + (f" at {getattr(store, 'location', '')}" if store is not None else " (it is off)")
                                + "; `mapreduce history` lists the runs and their ids")
-    rec["shown"] = shown_status(rec)
-    return rec
+    return dict(rec, shown=shown_status(rec))
 
 
-def _rates(rates: dict | None) -> dict[str, float]:
-    out = {"cpu-second": 0.0, "gb-second": 0.0}
-    from . import config
-    for k in out:
-        try:
-            out[k] = float(config.get(f"cost.{k}") or 0.0)
-        except (KeyError, TypeError, ValueError):
-            pass
-    for k, v in (rates or {}).items():
-        out[k.replace("_", "-")] = float(v or 0.0)
-    return out
+def _objectives(records: list[dict], objectives: Any) -> dict[str, slo.Objectives]:
+    """Per job, the objectives judged: ``objectives`` for every job (an Objectives, or a dict of its
+    fields), or per job (``{job: ...}``); None: the newest declared in each job's records."""
+    if objectives is None:
+        return slo.objectives_from_records(records)
+    fields = {f.replace("_", "-") for f in slo.Objectives.__dataclass_fields__} | set(slo.Objectives.__dataclass_fields__)
+    if isinstance(objectives, slo.Objectives) or (isinstance(objectives, Mapping) and set(objectives) <= fields):
+        one = slo.Objectives.from_obj(objectives)
+        return {j: one for j in sorted({str(r.get("job")) for r in records})}
+    return {str(j): o for j, v in objectives.items() if (o := slo.Objectives.from_obj(v, what=f"job {j!r}"))}
 
 
 def _window_text(seconds: float) -> str:
@@ -154,213 +146,113 @@ def _colors(jobs) -> dict[str, str]:
 def _table(header: list[str], rows: list[list[Any]], cls: str) -> str:
     th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return (f"<table class='{cls}' border=1 style='border-collapse:collapse'><tr>{th}</tr>{body}</table>")
+    return f"<table class='{cls}' border=1 style='border-collapse:collapse'><tr>{th}</tr>{body}</table>"
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
+def _pct(x: float | None, digits: int = 1) -> str:
+    return "-" if x is None else f"{100 * x:.{digits}f}%"
 
 
-def _ended(records: list[dict]) -> list[dict]:
-    """The runs that ended (a run still running is no success nor failure yet; a lost one failed)."""
-    return [r for r in records if r["shown"] in FINAL or r["shown"] == "lost"]
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
 
 
-def _success_rate(records: list[dict]) -> float | None:
-    ended = _ended(records)
-    return sum(r["shown"] in SUCCEEDED for r in ended) / len(ended) if ended else None
+def _cpu(rec: dict) -> float:
+    """A run's CPU-seconds as engine.slo counts them (M6, M7): the worker processes', else the task threads'."""
+    value = rec.get("worker_cpu_seconds")
+    return float(value if value is not None else rec.get("cpu_seconds") or 0.0)
 
 
-def _quantile(values: list[float], q: float) -> float | None:
-    from .report import quantiles
-    got = quantiles(values, (q,))
-    return None if got is None else got[0]
+def _objective_label(row: Mapping[str, Any]) -> str:
+    name, limit = row["objective"], row.get("threshold")
+    if name == "success":
+        return "success rate"
+    if name.startswith("latency") and limit is not None:
+        return f"{name} <= {limit:g}s"
+    return f"{name} {limit}" if limit is not None else name
 
 
-# -- objectives: engine.slo when it is there, else each job's declared success-rate target -------------
-
-_SUCCESS_KEYS = ("success_rate", "success", "availability")
-_COMPLETION_KEYS = ("p95_seconds", "completion_p95", "p95", "completion_seconds")
-
-
-def _declared(job: str, records: list[dict], objectives: Any) -> dict:
-    """The objectives of ``job``: from ``objectives`` (for every job, or ``{job: ...}``), else the
-    newest ones its records declare."""
-    if objectives is not None:
-        obj = objectives
-        if isinstance(obj, dict) and obj and all(isinstance(v, dict) or hasattr(v, "__dataclass_fields__")
-                                                 for v in obj.values()):
-            obj = obj.get(job) or {}
-        if hasattr(obj, "__dataclass_fields__"):
-            from dataclasses import asdict
-            obj = asdict(obj)
-        return dict(obj or {})
-    for r in reversed(records):
-        if r.get("slo"):
-            try:
-                got = json.loads(r["slo"])
-            except (TypeError, ValueError):
-                continue
-            if isinstance(got, dict):
-                return got
-    return {}
-
-
-def _first(d: dict, keys) -> float | None:
-    for k in keys:
-        if d.get(k) is not None:
-            try:
-                return float(d[k])
-            except (TypeError, ValueError):
-                return None
-    return None
-
-
-def _success_target(obj: dict) -> float | None:
-    t = _first(obj, _SUCCESS_KEYS)
-    return t / 100 if t is not None and t > 1 else t
-
-
-def _slo_rows(records: list[dict], objectives: Any) -> tuple[list[str], list[list[Any]], dict[str, float]]:
-    """The SLO table (header, rows) and the error budget left per job (a fraction; negative when
-    overspent). From ``engine.slo.compliance`` when that module is installed, else the success rate
-    of each job against its declared target."""
-    try:
-        from . import slo
-        compliance = slo.compliance
-    except (ImportError, AttributeError):
-        compliance = None
-    if compliance is not None:
-        try:
-            return _from_slo(compliance(records, objectives))
-        except Exception as exc:  # noqa: BLE001 - the dashboard falls back to its own reading
-            import logging
-            logging.getLogger("engine").warning("SLO compliance unavailable (%s); showing success rates", exc)
-    return own_compliance(records, objectives)
-
-
-def own_compliance(records: list[dict], objectives: Any) -> tuple[list[str], list[list[Any]], dict[str, float]]:
-    """Each job's success rate against its declared target (``success_rate``) and the error budget left:
-    ``1 - failed / allowed``, where ``allowed = (1 - target) x finished runs`` (records as :func:`render`
-    reads them, with their ``shown`` status)."""
-    header = ["job", "objective", "runs", "failed", "success rate", "met", "error budget left"]
-    rows, budget = [], {}
-    for j, recs in _by_job(records).items():
-        ended = _ended(recs)
-        failed = sum(r["shown"] not in SUCCEEDED for r in ended)
-        rate = _success_rate(recs)
-        target = _success_target(_declared(j, recs, objectives))
-        if target is None:
-            rows.append([j, "none declared", len(ended), failed, _pct(rate), "-", "-"])
-            continue
-        allowed = (1 - target) * len(ended)
-        left = (1 - failed / allowed) if allowed > 0 else (1.0 if failed == 0 else -float(failed))
-        budget[j] = left
-        rows.append([j, f"success rate >= {_pct(target)}", len(ended), failed, _pct(rate),
-                     "yes" if rate is not None and rate >= target else "no", _pct(left)])
-    return header, rows, budget
-
-
-def _from_slo(result: Any) -> tuple[list[str], list[list[Any]], dict[str, float]]:
-    """engine.slo's compliance, whatever its shape (rows as dicts or dataclasses, or {job: row}), as a table."""
-    from dataclasses import asdict, is_dataclass
-    if isinstance(result, dict):
-        result = [{"job": k, **(asdict(v) if is_dataclass(v) else dict(v))} for k, v in result.items()]
-    rows = [asdict(r) if is_dataclass(r) else dict(r) for r in result]
-    header: list[str] = []
-    for r in rows:
-        header += [k for k, v in r.items() if k not in header and not isinstance(v, (dict, list, tuple))]
-    budget = {}
-    for r in rows:
-        key = next((k for k in r if "budget" in k and ("left" in k or "remaining" in k)), None)
-        if key is not None and isinstance(r[key], (int, float)) and r.get("job") is not None:
-            budget[str(r["job"])] = float(r[key])
-    return header, [[_cell(r.get(k)) for k in header] for r in rows], budget
-
-
-def _cell(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
-def _late(rec: dict, obj: dict) -> str | None:
-    """Why a run is late against its job's objectives (a completion time, a deadline "HH:MM" on its
-    logical date or start day), or None."""
-    limit = _first(obj, _COMPLETION_KEYS)
+def _problem(rec: dict, obj: slo.Objectives | None) -> str | None:
+    """Why an ended run needs the on-call's eyes, or None: it failed (or was interrupted, refused,
+    lost), missed its deadline, or took longer than the job's latency objective allows."""
+    why = []
+    if rec["shown"] in PROBLEMS:
+        why.append(rec["shown"])
+    if rec.get("deadline_missed"):
+        why.append(f"late: missed the {obj.deadline} deadline" if obj is not None and obj.deadline
+                   else "late: missed its deadline")
     secs = rec.get("seconds")
-    if limit is not None and secs is not None and secs > limit:
-        return f"took {secs:.1f}s > {limit:g}s"
-    deadline = obj.get("deadline")
-    end = rec.get("finished") or rec.get("updated")
-    if isinstance(deadline, str) and end and re.fullmatch(r"\d{1,2}:\d{2}", deadline.strip()):
-        day = rec.get("logical_date") or time.strftime("%Y-%m-%d", time.localtime(rec.get("started") or end))
-        try:
-            due = time.mktime(time.strptime(f"{day} {deadline.strip()}", "%Y-%m-%d %H:%M"))
-        except ValueError:
-            return None
-        if end > due and rec["shown"] in SUCCEEDED:
-            return f"ended {_when(end)}, after the {deadline} deadline"
-    return None
+    if obj is not None and rec["shown"] == "committed" and secs is not None:
+        limit = min((x for x in (obj.p95_seconds, obj.p99_seconds) if x is not None), default=None)
+        if limit is not None and float(secs) > limit:
+            why.append(f"slow: took {float(secs):.1f}s, over the {limit:g}s latency objective")
+    return "; ".join(why) or None
 
 
 # -- executive -------------------------------------------------------------------------------------
 
-def _executive(records: list[dict], objectives: Any, rates: dict[str, float]):
+def _executive(records: list[dict], slis: dict, objs: dict, prices: dict[str, float], now: float):
     from bokeh.layouts import column, row
-    from bokeh.models import ColumnDataSource, Div, HoverTool
+    from bokeh.models import ColumnDataSource, Div, FactorRange, HoverTool
     from bokeh.plotting import figure
 
     jobs = _by_job(records)
     colors = _colors(jobs)
-    ended = _ended(records)
-    overall = _success_rate(records)
-    intro = Div(text=f"<h3>Executive</h3><div>{len(ended)} finished run(s) of {len(jobs)} job(s); overall "
-                     f"success rate <b>{_pct(overall)}</b>.</div>", sizing_mode="stretch_width")
-
-    header, slo_rows, budget = _slo_rows(records, objectives)
-    names = list(jobs)
+    finished = sum(s["finished"] for s in slis.values())
+    ok = sum(s["success_rate"] * s["finished"] for s in slis.values() if s["success_rate"] is not None)
+    intro = Div(text=f"<h3>Executive</h3><div>{finished} finished run(s) of {len(jobs)} job(s); overall "
+                     f"success rate <b>{_pct(ok / finished if finished else None)}</b>.</div>",
+                sizing_mode="stretch_width")
+    names = list(slis)
+    rows = slo.compliance(records, objs, now=now)
+    breached = {r["job"] for r in rows if r["breached"] and r["objective"] == "success"}
     rate_src = ColumnDataSource({
-        "job": names, "rate": [100 * (_success_rate(jobs[j]) or 0.0) for j in names],
-        "runs": [len(_ended(jobs[j])) for j in names],
-        "failed": [sum(r["shown"] not in SUCCEEDED for r in _ended(jobs[j])) for j in names],
-        "color": [("#e45756" if budget.get(j, 1.0) < 0 else colors[j]) for j in names],
-        "label": [_pct(_success_rate(jobs[j])) for j in names]})
-    rate = figure(x_range=names, y_range=(0, 105), height=300, width=440, title="Success rate per job (%)",
-                  tools="save", toolbar_location="right")
+        "job": names, "rate": [100 * (slis[j]["success_rate"] or 0.0) for j in names],
+        "label": [_pct(slis[j]["success_rate"]) for j in names],
+        "runs": [slis[j]["finished"] for j in names],
+        "failed": [slis[j]["finished"] - sum(slis[j]["statuses"].get(k, 0) for k in ("committed", "skipped"))
+                   for j in names],
+        "color": [("#e45756" if j in breached else colors[j]) for j in names]})
+    rate = figure(x_range=names, y_range=(0, 108), height=300, width=440, title="Success rate per job (%)",
+                  tools="save")
     rate.vbar(x="job", top="rate", width=0.7, color="color", source=rate_src)
-    rate.add_tools(HoverTool(tooltips=[("job", "@job"), ("success", "@rate{0.0}%"), ("runs", "@runs"),
-                                       ("failed", "@failed")]))
-    rate.xaxis.major_label_orientation = 0.6 if len(names) > 4 else 0
-
     rate.text(x="job", y="rate", text="label", source=rate_src, text_align="center", text_font_size="9pt",
               y_offset=-2)
-    bnames = [j for j in names if j in budget]
-    if bnames:
-        bud = figure(x_range=bnames, height=300, width=440, title="Error budget left per job (%)", tools="save")
-        bud.vbar(x="job", top="left", width=0.7, color="color", source=ColumnDataSource({
-            "job": bnames, "left": [100 * budget[j] for j in bnames],
-            "color": ["#54a24b" if budget[j] >= 0 else "#e45756" for j in bnames]}))
-        bud.add_tools(HoverTool(tooltips=[("job", "@job"), ("left", "@left{0.0}%")]))
+    rate.add_tools(HoverTool(tooltips=[("job", "@job"), ("success", "@label"), ("finished runs", "@runs"),
+                                       ("not succeeded", "@failed")]))
+    rate.xaxis.major_label_orientation = 0.6 if len(names) > 4 else 0
+    if rows:
+        keys = [(r["job"], r["objective"]) for r in rows]
+        bud = figure(x_range=FactorRange(*keys), height=300, width=560, title="Error budget left (%)",
+                     tools="save")
+        bud.vbar(x="x", top="left", width=0.7, color="color", source=ColumnDataSource({
+            "x": keys, "left": [100 * r["budget_remaining"] for r in rows],
+            "good": [f"{r['good']}/{r['total']}" for r in rows],
+            "color": ["#e45756" if r["breached"] else "#54a24b" for r in rows]}))
+        bud.add_tools(HoverTool(tooltips=[("", "@x"), ("budget left", "@left{0.0}%"), ("good/total", "@good")]))
+        bud.xaxis.major_label_orientation = 0.6 if len(rows) > 4 else 0
     else:
         bud = Div(text="<p><b>No job declares objectives</b> in this window: declare them with "
-                       "<code>Job(..., slo=...)</code> to see compliance and error budgets here.</p>", width=440)
+                       "<code>Job(..., slo={...})</code> to see compliance and error budgets here.</p>", width=440)
+    table = _table(["job", "objective", "target", "measured", "good/total", "budget left", "burn 1h", "burn 6h",
+                    "burn 30d", ""],
+                   [[r["job"], _objective_label(r), _pct(r["target"]), _pct(r["measured"]), f"{r['good']}/{r['total']}",
+                     _pct(r["budget_remaining"], 0), _num(r["burn_1h"]), _num(r["burn_6h"]), _num(r["burn_30d"]),
+                     "BREACHED" if r["breached"] else ""] for r in rows], "slo")
 
     cost_figs = []
+    priced = prices.get("cpu_second", 0.0) > 0 or prices.get("gb_second", 0.0) > 0
     measures = [("cpu", "CPU-seconds per run"), ("gb", "GB-seconds per run")]
-    priced = rates.get("cpu-second", 0.0) > 0 or rates.get("gb-second", 0.0) > 0
     if priced:
         measures.append(("cost", "Cost per run (at engine.cost.* rates)"))
     for key, title in measures:
         fig = figure(x_axis_type="datetime", height=260, width=440, title=title, tools="xpan,xwheel_zoom,reset,save")
         for j, recs in jobs.items():
-            done = [r for r in recs if r["shown"] != "running"]
-            cpu = [float(r.get("worker_cpu_seconds") or r.get("cpu_seconds") or 0.0) for r in done]
+            done = [r for r in recs if r["status"] != "running"]
+            cpu = [_cpu(r) for r in done]
             gb = [float(r.get("memory_gb_seconds") or 0.0) for r in done]
             y = {"cpu": cpu, "gb": gb,
-                 "cost": [c * rates.get("cpu-second", 0.0) + g * rates.get("gb-second", 0.0)
+                 "cost": [c * prices.get("cpu_second", 0.0) + g * prices.get("gb_second", 0.0)
                           for c, g in zip(cpu, gb)]}[key]
             src = ColumnDataSource({"t": [1000 * float(r["started"]) for r in done], "y": y,
                                     "job": [j] * len(done), "status": [r["shown"] for r in done],
@@ -373,26 +265,25 @@ def _executive(records: list[dict], objectives: Any, rates: dict[str, float]):
         fig.legend.location = "top_left"
         fig.legend.label_text_font_size = "8pt"
         cost_figs.append(fig)
-    weekly = _weekly_cost(records, rates, priced)
-    return column(intro, row(rate, bud), Div(text="<h4>SLO compliance</h4>" + _table(header, slo_rows, "slo")),
-                  Div(text="<h4>Cost per run</h4>"), row(*cost_figs[:2]), *cost_figs[2:], Div(text=weekly))
+    return column(intro, row(rate, bud), Div(text="<h4>SLO compliance</h4>" + table),
+                  Div(text="<h4>Cost per run</h4>"), row(*cost_figs[:2]), *cost_figs[2:],
+                  Div(text=_weekly_cost(records, prices, priced)))
 
 
-def _weekly_cost(records: list[dict], rates: dict[str, float], priced: bool) -> str:
-    """Per job and ISO week: runs and mean CPU-seconds / GB-seconds (and cost) per run."""
+def _weekly_cost(records: list[dict], prices: dict[str, float], priced: bool) -> str:
+    """Per job and ISO week: finished runs and mean CPU-seconds / GB-seconds (and cost) per run."""
     weeks: dict[tuple[str, str], list[dict]] = {}
     for r in records:
-        if r["shown"] == "running":
-            continue
-        wk = time.strftime("%G-W%V", time.localtime(float(r["started"])))
-        weeks.setdefault((str(r.get("job")), wk), []).append(r)
+        if r["status"] != "running":
+            weeks.setdefault((str(r.get("job")), time.strftime("%G-W%V", time.localtime(float(r["started"])))),
+                             []).append(r)
     rows = []
     for (j, wk), recs in sorted(weeks.items()):
-        cpu = statistics.fmean(float(r.get("worker_cpu_seconds") or r.get("cpu_seconds") or 0.0) for r in recs)
+        cpu = statistics.fmean(_cpu(r) for r in recs)
         gb = statistics.fmean(float(r.get("memory_gb_seconds") or 0.0) for r in recs)
         cells = [j, wk, len(recs), f"{cpu:.3f}", f"{gb:.3f}"]
         if priced:
-            cells.append(f"{cpu * rates['cpu-second'] + gb * rates['gb-second']:.6g}")
+            cells.append(f"{cpu * prices.get('cpu_second', 0.0) + gb * prices.get('gb_second', 0.0):.6g}")
         rows.append(cells)
     header = ["job", "week", "runs", "CPU-s per run", "GB-s per run"] + (["cost per run"] if priced else [])
     return "<h4>Weekly trend</h4>" + _table(header, rows, "weekly")
@@ -400,56 +291,50 @@ def _weekly_cost(records: list[dict], rates: dict[str, float], priced: bool) -> 
 
 # -- on-call ---------------------------------------------------------------------------------------
 
-def _on_call(records: list[dict], objectives: Any):
+def _on_call(records: list[dict], slis: dict, objs: dict):
     from bokeh.layouts import column, row
     from bokeh.models import ColumnDataSource, DataTable, Div, FactorRange, HoverTool, TableColumn
     from bokeh.plotting import figure
 
-    jobs = _by_job(records)
-    problems = []
-    for j, recs in jobs.items():
-        obj = _declared(j, recs, objectives)
-        for r in recs:
-            late = _late(r, obj)
-            if r["shown"] in PROBLEMS or late:
-                problems.append((r, late))
+    problems = [(r, why) for r in records if (why := _problem(r, objs.get(str(r.get("job")))))]
     problems.sort(key=lambda p: -float(p[0].get("started") or 0))
     cols = {
         "started": [_when(r.get("started")) for r, _ in problems],
         "job": [str(r.get("job")) for r, _ in problems],
-        "status": [r["shown"] + (" (late)" if late else "") for r, late in problems],
+        "status": [r["shown"] for r, _ in problems],
         "run": [str(r.get("record_id") or r.get("run_id") or "")[:16] for r, _ in problems],
+        "why": [why for _, why in problems],
         "error_type": [str(r.get("error_type") or "") for r, _ in problems],
         "location": [str(r.get("error_location") or "") for r, _ in problems],
-        "message": [str(late or r.get("message") or "") for r, late in problems],
+        "message": [str(r.get("message") or "") for r, _ in problems],
     }
-    widths = {"started": 140, "job": 110, "status": 110, "run": 130, "error_type": 130, "location": 220,
-              "message": 520}
+    widths = {"started": 140, "job": 100, "status": 80, "run": 130, "why": 220, "error_type": 120, "location": 200,
+              "message": 480}
     table = DataTable(source=ColumnDataSource(cols), width=1300, height=min(420, 60 + 26 * max(1, len(problems))),
                       index_position=None, reorderable=False, name="problems",
                       columns=[TableColumn(field=k, title=k.replace("_", " "), width=w) for k, w in widths.items()])
-    intro = Div(text=f"<h3>On-call</h3><div><b>{len(problems)}</b> failed, interrupted, refused, lost or late "
-                     f"run(s) in the window{' (newest first)' if problems else ''}. A run's whole report: "
+    intro = Div(text=f"<h3>On-call</h3><div><b>{len(problems)}</b> failed, interrupted, refused, lost, late or "
+                     f"slow run(s) in the window{' (newest first)' if problems else ''}. A run's whole report: "
                      "<code>mapreduce show RUN</code>; its debug dashboard: <code>mapreduce dashboard --run RUN"
                      "</code>.</div>", sizing_mode="stretch_width")
-    # completion time quantiles of the successful runs, per job
+    # M2: completion time of the committed runs, per job (nearest-rank percentiles)
     factors, values, labels = [], [], []
-    for j, recs in jobs.items():
-        secs = [float(r["seconds"]) for r in recs if r["shown"] == "committed" and r.get("seconds") is not None]
-        for name, q in (("P50", 0.5), ("P95", 0.95), ("P99", 0.99)):
-            v = _quantile(secs, q)
-            factors.append((j, name))
-            values.append(v if v is not None else 0.0)
-            labels.append(f"{v:.2f}s over {len(secs)} run(s)" if v is not None else "no committed run")
+    for j, s in slis.items():
+        c = s["completion_seconds"]
+        for name in ("p50", "p95", "p99"):
+            factors.append((j, name.upper()))
+            values.append(c[name] or 0.0)
+            labels.append(f"{c[name]:.2f}s of {c['runs']} committed run(s)" if c[name] is not None
+                          else "no committed run")
     qfig = figure(x_range=FactorRange(*factors) if factors else ["-"], height=300, width=640,
                   title="Completion time of committed runs (seconds)", tools="save")
     qfig.vbar(x="x", top="v", width=0.8, source=ColumnDataSource({
         "x": factors, "v": values, "label": labels,
         "color": [{"P50": "#9ecae9", "P95": "#4c78a8", "P99": "#1f3b63"}[q] for _, q in factors]}), color="color")
     qfig.add_tools(HoverTool(tooltips=[("", "@x"), ("seconds", "@label")]))
-    qfig.xaxis.major_label_orientation = 0.8 if len(jobs) > 3 else 0
+    qfig.xaxis.major_label_orientation = 0.8 if len(slis) > 3 else 0
     # retries and rejected records per run
-    done = [r for r in records if r["shown"] != "running"]
+    done = [r for r in records if r["status"] != "running"]
     src = ColumnDataSource({
         "t": [1000 * float(r["started"]) for r in done], "retries": [int(r.get("retries") or 0) for r in done],
         "rejected": [int(r.get("rejected") or 0) for r in done],
@@ -598,10 +483,9 @@ def add_parser(sub: Any, common: Any) -> None:
 
 
 def _since_arg(text: str) -> float:
-    import argparse
     try:
-        return parse_since(text)
-    except ValueError as exc:
+        return slo.parse_window(text)
+    except JobDefinitionError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
@@ -619,5 +503,5 @@ def command(args: Any) -> int:
     return 0
 
 
-__all__ = ["render", "parse_since", "stragglers", "checkpoint_ages", "add_parser", "command", "RunNotFoundError",
+__all__ = ["render", "stragglers", "checkpoint_ages", "add_parser", "command", "RunNotFoundError",
            "DEFAULT_WINDOW", "DEFAULT_FILE", "STRAGGLER_FACTOR"]
