@@ -91,7 +91,8 @@ def show_text(rec: dict[str, Any]) -> str:
         lines.append("  versions: " + ", ".join(f"{k} {v}" for k, v in rep.versions.items()))
     if rep.stages or rep.tasks:
         lines.append("")
-        lines.extend(ln for ln in rep.summary().splitlines()[1:] if ln.strip() != (rec.get("message") or "").strip())
+        lines.extend(ln for ln in rep.summary().splitlines()[1:]
+                     if ln.strip() != (rec.get("message") or "").strip() and not ln.startswith("  error:"))
     if err.get("user_traceback"):
         lines.append("")
         lines.append("  the user's code that raised (innermost last):")

@@ -487,7 +487,7 @@ class StageExecutor:
             stage.name, value.get("partition", -1), value.get("attempt", 0), value.get("worker", "?"),
             value.get("start", 0.0), value.get("stop", 0.0), int(value.get("rows_in") or 0),
             int(value.get("rows_out") or 0), int(value.get("bytes_out") or 0), speculative=speculative,
-            cpu=float(value.get("cpu") or 0.0)))
+            cpu=float(value.get("cpu") or 0.0), spills=int(value.get("spills") or 0)))
 
     def _cancel_siblings(self, st: _Stage, partition: int) -> None:
         """Cancel the other attempts of a finished partition; the report keeps them as "cancelled".

@@ -41,6 +41,8 @@ class TaskReport:
     speculative: bool = False
     error: str | None = None
     cpu: float = 0.0            # CPU seconds of the task's thread (pyarrow's own threads are not counted)
+    spills: int = 0             # map tasks: buffers of map output combined, partitioned and written to the
+                                # shuffle file (engine.shuffle.spill-size each; 1 when the output fit one)
 
     @property
     def duration(self) -> float:

@@ -240,6 +240,7 @@ class HashShuffleWriter:
         self._schema: pa.Schema | None = None
         self._empty: pa.Table | None = None
         self._heavy: dict[tuple, tuple[int, int]] = {}
+        self.spills = 0             # buffers combined, partitioned and appended to the file
 
     def write(self, table: pa.Table) -> None:
         table = shuffle_ready(table, self._keep)
@@ -257,6 +258,7 @@ class HashShuffleWriter:
             return
         table = pa.concat_tables(self._buffer, promote_options="none") if len(self._buffer) > 1 else self._buffer[0]
         self._buffer, self._buffered = [], 0
+        self.spills += 1
         if self.combine is not None:
             table = self.combine(table)
         pids = partition_ids(table, self.keys, self.num_partitions)

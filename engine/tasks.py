@@ -446,7 +446,7 @@ def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partitio
                 index = writer.close()
             index.rows_in = rows_in
             result = {"shuffle": index, "rows_out": index.total_rows, "bytes_out": index.total_bytes,
-                      "schema": writer.schema, "side": ctx.side}
+                      "schema": writer.schema, "side": ctx.side, "spills": writer.spills}
         else:
             combine = _combiner(ctx, stages, label) if ctx.map_combine else None
             adaptive = None
@@ -479,7 +479,7 @@ def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partitio
                     index = writer.close()
             index.rows_in = rows_in
             result = {"shuffle": index, "rows_out": index.total_rows, "bytes_out": index.total_bytes,
-                      "schema": writer.schema}
+                      "schema": writer.schema, "spills": writer.spills}
             if adaptive is not None:
                 result.update(adaptive.outcome())
     except BaseException:

@@ -307,3 +307,18 @@ def test_backfill_records_each_date_and_exports_its_metrics(tmp_path):
     text = (metrics / "mapreduce_dailyops.prom").read_text()
     samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
     assert samples["mapreduce_last_success_timestamp_seconds"] == max(r["finished"] for r in recs)
+
+
+def test_the_report_counts_map_spills_and_stage_quantiles(tmp_path):
+    from engine import config
+    data = _inputs(tmp_path / "in", rows=20_000)
+    job = Job("spilljob").map(lambda t: t.select(["k", "v"])).reduce(by="k", aggs={"n": agg.count(), "s": agg.sum("v")})
+    with config.dask_config().set({"engine.shuffle.spill-size": "64KiB", "engine.batch-rows": 2000}):
+        result = engine.run(job, str(tmp_path / "in"), str(tmp_path / "out"))
+    assert _got(tmp_path / "out") == _expected(data)
+    maps = [t for t in result.report.tasks if t.stage.endswith("map") and t.status == "ok"]
+    # 20,000 rows of two int64 columns per file, in 2,000-row batches: ~32 KiB each, so a spill every 2-3 batches
+    assert len(maps) == 2 and all(4 <= t.spills <= 10 for t in maps), [t.spills for t in maps]
+    (m,) = [m for m in result.report.stage_metrics() if m["stage"].endswith("map")]
+    assert m["spills"] == sum(t.spills for t in maps)
+    assert f"{m['spills']} spill(s)" in result.report.summary()
