@@ -5,6 +5,7 @@
                          [--g1-rows 1e7] [--g1-parts 8] [--driver-tasks 20000] [--tpch-sf 1]
                          [--scale-rows 1e6,1e7,1e8] [--scale-questions q1,q3,q10] [--answers-in-memory 2e7]
                          [--incremental-days 365] [--incremental-rows-per-day 1e6]
+                         [--operations-rows 1e7] [--operations-questions q1,...,q10]
     python -m benchmarks compare BASELINE.jsonl CANDIDATE.jsonl [--threshold 0.10] [--noise 1.0]
     python -m benchmarks report RESULTS.jsonl [-o RESULTS.html]
     python -m benchmarks summary RESULTS.jsonl          # Markdown tables (for RESULTS.md)
@@ -72,6 +73,10 @@ def run(argv: list[str]) -> int:
                     help="days of the incremental suite's Hive input (default: 365; --quick: 6)")
     ap.add_argument("--incremental-rows-per-day", type=float, default=None,
                     help="rows per day of the incremental suite's input (default: 1e6; --quick: 2e4)")
+    ap.add_argument("--operations-rows", type=float, default=None,
+                    help="G1 rows of the operations suite (default: 1e7; --quick: 2e4)")
+    ap.add_argument("--operations-questions", default=None,
+                    help="G1 questions of the operations suite (default: q1,...,q10)")
     args = ap.parse_args(argv)
 
     chosen = _list(args.suites)
@@ -126,6 +131,17 @@ def run(argv: list[str]) -> int:
         if days < 2 or per_day < 1:
             ap.error("--incremental-days must be at least 2 and --incremental-rows-per-day at least 1")
         profile = dataclasses.replace(profile, incremental_days=days, incremental_rows_per_day=per_day)
+    if args.operations_rows is not None or args.operations_questions is not None:
+        import dataclasses
+        qs = tuple(_list(args.operations_questions)) if args.operations_questions is not None \
+            else profile.operations_questions
+        wrong = [q for q in qs if q not in suites.QUESTIONS]
+        if wrong or not qs:
+            ap.error(f"--operations-questions: unknown question(s) {wrong}; choose from {', '.join(suites.QUESTIONS)}")
+        n = int(args.operations_rows) if args.operations_rows is not None else profile.operations_rows
+        if n < 1:
+            ap.error("--operations-rows must be at least 1")
+        profile = dataclasses.replace(profile, operations_rows=n, operations_questions=qs)
     if args.answers_in_memory < 0:
         ap.error("--answers-in-memory must be at least 0")
     repeat = args.repeat or profile.repeat

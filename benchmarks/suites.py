@@ -24,6 +24,9 @@ scale          G1 questions (default q1, q3, q10) at each of   duckdb, polars, p
 incremental    a daily run of one day out of a year into a     the job on that day alone     -
                partitioned output holding the other days
                (``benchmarks.incremental``)
+operations     G1 q1-q10 with the run history, usage figures,  the same runs with all of it  -
+               metrics, alerts and spans on and off            off
+               (``benchmarks.ops_bench``)
 =============  ==============================================  ============================  ===============
 
 ``driver`` is not in the default set (20,000 tasks take minutes here): ask for it with ``--suites driver``;
@@ -33,7 +36,9 @@ nor ``scale`` (``--suites scale``;
 ``--scale-rows 1e6,1e7,1e8`` and ``--scale-questions q1,q3,q10`` choose the sizes and questions; the
 growth curve and a straight-line fit ``seconds = a + b x rows`` with its value at 1e9 rows are in
 ``python -m benchmarks summary``), nor ``incremental`` (``--suites incremental``; ``--incremental-days
-365`` and ``--incremental-rows-per-day 1e6`` size its Hive input).
+365`` and ``--incremental-rows-per-day 1e6`` size its Hive input), nor ``operations``
+(``--suites operations``; ``--operations-rows 1e7`` and ``--operations-questions q1,...,q10``, the
+defaults, choose the G1 size and questions; its figure is the ratio on/off, bounded at 1.02).
 
 Answers too big to hold (a G1 question whose estimated groups exceed ``--answers-in-memory``,
 default 2e7 rows: q10 at 1e8) are written as Parquet by every system, in every timed run (the
@@ -75,7 +80,7 @@ from benchmarks.progress import Progress
 from engine import Job
 
 SUITES = ("groupby", "wordcount", "sort", "skew", "stragglers", "commit", "cluster")
-EXTRA_SUITES = ("driver", "tpch", "startup", "scale", "incremental")  # run only when asked for by name
+EXTRA_SUITES = ("driver", "tpch", "startup", "scale", "incremental", "operations")  # run only when asked for by name
 QUESTIONS = tuple(f"q{i}" for i in range(1, 11))
 
 
@@ -111,6 +116,8 @@ class Profile:
     scale_questions: tuple[str, ...] = ("q1", "q3", "q10")
     incremental_days: int = 365
     incremental_rows_per_day: int = 1_000_000
+    operations_rows: int = 10_000_000
+    operations_questions: tuple[str, ...] = QUESTIONS
 
 
 PROFILES = {
@@ -120,7 +127,8 @@ PROFILES = {
                      commit_rows=20_000, commit_parts=4, sweep_parts=(1, 4),
                      sweep_partition_sizes=("32KiB", "64MiB"), sweep_shapes=((1, 2), (2, 1)),
                      driver_tasks=2_000, driver_rows=200_000, driver_files=8, tpch_sf=0.01,
-                     scale_rows=(10_000, 40_000), incremental_days=6, incremental_rows_per_day=20_000),
+                     scale_rows=(10_000, 40_000), incremental_days=6, incremental_rows_per_day=20_000,
+                     operations_rows=20_000),
     "standard": Profile("standard", repeat=3, g1_rows=2_000_000, g1_parts=2, text_bytes=40_000_000, text_files=4,
                         # 1 MiB: the top10 dataset's hot keys (~3 MB each) exceed the target, so skew handling
                         # acts (at 4 MiB it split nothing and on/off measured the same plan)
@@ -763,6 +771,11 @@ def incremental(ctx: Context) -> None:
     incremental_bench.run_suite(ctx)
 
 
+def operations(ctx: Context) -> None:
+    from benchmarks import ops_bench
+    ops_bench.run_suite(ctx)
+
+
 def _on_cluster(suite: Callable[[Context], None]) -> Callable[[Context], None]:
     """A suite about the cluster itself (speculation, worker shapes): its inputs, small enough to run in the
     driver process, run on the embedded cluster (``engine.local.max-bytes: 0``)."""
@@ -776,7 +789,7 @@ def _on_cluster(suite: Callable[[Context], None]) -> Callable[[Context], None]:
 RUNNERS: dict[str, Callable[[Context], None]] = {
     "groupby": groupby, "wordcount": wordcount, "sort": sort, "skew": skew, "stragglers": _on_cluster(stragglers),
     "commit": commit, "cluster": _on_cluster(cluster), "driver": driver, "tpch": tpch, "startup": startup, "scale": scale,
-    "incremental": incremental,
+    "incremental": incremental, "operations": operations,
 }
 
 
