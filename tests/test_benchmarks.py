@@ -309,3 +309,59 @@ def test_incremental_suite_times_a_daily_run_against_the_day_alone(tmp_path, cap
     from benchmarks import summary
     text = summary.render(records)
     assert "| incremental | daily-driver |" in text and "engine/alone" in text
+
+
+def test_operations_suite_times_runs_with_every_operations_part_on_and_off(tmp_path, capsys):
+    from benchmarks import ops_bench
+    from benchmarks.__main__ import main
+    if ops_bench.pushgateway_binary() is None:
+        from services import require_binary
+        require_binary("prometheus-pushgateway", ops_bench.PUSHGATEWAY)     # skips, or fails in CI
+    out = tmp_path / "operations.jsonl"
+    import logging
+    levels = {name: logging.getLogger(name).level for name in ("engine", "distributed")}
+    history = os.environ.get("ENGINE_HISTORY")
+    try:        # in this process: the embedded cluster of the other tests serves it
+        code = main(["--quick", "--suites", "operations", "--operations-questions", "q1,q10", "--repeat", "1",
+                     "--out", str(out), "--data", str(tmp_path / "data"), "--no-html", "--quiet"])
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+    assert code == 0, capsys.readouterr()
+    assert os.environ.get("ENGINE_HISTORY") == history          # the suite put the session's history back
+    records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    meas = {(r["case"], r["system"]): r for r in records if r["kind"] == "measurement"}
+    assert set(meas) == {(q, s) for q in ("q1", "q10") for s in ("engine", "off")}    # engine: every part on
+    tracing = ops_bench.module_present("opentelemetry.sdk")
+    for (q, system), r in meas.items():
+        assert r["suite"] == "operations" and r["params"]["rows"] == 20_000 and r["params"]["mode"] == "cluster"
+        assert len(r["runs"]) == 1 and r["median"] > 0 and r["error"] is None
+        # every on run left its record, textfile series, gateway series, success event and spans; no off run did
+        assert r["check"]["ok"] and r["check"]["rows_equal"], r["check"]
+        on = r["parts"]
+        if system == "engine":
+            assert on == {"history": True, "usage": True, "metrics_file": True, "push_gateway": True,
+                          "alerts": True, "tracing": tracing, "heartbeat_s": 10.0}
+            assert r["ratio"] == pytest.approx(r["median"] / meas[(q, "off")]["median"], rel=1e-3)
+            assert r["ratio_range"] == [r["ratio_runs"][0]] * 2
+            assert r["ratios"]["off"] == pytest.approx(r["ratio"], rel=1e-3)
+        else:
+            assert not any(v for k, v in on.items() if k != "heartbeat_s")
+    if tracing:
+        assert min(meas[("q1", "engine")]["check"]["spans_per_on_run"]) >= 3    # run, its stages, their tasks
+    total = next(r for r in records if r["kind"] == "operations_total")
+    on_s = meas[("q1", "engine")]["median"] + meas[("q10", "engine")]["median"]
+    off_s = meas[("q1", "off")]["median"] + meas[("q10", "off")]["median"]
+    assert total["ratio"] == pytest.approx(on_s / off_s, rel=1e-3)
+    assert total["ratio_runs"] == [pytest.approx(on_s / off_s, rel=1e-3)] and total["met"] == (on_s / off_s <= 1.02)
+    assert set(total["per_question"]) == {"q1", "q10"} and total["predicted_ratio"] > 1
+    parts = {r["part"]: r for r in records if r["kind"] == "operations_part"}
+    expected = {"record build", "history put, start", "history put, heartbeat", "history put, final",
+                "store open, export", "usage (2 client.run)", "metrics textfile", "metrics gateway",
+                "heartbeat progress", "alert on_success", "imports, fresh process"}
+    expected |= {"span emit"} if tracing else set()
+    assert set(parts) == expected
+    for name, r in parts.items():
+        assert r["error"] is None and r["ms"] > 0 and r["min_ms"] <= r["ms"] <= r["max_ms"], (name, r)
+    text = "\n".join(ops_bench.summary_lines(records))
+    assert "| q10 |" in text and "| history put, final |" in text
