@@ -152,6 +152,10 @@ def render(records: list[dict]) -> str:
     incremental = summary_lines(records)
     if incremental:
         lines += ["", *incremental]
+    from benchmarks.ops_bench import summary_lines as operations_lines
+    operations = operations_lines(records)
+    if operations:
+        lines += ["", *operations]
     return "\n".join(lines) + "\n"
 
 
