@@ -212,7 +212,7 @@ def _summary(ev: dict[str, Any]) -> str:
 
 # -- delivery -----------------------------------------------------------------------------------
 
-def send(hook: Any, ev: dict[str, Any], *, timeout: float = 10) -> str:
+def send(hook: Any, ev: dict[str, Any], *, timeout: float = 5) -> str:
     """Deliver one event to one hook now (no ledger); the hook's answer, or :class:`DeliveryError`."""
     check_hook(hook)
     if not ev.get("sent"):
@@ -278,7 +278,7 @@ _warned_no_store = False
 
 
 def notify(record: dict[str, Any], store, *, on_failure: Any = None, on_success: Any = None,
-           on_slo_breach: Any = None, breaches: list[Any] | None = None, timeout: float = 10) -> list[dict]:
+           on_slo_breach: Any = None, breaches: list[Any] | None = None, timeout: float = 5) -> list[dict]:
     """Tell the hooks about a finished run (see the module docstring); never raises.
 
     ``record``: the run's history record; ``store``: the history (:func:`engine.history.open_store`),
@@ -443,7 +443,10 @@ def _slo(record, store, hook, breaches, timeout, out) -> None:
     fresh: list[tuple[str, str]] = []
     for b in breaches:
         text = str(b.get("text") or b) if isinstance(b, dict) else str(b)
-        obj = str(b.get("objective")) if isinstance(b, dict) and b.get("objective") else objective_of(text)
+        if isinstance(b, dict) and b.get("objective"):
+            obj = str(b["objective"])
+        else:           # engine.slo's texts begin "<job>: ": the objective is what follows
+            obj = objective_of(text[len(f"{job}: "):] if job and text.startswith(f"{job}: ") else text)
         key = f"slo:{job}:{obj}:{day}"
         row = {"key": key, "kind": "slo_breach", "job": job, "logical_date": record.get("logical_date"),
                "record_id": record.get("record_id"), "created": _finished(record), "delivered": None,
@@ -585,7 +588,7 @@ def command(args) -> int:
     if args.test:
         return _test_hook(args.test, args.timeout)
     from . import history
-    store = history.open_store()
+    store = history.open_store(create=False)
     if store is None:
         print("the run history is off (ENGINE_HISTORY=off): there is no alert ledger")
         return 0

@@ -496,6 +496,9 @@ def _failed(exc: BaseException, args) -> int:
 
 
 def _interrupted(exc: BaseException) -> int:
+    if "engine.telemetry" in sys.modules:       # runs still going in other threads (a parallel backfill's)
+        from .telemetry import interrupt_live
+        interrupt_live(exc)
     what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
     print(f"{what}; the output holds what was committed before (all of a run or none of it): rerun the "
           "same command to finish (--resume reuses the tasks this run finished)", file=sys.stderr)
@@ -544,10 +547,27 @@ def _inputs(values: list[str], job: Any = None) -> Any:
     return {k: v[0] if len(v) == 1 else v for k, v in named.items()}
 
 
+def _load_for_run(args):
+    """The job of ``mapreduce run``; a job file that cannot be loaded is a failed run too: it is
+    recorded (under the file's name), alerted and, with --json, printed like any other."""
+    try:
+        return load_job(args.job)
+    except Exception as exc:
+        from .telemetry import Hooks, Tracker
+        name = os.path.splitext(os.path.basename(args.job.rstrip("/")))[0] or args.job
+        tracker = Tracker(None, args.output, logical_date=args.date, name=name,
+                          hooks=Hooks(args.report, args.metrics_file, args.push_gateway, args.on_failure,
+                                      args.on_success, args.on_slo_breach),
+                          settings={"job": args.job})
+        tracker.begin()
+        exc.run_record = tracker.finish(exc=exc)       # type: ignore[attr-defined]
+        raise
+
+
 def cmd_run(args) -> int:
     from .errors import OutputExistsError
     from .runner import run
-    job = load_job(args.job)
+    job = _load_for_run(args)
     options: dict[str, Any] = {}
     if args.workers:
         if args.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS"):
@@ -634,6 +654,9 @@ def cmd_backfill(args) -> int:
                               speculation=not args.no_speculation, skew=not args.no_skew,
                               shuffle_dir=args.shuffle_dir, partition_size=args.partition_size, format=args.format)
     except KeyboardInterrupt as exc:
+        if "engine.telemetry" in sys.modules:   # the dates still running in other threads end here
+            from .telemetry import interrupt_live
+            interrupt_live(exc)
         partial = getattr(exc, "backfill_result", None)
         if partial is not None:
             print(partial.to_json() if args.json else partial, flush=True)

@@ -38,9 +38,11 @@ def _window(text: str | None) -> float | None:
 
 
 def _store_or_message() -> history.Store | None:
-    store = history.open_store()
+    store = history.open_store(create=False)
     if store is None:
-        print("the run history is off (ENGINE_HISTORY=off)", file=sys.stderr)
+        where = history.url()
+        print("the run history is off (ENGINE_HISTORY=off)" if where is None else
+              f"no run history at {where} (ENGINE_HISTORY sets where it is)", file=sys.stderr)
     return store
 
 
@@ -114,8 +116,7 @@ def add_parsers(sub: Any, common: Any, positive_int: Any) -> None:
     h.add_argument("--job")
     h.add_argument("--limit", type=positive_int, default=20)
     h.add_argument("--since", type=_window, help="only runs started within this window, e.g. 30d, 6h")
-    h.add_argument("--status", help="only runs with this status (committed, skipped, failed, interrupted, refused, "
-                                    "running)")
+    h.add_argument("--status", choices=history.SHOWN, help="only runs with this status")
     h.add_argument("--json", action="store_true", help="print the runs and SLIs as JSON")
 
 
@@ -139,15 +140,21 @@ def cmd_show(args) -> int:
 
 
 def cmd_history(args) -> int:
-    store = history.open_store()
+    store = history.open_store(create=False)
     if store is None:
+        where = history.url()
         if args.json:
-            print(json.dumps({"history": None, "runs": [], "slis": {}}))
+            print(json.dumps({"history": where, "runs": [], "slis": {}}))
         else:
-            print("no runs recorded (history is off: ENGINE_HISTORY=off)")
+            print("no runs recorded (history is off: ENGINE_HISTORY=off)" if where is None
+                  else f"no runs recorded in {where}")
         return 0
     since = time.time() - args.since if args.since else None
-    rows = store.records(job=args.job, since=since, status=args.status, limit=args.limit)
+    if args.status in ("lost", "running"):
+        rows = [r for r in store.records(job=args.job, since=since, status="running")
+                if history.shown_status(r) == args.status][:args.limit]
+    else:
+        rows = store.records(job=args.job, since=since, status=args.status, limit=args.limit)
     slis: dict[str, Any] = {}
     slo_mod = None
     try:

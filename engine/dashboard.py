@@ -493,7 +493,7 @@ def command(args: Any) -> int:
     import os
     import sys
     from . import history
-    store = history.open_store()
+    store = history.open_store(create=False)
     try:
         render(store, since=args.since, job=args.job, run=args.run, path=args.output)
     except RunNotFoundError as exc:

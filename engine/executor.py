@@ -51,6 +51,16 @@ ProgressFn = Callable[[str, int, int], None]
 _PERMANENT = (SchemaError, InputError, JobDefinitionError, pa.ArrowTypeError, pa.ArrowNotImplementedError)
 
 
+def _count(stage: StageReport, value: dict) -> None:
+    """Add a finished task's rows and bytes to its stage's figures."""
+    rows_in = int(value.get("rows_in") or 0)
+    stage.rows_in += rows_in
+    stage.rows_out += int(value.get("rows_out") or 0)
+    stage.bytes_out += int(value.get("bytes_out") or 0)
+    if value.get("reads_input"):
+        stage.input_rows += rows_in
+
+
 def _is_permanent(exc: BaseException) -> bool:
     """Deterministic failures, never retried: the job's or the input's errors, Arrow's type errors (no
     kernel or cast for these types), and Arrow errors a task marked as raised while *computing* (user
@@ -370,6 +380,8 @@ class StageExecutor:
             if p in st.tasks and value.get("spec") == st.specs[p] \
                     and still_valid(self.shuffle_fs, self.out_fs, value, self._uploads()):
                 st.results[p] = value
+        for value in st.results.values():      # the stage's figures cover what resumed tasks did too
+            _count(st.report, value)
         if st.results:
             log.info("%s: resumed %d of %d task(s) from the journal", st.name, len(st.results), len(st.tasks))
             self.report.retries.append({"stage": st.name, "resumed": sorted(st.results)})
@@ -464,9 +476,7 @@ class StageExecutor:
         value["spec"] = st.specs[partition]
         if self.journal is not None:
             self.journal.record(st.name, partition, value)
-        st.report.rows_in += int(value.get("rows_in") or 0)
-        st.report.rows_out += int(value.get("rows_out") or 0)
-        st.report.bytes_out += int(value.get("bytes_out") or 0)
+        _count(st.report, value)
         self._cancel_siblings(st, partition)
         if self.progress is not None:
             self.progress(st.name, len(st.results), len(st.tasks))

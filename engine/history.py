@@ -71,6 +71,7 @@ COLUMNS: dict[str, str] = {
                                   # delivering by then (0: in time; NULL: no deadline declared)
 }
 STATUSES = ("running", "committed", "skipped", "failed", "interrupted", "refused")
+SHOWN = STATUSES + ("lost",)          # "lost": running, with its driver gone (is_lost)
 FINAL = ("committed", "skipped", "failed", "interrupted", "refused")
 SUCCEEDED = ("committed", "skipped")
 
@@ -266,12 +267,15 @@ class SQLiteStore(Store):
 _STORES: dict[str, Store] = {}
 
 
-def open_store(location: str | None = None) -> Store | None:
-    """The history store at ``location`` (default :func:`url`); None when the history is off."""
+def open_store(location: str | None = None, *, create: bool = True) -> Store | None:
+    """The history store at ``location`` (default :func:`url`); None when the history is off, or,
+    with ``create=False`` (the commands that only read it), when its SQLite file does not exist."""
     loc = location if location is not None else url()
     if loc is None:
         return None
     if not loc.startswith(("postgresql://", "postgres://")):
+        if not create and not os.path.exists(loc):
+            return None
         return SQLiteStore(loc)          # a few ms to open; the file may have been moved meanwhile
     store = _STORES.get(loc)
     if store is None:
@@ -299,16 +303,28 @@ def base_record(record_id: str, job: str, output: str, *, logical_date: str | No
 
 
 _WARNED: set[str] = set()
+_FAILING: dict[str, float] = {}      # location -> when a write there last failed
+RETRY_AFTER = 30.0                   # seconds a failing store is left alone (a running record or a heartbeat)
 
 
 def put(rec: dict[str, Any]) -> None:
     """Write a record (best effort: the history never fails a run; a failure is a warning on the
-    ``engine`` logger, once per distinct problem). Strings are redacted."""
+    ``engine`` logger, once per distinct problem). Strings are redacted. After a failed write the
+    store is left alone for :data:`RETRY_AFTER` seconds, except for a run's final record, so an
+    unreachable store costs a run one connection timeout, not one per write."""
+    loc = url()
+    if loc is None:
+        return
+    final = rec.get("status") != "running"
+    if not final and time.time() - _FAILING.get(loc, 0.0) < RETRY_AFTER:
+        return
     try:
-        store = open_store()
+        store = open_store(loc)
         if store is not None:
             store.put(redact_obj(dict(rec)))
+        _FAILING.pop(loc, None)
     except Exception as exc:  # noqa: BLE001
+        _FAILING[loc] = time.time()
         from .redact import redact
         text = redact(f"{type(exc).__name__}: {exc}")
         if text not in _WARNED:
@@ -333,6 +349,19 @@ def is_lost(rec: dict[str, Any]) -> bool:
 
 def shown_status(rec: dict[str, Any]) -> str:
     return "lost" if is_lost(rec) else str(rec.get("status"))
+
+
+def effective(rec: dict[str, Any]) -> dict[str, Any]:
+    """The record as the SLIs count it: a lost run (its driver died while it ran) as ``interrupted``,
+    ended at its last heartbeat."""
+    if not is_lost(rec):
+        return rec
+    out = dict(rec)
+    out["status"], out["finished"] = "interrupted", rec.get("updated") or rec.get("started")
+    out["seconds"] = max(0.0, float(out["finished"] or 0) - float(rec.get("started") or 0))
+    out["error_type"] = out.get("error_type") or "lost"
+    out["message"] = out.get("message") or "the run's driver ended without recording an end (SIGKILL, a crash)"
+    return out
 
 
 def report_of(rec: dict[str, Any]):
@@ -378,5 +407,5 @@ def slis(job: str | None = None) -> list[dict[str, Any]]:
     return out
 
 
-__all__ = ["COLUMNS", "STATUSES", "FINAL", "SUCCEEDED", "Store", "SQLiteStore", "open_store", "url", "path", "put",
+__all__ = ["COLUMNS", "STATUSES", "SHOWN", "effective", "FINAL", "SUCCEEDED", "Store", "SQLiteStore", "open_store", "url", "path", "put",
            "record", "runs", "slis", "base_record", "new_record_id", "is_lost", "shown_status", "report_of"]

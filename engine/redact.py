@@ -105,6 +105,31 @@ def remember(storage_options: dict | None) -> None:
             _known.update(new)
 
 
+_USERINFO = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://([^/\s:@'\"]+):([^/\s@'\"]+)@")
+
+
+def remember_urls(*values: Any) -> None:
+    """Redact the passwords of ``scheme://user:password@host`` URLs among ``values`` (strings, or lists
+    and dicts of them) from everything this process writes from now on: a library's error may quote
+    the password without the URL around it (``Invalid bucket name "user:password@bucket"``)."""
+    found: list[str] = []
+
+    def walk(obj: Any) -> None:
+        if isinstance(obj, str):
+            for m in _USERINFO.finditer(obj):
+                found.extend(x for x in (m.group(2), f"{m.group(1)}:{m.group(2)}") if len(x) >= 4)
+        elif isinstance(obj, dict):
+            for v in obj.values():
+                walk(v)
+        elif isinstance(obj, (list, tuple)):
+            for v in obj:
+                walk(v)
+    walk(values)
+    if found:
+        with _known_lock:
+            _known.update(found)
+
+
 def redact(text: str, storage_options: dict | None = None) -> str:
     """``text`` with every secret-looking part replaced by ``***`` (see the module docstring)."""
     if not isinstance(text, str) or not text:

@@ -60,6 +60,7 @@ class StageReport:
     rows_in: int = 0
     rows_out: int = 0
     bytes_out: int = 0
+    input_rows: int = 0         # of rows_in, those its map tasks read from the run's input (not from a prior round)
     attempts: int = 0
     retries: int = 0
     speculative: int = 0

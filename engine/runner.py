@@ -202,6 +202,8 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
     from .telemetry import Hooks, Tracker, sigterm_interrupts
     started = time.time()
     _remember_secrets(storage_options)      # redacted from logs, reports, history and errors from now on
+    from .redact import remember_urls
+    remember_urls(input, output, stage_to, shuffle_dir, cluster if isinstance(cluster, str) else None)
     arguments = {"input": redact(str(input))[:2000], "mode": mode, "speculation": speculation, "skew": skew,
                  "shuffle_dir": redact(str(shuffle_dir)) if shuffle_dir else None,
                  "partition_size": str(partition_size) if partition_size is not None else None, "force": force,
@@ -544,11 +546,12 @@ def _decided_by_partitions(where: Any, spec: InputSpec) -> bool:
 
 def _run(job: Job, input: Any, output: str, out_fs, out: str, *args: Any, live: tuple | None = None,
          before: Any = None, tracker: Any = None) -> RunResult:
-    """One run into ``output``, followed by ``tracker`` (a canary's run, given none, has its own record)."""
+    """One run into ``output``, followed by ``tracker`` (a canary's run, given none, has its own record,
+    under ``<job>:canary``)."""
     if tracker is not None:
         return _run_body(job, input, output, out_fs, out, *args, live=live, before=before, tracker=tracker)
     from .telemetry import Tracker
-    own = Tracker(job, output, logical_date=args[15], started=args[17])
+    own = Tracker(job, output, logical_date=args[15], started=args[17], exports=False)     # a canary's run
     own.begin()
     try:
         result = _run_body(job, input, output, out_fs, out, *args, live=live, before=before, tracker=own)

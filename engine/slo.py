@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import JobDefinitionError
-from .history import SUCCEEDED
+from .history import SUCCEEDED, effective
 
 FAILED = ("failed", "interrupted")          # the ends M5 measures the recovery from
 DAY = 86400.0
@@ -318,6 +318,7 @@ def _group(records: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str, 
             if rid in seen:
                 continue
             seen.add(rid)
+        r = effective(r)                     # a lost run (driver gone while running) counts as interrupted
         out.setdefault(r.get("job") or "?", []).append(r)
     return out
 
@@ -926,9 +927,14 @@ def command(args: argparse.Namespace) -> int:
     from . import history
     now = time.time()
     since = now - parse_window(args.since)
-    store = history.open_store()
+    store = history.open_store(create=False)
     if store is None:
-        print("no history: it is off (ENGINE_HISTORY=off), so there is nothing to measure")
+        where = history.url()
+        if getattr(args, "json", False):
+            print(json.dumps({"history": where, "objectives": [], "slis": {}}))
+        else:
+            print("no history: it is off (ENGINE_HISTORY=off), so there is nothing to measure" if where is None
+                  else f"no run history at {where}, so there is nothing to measure")
         return 0
     declared = load_objectives(args.config) if args.config else None
     jobs = [args.job] if args.job else sorted(set(store.jobs()) | set(declared or ()))

@@ -487,7 +487,8 @@ def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partitio
             output.abort()
         raise
     result.update({"rows_in": rows_in, "start": start, "stop": time.time(), "cpu": time.thread_time() - cpu0, "worker": _worker_name(),
-                   "partition": partition, "attempt": attempt, "input_bytes": split.size})
+                   "partition": partition, "attempt": attempt, "input_bytes": split.size,
+                   "reads_input": split.schema is not None})     # (engine-written intermediate splits have none)
     return result
 
 

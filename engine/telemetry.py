@@ -89,12 +89,12 @@ def job_functions(job: Any) -> list[Any]:
     return found
 
 
-def _code_index(roots: list[Any] = ()) -> dict[str, list[tuple[str, int, int]]]:
+def _code_index(roots: list[Any] = ()) -> dict[str, list[tuple[str, int, int, Any]]]:
     """Function name → (file, first line, last line) of the code the user's modules define (their
     functions, methods and the functions nested in them). User functions travel to the tasks by value,
     and the serializer names their file ``<dynamic-code>`` while keeping names and line numbers: this
     index finds the real file again. Built only when a run fails."""
-    index: dict[str, list[tuple[str, int, int]]] = {}
+    index: dict[str, list[tuple[str, int, int, Any]]] = {}
     seen: set[int] = set()
 
     def add(code: Any) -> None:
@@ -103,7 +103,7 @@ def _code_index(roots: list[Any] = ()) -> dict[str, list[tuple[str, int, int]]]:
         seen.add(id(code))
         lines = [ln for _, _, ln in code.co_lines() if ln is not None]
         if lines:
-            index.setdefault(code.co_name, []).append((code.co_filename, min(lines), max(lines)))
+            index.setdefault(code.co_name, []).append((code.co_filename, min(lines), max(lines), code))
         for const in code.co_consts:
             if hasattr(const, "co_lines"):
                 add(const)
@@ -135,15 +135,29 @@ def _code_index(roots: list[Any] = ()) -> dict[str, list[tuple[str, int, int]]]:
     return index
 
 
-def _real_place(frame: traceback.FrameSummary, index: dict | None) -> tuple[str, str | None]:
-    """The file of a frame whose code came by value (``<dynamic-code>``), and its source line."""
+def _real_place(frame: traceback.FrameSummary, code: Any, index: dict | None) -> tuple[str, str | None]:
+    """The file of a frame whose code came by value (``<dynamic-code>``), and its source line.
+
+    The frame's own code object decides when it is at hand (its first line and bytecode equal one
+    of the user's functions'); a frame rebuilt from another process keeps only its name and line, so
+    the functions of that name whose lines cover it decide, and only when they all lie in one file
+    (two functions of one name in different files: the frame stays unnamed rather than misnamed)."""
     if not frame.filename.startswith("<dynamic") or not index:
         return frame.filename, frame.line
-    for filename, first, last in index.get(frame.name, ()):
-        if first <= (frame.lineno or 0) <= last and _is_user_frame(filename):
-            import linecache
-            return filename, linecache.getline(filename, frame.lineno or 0).strip() or None
-    return frame.filename, frame.line
+    lineno = frame.lineno or 0
+    candidates = [c for c in index.get(frame.name, ()) if c[1] <= lineno <= c[2] and _is_user_frame(c[0])]
+    real = getattr(code, "co_code", None)
+    if real is not None:
+        exact = [c for c in candidates if c[3].co_firstlineno == getattr(code, "co_firstlineno", -1)
+                 and c[3].co_code == real]
+        if exact:
+            candidates = exact
+    files = {c[0] for c in candidates}
+    if len(files) != 1:
+        return frame.filename, frame.line
+    import linecache
+    filename = files.pop()
+    return filename, linecache.getline(filename, lineno).strip() or None
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -160,33 +174,51 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return seen
 
 
-def error_info(exc: BaseException, roots: list[Any] = ()) -> dict[str, Any]:
-    """``{"type", "message", "location", "source", "traceback"}`` of a run's error: ``location`` is the
-    innermost frame of the user's own code among the exception and its causes (None if none)."""
+def error_info(exc: BaseException, roots: list[Any] = (), *, index: dict | None = None) -> dict[str, Any]:
+    """``{"type", "message", "location", "source", "traceback", "user_traceback"}`` of a run's error:
+    ``location`` is the innermost frame of the user's own code among the exception and its causes
+    (None if none). ``roots``: the job's functions (their modules need not be imported by name)."""
     location = source = None
     user_tb: list[str] = []
-    index: dict | None = None
     for e in reversed(_chain(exc)):           # the original cause first
         frames = []
-        for f in traceback.extract_tb(e.__traceback__):
+        for frame_obj, lineno in traceback.walk_tb(e.__traceback__):
+            code = getattr(frame_obj, "f_code", None)
+            f = traceback.FrameSummary(getattr(code, "co_filename", "?"), lineno, getattr(code, "co_name", "?"),
+                                       lookup_line=False)
             if f.filename.startswith("<dynamic"):
                 if index is None:
                     index = _code_index(list(roots))
-                filename, line = _real_place(f, index)
-                f = traceback.FrameSummary(filename, f.lineno, f.name, line=line)
+                filename, line = _real_place(f, code, index)
+                f = traceback.FrameSummary(filename, lineno, f.name, line=line)
+            elif _is_user_frame(f.filename):
+                import linecache
+                f = traceback.FrameSummary(f.filename, lineno, f.name,
+                                           line=linecache.getline(f.filename, lineno or 0).strip() or None)
             if _is_user_frame(f.filename):
                 frames.append(f)
         if frames:
             last = frames[-1]
             location = f"{last.filename}:{last.lineno}"
             source = (last.line or "").strip() or None
-            user_tb = traceback.format_list(frames) + [f"{type(e).__name__}: {e}\n"]
+            try:
+                said = f"{type(e).__name__}: {e}\n"
+            except Exception:  # noqa: BLE001 - an exception whose str() fails
+                said = f"{type(e).__name__}\n"
+            user_tb = traceback.format_list(frames) + [said]
             break
+    try:
+        said = str(exc)
+    except Exception:  # noqa: BLE001 - an exception whose str() fails
+        said = f"<{type(exc).__name__} whose message cannot be shown>"
     if isinstance(exc, KeyboardInterrupt):
-        message = str(exc) or "interrupted (Ctrl-C)"
+        message = said or "interrupted (Ctrl-C)"
     else:
-        message = " ".join(str(exc).split()) or type(exc).__name__
-    full = "".join(traceback.format_exception(exc))
+        message = " ".join(said.split()) or type(exc).__name__
+    try:
+        full = "".join(traceback.format_exception(exc))
+    except Exception:  # noqa: BLE001
+        full = ""
     return redact_obj({"type": type(exc).__name__, "message": redact(message), "location": location,
                        "source": source, "function": None, "user_traceback": "".join(user_tb)[-8000:],
                        "traceback": full[-16000:]})
@@ -216,6 +248,15 @@ def process_cpu() -> float:
     return t.user + t.system
 
 
+def _resident_bytes() -> int:
+    """This process's resident memory now (0 if unknown)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return 0
+
+
 def versions() -> dict[str, str]:
     from ._version import ENGINE_VERSION
     out = {"engine": ENGINE_VERSION, "python": platform.python_version()}
@@ -226,14 +267,34 @@ def versions() -> dict[str, str]:
     return out
 
 
+def _mask_hook(value: Any) -> Any:
+    """A hook or gateway setting as the record keeps it: a URL without its path and query (webhook
+    URLs carry their token there), a command without its arguments."""
+    if not isinstance(value, str) or not value:
+        return value
+    if "://" in value:
+        scheme, _, rest = value.partition("://")
+        host = rest.split("/", 1)[0].split("@")[-1]
+        return f"{scheme}://{host}/…" if "/" in rest.split("@")[-1] else f"{scheme}://{host}"
+    return value.split()[0] + (" …" if len(value.split()) > 1 else "")
+
+
 def engine_settings() -> dict[str, Any]:
-    """The engine.* settings in force (plain values)."""
+    """The engine.* settings in force (plain values; hook URLs and commands masked)."""
+    settings: dict[str, Any] = {}
     with contextlib.suppress(Exception):
         if "dask.config" in sys.modules:
             import dask.config
-            return json.loads(json.dumps(dask.config.get("engine", default={}) or {}, default=str))
-        return json.loads(json.dumps(config.DEFAULTS, default=str))
-    return {}
+            settings = json.loads(json.dumps(dask.config.get("engine", default={}) or {}, default=str))
+        else:
+            settings = json.loads(json.dumps(config.DEFAULTS, default=str))
+    for section, keys in (("alerts", ("on-failure", "on-success", "on-slo-breach")), ("metrics", ("push-gateway",))):
+        block = settings.get(section)
+        if isinstance(block, dict):
+            for k in keys:
+                if k in block:
+                    block[k] = _mask_hook(block[k])
+    return settings
 
 
 @contextlib.contextmanager
@@ -259,25 +320,64 @@ def sigterm_interrupts():
                 signal.signal(signal.SIGTERM, previous)
 
 
+_LIVE: set[Tracker] = set()          # runs of this process that have not ended (see interrupt_live)
+_LIVE_LOCK = threading.Lock()
+
+
+def interrupt_live(exc: BaseException | None = None) -> int:
+    """End every run of this process still going as ``interrupted`` (a Ctrl-C or SIGTERM that stops a
+    process whose runs go on in other threads, such as a parallel backfill's, or the interpreter
+    exiting under them); returns how many. Their records are final; a run that ends later
+    overwrites its own record with its real end."""
+    from .errors import Terminated
+    with _LIVE_LOCK:
+        live = list(_LIVE)
+    for tracker in live:
+        with contextlib.suppress(Exception):
+            tracker.finish(exc=exc if exc is not None else Terminated())
+    return len(live)
+
+
+def _at_exit() -> None:
+    if _LIVE:
+        interrupt_live(KeyboardInterrupt("the process exited while the run was running"))
+
+
+import atexit  # noqa: E402
+
+atexit.register(_at_exit)
+
+_DATE = __import__("re").compile(r"\d{4}-\d{2}-\d{2}")
+
+
 class Tracker:
-    """One run's record, from ``running`` to its end (see the module docstring)."""
+    """One run's record, from ``running`` to its end (see the module docstring).
+
+    ``exports=False`` (a canary run): only the record, under the job name ``<job>:canary``, so that
+    a canary's success neither counts as the job's nor moves its metrics or alerts."""
 
     def __init__(self, job: Any, output: str, *, logical_date: str | None = None, started: float | None = None,
-                 hooks: Hooks | None = None, settings: dict | None = None, own: bool = True) -> None:
-        self.job_name = getattr(job, "name", str(job))
+                 hooks: Hooks | None = None, settings: dict | None = None, exports: bool = True,
+                 name: str | None = None) -> None:
+        job_name = getattr(job, "name", None)
+        self.job_name = name or (job_name if isinstance(job_name, str) and job_name else f"<{type(job).__name__}>")
+        if not exports:
+            self.job_name += ":canary"
         self.job = job
         slo = getattr(job, "slo", None)
-        self.slo = slo.to_dict() if hasattr(slo, "to_dict") else slo
-        self.hooks = (hooks or Hooks()).resolved()
+        self.slo = slo.to_dict() if hasattr(slo, "to_dict") else (slo if isinstance(slo, dict) else None)
+        self.exports = exports
+        self.hooks = (hooks or Hooks()).resolved() if exports else Hooks()
         self.record_id = history.new_record_id()
         self.output = output if "://" in str(output) else os.path.abspath(str(output))
-        self.logical_date = logical_date
+        self.logical_date = logical_date if logical_date and _DATE.fullmatch(str(logical_date)) else None
         self.started = started if started is not None else time.time()
         self.settings = settings or {}
         self.rep: Any = None
         self.finished: dict | None = None
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
+        self._first: threading.Thread | None = None
         self._lock = threading.Lock()
 
     # -- while it runs -------------------------------------------------------------------------
@@ -288,8 +388,12 @@ class Tracker:
         return rec
 
     def begin(self) -> None:
-        """Write the ``running`` record."""
-        history.put(self._base())
+        """Write the ``running`` record (in the background: a slow history store does not delay the run)."""
+        with _LIVE_LOCK:
+            _LIVE.add(self)
+        rec = self._base()
+        self._first = threading.Thread(target=history.put, args=(rec,), name="engine-record", daemon=True)
+        self._first.start()
 
     def attach(self, rep: Any) -> None:
         """The run's report, once it exists; starts the heartbeat."""
@@ -325,9 +429,37 @@ class Tracker:
 
     # -- at the end ----------------------------------------------------------------------------
     def finish(self, *, result: Any = None, exc: BaseException | None = None) -> dict[str, Any]:
-        """Write the final record and export it; returns the record."""
-        from .report import RunReport
+        """Write the final record and export it; returns the record (redacted). Never raises: a
+        problem building the full record still writes a minimal one."""
         self._stop.set()
+        with _LIVE_LOCK:
+            _LIVE.discard(self)
+        try:
+            rec = self._final(result, exc)
+        except Exception as problem:  # noqa: BLE001 - the record of a run must not fail the run
+            rec = self._base()
+            rec.update({"status": classify(exc, None, bool(getattr(result, "skipped", False))),
+                        "finished": time.time(), "updated": time.time(),
+                        "seconds": time.time() - self.started,
+                        "error_type": type(exc).__name__ if exc is not None else None,
+                        "message": f"(the run's record is incomplete: {type(problem).__name__}: {problem})"})
+        rec = redact_obj(rec)
+        if self._first is not None:
+            self._first.join(timeout=10)           # the `running` record must not land after this one
+        with self._lock:
+            self.finished = rec
+        history.put(rec)
+        if self.rep is not None and self.hooks.report:
+            try:
+                self.rep.to_html(self.hooks.report)
+            except Exception as e:  # noqa: BLE001 - the report never fails a run
+                log.warning("could not write the HTML report to %s: %s", self.hooks.report, redact(str(e)))
+        if self.exports:
+            self._export("final", rec)
+        return rec
+
+    def _final(self, result: Any, exc: BaseException | None) -> dict[str, Any]:
+        from .report import RunReport
         rep = self.rep
         if rep is None:
             rep = RunReport(self.job_name, "", "", start=self.started, output=self.output)
@@ -337,30 +469,24 @@ class Tracker:
         rep.status = status
         if not rep.stop or exc is not None:
             rep.stop = time.time()
+        roots = job_functions(self.job)
+        index: dict | None = None
         pending = rep.__dict__.pop("retry_exceptions", None) or []
         for entry, retry_exc in pending:                  # where each retried attempt raised
             with contextlib.suppress(Exception):
-                entry["location"] = error_info(retry_exc, job_functions(self.job))["location"]
+                if index is None:
+                    index = _code_index(roots)
+                entry["location"] = error_info(retry_exc, roots, index=index)["location"]
         if exc is not None:
-            rep.error = error_info(exc, job_functions(self.job))
-            if not rep.message:
-                rep.message = f"{rep.error['type']}: {rep.error['message']}"
+            rep.error = error_info(exc, roots, index=index)
+            rep.message = f"{rep.error['type']}: {rep.error['message']}"
         self._usage(rep)
-        rec = record_from_report(rep, self.record_id,
-                                 key_values=bool(config.get("report.key-values")))
+        rec = record_from_report(rep, self.record_id, key_values=bool(config.get("report.key-values")))
         rec.update({k: v for k, v in self._base().items() if k not in rec or rec[k] is None})
+        rec["job"], rec["output"] = self.job_name, self.output     # the live output (not a staging one), absolute
         rec["status"], rec["updated"] = status, time.time()
         rec["deadline_missed"] = self._deadline_missed(rec)
         rec["deadline_misses"] = rec["deadline_missed"] or 0          # the metrics' name for it
-        with self._lock:
-            self.finished = rec
-        history.put(rec)
-        if self.hooks.report:
-            try:
-                rep.to_html(self.hooks.report)
-            except Exception as e:  # noqa: BLE001 - the report never fails a run
-                log.warning("could not write the HTML report to %s: %s", self.hooks.report, e)
-        self._export("final", rec)
         return rec
 
     def _deadline_missed(self, rec: dict[str, Any]) -> int | None:
@@ -390,13 +516,11 @@ class Tracker:
         usage.setdefault("cpu_seconds", round(sum(t.cpu for t in rep.tasks), 6))
         if threads:
             usage["thread_seconds"] = round(threads * rep.duration, 6)
-            mem = int((rep.cluster or {}).get("memory_limit") or 0)
+            mem = int((rep.cluster or {}).get("memory_limit") or 0) * threads
             if not mem and (rep.cluster or {}).get("local"):
-                # the driver's threads share this machine's memory: each thread's share of it
-                with contextlib.suppress(ValueError, OSError, AttributeError):
-                    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // threads
+                mem = _resident_bytes()         # in the driver: no worker memory limit, what it holds
             if mem:
-                usage["memory_gb_seconds"] = round(mem * threads / 2 ** 30 * rep.duration, 6)
+                usage["memory_gb_seconds"] = round(mem / 2 ** 30 * rep.duration, 6)
         done = [t.stop for t in rep.tasks if t.status == "ok"]
         if done:
             usage["checkpoint_at"] = max(done)
@@ -466,7 +590,7 @@ def record_from_report(rep, record_id: str, *, key_values: bool = False) -> dict
         "status": rep.status, "started": rep.start, "finished": rep.stop or None,
         "seconds": rep.duration, "updated": rep.stop or rep.start,
         "input_files": rep.input_files, "input_bytes": rep.input_bytes,
-        "input_rows": rep.stages[0].rows_in if rep.stages else 0,
+        "input_rows": sum(s.input_rows for s in rep.stages),
         "output": rep.output, "output_rows": rep.output_rows, "output_bytes": rep.output_bytes,
         "output_files": rep.output_files, "message": rep.message, "logical_date": rep.logical_date,
         "error_type": err.get("type"), "error_location": err.get("location"),

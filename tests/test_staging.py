@@ -567,7 +567,9 @@ def test_canary_gate_stops_the_run_before_it_starts(tmp_path, capsys, cli):
     violations = caught.value.violations
     assert len(violations) == 1 and f"day={bad}: 200 rows in A, {kept} in B" in violations[0]
     assert raw_manifest(backend, out) == raw and files_of(backend, out) == before
-    assert _history_outputs("staged-copy-v2") == [os.path.join(out, "_canary")]     # only the canary ran
+    # only the canary ran (recorded apart from the job's own runs, so it counts in none of its SLIs)
+    assert _history_outputs("staged-copy-v2:canary") == [os.path.join(out, "_canary")]
+    assert _history_outputs("staged-copy-v2") == []
     assert _refused("staged-copy-v2") == [(out, "ChangeGateError")]                # and the run was refused
     assert not os.path.exists(os.path.join(out, "_canary"))
 
@@ -589,13 +591,13 @@ def test_canary_gate_stops_the_run_before_it_starts(tmp_path, capsys, cli):
     assert len(err) == 1 and err[0].startswith("error: ChangeGateError: the canary on 2 of 10 input partitions")
     assert "did not start" in err[0] and f"day={bad}" in err[0]
     assert raw_manifest(backend, out) == raw and not os.path.exists(os.path.join(out, "_canary"))
-    assert _history_outputs("staged-copy-v3") == [os.path.join(out, "_canary")]
+    assert _history_outputs("staged-copy-v3:canary") == [os.path.join(out, "_canary")]
     assert _refused("staged-copy-v3") == [(out, "ChangeGateError")]
 
     # a rerun with nothing to do runs no canary either
     again = engine.run(JOB, src, out, partition_by=["day"], mode="overwrite-partitions", canary=2, max_change="5%")
     assert again.skipped and again.canary is None
-    assert _history_outputs("staged-copy") .count(os.path.join(out, "_canary")) == 1      # the passing one above
+    assert _history_outputs("staged-copy:canary").count(os.path.join(out, "_canary")) == 1  # the passing one above
 
 
 def test_canary_fraction_plain_input_and_failures(tmp_path):
