@@ -322,3 +322,109 @@ def test_the_report_counts_map_spills_and_stage_quantiles(tmp_path):
     (m,) = [m for m in result.report.stage_metrics() if m["stage"].endswith("map")]
     assert m["spills"] == sum(t.spills for t in maps)
     assert f"{m['spills']} spill(s)" in result.report.summary()
+
+
+def test_a_job_file_that_cannot_load_is_a_recorded_failed_run(tmp_path):
+    _inputs(tmp_path / "in")
+    broken = tmp_path / "brokenjob.py"
+    broken.write_text("import no_such_module_anywhere\n")
+    env = _env(tmp_path)
+    proc = _cli("run", broken, "-i", tmp_path / "in", "-o", tmp_path / "out", "--json", env=env, cwd=tmp_path)
+    assert proc.returncode == 1 and "JobDefinitionError" in proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["status"] == "failed" and doc["job"] == "brokenjob" and doc["error_type"] == "JobDefinitionError"
+    assert doc["output"] == str(tmp_path / "out")
+    (rec,) = _records(env, "brokenjob")
+    assert rec["status"] == "failed" and rec["record_id"] == doc["record_id"]
+
+
+def test_a_password_in_an_output_url_stays_out_of_records_and_json(tmp_path):
+    _inputs(tmp_path / "in")
+    job_file = tmp_path / "copyjob.py"
+    job_file.write_text("from engine import Job, agg\njob = Job('pwjob').reduce(by='k', aggs={'n': agg.count()})\n")
+    env = _env(tmp_path, AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="y", AWS_EC2_METADATA_DISABLED="true")
+    proc = _cli("run", job_file, "-i", tmp_path / "in", "-o", "s3://etl:s3cretPW42@bucket/out", "--json",
+                env=env, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "s3cretPW42" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    rows = _records(env, "pwjob")
+    assert rows and "s3cretPW42" not in json.dumps(rows)
+
+
+SAME_NAME_HELPER = """import os
+
+
+def boom():
+    x = {}
+    return x["missing"]
+"""
+
+SAME_NAME_SCRIPT = """import json, os, sys
+
+
+def boom():            # the script's own helper of the same name, spanning lines 4-6 (the helper raises at 6)
+    print("unrelated")
+    return 1
+
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import engine
+import helpers_same_name
+from engine import Job, agg
+
+
+def step(t):
+    if t["f"][0].as_py() == "p1":          # not the driver's check on a sample of p0
+        helpers_same_name.boom()
+    return t
+
+job = Job("samename").map(step).reduce(by="k", aggs={"n": agg.count()})
+if __name__ == "__main__":
+    try:
+        engine.run(job, sys.argv[1], sys.argv[2])
+    except Exception as e:
+        print(json.dumps({"location": e.run_record["error_location"]}))
+"""
+
+
+def test_two_functions_of_one_name_do_not_confuse_the_error_location(tmp_path):
+    _inputs(tmp_path / "in")
+    (tmp_path / "helpers_same_name.py").write_text(SAME_NAME_HELPER)
+    script = tmp_path / "samename.py"
+    script.write_text(SAME_NAME_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "in"), str(tmp_path / "out")],
+                          env=_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT)
+    doc = json.loads(proc.stdout.strip().splitlines()[-1])
+    # the helper's line 6 raised (KeyError); the script's own boom() spans line 6 too and must not be named
+    assert doc["location"] == f"{tmp_path / 'helpers_same_name.py'}:6", (doc, proc.stderr[-2000:])
+
+
+def test_an_interrupted_parallel_backfill_leaves_no_running_record(tmp_path):
+    src = tmp_path / "events"
+    for day in ("2026-11-01", "2026-11-02", "2026-11-03", "2026-11-04"):
+        (src / f"day={day}").mkdir(parents=True)
+        pq.write_table(pa.table({"k": [1, 2], "v": [1, 2]}), src / f"day={day}" / "part.parquet")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    job_file = tmp_path / "slowdaily.py"
+    job_file.write_text(
+        "import pathlib, time, uuid\nfrom engine import Job, agg\n"
+        f"MARKS = pathlib.Path({str(marks)!r})\n"
+        "def slow(t):\n    (MARKS / uuid.uuid4().hex).touch()\n    time.sleep(60)\n    return t\n"
+        "job = Job('slowdaily').map(slow).reduce(by=['day', 'k'], aggs={'n': agg.count()})\n")
+    env = _env(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "backfill", str(job_file), "-i", str(src), "-o",
+                             str(tmp_path / "out"), "--from", "2026-11-01", "--to", "2026-11-04", "--partition-by",
+                             "day", "--where", "day = '{date}'", "--parallel", "2", "-q"], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    deadline = time.time() + TIMEOUT
+    while len(list(marks.iterdir())) < 2 and time.time() < deadline:      # both dates' maps are running
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 130
+    recs = _records(env, "slowdaily")
+    assert len(recs) == 2 and {r["status"] for r in recs} == {"interrupted"}, [(r["status"], r["logical_date"])
+                                                                              for r in recs]
+    assert all(r["output"] == str(tmp_path / "out") for r in recs)
