@@ -31,6 +31,7 @@ import os
 import socket
 import sqlite3
 import statistics
+import threading
 import time
 from typing import Any, Iterator
 
@@ -173,22 +174,76 @@ def _where(job, since, until, status, logical_date, output, ph: str = "?") -> tu
     return (" WHERE " + " AND ".join(cond)) if cond else "", args
 
 
+_READY: set[tuple] = set()         # (path, device, inode) of SQLite files whose tables are set up
+_CONNS: dict[tuple, sqlite3.Connection] = {}      # (path, device, inode, pid) -> the open connection
+_CONN_LOCKS: dict[int, threading.Lock] = {}
+_CONN_LOCK = threading.Lock()
+
+
+def _set_up_again(method):
+    """Run ``method``; if the file lost its tables or columns meanwhile (replaced by an older or an
+    empty database), set them up again and run it once more."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            if "no such table" not in str(exc) and "no column named" not in str(exc) \
+                    and "no such column" not in str(exc):
+                raise
+            self._setup()
+            return method(self, *args, **kwargs)
+    return wrapper
+
+
 class SQLiteStore(Store):
     """The history in one SQLite file, safe under concurrent runs (WAL journal, busy timeout)."""
 
     def __init__(self, path: str) -> None:
         self.location = path
         os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-        self._setup()
+        try:
+            st = os.stat(path)
+            ident = (os.path.abspath(path), st.st_dev, st.st_ino)
+        except OSError:
+            ident = None
+        if ident is None or ident not in _READY:        # tables made (or upgraded) once per file and process
+            self._setup()
+            with contextlib.suppress(OSError):
+                st = os.stat(path)
+                _READY.add((os.path.abspath(path), st.st_dev, st.st_ino))
 
     @contextlib.contextmanager
     def _con(self) -> Iterator[sqlite3.Connection]:
-        con = sqlite3.connect(self.location, timeout=30)
+        """This process's connection to the file (kept open: closing the last connection checkpoints
+        the WAL, an fsync per record), one statement block at a time."""
         try:
-            yield con
-            con.commit()
-        finally:
-            con.close()
+            st = os.stat(self.location)
+            ident: tuple = (os.path.abspath(self.location), st.st_dev, st.st_ino, os.getpid())
+        except OSError:
+            ident = (os.path.abspath(self.location), None, None, os.getpid())
+        with _CONN_LOCK:
+            con = _CONNS.get(ident)
+            if con is None:
+                con = sqlite3.connect(self.location, timeout=30, check_same_thread=False)
+                # WAL with synchronous=NORMAL: a commit survives the process being killed (not a power
+                # cut before the next checkpoint), without an fsync per record
+                con.execute("PRAGMA synchronous=NORMAL")
+                if ident[1] is not None:
+                    _CONNS[ident] = con
+            lock = _CONN_LOCKS.setdefault(id(con), threading.Lock())
+        with lock:
+            try:
+                yield con
+                con.commit()
+            except BaseException:
+                con.rollback()
+                raise
+            finally:
+                if ident[1] is None:
+                    con.close()
 
     def _setup(self) -> None:
         with self._con() as con:
@@ -207,12 +262,14 @@ class SQLiteStore(Store):
             con.execute("CREATE INDEX IF NOT EXISTS runs_job_started ON runs (job, started)")
             con.execute("CREATE TABLE IF NOT EXISTS alerts (" + ", ".join(f"{k} {t}" for k, t in _ALERTS.items()) + ")")
 
+    @_set_up_again
     def put(self, rec: dict[str, Any]) -> None:
         cols = [k for k in COLUMNS if k in rec]
         with self._con() as con:
             con.execute(f"INSERT OR REPLACE INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
                         [rec[k] for k in cols])
 
+    @_set_up_again
     def records(self, *, job=None, since=None, until=None, status=None, logical_date=None, output=None, limit=None,
                 newest_first=True) -> list[dict[str, Any]]:
         where, args = _where(job, since, until, status, logical_date, output)
@@ -223,16 +280,19 @@ class SQLiteStore(Store):
         with self._con() as con:
             return [dict(zip(COLUMNS, row)) for row in con.execute(q, args)]
 
+    @_set_up_again
     def get(self, ref: str) -> dict[str, Any] | None:
         with self._con() as con:
             row = con.execute(f"SELECT {', '.join(COLUMNS)} FROM runs WHERE record_id LIKE ? OR run_id LIKE ? "
                               "ORDER BY started DESC LIMIT 1", (ref + "%", ref + "%")).fetchone()
         return dict(zip(COLUMNS, row)) if row else None
 
+    @_set_up_again
     def jobs(self) -> list[str]:
         with self._con() as con:
             return [r[0] for r in con.execute("SELECT DISTINCT job FROM runs ORDER BY job")]
 
+    @_set_up_again
     def claim_alert(self, row: dict[str, Any]) -> bool:
         cols = [k for k in _ALERTS if k in row]
         with self._con() as con:
@@ -240,6 +300,7 @@ class SQLiteStore(Store):
                               [row[k] for k in cols])
             return cur.rowcount == 1
 
+    @_set_up_again
     def update_alert(self, key: str, **fields: Any) -> None:
         if not fields:
             return
@@ -247,10 +308,12 @@ class SQLiteStore(Store):
             con.execute(f"UPDATE alerts SET {', '.join(f'{k} = ?' for k in fields)} WHERE key = ?",
                         [*fields.values(), key])
 
+    @_set_up_again
     def delete_alert(self, key: str) -> None:
         with self._con() as con:
             con.execute("DELETE FROM alerts WHERE key = ?", (key,))
 
+    @_set_up_again
     def alerts(self, *, job=None, since=None) -> list[dict[str, Any]]:
         cond, args = [], []
         if job is not None:
@@ -307,7 +370,7 @@ _FAILING: dict[str, float] = {}      # location -> when a write there last faile
 RETRY_AFTER = 30.0                   # seconds a failing store is left alone (a running record or a heartbeat)
 
 
-def put(rec: dict[str, Any]) -> None:
+def put(rec: dict[str, Any], *, redacted: bool = False) -> None:
     """Write a record (best effort: the history never fails a run; a failure is a warning on the
     ``engine`` logger, once per distinct problem). Strings are redacted. After a failed write the
     store is left alone for :data:`RETRY_AFTER` seconds, except for a run's final record, so an
@@ -321,7 +384,7 @@ def put(rec: dict[str, Any]) -> None:
     try:
         store = open_store(loc)
         if store is not None:
-            store.put(redact_obj(dict(rec)))
+            store.put(dict(rec) if redacted else redact_obj(dict(rec)))
         _FAILING.pop(loc, None)
     except Exception as exc:  # noqa: BLE001
         _FAILING[loc] = time.time()

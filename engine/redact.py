@@ -75,6 +75,8 @@ _PATTERNS: list[tuple[re.Pattern, Any]] = [
                 r"(?![A-Za-z0-9/+=])"), r"\1" + MASK),
 ]
 
+_DELIMITED = 6     # the patterns before this one need "://", "=", ":" or "bearer" in the text (see redact)
+
 _known: set[str] = set()
 _known_lock = threading.Lock()
 
@@ -136,11 +138,18 @@ def redact(text: str, storage_options: dict | None = None) -> str:
         return text
     with _known_lock:
         known = list(_known)
-    for secret in sorted(set(secrets_of(storage_options)) | set(known), key=len, reverse=True):
+    extra = secrets_of(storage_options) if storage_options else ()
+    for secret in sorted(set(extra) | set(known), key=len, reverse=True) if (extra or known) else ():
         if secret in text:
             text = text.replace(secret, MASK)
-    for pattern, repl in _PATTERNS:
-        text = pattern.sub(repl, text)
+    # The first patterns need "://", "=" or ":" (a URL, a key=value, a header) or the word "bearer",
+    # the last two a run of 16 or more characters: most strings (names, short values) skip them.
+    if "://" in text or "=" in text or ":" in text or "earer" in text.lower():
+        for pattern, repl in _PATTERNS[:_DELIMITED]:
+            text = pattern.sub(repl, text)
+    if len(text) >= 16:
+        for pattern, repl in _PATTERNS[_DELIMITED:]:
+            text = pattern.sub(repl, text)
     return text
 
 

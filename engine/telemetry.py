@@ -443,12 +443,14 @@ class Tracker:
                         "seconds": time.time() - self.started,
                         "error_type": type(exc).__name__ if exc is not None else None,
                         "message": f"(the run's record is incomplete: {type(problem).__name__}: {problem})"})
+        report = rec.pop("report", None)            # redacted already, as a report (RunReport.to_dict)
         rec = redact_obj(rec)
+        rec["report"] = report
         if self._first is not None:
             self._first.join(timeout=10)           # the `running` record must not land after this one
         with self._lock:
             self.finished = rec
-        history.put(rec)
+        history.put(rec, redacted=True)
         if self.rep is not None and self.hooks.report:
             try:
                 self.rep.to_html(self.hooks.report)
@@ -598,7 +600,7 @@ def record_from_report(rep, record_id: str, *, key_values: bool = False) -> dict
         "rejected": int(usage.get("rejected") or 0),
         "worker_cpu_seconds": usage.get("worker_cpu_seconds"), "thread_seconds": usage.get("thread_seconds"),
         "memory_gb_seconds": usage.get("memory_gb_seconds"), "checkpoint_at": usage.get("checkpoint_at"),
-        "report": json.dumps(redact_obj(json.loads(json.dumps(d, default=str)))),
+        "report": json.dumps(d, default=str),            # (to_dict() has redacted its strings)
     }
     rec.update(_usage_totals(rep))
     return rec
