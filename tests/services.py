@@ -103,3 +103,29 @@ def pushgateway(tmp_path_factory) -> Iterator[Pushgateway]:
     """A Pushgateway for the test session (see the module docstring)."""
     with start_pushgateway(str(tmp_path_factory.mktemp("pushgateway"))) as gw:
         yield gw
+
+
+def headless_chromium(profile_dir, *, window_size: str | None = None):
+    """A Selenium driver of Debian's headless Chromium (console messages kept, for the tests to check);
+    skips without chromium and chromium-driver, fails instead under ``REQUIRE_BROWSER=1`` (CI)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not (chromium and shutil.which("chromedriver")):
+        why = "needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver)"
+        if os.environ.get("REQUIRE_BROWSER"):      # CI installs them: there, a missing browser is a failure
+            pytest.fail(why)
+        pytest.skip(why)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--disable-dev-shm-usage", f"--user-data-dir={profile_dir}"]
+    if window_size:
+        flags.append(f"--window-size={window_size}")
+    for flag in flags:
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+    driver.set_page_load_timeout(60)
+    return driver

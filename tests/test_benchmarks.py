@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import statistics
 import subprocess
 import sys
@@ -123,25 +122,10 @@ return [count(document), window.Bokeh ? Object.keys(Bokeh.index).length : -1];
 
 def test_html_report_renders_in_headless_chromium(quick, tmp_path):
     _, html, records, _ = quick
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not (chromium and shutil.which("chromedriver")):
-        why = "needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver)"
-        if os.environ.get("REQUIRE_BROWSER"):      # CI installs them: there, a missing browser is a failure
-            pytest.fail(why)
-        pytest.skip(why)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.support.ui import WebDriverWait
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}"):
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    browser = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+    from services import headless_chromium
+    browser = headless_chromium(tmp_path / "profile")
     try:
-        browser.set_page_load_timeout(60)
         browser.get(html.as_uri())
         figures = len({r["suite"] for r in records if r["kind"] == "measurement" and not r["sweep"]
                        and r["system"] != "engine"}) + len({r["sweep"] for r in records if r.get("sweep")})

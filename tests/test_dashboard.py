@@ -13,7 +13,6 @@ import html
 import inspect
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -346,24 +345,8 @@ return cells(document, []);
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not (chromium and shutil.which("chromedriver")):
-        why = "needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver)"
-        if os.environ.get("REQUIRE_BROWSER"):      # CI installs them: there, a missing browser is a failure
-            pytest.fail(why)
-        pytest.skip(why)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1400,1000",
-                 f"--user-data-dir={tmp_path_factory.mktemp('profile')}"):
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
-    driver.set_page_load_timeout(60)
+    from services import headless_chromium
+    driver = headless_chromium(tmp_path_factory.mktemp("profile"), window_size="1400,1000")
     yield driver
     driver.quit()
 
