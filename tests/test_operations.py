@@ -65,7 +65,8 @@ def _got(out: Path) -> dict:
     return {r["k"]: (r["n"], r["s"]) for r in engine.read(str(out)).to_pylist()}
 
 
-# A job whose map over p1 waits (while SLOW=1) after saying so, and whose map over p0 is quick.
+# A job whose map over p1 waits (while SLOW=1) after saying so, and whose map over p0 is quick (the
+# driver's check of the map on a sample reads p0).
 SLOW_JOB = """
 import os, pathlib, time
 from engine import Job, agg
@@ -73,11 +74,6 @@ from engine import Job, agg
 MARKS = pathlib.Path({marks!r})
 
 def step(t):
-    try:
-        from distributed import get_worker
-        get_worker()
-    except ValueError:
-        return t                      # the driver's check of the map on a sample
     part = t["f"][0].as_py()
     if part == "p1" and os.environ.get("SLOW") == "1":
         (MARKS / "slow-started").touch()
@@ -97,11 +93,12 @@ def test_a_signalled_run_is_recorded_interrupted_and_a_resumed_rerun_reuses_its_
     job_file = tmp_path / "opsjob.py"
     job_file.write_text(SLOW_JOB.format(marks=str(marks)))
     out = tmp_path / "out"
-    # one worker with two threads: p0 finishes (and is journaled) while p1 waits
-    env = _env(tmp_path, SLOW="1", DASK_ENGINE__LOCAL__MAX_BYTES="0", DASK_ENGINE__CLUSTER__THREADS="2",
+    # the driver's two threads (a small input runs in the driver): p0 finishes (and is journaled) while p1
+    # waits (the same path on the embedded cluster is test_cli's SIGTERM test)
+    env = _env(tmp_path, SLOW="1", DASK_ENGINE__CLUSTER__WORKERS="2", DASK_ENGINE__CLUSTER__THREADS="1",
                DASK_ENGINE__HISTORY__HEARTBEAT="0.2")
     cmd = [sys.executable, "-m", "engine", "run", str(job_file), "-i", str(tmp_path / "in"), "-o", str(out),
-           "--workers", "1", "--no-speculation"]
+           "--no-speculation"]
     proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             stdin=subprocess.DEVNULL)
     deadline = time.time() + TIMEOUT
@@ -148,7 +145,7 @@ def test_a_killed_driver_leaves_a_running_record_shown_as_lost(tmp_path):
     job_file.write_text(SLOW_JOB.format(marks=str(marks)))
     env = _env(tmp_path, SLOW="1", DASK_ENGINE__LOCAL__MAX_BYTES="0", DASK_ENGINE__CLUSTER__THREADS="2")
     proc = subprocess.Popen([sys.executable, "-m", "engine", "run", str(job_file), "-i", str(tmp_path / "in"), "-o",
-                             str(tmp_path / "out"), "--workers", "1"], env=env, cwd=tmp_path,
+                             str(tmp_path / "out"), "--workers", "1"], env=env, cwd=tmp_path,     # (its workers too)
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + TIMEOUT
