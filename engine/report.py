@@ -231,7 +231,8 @@ class RunReport:
                 "rows_in": s.rows_in, "rows_out": s.rows_out,
                 "shuffle_bytes": s.bytes_out if shuffles else None,
                 "output_bytes": None if shuffles else s.bytes_out,
-                "spills": sum(spills) if spills and all(x is not None for x in spills) else None,
+                # (only map tasks that shuffle spill: other stages show none)
+                "spills": sum(spills) if shuffles and spills and all(x is not None for x in spills) else None,
             })
         return rows
 
