@@ -12,15 +12,23 @@ A failed run's record names the user's code that raised: :func:`error_info` walk
 and its causes (a task's error travels from the worker with its traceback) and keeps the last
 frame outside the engine, dask, distributed, pyarrow and the standard library
 (``"jobs/wordcount.py:12"``), with the traceback text of those frames.
+
+Ends that are easy to lose are recorded too: SIGTERM while a run holds a process's main thread
+(:func:`sigterm_interrupts` turns it into :class:`engine.errors.Terminated`), runs still going in
+other threads when the process is interrupted or exits (:func:`interrupt_live`), and a canary's
+run, recorded apart as ``<job>:canary`` so that it counts in none of the job's SLIs, metrics or
+alerts.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
 import os
 import platform
+import re
 import signal
 import sys
 import sysconfig
@@ -343,11 +351,9 @@ def _at_exit() -> None:
         interrupt_live(KeyboardInterrupt("the process exited while the run was running"))
 
 
-import atexit  # noqa: E402
-
 atexit.register(_at_exit)
 
-_DATE = __import__("re").compile(r"\d{4}-\d{2}-\d{2}")
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 class Tracker:
