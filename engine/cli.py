@@ -6,7 +6,11 @@
     mapreduce verify PATH
     mapreduce clean PATH [--force]
     mapreduce explain JOB [--input IN]
-    mapreduce history [--job NAME]
+    mapreduce history [--job NAME] [--since 30d] [--status S] [--json]
+    mapreduce show RUN_ID [--json | --html FILE]
+    mapreduce slo [--job NAME] [--since 30d] [--config FILE] [--json]
+    mapreduce alerts [--job NAME] [--open] [--test HOOK]
+    mapreduce dashboard [-o FILE] [--since 30d] [--job NAME] [--run RUN_ID]
     mapreduce backfill JOB --input IN --output OUT --from DATE --to DATE --partition-by COLS [--where COND]
                   [--parallel N] [--force] [--fail-fast] [--wait SECONDS] [--json] [-q]
 
@@ -15,6 +19,11 @@
 reason on stderr), 2 usage errors, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM: the run
 unwinds as on Ctrl-C, releasing its lock and closing its fence, and the history records it).
 ``mapreduce --debug ...`` also prints the traceback of an unexpected error.
+
+Every ``run`` (and every date of a ``backfill``) leaves a record in the run history whatever its
+end (:mod:`engine.history`); ``run --json`` prints it on stdout, on failure too. ``--metrics-file``,
+``--push-gateway``, ``--on-failure``, ``--on-success`` and ``--on-slo-breach`` export it
+(:mod:`engine.metrics`, :mod:`engine.alerts`).
 
 Output streams: results (the run summary, the plan, the history) go to stdout; progress, log
 lines and errors go to stderr. On a terminal the progress is a one-line bar per stage; otherwise
