@@ -23,18 +23,17 @@ def _when(t: Any) -> str:
 
 
 def _window(text: str | None) -> float | None:
-    """Seconds from ``30d``, ``6h``, ``90m``, ``2w``, ``45s`` (None for None)."""
+    """Seconds from ``30d``, ``6h``, ``90m``, ``2w``, ``45s`` (:func:`engine.slo.parse_window`), for argparse."""
     if text is None:
         return None
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-    t = text.strip().lower()
+    import argparse
+
+    from .errors import JobDefinitionError
+    from .slo import parse_window
     try:
-        if t and t[-1] in units:
-            return float(t[:-1]) * units[t[-1]]
-        return float(t)
-    except ValueError:
-        import argparse
-        raise argparse.ArgumentTypeError(f"a time window such as 30d, 6h, 90m or 3600 (seconds), got {text!r}")
+        return parse_window(text)
+    except JobDefinitionError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _store_or_message() -> history.Store | None:

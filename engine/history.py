@@ -198,6 +198,18 @@ def _set_up_again(method):
     return wrapper
 
 
+def _alert_where(job, since, ph: str = "?") -> tuple[str, list]:
+    """The WHERE clause of :meth:`Store.alerts` (``ph``: the driver's placeholder)."""
+    cond, args = [], []
+    if job is not None:
+        cond.append(f"job = {ph}")
+        args.append(job)
+    if since is not None:
+        cond.append(f"created >= {ph}")
+        args.append(float(since))
+    return (" WHERE " + " AND ".join(cond)) if cond else "", args
+
+
 class SQLiteStore(Store):
     """The history in one SQLite file, safe under concurrent runs (WAL journal, busy timeout)."""
 
@@ -315,14 +327,8 @@ class SQLiteStore(Store):
 
     @_set_up_again
     def alerts(self, *, job=None, since=None) -> list[dict[str, Any]]:
-        cond, args = [], []
-        if job is not None:
-            cond.append("job = ?")
-            args.append(job)
-        if since is not None:
-            cond.append("created >= ?")
-            args.append(float(since))
-        q = f"SELECT {', '.join(_ALERTS)} FROM alerts" + (" WHERE " + " AND ".join(cond) if cond else "")
+        where, args = _alert_where(job, since)
+        q = f"SELECT {', '.join(_ALERTS)} FROM alerts{where}"
         with self._con() as con:
             return [dict(zip(_ALERTS, row)) for row in con.execute(q + " ORDER BY created", args)]
 

@@ -36,7 +36,7 @@ import threading
 from typing import Any, Callable, TypeVar
 
 from .errors import HistoryError
-from .history import _ALERTS, COLUMNS, Store, _where
+from .history import _ALERTS, COLUMNS, Store, _alert_where, _where
 from .redact import redact, remember
 
 T = TypeVar("T")
@@ -178,23 +178,22 @@ class PostgresStore(Store):
         with conn.transaction():
             conn.execute("SET LOCAL client_min_messages = warning")      # no "already exists, skipping"
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-            conn.execute("CREATE TABLE IF NOT EXISTS runs ("
-                         + ", ".join(f"{_q(k)} {_pg_type(t)}" for k, t in COLUMNS.items()) + ")")
-            have = self._columns(conn, "runs")
-            for k, t in COLUMNS.items():
-                if k not in have:
-                    conn.execute(f"ALTER TABLE runs ADD COLUMN IF NOT EXISTS {_q(k)} {_pg_type(t)}")
+            self._table(conn, "runs", COLUMNS)
             # records of the first version get a record id and their end time
             conn.execute("UPDATE runs SET record_id = substr(md5(random()::text || clock_timestamp()::text), 1, 16), "
                          "finished = COALESCE(finished, started + seconds) WHERE record_id IS NULL")
             conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS runs_record ON runs (record_id)")
             conn.execute("CREATE INDEX IF NOT EXISTS runs_job_started ON runs (job, started)")
-            conn.execute("CREATE TABLE IF NOT EXISTS alerts ("
-                         + ", ".join(f"{_q(k)} {_pg_type(t)}" for k, t in _ALERTS.items()) + ")")
-            have = self._columns(conn, "alerts")
-            for k, t in _ALERTS.items():
-                if k not in have:
-                    conn.execute(f"ALTER TABLE alerts ADD COLUMN IF NOT EXISTS {_q(k)} {_pg_type(t)}")
+            self._table(conn, "alerts", _ALERTS)
+
+    def _table(self, conn, name: str, columns: dict[str, str]) -> None:
+        """Create table ``name`` with ``columns``, or add the columns an older version lacks."""
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {name} ("
+                     + ", ".join(f"{_q(k)} {_pg_type(t)}" for k, t in columns.items()) + ")")
+        have = self._columns(conn, name)
+        for k, t in columns.items():
+            if k not in have:
+                conn.execute(f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS {_q(k)} {_pg_type(t)}")
 
     # -- records -------------------------------------------------------------------------------
     def put(self, rec: dict[str, Any]) -> None:
@@ -247,15 +246,8 @@ class PostgresStore(Store):
         self._run("delete an alert", lambda conn: conn.execute("DELETE FROM alerts WHERE key = %s", (key,)))
 
     def alerts(self, *, job=None, since=None) -> list[dict[str, Any]]:
-        cond, args = [], []
-        if job is not None:
-            cond.append("job = %s")
-            args.append(job)
-        if since is not None:
-            cond.append("created >= %s")
-            args.append(float(since))
-        q = (f"SELECT {_ALERT_COLS} FROM alerts" + (" WHERE " + " AND ".join(cond) if cond else "")
-             + " ORDER BY created NULLS FIRST")
+        where, args = _alert_where(job, since, ph="%s")
+        q = f"SELECT {_ALERT_COLS} FROM alerts{where} ORDER BY created NULLS FIRST"
         rows = self._run("read alerts", lambda conn: conn.execute(q, args).fetchall())
         return [dict(zip(_ALERTS, row)) for row in rows]
 
