@@ -238,6 +238,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true",
                    help="print the run's record as JSON on stdout (on failure too), for schedulers")
     _ops_flags(r)
+    _guard_flags(r)
     _backfill_parser(sub, common)
     pb = sub.add_parser("publish", parents=[common], help="make a staged result live (atomic partition replace)",
                         description="Replace the live output's partitions with those of the staged output STAGED "
@@ -288,6 +289,38 @@ def _ops_flags(parser: argparse.ArgumentParser, each: str = "the run") -> None:
     ops.add_argument("--on-success", help=f"a command or http(s):// URL given a JSON event when {each} commits")
     ops.add_argument("--on-slo-breach", help="a command or http(s):// URL given a JSON event when the job's SLOs "
                                              "are breached")
+
+
+_GUARD_KEYS = {"on_error": "engine.rejects.on-error", "max_rejected": "engine.rejects.max",
+               "on_bad_file": "engine.rejects.on-bad-file", "retry_on": "engine.retries.retry-on",
+               "retry_budget": "engine.retries.budget", "max_tasks": "engine.limits.max-tasks",
+               "max_seconds": "engine.limits.max-seconds", "max_cpu_seconds": "engine.limits.max-cpu-seconds"}
+
+
+def _guard_flags(parser: argparse.ArgumentParser, each: str = "the run") -> None:
+    """Bad-record policy, retry policy, concurrency limit and budgets (engine.guards.Guards)."""
+    g = parser.add_argument_group("bad records and guards (defaults: the job's, then the engine.rejects.*, "
+                                  "engine.retries.* and engine.limits.* settings)")
+    g.add_argument("--on-error", choices=("fail", "reject"),
+                   help="reject: rows a map or reduce function fails on go to OUT/_rejected/ and the run goes on")
+    g.add_argument("--max-rejected", metavar="N|FRACTION",
+                   help=f"rows {each} may reject before it fails: a count (100) or a fraction of its input "
+                        "rows (0.001 or 0.1%%); default 1%%")
+    g.add_argument("--on-bad-file", choices=("fail", "reject"),
+                   help="reject: input files no reader can open are set aside whole")
+    g.add_argument("--retry-on", metavar="CLASS=N,...",
+                   help="attempts per exception class, e.g. ConnectionError=5,ValueError=1")
+    g.add_argument("--retry-budget", type=int, metavar="N", help=f"retries {each} may spend in all")
+    g.add_argument("--max-tasks", type=int, metavar="N", help=f"tasks of {each} running at once")
+    g.add_argument("--max-seconds", metavar="SECONDS|15m",
+                   help=f"wall-clock budget of {each}: past it the run stops and commits nothing")
+    g.add_argument("--max-cpu-seconds", type=float, metavar="SECONDS",
+                   help=f"task CPU-seconds budget of {each}: past it the run stops and commits nothing")
+
+
+def _guard_options(args) -> dict[str, Any]:
+    """The guard flags given, as ``engine.run`` keyword arguments (they override the job's own)."""
+    return {name: getattr(args, name) for name in _GUARD_KEYS if getattr(args, name, None) is not None}
 
 
 def _ops_options(args) -> dict[str, Any]:
@@ -374,6 +407,7 @@ def _backfill_parser(sub, common) -> None:
     b.add_argument("--json", action="store_true", help="print the summary as JSON")
     b.add_argument("--quiet", "-q", action="store_true", help="no per-date lines, only the summary and errors")
     _ops_flags(b, each="each date's run")
+    _guard_flags(b, each="each date's run")
     b.add_argument("--scheduler", help="address of an existing dask scheduler")
     b.add_argument("--workers", type=_positive_int, help="worker processes of the embedded cluster (default: cores)")
     b.add_argument("--format", help="input format (default: from file names)")
@@ -591,7 +625,8 @@ def cmd_run(args) -> int:
                          map_combine=False if args.no_map_combine else None, partition_by=args.partition_by,
                          date=args.date, where=args.where, stage_to=args.stage_to, max_change=args.max_change,
                          canary=args.canary, metrics_file=args.metrics_file, push_gateway=args.push_gateway,
-                         on_failure=args.on_failure, on_success=args.on_success, on_slo_breach=args.on_slo_breach)
+                         on_failure=args.on_failure, on_success=args.on_success, on_slo_breach=args.on_slo_breach,
+                         **_guard_options(args))
     except OutputExistsError as exc:
         if args.force and args.mode == "error":
             raise OutputExistsError(f"{exc} (--force recomputes, but replaces committed output only together with "
@@ -661,7 +696,8 @@ def cmd_backfill(args) -> int:
                               force=args.force, fail_fast=args.fail_fast, cluster=args.scheduler, wait=args.wait,
                               progress=None if args.quiet or args.json else _date_line,
                               speculation=not args.no_speculation, skew=not args.no_skew,
-                              shuffle_dir=args.shuffle_dir, partition_size=args.partition_size, format=args.format)
+                              shuffle_dir=args.shuffle_dir, partition_size=args.partition_size, format=args.format,
+                              **_guard_options(args))
     except KeyboardInterrupt as exc:
         if "engine.telemetry" in sys.modules:   # the dates still running in other threads end here
             from .telemetry import interrupt_live

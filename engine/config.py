@@ -61,6 +61,18 @@ DEFAULTS: dict[str, Any] = {
         "attempts": 3,          # attempts per task in all (first + retries)
         "backoff-base": 0.2,    # seconds; doubled each attempt, with full jitter
         "backoff-max": 10.0,
+        "budget": None,         # retries one run may spend in all (None: no run-wide limit)
+        "retry-on": None,       # per-class attempts, "ConnectionError=5,ValueError=1" (None: every class alike)
+    },
+    "rejects": {
+        "on-error": "fail",     # "reject": rows a map or reduce call fails on go to OUT/_rejected/
+        "on-bad-file": "fail",  # "reject": input files no reader can open are set aside whole
+        "max": "1%",            # rows a rejecting run may set aside: a count, or a fraction of its input rows
+    },
+    "limits": {
+        "max-tasks": None,      # attempts of one run running at once (None: as many as the cluster takes)
+        "max-seconds": None,    # wall-clock budget of a run
+        "max-cpu-seconds": None,  # task CPU-seconds budget of a run
     },
     "speculation": {
         "enabled": True,

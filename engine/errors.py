@@ -173,3 +173,42 @@ class Terminated(KeyboardInterrupt):
 
     def __str__(self) -> str:
         return "terminated by SIGTERM"
+
+
+class TooManyRejectedError(StageFailedError):
+    """A run rejected more rows than ``max_rejected`` allows (``on_error="reject"``); it commits nothing.
+
+    ``rejected`` is the count when the limit was crossed, ``limit`` the limit, ``sample`` a few of the
+    rejected rows' descriptions (file, row, error)."""
+
+    def __init__(self, message: str, *, rejected: int = 0, limit: int | None = None,
+                 sample: list[str] | None = None, **kw) -> None:
+        super().__init__(message, **kw)
+        self.rejected, self.limit, self.sample = rejected, limit, list(sample or [])
+
+    def __reduce__(self):
+        return _rebuild_too_many, (str(self), self.rejected, self.limit, self.sample)
+
+
+def _rebuild_too_many(message, rejected, limit, sample):
+    return TooManyRejectedError(message, rejected=rejected, limit=limit, sample=sample)
+
+
+class BudgetExceededError(EngineError, RuntimeError):
+    """A run went past its ``max_seconds`` (wall clock) or ``max_cpu_seconds`` (task CPU) budget; its
+    running tasks were cancelled and it commits nothing. ``budget`` names which, ``used`` and ``limit``
+    are seconds."""
+
+    def __init__(self, message: str, *, budget: str = "", used: float = 0.0, limit: float = 0.0) -> None:
+        super().__init__(message)
+        self.budget, self.used, self.limit = budget, used, limit
+
+    def __reduce__(self):
+        return _rebuild_budget, (str(self), self.budget, self.used, self.limit)
+
+
+def _rebuild_budget(message, budget, used, limit):
+    return BudgetExceededError(message, budget=budget, used=used, limit=limit)
+
+
+__all__ += ["TooManyRejectedError", "BudgetExceededError"]

@@ -38,7 +38,7 @@ import pyarrow as pa
 from . import commit, config, shuffle
 from .compile import TaskSpec, task_key
 from .datasets import Split
-from .errors import ClusterError, InputError, JobDefinitionError, SchemaError, StageFailedError
+from .errors import ClusterError, InputError, JobDefinitionError, SchemaError, StageFailedError, TooManyRejectedError
 from .journal import Journal, still_valid
 from .redact import redact
 from .report import RunReport, StageReport, TaskReport
@@ -48,7 +48,7 @@ log = logging.getLogger("engine")
 
 ProgressFn = Callable[[str, int, int], None]
 
-_PERMANENT = (SchemaError, InputError, JobDefinitionError, pa.ArrowTypeError, pa.ArrowNotImplementedError)
+_PERMANENT = (SchemaError, InputError, JobDefinitionError, TooManyRejectedError, pa.ArrowTypeError, pa.ArrowNotImplementedError)
 
 
 def _count(stage: StageReport, value: dict) -> None:
@@ -323,7 +323,7 @@ class StageExecutor:
 
     def __init__(self, client, report: RunReport, *, progress: ProgressFn | None = None,
                  supervisor: StageSupervisor | None = None, journal: Journal | None = None, resume: bool = False,
-                 shuffle_fs: Any = None, out_fs: Any = None, out: str | None = None) -> None:
+                 shuffle_fs: Any = None, out_fs: Any = None, out: str | None = None, guards: Any = None) -> None:
         self.client = client
         self.report = report
         self.progress = progress
@@ -331,6 +331,10 @@ class StageExecutor:
         self.journal = journal
         self.resume = resume
         self.shuffle_fs, self.out_fs, self.out = shuffle_fs, out_fs, out
+        if guards is None:
+            from .guards import Guards
+            guards = Guards.build()
+        self.guards = guards          # engine.guards.Guards: retry policy, concurrency limit, budgets
         self.session = uuid.uuid4().hex[:6]   # keys never collide with a dead driver's tasks
         self.local = bool(getattr(client, "local", False))   # the driver's threads: no graphs, no dask
         self.losers: list[dict] = []

@@ -303,10 +303,17 @@ class Job:
     version: str | None = None
     input: str | None = None
     slo: Any = None      # engine.slo.Objectives (or a dict of its fields); not part of the fingerprint
+    # the job's own bad-record policy (engine.run's parameters override it); not part of the fingerprint
+    on_error: str | None = None
+    max_rejected: int | float | str | None = None
+    on_bad_file: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
             raise JobDefinitionError("a job needs a non-empty name, e.g. Job('wordcount')")
+        if self.on_error is not None or self.max_rejected is not None or self.on_bad_file is not None:
+            from .guards import Guards       # checked now, not when the job first runs
+            Guards.build(on_error=self.on_error, max_rejected=self.max_rejected, on_bad_file=self.on_bad_file)
         if self.slo is not None:
             from .slo import Objectives    # late: only jobs that declare objectives need it
             object.__setattr__(self, "slo", Objectives.from_obj(self.slo, what=f"job {self.name!r}: slo"))

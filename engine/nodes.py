@@ -92,7 +92,7 @@ class Execution:
             page_checksums=bool(config.get("checksums.page-checksums")), faults=self.faults,
             map_combine=self.map_combine, report_progress=self.executor.supervisor is not None,
             fence=self.run_fence, side=side, ops=stream.ops if ops is None else ops,
-            partition_by=self.partition_by, logical_date=self.logical_date,
+            partition_by=self.partition_by, logical_date=self.logical_date, guards=self.executor.guards,
             max_file_bytes=config.parse_size(config.get("output.max-file-bytes"), name="output.max-file-bytes"))
 
 

@@ -150,7 +150,10 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
         date: Any = None, where: Any = None, stage_to: str | None = None,
         max_change: float | str | None = None, canary: int | float | None = None,
         metrics_file: str | None = None, push_gateway: str | None = None, on_failure: str | None = None,
-        on_success: str | None = None, on_slo_breach: str | None = None) -> RunResult:
+        on_success: str | None = None, on_slo_breach: str | None = None, on_error: str | None = None,
+        max_rejected: int | float | str | None = None, on_bad_file: str | None = None, retry_on: Any = None,
+        retry_budget: int | None = None, max_tasks: int | None = None, max_seconds: float | str | None = None,
+        max_cpu_seconds: float | None = None) -> RunResult:
     """Run ``job`` over ``input`` and commit its output to ``output`` atomically.
 
     >>> import engine
@@ -198,6 +201,24 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
     metrics (:mod:`engine.metrics`); ``on_failure``, ``on_success`` and ``on_slo_breach`` are alert
     hooks, a command or an http(s) URL that receives a JSON event, deduplicated by job and logical
     date (:mod:`engine.alerts`). Each defaults to its ``engine.metrics.*`` / ``engine.alerts.*`` setting.
+
+    Bad records and guards (:class:`engine.guards.Guards`; each defaults to the job's own setting, then
+    to its ``engine.rejects.*`` / ``engine.retries.*`` / ``engine.limits.*`` setting):
+
+    ``on_error="reject"``: a map or reduce call that raises is retried on halves of its rows until the
+    rows it fails on are found; those go, with the error, the traceback, the input file and row, to
+    ``OUT/_rejected/`` (committed with the run, listed in its manifest; ``mapreduce rejected OUT``),
+    and the rest of the run goes on. Rows a CSV or JSON reader cannot parse take the same path, and so
+    do whole unreadable input files with ``on_bad_file="reject"``. ``max_rejected`` (a count, or a
+    fraction of the input rows such as ``0.001`` or ``"0.1%"``; default 1%) bounds them: past it the
+    run fails with :class:`~engine.errors.TooManyRejectedError` and commits nothing.
+    ``retry_on``: per-exception-class attempts (``{ConnectionError: 5, ValueError: 1}``), or the only
+    classes retried (``[ConnectionError]``); ``retry_budget``: retries the whole run may spend.
+    ``max_tasks``: attempts of this run running at once. ``max_seconds`` / ``max_cpu_seconds``: the
+    run's wall-clock and task CPU budgets; past one it stops and commits nothing
+    (:class:`~engine.errors.BudgetExceededError`).
+
+    >>> engine.run(job, "events/", "out/", on_error="reject", max_rejected=100)   # doctest: +SKIP
     """
     from .telemetry import Hooks, Tracker, sigterm_interrupts
     started = time.time()
@@ -214,15 +235,26 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
                  if stage_to else None, "max_change": str(max_change) if max_change is not None else None,
                  "canary": canary, "cluster": redact(str(cluster)) if isinstance(cluster, str) else
                  (type(cluster).__name__ if cluster is not None else None)}
+    from .guards import Guards
+    guards_error = None
+    try:
+        guards = Guards.build(on_error=on_error, max_rejected=max_rejected, on_bad_file=on_bad_file,
+                              retry_on=retry_on, retry_budget=retry_budget, max_tasks=max_tasks,
+                              max_seconds=max_seconds, max_cpu_seconds=max_cpu_seconds, job=job)
+        arguments["guards"] = guards.describe()
+    except Exception as exc:  # noqa: BLE001 - refused below, with a record
+        guards, guards_error = None, exc
     tracker = Tracker(job, output, logical_date=str(date) if date is not None else None, started=started,
                       hooks=Hooks(report, metrics_file, push_gateway, on_failure, on_success, on_slo_breach),
                       settings=arguments)
     tracker.begin()
     try:
+        if guards_error is not None:
+            raise guards_error
         with sigterm_interrupts():
             result = _run_call(job, input, output, cluster, storage_options, mode, speculation, skew, shuffle_dir,
                                partition_size, force, report, format, resume, progress, faults, map_combine,
-                               partition_by, date, where, stage_to, max_change, canary, started, tracker)
+                               partition_by, date, where, stage_to, max_change, canary, started, tracker, guards)
     except BaseException as exc:
         rec = tracker.finish(exc=exc)
         with contextlib.suppress(Exception):
@@ -234,7 +266,7 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
 
 def _run_call(job, input, output, cluster, storage_options, mode, speculation, skew, shuffle_dir, partition_size,
               force, report, format, resume, progress, faults, map_combine, partition_by, date, where, stage_to,
-              max_change, canary, started, tracker) -> RunResult:
+              max_change, canary, started, tracker, guards=None) -> RunResult:
     _remember_secrets(storage_options)      # redacted from logs, reports, history and errors from now on
     if mode not in commit.MODES:
         raise CommitError(f"mode must be one of {', '.join(map(repr, commit.MODES))}, got {mode!r}")
@@ -249,7 +281,7 @@ def _run_call(job, input, output, cluster, storage_options, mode, speculation, s
                           "partition_by=[...] too, or use mode='overwrite' to replace the whole output")
     out_fs, out = filesystem(output, storage_options)
     args = (cluster, storage_options, mode, speculation, skew, shuffle_dir, partition_size, force, report, format,
-            resume, progress, faults, map_combine, partition_by, logical_date, where, started)
+            resume, progress, faults, map_combine, partition_by, logical_date, where, started, guards)
     if max_change is not None:
         from .diff import parse_change
         max_change = parse_change(max_change)          # 0.05 or "5%"; refused before anything runs
@@ -566,7 +598,8 @@ def _run_body(job: Job, input: Any, output: str, out_fs, out: str, cluster: Any,
               mode: str, speculation: bool, skew: bool, shuffle_dir: str | None, partition_size: Any, force: bool,
               report: str | None, format: str | None, resume: bool, progress: Any, faults: Any,
               map_combine: bool | None, partition_by: tuple[str, ...], logical_date: str | None, where: Any,
-              started: float, live: tuple | None = None, before: Any = None, tracker: Any = None) -> RunResult:
+              started: float, guards: Any = None, live: tuple | None = None, before: Any = None,
+              tracker: Any = None) -> RunResult:
     code_job = job
     if where is not None:
         job, specs = _filtered_inputs(job, input, where, logical_date, storage_options, format)
@@ -593,6 +626,9 @@ def _run_body(job: Job, input: Any, output: str, out_fs, out: str, cluster: Any,
         run_id = f"{run_id[:8]}{uuid.uuid4().hex[:8]}"
     if faults is None:
         faults = Faults.from_env()
+    if guards is None:
+        from .guards import Guards
+        guards = Guards.build(job=job)
     rep = RunReport(job.name, run_id, fingerprint, start=started,
                     input_files=sum(len(s.snapshot) for s in specs.values()),
                     input_bytes=sum(s.total_bytes for s in specs.values()), output=output)
@@ -676,7 +712,7 @@ def _run_body(job: Job, input: Any, output: str, out_fs, out: str, cluster: Any,
             except ImportError:
                 supervisor = None
         executor = StageExecutor(client, rep, progress=progress, supervisor=supervisor, journal=journal,
-                                 resume=resume, shuffle_fs=shuffle_fs, out_fs=out_fs, out=out)
+                                 resume=resume, shuffle_fs=shuffle_fs, out_fs=out_fs, out=out, guards=guards)
         # Attempts write only while this fence is open; the commit (or the failure below) closes it.
         run_fence = RunFence.open(out_fs, out, run_id)
         ok = False

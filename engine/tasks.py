@@ -106,6 +106,7 @@ class TaskContext:
     partition_by: tuple[str, ...] = ()  # the job output's Hive partition columns (last round only)
     max_file_bytes: int = 512 << 20   # a partitioned output's files are rolled at this size
     logical_date: str | None = None   # engine.logical_date() in the job's functions
+    guards: Any = None                # engine.guards.Guards (None: every guard at its default)
     # declarative aggregations read Parquet string keys with small dictionaries dictionary-encoded
     encoded_keys: bool = field(default_factory=lambda: bool(config.get("shuffle.encoded-keys")))
 
