@@ -525,6 +525,27 @@ def _check_entries(path: str, out: str, doc: dict) -> None:
                                 f"{_remedy(out)}",
                                 [f"{path}: entry {i} {name!r} is {why}"])
         seen.add(name)
+    rejected = doc.get("rejected", [])
+    if not isinstance(rejected, list):
+        raise ManifestError(f"manifest {path} has a malformed list of rejected files; it is damaged or forged: "
+                            f"{_remedy(out)}", [f"{path}: malformed rejected list"])
+    for i, entry in enumerate(rejected):
+        name = entry.get("path") if isinstance(entry, dict) else None
+        why = None
+        if not isinstance(name, str) or not name.startswith(REJECTED_DIR + "/"):
+            why = f"not a file in {REJECTED_DIR}/"
+        else:
+            why = _bad_entry_path(name[len(REJECTED_DIR) + 1:])
+            if why is None and "/" in name[len(REJECTED_DIR) + 1:]:
+                why = "in a subdirectory"
+        if why is None and not all(_count(entry.get(k)) for k in ("rows", "bytes", "crc32c")):
+            why = "an entry whose rows, bytes or crc32c is not a non-negative integer"
+        if why is not None:
+            raise ManifestError(f"manifest {path} rejected-rows entry {i} ({name!r}) is {why}: it was damaged or "
+                                f"forged and nothing was read: {_remedy(out)}", [f"{path}: rejected entry {i} is {why}"])
+
+
+REJECTED_DIR = "_rejected"       # rejected rows (engine.rejects), published with the run that set them aside
 
 
 class _NewerManifest(ManifestError):
@@ -804,7 +825,8 @@ def _provenance(previous: Manifest | None, files: list[dict], entries: list[dict
 
 def commit_job(fs, out: str, *, run_id: str, winners: dict[int, dict], schema: pa.Schema, mode: str,
                previous: Manifest | None, meta: dict, hook: Any = None, fence: Any = None,
-               writers: Any = None, partition_by: Sequence[str] = (), logical_date: str | None = None) -> Manifest:
+               writers: Any = None, partition_by: Sequence[str] = (), logical_date: str | None = None,
+               rejected: Sequence[dict] = ()) -> Manifest:
     """Publish the winners' files, then create the manifest; returns the committed manifest.
 
     Until the manifest is written, readers see the previous generation (or nothing); published
@@ -818,6 +840,10 @@ def commit_job(fs, out: str, *, run_id: str, winners: dict[int, dict], schema: p
     committed, and the files it already published are unreferenced orphans that the next run's
     cleanup removes (a run that lost its lock writes and deletes nothing more). It is called again
     before that cleanup, which is skipped if the lock was lost meanwhile.
+
+    ``rejected``: the commit messages of the run's rejected-rows files (:mod:`engine.rejects`); they
+    are published with the data files and listed under ``"rejected"`` (an appending run keeps the
+    rejected files listed before it, an overwriting one replaces them).
     """
     if writers is not None:
         writers.close()
@@ -834,6 +860,11 @@ def commit_job(fs, out: str, *, run_id: str, winners: dict[int, dict], schema: p
                 entry["values"] = f.get("values")
             entries.append(entry)
     files, replaced = _merge_files(out, previous, entries, schema, mode, partition_by)
+    new_rejected = [{"path": f["name"], "partition": m["partition"], "rows": f["rows"], "bytes": f["bytes"],
+                     "crc32c": f["crc32c"], "run_id": run_id} for m in rejected for f in m["files"]]
+    kept_rejected = []
+    if previous is not None and previous.damage is None and mode in ("append", "overwrite-partitions"):
+        kept_rejected = [e for e in previous.doc.get("rejected") or [] if isinstance(e, dict)]
     if hook:
         hook("before-publish")
     for partition in sorted(winners):
@@ -845,6 +876,13 @@ def commit_job(fs, out: str, *, run_id: str, winners: dict[int, dict], schema: p
                                   "Was the output cleaned by another process? Rerun the job.") from exc
             if hook:
                 hook("publish")
+    for m in rejected:
+        for f in m["files"]:
+            try:
+                publish_file(fs, out, f)
+            except FileNotFoundError as exc:
+                raise CommitError(f"rejected-rows file {f['tmp']} vanished before job commit; nothing was committed. "
+                                  "Rerun the job.") from exc
     generation = previous.generation + 1 if previous is not None else 1
     if previous is not None and previous.damage is None and mode in ("append", "overwrite-partitions") \
             and not schema.names:
@@ -856,6 +894,9 @@ def commit_job(fs, out: str, *, run_id: str, winners: dict[int, dict], schema: p
         extra["partition_by"] = partition_by
     if logical_date is not None:
         extra["logical_date"] = logical_date
+    if kept_rejected or new_rejected:
+        extra["rejected"] = kept_rejected + new_rejected
+        extra["rejected_rows"] = sum(e["rows"] for e in new_rejected)
     doc = seal({"format": MANIFEST_FORMAT, "version": 2 if partition_by else 1, "generation": generation,
                 "run_id": run_id, "schema": schema_to_text(schema), "files": files,
                 "committed_at": committed_at, **extra, **meta})
@@ -867,7 +908,7 @@ def commit_job(fs, out: str, *, run_id: str, winners: dict[int, dict], schema: p
     try:
         write_manifest(fs, posixpath.join(out, MANIFEST), data, previous)
     except FileExistsError:
-        for e in entries:
+        for e in entries + new_rejected:
             with contextlib.suppress(FileNotFoundError, OSError):
                 fs.rm(posixpath.join(out, e["path"]))
         raise ConcurrentRunError(f"another run committed {out} first; this run's output was discarded and the "
@@ -915,6 +956,7 @@ def cleanup(fs, out: str, *, keep_run: str | None, manifest: Manifest | None) ->
                 removed.append(p)
                 if "/" in rel:
                     emptied.add(posixpath.dirname(p))
+    removed += _cleanup_rejected(fs, out, keep_run, manifest)
     if is_local(fs):
         for d in sorted(emptied, key=len, reverse=True):      # partition directories left empty
             while d.rstrip("/") != out.rstrip("/") and d.startswith(out.rstrip("/") + "/"):
@@ -930,10 +972,35 @@ def cleanup(fs, out: str, *, keep_run: str | None, manifest: Manifest | None) ->
                 # only this output's own data files: not those of runs staged or canaried below it
                 # (``_``-prefixed directories) nor of other outputs under the same prefix
                 m = _NAME.match(posixpath.basename(rel))
-                if m and _bad_entry_path(rel) is None and (keep_run is None or m.group("run") != keep_run[:16]):
+                plain = _bad_entry_path(rel) is None or (rel.startswith(REJECTED_DIR + "/") and rel.count("/") == 1)
+                if m and plain and (keep_run is None or m.group("run") != keep_run[:16]):
                     with contextlib.suppress(Exception):
                         fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
                         removed.append(f"upload {key}")
+    return removed
+
+
+def _cleanup_rejected(fs, out: str, keep_run: str | None, manifest: Manifest | None) -> list[str]:
+    """Remove rejected-rows files in ``OUT/_rejected/`` that the manifest does not list (a failed or
+    replaced run's), except ``keep_run``'s."""
+    referenced = {e.get("path") for e in (manifest.doc.get("rejected") or []) if isinstance(e, dict)} \
+        if manifest is not None and manifest.damage is None else set()
+    directory = posixpath.join(out, REJECTED_DIR)
+    try:
+        names = [posixpath.basename(p.rstrip("/")) for p in fs.ls(directory, detail=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    removed = []
+    for name in names:
+        m = _NAME.match(name)
+        rel = posixpath.join(REJECTED_DIR, name)
+        if m and rel not in referenced and (keep_run is None or m.group("run") != keep_run[:16]):
+            with contextlib.suppress(FileNotFoundError, OSError):
+                fs.rm(posixpath.join(directory, name))
+                removed.append(posixpath.join(directory, name))
+    if is_local(fs):
+        with contextlib.suppress(OSError):
+            os.rmdir(directory)          # only if empty
     return removed
 
 
@@ -1114,9 +1181,12 @@ def verify_manifest(fs, manifest: Manifest, *, pages: bool = True) -> VerifySumm
     """
     import pyarrow.parquet as pq
     problems: list[str] = []
-    for entry in manifest.files:
+    rejected = [dict(e, partition=e.get("partition", -1), _rejected=True)
+                for e in manifest.doc.get("rejected") or [] if isinstance(e, dict)]
+    for entry in list(manifest.files) + rejected:
         path = manifest.path_of(entry)
-        where = f"{path} (partition {entry['partition']})"
+        where = f"{path} (partition {entry['partition']})" if not entry.get("_rejected") else \
+            f"{path} (rejected rows)"
         try:
             buf, crc = _stored_buffer(fs, path, entry["bytes"])
         except FileNotFoundError:

@@ -33,6 +33,8 @@ because many pyarrow kernels (``take``, hence ``filter``) have none for them.
 
 from __future__ import annotations
 
+import contextvars
+
 import io
 import os
 import stat
@@ -109,6 +111,7 @@ class InputSpec:
     # Parquet footers (``FileMetaData``) by path, kept from the snapshot for row-group pruning.
     footers: dict = field(default_factory=dict, repr=False, compare=False)
     pruned_files: int = 0               # files left out of the snapshot: their partitions cannot match ``where``
+    bad_files: tuple[tuple[str, str], ...] = ()   # (path, error): unreadable files set aside (on_bad_file="reject")
 
     @property
     def total_bytes(self) -> int:
@@ -323,8 +326,15 @@ def resolve_input(source: Any, storage_options: dict | None = None, *, format: s
             kept = [f for f, k in zip(files, keep) if k] or files[:1]
             pruned, files = len(files) - len(kept), kept
 
+    bad: list[tuple[str, str]] | None = [] if REJECT_BAD_FILES.get() else None
+    footers = _read_footers(fs, [(f[0], int(f[2].get("size") or 0)) for f in files], fmt, bad)
+    if bad:
+        gone = {path for path, _ in bad}
+        files = [f for f in files if f[0] not in gone]
+        if not files:
+            raise InputError(f"no input file of {list(paths)!r} can be read (e.g. {bad[0][0]}: {bad[0][1]})")
     snapshot = tuple({"path": f[0], "size": int(f[2].get("size") or 0), "version": _file_token(f[2])} for f in files)
-    footers = _read_footers(fs, [(f[0], int(f[2].get("size") or 0)) for f in files], fmt)
+    snapshot += tuple({"path": path, "size": -1, "version": "unreadable"} for path, _ in (bad or ()))
     schema = unify_schemas([(f[0], footers[f[0]][0]) for f in files])
     splits: list[Split] = []
     for fpath, rel, finfo in files:
@@ -334,7 +344,8 @@ def resolve_input(source: Any, storage_options: dict | None = None, *, format: s
             splits.append(Split(len(splits), fpath, fmt, piece.get("size", size), piece.get("row_groups"),
                                 piece.get("byte_range"), hive, schema))
     return InputSpec(fs, fmt, tuple(splits), snapshot, partition_types, schema=schema,
-                     footers={p: m for p, (_, m) in footers.items() if m is not None}, pruned_files=pruned)
+                     footers={p: m for p, (_, m) in footers.items() if m is not None}, pruned_files=pruned,
+                     bad_files=tuple(bad or ()))
 
 
 def _convert(value: str | None, typ: pa.DataType) -> Any:
@@ -528,8 +539,15 @@ _INFER_BYTES = 1 << 20          # CSV/JSON: the leading bytes whose types the sn
 _FOOTER_THREADS = 16            # concurrent schema reads (object stores: one or two requests per file)
 
 
-def _read_footers(fs, files: list[tuple[str, int]], fmt: str) -> dict[str, tuple[pa.Schema, Any]]:
-    """``path -> (schema, parquet metadata or None)`` for every file, read concurrently."""
+# Set (by the runner, for ``on_bad_file="reject"``) while an input is resolved: files whose schema
+# cannot be read are left out of it and listed in ``InputSpec.bad_files`` instead of failing.
+REJECT_BAD_FILES: contextvars.ContextVar[bool] = contextvars.ContextVar("engine_reject_bad_files", default=False)
+
+
+def _read_footers(fs, files: list[tuple[str, int]], fmt: str,
+                  bad: list[tuple[str, str]] | None = None) -> dict[str, tuple[pa.Schema, Any]]:
+    """``path -> (schema, parquet metadata or None)`` for every file, read concurrently. With ``bad``
+    (a list), a file that cannot be read is appended there as ``(path, error)`` and left out."""
     if fmt == "text":
         schema = pa.schema([("text", pa.string())])
         return {path: (schema, None) for path, _ in files}
@@ -543,11 +561,25 @@ def _read_footers(fs, files: list[tuple[str, int]], fmt: str) -> dict[str, tuple
         except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError, ValueError, OSError) as exc:
             raise InputError(f"cannot read the schema of {fmt} input {path}: {exc}") from exc
 
+    def tolerant(item: tuple[str, int]):
+        try:
+            return one(item)
+        except InputError as exc:
+            if bad is None:
+                raise
+            return exc
+
     if len(files) == 1:
-        return {files[0][0]: one(files[0])}
-    from concurrent.futures import ThreadPoolExecutor
-    with ThreadPoolExecutor(min(_FOOTER_THREADS, len(files))) as pool:
-        return dict(zip((path for path, _ in files), pool.map(one, files)))
+        found = {files[0][0]: tolerant(files[0])}
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(min(_FOOTER_THREADS, len(files))) as pool:
+            found = dict(zip((path for path, _ in files), pool.map(tolerant, files)))
+    for path, value in list(found.items()):
+        if isinstance(value, Exception):
+            bad.append((path, str(value)))
+            del found[path]
+    return found
 
 
 def _file_schema(fs, path: str, fmt: str, size: int) -> tuple[pa.Schema, Any]:

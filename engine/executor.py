@@ -335,6 +335,8 @@ class StageExecutor:
             from .guards import Guards
             guards = Guards.build()
         self.guards = guards          # engine.guards.Guards: retry policy, concurrency limit, budgets
+        from .rejects import RunRejects
+        self.rejects = RunRejects(guards, report)     # rows the winning attempts set aside
         self.session = uuid.uuid4().hex[:6]   # keys never collide with a dead driver's tasks
         self.local = bool(getattr(client, "local", False))   # the driver's threads: no graphs, no dask
         self.losers: list[dict] = []
@@ -386,6 +388,7 @@ class StageExecutor:
                 st.results[p] = value
         for value in st.results.values():      # the stage's figures cover what resumed tasks did too
             _count(st.report, value)
+            self.rejects.note(value)
         if st.results:
             log.info("%s: resumed %d of %d task(s) from the journal", st.name, len(st.results), len(st.tasks))
             self.report.retries.append({"stage": st.name, "resumed": sorted(st.results)})
@@ -482,6 +485,7 @@ class StageExecutor:
             self.journal.record(st.name, partition, value)
         _count(st.report, value)
         self._cancel_siblings(st, partition)
+        self.rejects.note(value)
         if self.progress is not None:
             self.progress(st.name, len(st.results), len(st.tasks))
 
@@ -583,6 +587,10 @@ class StageExecutor:
         st.report.stop = time.time()
         self.report.note_combine(st.report, st.results)
         self.losers.extend(st.losers)
+        read = sum(s.input_rows for s in self.report.stages)
+        if read:
+            self.rejects.input_rows = read       # a fraction's limit is known once the input has been read
+            self.rejects.check()
         return st.results
 
     # -- placement and the journal -----------------------------------------------------------

@@ -135,6 +135,8 @@ class RunReport:
     speculation: list[dict] = field(default_factory=list)
     zombies: list[dict] = field(default_factory=list)     # cancelled attempts that kept running, see above
     retries: list[dict] = field(default_factory=list)
+    rejected: int = 0                  # rows set aside as bad records (on_error / on_bad_file "reject")
+    rejected_sample: list[str] = field(default_factory=list)   # a few of them: where and why
     message: str = ""
     cluster: dict = field(default_factory=dict)
     peak_memory: int | None = None
@@ -257,6 +259,9 @@ class RunReport:
                          f"{self.output_files} files, {self.output_rows:,} rows, {self.output_bytes:,} bytes")
             if self.cluster.get("where"):
                 lines.append(f"  ran {self.cluster['where']}")
+        if self.rejected:
+            lines.append(f"  rejected: {self.rejected:,} row(s) set aside in {self.output}/_rejected "
+                         f"(mapreduce rejected {self.output}); e.g. {self.rejected_sample[0] if self.rejected_sample else '?'}")
         metrics = {m["stage"]: m for m in self.stage_metrics()}
         for s in self.stages:
             m = metrics[s.name]

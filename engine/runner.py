@@ -601,10 +601,18 @@ def _run_body(job: Job, input: Any, output: str, out_fs, out: str, cluster: Any,
               started: float, guards: Any = None, live: tuple | None = None, before: Any = None,
               tracker: Any = None) -> RunResult:
     code_job = job
-    if where is not None:
-        job, specs = _filtered_inputs(job, input, where, logical_date, storage_options, format)
-    else:
-        specs = resolve_inputs(job, input, storage_options, format=format)
+    if guards is None:
+        from .guards import Guards
+        guards = Guards.build(job=job)
+    from .datasets import REJECT_BAD_FILES
+    token = REJECT_BAD_FILES.set(guards.on_bad_file == "reject")
+    try:
+        if where is not None:
+            job, specs = _filtered_inputs(job, input, where, logical_date, storage_options, format)
+        else:
+            specs = resolve_inputs(job, input, storage_options, format=format)
+    finally:
+        REJECT_BAD_FILES.reset(token)
     plan = build_plan(job, specs, partition_size)
     fingerprint = plan.fingerprint
     # The run's where (its date filled in) is part of the fingerprint; the job's code alone is this:
@@ -626,9 +634,6 @@ def _run_body(job: Job, input: Any, output: str, out_fs, out: str, cluster: Any,
         run_id = f"{run_id[:8]}{uuid.uuid4().hex[:8]}"
     if faults is None:
         faults = Faults.from_env()
-    if guards is None:
-        from .guards import Guards
-        guards = Guards.build(job=job)
     rep = RunReport(job.name, run_id, fingerprint, start=started,
                     input_files=sum(len(s.snapshot) for s in specs.values()),
                     input_bytes=sum(s.total_bytes for s in specs.values()), output=output)
@@ -658,9 +663,15 @@ def _run_body(job: Job, input: Any, output: str, out_fs, out: str, cluster: Any,
     try:
         validate_on_sample(plan, read_samples(plan))
     except EngineError as exc:      # the user's function failed in the driver: its message may quote secrets
-        from .executor import redact_exception
-        redact_exception(exc)
-        raise
+        cause = exc.__cause__
+        if guards.on_error == "reject" and cause is not None and not isinstance(cause, EngineError):
+            # a function failing on sample rows may fail on bad records only: the tasks set those aside
+            log.info("the job's functions failed on a sample of the input (%s); rejecting bad rows as they come",
+                     redact(f"{type(cause).__name__}: {cause}"))
+        else:
+            from .executor import redact_exception
+            redact_exception(exc)
+            raise
 
     from .cluster import get_client
     from .executor import StageExecutor, redact_exception
@@ -869,6 +880,9 @@ def _execute(plan: Plan, specs: dict[str, InputSpec], client, info: ClusterInfo,
     messages = [v["commit"] for v in final.values() if v["commit"]["files"]]
     winners, losers = commit.choose_winners(messages)
     commit.discard(out_fs, losers + [v["commit"] for v in executor.losers if "commit" in v])
+    from .rejects import discard_messages
+    discard_messages(out_fs, executor.losers)
+    rejected = _rejected_messages(executor, specs, run_id, out_fs, out, run_fence, rep)
     if schema is None:
         schema = pa.schema([])
     meta = {"job": plan.job.name, "job_version": plan.job.version, "fingerprint": plan.fingerprint,
@@ -895,7 +909,27 @@ def _execute(plan: Plan, specs: dict[str, InputSpec], client, info: ClusterInfo,
     return commit.commit_job(out_fs, out, run_id=run_id, winners=winners, schema=schema, mode=mode,
                              previous=previous, meta=meta, hook=faults.commit_hook if faults is not None else None,
                              fence=lock.check if lock is not None else None, writers=run_fence,
-                             partition_by=partition_by, logical_date=logical_date)
+                             partition_by=partition_by, logical_date=logical_date, rejected=rejected)
+
+
+def _rejected_messages(executor: StageExecutor, specs: dict[str, InputSpec], run_id: str, out_fs, out: str,
+                       run_fence: Any, rep: RunReport) -> list[dict]:
+    """The run's rejected-rows files: the winning attempts', and one the driver writes for the input
+    files it could not open while planning (``on_bad_file="reject"``); TooManyRejectedError past the limit."""
+    rejects = executor.rejects
+    bad = [(path, error) for s in specs.values() for path, error in getattr(s, "bad_files", ())]
+    if bad:
+        from types import SimpleNamespace
+        from .rejects import TaskRejects
+        ctx = SimpleNamespace(run_id=run_id, job=rep.job, round=0, out_fs=out_fs, out_root=out, fence=run_fence,
+                              guards=executor.guards)
+        own = TaskRejects(ctx, "file", 4999, 0)
+        for path, error in bad:
+            own.add_file(path, error)
+        rejects.note({"rejected": own.close()})
+    rejects.check(final=True)
+    rep.rejected, rep.rejected_sample = rejects.count, list(rejects.sample)
+    return rejects.messages
 
 
 def _already_committed(previous: commit.Manifest | None, fingerprint: str, snapshot: str, logical_date: str | None,

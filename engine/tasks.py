@@ -39,7 +39,7 @@ from . import config, shuffle
 from .commit import ParquetAttemptWriter, PartitionedAttemptWriter
 from .context import set_task_date
 from .datasets import Split, is_local, read_split
-from .errors import EngineError, FencedError, IntegrityError, JobDefinitionError, SchemaError
+from .errors import EngineError, FencedError, InputError, IntegrityError, JobDefinitionError, SchemaError
 from .joins import check_keys, conform_keys, join_tables, key_types
 
 
@@ -366,8 +366,66 @@ class _Output:
 # Map
 
 
-def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partition: int, attempt: int) -> dict:
-    """One map attempt over one split; returns its shuffle index or commit message."""
+class _UnreadableSplit(Exception):
+    """The split's file cannot be read (``on_bad_file="reject"``: the attempt starts over without it)."""
+
+
+def _rejecting(ctx: TaskContext) -> tuple[bool, bool]:
+    """(rows a function fails on are rejected, unreadable files are rejected)."""
+    g = ctx.guards
+    return (g is not None and g.on_error == "reject", g is not None and g.on_bad_file == "reject")
+
+
+def _schema_only(input_fs: Any, split: Split, ctx: TaskContext) -> pa.Table | None:
+    """An empty table of the split's columns (what a task reads from a split with no rows)."""
+    schema = split.schema
+    if schema is None and split.format == "ipc":
+        with contextlib.suppress(Exception):
+            schema = shuffle.file_schema(input_fs, split.path)
+    if schema is None:
+        return None
+    if ctx.columns is not None:
+        schema = pa.schema([schema.field(c) for c in ctx.columns if c in schema.names])
+    return schema.empty_table()
+
+
+def _reread_rejecting(input_fs: Any, split: Split, ctx: TaskContext, rejects: Any, skip: int) -> Iterator[pa.RecordBatch]:
+    """A CSV or JSON split read again, its unparsable rows set aside, from its ``skip``-th good row."""
+    from .datasets import _add_partition_columns, _target_schema, conform
+    from .rejects import read_csv_rejecting, read_json_rejecting
+    if split.format == "csv":
+        batches = read_csv_rejecting(input_fs, split, rejects, skip=skip, batch_rows=ctx.batch_rows)
+    else:
+        batches = read_json_rejecting(input_fs, split, rejects, batch_rows=ctx.batch_rows)
+        skipped = 0
+        if skip:
+            def after(bs, n=skip):
+                nonlocal skipped
+                for b in bs:
+                    if skipped + b.num_rows <= n:
+                        skipped += b.num_rows
+                        continue
+                    if skipped < n:
+                        b = b.slice(n - skipped)
+                        skipped = n
+                    yield b
+            batches = after(batches)
+    target = _target_schema(split, ctx.columns)
+    for batch in batches:
+        if ctx.columns is not None:
+            batch = batch.select([c for c in ctx.columns if c in batch.schema.names])
+        batch = conform(batch, target, split.path)
+        if split.partition_values:
+            batch = _add_partition_columns(batch, split.partition_values, ctx.partition_types, ctx.columns)
+        yield batch
+
+
+def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partition: int, attempt: int,
+            unreadable: str | None = None) -> dict:
+    """One map attempt over one split; returns its shuffle index or commit message.
+
+    ``unreadable``: why the split's file cannot be read; the attempt then reads nothing from it and
+    rejects the file (``on_bad_file="reject"``)."""
     set_task_date(ctx.logical_date)
     start, cpu0 = time.time(), time.thread_time()
     payload = load_payload(blob)
@@ -377,17 +435,46 @@ def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partitio
         ctx.faults.before_task(ctx, "map", partition, attempt)
     rows_in = 0
     output = None
+    reject_rows, reject_files = _rejecting(ctx)
+    rejects = None
+    if reject_rows or reject_files:
+        from .rejects import TaskRejects
+        rejects = TaskRejects(ctx, "map", partition, attempt, split=split)
+        if unreadable is not None:
+            rejects.add_file(split.path, unreadable)
     # a declarative aggregation reads its string keys dictionary-encoded where the file's dictionaries are
     # small: no user function sees them, the combine groups on their codes and the shuffle decodes them
     encoded = _encoded_keys(ctx, stages)
     try:
         pipeline = _map_pipeline(ctx, payload, f"{label} (input {split.describe()})")
 
+        def batches() -> Iterator[pa.RecordBatch]:
+            if unreadable is not None:
+                return
+            delivered = 0
+            try:
+                for batch in read_split(input_fs, split, columns=ctx.columns, batch_rows=ctx.batch_rows,
+                                        partition_types=ctx.partition_types, dictionaries=encoded):
+                    delivered += batch.num_rows
+                    yield batch
+            except InputError as exc:
+                if reject_rows and split.format in ("csv", "json") and split.schema is not None:
+                    try:
+                        yield from _reread_rejecting(input_fs, split, ctx, rejects, delivered)
+                        return
+                    except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError, ValueError, OSError) as again:
+                        if not reject_files:
+                            raise InputError(f"cannot read {split.format} input {split.describe()}: {again}") \
+                                from again
+                        raise _UnreadableSplit(str(exc)) from exc
+                if reject_files:
+                    raise _UnreadableSplit(str(exc)) from exc
+                raise
+
         def read() -> Iterator[pa.Table]:
             nonlocal rows_in
             read_any = False
-            for batch in read_split(input_fs, split, columns=ctx.columns, batch_rows=ctx.batch_rows,
-                                    partition_types=ctx.partition_types, dictionaries=encoded):
+            for batch in batches():
                 check_cancelled()
                 if ctx.faults is not None:
                     ctx.faults.during_task(ctx, "map", partition, attempt)
@@ -407,8 +494,16 @@ def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partitio
                         schema = pa.schema([schema.field(c) for c in ctx.columns if c in schema.names])
                     yield schema.empty_table()
 
+        def isolated(tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
+            from .rejects import isolate
+            offset = 0
+            for table in tables:
+                yield from isolate(lambda t: list(pipeline(iter([t]))), table, rejects, first_row=offset,
+                                   what=f"the map functions of {label}")
+                offset += table.num_rows
+
         def mapped() -> Iterator[pa.Table]:
-            return pipeline(read())
+            return isolated(read()) if reject_rows else pipeline(read())
 
         if ctx.kind == "map":
             output = _Output(ctx, partition, attempt, "map")
@@ -483,10 +578,26 @@ def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partitio
                       "schema": writer.schema, "spills": writer.spills}
             if adaptive is not None:
                 result.update(adaptive.outcome())
+    except _UnreadableSplit as exc:
+        if output is not None:
+            output.abort()
+        if rejects is not None:
+            rejects.abort()
+        return run_map(ctx, blob, input_fs, split, partition, attempt, unreadable=str(exc))
     except BaseException:
         if output is not None:
             output.abort()
+        if rejects is not None:
+            rejects.abort()
         raise
+    if rejects is not None:
+        try:
+            result["rejected"] = rejects.close()
+        except BaseException:
+            if output is not None:
+                output.abort()
+            rejects.abort()
+            raise
     result.update({"rows_in": rows_in, "start": start, "stop": time.time(), "cpu": time.thread_time() - cpu0, "worker": _worker_name(),
                    "partition": partition, "attempt": attempt, "input_bytes": split.size,
                    "reads_input": split.schema is not None})     # (engine-written intermediate splits have none)
@@ -684,11 +795,18 @@ def run_reduce(ctx: TaskContext, blob: bytes, refs: list, bounds: tuple | None, 
         ctx.faults.before_task(ctx, "reduce", partition, attempt)
     output = _Output(ctx, partition, attempt, "reduce")
     post = stages.get("post") or []
+    rejects = None
+    if _rejecting(ctx)[0] and (stages.get("reduce") is not None or post):
+        from .rejects import TaskRejects
+        rejects = TaskRejects(ctx, "reduce", partition, attempt)
 
-    def emit(table: pa.Table) -> None:
+    def after(table: pa.Table) -> pa.Table:
         for i, fn in enumerate(post):   # maps of a fused trailing map-only round
             table = _apply(fn, table, f"map function {i + 1} of round {ctx.round + 2} (fused into {label})")
-        output.write(table)
+        return table
+
+    def emit(table: pa.Table) -> None:
+        output.write(after(table))
     try:
         if ctx.kind == "sort":
             piece = bounds if isinstance(bounds, shuffle.RangePiece) else shuffle.RangePiece(*(bounds or (None, None)))
@@ -706,19 +824,40 @@ def run_reduce(ctx: TaskContext, blob: bytes, refs: list, bounds: tuple | None, 
             if aggs is not None:
                 with _computing(f"the aggregations of {label}"):
                     result = aggs.merge_finalize(table) if ctx.map_combine else aggs.aggregate(table)
+                emit(result) if rejects is None else _emit_isolated(after, result, None, rejects, output, label)
             else:
-                result = _apply(stages["reduce"], table, f"reduce function of {label}")
-            emit(result)
+                fn = stages["reduce"]
+                if rejects is None:
+                    emit(_apply(fn, table, f"reduce function of {label}"))
+                else:
+                    # the rows of a key the reduce function (or a fused map) fails on are rejected together
+                    _emit_isolated(lambda t: after(_apply(fn, t, f"reduce function of {label}")), table, ctx.keys,
+                                   rejects, output, label)
             if ctx.faults is not None:
                 ctx.faults.during_task(ctx, "reduce", partition, attempt)
         result_info = output.close()
+        if rejects is not None:
+            result_info["rejected"] = rejects.close()
     except BaseException:
         output.abort()
+        if rejects is not None:
+            rejects.abort()
         raise
     result_info.update({"rows_in": rows_in, "start": start, "stop": time.time(), "cpu": time.thread_time() - cpu0, "worker": _worker_name(),
                         "partition": partition, "attempt": attempt,
                         "input_bytes": None})
     return result_info
+
+
+def _emit_isolated(call, table: pa.Table, keys, rejects: Any, output: _Output, label: str) -> None:
+    """Write ``call(table)``; rows it fails on are rejected (by key when ``keys``, else row by row)."""
+    from .rejects import isolate, isolate_groups
+    if keys:
+        pieces = isolate_groups(lambda t: [call(t)], table, keys, rejects, what=f"the reduce function of {label}")
+    else:
+        pieces = isolate(lambda t: [call(t)], table, rejects, what=f"the maps fused into {label}")
+    for piece in pieces:
+        output.write(piece)
 
 
 def run_partial(ctx: TaskContext, blob: bytes, refs: list, key_filter: dict | None, schema: pa.Schema | None,

@@ -603,7 +603,7 @@ def record_from_report(rep, record_id: str, *, key_values: bool = False) -> dict
         "output_files": rep.output_files, "message": rep.message, "logical_date": rep.logical_date,
         "error_type": err.get("type"), "error_location": err.get("location"),
         "workers": (rep.cluster or {}).get("workers"), "threads": (rep.cluster or {}).get("threads"),
-        "rejected": int(usage.get("rejected") or 0),
+        "rejected": int(getattr(rep, "rejected", 0) or usage.get("rejected") or 0),
         "worker_cpu_seconds": usage.get("worker_cpu_seconds"), "thread_seconds": usage.get("thread_seconds"),
         "memory_gb_seconds": usage.get("memory_gb_seconds"), "checkpoint_at": usage.get("checkpoint_at"),
         "report": json.dumps(d, default=str),            # (to_dict() has redacted its strings)
