@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING, Any
 from . import config  # noqa: F401  (the engine.* defaults; it imports dask only when needed)
 from .errors import (ClusterError, CommitError, ConcurrentRunError, EmptyInputError, EngineError, FencedError, InputError,
                      IntegrityError, JobDefinitionError, ManifestError, OutputExistsError, SchemaError,
-                     ShuffleLocationError, StageFailedError)
+                     ShuffleLocationError, StageFailedError, TooManyRejectedError, BudgetExceededError)
 
 if TYPE_CHECKING:
     from . import agg
     from .commit import VerifySummary, read, verify
     from .context import logical_date
+    from .rejects import read_rejected
     from .job import Job
     from .report import RunReport
     from .runner import RunResult, run
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 _LAZY = {"agg": (".agg", None), "Job": (".job", "Job"), "read": (".commit", "read"),
          "verify": (".commit", "verify"), "VerifySummary": (".commit", "VerifySummary"),
          "RunReport": (".report", "RunReport"), "run": (".runner", "run"), "RunResult": (".runner", "RunResult"),
-         "logical_date": (".context", "logical_date"),
+         "logical_date": (".context", "logical_date"), "read_rejected": (".rejects", "read_rejected"),
          "__version__": ("._version", "ENGINE_VERSION")}
 
 
@@ -59,5 +60,5 @@ __all__ = [
     "Job", "agg", "run", "read", "verify", "logical_date", "RunResult", "RunReport", "VerifySummary", "__version__",
     "EngineError", "JobDefinitionError", "SchemaError", "InputError", "EmptyInputError", "ClusterError",
     "ShuffleLocationError", "StageFailedError", "CommitError", "OutputExistsError", "ConcurrentRunError",
-    "IntegrityError", "ManifestError", "FencedError",
+    "IntegrityError", "ManifestError", "FencedError", "read_rejected", "TooManyRejectedError", "BudgetExceededError",
 ]

@@ -260,6 +260,13 @@ def _parser() -> argparse.ArgumentParser:
                                    "incomplete (each bad file is named on stderr).")
     v.add_argument("path")
     v.add_argument("--json", action="store_true", help="print the verdict as JSON on stdout")
+    rj = sub.add_parser("rejected", parents=[common], help="summarize the rows a run set aside (OUT/_rejected)",
+                        description="Counts by error and by input file of the rows the committed run of OUT "
+                                    "rejected (on_error/on_bad_file 'reject'), and the first of them. Exit 0 when "
+                                    "it rejected none, 3 when it rejected some, 1 when OUT has no committed output.")
+    rj.add_argument("path")
+    rj.add_argument("--rows", type=int, default=5, metavar="N", help="print the first N rejected rows (default 5)")
+    rj.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     e = sub.add_parser("explain", parents=[common],
                        help="print a job's plan (with --input, the Dask graph size); or, given a committed "
                             "output directory, what its run decided (skew, speculation)")
@@ -766,6 +773,45 @@ def cmd_verify(args) -> int:
     return EXIT_OK
 
 
+def cmd_rejected(args) -> int:
+    import json
+
+    from .errors import IntegrityError
+    from .rejects import read_rejected, summarize
+    try:
+        summary = summarize(args.path)
+    except IntegrityError as exc:
+        print(f"error: {_one_paragraph(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.rows and summary["rows"]:
+        rows = read_rejected(args.path).slice(0, args.rows).select(
+            ["stage", "file", "row", "key", "error_type", "error", "location", "record", "raw"]).to_pylist()
+        summary["first"] = rows
+    else:
+        summary.pop("first", None)
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+        return EXIT_GATE if summary["rows"] else EXIT_OK
+    if not summary["rows"]:
+        print(f"{summary['output']}: the committed run ({summary['run_id']}) rejected no rows")
+        return EXIT_OK
+    print(f"{summary['output']}: {summary['rows']:,} rejected row(s) in {len(summary['files'])} file(s) "
+          f"(run {summary['run_id']})")
+    print("  by error:")
+    for e in summary["by_error"]:
+        print(f"    {e['rows']:>8,}  {e['stage']:<6} {e['error_type']}: {e['error'][:160]}")
+    print("  by input file:")
+    for f in summary["by_file"]:
+        print(f"    {f['rows']:>8,}  {f['file'] or '(reduce: no input file)'}")
+    for r in summary.get("first") or []:
+        where = f"{r['file']} row {r['row']}" if r["file"] else f"key {r['key']}"
+        print(f"  - {where}: {r['error_type']}: {r['error'][:160]}" + (f" at {r['location']}" if r["location"] else ""))
+        print(f"      {(r['record'] or r['raw'] or '')[:200]}")
+    print(f"  read them all: engine.rejects.read_rejected({summary['output']!r}), or the Parquet files under "
+          f"{summary['output']}/_rejected/")
+    return EXIT_GATE
+
+
 def cmd_explain(args) -> int:
     import json
     from .plan import explain
@@ -973,6 +1019,6 @@ def _ops(name: str):
     return command
 
 
-_COMMANDS = {"run": cmd_run, "verify": cmd_verify, "explain": cmd_explain, "history": _ops("history"),
+_COMMANDS = {"run": cmd_run, "verify": cmd_verify, "rejected": cmd_rejected, "explain": cmd_explain, "history": _ops("history"),
              "show": _ops("show"), "slo": _ops("slo"), "alerts": _ops("alerts"), "dashboard": _ops("dashboard"),
              "clean": cmd_clean, "publish": cmd_publish, "diff": cmd_diff, "backfill": cmd_backfill}

@@ -542,6 +542,8 @@ _FOOTER_THREADS = 16            # concurrent schema reads (object stores: one or
 # Set (by the runner, for ``on_bad_file="reject"``) while an input is resolved: files whose schema
 # cannot be read are left out of it and listed in ``InputSpec.bad_files`` instead of failing.
 REJECT_BAD_FILES: contextvars.ContextVar[bool] = contextvars.ContextVar("engine_reject_bad_files", default=False)
+# Set for ``on_error="reject"``: CSV/JSON types are inferred from the leading rows that parse.
+REJECT_ROWS: contextvars.ContextVar[bool] = contextvars.ContextVar("engine_reject_rows", default=False)
 
 
 def _read_footers(fs, files: list[tuple[str, int]], fmt: str,
@@ -573,8 +575,10 @@ def _read_footers(fs, files: list[tuple[str, int]], fmt: str,
         found = {files[0][0]: tolerant(files[0])}
     else:
         from concurrent.futures import ThreadPoolExecutor
+        parent = contextvars.copy_context()      # REJECT_ROWS and REJECT_BAD_FILES hold in the pool's threads too
         with ThreadPoolExecutor(min(_FOOTER_THREADS, len(files))) as pool:
-            found = dict(zip((path for path, _ in files), pool.map(tolerant, files)))
+            found = dict(zip((path for path, _ in files),
+                             pool.map(lambda item: parent.copy().run(tolerant, item), files)))
     for path, value in list(found.items()):
         if isinstance(value, Exception):
             bad.append((path, str(value)))
@@ -595,14 +599,50 @@ def _file_schema(fs, path: str, fmt: str, size: int) -> tuple[pa.Schema, Any]:
                 return pa.ipc.open_stream(f).schema, None
     if fmt == "csv":
         import pyarrow.csv as pcsv
+        parse = _csv_parse(path)
+        if REJECT_ROWS.get():
+            parse = pcsv.ParseOptions(delimiter=parse.delimiter, invalid_row_handler=lambda row: "skip")
         with fs.open(path, "rb", compression=_compression(path)) as f:
-            return pcsv.open_csv(f, parse_options=_csv_parse(path),
+            return pcsv.open_csv(f, parse_options=parse,
                                  read_options=pcsv.ReadOptions(block_size=_INFER_BYTES)).schema, None
     if fmt == "json":
         import pyarrow.json as pjson
         with fs.open(path, "rb", compression=_compression(path)) as f:
-            return pjson.open_json(f, read_options=pjson.ReadOptions(block_size=_INFER_BYTES)).schema, None
+            try:
+                return pjson.open_json(f, read_options=pjson.ReadOptions(block_size=_INFER_BYTES)).schema, None
+            except pa.ArrowInvalid:
+                if not REJECT_ROWS.get():
+                    raise
+                f.seek(0)
+                head = f.read(_INFER_BYTES)
+        return _json_schema_of_good_lines(head), None
     raise InputError(f"unknown format {fmt!r}")  # pragma: no cover - guarded by normalize_format
+
+
+def _json_schema_of_good_lines(head: bytes) -> pa.Schema:
+    """The types of the leading JSON lines that parse (``on_error="reject"``: the others are rejected
+    when the file is read)."""
+    import json
+
+    import pyarrow.json as pjson
+    lines = head.split(b"\n")[:-1] if not head.endswith(b"\n") else head.split(b"\n")
+    good = []
+    for line in lines:
+        if line.strip():
+            try:
+                json.loads(line)
+            except ValueError:
+                continue
+            good.append(line)
+    if not good:
+        raise pa.ArrowInvalid("no line of the first MiB is valid JSON")
+    # lines whose values disagree in type with the leading ones are rejected when read: the leading decide
+    for n in (len(good), 1000, 100, 10, 1):
+        try:
+            return pjson.read_json(io.BytesIO(b"\n".join(good[:n]))).schema
+        except pa.ArrowInvalid:
+            continue
+    raise pa.ArrowInvalid("the leading JSON lines disagree on their types")
 
 
 _FOOTER_GUESS = 64 << 10

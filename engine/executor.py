@@ -552,6 +552,9 @@ class StageExecutor:
 
     def _stage_failed(self, st: _Stage, partition: int, exc: BaseException, error: str) -> StageFailedError:
         """The error that fails the stage (a deterministic failure, or the partition is out of attempts)."""
+        if isinstance(exc, TooManyRejectedError):     # the run's own limit, raised in a task: as it is
+            redact_exception(exc)
+            return exc
         tries = st.failures[partition]
         msg = redact(f"{st.where(partition)} failed" + (f" after {tries} attempts" if tries > 1 else "")
                      + f": {error}")

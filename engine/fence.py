@@ -129,6 +129,8 @@ class RunFence:
             return
         d = posixpath.dirname(path)
         while d.startswith(self.root) or d == self.tmp_root:
+            if os.path.exists(self.path):
+                break       # a new driver of the same run id is live: its (still empty) directories stay
             try:
                 os.rmdir(d)
             except OSError:

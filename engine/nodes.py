@@ -195,7 +195,9 @@ def _round_nodes(ex: Execution, group: list[tuple[Node, Stream]]) -> list:
     for node, ctx, results in zip(nodes, ctxs, mapped):
         r = replace(node.round, index=node.index)
         outputs = [results[p]["shuffle"] for p in sorted(results)]
-        schema = next((results[p]["schema"] for p in sorted(results) if results[p].get("schema") is not None), None)
+        # (a map task that read nothing, e.g. from a file set aside as unreadable, has no columns to tell)
+        schemas = [results[p]["schema"] for p in sorted(results) if results[p].get("schema") is not None]
+        schema = next((x for x in schemas if len(x.names)), schemas[0] if schemas else None)
         tasks, describe, merges = reduceplan.reduce_tasks(ex.plan, r, ctx, outputs, schema, ex.shipped, ex.info,
                                                           ex.rep, ex.skew_enabled)
         planned.append((outputs, tasks, describe, merges))

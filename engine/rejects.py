@@ -61,8 +61,10 @@ SCHEMA = pa.schema([
 _TRACEBACK_CHARS = 4000
 _RECORD_CHARS = 100_000
 SAMPLE = 3                          # rejected rows a task describes to the driver (for error messages)
-# A batch whose every row fails (at least this many rows) is a bug in the function, not bad records.
+# A batch whose every row fails (at least this many rows) is a bug in the function, not bad records;
+# so is one where the first SYSTEMATIC_FIRST rows tried alone all failed before any call succeeded.
 SYSTEMATIC_ROWS = 1024
+SYSTEMATIC_FIRST = 64
 
 
 class SystematicFailure(EngineError, RuntimeError):
@@ -71,10 +73,13 @@ class SystematicFailure(EngineError, RuntimeError):
     engine_deterministic = True
 
 
-def _not_data(exc: BaseException) -> bool:
-    """Errors never blamed on rows: the engine's own, cancellation, memory."""
+def _not_data(exc: BaseException, guards: Any = None) -> bool:
+    """Errors never blamed on rows: the engine's own, cancellation, memory, and the classes the run
+    retries (``retry_on`` with more than one attempt: a transient error, for the task to retry)."""
     from .tasks import TaskCancelled
-    return isinstance(exc, (EngineError, TaskCancelled, MemoryError, RecursionError))
+    if isinstance(exc, (EngineError, TaskCancelled, MemoryError, RecursionError)):
+        return True
+    return bool(guards is not None and guards.retry_on and guards.attempts_for(exc, 1) > 1)
 
 
 def _json_default(value: Any) -> Any:
@@ -120,6 +125,7 @@ class TaskRejects:
             self.split = split.describe()[len(split.path):].strip() or None
         self.columns: dict[str, list] = {name: [] for name in SCHEMA.names}
         self.count = 0
+        self.calls_ok = 0                 # calls that succeeded (for telling a bug from bad records)
         self.sample: list[str] = []
         self._writer = None
 
@@ -217,38 +223,51 @@ def isolate(call: Callable[[pa.Table], list], table: pa.Table, rejects: TaskReje
     """``call(table)``, or, if it raises on some rows, ``call`` on the rows it does not fail on (found
     by bisection; the failing rows go to ``rejects``). ``call`` returns a list of output tables."""
     out: list = []
-    failure = _try(call, table, out)
+    failure = _try(call, table, out, rejects)
     if failure is None:
         return out
-    rejected_before = rejects.count
-    _bisect(call, table, 0, table.num_rows, failure, rejects, first_row, out)
+    rejected_before, ok_before = rejects.count, rejects.calls_ok
     n = table.num_rows
-    if n >= SYSTEMATIC_ROWS and rejects.count - rejected_before == n:
-        raise SystematicFailure(f"{what} failed on every one of the {n:,} rows of a batch "
-                                f"({type(failure).__name__}: {str(failure)[:300]}): that is a bug in the function, "
-                                "not bad records, so nothing was rejected and the run stops") from failure
-    return out
+    try:
+        _bisect(call, table, 0, n, failure, rejects, first_row, out,
+                (rejected_before, ok_before) if n >= SYSTEMATIC_ROWS else None)
+    except _AllFailing:
+        pass
+    else:
+        if not (n >= SYSTEMATIC_ROWS and rejects.count - rejected_before == n):
+            return out
+    tried = rejects.count - rejected_before
+    raise SystematicFailure(f"{what} failed on a {n:,}-row batch and on each of its rows tried alone ({tried:,} rows, "
+                            f"none passed; {type(failure).__name__}: {str(failure)[:300]}): that is a bug in the "
+                            "function, not bad records, so the run stops and commits nothing") from failure
+
+
+class _AllFailing(Exception):
+    """The first rows of a large batch all failed alone, and nothing succeeded: stop bisecting."""
 
 
 def _bisect(call, table: pa.Table, lo: int, hi: int, exc: BaseException, rejects: TaskRejects,
-            first_row: int | None, out: list) -> None:
+            first_row: int | None, out: list, watch: tuple[int, int] | None = None) -> None:
     if hi - lo == 1:
         rejects.add_rows(table.slice(lo, 1), exc, None if first_row is None else first_row + lo)
+        if watch is not None and rejects.calls_ok == watch[1] and rejects.count - watch[0] >= SYSTEMATIC_FIRST:
+            raise _AllFailing
         return
     mid = (lo + hi) // 2
     for a, b in ((lo, mid), (mid, hi)):
-        failed = _try(call, table.slice(a, b - a), out)
+        failed = _try(call, table.slice(a, b - a), out, rejects)
         if failed is not None:     # recursed outside the except block: no chain of contexts
-            _bisect(call, table, a, b, failed, rejects, first_row, out)
+            _bisect(call, table, a, b, failed, rejects, first_row, out, watch)
 
 
-def _try(call, part: pa.Table, out: list) -> BaseException | None:
+def _try(call, part: pa.Table, out: list, rejects: TaskRejects) -> BaseException | None:
     """``call(part)`` into ``out``; the data error it raised, if any (engine errors propagate)."""
     try:
         out.extend(call(part))
+        rejects.calls_ok += 1
         return None
     except Exception as exc:  # noqa: BLE001
-        if _not_data(exc):
+        if _not_data(exc, getattr(rejects.ctx, "guards", None)):
             raise
         return exc
 
@@ -257,7 +276,7 @@ def isolate_groups(call: Callable[[pa.Table], list], table: pa.Table, keys: Sequ
                    rejects: TaskRejects, what: str = "the reduce function") -> list:
     """A reduce call with bisection over whole keys: the rows of a key that fails are rejected together."""
     out: list = []
-    failure = _try(call, table, out)
+    failure = _try(call, table, out, rejects)
     if failure is None:
         return out
     import pyarrow.compute as pc
@@ -289,7 +308,7 @@ def _bisect_groups(call, table: pa.Table, starts: list[int], g0: int, g1: int, e
         return
     mid = (g0 + g1) // 2
     for a, b in ((g0, mid), (mid, g1)):
-        failed = _try(call, table.slice(starts[a], starts[b] - starts[a]), out)
+        failed = _try(call, table.slice(starts[a], starts[b] - starts[a]), out, rejects)
         if failed is not None:
             _bisect_groups(call, table, starts, a, b, failed, rejects, keys, out)
 

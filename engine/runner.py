@@ -42,7 +42,7 @@ import pyarrow as pa
 from . import commit, config
 from ._version import ENGINE_VERSION
 from .datasets import InputSpec, filesystem, is_local
-from .errors import (ChangeGateError, ClusterError, CommitError, EngineError, JobDefinitionError, OutputExistsError,
+from .errors import (ChangeGateError, ClusterError, CommitError, EngineError, InputError, JobDefinitionError, OutputExistsError,
                      ShuffleLocationError)
 from .faults import Faults
 from .job import Job
@@ -604,8 +604,9 @@ def _run_body(job: Job, input: Any, output: str, out_fs, out: str, cluster: Any,
     if guards is None:
         from .guards import Guards
         guards = Guards.build(job=job)
-    from .datasets import REJECT_BAD_FILES
+    from .datasets import REJECT_BAD_FILES, REJECT_ROWS
     token = REJECT_BAD_FILES.set(guards.on_bad_file == "reject")
+    token_rows = REJECT_ROWS.set(guards.on_error == "reject")
     try:
         if where is not None:
             job, specs = _filtered_inputs(job, input, where, logical_date, storage_options, format)
@@ -613,6 +614,7 @@ def _run_body(job: Job, input: Any, output: str, out_fs, out: str, cluster: Any,
             specs = resolve_inputs(job, input, storage_options, format=format)
     finally:
         REJECT_BAD_FILES.reset(token)
+        REJECT_ROWS.reset(token_rows)
     plan = build_plan(job, specs, partition_size)
     fingerprint = plan.fingerprint
     # The run's where (its date filled in) is part of the fingerprint; the job's code alone is this:
@@ -664,7 +666,11 @@ def _run_body(job: Job, input: Any, output: str, out_fs, out: str, cluster: Any,
         validate_on_sample(plan, read_samples(plan))
     except EngineError as exc:      # the user's function failed in the driver: its message may quote secrets
         cause = exc.__cause__
-        if guards.on_error == "reject" and cause is not None and not isinstance(cause, EngineError):
+        if isinstance(exc, InputError) and guards.rejecting:
+            # an input the sample could not be read from: its tasks set it (or its bad rows) aside
+            log.info("the sample of the input could not be read (%s); its tasks reject what they cannot read",
+                     redact(str(exc)))
+        elif guards.on_error == "reject" and cause is not None and not isinstance(cause, EngineError):
             # a function failing on sample rows may fail on bad records only: the tasks set those aside
             log.info("the job's functions failed on a sample of the input (%s); rejecting bad rows as they come",
                      redact(f"{type(cause).__name__}: {cause}"))
@@ -708,8 +714,16 @@ def _run_body(job: Job, input: Any, output: str, out_fs, out: str, cluster: Any,
         removed = commit.cleanup(out_fs, out, keep_run=run_id if resume else None, manifest=previous)
         if removed:
             log.info("removed %d leftover(s) of earlier runs from %s", len(removed), output)
-        shuffle_fs, shuffle_root, cleanup = _shuffle_location(shuffle_dir, storage_options, run_id, out_fs, out,
-                                                              info)
+        # Attempts write only while this fence is open; the commit (or the failure below) closes it.
+        # It opens before this run's directories exist: a late attempt of an earlier driver of the same
+        # run id that finds its own fence gone then leaves them alone.
+        run_fence = RunFence.open(out_fs, out, run_id)
+        try:
+            shuffle_fs, shuffle_root, cleanup = _shuffle_location(shuffle_dir, storage_options, run_id, out_fs, out,
+                                                                  info)
+        except BaseException:
+            run_fence.close()
+            raise
         # Loaded entries may name only this run's own files (engine.journal.check_paths).
         journal = Journal(out_fs, posixpath.join(commit.temporary_dir(out, run_id), "journal"), run_id=run_id,
                           out=out, shuffle_root=shuffle_root, s3=commit.is_s3(out_fs))
@@ -724,8 +738,6 @@ def _run_body(job: Job, input: Any, output: str, out_fs, out: str, cluster: Any,
                 supervisor = None
         executor = StageExecutor(client, rep, progress=progress, supervisor=supervisor, journal=journal,
                                  resume=resume, shuffle_fs=shuffle_fs, out_fs=out_fs, out=out, guards=guards)
-        # Attempts write only while this fence is open; the commit (or the failure below) closes it.
-        run_fence = RunFence.open(out_fs, out, run_id)
         ok = False
         try:
             manifest = _execute(plan, specs, client, info, executor, rep, run_id=run_id, out_fs=out_fs, out=out,

@@ -1,0 +1,373 @@
+"""Bad-record isolation (``on_error="reject"``, ``on_bad_file="reject"``): exact outcomes.
+
+Every test computes its reference with pyarrow in this process, from the generated input minus the
+rows it made bad, and checks the rejected rows are exactly those: no more, no fewer, each once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+import engine
+from engine import Job, agg
+from engine.commit import load_manifest
+from engine.errors import InputError, TooManyRejectedError
+from engine.datasets import filesystem
+
+N_FILES, ROWS = 3, 20_000
+POISON = 7          # values v with v % 1000 == POISON make the map function raise
+
+
+def _write_input(directory, files: int = N_FILES, rows: int = ROWS) -> pa.Table:
+    os.makedirs(directory, exist_ok=True)
+    tables = []
+    for i in range(files):
+        t = pa.table({"k": pa.array([(j * 7) % 13 for j in range(rows)], pa.int64()),
+                      "v": pa.array(range(i * rows, (i + 1) * rows), pa.int64())})
+        pq.write_table(t, os.path.join(directory, f"part-{i}.parquet"), row_group_size=5_000)
+        tables.append(t)
+    return pa.concat_tables(tables)
+
+
+def poison_map(t: pa.Table) -> pa.Table:
+    """Doubles v; raises on a batch holding a poison value (as a row-wise parser would)."""
+    if pc.any(pc.equal(pc.subtract(t["v"], pc.multiply(pc.divide(t["v"], 1000), 1000)), POISON)).as_py():
+        raise ValueError("poison value")
+    return t.append_column("w", pc.multiply(t["v"], 2))
+
+
+def _is_poison(v: int) -> bool:
+    return v % 1000 == POISON
+
+
+def _reference(table: pa.Table, keep) -> dict:
+    ref: dict = {}
+    for k, v in zip(table["k"].to_pylist(), table["v"].to_pylist()):
+        if keep(v):
+            s, n = ref.get(k, (0, 0))
+            ref[k] = (s + 2 * v, n + 1)
+    return ref
+
+
+def _answer(out: str) -> dict:
+    t = engine.read(out)
+    return {k: (s, n) for k, s, n in zip(t["k"].to_pylist(), t["s"].to_pylist(), t["n"].to_pylist())}
+
+
+SUM_JOB = Job("poison-sum").map(poison_map).reduce(by="k", aggs={"s": agg.sum("w"), "n": agg.count()})
+
+
+def _no_commit(out: str) -> None:
+    """Nothing committed at ``out``: no manifest, no data file, no published rejected file."""
+    fs, root = filesystem(out)
+    assert load_manifest(fs, root) is None
+    if os.path.isdir(root):
+        visible = [n for n in os.listdir(root) if not n.startswith(("_", "."))]
+        assert visible == [], visible
+        assert not os.listdir(os.path.join(root, "_rejected")) if os.path.isdir(os.path.join(root, "_rejected")) \
+            else True
+
+
+# ---------------------------------------------------------------------------------------------
+# Map functions
+
+
+def test_map_poison_rows_rejected_exactly_and_committed_with_the_run(tmp_path):
+    table = _write_input(tmp_path / "in")
+    out = str(tmp_path / "out")
+    result = engine.run(SUM_JOB, str(tmp_path / "in"), out, on_error="reject", max_rejected=100)
+    poison = [v for v in table["v"].to_pylist() if _is_poison(v)]
+    assert result.report.rejected == len(poison) == 60
+    assert _answer(out) == _reference(table, lambda v: not _is_poison(v))
+    rejected = engine.read_rejected(out)
+    values = sorted(json.loads(r)["v"] for r in rejected["record"].to_pylist())
+    assert values == poison                                  # exactly those, each once
+    rows = rejected.to_pylist()
+    for r in rows:
+        v = json.loads(r["record"])["v"]
+        assert r["file"].endswith(f"part-{v // ROWS}.parquet") and r["row"] == v % ROWS
+        assert r["stage"] == "map" and r["error_type"] == "ValueError" and r["error"] == "poison value"
+        assert r["location"] and r["location"].startswith(__file__) and "raise ValueError" in r["traceback"]
+    # listed in the manifest, checksummed, verified
+    manifest = load_manifest(*filesystem(out))
+    listed = manifest.doc["rejected"]
+    assert sum(e["rows"] for e in listed) == 60 and manifest.doc["rejected_rows"] == 60
+    on_disk = sorted(os.listdir(os.path.join(out, "_rejected")))
+    assert on_disk == sorted(os.path.basename(e["path"]) for e in listed)
+    engine.verify(out)
+    # the data itself is not mixed with them: readers of OUT see only the answer
+    import pyarrow.dataset as ds
+    assert ds.dataset(out).to_table().num_rows == 13
+    assert result.record["rejected"] == 60
+    assert "rejected: 60 row(s)" in result.report.summary()
+
+
+def test_corrupted_rejected_file_fails_verify(tmp_path):
+    _write_input(tmp_path / "in", files=1)
+    out = str(tmp_path / "out")
+    engine.run(SUM_JOB, str(tmp_path / "in"), out, on_error="reject", max_rejected=100)
+    (name,) = os.listdir(os.path.join(out, "_rejected"))
+    path = os.path.join(out, "_rejected", name)
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+    with pytest.raises(engine.IntegrityError, match="rejected rows"):
+        engine.verify(out)
+
+
+def test_without_reject_the_poison_fails_the_run_and_commits_nothing(tmp_path):
+    _write_input(tmp_path / "in", files=1)
+    out = str(tmp_path / "out")
+    with pytest.raises(engine.EngineError, match="poison value"):
+        engine.run(SUM_JOB, str(tmp_path / "in"), out)
+    _no_commit(out)
+
+
+def test_max_rejected_count_crossed_commits_nothing(tmp_path):
+    _write_input(tmp_path / "in")
+    out = str(tmp_path / "out")
+    with pytest.raises(TooManyRejectedError, match=r"max_rejected.*10\b") as info:
+        engine.run(SUM_JOB, str(tmp_path / "in"), out, on_error="reject", max_rejected=10)
+    assert info.value.rejected > 10 and "poison value" in str(info.value)
+    _no_commit(out)
+    # the next run (with a limit that holds) commits, and leaves no stray rejected file behind
+    engine.run(SUM_JOB, str(tmp_path / "in"), out, on_error="reject", max_rejected=60)
+    listed = {os.path.basename(e["path"]) for e in load_manifest(*filesystem(out)).doc["rejected"]}
+    assert set(os.listdir(os.path.join(out, "_rejected"))) == listed
+
+
+def test_max_rejected_fraction(tmp_path):
+    _write_input(tmp_path / "in")                                 # 60 poison rows of 60,000 = 0.1%
+    with pytest.raises(TooManyRejectedError, match=r"60,000 input rows"):
+        engine.run(SUM_JOB, str(tmp_path / "in"), str(tmp_path / "o1"), on_error="reject", max_rejected="0.05%")
+    _no_commit(str(tmp_path / "o1"))
+    r = engine.run(SUM_JOB, str(tmp_path / "in"), str(tmp_path / "o2"), on_error="reject", max_rejected=0.002)
+    assert r.report.rejected == 60
+
+
+def test_function_failing_on_every_row_is_a_bug_not_bad_records(tmp_path):
+    _write_input(tmp_path / "in", files=1)
+
+    def broken(t):
+        return t.append_column("w", pc.multiply(t["no_such_column"], 2))
+
+    job = Job("broken").map(broken).reduce(by="k", aggs={"n": agg.count()})
+    out = str(tmp_path / "out")
+    with pytest.raises(engine.EngineError, match="bug in the function"):
+        engine.run(job, str(tmp_path / "in"), out, on_error="reject", max_rejected=1.0 - 1e-9)
+    _no_commit(out)
+
+
+def test_job_level_policy_and_run_override(tmp_path):
+    table = _write_input(tmp_path / "in", files=1)
+    job = Job("poison-sum", on_error="reject", max_rejected=50).map(poison_map) \
+        .reduce(by="k", aggs={"s": agg.sum("w"), "n": agg.count()})
+    r = engine.run(job, str(tmp_path / "in"), str(tmp_path / "o1"))
+    assert r.report.rejected == 20
+    assert _answer(str(tmp_path / "o1")) == _reference(table, lambda v: not _is_poison(v))
+    with pytest.raises(engine.EngineError, match="poison value"):
+        engine.run(job, str(tmp_path / "in"), str(tmp_path / "o2"), on_error="fail")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reduce functions: the rows of a failing key are rejected together
+
+
+def fussy_reduce(t: pa.Table) -> pa.Table:
+    if pc.any(pc.equal(t["k"], 5)).as_py():
+        raise KeyError("key 5 is not allowed")
+    g = t.group_by("k").aggregate([("v", "sum"), ("v", "count")])
+    return g.rename_columns(["k", "s", "n"]) if g.column_names[0] == "k" else \
+        g.select(["k", "v_sum", "v_count"]).rename_columns(["k", "s", "n"])
+
+
+def test_reduce_failing_key_rejected_whole(tmp_path):
+    table = _write_input(tmp_path / "in", files=2)
+    out = str(tmp_path / "out")
+    job = Job("fussy").reduce(fussy_reduce, by="k")
+    r = engine.run(job, str(tmp_path / "in"), out, on_error="reject", max_rejected=10_000)
+    five = table.filter(pc.equal(table["k"], 5))
+    assert r.report.rejected == five.num_rows
+    got = engine.read(out)
+    ref = table.filter(pc.not_equal(table["k"], 5)).group_by("k").aggregate([("v", "sum"), ("v", "count")])
+    assert dict(zip(got["k"].to_pylist(), zip(got["s"].to_pylist(), got["n"].to_pylist()))) == \
+        dict(zip(ref["k"].to_pylist(), zip(ref["v_sum"].to_pylist(), ref["v_count"].to_pylist())))
+    rejected = engine.read_rejected(out)
+    assert set(rejected["stage"].to_pylist()) == {"reduce"}
+    assert set(rejected["key"].to_pylist()) == {json.dumps({"k": 5})}
+    assert sorted(json.loads(x)["v"] for x in rejected["record"].to_pylist()) == sorted(five["v"].to_pylist())
+
+
+# ---------------------------------------------------------------------------------------------
+# Readers: CSV and JSON rows that do not parse
+
+
+CSV_ROWS = 80_000                 # ~1.5 MiB: the wrong-type row lies past the leading MiB whose types are inferred
+CSV_BAD = {1500: "17,onlytwo", 70_000: "notanumber,x,1.0", CSV_ROWS: '18,"unclosed,2.0'}   # (a quote left
+# open runs to the end of the file, as CSV allows newlines in quoted values: so it comes last here)
+
+
+def _write_csv(path) -> None:
+    """A CSV with good rows and, before the good rows numbered in CSV_BAD, a bad one."""
+    lines = ["id,name,score"]
+    for i in range(CSV_ROWS + 1):
+        if i in CSV_BAD:
+            lines.append(CSV_BAD[i])
+        if i < CSV_ROWS:
+            lines.append(f"{i},name{i % 100},{i * 0.5}")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def test_csv_rows_that_do_not_parse_are_rejected(tmp_path):
+    os.makedirs(tmp_path / "csv")
+    _write_csv(tmp_path / "csv" / "a.csv")
+    out = str(tmp_path / "out")
+    job = Job("csv-sum").reduce(by="name", aggs={"n": agg.count(), "s": agg.sum("id")})
+    with pytest.raises(InputError, match="a.csv"):
+        engine.run(job, str(tmp_path / "csv"), str(tmp_path / "strict"))
+    r = engine.run(job, str(tmp_path / "csv"), out, on_error="reject", max_rejected=10)
+    rejected = engine.read_rejected(out).to_pylist()
+    assert {x["stage"] for x in rejected} == {"read"} and r.report.rejected == len(rejected) == 3
+    by_row = {x["row"]: x for x in rejected}
+    # data rows counted in the file: the bad row before good row i is data row i + (bad rows before it)
+    assert by_row[1500]["raw"] == "17,onlytwo" and "expected 3 fields" in by_row[1500]["error"]
+    assert json.loads(by_row[70_001]["record"])["id"] == "notanumber" and "conversion" in by_row[70_001]["error"]
+    assert by_row[CSV_ROWS + 2]["raw"] == '18,"unclosed,2.0\n' or by_row[CSV_ROWS + 2]["raw"].startswith('18,"unclosed')
+    got = engine.read(out)
+    ref: dict = {}
+    for i in range(CSV_ROWS):
+        n, s_ = ref.get(f"name{i % 100}", (0, 0))
+        ref[f"name{i % 100}"] = (n + 1, s_ + i)
+    assert dict(zip(got["name"].to_pylist(), zip(got["n"].to_pylist(), got["s"].to_pylist()))) == ref
+
+
+def test_json_lines_that_do_not_parse_are_rejected(tmp_path):
+    os.makedirs(tmp_path / "js")
+    lines = []
+    for i in range(2000):
+        if i == 700:
+            lines.append('{"id": 700, "name": "x"')                   # broken
+        elif i == 1300:
+            lines.append('{"id": "thirteen hundred", "name": "y"}')   # wrong type
+        else:
+            lines.append(json.dumps({"id": i, "name": f"n{i % 10}"}))
+    (tmp_path / "js" / "a.jsonl").write_text("\n".join(lines) + "\n")
+    job = Job("json-count").reduce(by="name", aggs={"n": agg.count(), "s": agg.sum("id")})
+    out = str(tmp_path / "out")
+    r = engine.run(job, str(tmp_path / "js"), out, format="json", on_error="reject", max_rejected=10)
+    rejected = engine.read_rejected(out).to_pylist()
+    assert sorted(x["row"] for x in rejected) == [700, 1300] and r.report.rejected == 2
+    assert all(x["raw"] for x in rejected)
+    got = engine.read(out)
+    ids = [i for i in range(2000) if i not in (700, 1300)]
+    ref: dict = {}
+    for i in ids:
+        n, s = ref.get(f"n{i % 10}", (0, 0))
+        ref[f"n{i % 10}"] = (n + 1, s + i)
+    assert dict(zip(got["name"].to_pylist(), zip(got["n"].to_pylist(), got["s"].to_pylist()))) == ref
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole unreadable files
+
+
+def test_unreadable_file_rejected_whole(tmp_path):
+    table = _write_input(tmp_path / "in", files=3)
+    with open(tmp_path / "in" / "part-1.parquet", "r+b") as f:   # its footer gone: no reader can open it
+        f.truncate(100)
+    job = Job("files").reduce(by="k", aggs={"n": agg.count(), "s": agg.sum("v")})
+    with pytest.raises(InputError, match="part-1.parquet"):
+        engine.run(job, str(tmp_path / "in"), str(tmp_path / "strict"))
+    out = str(tmp_path / "out")
+    r = engine.run(job, str(tmp_path / "in"), out, on_bad_file="reject", max_rejected=5)
+    assert r.report.rejected == 1
+    (row,) = engine.read_rejected(out).to_pylist()
+    assert row["stage"] == "file" and row["file"].endswith("part-1.parquet") and row["row"] is None
+    kept = pa.concat_tables([table.slice(0, ROWS), table.slice(2 * ROWS)])
+    ref = kept.group_by("k").aggregate([("v", "count"), ("v", "sum")])
+    got = engine.read(out)
+    assert dict(zip(got["k"].to_pylist(), zip(got["n"].to_pylist(), got["s"].to_pylist()))) == \
+        dict(zip(ref["k"].to_pylist(), zip(ref["v_count"].to_pylist(), ref["v_sum"].to_pylist())))
+
+
+def test_file_unreadable_at_read_time_rejected_whole(tmp_path):
+    """A file whose footer reads but whose pages do not: the map task starts over without it."""
+    table = _write_input(tmp_path / "in", files=2)
+    path = tmp_path / "in" / "part-0.parquet"
+    data = bytearray(path.read_bytes())
+    for i in range(200, 5000):             # data pages of the first row groups
+        data[i] = 0xAB
+    path.write_bytes(bytes(data))
+    job = Job("pages").reduce(by="k", aggs={"n": agg.count(), "s": agg.sum("v")})
+    out = str(tmp_path / "out")
+    r = engine.run(job, str(tmp_path / "in"), out, on_bad_file="reject", max_rejected=5)
+    rejected = engine.read_rejected(out).to_pylist()
+    assert [x["stage"] for x in rejected] == ["file"] and rejected[0]["file"].endswith("part-0.parquet")
+    assert r.report.rejected == 1
+    ref = table.slice(ROWS).group_by("k").aggregate([("v", "count"), ("v", "sum")])
+    got = engine.read(out)
+    assert dict(zip(got["k"].to_pylist(), zip(got["n"].to_pylist(), got["s"].to_pylist()))) == \
+        dict(zip(ref["k"].to_pylist(), zip(ref["v_count"].to_pylist(), ref["v_sum"].to_pylist())))
+
+
+# ---------------------------------------------------------------------------------------------
+# Generations: append keeps the rejected list, overwrite replaces it and removes the old files
+
+
+def test_append_keeps_and_overwrite_replaces_rejected_files(tmp_path):
+    _write_input(tmp_path / "in", files=1)
+    out = str(tmp_path / "out")
+    engine.run(SUM_JOB, str(tmp_path / "in"), out, on_error="reject", max_rejected=100)
+    first = {e["path"] for e in load_manifest(*filesystem(out)).doc["rejected"]}
+    engine.run(SUM_JOB, str(tmp_path / "in"), out, on_error="reject", max_rejected=100, mode="append", force=True)
+    second = {e["path"] for e in load_manifest(*filesystem(out)).doc["rejected"]}
+    assert first < second and engine.read_rejected(out).num_rows == 40
+    engine.run(SUM_JOB, str(tmp_path / "in"), out, on_error="reject", max_rejected=100, mode="overwrite", force=True)
+    third = {e["path"] for e in load_manifest(*filesystem(out)).doc["rejected"]}
+    assert not (third & second) and engine.read_rejected(out).num_rows == 20
+    assert {f"_rejected/{n}" for n in os.listdir(os.path.join(out, "_rejected"))} == third
+
+
+# ---------------------------------------------------------------------------------------------
+# The CLI
+
+
+def test_cli_run_reject_and_rejected_summary(tmp_path):
+    _write_input(tmp_path / "in", files=2)
+    jobfile = tmp_path / "poisonjob.py"
+    jobfile.write_text(
+        "import pyarrow.compute as pc\nfrom engine import Job, agg\n"
+        "def poison_map(t):\n"
+        "    if pc.any(pc.equal(pc.subtract(t['v'], pc.multiply(pc.divide(t['v'], 1000), 1000)), 7)).as_py():\n"
+        "        raise ValueError('poison value')\n"
+        "    return t.append_column('w', pc.multiply(t['v'], 2))\n"
+        "job = Job('poison-cli').map(poison_map).reduce(by='k', aggs={'s': agg.sum('w'), 'n': agg.count()})\n")
+    out = str(tmp_path / "out")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
+    run = subprocess.run([sys.executable, "-m", "engine", "run", str(jobfile), "--input", str(tmp_path / "in"),
+                          "--output", out, "--on-error", "reject", "--max-rejected", "40", "-q"],
+                         capture_output=True, text=True, env=env, timeout=240)
+    assert run.returncode == 0, run.stderr
+    assert "rejected: 40 row(s)" in run.stdout
+    summary = subprocess.run([sys.executable, "-m", "engine", "rejected", out, "--json"], capture_output=True,
+                             text=True, env=env, timeout=120)
+    assert summary.returncode == 3, summary.stderr
+    doc = json.loads(summary.stdout)
+    assert doc["rows"] == 40 and doc["by_error"][0]["error"] == "poison value" and len(doc["by_file"]) == 2
+    text = subprocess.run([sys.executable, "-m", "engine", "rejected", out], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert "40 rejected row(s)" in text.stdout and "poisonjob.py:5" in text.stdout
+    too_many = subprocess.run([sys.executable, "-m", "engine", "run", str(jobfile), "--input", str(tmp_path / "in"),
+                               "--output", str(tmp_path / "o2"), "--on-error", "reject", "--max-rejected", "5",
+                               "-q"], capture_output=True, text=True, env=env, timeout=240)
+    assert too_many.returncode == 1 and "max_rejected" in too_many.stderr
+    _no_commit(str(tmp_path / "o2"))
