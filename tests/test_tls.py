@@ -248,7 +248,9 @@ def _refusals(cluster, pki) -> dict:
 
 @pytest.mark.parametrize("case", ["plain-address", "no-certificate", "certificate-of-other-ca", "other-ca-trusted"])
 def test_refused(case, tls_cluster, pki, corpus, tmp_path):
-    """Each wrong way in fails within seconds with a ClusterError naming the cause and the settings."""
+    """Each wrong way in fails within seconds with a ClusterError naming the cause and the settings.
+    (The engine's cached connection to this address, made with the good certificate by the tests
+    above, must not be reused under other settings.)"""
     address, settings, expected = _refusals(tls_cluster, pki)[case]
     out = str(tmp_path / "out")
     started = time.monotonic()
@@ -258,6 +260,14 @@ def test_refused(case, tls_cluster, pki, corpus, tmp_path):
     for text in expected:
         assert text in str(info.value), str(info.value)
     _nothing_committed(out)
+
+
+def test_tls_address_of_plain_scheduler(dask_cluster, pki):
+    """A tls:// address for a scheduler that speaks plain TCP (the suite's shared CLI cluster)."""
+    port = dask_cluster.rsplit(":", 1)[1]
+    with dask.config.set(_driver_tls(pki)), pytest.raises(ClusterError) as info:
+        get_client(f"tls://127.0.0.1:{port}")
+    assert f"does not speak TLS (it answered in plain TCP): connect to tcp://127.0.0.1:{port}" in str(info.value)
 
 
 @pytest.mark.parametrize("case", ["missing-file", "not-a-ca", "key-of-another-certificate", "key-without-cert"])
