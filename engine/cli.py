@@ -239,6 +239,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="print the run's record as JSON on stdout (on failure too), for schedulers")
     _ops_flags(r)
     _guard_flags(r)
+    _tls_flags(r)
     _backfill_parser(sub, common)
     pb = sub.add_parser("publish", parents=[common], help="make a staged result live (atomic partition replace)",
                         description="Replace the live output's partitions with those of the staged output STAGED "
@@ -330,6 +331,20 @@ def _guard_options(args) -> dict[str, Any]:
     return {name: getattr(args, name) for name in _GUARD_KEYS if getattr(args, name, None) is not None}
 
 
+def _tls_flags(parser: argparse.ArgumentParser) -> None:
+    """--tls-ca-file, --tls-cert, --tls-key: the driver's certificate for a tls:// --scheduler."""
+    tls = parser.add_argument_group("TLS to a tls:// --scheduler (defaults: the engine.tls.* settings, else dask's "
+                                    "distributed.comm.tls.*)")
+    tls.add_argument("--tls-ca-file", help="PEM file of the CA that signed the cluster's certificates")
+    tls.add_argument("--tls-cert", help="PEM certificate of this driver, signed by that CA")
+    tls.add_argument("--tls-key", help="PEM private key of that certificate (if not in the --tls-cert file)")
+
+
+def _tls_options(args) -> dict[str, Any]:
+    keys = {"tls_ca_file": "engine.tls.ca-file", "tls_cert": "engine.tls.cert", "tls_key": "engine.tls.key"}
+    return {key: getattr(args, name) for name, key in keys.items() if getattr(args, name, None)}
+
+
 def _ops_options(args) -> dict[str, Any]:
     """The operations flags as engine.* settings (for every run a command makes)."""
     keys = {"metrics_file": "engine.metrics.file", "push_gateway": "engine.metrics.push-gateway",
@@ -415,6 +430,7 @@ def _backfill_parser(sub, common) -> None:
     b.add_argument("--quiet", "-q", action="store_true", help="no per-date lines, only the summary and errors")
     _ops_flags(b, each="each date's run")
     _guard_flags(b, each="each date's run")
+    _tls_flags(b)
     b.add_argument("--scheduler", help="address of an existing dask scheduler")
     b.add_argument("--workers", type=_positive_int, help="worker processes of the embedded cluster (default: cores)")
     b.add_argument("--format", help="input format (default: from file names)")
@@ -618,7 +634,7 @@ def cmd_run(args) -> int:
     from .errors import OutputExistsError
     from .runner import run
     job = _load_for_run(args)
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = _tls_options(args)
     if args.workers:
         if args.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS"):
             log.warning("--workers sizes the embedded cluster only; it is ignored with an existing scheduler")
@@ -689,7 +705,7 @@ def _date_line(d) -> None:
 def cmd_backfill(args) -> int:
     from .backfill import backfill
     job = load_job(args.job)
-    options: dict[str, Any] = _ops_options(args)
+    options: dict[str, Any] = {**_ops_options(args), **_tls_options(args)}
     if args.workers:
         options["engine.cluster.workers"] = args.workers
     engine_log = logging.getLogger("engine")

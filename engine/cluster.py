@@ -9,6 +9,12 @@ in the same process: a notebook or script pays the start-up once. ``DASK_SCHEDUL
 environment is honoured like an address. ``memory://`` data lives in one process, so runs that touch
 it use the driver's threads or an in-process cluster.
 
+The embedded cluster speaks plain TCP on 127.0.0.1 only (scheduler, workers, nannies and their HTTP
+servers, on random ports): no other machine reaches it, every local user can. A ``tls://`` address is
+reached with the client certificate of :func:`security` (``engine.tls.*``, else dask's
+``distributed.comm.tls.*``); a connection that fails is diagnosed with one TLS handshake of its own, so
+the error says whether the scheduler wants TLS, refused the certificate or is not trusted.
+
 >>> client, info = get_client(None)                      # doctest: +SKIP
 >>> info.dashboard                                        # doctest: +SKIP
 'http://127.0.0.1:8787/status'
@@ -211,10 +217,7 @@ def get_client(cluster: Any = None, *, in_process: bool = False, input_bytes: in
     if isinstance(cluster, Client):
         client = cluster
     elif isinstance(cluster, str):
-        try:
-            client = _connect(cluster)
-        except Exception as exc:  # noqa: BLE001
-            raise ClusterError(f"cannot reach the scheduler at {cluster!r}: {exc}. Is `dask scheduler` running there?") from exc
+        client = _connect(cluster)
     else:
         raise ClusterError(f"cluster must be None, a scheduler address like 'tcp://host:8786', or a "
                            f"distributed.Client; got {type(cluster).__name__}")
@@ -239,17 +242,195 @@ def _min_memory(workers: dict) -> int:
     return min(limits) if limits else 0
 
 
-_CLIENTS: dict[str, Any] = {}
+_CLIENTS: dict[str, Any] = {}        # address -> Client
+_CLIENT_TLS: dict[str, tuple] = {}    # address -> the TLS settings its Client was made with
 
 
 def _connect(address: str):
     from distributed import Client
+    sec, settings = _security_for(address)
+    made_with = tuple(sorted((k, str(v)) for k, (_, v) in settings.items())) if sec is not None else ()
     with _LOCK:
         client = _CLIENTS.get(address)
-        if client is None or client.status != "running":
-            client = Client(address, set_as_default=False, timeout="10s")
+        if client is not None and (client.status != "running" or _CLIENT_TLS.get(address) != made_with):
+            if client.status == "running":
+                client.close()
+            client = None
+        if client is None:
+            try:
+                client = Client(address, set_as_default=False, timeout="10s",
+                                **({"security": sec} if sec is not None else {}))
+            except Exception as exc:  # noqa: BLE001
+                raise ClusterError(_unreachable(address, sec, settings, exc)) from exc
             _CLIENTS[address] = client
+            _CLIENT_TLS[address] = made_with
         return client
 
 
-__all__ = ["get_client", "ClusterInfo", "shutdown"]
+# --- TLS ---------------------------------------------------------------------------------------
+
+_TLS_FILES = {"ca-file": "distributed.comm.tls.ca-file", "cert": "distributed.comm.tls.client.cert",
+              "key": "distributed.comm.tls.client.key"}
+_TLS_HOW = ("set engine.tls.ca-file, engine.tls.cert and engine.tls.key (mapreduce run: --tls-ca-file, --tls-cert, "
+            "--tls-key; environment: DASK_ENGINE__TLS__CA_FILE, DASK_ENGINE__TLS__CERT, DASK_ENGINE__TLS__KEY), or "
+            "dask's distributed.comm.tls.ca-file, distributed.comm.tls.client.cert and distributed.comm.tls.client.key")
+
+
+def _tls_settings() -> dict[str, tuple[str, Any]]:
+    """Each TLS file of the driver with the setting it came from: ``{"ca-file": (setting, path), ...}``;
+    an ``engine.tls.*`` key that is set wins over dask's own. ``"require-encryption"`` too."""
+    dc = config.dask_config()
+    out: dict[str, tuple[str, Any]] = {}
+    for key, theirs in _TLS_FILES.items():
+        mine = config.get(f"tls.{key}")
+        out[key] = (f"engine.tls.{key}", mine) if mine else (theirs, dc.get(theirs, None))
+    required = config.get("tls.require-encryption")
+    out["require-encryption"] = (("engine.tls.require-encryption", required) if required is not None else
+                                 ("distributed.comm.require-encryption",
+                                  dc.get("distributed.comm.require-encryption", None)))
+    return out
+
+
+def security():
+    """The ``distributed.security.Security`` the engine connects to scheduler addresses with, from
+    ``engine.tls.ca-file``/``cert``/``key``/``require-encryption`` (each unset key: dask's
+    ``distributed.comm.tls.*`` setting); None when no TLS file is set (dask's defaults apply)."""
+    return _make_security(_tls_settings())
+
+
+def _scheme(address: str) -> str:
+    return address.split("://", 1)[0].lower() if "://" in address else "tcp"
+
+
+def _security_for(address: str):
+    """``(Security or None, settings)`` for connecting to ``address``; ClusterError when the settings
+    cannot work: a ``tls://`` address without a CA file and certificate, a file that is missing or not
+    PEM, a plain address while encryption is required."""
+    settings = _tls_settings()
+    files = {k: settings[k][1] for k in _TLS_FILES}
+    required = bool(settings["require-encryption"][1])
+    scheme = _scheme(address)
+    if scheme != "tls" and required:
+        name = settings["require-encryption"][0]
+        raise ClusterError(f"{name} is on, and the scheduler address {address!r} is not encrypted: connect to "
+                           f"tls://{address.split('://', 1)[-1]} (the scheduler started with --protocol tls), or "
+                           f"turn {name} off")
+    if scheme == "tls":
+        missing = [what for k, what in (("ca-file", "CA file"), ("cert", "client certificate")) if not files[k]]
+        if missing:
+            raise ClusterError(f"the scheduler address {address!r} asks for TLS, and this driver has no "
+                               f"{' and no '.join(missing)}: {_TLS_HOW}; the certificate must be signed by the CA "
+                               "the scheduler was given (dask scheduler --tls-ca-file)")
+    return _make_security(settings), settings
+
+
+def _make_security(settings: dict[str, tuple[str, Any]]):
+    files = {k: settings[k][1] for k in _TLS_FILES}
+    if not any(files.values()):
+        return None
+    _check_tls_files(settings)
+    from distributed.security import Security
+    kwargs = {"tls_ca_file": files["ca-file"], "tls_client_cert": files["cert"], "tls_client_key": files["key"]}
+    return Security(require_encryption=bool(settings["require-encryption"][1]),
+                    **{k: v for k, v in kwargs.items() if v})
+
+
+def _check_tls_files(settings: dict[str, tuple[str, Any]]) -> None:
+    import ssl
+    for key in _TLS_FILES:
+        name, path = settings[key]
+        if path and not os.path.isfile(path):
+            raise ClusterError(f"{name}={path!r}: no such file; {_TLS_HOW}")
+        if path and not os.access(path, os.R_OK):
+            raise ClusterError(f"{name}={path!r}: this user cannot read it (permissions)")
+    (ca_name, ca), (cert_name, cert), (key_name, key) = (settings[k] for k in _TLS_FILES)
+    if ca:
+        try:
+            ssl.create_default_context(cafile=ca)
+        except ssl.SSLError as exc:
+            raise ClusterError(f"{ca_name}={ca!r} holds no PEM CA certificate ({exc.reason or exc}); give the file "
+                               "of the CA that signed the cluster's certificates") from exc
+    if cert:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key or None)
+        except ssl.SSLError as exc:
+            what = (f"{cert_name}={cert!r} and {key_name}={key!r} are not a PEM certificate and its private key"
+                    if key else f"{cert_name}={cert!r} is not a PEM certificate followed by its private key "
+                    f"(or set {key_name} to the key file)")
+            raise ClusterError(f"{what} ({exc.reason or exc})") from exc
+    elif key:
+        raise ClusterError(f"{key_name} is set and {cert_name} is not: set both; {_TLS_HOW}")
+
+
+def _unreachable(address: str, sec, settings: dict[str, tuple[str, Any]], exc: BaseException) -> str:
+    """Why connecting to ``address`` failed, and what to do: a TLS handshake of its own tells a scheduler
+    that wants TLS, refuses this certificate or is not trusted from one that is not there."""
+    plain = f"cannot reach the scheduler at {address!r}: {exc}. Is `dask scheduler` running there?"
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    host = host.strip("[]")
+    if not port.isdigit():
+        return plain
+    tls = _scheme(address) == "tls"
+    verdict, why = _handshake(host, int(port),
+                              sec.get_connection_args("client")["ssl_context"] if tls and sec else None)
+    if not tls and verdict in ("ok", "refused", "untrusted"):
+        return (f"the scheduler at {address!r} speaks TLS and refused a plain connection: connect to "
+                f"tls://{hostport}" + ("" if sec is not None else f" with a client certificate signed by the "
+                                                                   f"cluster's CA: {_TLS_HOW}"))
+    if tls and verdict == "plain":
+        return (f"the scheduler at {address!r} does not speak TLS (it answered in plain TCP): connect to "
+                f"tcp://{hostport}, or start the scheduler and workers with --protocol tls and --tls-ca-file, "
+                "--tls-cert, --tls-key")
+    if tls and verdict == "untrusted":
+        return (f"the scheduler at {address!r} presented a certificate that the CA file "
+                f"{settings['ca-file'][0]}={settings['ca-file'][1]!r} did not sign ({why}): give the CA file that "
+                "signed the cluster's certificates (engine.tls.ca-file, --tls-ca-file or distributed.comm.tls.ca-file)")
+    if tls and verdict == "refused":
+        return (f"the scheduler at {address!r} refused this driver's certificate "
+                f"{settings['cert'][0]}={settings['cert'][1]!r} ({why}): it accepts only certificates signed by the "
+                "CA it was given (dask scheduler --tls-ca-file); give a certificate and key signed by that CA "
+                "(engine.tls.cert and engine.tls.key, --tls-cert and --tls-key, or distributed.comm.tls.client.*)")
+    return plain
+
+
+def _handshake(host: str, port: int, context, timeout: float = 3.0) -> tuple[str, str]:
+    """One TLS handshake with ``host:port``: ``(verdict, reason)``, the verdict "ok", "refused" (the
+    server rejected the certificate, or that there is none), "untrusted" (the server's certificate
+    failed verification), "plain" (no TLS there) or "unknown" (no connection, or no answer).
+    ``context``: the client's, or None to verify nothing and offer no certificate."""
+    import ssl
+    if context is None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError as exc:
+        return "unknown", str(exc)
+    try:
+        try:
+            conn = context.wrap_socket(sock)
+        except ssl.SSLCertVerificationError as exc:
+            return "untrusted", exc.verify_message or str(exc)
+        except ssl.SSLError as exc:
+            plain = exc.reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG",
+                                   "UNKNOWN_PROTOCOL", "HTTP_REQUEST")
+            return ("plain" if plain else "refused"), exc.reason or str(exc)
+        except OSError as exc:
+            return "unknown", str(exc)
+        with conn:
+            # TLS 1.3: the server's verdict on the client's certificate comes after the handshake.
+            conn.settimeout(min(timeout, 0.5))
+            try:
+                conn.recv(1)
+            except ssl.SSLError as exc:
+                return "refused", exc.reason or str(exc)
+            except OSError:
+                pass
+        return "ok", ""
+    finally:
+        sock.close()
+
+
+__all__ = ["get_client", "ClusterInfo", "security", "shutdown"]

@@ -111,6 +111,15 @@ DEFAULTS: dict[str, Any] = {
         "threads": 1,
         "memory-limit": "auto",
     },
+    "tls": {
+        # The driver's TLS files for a tls:// scheduler (PEM); a key unset here falls back to dask's
+        # distributed.comm.tls.ca-file / .client.cert / .client.key. key: None when the cert file holds it.
+        "ca-file": None,
+        "cert": None,
+        "key": None,
+        # True: refuse plain tcp:// scheduler addresses; None: dask's distributed.comm.require-encryption.
+        "require-encryption": None,
+    },
     "local": {
         # A run given no cluster (cluster=None, no DASK_SCHEDULER_ADDRESS) whose input is at most this
         # many bytes runs in the driver process on a thread pool, without starting a cluster; 0 always
