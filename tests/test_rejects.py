@@ -371,3 +371,70 @@ def test_cli_run_reject_and_rejected_summary(tmp_path):
                                "-q"], capture_output=True, text=True, env=env, timeout=240)
     assert too_many.returncode == 1 and "max_rejected" in too_many.stderr
     _no_commit(str(tmp_path / "o2"))
+
+
+# ---------------------------------------------------------------------------------------------
+# On a real cluster: a worker dies after it met poison rows; each bad row is still rejected once
+
+
+def sum_w_reduce(t: pa.Table) -> pa.Table:
+    if pc.any(pc.equal(t["k"], 5)).as_py():
+        raise KeyError("key 5 is not allowed")
+    g = t.group_by("k").aggregate([("w", "sum"), ("w", "count")])
+    return g.select(["k", "w_sum", "w_count"]).rename_columns(["k", "s", "n"])
+
+
+@pytest.mark.cluster
+def test_on_a_cluster_map_and_reduce_rejects(tmp_path, dask_cluster):
+    table = _write_input(tmp_path / "in", files=4)
+    job = Job("poison-cluster").map(poison_map).reduce(sum_w_reduce, by="k")
+    out = str(tmp_path / "out")
+    r = engine.run(job, str(tmp_path / "in"), out, cluster=dask_cluster, on_error="reject", max_rejected=10_000)
+    assert r.report.cluster.get("workers") == 2 and not r.report.cluster.get("local")
+    rejected = engine.read_rejected(out).to_pylist()
+    values, keys = table["v"].to_pylist(), table["k"].to_pylist()
+    assert sorted(json.loads(x["record"])["v"] for x in rejected if x["stage"] == "map") == \
+        sorted(v for v in values if _is_poison(v))
+    assert sorted(json.loads(x["record"])["v"] for x in rejected if x["stage"] == "reduce") == \
+        sorted(v for k, v in zip(keys, values) if k == 5 and not _is_poison(v))
+    ref = _reference(table, lambda v: not _is_poison(v))
+    ref.pop(5)
+    assert _answer(out) == ref
+    engine.verify(out)
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_on_a_cluster_with_a_worker_killed_each_bad_row_is_rejected_once(tmp_path):
+    from fixtures import cli_cluster
+    table = _write_input(tmp_path / "in", files=4)
+    flag = str(tmp_path / "killed-once")
+
+    def killing_poison_map(t: pa.Table) -> pa.Table:
+        # the first attempt that meets a poison row takes its worker down (after some rows were rejected)
+        if not os.path.exists(flag) and pc.any(pc.equal(t["v"], 2 * ROWS + 1007)).as_py():
+            with open(flag, "w") as f:
+                f.write(str(os.getpid()))
+            os.kill(os.getpid(), 9)
+        return poison_map(t)
+
+    job = Job("poison-cluster").map(killing_poison_map).reduce(sum_w_reduce, by="k")
+    out = str(tmp_path / "out")
+    with cli_cluster(tmp_path / "cluster") as c:
+        r = engine.run(job, str(tmp_path / "in"), out, cluster=c.address, on_error="reject", max_rejected=10_000)
+    assert os.path.exists(flag)                                   # a worker really died mid-map
+    # (the scheduler reruns the dead worker's task elsewhere; the engine sees one attempt that finished)
+    rejected = engine.read_rejected(out).to_pylist()
+    map_rows = sorted(json.loads(x["record"])["v"] for x in rejected if x["stage"] == "map")
+    reduce_rows = sorted(json.loads(x["record"])["v"] for x in rejected if x["stage"] == "reduce")
+    values = table["v"].to_pylist()
+    keys = table["k"].to_pylist()
+    assert map_rows == sorted(v for v in values if _is_poison(v))                       # each once
+    assert reduce_rows == sorted(v for k, v in zip(keys, values) if k == 5 and not _is_poison(v))
+    assert r.report.rejected == len(map_rows) + len(reduce_rows)
+    ref = _reference(table, lambda v: not _is_poison(v))
+    ref.pop(5)
+    assert _answer(out) == ref
+    listed = {os.path.basename(e["path"]) for e in load_manifest(*filesystem(out)).doc["rejected"]}
+    assert set(os.listdir(os.path.join(out, "_rejected"))) == listed
+    engine.verify(out)
