@@ -321,6 +321,10 @@ def encode_result(result: dict) -> dict:
     body["attempt"] = result.get("attempt")
     for k in _RUN_FIELDS + _INT_FIELDS + _FLOAT_FIELDS:
         body[k] = result.get(k)
+    rejected = result.get("rejected")
+    if rejected is not None:      # the attempt's rejected-rows file (engine.rejects)
+        body["rejected"] = {"count": int(rejected["count"]), "message": commit_to_json(rejected["message"]),
+                            "sample": [str(x) for x in rejected.get("sample") or []][:8]}
     extra = {k: v for k, v in result.items()
              if k not in body and k not in _KINDS and k != "schema" and isinstance(v, _SCALAR)}
     unknown = set(result) - set(body) - set(extra) - set(_KINDS) - {"schema"}
@@ -333,7 +337,7 @@ def encode_result(result: dict) -> dict:
 def decode_result(body: Any) -> dict:
     """A task result from its JSON form; :class:`JournalEntryError` for anything unexpected."""
     fields = {"kind", "schema", "attempt", "extra", *_KINDS, *_RUN_FIELDS, *_INT_FIELDS, *_FLOAT_FIELDS}
-    _dict(body, "entry", fields, fields - set(_KINDS))
+    _dict(body, "entry", fields | {"rejected"}, fields - set(_KINDS))
     kind = body["kind"]
     _check(kind in _KINDS and kind in body and not (set(_KINDS) - {kind}) & set(body),
            "entry must hold exactly one of shuffle, next_input, commit")
@@ -354,6 +358,12 @@ def decode_result(body: Any) -> dict:
     _check(isinstance(extra, dict) and all(isinstance(v, _SCALAR) for v in extra.values())
            and not set(extra) & set(result), "entry.extra must hold plain values of other fields")
     result.update(extra)
+    if "rejected" in body:
+        r = _dict(body["rejected"], "entry.rejected", {"count", "message", "sample"}, {"count", "message", "sample"})
+        _check(isinstance(r["sample"], list) and all(isinstance(x, str) for x in r["sample"]),
+               "entry.rejected.sample must be a list of text")
+        result["rejected"] = {"count": _int(r["count"], "entry.rejected.count"),
+                              "message": commit_from_json(r["message"]), "sample": list(r["sample"])}
     return result
 
 
@@ -382,13 +392,17 @@ def check_paths(result: dict, *, run_id: str, out: str, shuffle_root: str | None
         path = (result.get("shuffle") or result.get("next_input")).path
         _check(shuffle_root is not None and _under(path, shuffle_root),
                f"{path!r} is not under this run's shuffle directory")
-    if "commit" in result:
-        message = result["commit"]
+    messages = [result["commit"]] if "commit" in result else []
+    if result.get("rejected"):
+        messages.append(result["rejected"]["message"])
+    for message in messages:
         _check(message.get("run_id", run_id) == run_id, "the commit message is of another run")
         for f in message["files"]:
             name = f["name"]
             base = posixpath.basename(name)
-            _check(engine_file(base) and f"-{run_id[:16]}-a" in base and _bad_entry_path(name) is None,
+            plain = name[len("_rejected/"):] if message is not result.get("commit") and \
+                name.startswith("_rejected/") else name
+            _check(engine_file(base) and f"-{run_id[:16]}-a" in base and _bad_entry_path(plain) is None,
                    f"{name!r} is not a file of this run")
             staged = posixpath.join(temporary_dir(out, run_id), base)
             final = posixpath.join(out, name)
@@ -502,6 +516,13 @@ def still_valid(fs_shuffle, fs_out, result: dict, pending_uploads: set[str] | No
             return fs_shuffle.exists(result["shuffle"].path)
         if "next_input" in result:
             return fs_shuffle.exists(result["next_input"].path)
+        if result.get("rejected"):
+            for f in result["rejected"]["message"]["files"]:
+                if f.get("upload"):
+                    if pending_uploads is None or f["upload"]["upload_id"] not in pending_uploads:
+                        return False
+                elif not fs_out.exists(f["tmp"]):
+                    return False
         if "commit" in result:
             for f in result["commit"]["files"]:
                 if f.get("upload"):

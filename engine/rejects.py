@@ -280,7 +280,7 @@ def isolate_groups(call: Callable[[pa.Table], list], table: pa.Table, keys: Sequ
     if failure is None:
         return out
     import pyarrow.compute as pc
-    order = pc.sort_indices(table, sort_keys=[(k, "ascending") for k in keys], null_placement="at_end")
+    order = pc.sort_indices(table, sort_keys=[(k, "ascending") for k in keys])     # nulls last
     sorted_t = table.take(order)
     n = sorted_t.num_rows
     change = None

@@ -438,3 +438,33 @@ def test_on_a_cluster_with_a_worker_killed_each_bad_row_is_rejected_once(tmp_pat
     listed = {os.path.basename(e["path"]) for e in load_manifest(*filesystem(out)).doc["rejected"]}
     assert set(os.listdir(os.path.join(out, "_rejected"))) == listed
     engine.verify(out)
+
+
+def test_resume_reuses_journaled_rejects_once(tmp_path):
+    """A run that failed after its map stage, resumed: the map tasks' rejected files are reused, not redone."""
+    table = _write_input(tmp_path / "in")
+    gate = str(tmp_path / "reduce-may-run")
+
+    def gated_reduce(t: pa.Table) -> pa.Table:
+        if not os.path.exists(gate):
+            raise MemoryError("simulated: the reduce cannot run yet")       # not a data error: never rejected
+        return sum_w_reduce(t)
+
+    job = Job("poison-resume").map(poison_map).reduce(gated_reduce, by="k")
+    out = str(tmp_path / "out")
+    with pytest.raises(engine.EngineError, match="cannot run yet"):
+        engine.run(job, str(tmp_path / "in"), out, on_error="reject", max_rejected=10_000)
+    _no_commit(out)
+    open(gate, "w").close()
+    r = engine.run(job, str(tmp_path / "in"), out, on_error="reject", max_rejected=10_000, resume=True)
+    assert r.report.stages[0].resumed == N_FILES                      # the map tasks came from the journal
+    values, keys = table["v"].to_pylist(), table["k"].to_pylist()
+    rejected = engine.read_rejected(out).to_pylist()
+    assert sorted(json.loads(x["record"])["v"] for x in rejected if x["stage"] == "map") == \
+        sorted(v for v in values if _is_poison(v))
+    assert sorted(json.loads(x["record"])["v"] for x in rejected if x["stage"] == "reduce") == \
+        sorted(v for k, v in zip(keys, values) if k == 5 and not _is_poison(v))
+    assert r.report.rejected == len(rejected)
+    ref = _reference(table, lambda v: not _is_poison(v))
+    ref.pop(5)
+    assert _answer(out) == ref
