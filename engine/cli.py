@@ -449,6 +449,8 @@ _CLI_WORDS = [
     (re.compile(r"\bformat=(?=\s)"), "--format"),
     (re.compile(r"\bpartition_size=(?=\S)"), "--partition-size "),
     (re.compile(r"\bor run with cluster=None\b"), "or run without --scheduler"),
+    (re.compile(r"\b(max_seconds|max_cpu_seconds|retry_budget|max_rejected)=(?=[\s);]|$)"),
+     lambda m: "--" + m.group(1).replace("_", "-")),
 ]
 
 

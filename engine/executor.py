@@ -6,6 +6,16 @@ and fails the stage at once on a deterministic error (bad schema, unreadable inp
 naming the round, stage and partition. The first successful attempt of a partition is its result;
 later ones are recorded as losers. A resumed run reuses journaled results of the very same tasks.
 
+The run's guards (:class:`engine.guards.Guards`) act here. Which failures are retried, and how often,
+is :class:`engine.retrypolicy.RetryPolicy`'s decision: a user error is retried on another worker and
+not again once it failed the same way on two; ``retry_on`` sets attempts per exception class;
+``retry_budget`` caps the run's retries. ``max_tasks`` bounds the attempts of the run running at once
+(first attempts go out in chunks that refill as attempts finish; speculative copies wait for a free
+slot too). ``max_seconds`` and ``max_cpu_seconds`` are checked as the loop turns: past one, the
+running attempts are cancelled and :class:`~engine.errors.BudgetExceededError` fails the run, which
+then commits nothing. Every attempt runs inside :func:`engine.attempts.run_attempt`, so a failed one
+names its worker, its times, its CPU seconds and the user's frame it raised in.
+
 The loop costs the driver O(1) per task event: running attempts are indexed by partition and key
 (:class:`_Running`), completions arrive through a queue (no wait on, or scan of, every running
 future), and the results of the tasks that finished together are fetched in one request.
@@ -22,13 +32,16 @@ thread pool; no graph is built and dask is not imported).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import heapq
 import logging
+import math
 import queue
 import random
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -36,12 +49,15 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from . import commit, config, shuffle
+from .attempts import run_attempt
 from .compile import TaskSpec, task_key
 from .datasets import Split
-from .errors import ClusterError, InputError, JobDefinitionError, SchemaError, StageFailedError, TooManyRejectedError
+from .errors import (BudgetExceededError, ClusterError, InputError, JobDefinitionError, SchemaError,
+                     StageFailedError, TooManyRejectedError)
 from .journal import Journal, still_valid
 from .redact import redact
 from .report import RunReport, StageReport, TaskReport
+from .retrypolicy import RetryPolicy, is_user_error
 from .tasks import TaskContext
 
 log = logging.getLogger("engine")
@@ -280,8 +296,15 @@ class StageView:
         return [(repr(f.key), info[1]) for f, info in self._stage.running.attempts_of(partition)]
 
     def speculate(self, partition: int, avoid: set[str]) -> int:
-        """Launch a speculative attempt of ``partition`` on a worker not in ``avoid``; its attempt number."""
+        """Launch a speculative attempt of ``partition`` on a worker not in ``avoid``; its attempt number.
+        Raises :class:`NoFreeSlot` when the run's ``max_tasks`` attempts are running already."""
+        if self._executor.free_slots(self._stage) <= 0:
+            raise NoFreeSlot(f"{self._stage.name}: max_tasks={self._executor.max_tasks} attempts are running")
         return self._executor._submit(self._stage, partition, speculative=True, avoid=avoid)
+
+
+class NoFreeSlot(RuntimeError):
+    """A speculative attempt was asked for while the run's ``max_tasks`` attempts are running."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,6 +330,9 @@ class _Stage:
     failures: dict[int, int] = field(default_factory=dict)     # partition -> attempts failed
     delayed: list[tuple[float, int]] = field(default_factory=list)   # heap of (due, partition) retries
     losers: list[dict] = field(default_factory=list)
+    pending: deque = field(default_factory=deque)              # partitions whose first attempt waits for a slot
+    avoid: dict[int, frozenset] = field(default_factory=dict)  # partition -> workers its retry should avoid
+    share: int = 1                                             # attempts of the stage that can run at once
 
     def where(self, partition: int) -> str:
         return (f"round {self.round_index + 1} of {self.round_count}, {self.kind} stage, partition {partition}"
@@ -344,25 +370,37 @@ class StageExecutor:
         self.max_attempts = int(config.get("retries.attempts"))
         self.backoff_base = float(config.get("retries.backoff-base"))
         self.backoff_max = float(config.get("retries.backoff-max"))
+        self.policy = RetryPolicy(guards, self.max_attempts, local=self.local)
+        self.max_tasks: int | None = getattr(guards, "max_tasks", None)
+        self.cpu_used = 0.0           # task CPU seconds of the run's finished and failed attempts
+        self._started = report.start or time.time()
+        report.retry_budget = self.policy.budget
 
     def run(self, name: str, prefix: str, tasks: list[TaskSpec], *, round_index: int, round_count: int,
             kind: str, describe: Callable[[int], str]) -> dict[int, dict]:
         """Run ``tasks`` (one per partition) to completion; ``{partition: result}``."""
         st = self._begin(name, prefix, tasks, round_index, round_count, kind, describe)
         self._reuse_journaled(st)
+        self._check_budgets(st)
+        st.pending.extend(p for p in st.tasks if p not in st.results)
+        st.share = self._share(len(st.pending))
         self._submit_first(st)
         view = self._hand_off(st)
         try:
             while len(st.results) < len(st.tasks):
+                self._check_budgets(st)
                 self._submit_due_retries(st)
+                self._submit_first(st)
                 if not st.running:
-                    if st.delayed:
-                        time.sleep(max(0.0, st.delayed[0][0] - time.time()))
+                    if st.delayed:      # (in short naps: the budgets are checked meanwhile)
+                        time.sleep(min(0.1, max(0.0, st.delayed[0][0] - time.time())))
                         continue
                     break
                 self._collect(st, st.running.next_done(timeout=0.1))
-                if view is not None and st.running:
-                    self.supervisor.check(view)
+                if view is not None and st.running and self.free_slots(st) > 0:
+                    with contextlib.suppress(NoFreeSlot):
+                        self.supervisor.check(view)
+            self._check_budgets(st)
         finally:
             self._stop(st, view)
         return self._finish(st)
@@ -396,21 +434,26 @@ class StageExecutor:
 
     def _submit_first(self, st: _Stage) -> None:
         """First attempts go to the scheduler in one graph, so it queues them (worker-saturation) instead
-        of placing a growing task group one task at a time onto workers, where they wait behind stragglers."""
-        first = [p for p in st.tasks if p not in st.results]
+        of placing a growing task group one task at a time onto workers, where they wait behind stragglers.
+        Under ``max_tasks``, as many as there are free slots: called again as attempts end, it refills."""
+        free = self.free_slots(st)
+        if not st.pending or free <= 0:
+            return
+        first = [st.pending.popleft() for _ in range(min(free, len(st.pending)))]
+        first = [p for p in first if p not in st.results]
         if not first:
             return
         if self.local:
             now = time.time()
             for p in first:
-                future = self.client.submit(task_key(st.prefix, p, st.attempts[p]), st.tasks[p])
+                future = self.client.submit(task_key(st.prefix, p, st.attempts[p]), self._attempt_spec(st, p))
                 st.running[future] = (p, st.attempts[p], now, False)
                 st.attempts[p] += 1
                 st.report.attempts += 1
             return
         dsk: dict = {}
         for p in first:
-            dsk.update(st.tasks[p].graph(st.prefix, st.attempts[p], {}))
+            dsk.update(self._attempt_spec(st, p).graph(st.prefix, st.attempts[p], {}))
         futures = self.client.get(_named_graph(dsk), list(dsk), sync=False, **self._placement(set(), strict=False))
         now = time.time()
         for p, future in zip(first, futures):
@@ -427,18 +470,40 @@ class StageExecutor:
         return view
 
     # -- submitting --------------------------------------------------------------------------
-    def _submit(self, st: _Stage, partition: int, speculative: bool = False, avoid: set[str] | None = None) -> int:
-        """Submit one more attempt of ``partition`` under a new key; its attempt number."""
+    def free_slots(self, st: _Stage) -> int | float:
+        """How many more attempts may start now under ``max_tasks`` (unbounded without it)."""
+        if self.max_tasks is None:
+            return math.inf
+        return self.max_tasks - len(st.running)
+
+    def _share(self, tasks: int) -> int:
+        """How many of a stage's ``tasks`` attempts can run at once: min(tasks, cluster threads, max_tasks)."""
+        try:
+            workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
+            threads = sum(int(w.get("nthreads") or 1) for w in workers.values()) or 1
+        except Exception:  # noqa: BLE001 - then the tasks alone bound it
+            threads = tasks
+        return max(1, min(tasks, threads, self.max_tasks or tasks))
+
+    def _attempt_spec(self, st: _Stage, partition: int) -> TaskSpec:
+        """The partition's task as an attempt runs it: inside :func:`engine.attempts.run_attempt`."""
+        task = st.tasks[partition]
+        return TaskSpec(task.partition, functools.partial(run_attempt, task.func, st.share), task.args, task.size)
+
+    def _submit(self, st: _Stage, partition: int, speculative: bool = False, avoid: set[str] | None = None,
+                strict: bool = True) -> int:
+        """Submit one more attempt of ``partition`` under a new key; its attempt number. ``avoid``: workers
+        it must not go to (``strict``) or, if others are alive, should not."""
         attempt = st.attempts[partition]
         st.attempts[partition] += 1
         if self.local:
-            future = self.client.submit(task_key(st.prefix, partition, attempt), st.tasks[partition])
+            future = self.client.submit(task_key(st.prefix, partition, attempt), self._attempt_spec(st, partition))
             st.running[future] = (partition, attempt, time.time(), speculative)
             st.report.attempts += 1
             st.report.speculative += bool(speculative)
             return attempt
-        dsk = st.tasks[partition].graph(st.prefix, attempt, {})
-        placement = self._placement(avoid or set(), strict=True)
+        dsk = self._attempt_spec(st, partition).graph(st.prefix, attempt, {})
+        placement = self._placement(set(avoid or ()), strict=strict)
         if speculative:
             placement["priority"] = 10      # ahead of the stage's queued first attempts
         (future,) = self.client.get(dsk, list(dsk), sync=False, **placement)
@@ -449,11 +514,13 @@ class StageExecutor:
         return attempt
 
     def _submit_due_retries(self, st: _Stage) -> None:
+        """Submit the retries whose backoff is over (as many as there are free slots), each preferably
+        away from the worker its last attempt failed on."""
         now = time.time()
-        while st.delayed and st.delayed[0][0] <= now:
+        while st.delayed and st.delayed[0][0] <= now and self.free_slots(st) > 0:
             _, p = heapq.heappop(st.delayed)
             if p not in st.results:
-                self._submit(st, p)
+                self._submit(st, p, avoid=st.avoid.pop(p, None), strict=False)
 
     # -- collecting --------------------------------------------------------------------------
     def _collect(self, st: _Stage, done: list) -> None:
@@ -501,6 +568,7 @@ class StageExecutor:
             return {}
 
     def _record(self, stage: StageReport, value: dict, speculative: bool) -> None:
+        self.cpu_used += float(value.get("cpu") or 0.0)
         self.report.tasks.append(TaskReport(
             stage.name, value.get("partition", -1), value.get("attempt", 0), value.get("worker", "?"),
             value.get("start", 0.0), value.get("stop", 0.0), int(value.get("rows_in") or 0),
@@ -525,40 +593,67 @@ class StageExecutor:
     def _on_failure(self, st: _Stage, future, partition: int, attempt: int, submitted: float,
                     speculative: bool) -> None:
         """A failed or cancelled attempt: nothing if the partition is done or another attempt of it still
-        runs; else the stage fails (a deterministic error, or out of attempts) or the task is retried."""
-        if partition in st.results:
-            future.release()
-            return
+        runs; else the retry policy decides: the stage fails (a deterministic error, out of attempts, the
+        run's retry budget spent) or the task is retried after backoff."""
         if future.status == "cancelled":
             # The driver cancels only siblings of a finished partition, so the cluster dropped this one
             # (e.g. a dependency was lost with a dead worker): retry it, never skip it.
             exc = ClusterError(f"the cluster cancelled task {future.key!r}")
+        elif partition in st.results:
+            future.release()
+            return
         else:
             exc = future.exception()
         future.release()
-        if st.running.attempts_of(partition):
-            return  # another attempt of this partition is still running
+        info = getattr(exc, "engine_attempt", None)
+        if info is not None:
+            self.cpu_used += float(getattr(info, "cpu", 0.0) or 0.0)
+        if partition in st.results or st.running.attempts_of(partition):
+            return  # the partition is done, or another attempt of it is still running
         st.failures[partition] += 1
         error = redact(f"{type(exc).__name__}: {exc}")
-        self.report.tasks.append(TaskReport(st.name, partition, attempt, "?", submitted, time.time(),
-                                            status="failed", speculative=speculative, error=error))
-        if _is_permanent(exc) or st.failures[partition] >= self.max_attempts:
-            raise self._stage_failed(st, partition, exc, error) from exc
+        worker, start, stop = "?", submitted, time.time()
+        if info is not None:
+            worker, start, stop = info.worker, info.start, info.stop
+        elif self.supervisor is not None:
+            start, worker = self.supervisor.start_of(repr(future.key)) or (submitted, "?")
+        self.report.tasks.append(TaskReport(st.name, partition, attempt, worker, start, stop, status="failed",
+                                            speculative=speculative, error=error,
+                                            cpu=float(getattr(info, "cpu", 0.0) or 0.0)))
+        decision = self.policy.decide((st.name, partition), exc, st.failures[partition],
+                                      permanent=_is_permanent(exc))
+        self._note_retries()
+        if not decision.retry:
+            raise self._stage_failed(st, partition, exc, error, decision.reason, budget=decision.budget) from exc
+        if decision.avoid and is_user_error(exc):
+            st.avoid[partition] = decision.avoid
         self._retry_later(st, partition, attempt, error)
         # the exception itself, for the run's record to name the user's file and line of each retry
         retried = self.report.__dict__.setdefault("retry_exceptions", [])
         if len(retried) < 100:
             retried.append((self.report.retries[-1], exc))
 
-    def _stage_failed(self, st: _Stage, partition: int, exc: BaseException, error: str) -> StageFailedError:
-        """The error that fails the stage (a deterministic failure, or the partition is out of attempts)."""
+    def _note_retries(self) -> None:
+        """The run's M10 figures, in the report as they change."""
+        figures = self.policy.figures()
+        self.report.failures = figures["failures"]
+        self.report.retries_spent = figures["retries_spent"]
+
+    def _stage_failed(self, st: _Stage, partition: int, exc: BaseException, error: str, reason: str = "",
+                      budget: bool = False) -> StageFailedError:
+        """The error that fails the stage (a deterministic failure, the partition is out of attempts, or
+        the run's retry budget is spent), with the policy's reason."""
         if isinstance(exc, TooManyRejectedError):     # the run's own limit, raised in a task: as it is
             redact_exception(exc)
             return exc
         tries = st.failures[partition]
-        msg = redact(f"{st.where(partition)} failed" + (f" after {tries} attempts" if tries > 1 else "")
-                     + f": {error}")
-        err = StageFailedError(msg, round=st.round_index, stage=st.kind, partition=partition, cause=exc)
+        msg = f"{st.where(partition)} failed" + (f" after {tries} attempts" if tries > 1 else "") + f": {error}"
+        if budget:
+            msg = (f"{reason}: {msg} (the run spent {self.policy.spent} retries in all; raise retry_budget= "
+                   "or find why tasks fail)")
+        elif reason:
+            msg += f"; {reason}"
+        err = StageFailedError(redact(msg), round=st.round_index, stage=st.kind, partition=partition, cause=exc)
         redact_exception(exc)
         return err
 
@@ -571,6 +666,30 @@ class StageExecutor:
         st.report.retries += 1
         log.warning("%s failed (%s); retrying in %.2fs", st.where(partition), error, delay)
         heapq.heappush(st.delayed, (time.time() + delay, partition))
+
+    # -- budgets -----------------------------------------------------------------------------
+    def _check_budgets(self, st: _Stage) -> None:
+        """Past ``max_seconds`` (since the run started) or ``max_cpu_seconds`` (of its attempts so far):
+        :class:`BudgetExceededError` (the caller's ``finally`` cancels what still runs)."""
+        g = self.guards
+        limit = getattr(g, "max_seconds", None)
+        if limit is not None:
+            used = time.time() - self._started
+            if used > limit:
+                raise self._over_budget(st, "max_seconds", "wall-clock", used, limit)
+        limit = getattr(g, "max_cpu_seconds", None)
+        if limit is not None and self.cpu_used > limit:
+            raise self._over_budget(st, "max_cpu_seconds", "task CPU", self.cpu_used, limit)
+
+    def _over_budget(self, st: _Stage, name: str, what: str, used: float, limit: float) -> BudgetExceededError:
+        running = len(st.running)
+        log.info("%s budget %s=%gs spent (%.2fs): stopping the run", what, name, limit, used)
+        stopped = f"its {running} running attempt(s) were cancelled" if running else "no attempt was running"
+        return BudgetExceededError(
+            f"the run went past its {what} budget: {name}={limit:g}s, {used:.2f}s used, while running round "
+            f"{st.round_index + 1} of {st.round_count}, {st.kind} stage {st.name} ({len(st.results)} of "
+            f"{len(st.tasks)} tasks done); {stopped} and nothing was committed (raise {name}= to let it finish)",
+            budget=name, used=round(used, 3), limit=limit)
 
     # -- stage end ---------------------------------------------------------------------------
     def _stop(self, st: _Stage, view: StageView | None) -> None:
@@ -617,4 +736,4 @@ class StageExecutor:
         return self._pending_uploads
 
 
-__all__ = ["StageExecutor", "StageSupervisor", "StageView", "ProgressFn", "redact_exception"]
+__all__ = ["StageExecutor", "StageSupervisor", "StageView", "NoFreeSlot", "ProgressFn", "redact_exception"]

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -59,6 +60,7 @@ from ._version import ENGINE_VERSION
 from .agg import Aggregation, AggregationSet
 from .errors import JobDefinitionError
 from .joins import JoinSpec, normalize_how
+from .ratelimit import RateLimited
 from .serialize import CodeNotHashable, code_digest
 
 TableFn = Callable[[pa.Table], pa.Table]
@@ -77,12 +79,14 @@ class Stage:
     others: tuple[tuple[str, Job], ...] = ()     # join: the right side; cogroup: every other input
     join: JoinSpec | None = None
     where: Any = None                            # map: a pyarrow.compute.Expression its input rows must satisfy
+    rate_limit: float | None = None              # map: rows per second fed to fn across the run (not fingerprinted)
 
     def describe(self) -> str:
         if self.kind == "map":
             cols = f" columns={list(self.columns)}" if self.columns else ""
             cond = f" where {describe_where(self.where)}" if self.where is not None else ""
-            return f"map {_fn_name(self.fn) if self.fn is not None else '(identity)'}{cols}{cond}"
+            rate = f" rate_limit={self.rate_limit:g}/s" if self.rate_limit is not None else ""
+            return f"map {_fn_name(self.fn) if self.fn is not None else '(identity)'}{cols}{cond}{rate}"
         if self.kind == "combine":
             return f"combine {_fn_name(self.fn)}"
         if self.kind == "sort":
@@ -100,10 +104,15 @@ class Stage:
     @property
     def task_fn(self) -> Any:
         """What a task calls for this stage: the user's function, or for a map with ``where=`` (or no
-        function) a :class:`MapStep` that filters first."""
+        function) a :class:`MapStep` that filters first; with ``rate_limit=`` wrapped in an
+        :class:`engine.ratelimit.RateLimited` (tasks pace the rows it is fed)."""
         if self.kind != "map" or (self.where is None and self.fn is not None):
-            return self.fn
-        return MapStep(self.fn, self.where, self.columns)
+            fn = self.fn
+        else:
+            fn = MapStep(self.fn, self.where, self.columns)
+        if self.rate_limit is not None:
+            fn = RateLimited(fn, self.rate_limit)
+        return fn
 
 
 class MapStep:
@@ -330,7 +339,8 @@ class Job:
         job._split_rounds(complete=False)  # validates the stage order now, not at run time
         return job
 
-    def map(self, fn: TableFn | None = None, *, columns: Sequence[str] | None = None, where: Any = None) -> Job:
+    def map(self, fn: TableFn | None = None, *, columns: Sequence[str] | None = None, where: Any = None,
+            rate_limit: float | None = None) -> Job:
         """Add a map stage: ``fn(pa.Table) -> pa.Table`` per chunk of input (None: identity).
 
         ``columns`` (first map of a round only) names the input columns it needs, so only those
@@ -338,6 +348,9 @@ class Job:
         ``pc.field("day") >= "2026-11-01"``, keeps only the rows for which it is true (null counts
         as false) before ``fn`` sees them; on the first map of a round that reads an input it is also
         pushed into the read: Hive partitions and Parquet row groups that cannot match are not read.
+        ``rate_limit``, rows per second, paces the rows ``fn`` is fed across the whole run, for a
+        function that calls an external system (:mod:`engine.ratelimit`); it does not change what
+        the job computes, so it is not part of the fingerprint.
 
         >>> import pyarrow.compute as pc
         >>> from engine import Job, agg
@@ -358,7 +371,16 @@ class Job:
                     or len(set(columns)) != len(list(columns)):
                 raise JobDefinitionError(f"map columns= must list distinct column names, e.g. ['id1', 'v1'], "
                                          f"got {columns!r}")
-        return self._add(Stage("map", fn, columns=tuple(columns) if columns is not None else None, where=where))
+        if rate_limit is not None:
+            if fn is None:
+                raise JobDefinitionError("map rate_limit= paces the rows a function is fed; give the map a function")
+            if isinstance(rate_limit, bool) or not isinstance(rate_limit, (int, float)) \
+                    or not math.isfinite(rate_limit) or rate_limit <= 0:
+                raise JobDefinitionError(f"map rate_limit= must be a positive number of rows per second, e.g. 1000, "
+                                         f"got {rate_limit!r}")
+            rate_limit = float(rate_limit)
+        return self._add(Stage("map", fn, columns=tuple(columns) if columns is not None else None, where=where,
+                               rate_limit=rate_limit))
 
     def combine(self, fn: TableFn) -> Job:
         """Add a map-side combine for the next ``reduce``: associative, commutative, schema-preserving."""

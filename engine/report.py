@@ -11,6 +11,12 @@ manifest and the history replace by short hashes (``engine.report.key-values``).
 >>> result.report.tasks_per_worker("r0-map")          # doctest: +SKIP
 {'tcp://127.0.0.1:40001': 2, 'tcp://127.0.0.1:40002': 2}
 
+``failures``, ``retries_spent`` and ``retry_budget`` are the run's retry figures: tasks that failed
+at least once, retries started, and the run's ``retry_budget=``; ``retries_per_failure`` (the seed's
+M10) and ``retry_budget_left`` derive from them (in ``to_dict()`` and the summary's ``retries:`` line).
+The history's ``failed_tasks`` and ``retries`` columns, from which :mod:`engine.slo` computes M10,
+count the same things.
+
 ``zombies`` lists cancelled attempts that kept running (code that does not stop when cancelled)
 and what the run did about each: ``"restarted"`` (their worker, through its nanny) or ``"avoided"``
 (no nanny: the run placed no new task there until the attempt returned), with the reason.
@@ -137,6 +143,10 @@ class RunReport:
     retries: list[dict] = field(default_factory=list)
     rejected: int = 0                  # rows set aside as bad records (on_error / on_bad_file "reject")
     rejected_sample: list[str] = field(default_factory=list)   # a few of them: where and why
+    # the retry figures of the whole run (the seed's M10, retries per failure: retries_spent / failures)
+    failures: int = 0                                     # tasks (stage, partition) that failed at least once
+    retries_spent: int = 0                                # attempts started again after a failure
+    retry_budget: int | None = None                       # retries the run could spend (None: no limit)
     message: str = ""
     cluster: dict = field(default_factory=dict)
     peak_memory: int | None = None
@@ -151,6 +161,28 @@ class RunReport:
     @property
     def duration(self) -> float:
         return max(0.0, self.stop - self.start)
+
+    @property
+    def retries_per_failure(self) -> float | None:
+        """Retries spent per failed task (the seed's M10); None when no task failed."""
+        return round(self.retries_spent / self.failures, 3) if self.failures else None
+
+    @property
+    def retry_budget_left(self) -> int | None:
+        """Retries the run could still have spent; None without a budget."""
+        return None if self.retry_budget is None else max(0, self.retry_budget - self.retries_spent)
+
+    def retry_line(self) -> str:
+        """One line on the run's retries ("" when no task failed and no budget was set)."""
+        if not self.failures and self.retry_budget is None:
+            return ""
+        text = (f"retries: {self.failures} failed task(s), {self.retries_spent} retr"
+                f"{'y' if self.retries_spent == 1 else 'ies'} spent")
+        if self.retries_per_failure is not None:
+            text += f" ({self.retries_per_failure:g} per failure)"
+        if self.retry_budget is not None:
+            text += f"; budget {self.retry_budget}, {self.retry_budget_left} left"
+        return text
 
     def tasks_per_worker(self, stage: str | None = None) -> dict[str, int]:
         """How many attempts ran on each worker (of ``stage``, or of the whole run), whatever their end;
@@ -187,6 +219,8 @@ class RunReport:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["duration"] = self.duration
+        d["retries_per_failure"] = self.retries_per_failure
+        d["retry_budget_left"] = self.retry_budget_left
         d["tasks_per_worker"] = {s.name: self.tasks_per_worker(s.name) for s in self.stages}
         return redact_obj(d)
 
@@ -281,6 +315,8 @@ class RunReport:
                              + (f"; {m['spills']} spill(s)" if m["spills"] is not None else ""))
             if self.tasks:
                 lines.append(f"  {'':<24} tasks per worker: {self._placement_line(s.name)}")
+        if self.retry_line():
+            lines.append(f"  {self.retry_line()}")
         for d in self.joins:
             lines.append(f"  join: {d.get('reason', d)}")
         for d in self.combine:

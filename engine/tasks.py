@@ -41,6 +41,7 @@ from .context import set_task_date
 from .datasets import Split, is_local, read_split
 from .errors import EngineError, FencedError, InputError, IntegrityError, JobDefinitionError, SchemaError
 from .joins import check_keys, conform_keys, join_tables, key_types
+from .ratelimit import paced
 
 
 class TaskCancelled(Exception):
@@ -621,7 +622,8 @@ def _map_pipeline(ctx: TaskContext, payload: list, label: str):
 
     def maps(fns, where: str) -> None:
         for i, fn in enumerate(fns):
-            steps.append(lambda tables, fn=fn, w=f"map function {i + 1} of {where}": (_apply(fn, t, w) for t in tables))
+            steps.append(paced(fn, lambda tables, fn=fn, w=f"map function {i + 1} of {where}":
+                               (_apply(fn, t, w) for t in tables)))    # (paced: a map with rate_limit=)
 
     for op in ctx.ops:
         if op[0] == "maps":

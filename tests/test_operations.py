@@ -187,9 +187,10 @@ def test_a_failed_run_names_the_users_file_and_line_everywhere(tmp_path):
     doc = json.loads(proc.stdout)                 # a scheduler gets the failed run's record on stdout
     where = f"{job_file}:{line}"
     assert doc["status"] == "failed" and doc["error_type"] == "StageFailedError" and doc["error_location"] == where
-    assert doc["task_failures"] == 3 and doc["retries"] == 2 and doc["failed_tasks"] == 1
+    # the same error twice in a row is deterministic: one retry, not two
+    assert doc["task_failures"] == 2 and doc["retries"] == 1 and doc["failed_tasks"] == 1
     assert "cannot parse this part" in doc["report"]["error"]["user_traceback"]
-    assert [r["location"] for r in doc["report"]["retries"]] == [where, where]      # each retry's too
+    assert [r["location"] for r in doc["report"]["retries"]] == [where]      # each retry's too
     page = html.read_text()                        # --report is written on failure too
     assert "failjob.py" in page and "cannot parse this part" in page
     shown = _cli("show", doc["run_id"][:8], env=env, cwd=tmp_path)
