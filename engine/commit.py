@@ -894,6 +894,10 @@ def commit_job(fs, out: str, *, run_id: str, winners: dict[int, dict], schema: p
         extra["partition_by"] = partition_by
     if logical_date is not None:
         extra["logical_date"] = logical_date
+    if mode == "overwrite-partitions" and kept_rejected:
+        # rows rejected by runs whose partitions have all been replaced go with them
+        live = {rec.get("run_id") for rec in (extra.get("partitions") or {}).values() if isinstance(rec, dict)}
+        kept_rejected = [e for e in kept_rejected if e.get("run_id") in live]
     if kept_rejected or new_rejected:
         extra["rejected"] = kept_rejected + new_rejected
         extra["rejected_rows"] = sum(e["rows"] for e in new_rejected)

@@ -468,3 +468,29 @@ def test_resume_reuses_journaled_rejects_once(tmp_path):
     ref = _reference(table, lambda v: not _is_poison(v))
     ref.pop(5)
     assert _answer(out) == ref
+
+
+def test_overwrite_partitions_keeps_the_rejects_of_the_partitions_it_keeps(tmp_path):
+    os.makedirs(tmp_path / "in")
+    rows = [{"date": d, "k": i % 3, "v": i + 1000 * n} for n, d in enumerate(["2026-11-01", "2026-11-02"])
+            for i in range(1, 20)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in" / "events.parquet")
+
+    def picky(t: pa.Table) -> pa.Table:
+        if pc.any(pc.equal(pc.subtract(t["v"], pc.multiply(pc.divide(t["v"], 1000), 1000)), 7)).as_py():
+            raise ValueError("seven")
+        return t
+
+    job = Job("daily-rejects").map(picky).reduce(by=["date", "k"], aggs={"n": agg.count()})
+    out = str(tmp_path / "out")
+    kw = dict(partition_by=["date"], mode="overwrite-partitions", where="date = '{date}'", on_error="reject",
+              max_rejected=5)
+    for d in ("2026-11-01", "2026-11-02"):
+        engine.run(job, str(tmp_path / "in"), out, date=d, **kw)
+    assert sorted(json.loads(r)["v"] for r in engine.read_rejected(out)["record"].to_pylist()) == [7, 1007]
+    engine.run(job, str(tmp_path / "in"), out, date="2026-11-01", force=True, **kw)   # the first day again
+    doc = load_manifest(*filesystem(out)).doc
+    assert sorted(json.loads(r)["v"] for r in engine.read_rejected(out)["record"].to_pylist()) == [7, 1007]
+    assert len(doc["rejected"]) == 2                      # the replaced day's old rejects are gone
+    assert {f"_rejected/{n}" for n in os.listdir(os.path.join(out, "_rejected"))} == {e["path"] for e in doc["rejected"]}
+    engine.verify(out)
