@@ -451,6 +451,9 @@ _CLI_WORDS = [
     (re.compile(r"\bor run with cluster=None\b"), "or run without --scheduler"),
     (re.compile(r"\b(max_seconds|max_cpu_seconds|retry_budget|max_rejected)=(?=[\s);]|$)"),
      lambda m: "--" + m.group(1).replace("_", "-")),
+    (re.compile(r"\braise (max_rejected|retry_budget)\b"), lambda m: "raise --" + m.group(1).replace("_", "-")),
+    (re.compile(r"\bmax_rejected \("), "--max-rejected ("),
+    (re.compile(r"\bmore than max_rejected=(\d)"), r"more than --max-rejected \1"),
 ]
 
 
@@ -813,8 +816,9 @@ def cmd_rejected(args) -> int:
     if not summary["rows"]:
         print(f"{summary['output']}: the committed run ({summary['run_id']}) rejected no rows")
         return EXIT_OK
-    print(f"{summary['output']}: {summary['rows']:,} rejected row(s) in {len(summary['files'])} file(s) "
-          f"(run {summary['run_id']})")
+    runs = summary.get("runs") or {}
+    print(f"{summary['output']}: {summary['rows']:,} rejected row(s) in {len(summary['files'])} file(s), by "
+          + ", ".join(f"run {r} ({n:,})" for r, n in runs.items()))
     print("  by error:")
     for e in summary["by_error"]:
         print(f"    {e['rows']:>8,}  {e['stage']:<6} {e['error_type']}: {e['error'][:160]}")
@@ -822,7 +826,9 @@ def cmd_rejected(args) -> int:
     for f in summary["by_file"]:
         print(f"    {f['rows']:>8,}  {f['file'] or '(reduce: no input file)'}")
     for r in summary.get("first") or []:
-        where = f"{r['file']} row {r['row']}" if r["file"] else f"key {r['key']}"
+        where = (f"{r['file']} row {r['row']}" if r["file"] and r["row"] is not None else
+                 f"{r['file']} (the whole file)" if r["file"] else f"key {r['key']}" if r["key"] else
+                 "a fused map's input row")
         print(f"  - {where}: {r['error_type']}: {r['error'][:160]}" + (f" at {r['location']}" if r["location"] else ""))
         print(f"      {(r['record'] or r['raw'] or '')[:200]}")
     print(f"  read them all: engine.rejects.read_rejected({summary['output']!r}), or the Parquet files under "

@@ -861,7 +861,8 @@ def commit_job(fs, out: str, *, run_id: str, winners: dict[int, dict], schema: p
             entries.append(entry)
     files, replaced = _merge_files(out, previous, entries, schema, mode, partition_by)
     new_rejected = [{"path": f["name"], "partition": m["partition"], "rows": f["rows"], "bytes": f["bytes"],
-                     "crc32c": f["crc32c"], "run_id": run_id} for m in rejected for f in m["files"]]
+                     "crc32c": f["crc32c"], "run_id": run_id, "logical_date": logical_date}
+                    for m in rejected for f in m["files"]]
     kept_rejected = []
     if previous is not None and previous.damage is None and mode in ("append", "overwrite-partitions"):
         kept_rejected = [e for e in previous.doc.get("rejected") or [] if isinstance(e, dict)]
@@ -895,9 +896,7 @@ def commit_job(fs, out: str, *, run_id: str, winners: dict[int, dict], schema: p
     if logical_date is not None:
         extra["logical_date"] = logical_date
     if mode == "overwrite-partitions" and kept_rejected:
-        # rows rejected by runs whose partitions have all been replaced go with them
-        live = {rec.get("run_id") for rec in (extra.get("partitions") or {}).values() if isinstance(rec, dict)}
-        kept_rejected = [e for e in kept_rejected if e.get("run_id") in live]
+        kept_rejected = kept_rejects(kept_rejected, extra.get("partitions"), {logical_date} - {None})
     if kept_rejected or new_rejected:
         extra["rejected"] = kept_rejected + new_rejected
         extra["rejected_rows"] = sum(e["rows"] for e in new_rejected)
@@ -982,6 +981,20 @@ def cleanup(fs, out: str, *, keep_run: str | None, manifest: Manifest | None) ->
                         fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
                         removed.append(f"upload {key}")
     return removed
+
+
+def kept_rejects(entries: Sequence[dict], partitions: dict | None, replaced_dates: set) -> list[dict]:
+    """The rejected-rows entries that stay when some partitions (and logical dates) are replaced: those
+    of a date run again go (the new run has its own), and those of a run with no date go once none of
+    the partitions it wrote is left; a dated run's stay while its date is not rerun, even if it wrote no
+    partition (every row of the day rejected)."""
+    live = {rec.get("run_id") for rec in (partitions or {}).values() if isinstance(rec, dict)}
+    kept = []
+    for e in entries:
+        day = e.get("logical_date")
+        if (day is not None and day not in replaced_dates) or (day is None and e.get("run_id") in live):
+            kept.append(e)
+    return kept
 
 
 def _cleanup_rejected(fs, out: str, keep_run: str | None, manifest: Manifest | None) -> list[str]:

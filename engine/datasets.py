@@ -600,11 +600,18 @@ def _file_schema(fs, path: str, fmt: str, size: int) -> tuple[pa.Schema, Any]:
     if fmt == "csv":
         import pyarrow.csv as pcsv
         parse = _csv_parse(path)
-        if REJECT_ROWS.get():
+        rejecting = REJECT_ROWS.get()
+        if rejecting:
             parse = pcsv.ParseOptions(delimiter=parse.delimiter, invalid_row_handler=lambda row: "skip")
         with fs.open(path, "rb", compression=_compression(path)) as f:
-            return pcsv.open_csv(f, parse_options=parse,
-                                 read_options=pcsv.ReadOptions(block_size=_INFER_BYTES)).schema, None
+            reader = pcsv.open_csv(f, parse_options=parse, read_options=pcsv.ReadOptions(block_size=_INFER_BYTES))
+            if not rejecting:
+                return reader.schema, None
+            try:
+                head = reader.read_next_batch()
+            except StopIteration:
+                return reader.schema, None
+            return _majority_types(reader.schema, head), None
     if fmt == "json":
         import pyarrow.json as pjson
         with fs.open(path, "rb", compression=_compression(path)) as f:
@@ -617,6 +624,33 @@ def _file_schema(fs, path: str, fmt: str, size: int) -> tuple[pa.Schema, Any]:
                 head = f.read(_INFER_BYTES)
         return _json_schema_of_good_lines(head), None
     raise InputError(f"unknown format {fmt!r}")  # pragma: no cover - guarded by normalize_format
+
+
+_INT_TEXT = r"^\s*[-+]?\d+\s*$"
+_FLOAT_TEXT = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
+
+
+def _majority_types(schema: pa.Schema, head: pa.RecordBatch, share: float = 0.99) -> pa.Schema:
+    """``on_error="reject"``: a CSV column inferred as text because a few of its leading values are not
+    numbers is typed as the numbers that at least ``share`` of its values are (the others are rejected
+    when read, instead of turning the column into text)."""
+    import pyarrow.compute as pc
+    fields = []
+    for i, f in enumerate(schema):
+        typ = f.type
+        if pa.types.is_string(typ) or pa.types.is_large_string(typ):
+            col = pc.utf8_trim_whitespace(head.column(i))
+            values = col.filter(pc.and_(pc.is_valid(col), pc.not_equal(col, "")))
+            n = len(values)
+            if n >= 10:
+                ints = pc.sum(pc.match_substring_regex(values, _INT_TEXT)).as_py() or 0
+                floats = pc.sum(pc.match_substring_regex(values, _FLOAT_TEXT)).as_py() or 0
+                if ints >= share * n:
+                    typ = pa.int64()
+                elif floats >= share * n:
+                    typ = pa.float64()
+        fields.append(pa.field(f.name, typ))
+    return pa.schema(fields)
 
 
 def _json_schema_of_good_lines(head: bytes) -> pa.Schema:
@@ -636,12 +670,18 @@ def _json_schema_of_good_lines(head: bytes) -> pa.Schema:
             good.append(line)
     if not good:
         raise pa.ArrowInvalid("no line of the first MiB is valid JSON")
-    # lines whose values disagree in type with the leading ones are rejected when read: the leading decide
-    for n in (len(good), 1000, 100, 10, 1):
+    # a line whose value disagrees in type with the lines before it is left out (it is rejected when read)
+    import re
+    for _ in range(1000):
         try:
-            return pjson.read_json(io.BytesIO(b"\n".join(good[:n]))).schema
-        except pa.ArrowInvalid:
-            continue
+            return pjson.read_json(io.BytesIO(b"\n".join(good))).schema
+        except pa.ArrowInvalid as exc:
+            m = re.search(r"in row (\d+)", str(exc))
+            if m is None or int(m.group(1)) >= len(good):
+                break
+            del good[int(m.group(1))]
+            if not good:
+                break
     raise pa.ArrowInvalid("the leading JSON lines disagree on their types")
 
 

@@ -214,6 +214,10 @@ def _canonical(x: Any) -> Any:
         return repr(x)
     if isinstance(x, TaskContext):
         base = (x.kind, x.keys, x.descending, x.num_partitions, x.map_combine, x.columns, x.round)
+        g = x.guards
+        if g is not None and (g.on_error != "fail" or g.on_bad_file != "fail"):
+            # what a task rejects is part of its result: a resume with another policy recomputes it
+            base += (("rejects", g.on_error, g.on_bad_file),)
         # which side of a join, and the steps fused before it (broadcast joins: which side, which files)
         return base if (x.side == 0 and not x.ops) else base + (x.side, _canonical(x.ops))
     return type(x).__name__

@@ -129,6 +129,8 @@ def parse_limit(value: Any) -> int | float | None:
         try:
             if text.endswith("%"):
                 value = float(text[:-1]) / 100.0
+                if value >= 1.0:
+                    return None            # 100%: every row may be rejected
             elif any(c in text for c in ".eE"):
                 value = float(text)
             else:

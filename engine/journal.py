@@ -324,7 +324,8 @@ def encode_result(result: dict) -> dict:
     rejected = result.get("rejected")
     if rejected is not None:      # the attempt's rejected-rows file (engine.rejects)
         body["rejected"] = {"count": int(rejected["count"]), "message": commit_to_json(rejected["message"]),
-                            "sample": [str(x) for x in rejected.get("sample") or []][:8]}
+                            "sample": [str(x) for x in rejected.get("sample") or []][:8],
+                            "unread": int(rejected.get("unread") or 0)}
     extra = {k: v for k, v in result.items()
              if k not in body and k not in _KINDS and k != "schema" and isinstance(v, _SCALAR)}
     unknown = set(result) - set(body) - set(extra) - set(_KINDS) - {"schema"}
@@ -359,11 +360,13 @@ def decode_result(body: Any) -> dict:
            and not set(extra) & set(result), "entry.extra must hold plain values of other fields")
     result.update(extra)
     if "rejected" in body:
-        r = _dict(body["rejected"], "entry.rejected", {"count", "message", "sample"}, {"count", "message", "sample"})
+        r = _dict(body["rejected"], "entry.rejected", {"count", "message", "sample", "unread"},
+                  {"count", "message", "sample"})
         _check(isinstance(r["sample"], list) and all(isinstance(x, str) for x in r["sample"]),
                "entry.rejected.sample must be a list of text")
         result["rejected"] = {"count": _int(r["count"], "entry.rejected.count"),
-                              "message": commit_from_json(r["message"]), "sample": list(r["sample"])}
+                              "message": commit_from_json(r["message"]), "sample": list(r["sample"]),
+                              "unread": _int(r.get("unread", 0), "entry.rejected.unread")}
     return result
 
 
@@ -512,17 +515,17 @@ class Journal:
 def still_valid(fs_shuffle, fs_out, result: dict, pending_uploads: set[str] | None) -> bool:
     """True when every file a journaled result points to is still there to be used."""
     try:
-        if "shuffle" in result:
-            return fs_shuffle.exists(result["shuffle"].path)
-        if "next_input" in result:
-            return fs_shuffle.exists(result["next_input"].path)
-        if result.get("rejected"):
+        if result.get("rejected"):        # the attempt's rejected-rows file, whatever its result's kind
             for f in result["rejected"]["message"]["files"]:
                 if f.get("upload"):
                     if pending_uploads is None or f["upload"]["upload_id"] not in pending_uploads:
                         return False
                 elif not fs_out.exists(f["tmp"]):
                     return False
+        if "shuffle" in result:
+            return fs_shuffle.exists(result["shuffle"].path)
+        if "next_input" in result:
+            return fs_shuffle.exists(result["next_input"].path)
         if "commit" in result:
             for f in result["commit"]["files"]:
                 if f.get("upload"):

@@ -127,6 +127,15 @@ def merged_doc(live: Manifest | None, staged: Manifest, now: str) -> dict:
                 "committed_at": now, "partitions": dict(sorted(partitions.items())), "published_from_run": sdoc["run_id"]})
     if dates:
         doc["dates"] = dict(sorted(dates.items()))
+    # rejected rows: the live output's that stay (as for an overwrite of these partitions), and the staged run's
+    rejected = commit.kept_rejects([e for e in ldoc.get("rejected") or [] if isinstance(e, dict)],
+                                   doc["partitions"], set(staged_dates))
+    rejected += [e for e in sdoc.get("rejected") or [] if isinstance(e, dict)]
+    doc.pop("rejected", None)
+    doc.pop("rejected_rows", None)
+    if rejected:
+        doc["rejected"] = rejected
+        doc["rejected_rows"] = int(sdoc.get("rejected_rows") or 0)
     return seal(doc)
 
 
@@ -239,6 +248,9 @@ def _swap(lfs, live: str, target: str, sfs, sroot: str, staged: str, smanifest: 
         _copy(sfs, smanifest.path_of(f), lfs, posixpath.join(live, f["path"]))
         if hook:
             hook("publish")
+    for e in smanifest.doc.get("rejected") or []:      # the staged run's rejected rows go live with its data
+        if isinstance(e, dict):
+            _copy(sfs, smanifest.path_of(e), lfs, posixpath.join(live, e["path"]))
     now = _dt.datetime.now(_dt.timezone.utc).isoformat()
     doc = merged_doc(previous, smanifest, now)
     data = commit.manifest_text(doc)

@@ -27,6 +27,7 @@ of halves down to the row).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import io
 import json
@@ -61,10 +62,11 @@ SCHEMA = pa.schema([
 _TRACEBACK_CHARS = 4000
 _RECORD_CHARS = 100_000
 SAMPLE = 3                          # rejected rows a task describes to the driver (for error messages)
-# A batch whose every row fails (at least this many rows) is a bug in the function, not bad records;
-# so is one where the first SYSTEMATIC_FIRST rows tried alone all failed before any call succeeded.
+# A call failing on a batch of at least SYSTEMATIC_ROWS rows, and then on each of PROBES rows (or keys)
+# spread evenly over it, is a bug in the function, not bad records: the run stops instead of rejecting
+# (and bisecting) every row.
 SYSTEMATIC_ROWS = 1024
-SYSTEMATIC_FIRST = 64
+PROBES = 16
 
 
 class SystematicFailure(EngineError, RuntimeError):
@@ -125,6 +127,8 @@ class TaskRejects:
             self.split = split.describe()[len(split.path):].strip() or None
         self.columns: dict[str, list] = {name: [] for name in SCHEMA.names}
         self.count = 0
+        self.unread = 0                   # rows (or files) a reader set aside: input rows no stage counted
+        self.reader_invalid: list[int] | None = None   # rows a reader set aside: later rows' file positions skip them
         self.calls_ok = 0                 # calls that succeeded (for telling a bug from bad records)
         self.sample: list[str] = []
         self._writer = None
@@ -150,6 +154,8 @@ class TaskRejects:
             c["record"].append(records[i])
             c["raw"].append(raws[i])
         self.count += n
+        if stage in ("read", "file"):
+            self.unread += n
         if len(self.sample) < SAMPLE:
             where = f"{file} row {rows[0]}" if file is not None and rows and rows[0] is not None else \
                 (f"key {key}" if key is not None else (file or f"partition {self.partition}"))
@@ -170,6 +176,8 @@ class TaskRejects:
             return
         stage = "reduce" if key is not None else "map"
         positions = [first_row + i if first_row is not None else None for i in range(n)]
+        if self.reader_invalid and first_row is not None:    # rows read after some were set aside by the reader
+            positions = [_file_row(p, self.reader_invalid) for p in positions]
         location, tb = _where(exc)
         self._add(n, stage=stage, exc_type=type(exc).__name__, error=str(exc)[:2000], location=location,
                   tb=tb, rows=positions, records=_records(rows), raws=[None] * n,
@@ -206,7 +214,7 @@ class TaskRejects:
             return None
         self._flush()
         message = self._writer.close(SCHEMA)
-        return {"count": self.count, "message": message, "sample": self.sample}
+        return {"count": self.count, "message": message, "sample": self.sample, "unread": self.unread}
 
     def abort(self) -> None:
         if self._writer is not None:
@@ -226,38 +234,49 @@ def isolate(call: Callable[[pa.Table], list], table: pa.Table, rejects: TaskReje
     failure = _try(call, table, out, rejects)
     if failure is None:
         return out
-    rejected_before, ok_before = rejects.count, rejects.calls_ok
     n = table.num_rows
+    if n >= SYSTEMATIC_ROWS and _fails_everywhere(call, [table.slice(i, 1) for i in _probes(n)], rejects):
+        raise SystematicFailure(f"{what} failed on a {n:,}-row batch and on each of {PROBES} rows spread over it, "
+                                f"tried alone ({type(failure).__name__}: {str(failure)[:300]}): that is a bug in "
+                                "the function, not bad records, so the run stops and commits nothing") from failure
+    _bisect(call, table, 0, n, failure, rejects, first_row, out)
+    return _unified(out)
+
+
+def _probes(n: int) -> list[int]:
+    return sorted({int(i * (n - 1) / (PROBES - 1)) for i in range(PROBES)})
+
+
+def _fails_everywhere(call, parts: list, rejects: TaskRejects) -> bool:
+    """True when ``call`` fails on every one of ``parts`` (single rows or keys spread over a batch)."""
+    return all(_try(call, part, [], rejects) is not None for part in parts)
+
+
+def _unified(pieces: list) -> list:
+    """The pieces of one call's output with one schema (a piece computed from a few rows may infer a
+    column as null, or narrower, than the others)."""
+    if len(pieces) < 2:
+        return pieces
+    first = pieces[0].schema
+    if all(p.schema.equals(first) for p in pieces[1:]):
+        return pieces
     try:
-        _bisect(call, table, 0, n, failure, rejects, first_row, out,
-                (rejected_before, ok_before) if n >= SYSTEMATIC_ROWS else None)
-    except _AllFailing:
-        pass
-    else:
-        if not (n >= SYSTEMATIC_ROWS and rejects.count - rejected_before == n):
-            return out
-    tried = rejects.count - rejected_before
-    raise SystematicFailure(f"{what} failed on a {n:,}-row batch and on each of its rows tried alone ({tried:,} rows, "
-                            f"none passed; {type(failure).__name__}: {str(failure)[:300]}): that is a bug in the "
-                            "function, not bad records, so the run stops and commits nothing") from failure
-
-
-class _AllFailing(Exception):
-    """The first rows of a large batch all failed alone, and nothing succeeded: stop bisecting."""
+        target = pa.unify_schemas([p.schema for p in pieces], promote_options="permissive")
+        return [p.cast(target) if not p.schema.equals(target) else p for p in pieces]
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return pieces      # the writer names the difference
 
 
 def _bisect(call, table: pa.Table, lo: int, hi: int, exc: BaseException, rejects: TaskRejects,
-            first_row: int | None, out: list, watch: tuple[int, int] | None = None) -> None:
+            first_row: int | None, out: list) -> None:
     if hi - lo == 1:
         rejects.add_rows(table.slice(lo, 1), exc, None if first_row is None else first_row + lo)
-        if watch is not None and rejects.calls_ok == watch[1] and rejects.count - watch[0] >= SYSTEMATIC_FIRST:
-            raise _AllFailing
         return
     mid = (lo + hi) // 2
     for a, b in ((lo, mid), (mid, hi)):
         failed = _try(call, table.slice(a, b - a), out, rejects)
         if failed is not None:     # recursed outside the except block: no chain of contexts
-            _bisect(call, table, a, b, failed, rejects, first_row, out, watch)
+            _bisect(call, table, a, b, failed, rejects, first_row, out)
 
 
 def _try(call, part: pa.Table, out: list, rejects: TaskRejects) -> BaseException | None:
@@ -290,13 +309,14 @@ def isolate_groups(call: Callable[[pa.Table], list], table: pa.Table, keys: Sequ
         differ = pc.fill_null(pc.not_equal(a, b), pc.xor(pc.is_null(a), pc.is_null(b)))
         change = differ if change is None else pc.or_(change, differ)
     starts = [0] + ([int(i) + 1 for i in pc.indices_nonzero(change).to_pylist()] if n > 1 else []) + [n]
-    before = rejects.count
-    _bisect_groups(call, sorted_t, starts, 0, len(starts) - 1, failure, rejects, keys, out)
-    if n >= SYSTEMATIC_ROWS and rejects.count - before == n and len(starts) > 2:
-        raise SystematicFailure(f"{what} failed on every one of the {len(starts) - 1:,} keys of a partition "
-                                f"({type(failure).__name__}: {str(failure)[:300]}): that is a bug in the function, "
-                                "not bad records, so nothing was rejected and the run stops") from failure
-    return out
+    groups = len(starts) - 1
+    if groups >= PROBES and n >= SYSTEMATIC_ROWS and _fails_everywhere(
+            call, [sorted_t.slice(starts[g], starts[g + 1] - starts[g]) for g in _probes(groups)], rejects):
+        raise SystematicFailure(f"{what} failed on a partition of {groups:,} keys and on each of {PROBES} of its keys "
+                                f"tried alone ({type(failure).__name__}: {str(failure)[:300]}): that is a bug in "
+                                "the function, not bad records, so the run stops and commits nothing") from failure
+    _bisect_groups(call, sorted_t, starts, 0, groups, failure, rejects, keys, out)
+    return _unified(out)
 
 
 def _bisect_groups(call, table: pa.Table, starts: list[int], g0: int, g1: int, exc: BaseException,
@@ -356,11 +376,13 @@ def read_csv_rejecting(fs, split: Any, rejects: TaskRejects, *, skip: int, batch
     from .datasets import _compression, _csv_parse
     target = split.schema
     invalid: list[int] = []           # data rows (0-based) the parser skipped
+    rejects.reader_invalid = []       # ... and those that did not convert: every row set aside here
 
     def handler(row) -> str:
         number = row.number - 2 if row.number is not None and row.number > 0 else None   # 1-based, header first
         if number is not None:
             invalid.append(number)
+            bisect.insort(rejects.reader_invalid, number)
         rejects.add_unparsed(number, row.text,
                              f"CSV parse error: expected {row.expected_columns} fields, got {row.actual_columns}")
         return "skip"
@@ -411,7 +433,9 @@ def _bisect_convert(convert, strings: pa.Table, lo: int, hi: int, exc: BaseExcep
     if hi - lo == 1:
         row = strings.slice(lo, 1)
         record = _records(row)[0]
-        rejects.add_unparsed(_file_row(start + lo, invalid), None, f"CSV conversion error: {exc}", record=record)
+        where = _file_row(start + lo, invalid)
+        rejects.add_unparsed(where, None, f"CSV conversion error: {exc}", record=record)
+        bisect.insort(rejects.reader_invalid, where)
         return
     mid = (lo + hi) // 2
     for a, b in ((lo, mid), (mid, hi)):
@@ -429,6 +453,9 @@ def read_json_rejecting(fs, split: Any, rejects: TaskRejects, *, batch_rows: int
         data = f.read()
     lines = [(i, line) for i, line in enumerate(data.split(b"\n")) if line.strip()]
     parse = pjson.ParseOptions(explicit_schema=split.schema, unexpected_field_behavior="ignore")
+    # rows are line numbers (0-based): blank lines and lines set aside are skipped by later rows' positions
+    blank = sorted(set(range(data.count(b"\n") + 1)) - {i for i, _ in lines})
+    rejects.reader_invalid = blank
 
     def parse_lines(chunk: list) -> list:
         table = pjson.read_json(io.BytesIO(b"\n".join(line for _, line in chunk)), parse_options=parse)
@@ -440,6 +467,7 @@ def read_json_rejecting(fs, split: Any, rejects: TaskRejects, *, batch_rows: int
         if len(chunk) == 1:
             i, line = chunk[0]
             rejects.add_unparsed(i, line.decode("utf-8", "replace"), f"JSON parse error: {exc}")
+            bisect.insort(rejects.reader_invalid, i)
             return
         mid = len(chunk) // 2
         for part in (chunk[:mid], chunk[mid:]):
@@ -471,6 +499,7 @@ class RunRejects:
         self.messages: list[dict] = []
         self.sample: list[str] = []
         self.count = 0
+        self.unread = 0                   # input rows the readers set aside (part of the input all the same)
         self.input_rows: int | None = None
         self.driver_rows: list[tuple[str, str]] = []     # (file, error) found while planning
 
@@ -480,6 +509,7 @@ class RunRejects:
         if not rejected:
             return
         self.count += int(rejected["count"])
+        self.unread += int(rejected.get("unread") or 0)
         self.messages.append(rejected["message"])
         for s in rejected.get("sample") or []:
             if len(self.sample) < SAMPLE:
@@ -490,10 +520,11 @@ class RunRejects:
 
     def check(self, final: bool = False) -> None:
         """TooManyRejectedError once the count is past the limit (a fraction: once the input rows are known)."""
-        limit = self.guards.rejected_limit(self.input_rows)
+        rows = self.input_rows + self.unread if self.input_rows is not None else None
+        limit = self.guards.rejected_limit(rows)
         if limit is None or self.count <= limit:
             return
-        what = (f"{self.guards.max_rejected:.4g} of {self.input_rows:,} input rows = {limit:,}"
+        what = (f"{self.guards.max_rejected:.4g} of {rows:,} input rows = {limit:,}"
                 if isinstance(self.guards.max_rejected, float) else f"{limit:,}")
         raise TooManyRejectedError(
             f"{self.count:,} rows rejected, more than max_rejected ({what}); e.g. "
@@ -533,6 +564,8 @@ def summarize(path: str, storage_options: dict | None = None) -> dict:
         rows = sorted(grouped.to_pylist(), key=lambda r: -r["count_all"])
         summary["by_error"] = [{"stage": r["stage"], "error_type": r["error_type"], "error": r["error"],
                                 "rows": r["count_all"]} for r in rows[:50]]
+        runs = table.group_by(["run_id"]).aggregate([([], "count_all")]).to_pylist()
+        summary["runs"] = {r["run_id"]: r["count_all"] for r in runs}
         files = table.group_by(["file"]).aggregate([([], "count_all")]).to_pylist()
         summary["by_file"] = sorted(({"file": r["file"], "rows": r["count_all"]} for r in files),
                                     key=lambda r: -r["rows"])[:50]

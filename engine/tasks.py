@@ -808,7 +808,10 @@ def run_reduce(ctx: TaskContext, blob: bytes, refs: list, bounds: tuple | None, 
         return table
 
     def emit(table: pa.Table) -> None:
-        output.write(after(table))
+        if rejects is None or not post:
+            output.write(after(table))
+        else:       # rows a fused map fails on are rejected one by one (the reduce's output rows)
+            _emit_isolated(after, table, None, rejects, output, label)
     try:
         if ctx.kind == "sort":
             piece = bounds if isinstance(bounds, shuffle.RangePiece) else shuffle.RangePiece(*(bounds or (None, None)))
@@ -826,15 +829,18 @@ def run_reduce(ctx: TaskContext, blob: bytes, refs: list, bounds: tuple | None, 
             if aggs is not None:
                 with _computing(f"the aggregations of {label}"):
                     result = aggs.merge_finalize(table) if ctx.map_combine else aggs.aggregate(table)
-                emit(result) if rejects is None else _emit_isolated(after, result, None, rejects, output, label)
+                emit(result)
             else:
                 fn = stages["reduce"]
                 if rejects is None:
                     emit(_apply(fn, table, f"reduce function of {label}"))
                 else:
-                    # the rows of a key the reduce function (or a fused map) fails on are rejected together
-                    _emit_isolated(lambda t: after(_apply(fn, t, f"reduce function of {label}")), table, ctx.keys,
-                                   rejects, output, label)
+                    # the rows of a key the reduce function fails on are rejected together; then rows of its
+                    # output that a fused map fails on, one by one
+                    from .rejects import isolate_groups
+                    for piece in isolate_groups(lambda t: [_apply(fn, t, f"reduce function of {label}")], table,
+                                                ctx.keys, rejects, what=f"the reduce function of {label}"):
+                        emit(piece)
             if ctx.faults is not None:
                 ctx.faults.during_task(ctx, "reduce", partition, attempt)
         result_info = output.close()
@@ -851,7 +857,7 @@ def run_reduce(ctx: TaskContext, blob: bytes, refs: list, bounds: tuple | None, 
     return result_info
 
 
-def _emit_isolated(call, table: pa.Table, keys, rejects: Any, output: _Output, label: str) -> None:
+def _emit_isolated(call, table: pa.Table, keys, rejects: Any, output: Any, label: str) -> None:
     """Write ``call(table)``; rows it fails on are rejected (by key when ``keys``, else row by row)."""
     from .rejects import isolate, isolate_groups
     if keys:
@@ -921,6 +927,10 @@ def run_join(ctx: TaskContext, blob: bytes, refs: list, piece: tuple | None, sch
         ctx.faults.before_task(ctx, "reduce", partition, attempt)
     output = _Output(ctx, partition, attempt, "reduce")
     post = stages.get("post") or []
+    rejects = None
+    if _rejecting(ctx)[0] and post:
+        from .rejects import TaskRejects
+        rejects = TaskRejects(ctx, "reduce", partition, attempt)
     try:
         tables = []
         for s, (side_refs, schema) in enumerate(zip(refs, schemas)):
@@ -937,12 +947,22 @@ def run_join(ctx: TaskContext, blob: bytes, refs: list, piece: tuple | None, sch
             labels = [side["label"] for side in stages["sides"]]
             arg = dict(zip(labels, tables))
             result = _apply(stages["cogroup"], arg, f"cogroup function of {label}")
-        for i, fn in enumerate(post):
-            result = _apply(fn, result, f"map function {i + 1} of round {ctx.round + 2} (fused into {label})")
-        output.write(result)
+        def after(table: pa.Table) -> pa.Table:
+            for i, fn in enumerate(post):
+                table = _apply(fn, table, f"map function {i + 1} of round {ctx.round + 2} (fused into {label})")
+            return table
+
+        if rejects is not None and post:    # rows a fused map fails on are rejected one by one
+            _emit_isolated(after, result, None, rejects, output, label)
+        else:
+            output.write(after(result))
         result_info = output.close()
+        if rejects is not None:
+            result_info["rejected"] = rejects.close()
     except BaseException:
         output.abort()
+        if rejects is not None:
+            rejects.abort()
         raise
     result_info.update({"rows_in": rows_in, "start": start, "stop": time.time(), "cpu": time.thread_time() - cpu0, "worker": _worker_name(),
                         "partition": partition, "attempt": attempt, "input_bytes": None})

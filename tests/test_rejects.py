@@ -369,7 +369,7 @@ def test_cli_run_reject_and_rejected_summary(tmp_path):
     too_many = subprocess.run([sys.executable, "-m", "engine", "run", str(jobfile), "--input", str(tmp_path / "in"),
                                "--output", str(tmp_path / "o2"), "--on-error", "reject", "--max-rejected", "5",
                                "-q"], capture_output=True, text=True, env=env, timeout=240)
-    assert too_many.returncode == 1 and "max_rejected" in too_many.stderr
+    assert too_many.returncode == 1 and "--max-rejected" in too_many.stderr and "Nothing was committed" in too_many.stderr
     _no_commit(str(tmp_path / "o2"))
 
 
