@@ -494,3 +494,169 @@ def test_overwrite_partitions_keeps_the_rejects_of_the_partitions_it_keeps(tmp_p
     assert len(doc["rejected"]) == 2                      # the replaced day's old rejects are gone
     assert {f"_rejected/{n}" for n in os.listdir(os.path.join(out, "_rejected"))} == {e["path"] for e in doc["rejected"]}
     engine.verify(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Regressions found in review: each failed before its fix
+
+
+def _plain_input(directory, values, k_mod: int = 7) -> None:
+    os.makedirs(directory, exist_ok=True)
+    pq.write_table(pa.table({"k": pa.array([v % k_mod for v in values], pa.int64()),
+                             "v": pa.array(values, pa.int64())}), os.path.join(directory, "a.parquet"))
+
+
+def test_consecutive_bad_rows_at_a_batch_start_are_bad_records_not_a_bug(tmp_path):
+    values = list(range(1000, 1100)) + list(range(2000, 6900))      # 100 bad rows first, then 4,900 good
+
+    def strict(t):
+        if pc.any(pc.and_(pc.greater_equal(t["v"], 1000), pc.less(t["v"], 1100))).as_py():
+            raise ValueError("malformed record")
+        return t
+
+    _plain_input(tmp_path / "in", values)
+    r = engine.run(Job("strict").map(strict), str(tmp_path / "in"), str(tmp_path / "out"), on_error="reject",
+                   max_rejected=1000)
+    assert r.report.rejected == 100 and r.report.output_rows == 4900
+
+
+def test_bisected_pieces_keep_the_output_types(tmp_path):
+    def enrich(t):
+        vs = t["v"].to_pylist()
+        if 13 in vs:
+            raise ValueError("poison 13")
+        return t.append_column("x", pa.array([v if v % 100 == 99 else None for v in vs]))   # few values: typed by them
+
+    _plain_input(tmp_path / "in", list(range(1000)))
+    for name, job in [("map-only", Job("m").map(enrich)), ("sort", Job("s").map(enrich).sort("v"))]:
+        out = str(tmp_path / name)
+        r = engine.run(job, str(tmp_path / "in"), out, on_error="reject", max_rejected=10)
+        assert r.report.rejected == 1 and engine.read(out).schema.field("x").type == pa.int64()
+
+
+def test_fused_maps_after_sort_and_reduce_reject_single_output_rows(tmp_path):
+    def drop13(t):
+        if pc.any(pc.equal(t["v"], 13)).as_py():
+            raise ValueError("thirteen")
+        return t
+
+    def ident_reduce(t):
+        return t
+
+    _plain_input(tmp_path / "in", list(range(1000)))
+    for name, job in [("sort", Job("s").sort("v").map(drop13)),
+                      ("reduce", Job("r").reduce(ident_reduce, by="k").map(drop13))]:
+        out = str(tmp_path / name)
+        r = engine.run(job, str(tmp_path / "in"), out, on_error="reject", max_rejected=5)
+        rows = engine.read_rejected(out).to_pylist()
+        assert r.report.rejected == 1 and [json.loads(x["record"])["v"] for x in rows] == [13]
+        assert rows[0]["stage"] == "map" and engine.read(out).num_rows == 999
+
+
+def test_resume_under_another_policy_recomputes(tmp_path):
+    _plain_input(tmp_path / "in", list(range(1000)))
+    gate = str(tmp_path / "gate")
+
+    def gated(t):
+        if not os.path.exists(gate):
+            raise MemoryError("not yet")
+        return t.group_by("k").aggregate([("v", "sum")])
+
+    def poison13(t):
+        if pc.any(pc.equal(t["v"], 13)).as_py():
+            raise ValueError("poison 13")
+        return t
+
+    job = Job("policy").map(poison13).reduce(gated, by="k")
+    out = str(tmp_path / "out")
+    with pytest.raises(engine.EngineError):
+        engine.run(job, str(tmp_path / "in"), out, on_error="reject", max_rejected=10)
+    open(gate, "w").close()
+    with pytest.raises(engine.EngineError, match="poison 13"):     # fail mode: the bad row is not skipped
+        engine.run(job, str(tmp_path / "in"), out, on_error="fail", resume=True)
+    _no_commit(out)
+
+
+def test_a_day_whose_rows_were_all_rejected_keeps_them(tmp_path):
+    os.makedirs(tmp_path / "in")
+    rows = [{"date": "2026-11-01", "k": i % 3, "bad": True} for i in range(5)] + \
+           [{"date": "2026-11-02", "k": i % 3, "bad": False} for i in range(5)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in" / "events.parquet")
+
+    def picky(t):
+        if pc.any(pc.equal(t["bad"], True)).as_py():
+            raise ValueError("broken record")
+        return t
+
+    job = Job("daily").map(picky).reduce(by=["date", "k"], aggs={"n": agg.count()})
+    out = str(tmp_path / "out")
+    kw = dict(partition_by=["date"], mode="overwrite-partitions", where="date = '{date}'", on_error="reject",
+              max_rejected=10)
+    for day in ("2026-11-01", "2026-11-02"):
+        engine.run(job, str(tmp_path / "in"), out, date=day, **kw)
+    assert engine.read_rejected(out).num_rows == 5
+
+
+def test_map_row_offsets_skip_rows_the_csv_reader_set_aside(tmp_path):
+    os.makedirs(tmp_path / "csv")
+    lines = ["k,v"] + [f"{i % 7},{i}" for i in range(3000)]
+    lines.insert(1 + 5, "1,2,3")             # data row 5: a field too many
+    lines.insert(1 + 9, "1,notanint")        # data row 9: not a number (past the first rows, typed int)
+    (tmp_path / "csv" / "a.csv").write_text("\n".join(lines) + "\n")
+
+    def drop13(t):
+        if pc.any(pc.equal(t["v"], 13)).as_py():
+            raise ValueError("thirteen")
+        return t
+
+    out = str(tmp_path / "out")
+    r = engine.run(Job("csv").map(drop13), str(tmp_path / "csv"), out, on_error="reject", max_rejected=10)
+    assert r.report.rejected == 3
+    data_rows = lines[1:]
+    for x in engine.read_rejected(out).to_pylist():
+        if x["stage"] == "map":
+            assert data_rows[x["row"]] == "6,13"          # the file's own data row, the bad ones counted
+        else:
+            assert data_rows[x["row"]] in ("1,2,3", "1,notanint")
+    assert engine.read(out).schema.field("v").type == pa.int64()
+
+
+def test_fraction_counts_the_rows_readers_set_aside(tmp_path):
+    os.makedirs(tmp_path / "csv")
+    lines = ["k,v"] + [f"{i % 7},{i}" if i % 100 != 50 else "1,2,3" for i in range(1000)]   # 10 of 1,000 broken
+    (tmp_path / "csv" / "a.csv").write_text("\n".join(lines) + "\n")
+    r = engine.run(Job("csv").reduce(by="k", aggs={"n": agg.count()}), str(tmp_path / "csv"), str(tmp_path / "out"),
+                   on_error="reject", max_rejected="1%")
+    assert r.report.rejected == 10
+
+
+def test_json_inference_in_reject_mode_keeps_optional_columns(tmp_path):
+    os.makedirs(tmp_path / "js")
+    lines = [json.dumps({"id": i, "name": f"n{i}"} | ({"score": i * 0.5} if i % 50 == 0 else {}))
+             for i in range(3000)]
+    lines[3] = json.dumps({"id": "three", "name": "n3"})        # a wrong type among the first lines
+    (tmp_path / "js" / "a.jsonl").write_text("\n".join(lines) + "\n")
+    out = str(tmp_path / "out")
+    r = engine.run(Job("js").map(lambda t: t), str(tmp_path / "js"), out, format="json", on_error="reject",
+                   max_rejected=5)
+    got = engine.read(out)
+    assert r.report.rejected == 1 and got.num_rows == 2999 and "score" in got.column_names
+
+
+def test_publishing_a_staged_reject_run_keeps_its_rejected_rows_verifiable(tmp_path):
+    _plain_input(tmp_path / "in", list(range(100)))
+
+    def poison13(t):
+        if pc.any(pc.equal(t["v"], 13)).as_py():
+            raise ValueError("poison 13")
+        return t
+
+    job = Job("staged").map(poison13).reduce(by="k", aggs={"n": agg.count()})
+    live, staged = str(tmp_path / "live"), str(tmp_path / "staged")
+    engine.run(job, str(tmp_path / "in"), live, partition_by=["k"], on_error="reject", max_rejected=5)
+    r = engine.run(job, str(tmp_path / "in"), live, partition_by=["k"], on_error="reject", max_rejected=5,
+                   stage_to=staged, max_change=1.0, force=True, mode="overwrite-partitions")
+    assert r.published is not None
+    engine.verify(live)
+    rows = engine.read_rejected(live).to_pylist()
+    assert [json.loads(x["record"])["v"] for x in rows] == [13]
