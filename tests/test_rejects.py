@@ -562,17 +562,17 @@ def test_resume_under_another_policy_recomputes(tmp_path):
             raise MemoryError("not yet")
         return t.group_by("k").aggregate([("v", "sum")])
 
-    def poison13(t):
-        if pc.any(pc.equal(t["v"], 13)).as_py():
-            raise ValueError("poison 13")
+    def poison500(t):       # (past the rows the driver samples before the run)
+        if pc.any(pc.equal(t["v"], 500)).as_py():
+            raise ValueError("poison 500")
         return t
 
-    job = Job("policy").map(poison13).reduce(gated, by="k")
+    job = Job("policy").map(poison500).reduce(gated, by="k")
     out = str(tmp_path / "out")
     with pytest.raises(engine.EngineError):
         engine.run(job, str(tmp_path / "in"), out, on_error="reject", max_rejected=10)
     open(gate, "w").close()
-    with pytest.raises(engine.EngineError, match="poison 13"):     # fail mode: the bad row is not skipped
+    with pytest.raises(engine.EngineError, match="poison 500"):    # fail mode: the bad row is not skipped
         engine.run(job, str(tmp_path / "in"), out, on_error="fail", resume=True)
     _no_commit(out)
 
@@ -632,7 +632,7 @@ def test_fraction_counts_the_rows_readers_set_aside(tmp_path):
 
 def test_json_inference_in_reject_mode_keeps_optional_columns(tmp_path):
     os.makedirs(tmp_path / "js")
-    lines = [json.dumps({"id": i, "name": f"n{i}"} | ({"score": i * 0.5} if i % 50 == 0 else {}))
+    lines = [json.dumps({"id": i, "name": f"n{i}"} | ({"score": i * 0.5} if i % 50 == 25 else {}))
              for i in range(3000)]
     lines[3] = json.dumps({"id": "three", "name": "n3"})        # a wrong type among the first lines
     (tmp_path / "js" / "a.jsonl").write_text("\n".join(lines) + "\n")
