@@ -242,6 +242,23 @@ def _min_memory(workers: dict) -> int:
     return min(limits) if limits else 0
 
 
+def scheduler_timeout() -> float:
+    """``engine.cluster.scheduler-timeout`` in seconds (a number, or text such as ``"30s"``)."""
+    value = config.get("cluster.scheduler-timeout")
+    try:
+        if isinstance(value, str):
+            from dask.utils import parse_timedelta
+            seconds = float(parse_timedelta(value, default="seconds"))
+        else:
+            seconds = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ClusterError(f"engine.cluster.scheduler-timeout={value!r} is not a duration; write seconds (10) or "
+                           "text such as '30s'") from exc
+    if not seconds > 0:
+        raise ClusterError(f"engine.cluster.scheduler-timeout must be positive, got {value!r}")
+    return seconds
+
+
 _CLIENTS: dict[str, Any] = {}        # address -> Client
 _CLIENT_TLS: dict[str, tuple] = {}    # address -> the TLS settings its Client was made with
 
@@ -258,7 +275,8 @@ def _connect(address: str):
             client = None
         if client is None:
             try:
-                client = Client(address, set_as_default=False, timeout="10s",
+                # the client's timeout also bounds how long it tries to reconnect to a scheduler it lost
+                client = Client(address, set_as_default=False, timeout=scheduler_timeout(),
                                 **({"security": sec} if sec is not None else {}))
             except Exception as exc:  # noqa: BLE001
                 raise ClusterError(_unreachable(address, sec, settings, exc)) from exc
@@ -433,4 +451,4 @@ def _handshake(host: str, port: int, context, timeout: float = 3.0) -> tuple[str
         sock.close()
 
 
-__all__ = ["get_client", "ClusterInfo", "security", "shutdown"]
+__all__ = ["get_client", "ClusterInfo", "security", "shutdown", "scheduler_timeout"]

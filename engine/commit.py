@@ -702,12 +702,23 @@ def write_manifest(fs, path: str, data: bytes, previous: Manifest | None) -> Non
                 _s3_put(fs, path, data, IfMatch='"' + hashlib.md5(previous.raw).hexdigest() + '"')
         except Exception as exc:  # noqa: BLE001 - classified
             if precondition_failed(exc):
+                if _stored(fs, path) == data:
+                    return      # this very write landed; its answer was lost and the client's retry was refused
                 raise FileExistsError(path) from exc
             raise
     else:
         if previous is None and fs.exists(path):
             raise FileExistsError(path)
         fs.pipe_file(path, data)
+
+
+def _stored(fs, path: str) -> bytes | None:
+    """The bytes stored at ``path`` now (None when absent or unreadable)."""
+    try:
+        fs.invalidate_cache(path)
+        return fs.cat_file(path)
+    except Exception:  # noqa: BLE001 - then the refusal stands
+        return None
 
 
 def _fsync_dir(path: str) -> None:

@@ -110,6 +110,9 @@ DEFAULTS: dict[str, Any] = {
         "workers": None,        # None: one worker process per core
         "threads": 1,
         "memory-limit": "auto",
+        # Seconds the driver waits for a scheduler it cannot reach (connecting to it, or reconnecting
+        # after losing it mid-run) before the run fails with ClusterError; finished tasks stay journaled.
+        "scheduler-timeout": 10.0,
     },
     "tls": {
         # The driver's TLS files for a tls:// scheduler (PEM); a key unset here falls back to dask's

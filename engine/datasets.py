@@ -33,8 +33,8 @@ because many pyarrow kernels (``take``, hence ``filter``) have none for them.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
-
 import io
 import os
 import stat
@@ -51,7 +51,7 @@ import pyarrow as pa
 
 from . import config
 from .arrowtypes import common_type, plain_type
-from .errors import EmptyInputError, InputError, SchemaError
+from .errors import EmptyInputError, InputChangedError, InputError, SchemaError
 from .hive import parse_partition_dir
 
 FORMATS = ("parquet", "ipc", "csv", "json", "text")
@@ -81,6 +81,9 @@ class Split:
     # The input's unified schema (file columns, without partition columns); every batch read from
     # this split is conformed to it. None for engine-written intermediate inputs.
     schema: pa.Schema | None = field(default=None, repr=False, compare=False)
+    # The file as the snapshot saw it, ``(size, ETag, modification time)`` (see :func:`file_version`); a
+    # task that finds it otherwise fails with InputChangedError. None for engine-written intermediate inputs.
+    snapshot: tuple[int, str | None, float | None] | None = field(default=None, repr=False, compare=False)
 
     def describe(self) -> str:
         extra = ""
@@ -225,6 +228,22 @@ def _file_token(info: dict) -> str:
     return ""
 
 
+def file_version(info: dict) -> tuple[int, str | None, float | None]:
+    """``(size, ETag, modification time)`` of a file as a listing or ``info()`` describes it; the time as
+    seconds since the epoch whether the store gives a number or a datetime (listings and ``info()`` of one
+    store may differ there), None for what the store does not say."""
+    etag = next((str(info[k]).strip('"') for k in ("ETag", "etag", "md5") if info.get(k)), None)
+    when = None
+    for key in ("mtime", "LastModified", "last_modified", "created"):
+        value = info.get(key)
+        if value is None:
+            continue
+        with contextlib.suppress(TypeError, ValueError, OverflowError, OSError):
+            when = float(value.timestamp()) if hasattr(value, "timestamp") else float(value)
+            break
+    return int(info.get("size") or 0), etag, when
+
+
 def _parse_hive(relpath: str) -> list[tuple[str, str | None]]:
     """The ``(column, value)`` pairs of the ``key=value`` directories of a file's relative path,
     decoded as Hive writes them (:mod:`engine.hive`): names and values unescaped (``eu%2Fwest`` is
@@ -340,9 +359,10 @@ def resolve_input(source: Any, storage_options: dict | None = None, *, format: s
     for fpath, rel, finfo in files:
         size = int(finfo.get("size") or 0)
         hive = tuple((k, _convert(v, partition_types[k])) for k, v in _parse_hive(rel))
+        seen = file_version(finfo)
         for piece in _split_file(fpath, footers[fpath][1], fmt, size, split_size):
             splits.append(Split(len(splits), fpath, fmt, piece.get("size", size), piece.get("row_groups"),
-                                piece.get("byte_range"), hive, schema))
+                                piece.get("byte_range"), hive, schema, seen))
     return InputSpec(fs, fmt, tuple(splits), snapshot, partition_types, schema=schema,
                      footers={p: m for p, (_, m) in footers.items() if m is not None}, pruned_files=pruned,
                      bad_files=tuple(bad or ()))
@@ -809,10 +829,56 @@ def read_split(fs, split: Split, *, columns: Sequence[str] | None = None, batch_
                 if split.partition_values:
                     b = _add_partition_columns(b, split.partition_values, partition_types or {}, columns)
                 yield b
-    except (InputError, SchemaError):
+    except (InputError, SchemaError) as exc:
+        check_unchanged(fs, split, exc)             # a file that changed under the reader: say that instead
         raise
     except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError, ValueError, OSError) as exc:
+        check_unchanged(fs, split, exc)
         raise InputError(f"cannot read {split.format} input {split.describe()}: {exc}") from exc
+    # Read to its end: the bytes read were the snapshot's only if the file is still as it saw it. (Outside the
+    # try: a store that cannot answer now fails the attempt with its own, retryable, error.)
+    check_unchanged(fs, split)
+
+
+def check_unchanged(fs, split: Split, error: BaseException | None = None) -> None:
+    """Raise :class:`InputChangedError` when the file of ``split`` is gone or differs from the snapshot (size,
+    then ETag or modification time); nothing for splits without a snapshot (the engine's own files).
+    ``error``: the read error that made the caller look (the new error's cause)."""
+    if split.snapshot is None or isinstance(error, InputChangedError):
+        return
+    size, etag, when = split.snapshot
+    path = split.path
+    try:
+        with contextlib.suppress(Exception):
+            fs.invalidate_cache(path)           # an object store's listing cache holds the snapshot's answer
+        info = fs.info(path)
+    except FileNotFoundError:
+        raise InputChangedError(
+            f"input file {path} disappeared during the run (it was in the input's snapshot when the run started), "
+            "so the run cannot read the input it planned for. Rerun once the input is complete: a run reads the "
+            "files it listed at its start, so whatever writes or removes input files should do so between runs",
+            path) from error
+    except Exception:  # noqa: BLE001 - the file cannot be looked at: the caller's own error says more
+        if error is not None:
+            return
+        raise
+    now_size, now_etag, now_when = file_version(info)
+    if now_size != size:
+        what = f"its size went from {size:,} to {now_size:,} bytes"
+    elif etag is not None and now_etag is not None:
+        if now_etag == etag:
+            return
+        what = f"its ETag went from {etag} to {now_etag}"
+    elif when is not None and now_when is not None:
+        if abs(now_when - when) < 2e-6:      # (one store may round to microseconds)
+            return
+        what = f"its modification time went from {when:.6f} to {now_when:.6f}"
+    else:
+        return                                  # the store says nothing more to compare
+    raise InputChangedError(
+        f"input file {path} changed during the run ({what} since the run's snapshot), so the run stops rather than "
+        "mix two versions of its input. Rerun once the input is complete: write input files elsewhere and move "
+        "them into place, so that a run sees each file whole", path) from error
 
 
 def _target_schema(split: Split, columns) -> pa.Schema | None:

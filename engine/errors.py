@@ -212,3 +212,35 @@ def _rebuild_budget(message, budget, used, limit):
 
 
 __all__ += ["TooManyRejectedError", "BudgetExceededError"]
+
+
+class ShuffleSpaceError(ClusterError):
+    """A disk the run writes its files to ran out of space ("no space left on device"): the shuffle
+    directory, or the output directory where the run stages its files before the commit.
+
+    Not retried (a retry would fill the same disk again). Nothing was committed, and the run removed its
+    shuffle and staged files. ``directory`` is the directory whose disk was full.
+    """
+
+    def __init__(self, message: str, directory: str | None = None) -> None:
+        super().__init__(message)
+        self.directory = directory
+
+    def __reduce__(self):
+        return type(self), (str(self), self.directory)
+
+
+class InputChangedError(InputError):
+    """An input file changed or disappeared after the run took its snapshot (its size, modification
+    time or ETag differ, or it is gone). Not retried: the run would mix two versions of its input.
+    ``path`` is the file."""
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+    def __reduce__(self):
+        return type(self), (str(self), self.path)
+
+
+__all__ += ["ShuffleSpaceError", "InputChangedError"]

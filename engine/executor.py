@@ -32,6 +32,7 @@ thread pool; no graph is built and dask is not imported).
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import heapq
@@ -50,9 +51,10 @@ import pyarrow as pa
 
 from . import commit, config, shuffle
 from .attempts import run_attempt
+from .cluster import scheduler_timeout
 from .compile import TaskSpec, task_key
 from .datasets import Split
-from .errors import (BudgetExceededError, ClusterError, InputError, JobDefinitionError, SchemaError,
+from .errors import (BudgetExceededError, ClusterError, EngineError, InputError, JobDefinitionError, SchemaError,
                      StageFailedError, TooManyRejectedError)
 from .journal import Journal, still_valid
 from .redact import redact
@@ -77,12 +79,27 @@ def _count(stage: StageReport, value: dict) -> None:
         stage.input_rows += rows_in
 
 
+def no_space(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or what caused it) is a full disk: ENOSPC, or a disk quota exceeded, raised by Python
+    or by Arrow's own file writers (which say so in their message)."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(exc)
+        if "No space left on device" in text or "Disk quota exceeded" in text:
+            return True
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
 def _is_permanent(exc: BaseException) -> bool:
     """Deterministic failures, never retried: the job's or the input's errors, Arrow's type errors (no
     kernel or cast for these types), and Arrow errors a task marked as raised while *computing* (user
     functions, aggregations, casts: ``engine_deterministic``). An ``ArrowInvalid`` raised while reading
     bytes (a short read of a shuffle file from an object store) is retried."""
-    return isinstance(exc, _PERMANENT) or bool(getattr(exc, "engine_deterministic", False))
+    return isinstance(exc, _PERMANENT) or bool(getattr(exc, "engine_deterministic", False)) or no_space(exc)
 
 
 def redact_exception(exc: BaseException) -> None:
@@ -379,6 +396,10 @@ class StageExecutor:
         self.cpu_used = 0.0           # task CPU seconds of the run's finished and failed attempts
         self._started = report.start or time.time()
         report.retry_budget = self.policy.budget
+        # The scheduler's address, for the error that names it once the connection to it is lost.
+        self.scheduler_address = None if self.local else getattr(getattr(client, "scheduler", None), "address", None)
+        self.scheduler_timeout = scheduler_timeout()
+        self._lost_since: float | None = None      # when the driver first saw the scheduler unreachable
 
     def run(self, name: str, prefix: str, tasks: list[TaskSpec], *, round_index: int, round_count: int,
             kind: str, describe: Callable[[int], str]) -> dict[int, dict]:
@@ -392,18 +413,28 @@ class StageExecutor:
         view = self._hand_off(st)
         try:
             while len(st.results) < len(st.tasks):
-                self._check_budgets(st)
-                self._submit_due_retries(st)
-                self._submit_first(st)
-                if not st.running:
-                    if st.delayed:      # (in short naps: the budgets are checked meanwhile)
-                        time.sleep(min(0.1, max(0.0, st.delayed[0][0] - time.time())))
-                        continue
-                    break
-                self._collect(st, st.running.next_done(timeout=0.1))
-                if view is not None and st.running and self.free_slots(st) > 0:
-                    with contextlib.suppress(NoFreeSlot):
-                        self.supervisor.check(view)
+                try:
+                    self._check_budgets(st)
+                    self._submit_due_retries(st)
+                    self._submit_first(st)
+                    if not st.running:
+                        if st.delayed:      # (in short naps: the budgets are checked meanwhile)
+                            time.sleep(min(0.1, max(0.0, st.delayed[0][0] - time.time())))
+                            continue
+                        break
+                    done = st.running.next_done(timeout=0.1)
+                    if not done and self._scheduler_unreachable():
+                        self._await_scheduler(st)     # back: the attempts it lost arrive as cancelled
+                    self._collect(st, done)
+                    if view is not None and st.running and self.free_slots(st) > 0:
+                        with contextlib.suppress(NoFreeSlot):
+                            self.supervisor.check(view)
+                except Exception as exc:
+                    # A call to a scheduler that is gone (submitting a retry, fetching a result) fails with
+                    # distributed's own error: say what happened instead.
+                    if not isinstance(exc, EngineError) and self._scheduler_unreachable():
+                        raise self._scheduler_lost(st) from exc
+                    raise
             self._check_budgets(st)
         finally:
             self._stop(st, view)
@@ -599,6 +630,14 @@ class StageExecutor:
         """A failed or cancelled attempt: nothing if the partition is done or another attempt of it still
         runs; else the retry policy decides: the stage fails (a deterministic error, out of attempts, the
         run's retry budget spent) or the task is retried after backoff."""
+        if future.status == "cancelled" and partition not in st.results and self._scheduler_unreachable():
+            # The client lost its scheduler and cancelled every future: no failure of the task. Wait (a
+            # bounded time) for the scheduler to come back, then run the attempt again.
+            future.release()
+            self._await_scheduler(st)
+            if not st.running.attempts_of(partition):
+                self._submit(st, partition)
+            return
         if future.status == "cancelled":
             # The driver cancels only siblings of a finished partition, so the cluster dropped this one
             # (e.g. a dependency was lost with a dead worker): retry it, never skip it.
@@ -636,6 +675,38 @@ class StageExecutor:
         retried = self.report.__dict__.setdefault("retry_exceptions", [])
         if len(retried) < 100:
             retried.append((self.report.retries[-1], exc))
+
+    # -- a lost scheduler ---------------------------------------------------------------------
+    def _scheduler_unreachable(self) -> bool:
+        """Whether the client has lost its scheduler (reconnecting, or given up and closed)."""
+        return not self.local and getattr(self.client, "status", "running") in ("connecting", "closing", "closed")
+
+    def _await_scheduler(self, st: _Stage) -> None:
+        """Wait until the client is connected to its scheduler again, at most ``engine.cluster.scheduler-timeout``
+        seconds after the loss was first seen; ClusterError naming the scheduler when it does not come back."""
+        if self._lost_since is None:
+            self._lost_since = time.time()
+            log.warning("lost the connection to the scheduler at %s during %s; waiting up to %gs for it",
+                        self.scheduler_address, st.name, self.scheduler_timeout)
+        deadline = self._lost_since + self.scheduler_timeout
+        while getattr(self.client, "status", "running") == "connecting" and time.time() < deadline:
+            time.sleep(0.05)
+        if getattr(self.client, "status", "running") == "running":
+            log.warning("reconnected to the scheduler at %s after %.1fs; resubmitting the lost attempts of %s",
+                        self.scheduler_address, time.time() - self._lost_since, st.name)
+            self._lost_since = None
+            return
+        raise self._scheduler_lost(st)
+
+    def _scheduler_lost(self, st: _Stage) -> ClusterError:
+        waited = time.time() - self._lost_since if self._lost_since is not None else 0.0
+        done = len(st.results)
+        return ClusterError(
+            f"lost the connection to the scheduler at {self.scheduler_address} during {st.name} (round "
+            f"{st.round_index + 1} of {st.round_count}, {done} of {len(st.tasks)} task(s) done) and it did not come "
+            f"back within {max(waited, 0.0):.1f}s (engine.cluster.scheduler-timeout={self.scheduler_timeout:g}s); "
+            "nothing was committed. Start the scheduler and its workers again, then rerun with resume=True: the "
+            "tasks that finished are reused from the journal")
 
     def _note_retries(self) -> None:
         """The run's M10 figures, in the report as they change."""

@@ -218,23 +218,36 @@ class _Lease(OutputLock):
                 raise
             existing = _read(self.fs, self.path)
             holder = _holder(existing[0]) if existing else {}
-            dead = holder.get("expires", 0) < time.time() or (
-                holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", 0))))
-            if existing is None or not dead:
-                raise ConcurrentRunError(
-                    f"another run is writing {self.out} right now (lease held by pid {holder.get('pid')} on "
-                    f"{holder.get('host')}, expires in {max(0.0, holder.get('expires', 0) - time.time()):.0f}s); "
-                    "wait for it to finish or write elsewhere") from None
-            body, expires = self._body()
-            try:
-                self.etag = _put(self.fs, self.path, body, IfMatch=existing[1])
-            except Exception as exc2:  # noqa: BLE001
-                if precondition_failed(exc2):
-                    raise ConcurrentRunError(f"another run took over the expired lock on {self.out} first") from None
-                raise
+            if existing is not None and holder.get("owner") == self.owner:
+                # This run's own PUT landed but its answer was lost, and the client's retry found the object
+                # it had just created: the lease is this run's.
+                self.etag, expires = existing[1], float(holder.get("expires", expires))
+            else:
+                expires = self._take_over(existing, holder)
         self.expires = expires
         self._thread = threading.Thread(target=self._heartbeat, name=f"engine-lease-{self.out}", daemon=True)
         self._thread.start()
+
+    def _take_over(self, existing: tuple[bytes, str] | None, holder: dict) -> float:
+        """Take over the lease another run left (expired, or its process is dead); its new expiry."""
+        dead = holder.get("expires", 0) < time.time() or (
+            holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", 0))))
+        if existing is None or not dead:
+            raise ConcurrentRunError(
+                f"another run is writing {self.out} right now (lease held by pid {holder.get('pid')} on "
+                f"{holder.get('host')}, expires in {max(0.0, holder.get('expires', 0) - time.time()):.0f}s); "
+                "wait for it to finish or write elsewhere") from None
+        body, expires = self._body()
+        try:
+            self.etag = _put(self.fs, self.path, body, IfMatch=existing[1])
+        except Exception as exc2:  # noqa: BLE001
+            if not precondition_failed(exc2):
+                raise
+            now = _read(self.fs, self.path)          # refused: by another run, or by this one's own earlier swap
+            if now is None or _holder(now[0]).get("owner") != self.owner:
+                raise ConcurrentRunError(f"another run took over the expired lock on {self.out} first") from None
+            self.etag, expires = now[1], float(_holder(now[0]).get("expires", expires))
+        return expires
 
     def release(self) -> None:
         self._stop.set()

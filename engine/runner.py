@@ -43,7 +43,7 @@ from . import commit, config
 from ._version import ENGINE_VERSION
 from .datasets import InputSpec, filesystem, is_local
 from .errors import (ChangeGateError, ClusterError, CommitError, EngineError, InputError, JobDefinitionError, OutputExistsError,
-                     ShuffleLocationError)
+                     ShuffleLocationError, ShuffleSpaceError, StageFailedError)
 from .faults import Faults
 from .job import Job
 from .plan import Plan, build_plan, read_samples, resolve_inputs, validate_on_sample
@@ -738,7 +738,7 @@ def _run_body(job: Job, input: Any, output: str, out_fs, out: str, cluster: Any,
                 supervisor = None
         executor = StageExecutor(client, rep, progress=progress, supervisor=supervisor, journal=journal,
                                  resume=resume, shuffle_fs=shuffle_fs, out_fs=out_fs, out=out, guards=guards)
-        ok = False
+        ok = full = False
         try:
             manifest = _execute(plan, specs, client, info, executor, rep, run_id=run_id, out_fs=out_fs, out=out,
                                 shipped=shipped, shuffle_fs=shuffle_fs, shuffle_root=shuffle_root,
@@ -750,9 +750,16 @@ def _run_body(job: Job, input: Any, output: str, out_fs, out: str, cluster: Any,
                                 code_fingerprint=code_fingerprint)
             ok = True
         except BaseException as exc:
+            full = _out_of_space(exc)
+            if full:
+                # A full disk: the run stops at once (see executor._is_permanent) and removes what it wrote,
+                # which is what filled it; the error names the directory.
+                exc = _space_error(exc, shuffle_dir, shuffle_fs, shuffle_root, out_fs, out, output)
             rep.status, rep.stop = "failed", time.time()
             rep.message = f"{type(exc).__name__}: {redact(str(exc), storage_options)}"
             redact_exception(exc)
+            if full:
+                raise exc from exc.__cause__
             raise
         finally:
             _note_cluster_cpu(rep, client, info, cpu_before)
@@ -761,7 +768,10 @@ def _run_body(job: Job, input: Any, output: str, out_fs, out: str, cluster: Any,
             if supervisor is not None:
                 with contextlib.suppress(Exception):
                     supervisor.close()
-            cleanup(ok)
+            cleanup(ok or full)
+            if full:
+                with contextlib.suppress(Exception):
+                    commit.cleanup(out_fs, out, keep_run=None, manifest=previous)
     rep.status, rep.stop = "committed", time.time()
     # what this run wrote (in modes append and overwrite-partitions the output holds more)
     mine = [f for f in manifest.files if f"-{run_id[:16]}-a" in posixpath.basename(f["path"])]
@@ -809,6 +819,8 @@ def _cluster_cpu(client, info: ClusterInfo) -> dict[str, float] | None:
     try:
         if info.local or info.in_process:
             return {"driver": process_cpu()}
+        if getattr(client, "status", "running") != "running":
+            return None        # the scheduler is gone: asking would wait for it
         return dict(client.run(process_cpu))
     except Exception:  # noqa: BLE001 - usage figures never fail a run
         return None
@@ -874,6 +886,42 @@ def _shuffle_location(shuffle_dir: str | None, storage_options: dict | None, run
             with contextlib.suppress(Exception):
                 fs.rm(root, recursive=True)
     return fs, root, cleanup
+
+
+def _out_of_space(exc: BaseException) -> bool:
+    """Whether a run's failure is a full disk (ENOSPC or a quota) where a task or the driver wrote."""
+    from .executor import no_space
+    return no_space(exc)
+
+
+def _space_error(exc: BaseException, shuffle_dir: str | None, shuffle_fs, shuffle_root: str, out_fs, out: str,
+                 output: str) -> ShuffleSpaceError:
+    """The error of a run that filled a disk, naming the directory: the shuffle directory, or the output's when
+    that is the disk that is full (of two local directories on different disks, the one with less room)."""
+    shown_shuffle = shuffle_dir if shuffle_dir is not None else config.get("shuffle.dir") or shuffle_root
+    candidates = [("shuffle directory", shuffle_fs, shuffle_root, str(shown_shuffle)),
+                  ("output directory", out_fs, out, output)]
+    room: list[tuple[int, int, str, str]] = []
+    for i, (what, fs, path, shown) in enumerate(candidates):
+        if not is_local(fs):
+            continue
+        probe = path
+        while probe and not os.path.exists(probe):
+            probe = os.path.dirname(probe)
+        with contextlib.suppress(OSError):
+            room.append((shutil.disk_usage(probe).free, i, what, shown))
+    what, shown, free = "shuffle directory", str(shown_shuffle), None
+    if room:
+        free, _, what, shown = min(room)
+    cause = exc.cause if isinstance(exc, StageFailedError) and exc.cause is not None else exc
+    where = f" ({str(exc).split(': ', 1)[0]})" if isinstance(exc, StageFailedError) else ""
+    left = f"; {free:,} bytes free there now" if free is not None else ""
+    err = ShuffleSpaceError(
+        f"no space left on device in the {what} {shown}{where}: {type(cause).__name__}: {cause}{left}. Nothing was "
+        f"committed, and this run's shuffle and staged files were removed. Free space on that disk, or give the run "
+        f"more room (shuffle_dir= or engine.shuffle.dir on a larger disk), then rerun", directory=shown)
+    err.__cause__ = exc
+    return err
 
 
 def _execute(plan: Plan, specs: dict[str, InputSpec], client, info: ClusterInfo, executor: StageExecutor,

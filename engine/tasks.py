@@ -39,7 +39,8 @@ from . import config, shuffle
 from .commit import ParquetAttemptWriter, PartitionedAttemptWriter
 from .context import set_task_date
 from .datasets import Split, is_local, read_split
-from .errors import EngineError, FencedError, InputError, IntegrityError, JobDefinitionError, SchemaError
+from .errors import (EngineError, FencedError, InputChangedError, InputError, IntegrityError, JobDefinitionError,
+                     SchemaError)
 from .joins import check_keys, conform_keys, join_tables, key_types
 from .ratelimit import paced
 
@@ -459,6 +460,8 @@ def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partitio
                     delivered += batch.num_rows
                     yield batch
             except InputError as exc:
+                if isinstance(exc, InputChangedError):
+                    raise           # the input moved under the run: never a bad file to set aside
                 if reject_rows and split.format in ("csv", "json") and split.schema is not None:
                     try:
                         yield from _reread_rejecting(input_fs, split, ctx, rejects, delivered)
