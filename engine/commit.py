@@ -675,7 +675,9 @@ def write_manifest(fs, path: str, data: bytes, previous: Manifest | None) -> Non
     The swap compares the stored bytes with ``previous.raw`` (locally, under the output lock) or its
     MD5 ETag (``If-Match`` on S3), so a damaged manifest is replaced only if it is still the one seen.
 
-    Raises FileExistsError when another writer got there first.
+    Raises FileExistsError when another writer got there first. On S3 a failed condition is checked
+    against the stored bytes: a write whose answer was lost and whose retry then failed its own
+    condition (412) is this writer's success, not another writer's.
     """
     if is_local(fs):
         tmp = _local_tmp_write(path, data)
@@ -702,8 +704,17 @@ def write_manifest(fs, path: str, data: bytes, previous: Manifest | None) -> Non
                 _s3_put(fs, path, data, IfMatch='"' + hashlib.md5(previous.raw).hexdigest() + '"')
         except Exception as exc:  # noqa: BLE001 - classified
             if precondition_failed(exc):
-                if _stored(fs, path) == data:
-                    return      # this very write landed; its answer was lost and the client's retry was refused
+                try:
+                    stored = _stored(fs, path)
+                except Exception as read_exc:  # noqa: BLE001 - the store failed again: say what is unknown
+                    raise CommitError(f"the manifest write at {path} met a failed condition and the manifest could "
+                                      f"not be read back ({type(read_exc).__name__}: {read_exc}), so whether this "
+                                      "run committed is unknown; check with engine.verify or rerun the job (a rerun "
+                                      "of a committed run is a no-op)") from read_exc
+                if stored == data:
+                    # Our own write: it landed, its answer was lost, and the client's retry met the condition
+                    # that write had just made false. (The bytes carry this run's id: no other run wrote them.)
+                    return
                 raise FileExistsError(path) from exc
             raise
     else:
@@ -713,11 +724,11 @@ def write_manifest(fs, path: str, data: bytes, previous: Manifest | None) -> Non
 
 
 def _stored(fs, path: str) -> bytes | None:
-    """The bytes stored at ``path`` now (None when absent or unreadable)."""
+    """The bytes stored at ``path`` now (None if there is no such object)."""
+    fs.invalidate_cache(path)
     try:
-        fs.invalidate_cache(path)
         return fs.cat_file(path)
-    except Exception:  # noqa: BLE001 - then the refusal stands
+    except FileNotFoundError:
         return None
 
 

@@ -15,7 +15,9 @@ run that lost its lock never commits.
   - a renewal that fails for any other reason (network, 5xx, throttling, credentials) is retried with
     capped exponential backoff until the lease would expire; only then is the lease lost;
   - a renewal refused by the compare-and-swap is lost at once, unless the object still names this
-    owner (an earlier renewal that landed although its answer was lost), as is a deleted lock object;
+    owner (a renewal that landed although its answer was lost, and the client's retry then failed the
+    condition it had changed: adopted as this renewal), as is a deleted lock object; the same holds
+    for the put-if-absent that takes the lease;
   - ``check()`` renews synchronously: after it passes, the lease is good for its full duration, which
     no well-behaved run cuts short. What remains is a driver paused for longer than that between
     ``check()`` and the manifest write; the manifest's own put-if-absent / compare-and-swap still
@@ -219,35 +221,39 @@ class _Lease(OutputLock):
             existing = _read(self.fs, self.path)
             holder = _holder(existing[0]) if existing else {}
             if existing is not None and holder.get("owner") == self.owner:
-                # This run's own PUT landed but its answer was lost, and the client's retry found the object
-                # it had just created: the lease is this run's.
-                self.etag, expires = existing[1], float(holder.get("expires", expires))
-            else:
-                expires = self._take_over(existing, holder)
+                # Our own put landed, its answer was lost, and the retry failed the condition it had set.
+                self._adopt(existing, holder)
+                return
+            dead = holder.get("expires", 0) < time.time() or (
+                holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", 0))))
+            if existing is None or not dead:
+                raise ConcurrentRunError(
+                    f"another run is writing {self.out} right now (lease held by pid {holder.get('pid')} on "
+                    f"{holder.get('host')}, expires in {max(0.0, holder.get('expires', 0) - time.time()):.0f}s); "
+                    "wait for it to finish or write elsewhere") from None
+            body, expires = self._body()
+            try:
+                self.etag = _put(self.fs, self.path, body, IfMatch=existing[1])
+            except Exception as exc2:  # noqa: BLE001
+                if precondition_failed(exc2):
+                    now = _read(self.fs, self.path)
+                    if now is not None and _holder(now[0]).get("owner") == self.owner:   # ours, answer lost
+                        self._adopt(now, _holder(now[0]))
+                        return
+                    raise ConcurrentRunError(f"another run took over the expired lock on {self.out} first") from None
+                raise
         self.expires = expires
+        self._start_heartbeat()
+
+    def _adopt(self, existing: tuple[bytes, str], holder: dict) -> None:
+        """Hold the lease this run's own write created (known by its owner token)."""
+        self.etag = existing[1]
+        self.expires = float(holder.get("expires", time.time() + self.seconds))
+        self._start_heartbeat()
+
+    def _start_heartbeat(self) -> None:
         self._thread = threading.Thread(target=self._heartbeat, name=f"engine-lease-{self.out}", daemon=True)
         self._thread.start()
-
-    def _take_over(self, existing: tuple[bytes, str] | None, holder: dict) -> float:
-        """Take over the lease another run left (expired, or its process is dead); its new expiry."""
-        dead = holder.get("expires", 0) < time.time() or (
-            holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", 0))))
-        if existing is None or not dead:
-            raise ConcurrentRunError(
-                f"another run is writing {self.out} right now (lease held by pid {holder.get('pid')} on "
-                f"{holder.get('host')}, expires in {max(0.0, holder.get('expires', 0) - time.time()):.0f}s); "
-                "wait for it to finish or write elsewhere") from None
-        body, expires = self._body()
-        try:
-            self.etag = _put(self.fs, self.path, body, IfMatch=existing[1])
-        except Exception as exc2:  # noqa: BLE001
-            if not precondition_failed(exc2):
-                raise
-            now = _read(self.fs, self.path)          # refused: by another run, or by this one's own earlier swap
-            if now is None or _holder(now[0]).get("owner") != self.owner:
-                raise ConcurrentRunError(f"another run took over the expired lock on {self.out} first") from None
-            self.etag, expires = now[1], float(_holder(now[0]).get("expires", expires))
-        return expires
 
     def release(self) -> None:
         self._stop.set()
@@ -281,15 +287,21 @@ class _Lease(OutputLock):
                 existing = _read(self.fs, self.path)
                 holder = _holder(existing[0]) if existing else {}
                 if existing is not None and holder.get("owner") == self.owner:
-                    # An earlier renewal landed although its answer was lost: adopt it and swap again.
+                    # A renewal of ours landed although its answer was lost (the client's retry then failed the
+                    # condition that write had changed): adopt it. It is this renewal, or an earlier one whose
+                    # expiry is too close: then swap again.
                     self.etag = existing[1]
                     self.expires = float(holder.get("expires", self.expires))
+                    if self.expires - time.time() > self.seconds / 2:
+                        self.renewals += 1
+                        return
                     continue
                 self._reason = ("the lock object was deleted by someone else" if existing is None else
                                 f"taken over by pid {holder.get('pid')} on {holder.get('host')} "
                                 f"(owner {str(holder.get('owner'))[:8]})")
                 raise _Lost(self._reason)
-            raise _Lost("the lease object keeps changing under this run")
+            self._reason = "the lease object keeps changing under this run"
+            raise _Lost(self._reason)
 
     def _renew(self, until: float) -> bool:
         """Renew, retrying other failures with capped exponential backoff until ``until``; False if it could not."""
