@@ -6,14 +6,13 @@ Every run that must succeed commits exactly a reference answer computed here wit
 that must fail raises the engine's error and commits nothing (no manifest, no stray files).
 
 One cluster serves the module (a killed worker is restarted by its nanny; a retired one is replaced);
-the scheduler-kill test starts clusters of its own.
+the scheduler-kill test starts a cluster of its own (its rerun resumes on the module's).
 """
 
 from __future__ import annotations
 
 import glob
 import os
-import posixpath
 import signal
 import subprocess
 import threading
