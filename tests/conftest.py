@@ -19,6 +19,14 @@ settings.register_profile("heavy", max_examples=500, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+def pytest_addoption(parser):
+    group = parser.getgroup("engine")
+    group.addoption("--soak", type=int, default=50, metavar="N",
+                    help="runs of the chaos soak (tests/test_chaos_soak.py), seeds 0..N-1 (default 50)")
+    group.addoption("--soak-seed", type=int, default=None, metavar="S",
+                    help="replay one run of the chaos soak: the one drawn from seed S")
+
+
 logging.getLogger("distributed").setLevel(logging.ERROR)
 logging.getLogger("werkzeug").setLevel(logging.ERROR)
 
