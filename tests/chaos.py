@@ -133,7 +133,9 @@ class _ProxyServer(ThreadingHTTPServer):
         self.rng = random.Random(0)
         self.lock = threading.Lock()
         self.counts: Counter = Counter()
-        self.lose_next: list[str] = []     # key suffixes: the next conditional write to each loses its answer
+        # key suffix -> what happens to the answers of the next conditional writes of such a key, in
+        # order: "L" lost, "." delivered (then the rates decide again)
+        self.scripts: dict[str, str] = {}
 
     def draw(self, path: str, conditional: bool) -> tuple[str | None, float]:
         with self.lock:
@@ -141,12 +143,21 @@ class _ProxyServer(ThreadingHTTPServer):
             self.counts["requests"] += 1
             pause = self.rng.uniform(0.0, f.delay) if f.delay else 0.0
             if conditional:
-                armed = next((s for s in self.lose_next if path.endswith(s)), None)
-                if armed is not None or self.rng.random() < f.lose_conditional:
-                    if armed is not None:
-                        self.lose_next.remove(armed)
+                suffix = next((s for s in self.scripts if path.endswith(s)), None)
+                if suffix is not None:
+                    step, rest = self.scripts[suffix][0], self.scripts[suffix][1:]
+                    if rest:
+                        self.scripts[suffix] = rest
+                    else:
+                        del self.scripts[suffix]
+                    lose = step == "L"
+                else:
+                    lose = self.rng.random() < f.lose_conditional
+                if lose:
                     self.counts["lose_conditional"] += 1
                     return "drop_after", pause
+                if suffix is not None:
+                    return None, pause
             r = self.rng.random()
             for name in ("drop", "drop_after", "slow_down"):
                 rate = getattr(f, name)
@@ -177,12 +188,13 @@ class FlakyS3Proxy:
         with self._server.lock:
             self._server.faults = faults
             self._server.rng = random.Random(seed)
-            self._server.lose_next = []
+            self._server.scripts = {}
 
-    def lose_next_answer(self, key_suffix: str) -> None:
-        """Lose the answer to the next conditional write of a key ending in ``key_suffix`` (once)."""
+    def lose_answers(self, key_suffix: str, script: str = "L") -> None:
+        """Script the answers to the next conditional writes of a key ending in ``key_suffix``, one
+        character each: ``L`` lost after the store executed the write, ``.`` delivered."""
         with self._server.lock:
-            self._server.lose_next.append(key_suffix)
+            self._server.scripts[key_suffix] = script
 
     def calm(self) -> None:
         self.set_faults(S3Faults())
