@@ -23,8 +23,8 @@ def pytest_addoption(parser):
     group = parser.getgroup("engine")
     group.addoption("--soak", type=int, default=50, metavar="N",
                     help="runs of the chaos soak (tests/test_chaos_soak.py), seeds 0..N-1 (default 50)")
-    group.addoption("--soak-seed", type=int, default=None, metavar="S",
-                    help="replay one run of the chaos soak: the one drawn from seed S")
+    group.addoption("--soak-seed", default=None, metavar="S",
+                    help="replay runs of the chaos soak: the one drawn from seed S (or seeds S1,S2,...)")
 
 
 logging.getLogger("distributed").setLevel(logging.ERROR)

@@ -8,28 +8,36 @@ draws everything from ``random.Random(i)``:
   ``engine.agg``), TeraSort (jobs/terasort.py) or a join of two named inputs;
 * a small generated input, on local disk or on S3; the output on local disk or S3; sometimes the
   shuffle directory on S3 too;
-* zero to two faults: a worker SIGKILLed at a random moment, a slow task (a first attempt that
-  sleeps, or a worker that runs every task slower), a task whose attempts fail, rows that make the
-  job's map raise (poison rows), and flaky S3 (requests delayed, answered 503, dropped before or
-  after the store executed them).
+* zero to two faults: a worker SIGKILLed at a random moment; a slow task (a first attempt that
+  sleeps, or a worker that runs every task slower); a task whose attempts fail; poison rows, on which
+  the job's map raises, run with ``on_error="fail"`` or ``"reject"`` and some ``max_rejected``; flaky
+  S3 (requests delayed, answered 503, dropped before or after the store executed them, answers to
+  conditional writes lost).
 
 Every run must end one of two ways. Committed: the output reads back equal to a reference computed
-here with pyarrow from the generated input, ``engine.verify`` passes, and the output holds no file
-the manifest does not list (no pending multipart upload either). Or failed cleanly: the run raised an
-``engine.errors.EngineError`` and the output holds no manifest and no file at all. Faults a run can
-recover from (a killed worker, a slow task, one failed attempt, flaky S3) must end committed; faults it
-cannot (poison rows without a reject mode, a task failing every attempt) must end failed.
+here with pyarrow from the generated input without its poison rows, ``engine.verify`` passes, the
+rejected rows (``OUT/_rejected``, ``result.report.rejected``) are exactly the poison rows, and the
+output holds no file that the manifest does not list, nor a pending multipart upload. Or failed
+cleanly: the run raised an ``engine.errors.EngineError`` and the output holds no manifest, no data
+file and no rejected-rows file (the engine's own ``_lock`` and ``_temporary/<run>/``, kept for a
+resume, may stay). Faults a run can recover from (a killed worker, a slow task, one failed attempt,
+flaky S3, poison rows rejected within the limit) must end committed; the others (poison rows with
+``on_error="fail"``, more of them than ``max_rejected``: ``TooManyRejectedError``, a task failing
+every attempt) must end failed.
 
 A failing run prints its seed and the command that replays it. ``--soak N`` runs seeds ``0..N-1``
-(default 50), ``--soak-seed S`` runs seed ``S`` alone::
+(default 50), ``--soak-seed S`` (or ``S1,S2,...``) replays those seeds alone::
 
     python -m pytest tests/test_chaos_soak.py --soak 500
     python -m pytest tests/test_chaos_soak.py --soak-seed 17
+
+A replayed seed draws the same job, data and faults; where a fault lands (which request the proxy
+drops, what a killed worker was running) depends on timing.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import json
 import os
 import random
 import sys
@@ -51,8 +59,7 @@ from samples import text_lines, vocabulary
 
 import engine
 from benchmarks.datagen import g1_table, terasort_chunk
-from engine import Job, commit, config
-from engine.datasets import filesystem
+from engine import Job, commit, config, rejects
 from engine.errors import EngineError
 from engine.faults import Faults
 from fixtures import cli_cluster
@@ -134,13 +141,15 @@ class Plan:
     shuffle_s3: bool
     faults: dict = field(default_factory=dict)   # kind -> parameters
     expect: str = "commit"                  # commit | fail
+    expect_error: str | None = None         # the engine error class a failing run must raise, when one is certain
 
     def describe(self) -> str:
         where = (f"in={'s3' if self.input_s3 else 'local'} out={'s3' if self.output_s3 else 'local'}"
                  f"{' shuffle=s3' if self.shuffle_s3 else ''}")
         faults = "; ".join(f"{k}({', '.join(f'{a}={b}' for a, b in v.items())})" for k, v in self.faults.items())
         return (f"seed {self.seed}: {self.job}{'/' + self.variant if self.variant else ''} {self.files} files "
-                f"x {self.rows} rows, {where}, faults: {faults or 'none'}, expect {self.expect}")
+                f"x {self.rows} rows, {where}, faults: {faults or 'none'}, expect {self.expect}"
+                f"{' (' + self.expect_error + ')' if self.expect_error else ''}")
 
 
 def draw(seed: int) -> Plan:
@@ -168,13 +177,21 @@ def draw(seed: int) -> Plan:
             stage = rng.choice(["map", "reduce"]) if attempts == 1 else "map"
             plan.faults[kind] = {"stage": stage, "partition": rng.randrange(2), "attempts": attempts}
         elif kind == "poison":
-            plan.faults[kind] = {"rows": rng.randint(1, 4)}
+            rows = rng.randint(1, 4)
+            mode = rng.choice(["fail", "reject", "reject", "reject"])
+            limit = rng.choice([None, rows, rows - 1, 0.5]) if mode == "reject" else None
+            plan.faults[kind] = {"rows": rows, "on_error": mode, "max_rejected": limit}
         elif kind == "flaky-s3":
             plan.faults[kind] = {"drop": rng.choice([0.0, 0.02, 0.05]), "drop_after": rng.choice([0.0, 0.0, 0.02]),
                                  "slow_down": rng.choice([0.0, 0.02, 0.05]), "delay": rng.choice([0.0, 0.02, 0.05]),
                                  "lose_conditional": rng.choice([0.0, 0.3, 0.6])}
-    tf = plan.faults.get("task-failure")
-    if "poison" in plan.faults or (tf and tf["attempts"] >= int(config.get("retries.attempts"))):
+    tf, poison = plan.faults.get("task-failure"), plan.faults.get("poison")
+    if tf and tf["attempts"] >= int(config.get("retries.attempts")):
+        plan.expect = "fail"
+    if poison and poison["on_error"] == "fail":
+        plan.expect = "fail"
+    if poison and isinstance(poison["max_rejected"], int) and poison["rows"] > poison["max_rejected"]:
+        plan.expect_error = "TooManyRejectedError" if plan.expect == "commit" else None
         plan.expect = "fail"
     return plan
 
@@ -243,6 +260,13 @@ def write_inputs(plan: Plan, tables: dict[str, list[pa.Table]], soak: Soak, base
     if plan.input_s3:
         soak.s3["fs"].invalidate_cache()
     return where if plan.job == "join" else where["input"]
+
+
+def poison_rows(plan: Plan, tables: dict[str, list[pa.Table]]) -> list[dict]:
+    """The input rows that carry ``MARK`` (the rows a reject-mode run must set aside), as dicts."""
+    name, column = ("left", "tag") if plan.job == "join" else ("input", "text" if plan.job == "wordcount" else "tag")
+    t = pa.concat_tables(tables[name])
+    return t.filter(pc.match_substring(t[column], MARK)).to_pylist()
 
 
 def poison_guard(column: str, contains: bool = False):
@@ -374,13 +398,18 @@ def check_outcome(plan: Plan, soak: Soak, out: str, result, error: BaseException
     files = _listing(fs, out)
     pending = _pending_uploads(soak, out)
     data = [f for f in files if not any(part.startswith(("_", ".")) for part in f.split("/"))]
+    rejected_files = [f for f in files if f.startswith(rejects.REJECTED_DIR + "/")]
     if error is not None:
+        if rejected_files:
+            problems.append(f"failed but left rejected-rows files in the output: {rejected_files[:8]}")
         # The engine keeps its own files (``_lock``; ``_temporary/<run>/`` for a resume) after a failure.
         if not isinstance(error, EngineError):
             problems.append(f"raised {type(error).__name__}, not an engine error: {str(error)[:300]}")
         if plan.expect == "commit":
             problems.append(f"failed although every fault was recoverable: {type(error).__name__}: "
                             f"{str(error)[:300]}")
+        if plan.expect_error and plan.expect_error not in {c.__name__ for c in type(error).__mro__}:
+            problems.append(f"raised {type(error).__name__}, expected {plan.expect_error}: {str(error)[:300]}")
         if commit.MANIFEST in files:
             problems.append(f"failed with {type(error).__name__} but committed a manifest")
         if data:
@@ -397,12 +426,34 @@ def check_outcome(plan: Plan, soak: Soak, out: str, result, error: BaseException
         problems.append(f"committed a wrong answer: {str(exc)[:500]}")
     except Exception as exc:  # noqa: BLE001 - reported
         problems.append(f"committed output that does not read back: {type(exc).__name__}: {str(exc)[:300]}")
-    listed = {commit.MANIFEST, "_lock"} | {f["path"] for f in result.manifest.files}
+    problems += check_rejected(plan, out, direct, result, tables)
+    listed = ({commit.MANIFEST, "_lock"} | {f["path"] for f in result.manifest.files}
+              | {e["path"] for e in rejects.rejected_entries(result.manifest.doc)})
     stray = [f for f in files if f not in listed]
     if stray:
         problems.append(f"committed, but the output holds files the manifest does not list: {stray[:8]}")
     if pending:
         problems.append(f"committed, but multipart uploads are still pending: {pending[:8]}")
+    return problems
+
+
+def check_rejected(plan: Plan, out: str, options: dict | None, result, tables) -> list[str]:
+    """The committed run set aside exactly the poison rows (none without a reject mode), counted alike."""
+    rows = rejects.read_rejected(out, options)
+    expected = poison_rows(plan, tables) if plan.faults.get("poison", {}).get("on_error") == "reject" else []
+    problems = []
+    if result.report.rejected != len(expected) or rows.num_rows != len(expected):
+        problems.append(f"rejected {rows.num_rows} row(s) (report: {result.report.rejected}), expected "
+                        f"{len(expected)}")
+    records = [json.loads(r) for r in rows["record"].to_pylist()]
+    got = sorted(json.dumps(r, sort_keys=True) for r in records)
+    want = sorted(json.dumps({k: row.get(k) for k in (records[0] if records else row)}, sort_keys=True)
+                  for row in expected)
+    if got != want:
+        problems.append(f"the rejected rows are not the poison rows: {got[:3]} != {want[:3]}")
+    stages = set(rows["stage"].to_pylist())
+    if stages - {"map"}:
+        problems.append(f"rows rejected by stages {sorted(stages)}, expected the map stage only")
     return problems
 
 
@@ -415,6 +466,12 @@ class Outcome:
     problems: list[str] = field(default_factory=list)
     killed: bool = False
     s3_faults: Counter = field(default_factory=Counter)
+
+
+def _describe(error: BaseException) -> str:
+    cause = error.__cause__
+    return (f"{type(error).__name__}{f' (from {type(cause).__name__})' if cause is not None else ''}: "
+            f"{error}")[:300]
 
 
 def run_one(seed: int, soak: Soak) -> Outcome:
@@ -447,13 +504,16 @@ def run_one(seed: int, soak: Soak) -> Outcome:
         pids = soak.worker_pids()
         killer = WorkerKiller(pids[plan.faults["kill"]["worker"] % len(pids)], plan.faults["kill"]["after"])
 
+    poison = plan.faults.get("poison", {})
+    on_error = poison.get("on_error", "fail")
     box: dict = {}
 
     def target() -> None:
         try:
             box["result"] = engine.run(make_job(plan), input_, out, cluster=soak.address,
                                        storage_options=soak.options(flaky=True), shuffle_dir=shuffle,
-                                       partition_size=PARTITION_SIZE, faults=faults)
+                                       partition_size=PARTITION_SIZE, faults=faults, on_error=on_error,
+                                       max_rejected=poison.get("max_rejected"))
         except BaseException as exc:  # noqa: BLE001 - judged below
             box["error"] = exc
 
@@ -474,7 +534,7 @@ def run_one(seed: int, soak: Soak) -> Outcome:
                        s3_faults=s3_faults)
     error = box.get("error")
     problems = check_outcome(plan, soak, out, box.get("result"), error, tables)
-    return Outcome(plan, seconds, error is None, None if error is None else f"{type(error).__name__}: {error}"[:300],
+    return Outcome(plan, seconds, error is None, None if error is None else _describe(error),
                    problems, killed=killer is not None and killer.killed_at is not None, s3_faults=s3_faults)
 
 
@@ -484,7 +544,8 @@ def run_one(seed: int, soak: Soak) -> Outcome:
 
 def test_chaos_soak(request, soak):
     replay = request.config.getoption("--soak-seed")
-    seeds = [replay] if replay is not None else list(range(request.config.getoption("--soak")))
+    seeds = ([int(x) for x in replay.split(",")] if replay is not None
+             else list(range(request.config.getoption("--soak"))))
     outcomes: list[Outcome] = []
     t0 = time.monotonic()
     for seed in seeds:
