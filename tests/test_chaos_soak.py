@@ -273,12 +273,10 @@ def poison_rows(plan: Plan, tables: dict[str, list[pa.Table]]) -> list[dict]:
     return t.filter(pc.match_substring(t[column], MARK)).to_pylist()
 
 
-def poison_guard(column: str, contains: bool = False):
+def poison_guard(column: str):
     """A map that raises on any batch holding a poison row in ``column`` (passes other batches through)."""
     def guard(t: pa.Table) -> pa.Table:
-        col = t[column]
-        hit = pc.match_substring(col, MARK) if contains else pc.equal(col, MARK)
-        if t.num_rows and pc.any(hit).as_py():
+        if t.num_rows and pc.any(pc.equal(t[column], MARK)).as_py():
             raise ValueError(f"poison row in column {column!r}")
         return t
     return guard
@@ -423,6 +421,8 @@ def check_outcome(plan: Plan, soak: Soak, out: str, result, error: BaseException
         problems.append("committed although a fault it cannot recover from was injected")
     if result is None or result.manifest is None or result.skipped:
         return problems + [f"returned without committing (result {result!r})"]
+    if result.report.cluster.get("local") or not result.report.cluster.get("workers"):
+        problems.append(f"ran {result.report.cluster.get('where')}, not on the cluster")
     try:
         engine.verify(out, storage_options=direct)
         check_answer(plan, engine.read(out, storage_options=direct), reference(plan, tables))
