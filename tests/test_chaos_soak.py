@@ -162,8 +162,10 @@ def draw(seed: int) -> Plan:
     plan = Plan(seed, job, variant, files=rng.randint(2, 4), rows=rng.choice([200, 400, 800]),
                 input_s3=input_s3, output_s3=output_s3,
                 shuffle_s3=(input_s3 or output_s3) and rng.random() < 0.25)
-    kinds = ["kill", "slow", "task-failure", "poison"] + (["flaky-s3"] if input_s3 or output_s3 else [])
-    for kind in rng.sample(kinds, rng.choice([0, 1, 1, 2, 2])):
+    kinds = rng.sample(["kill", "slow", "task-failure", "poison"], rng.choice([0, 1, 1, 2, 2]))
+    if (input_s3 or output_s3) and rng.random() < 0.5:
+        kinds = ["flaky-s3"] + kinds[:1]
+    for kind in kinds:
         if kind == "kill":
             plan.faults[kind] = {"worker": rng.randrange(2), "after": round(rng.uniform(0.05, 0.8), 2)}
         elif kind == "slow":
@@ -181,14 +183,14 @@ def draw(seed: int) -> Plan:
             plan.faults[kind] = {"stage": stage, "partition": rng.randrange(2), "attempts": attempts}
         elif kind == "poison":
             rows = rng.randint(1, 4)
-            mode = rng.choice(["fail", "reject", "reject", "reject"])
+            mode = rng.choice(["fail", "reject", "reject"])
             limit = rng.choice([None, rows, rows - 1, 0.5]) if mode == "reject" else None
             plan.faults[kind] = {"rows": rows, "on_error": mode, "max_rejected": limit}
         elif kind == "flaky-s3":
             # botocore retries each request up to 5 times (with backoff: a 503 costs about a second)
             plan.faults[kind] = {"drop": rng.choice([0.0, 0.02, 0.04]), "drop_after": rng.choice([0.0, 0.0, 0.02]),
-                                 "slow_down": rng.choice([0.0, 0.0, 0.02, 0.04]), "delay": rng.choice([0.0, 0.02]),
-                                 "lose_conditional": rng.choice([0.0, 0.3, 0.6])}
+                                 "slow_down": rng.choice([0.0, 0.0, 0.02]), "delay": rng.choice([0.0, 0.02]),
+                                 "lose_conditional": rng.choice([0.0, 0.25, 0.5])}
     tf, poison = plan.faults.get("task-failure"), plan.faults.get("poison")
     if tf and tf["attempts"] == "all":
         plan.expect = "fail"
@@ -553,6 +555,7 @@ def _few_hash_partitions():
         yield
 
 
+@pytest.mark.slow            # 50 runs: 2.3 to 4.5 minutes on 2 busy cores; the pinned tests below stay fast
 @pytest.mark.usefixtures("_few_hash_partitions")
 def test_chaos_soak(request, soak):
     replay = request.config.getoption("--soak-seed")
