@@ -555,7 +555,7 @@ def _few_hash_partitions():
         yield
 
 
-@pytest.mark.slow            # 50 runs: 2.3 to 4.5 minutes on 2 busy cores; the pinned tests below stay fast
+@pytest.mark.slow  # 50 runs: 2.3 min on 2 cores at load 8, 4.5-6 min at load 15-18; the pinned tests below stay fast
 @pytest.mark.usefixtures("_few_hash_partitions")
 def test_chaos_soak(request, soak):
     replay = request.config.getoption("--soak-seed")
