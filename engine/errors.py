@@ -244,3 +244,33 @@ class InputChangedError(InputError):
 
 
 __all__ += ["ShuffleSpaceError", "InputChangedError"]
+
+
+class RemoteTaskError(EngineError):
+    """An exception a task raised on a worker that could not reach the driver as it was (it cannot be
+    pickled, loses the engine's marks when pickled, or its message is too long for dask): its class
+    names, message, traceback and the pickled original when there is one. The driver rebuilds the
+    original where it can (``engine.attempts.unwrap``); otherwise this stands for it."""
+
+    def __init__(self, text: str, *, type_name: str = "", qualname: str = "", module: str = "",
+                 class_names: tuple[str, ...] = (), message: str = "", payload: bytes | None = None,
+                 marks: dict | None = None) -> None:
+        super().__init__(text)
+        self.type_name, self.qualname, self.module = type_name, qualname or type_name, module
+        self.class_names, self.message = tuple(class_names), message
+        self.payload, self.marks = payload, dict(marks or {})
+
+    def __reduce__(self):
+        return _rebuild_remote, (str(self), self.type_name, self.qualname, self.module, self.class_names,
+                                 self.message, self.payload, self.marks)
+
+
+def _rebuild_remote(text, type_name, qualname, module, class_names, message, payload, marks):
+    err = RemoteTaskError(text, type_name=type_name, qualname=qualname, module=module, class_names=class_names,
+                          message=message, payload=payload, marks=marks)
+    for name, value in err.marks.items():
+        setattr(err, name, value)
+    return err
+
+
+__all__ += ["RemoteTaskError"]

@@ -11,7 +11,10 @@ is :class:`engine.retrypolicy.RetryPolicy`'s decision: a user error is retried o
 not again once it failed the same way on two; ``retry_on`` sets attempts per exception class;
 ``retry_budget`` caps the run's retries. ``max_tasks`` bounds the attempts of the run running at once
 (first attempts go out in chunks that refill as attempts finish; speculative copies wait for a free
-slot too). ``max_seconds`` and ``max_cpu_seconds`` are checked as the loop turns: past one, the
+slot too). ``max_seconds`` (from the run's start, the driver's check of a sample included:
+:func:`within_budgets`) and ``max_cpu_seconds`` (the CPU of finished and failed attempts, plus
+what running ones have used so far, read from their threads' CPU clocks: in this process, or from
+the workers at most every ``_CPU_POLL`` seconds) are checked as the loop turns: past one, the
 running attempts are cancelled and :class:`~engine.errors.BudgetExceededError` fails the run, which
 then commits nothing. Every attempt runs inside :func:`engine.attempts.run_attempt`, so a failed one
 names its worker, its times, its CPU seconds and the user's frame it raised in.
@@ -40,6 +43,7 @@ import logging
 import math
 import queue
 import random
+import threading
 import time
 import uuid
 from collections import deque
@@ -49,7 +53,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from . import commit, config, shuffle
+from . import attempts, commit, config, shuffle
 from .attempts import run_attempt
 from .cluster import scheduler_timeout
 from .compile import TaskSpec, task_key
@@ -65,6 +69,8 @@ from .tasks import TaskContext
 log = logging.getLogger("engine")
 
 ProgressFn = Callable[[str, int, int], None]
+
+_CPU_POLL = 0.5       # seconds between two reads of the running attempts' CPU on a cluster's workers
 
 _PERMANENT = (SchemaError, InputError, JobDefinitionError, TooManyRejectedError, pa.ArrowTypeError, pa.ArrowNotImplementedError)
 
@@ -395,6 +401,8 @@ class StageExecutor:
         self.max_tasks: int | None = getattr(guards, "max_tasks", None)
         self.cpu_used = 0.0           # task CPU seconds of the run's finished and failed attempts
         self._started = report.start or time.time()
+        self._running_cpu = (0.0, 0)    # (CPU seconds, attempts) of running attempts when last read
+        self._cpu_read_at = 0.0
         report.retry_budget = self.policy.budget
         # The scheduler's address, for the error that names it once the connection to it is lost.
         self.scheduler_address = None if self.local else getattr(getattr(client, "scheduler", None), "address", None)
@@ -523,7 +531,8 @@ class StageExecutor:
     def _attempt_spec(self, st: _Stage, partition: int) -> TaskSpec:
         """The partition's task as an attempt runs it: inside :func:`engine.attempts.run_attempt`."""
         task = st.tasks[partition]
-        return TaskSpec(task.partition, functools.partial(run_attempt, task.func, st.share), task.args, task.size)
+        return TaskSpec(task.partition, functools.partial(run_attempt, task.func, st.share, tag=self.session),
+                        task.args, task.size)
 
     def _submit(self, st: _Stage, partition: int, speculative: bool = False, avoid: set[str] | None = None,
                 strict: bool = True) -> int:
@@ -646,7 +655,7 @@ class StageExecutor:
             future.release()
             return
         else:
-            exc = future.exception()
+            exc = attempts.unwrap(future.exception())      # (one that travelled in a carrier: the original)
         future.release()
         info = getattr(exc, "engine_attempt", None)
         if info is not None:
@@ -654,7 +663,7 @@ class StageExecutor:
         if partition in st.results or st.running.attempts_of(partition):
             return  # the partition is done, or another attempt of it is still running
         st.failures[partition] += 1
-        error = redact(f"{type(exc).__name__}: {exc}")
+        error = redact(attempts.describe(exc))
         worker, start, stop = "?", submitted, time.time()
         if info is not None:
             worker, start, stop = info.worker, info.start, info.stop
@@ -744,8 +753,8 @@ class StageExecutor:
 
     # -- budgets -----------------------------------------------------------------------------
     def _check_budgets(self, st: _Stage) -> None:
-        """Past ``max_seconds`` (since the run started) or ``max_cpu_seconds`` (of its attempts so far):
-        :class:`BudgetExceededError` (the caller's ``finally`` cancels what still runs)."""
+        """Past ``max_seconds`` (since the run started) or ``max_cpu_seconds`` (of its attempts so far,
+        running ones included): :class:`BudgetExceededError` (the caller's ``finally`` cancels what still runs)."""
         g = self.guards
         limit = getattr(g, "max_seconds", None)
         if limit is not None:
@@ -753,8 +762,28 @@ class StageExecutor:
             if used > limit:
                 raise self._over_budget(st, "max_seconds", "wall-clock", used, limit)
         limit = getattr(g, "max_cpu_seconds", None)
-        if limit is not None and self.cpu_used > limit:
-            raise self._over_budget(st, "max_cpu_seconds", "task CPU", self.cpu_used, limit)
+        if limit is not None:
+            used = self.cpu_used + self._running_cpu_now(st)
+            if used > limit:
+                raise self._over_budget(st, "max_cpu_seconds", "task CPU", used, limit)
+
+    def _running_cpu_now(self, st: _Stage) -> float:
+        """The CPU seconds the run's running attempts have used so far: read from their threads here
+        (the driver's pool), or asked of every worker at most every ``_CPU_POLL`` seconds."""
+        if self.local:
+            return attempts.running_cpu(self.session)[0]
+        now = time.time()
+        if not st.running:
+            return 0.0
+        if now - self._cpu_read_at >= _CPU_POLL and not self._scheduler_unreachable():
+            self._cpu_read_at = now
+            try:
+                answers = self.client.run(attempts.running_cpu, self.session, on_error="ignore")
+                self._running_cpu = (sum(float(a[0]) for a in answers.values()),
+                                     sum(int(a[1]) for a in answers.values()))
+            except Exception as exc:  # noqa: BLE001 - then the last reading stands
+                log.debug("could not read the running attempts' CPU from the workers: %s", exc)
+        return self._running_cpu[0]
 
     def _over_budget(self, st: _Stage, name: str, what: str, used: float, limit: float) -> BudgetExceededError:
         running = len(st.running)
@@ -811,4 +840,58 @@ class StageExecutor:
         return self._pending_uploads
 
 
-__all__ = ["StageExecutor", "StageSupervisor", "StageView", "NoFreeSlot", "ProgressFn", "redact_exception"]
+def within_budgets(guards: Any, started: float, what: str, fn: Callable[[], Any]) -> Any:
+    """``fn()`` (the driver's own work before any task: checking the job on a sample of the input) within
+    the run's budgets: ``max_seconds`` counted from ``started``, and ``max_cpu_seconds`` for the CPU that
+    ``fn``'s thread uses. Past one, :class:`BudgetExceededError` (``fn`` goes on in a daemon thread,
+    unseen, as a cancelled attempt in the driver's pool does). Without either budget, ``fn()`` here."""
+    wall = getattr(guards, "max_seconds", None)
+    cpu = getattr(guards, "max_cpu_seconds", None)
+    if wall is None and cpu is None:
+        return fn()
+
+    def over(name: str, kind: str, used: float, limit: float) -> BudgetExceededError:
+        log.info("%s budget %s=%gs spent (%.2fs): stopping the run", kind, name, limit, used)
+        return BudgetExceededError(
+            f"the run went past its {kind} budget: {name}={limit:g}s, {used:.2f}s used, while {what} (before any "
+            f"task ran); nothing was committed (raise {name}= to let it finish)",
+            budget=name, used=round(used, 3), limit=limit)
+    if wall is not None and time.time() - started > wall:
+        raise over("max_seconds", "wall-clock", time.time() - started, wall)
+    import contextvars
+    outcome: dict[str, Any] = {}
+    done = threading.Event()
+    context = contextvars.copy_context()
+
+    def work() -> None:
+        outcome["clock"] = attempts.thread_cpu_clock()
+        outcome["cpu0"] = time.thread_time()
+        try:
+            outcome["value"] = context.run(fn)
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            outcome["error"] = exc
+        finally:
+            done.set()
+    threading.Thread(target=work, name="engine-driver-check", daemon=True).start()
+    while True:
+        step = 0.05 if cpu is not None else 1.0
+        if wall is not None:
+            step = min(step, max(0.0, wall - (time.time() - started)) + 0.01)
+        finished = done.wait(step)
+        if wall is not None and time.time() - started > wall and not finished:
+            raise over("max_seconds", "wall-clock", time.time() - started, wall)
+        clock = outcome.get("clock")
+        if cpu is not None and clock is not None:
+            with contextlib.suppress(OSError):
+                used = time.clock_gettime(clock) - outcome["cpu0"]
+                if used > cpu:
+                    raise over("max_cpu_seconds", "CPU", used, cpu)
+        if finished:
+            break
+    if "error" in outcome:
+        raise outcome.pop("error")
+    return outcome.get("value")
+
+
+__all__ = ["StageExecutor", "StageSupervisor", "StageView", "NoFreeSlot", "ProgressFn", "redact_exception",
+           "within_budgets"]

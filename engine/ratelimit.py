@@ -6,10 +6,17 @@ rate is the stage's rate divided by the number of the stage's tasks that can run
 driver works out per stage as ``min(tasks, cluster threads, max_tasks)`` and hands to every attempt
 (:func:`engine.attempts.run_attempt` sets :func:`share`). The bucket starts empty and admits its
 input in slices of at most an eighth of a second of its rate, so by any time ``t`` after a task
-started it has fed at most ``rate × t`` rows, and in any one second at most its rate plus one slice.
+first fed the function it has fed at most ``rate × t`` rows, and in any one second at most its rate
+plus one slice.
 
-A slice is a zero-copy ``Table.slice`` of the batch read; the function sees smaller tables, never
-other rows. The driver's own calls (checking the job on a sample before the run) are not paced.
+The function paces itself: inside an attempt, calling a :class:`RateLimited` takes its rows from the
+attempt's bucket for it, calling it on slices of a larger table and concatenating what it returns.
+So a rate-limited map fused anywhere (first in a stage, or after a reduce, a sort or a join) is
+paced however the task calls it. A task's map pipeline meters the batches it reads ahead of the call
+(:func:`paced`), through the same bucket, so those rows are not paid for twice.
+
+A slice is a zero-copy ``Table.slice``; the function sees smaller tables, never other rows. The
+driver's own calls (checking the job on a sample before the run) are not paced.
 
 >>> bucket = TokenBucket(rate=100.0, burst=10)
 >>> t0 = time.monotonic(); bucket.take(10); bucket.take(10); round(time.monotonic() - t0, 1)
@@ -33,8 +40,10 @@ _local = threading.local()
 
 
 class RateLimited:
-    """A map stage's function with its rate limit (rows per second across the run); calling it calls
-    the function. Built by :attr:`engine.job.Stage.task_fn`; paced by :func:`paced` inside tasks."""
+    """A map stage's function with its rate limit (rows per second across the run). Called inside an
+    attempt, it paces the rows it is fed (the attempt's bucket for it, see the module docstring);
+    called elsewhere (the driver's check on a sample), it calls the function as it is. Built by
+    :attr:`engine.job.Stage.task_fn`."""
 
     __slots__ = ("fn", "rate")
 
@@ -42,13 +51,44 @@ class RateLimited:
         self.fn, self.rate = fn, float(rate)
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        return self.fn(table)
+        pacer = _pacer(self)
+        if pacer is None or not isinstance(table, (pa.Table, pa.RecordBatch)):
+            return self.fn(table)
+        n = table.num_rows
+        if n <= pacer.credit or n <= pacer.rows:
+            pacer.admit(n)
+            return self.fn(table)
+        if isinstance(table, pa.RecordBatch):
+            table = pa.Table.from_batches([table])
+        outs = []
+        for offset in range(0, n, pacer.rows):
+            piece = table.slice(offset, pacer.rows)
+            pacer.admit(piece.num_rows)
+            out = self.fn(piece)
+            if isinstance(out, pa.RecordBatch):
+                out = pa.Table.from_batches([out])
+            if not isinstance(out, pa.Table):
+                return out                 # (the caller says what the function must return)
+            outs.append(out)
+        return _concat(outs)
 
     def __reduce__(self):
         return (RateLimited, (self.fn, self.rate))
 
     def __repr__(self) -> str:
         return f"RateLimited({getattr(self.fn, '__name__', self.fn)!r}, {self.rate:g}/s)"
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    """What a function returned for the slices of one table, as one table (types promoted if slices
+    came back with, say, a null and an int64 column)."""
+    try:
+        return tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        from .errors import SchemaError
+        raise SchemaError(f"a map function with rate_limit= is fed its rows in slices, and returned tables of "
+                          f"different schemas for slices of one batch ({exc}); make it return the same columns "
+                          "and types whatever rows it is given") from None
 
 
 class TokenBucket:
@@ -73,15 +113,46 @@ class TokenBucket:
             self._sleep(-self._tokens / self.rate)
 
 
+class _Pacer:
+    """One attempt's bucket for one rate-limited function: ``rows`` per slice, and ``credit``, rows
+    the task's pipeline already admitted ahead of the call (:func:`metered`)."""
+
+    __slots__ = ("fn", "bucket", "rows", "credit")
+
+    def __init__(self, fn: RateLimited, rate: float) -> None:
+        self.fn, self.rows, self.credit = fn, slice_rows(rate), 0
+        self.bucket = TokenBucket(rate, self.rows)
+
+    def admit(self, n: int) -> None:
+        """Let ``n`` rows through to the function: from the credit, the rest from the bucket."""
+        paid = min(self.credit, n)
+        self.credit -= paid
+        if n > paid:
+            self.bucket.take(n - paid)
+
+
+def _pacer(fn: RateLimited) -> _Pacer | None:
+    """The running attempt's pacer for ``fn`` (made at its first use); None outside an attempt."""
+    pacers = getattr(_local, "pacers", None)
+    if pacers is None:
+        return None
+    pacer = pacers.get(id(fn))
+    if pacer is None:
+        pacer = pacers[id(fn)] = _Pacer(fn, fn.rate / share())
+    return pacer
+
+
 @contextlib.contextmanager
 def sharing(share: int) -> Iterator[None]:
-    """Within: :func:`share` is ``share`` in this thread (the attempts of the running stage that may run at once)."""
-    before = getattr(_local, "share", None)
+    """Within: :func:`share` is ``share`` in this thread (the attempts of the running stage that may run
+    at once), and rate-limited functions pace themselves with buckets of this attempt's own."""
+    before = getattr(_local, "share", None), getattr(_local, "pacers", None)
     _local.share = max(1, int(share or 1))
+    _local.pacers = {}
     try:
         yield
     finally:
-        _local.share = before
+        _local.share, _local.pacers = before
 
 
 def share() -> int:
@@ -94,29 +165,37 @@ def slice_rows(rate: float) -> int:
     return max(1, math.ceil(rate * SLICE_SECONDS))
 
 
-def metered(tables: Iterator[pa.Table], bucket: TokenBucket, rows: int) -> Iterator[pa.Table]:
-    """``tables`` in slices of at most ``rows`` rows, each let through once ``bucket`` has its rows."""
+def metered(tables: Iterator[pa.Table], bucket: TokenBucket | _Pacer, rows: int) -> Iterator[pa.Table]:
+    """``tables`` in slices of at most ``rows`` rows, each let through once ``bucket`` has its rows (a
+    pacer's are then the function's credit: its call does not pay for them again)."""
     for table in tables:
         if table.num_rows == 0:
             yield table
             continue
         for offset in range(0, table.num_rows, rows):
             piece = table.slice(offset, rows)
-            bucket.take(piece.num_rows)
+            if isinstance(bucket, _Pacer):
+                bucket.bucket.take(piece.num_rows)
+                bucket.credit += piece.num_rows
+            else:
+                bucket.take(piece.num_rows)
             yield piece
 
 
 def paced(fn: Any, step: Callable[[Iterator[pa.Table]], Iterator[pa.Table]]):
     """The map step ``step`` (tables in, tables out) that calls ``fn``: as it is, or with its input
-    paced when ``fn`` is :class:`RateLimited` (at its rate divided by :func:`share`, read when the
-    step runs, inside the attempt)."""
+    metered in slices when ``fn`` is :class:`RateLimited` (at its rate divided by :func:`share`, read
+    when the step runs, inside the attempt, through the attempt's bucket for ``fn``)."""
     if not isinstance(fn, RateLimited):
         return step
 
     def run(tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
-        rate = fn.rate / share()
-        rows = slice_rows(rate)
-        return step(metered(tables, TokenBucket(rate, rows), rows))
+        pacer = _pacer(fn)
+        if pacer is None:                 # outside an attempt: a bucket of the step's own
+            rate = fn.rate / share()
+            rows = slice_rows(rate)
+            return step(metered(tables, TokenBucket(rate, rows), rows))
+        return step(metered(tables, pacer, pacer.rows))
     return run
 
 

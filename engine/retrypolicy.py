@@ -6,18 +6,24 @@ the policy gives. The rules, in order:
 
 1. The engine's own deterministic errors (a bad schema, unreadable input, an Arrow error raised while
    computing) are never retried (the executor decides those: ``permanent=True``).
-2. A **user error** (the exception left a task while the user's code was on the stack, see
+2. A **user error** (raised by the job's code, which the engine marks where it calls it, see
    :mod:`engine.attempts`) is retried on another worker. When a class (or a base) is named in
-   ``retry_on``, it gets that many attempts in all and nothing else is checked. Otherwise, when two
-   attempts on different workers failed with the same exception class, message and innermost user
-   frame, the error is deterministic and the stage fails at once ("failed the same way on workers A
-   and B; not retried further"); in the driver's thread pool (one process) two such attempts suffice.
-   Else it gets ``engine.retries.attempts`` in all.
+   ``retry_on``, it gets that many attempts in all and nothing else is checked. A **transient** error
+   (:func:`is_transient`: a refused or reset connection, a timeout, a failed name lookup: the
+   service the job calls was away for a moment) gets ``engine.retries.attempts`` with backoff.
+   Otherwise, when two attempts on different workers failed with the same exception class, message
+   and user frame, the error is deterministic and the stage fails at once ("failed the same way on
+   workers A and B; not retried further"); in the driver's thread pool (one process) two such
+   attempts suffice ("twice in the driver process"). Else it gets ``engine.retries.attempts`` in all.
 3. An **infrastructure error** (a worker that died, a closed connection, a task the cluster dropped,
    a fenced or cancelled attempt, an I/O error raised outside the user's code) keeps the normal
    attempts; ``retry_on`` does not apply to it.
 4. Every retry of the run is paid from ``retry_budget``; the failure that would exceed it fails the
    run ("retry budget of N exhausted: ...").
+
+Exception classes are matched by name (the class and its bases), so an exception that reached the
+driver in a :class:`~engine.errors.RemoteTaskError` (it could not be pickled) is judged as its
+original class.
 
 The policy also keeps the run's count of failed tasks and retries spent (the seed's M10, retries per
 failure), which the executor copies to the report.
@@ -28,13 +34,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ClusterError, FencedError
+from .attempts import class_names
+from .errors import ClusterError, FencedError, RemoteTaskError
 
 # Raised by the cluster or its connections, not by the task's own code (matched by class name, so that
 # distributed and tornado need not be imported here).
 _INFRASTRUCTURE_NAMES = frozenset({
     "KilledWorker", "CommClosedError", "StreamClosedError", "CancelledError", "TaskCancelled", "FutureCancelledError",
     "WorkerLeftError", "MemoryError", "Reschedule", "FencedError", "ClusterError", "ShuffleLocationError",
+})
+
+# A user error of these classes (or their subclasses) is transient by default: the network or a service
+# the job calls, not the job's code or input (builtin ConnectionError and TimeoutError with their
+# subclasses, socket.timeout among them; a failed name lookup; the same names in HTTP and AWS clients).
+_TRANSIENT_NAMES = frozenset({
+    "ConnectionError", "TimeoutError", "gaierror", "herror", "Timeout", "ConnectTimeout", "ReadTimeout",
+    "ReadTimeoutError", "ConnectTimeoutError", "EndpointConnectionError",
 })
 
 
@@ -45,9 +60,17 @@ def is_infrastructure(exc: BaseException) -> bool:
     info = getattr(exc, "engine_attempt", None)
     if info is None or isinstance(exc, (ClusterError, FencedError)):
         return True
-    if any(c.__name__ in _INFRASTRUCTURE_NAMES for c in type(exc).__mro__):
+    if any(name in _INFRASTRUCTURE_NAMES for name in class_names(exc)):
         return True
     return getattr(info, "frame", None) is None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is a network failure worth retrying with backoff, wherever it was raised: a
+    ConnectionError or TimeoutError (or a subclass), a failed name lookup, or the like from an HTTP or
+    AWS client. Bad-record isolation should let such an error fail the task (to be retried) rather
+    than reject the rows it was raised on."""
+    return any(name in _TRANSIENT_NAMES for name in class_names(exc))
 
 
 def is_user_error(exc: BaseException) -> bool:
@@ -61,8 +84,11 @@ def signature(exc: BaseException) -> tuple[str, str, str | None]:
         message = str(exc)
     except Exception:  # noqa: BLE001 - an exception whose str() fails
         message = ""
+    if isinstance(exc, RemoteTaskError):
+        message = exc.message
     info = getattr(exc, "engine_attempt", None)
-    return type(exc).__qualname__, message, getattr(info, "frame", None)
+    kind = exc.qualname if isinstance(exc, RemoteTaskError) else type(exc).__qualname__
+    return kind, message, getattr(info, "frame", None)
 
 
 def worker_of(exc: BaseException) -> str | None:
@@ -112,17 +138,21 @@ class RetryPolicy:
         worker = worker_of(exc)
         avoid = frozenset([worker]) if worker else frozenset()
         if is_user_error(exc):
-            rule = self.guards.attempts_for(exc, -1) if self.guards is not None else -1
-            if rule != -1:
+            name, rule = self.rule_for(exc)
+            if rule is not None:
                 if failures >= rule:
-                    return Decision(False, f"retry_on allows {type(exc).__name__} {rule} attempt(s)"
+                    return Decision(False, f"retry_on allows {name} {rule} attempt(s)"
                                     + ("; not retried" if rule == 1 else "; not retried further"))
+            elif is_transient(exc):
+                if failures >= self.attempts:
+                    return Decision(False, "a network error, retried with backoff; if the service it calls is "
+                                           f"often away, give it more attempts: retry_on={{{name}: N}}")
             else:
                 sig = signature(exc)
                 seen = self._seen.setdefault(task, [])
                 for before, where in seen:
                     if before == sig and (self.local or (where and worker and where != worker)):
-                        places = (f"in the driver's thread pool ({where}, then {worker})" if self.local
+                        places = ("twice in the driver process" if self.local
                                   else f"on workers {where} and {worker}")
                         frame = f" (raised at {sig[2]})" if sig[2] else ""
                         return Decision(False, f"the error is deterministic: it failed the same way {places}{frame}; "
@@ -137,6 +167,16 @@ class RetryPolicy:
         self.spent += 1
         return Decision(True, avoid=avoid)
 
+    def rule_for(self, exc: BaseException) -> tuple[str, int | None]:
+        """``(name, attempts)`` of the ``retry_on`` rule for ``exc``'s class or its nearest base so
+        named (the class's own name and None when there is none)."""
+        names = class_names(exc)
+        rules = dict(getattr(self.guards, "retry_on", None) or ())
+        for name in names:
+            if name in rules:
+                return names[0], int(rules[name])
+        return names[0], None
+
     def figures(self) -> dict[str, Any]:
         """The run's M10 figures: failed tasks, retries spent, retries per failure, budget and what is left."""
         return {"failures": self.failed, "retries_spent": self.spent,
@@ -144,4 +184,4 @@ class RetryPolicy:
                 "retry_budget": self.budget, "retry_budget_left": self.left}
 
 
-__all__ = ["RetryPolicy", "Decision", "is_infrastructure", "is_user_error", "signature", "worker_of"]
+__all__ = ["RetryPolicy", "Decision", "is_infrastructure", "is_user_error", "is_transient", "signature", "worker_of"]

@@ -663,7 +663,9 @@ def _run_body(job: Job, input: Any, output: str, out_fs, out: str, cluster: Any,
         before()
 
     try:
-        validate_on_sample(plan, read_samples(plan))
+        from .executor import within_budgets       # (max_seconds counts from the run's start)
+        within_budgets(guards, started, "checking the job on a sample of the input",
+                       lambda: validate_on_sample(plan, read_samples(plan)))
     except EngineError as exc:      # the user's function failed in the driver: its message may quote secrets
         cause = exc.__cause__
         if isinstance(exc, InputError) and guards.rejecting:

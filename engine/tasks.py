@@ -36,6 +36,7 @@ from typing import Any
 import pyarrow as pa
 
 from . import config, shuffle
+from .attempts import user_code
 from .commit import ParquetAttemptWriter, PartitionedAttemptWriter
 from .context import set_task_date
 from .datasets import Split, is_local, read_split
@@ -233,7 +234,7 @@ def _computing(what: str) -> Iterator[None]:
 
 
 def _apply(fn, table: pa.Table, what: str) -> pa.Table:
-    with _computing(what):
+    with _computing(what), user_code():      # (an error leaving fn is the user's: engine.attempts)
         out = fn(table)
     if isinstance(out, pa.RecordBatch):
         out = pa.Table.from_batches([out])

@@ -155,7 +155,7 @@ def test_deterministic_error_in_the_driver_needs_two_attempts(tmp_path):
         engine.run(count_job("deterministic-local", poisoned), str(tmp_path / "in"), str(tmp_path / "out"))
     rep = failed_report(excinfo)
     assert len([t for t in rep.tasks if t.status == "failed"]) == 2 and rep.retries_spent == 1
-    assert "the error is deterministic: it failed the same way in the driver's thread pool" in str(excinfo.value)
+    assert "the error is deterministic: it failed the same way twice in the driver process" in str(excinfo.value)
     assert_nothing_committed(tmp_path / "out")
 
 
@@ -163,20 +163,27 @@ def test_deterministic_error_in_the_driver_needs_two_attempts(tmp_path):
 # retry_on
 
 
+def _fails_first(tmp_path: Path, times: int, error: BaseException):
+    """A map function that raises ``error`` on its first ``times`` calls on file 2 (counted in files on
+    this machine's disk, which the workers share), then works."""
+    counter = tmp_path / "calls"
+    counter.mkdir()
+
+    def flaky(t, counter=str(counter), times=times, error=error):
+        if pc.max(t["v"]).as_py() >= 200:
+            calls = len(os.listdir(counter))
+            open(os.path.join(counter, str(calls)), "w").close()
+            if calls < times:
+                raise error
+        return t
+    return flaky
+
+
 def test_retry_on_gives_a_class_its_attempts(cluster, tmp_path):
     """ConnectionError=5: a task that fails 4 times the same way (on both workers) still succeeds;
     without the rule the second equal failure would have stopped it."""
     table = write_input(tmp_path / "in", 3)
-    counter = tmp_path / "calls"
-    counter.mkdir()
-
-    def flaky(t, counter=str(counter)):
-        if pc.max(t["v"]).as_py() >= 200:
-            calls = len(os.listdir(counter))
-            open(os.path.join(counter, str(calls)), "w").close()
-            if calls < 4:
-                raise ConnectionError("the rate service refused the connection")
-        return t
+    flaky = _fails_first(tmp_path, 4, ConnectionError("the rate service refused the connection"))
     out = tmp_path / "out"
     with config():
         result = engine.run(count_job("retry-on", flaky), str(tmp_path / "in"), str(out), cluster=cluster,
@@ -348,7 +355,8 @@ def test_max_cpu_seconds_stops_the_run_and_commits_nothing(tmp_path):
     assert err.budget == "max_cpu_seconds" and err.used > 0.5
     assert "task CPU budget: max_cpu_seconds=0.5s" in str(err) and "nothing was committed" in str(err)
     rep = failed_report(excinfo)
-    assert 3 <= len([t for t in rep.tasks if t.status == "ok"]) < 8
+    # (running attempts' CPU counts as it is used: the run stops before 3 tasks of 0.2 s have finished)
+    assert len([t for t in rep.tasks if t.status == "ok"]) < 8
     assert_nothing_committed(out)
 
 
@@ -417,3 +425,206 @@ def test_rate_limit_is_checked():
     with pytest.raises(JobDefinitionError, match="rate_limit"):
         Job("x").map(columns=["a"], rate_limit=10)
     assert "rate_limit=250/s" in Job("x").map(lambda t: t, rate_limit=250).stages[0].describe()
+
+
+# ---------------------------------------------------------------------------------------------
+# What counts as the user's error: marked where the engine calls the job's functions
+
+
+def test_user_error_that_loses_its_attributes_when_pickled_keeps_its_rules(cluster, tmp_path):
+    """json.JSONDecodeError pickles by its own ``__reduce__``, which drops what the engine attaches to
+    it on the worker; it still arrives as the user's error: ``retry_on`` applies (one attempt), and the
+    stage's cause is the original exception. An exception that cannot be pickled at all keeps its class
+    name, message and place: the same-error-on-two-workers rule stops it."""
+    import threading
+    write_input(tmp_path / "in", 3)
+
+    def parse(t):
+        if pc.max(t["v"]).as_py() >= 200:
+            json.loads("{not json")
+        return t
+    out = tmp_path / "out"
+    with config(), pytest.raises(StageFailedError) as excinfo:
+        engine.run(count_job("json-retry-on", parse), str(tmp_path / "in"), str(out), cluster=cluster,
+                   retry_on={ValueError: 1})
+    msg = str(excinfo.value)
+    assert "JSONDecodeError: Expecting property name" in msg, msg
+    assert "retry_on allows JSONDecodeError 1 attempt(s); not retried" in msg, msg
+    assert isinstance(excinfo.value.__cause__, json.JSONDecodeError)
+    assert excinfo.value.__cause__.engine_attempt.worker.startswith("tcp://127.0.0.1:")
+    assert len([t for t in failed_report(excinfo).tasks if t.status == "failed"]) == 1
+    assert_nothing_committed(out)
+
+    class HeldLock(ValueError):
+        def __init__(self, message):
+            super().__init__(message)
+            self.lock = threading.Lock()          # cannot be pickled
+
+    def locked(t):
+        if pc.max(t["v"]).as_py() >= 200:
+            raise HeldLock("the account is locked")
+        return t
+    out = tmp_path / "out2"
+    with config(**{"engine.retries.attempts": 5}), pytest.raises(StageFailedError) as excinfo:
+        engine.run(count_job("unpicklable", locked), str(tmp_path / "in"), str(out), cluster=cluster)
+    msg = str(excinfo.value)
+    assert "HeldLock: the account is locked" in msg and "after 2 attempts" in msg, msg
+    assert "the error is deterministic: it failed the same way on workers" in msg, msg
+    assert ":locked:" in msg, msg                 # the user's frame
+    assert_nothing_committed(out)
+
+
+def test_job_code_installed_as_a_package_is_the_users(tmp_path, monkeypatch):
+    """A job imported from site-packages is the user's code: retry_on applies to its errors, and two
+    equal failures in the driver stop it (naming its frame), where it would have had every attempt."""
+    site = tmp_path / "lib" / "site-packages"
+    site.mkdir(parents=True)
+    (site / "sitejob_guards.py").write_text(
+        "import pyarrow.compute as pc\n\n"
+        "def check(t):\n"
+        "    if pc.max(t['v']).as_py() >= 200:\n"
+        "        raise ValueError('bad config value')\n"
+        "    return t\n")
+    monkeypatch.syspath_prepend(str(site))
+    import sitejob_guards
+    write_input(tmp_path / "in", 3)
+    with config(**{"engine.retries.attempts": 5}), pytest.raises(StageFailedError) as excinfo:
+        engine.run(count_job("site-1", sitejob_guards.check), str(tmp_path / "in"), str(tmp_path / "out"),
+                   retry_on={ValueError: 1})
+    assert "retry_on allows ValueError 1 attempt(s); not retried" in str(excinfo.value)
+    assert len([t for t in failed_report(excinfo).tasks if t.status == "failed"]) == 1
+    with config(**{"engine.retries.attempts": 5}), pytest.raises(StageFailedError) as excinfo:
+        engine.run(count_job("site-2", sitejob_guards.check), str(tmp_path / "in"), str(tmp_path / "out"))
+    msg = str(excinfo.value)
+    assert "failed the same way twice in the driver process (raised at sitejob_guards.py:check:5)" in msg, msg
+    assert len([t for t in failed_report(excinfo).tasks if t.status == "failed"]) == 2
+    assert_nothing_committed(tmp_path / "out")
+
+
+def test_transient_network_errors_in_user_code_are_retried(tmp_path):
+    """A refused connection (a service down for a moment) is retried with backoff, not stopped as
+    deterministic by two equal failures."""
+    table = write_input(tmp_path / "in", 3)
+    call_service = _fails_first(tmp_path, 2, ConnectionRefusedError(111, "Connection refused"))
+    out = tmp_path / "out"
+    with config():
+        result = engine.run(count_job("transient", call_service), str(tmp_path / "in"), str(out))
+    assert committed_counts(out) == reference_counts(table)
+    assert (result.report.failures, result.report.retries_spent) == (1, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rate limits on maps fused after a shuffle
+
+
+@pytest.mark.parametrize("kind", ["sort", "reduce"])
+def test_rate_limit_paces_a_map_after_a_shuffle(tmp_path, kind):
+    """A rate-limited map fused after a sort or a reduce is fed in paced slices, as a first map is."""
+    from engine.ratelimit import slice_rows
+    table = write_input(tmp_path / "in", 1, rows=400)
+    log = tmp_path / "calls.log"
+
+    def call_service(t, log=str(log)):
+        import threading
+        if threading.current_thread() is not threading.main_thread():   # not the driver's sample check
+            with open(log, "a") as f:
+                f.write(f"{time.monotonic()} {t.num_rows}\n")
+        return t
+    first = Job("paced-after").sort("v") if kind == "sort" else Job("paced-after").reduce(lambda t: t, by="k")
+    job = first.map(call_service, rate_limit=1000)
+    out = tmp_path / "out"
+    with config(**{"engine.cluster.workers": 1}):
+        engine.run(job, str(tmp_path / "in"), str(out))
+    assert committed(out).sort_by("v").equals(table.sort_by("v"))
+    calls = [(float(a), int(b)) for a, b in (line.split() for line in log.read_text().splitlines())]
+    assert sum(n for _, n in calls) == 400
+    assert max(n for _, n in calls) <= slice_rows(1000), calls
+    # 400 rows at 1,000/s in slices of 125 (the bucket starts empty): the last slice 0.275 s after the first
+    assert calls[-1][0] - calls[0][0] >= 0.25, calls
+
+
+# ---------------------------------------------------------------------------------------------
+# Budgets stop what is running
+
+
+def _burner(stop: Path, seconds: float = 10.0):
+    """A map function that burns CPU on file 1 (not on the driver's sample) for ``seconds`` of
+    its thread's CPU time, or until the file ``stop`` exists; it keeps the CPU seconds it has used in
+    the file ``stop``.with_suffix(".cpu")."""
+
+    def burn(t, stop=str(stop), seconds=seconds):
+        if pc.min(t["v"]).as_py() < 100:        # file 0, the driver's sample
+            return t
+        cpu0 = time.thread_time()
+        i = 0
+        while time.thread_time() < cpu0 + seconds:
+            i += 1
+            if i % 2000 == 0:
+                with open(stop + ".cpu", "w") as f:
+                    f.write(str(time.thread_time() - cpu0))
+                if os.path.exists(stop):
+                    break
+        return t
+    return burn
+
+
+def _stopped_runaway(tmp_path: Path, **where) -> tuple[BudgetExceededError, float]:
+    """Run a job whose one task would burn 10 s of CPU under max_cpu_seconds=0.5; the budget error and
+    the CPU seconds the task had used when the run returned (this machine's load does not matter)."""
+    write_input(tmp_path / "in", 2)
+    stop = tmp_path / "stop"
+    out = tmp_path / "out"
+    try:
+        with pytest.raises(BudgetExceededError) as excinfo:
+            engine.run(count_job("cpu-runaway", _burner(stop)), str(tmp_path / "in"), str(out),
+                       max_cpu_seconds=0.5, **where)
+        burnt = float((tmp_path / "stop.cpu").read_text())
+    finally:
+        stop.touch()
+    assert_nothing_committed(out)
+    return excinfo.value, burnt
+
+
+def test_max_cpu_seconds_stops_a_running_task(tmp_path):
+    err, burnt = _stopped_runaway(tmp_path)
+    assert err.budget == "max_cpu_seconds" and 0.5 < err.used < 1.0, err.used
+    assert burnt < 1.5, f"the budget stopped the run once its task had used {burnt:.1f}s of CPU"
+    assert "running attempt(s) were cancelled" in str(err) and "nothing was committed" in str(err)
+
+
+def test_max_cpu_seconds_stops_a_running_task_on_a_cluster(cluster, tmp_path):
+    err, burnt = _stopped_runaway(tmp_path, cluster=cluster)
+    assert err.budget == "max_cpu_seconds" and 0.5 < err.used < 2.0, err.used
+    assert burnt < 2.5, f"the budget stopped the run once its task had used {burnt:.1f}s of CPU"
+    assert "running attempt(s) were cancelled" in str(err)
+
+
+@pytest.mark.parametrize("budget", ["max_seconds", "max_cpu_seconds"])
+def test_budgets_cover_the_check_on_a_sample(tmp_path, budget):
+    """The wall-clock budget counts from the run's start, and a job whose functions hang or spin on
+    the driver's check of a sample is stopped there, by either budget."""
+    write_input(tmp_path / "in", 2)
+    stop = tmp_path / "stop"
+    limit = 1.0 if budget == "max_seconds" else 0.5
+
+    def hangs(t, stop=str(stop), spin=budget == "max_cpu_seconds"):
+        end = time.time() + 5.0
+        while time.time() < end and not os.path.exists(stop):
+            if not spin:
+                time.sleep(0.02)
+        return t
+    out = tmp_path / "out"
+    started = time.time()
+    try:
+        with pytest.raises(BudgetExceededError) as excinfo:
+            engine.run(count_job("sample-hangs", hangs), str(tmp_path / "in"), str(out), **{budget: limit})
+        elapsed = time.time() - started
+    finally:
+        stop.touch()
+    err = excinfo.value
+    assert err.budget == budget and limit <= err.used < limit + 1.0, err.used
+    if budget == "max_seconds":
+        assert elapsed < 3.0, f"the sample check would take 5 s; the budget stopped it after {elapsed:.1f}s"
+    assert "while checking the job on a sample of the input" in str(err), str(err)
+    assert "nothing was committed" in str(err)
+    assert_nothing_committed(out)
