@@ -76,12 +76,15 @@ class SystematicFailure(EngineError, RuntimeError):
 
 
 def _not_data(exc: BaseException, guards: Any = None) -> bool:
-    """Errors never blamed on rows: the engine's own, cancellation, memory, and the classes the run
-    retries (``retry_on`` with more than one attempt: a transient error, for the task to retry)."""
+    """Errors never blamed on rows: the engine's own, cancellation, memory, transient network errors
+    (connection refused or reset, timeouts) and the classes ``retry_on`` retries: the task is retried."""
     from .tasks import TaskCancelled
     if isinstance(exc, (EngineError, TaskCancelled, MemoryError, RecursionError)):
         return True
-    return bool(guards is not None and guards.retry_on and guards.attempts_for(exc, 1) > 1)
+    if guards is not None and guards.retry_on and guards.attempts_for(exc, 0) != 0:
+        return guards.attempts_for(exc, 1) > 1        # the run says how to treat this class
+    from .retrypolicy import is_transient          # a network error: the task is retried, no row is blamed
+    return is_transient(exc)
 
 
 def _json_default(value: Any) -> Any:

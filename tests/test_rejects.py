@@ -660,3 +660,19 @@ def test_publishing_a_staged_reject_run_keeps_its_rejected_rows_verifiable(tmp_p
     engine.verify(live)
     rows = engine.read_rejected(live).to_pylist()
     assert [json.loads(x["record"])["v"] for x in rows] == [13]
+
+
+def test_a_network_error_in_reject_mode_retries_the_task_and_rejects_no_row(tmp_path):
+    _plain_input(tmp_path / "in", list(range(1000)))
+    calls = str(tmp_path / "calls")
+
+    def flaky_lookup(t):
+        with open(calls, "a") as f:
+            f.write("x")
+        if os.path.getsize(calls) <= 1:          # the first call meets a service that is away
+            raise ConnectionRefusedError(111, "Connection refused")
+        return t
+
+    r = engine.run(Job("lookup").map(flaky_lookup), str(tmp_path / "in"), str(tmp_path / "out"), on_error="reject",
+                   max_rejected=10)
+    assert r.report.rejected == 0 and engine.read(str(tmp_path / "out")).num_rows == 1000
