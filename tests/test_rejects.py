@@ -669,10 +669,11 @@ def test_a_network_error_in_reject_mode_retries_the_task_and_rejects_no_row(tmp_
     def flaky_lookup(t):
         with open(calls, "a") as f:
             f.write("x")
-        if os.path.getsize(calls) <= 1:          # the first call meets a service that is away
+        if os.path.getsize(calls) == 2:          # the first task's call (after the driver's sample check) fails
             raise ConnectionRefusedError(111, "Connection refused")
         return t
 
     r = engine.run(Job("lookup").map(flaky_lookup), str(tmp_path / "in"), str(tmp_path / "out"), on_error="reject",
                    max_rejected=10)
     assert r.report.rejected == 0 and engine.read(str(tmp_path / "out")).num_rows == 1000
+    assert os.path.getsize(calls) >= 3 and r.report.stages[0].retries == 1
