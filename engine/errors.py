@@ -274,3 +274,31 @@ def _rebuild_remote(text, type_name, qualname, module, class_names, message, pay
 
 
 __all__ += ["RemoteTaskError"]
+
+
+class PartitionTooLargeError(EngineError, RuntimeError):
+    """A reduce task's rows do not fit in the memory a task may hold on its worker, and its reduce function
+    needs them at once (a plain ``Job.reduce(fn, by=...)`` receives all rows of a key in one call).
+
+    Raised before the worker runs out of memory, and never retried (the same rows would not fit on the
+    next attempt either). ``partition`` names the task, ``nbytes`` the bytes read when it gave up,
+    ``budget`` the bytes a task may hold, ``key`` the heaviest key among the rows read. The fix is the
+    streaming form ``Job.reduce(fn, by=..., stream=True)``, a combine, or more memory per worker thread.
+    """
+
+    engine_deterministic = True
+
+    def __init__(self, message: str, *, partition: str | None = None, nbytes: int = 0, budget: int = 0,
+                 key: tuple | None = None) -> None:
+        super().__init__(message)
+        self.partition, self.nbytes, self.budget, self.key = partition, nbytes, budget, key
+
+    def __reduce__(self):
+        return _rebuild_too_large, (str(self), self.partition, self.nbytes, self.budget, self.key)
+
+
+def _rebuild_too_large(message, partition, nbytes, budget, key):
+    return PartitionTooLargeError(message, partition=partition, nbytes=nbytes, budget=budget, key=key)
+
+
+__all__ += ["PartitionTooLargeError"]

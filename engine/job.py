@@ -14,7 +14,12 @@ Stage contracts (the engine relies on them; the tests check them):
    results of a hot key that was split across reducers.
 3. **reduce** ``fn(pa.Table) -> pa.Table`` with ``by=`` keys receives *all* rows of a set of keys in
    one call (a key's rows are never split across calls unless the round has a combine), and groups
-   them itself. ``reduce(by=..., aggs={...})`` derives combine and reduce from declarative
+   them itself. A task whose rows would not fit in its worker's memory budget fails fast
+   (:class:`~engine.errors.PartitionTooLargeError`). ``reduce(fn, by=..., stream=True)`` is the
+   streaming form: ``fn(batches) -> tables`` receives a task's rows as an iterator of tables sorted by
+   the keys, a key's rows contiguous but possibly continuing into the next table, and yields its
+   output tables; it never needs a key's rows in memory at once (:mod:`engine.extsort`).
+   ``reduce(by=..., aggs={...})`` derives combine and reduce from declarative
    aggregations (:mod:`engine.agg`), the fast path.
 4. **sort** ``by=`` range-partitions the round on sampled key boundaries; output partitions are
    globally ordered.
@@ -59,6 +64,7 @@ import pyarrow as pa
 from ._version import ENGINE_VERSION
 from .agg import Aggregation, AggregationSet
 from .errors import JobDefinitionError
+from .extsort import StreamReduce
 from .joins import JoinSpec, normalize_how
 from .ratelimit import RateLimited
 from .serialize import CodeNotHashable, code_digest
@@ -388,16 +394,37 @@ class Job:
         return self._add(Stage("combine", fn))
 
     def reduce(self, fn: TableFn | None = None, *, by: str | Sequence[str] | None = None,
-               aggs: Mapping[str, Aggregation] | None = None) -> Job:
-        """Add a reduce stage grouped ``by`` key columns: a function, or declarative ``aggs``."""
+               aggs: Mapping[str, Aggregation] | None = None, stream: bool = False) -> Job:
+        """Add a reduce stage grouped ``by`` key columns: a function, or declarative ``aggs``.
+
+        With ``stream=True``, ``fn(batches)`` receives a reduce task's rows as an iterator of
+        ``pa.Table`` sorted by ``by`` (ascending, nulls last), each of bounded size; a key's rows are
+        contiguous but may continue from one table into the next, so a key larger than the worker's
+        memory is never held at once. It yields its output tables (or returns one table or an iterable
+        of them). See :class:`engine.extsort.StreamReduce` and :func:`engine.extsort.key_groups`.
+
+        >>> import pyarrow as pa
+        >>> def totals(batches):
+        ...     for t in batches:      # (a key that continues into the next table is summed again there)
+        ...         yield t.group_by("k").aggregate([("v", "sum")])
+        >>> print(Job("t").reduce(totals, by="k", stream=True).stages[0].describe())
+        reduce totals (streaming) by=['k']
+        """
         keys = _as_keys(by, "reduce")
+        if not isinstance(stream, bool):
+            raise JobDefinitionError(f"reduce stream= must be True or False, got {stream!r}")
         if fn is None and aggs is None:
             raise JobDefinitionError("reduce needs a function or aggs={...}, e.g. "
                                      "reduce(by='word', aggs={'count': agg.count()})")
         if fn is not None and aggs is not None:
             raise JobDefinitionError("reduce takes a function or aggs={...}, not both")
+        if stream and fn is None:
+            raise JobDefinitionError("reduce(stream=True) streams rows to a function; declarative aggs= need no "
+                                     "streaming (they are combined and merged within bounded memory already)")
         if fn is not None:
             _check_fn(fn, "reduce")
+            if stream:
+                fn = StreamReduce(fn, keys)
             return self._add(Stage("reduce", fn, by=keys))
         if not isinstance(aggs, Mapping) or not aggs:
             raise JobDefinitionError(f"aggs must be a non-empty dict of output name -> engine.agg.*(), got {aggs!r}")

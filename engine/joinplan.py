@@ -17,6 +17,9 @@ Strategies (Spark's adaptive execution made these the usual ones):
   (:meth:`engine.joins.JoinSpec.splittable`): never for full joins or cogroup, whose big partitions
   run whole (reported as such).
 
+A join task's memory does not depend on these cuts: it joins within its worker's budget by itself
+(:mod:`engine.gracejoin`). The cuts spread a big partition over the cluster.
+
 This module plans from map-output indexes (:class:`engine.shuffle.MapOutput`); it never imports dask.
 """
 
@@ -95,6 +98,12 @@ def plan_join_tasks(sides: Sequence[Sequence[MapOutput]], spec: JoinSpec | None,
             # No side may be cut with the other replicated (full join, cogroup): cut every side by a
             # second hash of the keys instead; a key's rows stay together, so a single hot key does not shrink.
             k = max(2, min(64, math.ceil(total[p] / partition_size)))
+            if spec is not None:
+                # Every piece reads the whole partition. A join task keeps within its memory budget by
+                # itself (a grace hash join, engine.gracejoin), so pieces are only for parallelism: as
+                # many as twice the cluster's threads. A cogroup function receives whole tables: there the
+                # pieces bound its memory, as many as it takes.
+                k = min(k, max(2, 2 * min_tasks))
             splits[p] = (-1, k)
             decisions.append({"action": "join-subpartition", "partition": p, "pieces": k, "bytes": total[p],
                               "reason": f"hash partition {p} ({total[p]:,} bytes) cut into {k} pieces by a second "

@@ -19,7 +19,7 @@ from dataclasses import replace
 
 import pyarrow as pa
 
-from . import config, shuffle, skew
+from . import config, extsort, shuffle, skew
 from .cluster import ClusterInfo
 from .compile import TaskSpec
 from .errors import SchemaError
@@ -117,7 +117,11 @@ def reduce_tasks(plan: Plan, r, ctx: TaskContext, outputs: list[shuffle.MapOutpu
             entry = heavy.setdefault(tuple(key), [p, 0])
             entry[1] += est
     sources = [sum(1 for o in outputs if o.batches[p]) for p in range(nparts)]
-    rplan = skew.plan_reducers(rows, sizes, [(k, p, est) for k, (p, est) in heavy.items()], plan.partition_size,
+    # a task's input within the workers' memory budget too (engine.extsort): half of it, so that a
+    # partition is split before a plain reduce task would have to refuse it
+    budget = extsort.budget_for(info.memory_limit)
+    target = plan.partition_size if budget is None else min(plan.partition_size, max(1 << 20, budget // 2))
+    rplan = skew.plan_reducers(rows, sizes, [(k, p, est) for k, (p, est) in heavy.items()], target,
                                sources=sources,
                                min_tasks=min_tasks, enabled=skew_enabled, combinable=r.combinable,
                                factor=float(config.get("skew.factor")),

@@ -129,7 +129,7 @@ class MapOutput:
     # to decode it with; None when the file must be read whole (it carries dictionary batches)
     blocks: list[tuple[int, int]] | None = None
     schema: pa.Schema | None = None
-    bounds_sorted: bool | None = field(default=None, repr=False)    # see _bounds_sorted
+    bounds_sorted: list | None = field(default=None, repr=False)    # sorted runs (see _runs)
 
     def ref(self, ids: Sequence) -> tuple:
         """What a reader of some of this file's batches needs: ``(path, ids)`` plus, when the file can
@@ -248,6 +248,8 @@ class HashShuffleWriter:
             if self._empty is None:
                 self._empty = table
             return
+        if self._buffer and self._buffered + table.nbytes > self.spill_bytes:
+            self.spill()        # first: the buffer holds at most spill_bytes (or one larger table)
         self._buffer.append(table)
         self._buffered += table.nbytes
         if self._buffered >= self.spill_bytes:
@@ -264,8 +266,14 @@ class HashShuffleWriter:
         pids = partition_ids(table, self.keys, self.num_partitions)
         table = shuffle_ready(table)            # encoded keys decoded: the file holds values
         self._schema = table.schema
+        # batches of at most a quarter of the spill buffer: what a reader must hold at once (a reducer
+        # that streams its rows, engine.extsort) stays small whatever a partition's share of the spill
+        most = max(1 << 20, self.spill_bytes // 4)
         for p, part in split_by_partition(table, pids, self.num_partitions):
-            for batch in part.combine_chunks().to_batches():
+            part = part.combine_chunks()
+            step = part.num_rows if part.nbytes <= most else max(1, int(part.num_rows * most / part.nbytes))
+            for batch in (x for offset in range(0, part.num_rows, step)
+                          for x in part.slice(offset, step).to_batches()):
                 b = self._file.write(batch)
                 self.out.batches[p].append(b)
                 self.out.rows[p] += batch.num_rows
@@ -324,30 +332,73 @@ def write_sorted_run(fs, path: str, table: pa.Table, keys: Sequence[str], descen
                      batch_bytes: int | None = None) -> MapOutput:
     """Sort ``table`` by ``keys`` and write it as a run of fixed-size batches with key bounds
     (``batch_rows`` rows, and fewer when ``batch_bytes`` caps a batch's estimated size)."""
-    table = shuffle_ready(table)
-    _check_sortable(table, keys)
-    table = table.sort_by(sort_keys(keys, descending)) if table.num_rows else table
-    if batch_bytes and table.num_rows and table.nbytes:
-        batch_rows = max(256, min(batch_rows, int(batch_bytes * table.num_rows / table.nbytes)))
-    f = _IPCFile(fs, path)
-    out = MapOutput(path, 1, [[]], [0], [0], rows_in=rows_in, rows_out=table.num_rows)
-    for offset in range(0, table.num_rows, batch_rows):
-        part = table.slice(offset, batch_rows).combine_chunks()
-        for batch in part.to_batches():
-            b = f.write(batch)
-            first = tuple(batch.column(batch.schema.get_field_index(k))[0].as_py() for k in keys)
-            last = tuple(batch.column(batch.schema.get_field_index(k))[batch.num_rows - 1].as_py() for k in keys)
-            out.batches[0].append(b)
-            out.bounds.append((first, last, batch.num_rows))
-            out.rows[0] += batch.num_rows
-            out.nbytes[0] += batch.nbytes
-    f.close(table.schema)
-    out.blocks, out.schema = f.blocks, f.schema
-    n = table.num_rows
-    if n:
-        idx = np.unique(np.linspace(0, n - 1, num=min(sample_size, n)).astype(np.int64))
-        out.sample = table.select(list(keys)).take(pa.array(idx))
-    return out
+    writer = SortedRunWriter(fs, path, keys, descending, batch_rows=batch_rows, batch_bytes=batch_bytes,
+                             sample_size=sample_size)
+    writer.write_run(table)
+    return writer.close(shuffle_ready(table.slice(0, 0)).schema, rows_in=rows_in)
+
+
+class SortedRunWriter:
+    """One sort map task's output file: one sorted run, or several when the task's rows did not fit in
+    its memory and were sorted piece by piece (each :meth:`write_run` sorts and appends one). The
+    index's batch bounds show where each run starts (:func:`_runs`); its key sample is drawn from
+    every run in proportion to its rows, each run's first and last key included."""
+
+    def __init__(self, fs, path: str, keys: Sequence[str], descending: bool, *, batch_rows: int = 32768,
+                 batch_bytes: int | None = None, sample_size: int = 512) -> None:
+        self.keys, self.descending = list(keys), descending
+        self.batch_rows, self.batch_bytes, self.sample_size = batch_rows, batch_bytes, sample_size
+        self._file = _IPCFile(fs, path)
+        self.out = MapOutput(path, 1, [[]], [0], [0])
+        self._samples: list[pa.Table] = []
+        self._rows: list[int] = []         # rows of each run written
+
+    @property
+    def runs(self) -> int:
+        return len(self._rows)
+
+    def write_run(self, table: pa.Table) -> None:
+        table = shuffle_ready(table)
+        _check_sortable(table, self.keys)
+        if table.num_rows == 0:
+            return
+        table = table.sort_by(sort_keys(self.keys, self.descending))
+        batch_rows = self.batch_rows
+        if self.batch_bytes and table.nbytes:
+            batch_rows = max(256, min(batch_rows, int(self.batch_bytes * table.num_rows / table.nbytes)))
+        out, keys = self.out, self.keys
+        for offset in range(0, table.num_rows, batch_rows):
+            part = table.slice(offset, batch_rows).combine_chunks()
+            for batch in part.to_batches():
+                b = self._file.write(batch)
+                first = tuple(batch.column(batch.schema.get_field_index(k))[0].as_py() for k in keys)
+                last = tuple(batch.column(batch.schema.get_field_index(k))[batch.num_rows - 1].as_py() for k in keys)
+                out.batches[0].append(b)
+                out.bounds.append((first, last, batch.num_rows))
+                out.rows[0] += batch.num_rows
+                out.nbytes[0] += batch.nbytes
+        n = table.num_rows
+        out.rows_out += n
+        idx = np.unique(np.linspace(0, n - 1, num=min(self.sample_size, n)).astype(np.int64))
+        self._samples.append(table.select(keys).take(pa.array(idx)))
+        self._rows.append(n)
+
+    def close(self, schema: pa.Schema | None = None, *, rows_in: int = 0) -> MapOutput:
+        self._file.close(schema)
+        out = self.out
+        out.rows_in = rows_in
+        out.blocks, out.schema = self._file.blocks, self._file.schema
+        if len(self._samples) == 1:
+            out.sample = self._samples[0]
+        elif self._samples:
+            total = max(1, out.rows_out)
+            parts = []
+            for sample, rows in zip(self._samples, self._rows):
+                k = min(sample.num_rows, max(2, round(self.sample_size * rows / total)))
+                idx = np.unique(np.linspace(0, sample.num_rows - 1, num=k).astype(np.int64))
+                parts.append(sample.take(pa.array(idx)))
+            out.sample = pa.concat_tables(parts)
+        return out
 
 
 def _is_nan(v: Any) -> bool:
@@ -553,14 +604,32 @@ def rows_before(table: pa.Table, keys: Sequence[str], bound: tuple, descending: 
     return result
 
 
-def _bounds_sorted(out: MapOutput, descending: bool) -> bool:
-    """Whether a run's batch bounds are in sort order (first keys, and last keys, never decrease), as
-    every sorted run's are; checked once per run, then pieces find their batches by binary search."""
+def _runs(out: MapOutput, descending: bool) -> list[tuple[int, int]]:
+    """The sorted runs of a sort map output, as spans ``[start, stop)`` of batch positions: maximal
+    stretches whose batches are each in order and follow each other in order (a batch's first key at
+    or after the previous batch's last key). A file written by :func:`write_sorted_run` is one run; a
+    map task that sorted its output in several memory-sized pieces (:class:`SortedRunWriter`) wrote
+    several. Derived from the bounds alone (so an index restored from the journal needs no more),
+    once per output; pieces then find their batches in each run by binary search."""
     if out.bounds_sorted is None:
-        b = out.bounds
-        out.bounds_sorted = all(compare_keys(b[i][0], b[i + 1][0], descending) <= 0
-                                and compare_keys(b[i][1], b[i + 1][1], descending) <= 0 for i in range(len(b) - 1))
+        b, spans, start = out.bounds, [], 0
+        for i in range(len(b)):
+            sane = compare_keys(b[i][0], b[i][1], descending) <= 0
+            if i > start and (not sane or compare_keys(b[i - 1][1], b[i][0], descending) > 0):
+                spans.append((start, i))
+                start = i
+            if not sane:            # a batch out of order inside (not written here): a span of its own
+                spans.append((i, i + 1))
+                start = i + 1
+        if start < len(b):
+            spans.append((start, len(b)))
+        out.bounds_sorted = spans
     return out.bounds_sorted
+
+
+def _span_sorted(out: MapOutput, span: tuple[int, int], descending: bool) -> bool:
+    first, last, _rows = out.bounds[span[0]]
+    return span[1] - span[0] > 1 or compare_keys(first, last, descending) <= 0
 
 
 def _search(bounds: list, which: int, key: tuple, descending: bool, *, after_equal: bool) -> int:
@@ -577,28 +646,32 @@ def _search(bounds: list, which: int, key: tuple, descending: bool, *, after_equ
 
 
 def _overlapping(out: MapOutput, lo: tuple | None, hi: tuple | None, descending: bool, *,
-                 hi_inclusive: bool = False) -> range:
-    """Positions of the batches of a run whose keys may fall in ``[lo, hi)`` (``[lo, hi]`` with
-    ``hi_inclusive``), by binary search over the run's sorted bounds: O(log batches) comparisons."""
-    n = len(out.bounds)
-    start = 0 if lo is None else _search(out.bounds, 1, lo, descending, after_equal=False)
-    stop = n if hi is None else _search(out.bounds, 0, hi, descending, after_equal=hi_inclusive)
-    return range(start, max(start, stop))
+                 hi_inclusive: bool = False, span: tuple[int, int] | None = None) -> range:
+    """Positions of the batches of a run (``span`` of the output's batches, default all) whose keys may
+    fall in ``[lo, hi)`` (``[lo, hi]`` with ``hi_inclusive``), by binary search over the run's sorted
+    bounds: O(log batches) comparisons."""
+    s0, s1 = span if span is not None else (0, len(out.bounds))
+    bounds = out.bounds[s0:s1]
+    start = 0 if lo is None else _search(bounds, 1, lo, descending, after_equal=False)
+    stop = len(bounds) if hi is None else _search(bounds, 0, hi, descending, after_equal=hi_inclusive)
+    return range(s0 + start, s0 + max(start, stop))
 
 
 def range_slices(outputs: Sequence[MapOutput], lo: tuple | None, hi: tuple | None,
                  descending: bool) -> list[tuple]:
-    """For each sorted run, the batches that may hold keys in ``[lo, hi)``, as refs (see ``MapOutput.ref``)."""
+    """For each sorted run, the batches that may hold keys in ``[lo, hi)``, as refs (see ``MapOutput.ref``):
+    one ref per run, so a reader can merge them as sorted streams (a map output may hold several runs)."""
     refs = []
     for out in outputs:
-        if _bounds_sorted(out, descending):
-            chosen = [out.batches[0][i] for i in _overlapping(out, lo, hi, descending)]
-        else:           # bounds out of order (not a run this module wrote): look at every batch
-            chosen = [b for b, (first, last, _rows) in zip(out.batches[0], out.bounds)
-                      if not (lo is not None and compare_keys(last, lo, descending) < 0)
-                      and not (hi is not None and compare_keys(first, hi, descending) >= 0)]
-        if chosen:
-            refs.append(out.ref(chosen))
+        for span in _runs(out, descending):
+            if _span_sorted(out, span, descending):
+                chosen = [out.batches[0][i] for i in _overlapping(out, lo, hi, descending, span=span)]
+            else:       # a batch out of order (not a run this module wrote): look at it
+                chosen = [out.batches[0][i] for i in range(*span)
+                          if not (lo is not None and compare_keys(out.bounds[i][1], lo, descending) < 0)
+                          and not (hi is not None and compare_keys(out.bounds[i][0], hi, descending) >= 0)]
+            if chosen:
+                refs.append(out.ref(chosen))
     return refs
 
 
@@ -609,84 +682,103 @@ def piece_slices(outputs: Sequence[MapOutput], piece: RangePiece, descending: bo
     the batches holding the hot key, with their row count when they hold nothing else (``None`` for
     the edge batches, which the reducer filters). Batches are found by binary search over each run's
     bounds, so planning P pieces over R runs of B batches costs O(P x R x log B) key comparisons.
+    One ref per run.
     """
     if piece.share is None:
         return range_slices(outputs, piece.lo, piece.hi, descending)
     key = piece.lo
     refs = []
     for out in outputs:
-        if _bounds_sorted(out, descending):
-            positions = _overlapping(out, key, key, descending, hi_inclusive=True)
-        else:
-            positions = [i for i, (first, last, _rows) in enumerate(out.bounds)
-                         if compare_keys(last, key, descending) >= 0 and compare_keys(first, key, descending) <= 0]
-        chosen = []
-        for i in positions:
-            first, last, rows = out.bounds[i]
-            pure = compare_keys(first, key, descending) == 0 and compare_keys(last, key, descending) == 0
-            chosen.append((out.batches[0][i], rows if pure else None))
-        if chosen:
-            refs.append(out.ref(chosen))
+        for span in _runs(out, descending):
+            if _span_sorted(out, span, descending):
+                positions = _overlapping(out, key, key, descending, hi_inclusive=True, span=span)
+            else:
+                positions = [i for i in range(*span)
+                             if compare_keys(out.bounds[i][1], key, descending) >= 0
+                             and compare_keys(out.bounds[i][0], key, descending) <= 0]
+            chosen = []
+            for i in positions:
+                first, last, rows = out.bounds[i]
+                pure = compare_keys(first, key, descending) == 0 and compare_keys(last, key, descending) == 0
+                chosen.append((out.batches[0][i], rows if pure else None))
+            if chosen:
+                refs.append(out.ref(chosen))
     return refs
 
 
 def read_piece(fs, refs: Sequence[tuple[str, list]], piece: RangePiece, keys: Sequence[str], descending: bool,
                schema: pa.Schema | None = None, on_batch: Callable[[], None] | None = None) -> pa.Table:
-    """A piece's rows, unsorted for range pieces; for a share piece, exactly its slice of the hot key.
+    """A piece's rows in one table, unsorted for range pieces; for a share piece, exactly its slice of the
+    hot key (see :func:`share_slices`). A reducer that must bound its memory streams them instead
+    (:func:`piece_streams`, :func:`share_slices`)."""
+    if piece.share is None:
+        parts = [t for stream in piece_streams(fs, refs, piece, keys, descending, on_batch=on_batch, mmap=True)
+                 for t in stream]
+    else:
+        parts = list(share_slices(fs, refs, piece, keys, descending, on_batch=on_batch, mmap=True))
+    parts = [p for p in parts if p.num_columns]
+    if not parts:
+        if schema is None and refs:
+            schema = file_schema(fs, refs[0])
+        return schema.empty_table() if schema is not None else pa.table({})
+    return pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
+
+
+def piece_streams(fs, refs: Sequence[tuple], piece: RangePiece, keys: Sequence[str], descending: bool, *,
+                  on_batch: Callable[[], None] | None = None, mmap: bool = False,
+                  window: int = 8 << 20) -> list[Iterator[pa.Table]]:
+    """A range piece's rows as one sorted stream per ref (each ref is one sorted run, see
+    :func:`range_slices`): the run's batches in ``[lo, hi)``, read lazily (on object stores up to
+    ``window`` bytes of them per request round; locally without a memory map unless ``mmap``), the
+    two edge batches filtered. A reader holds about one batch of each stream at a time."""
+    def stream(ref) -> Iterator[pa.Table]:
+        src = _Batches(fs, ref, mmap=mmap)
+        try:
+            for batch in src.iterate(src.ids, window, on_batch):
+                t = filter_range(pa.Table.from_batches([batch]), keys, piece.lo, piece.hi, descending,
+                                 lo_open=piece.lo_open)
+                if t.num_rows:
+                    yield t
+        finally:
+            src.close()
+    return [stream(ref) for ref in refs]
+
+
+def share_slices(fs, refs: Sequence[tuple], piece: RangePiece, keys: Sequence[str], descending: bool, *,
+                 on_batch: Callable[[], None] | None = None, mmap: bool = False,
+                 window: int = 8 << 20) -> Iterator[pa.Table]:
+    """A share piece's rows, run by run: exactly its slice of the hot key (already in order).
 
     A share ``(i, n)`` takes rows ``[total*i//n, total*(i+1)//n)`` of the hot key's rows in each run
     (edge batches filtered, whole batches sliced without reading the rest), so the ``n`` shares of a
-    key partition its rows exactly, whichever attempts of them run.
+    key partition its rows exactly, whichever attempts of them run. The edge batches (rows unknown)
+    are read once to count the key's rows and dropped; the share's batches are then read one at a time.
     """
-    pieces: list[pa.Table] = []
-    sources = [_Batches(fs, ref) for ref in refs]
-    if on_batch is not None:
-        on_batch()
-    if piece.share is None:
-        _fetch(fs, [(src, src.ids) for src in sources])
-        for src in sources:
-            if on_batch is not None:
-                on_batch()
-            t = pa.Table.from_batches([src.get(b) for b in src.ids])
-            pieces.append(filter_range(t, keys, piece.lo, piece.hi, descending, lo_open=piece.lo_open))
-            src.got.clear()
-    else:
-        i, n = piece.share
-        # the edge batches (rows unknown) are read to count the hot key's rows; whole batches only when
-        # this share's slice reaches into them
-        _fetch(fs, [(src, [b for b, rows in src.ids if rows is None]) for src in sources])
-        plans = []
-        for src in sources:
-            if on_batch is not None:
-                on_batch()
-            segments: list[tuple[int, pa.Table | None, int]] = []
-            total = 0
-            for b, rows in src.ids:
-                if rows is None:
-                    t = pa.Table.from_batches([src.get(b)])
-                    t = t.filter(rows_equal(t, keys, piece.lo))
-                    segments.append((b, t, t.num_rows))
-                    total += t.num_rows
-                else:
-                    segments.append((b, None, rows))
-                    total += rows
+    i, n = piece.share
+    for ref in refs:
+        src = _Batches(fs, ref, mmap=mmap)
+        try:
+            edges = [b for b, rows in src.ids if rows is None]
+            counts: dict[int, int] = {}
+            for b, batch in zip(edges, src.iterate(edges, window, on_batch)):
+                counts[b] = int(pc.sum(rows_equal(pa.Table.from_batches([batch]), keys, piece.lo)).as_py() or 0)
+            total = sum(counts[b] if rows is None else rows for b, rows in src.ids)
             lo, hi = total * i // n, total * (i + 1) // n
             chosen, pos = [], 0
-            for b, t, count in segments:
+            for b, rows in src.ids:
+                count = counts[b] if rows is None else rows
                 start, stop = max(lo, pos), min(hi, pos + count)
                 if start < stop:
-                    chosen.append((b, t, start - pos, stop - start))
+                    chosen.append((b, rows is None, start - pos, stop - start))
                 pos += count
-            plans.append((src, chosen))
-        _fetch(fs, [(src, [b for b, t, _, _ in chosen if t is None]) for src, chosen in plans])
-        for src, chosen in plans:
-            for b, t, offset, length in chosen:
-                whole = t if t is not None else pa.Table.from_batches([src.get(b)])
-                pieces.append(whole.slice(offset, length))
-    pieces = [p for p in pieces if p.num_columns]
-    if not pieces:
-        return schema.empty_table() if schema is not None else pa.table({})
-    return pa.concat_tables(pieces, promote_options="permissive") if len(pieces) > 1 else pieces[0]
+            for (b, edge, offset, length), batch in zip(chosen, src.iterate([c[0] for c in chosen], window,
+                                                                            on_batch)):
+                t = pa.Table.from_batches([batch])
+                if edge:
+                    t = t.filter(rows_equal(t, keys, piece.lo))
+                yield t.slice(offset, length)
+        finally:
+            src.close()
 
 
 def sub_bucket(table: pa.Table, keys: Sequence[str], num_partitions: int, buckets: int) -> np.ndarray:
@@ -759,12 +851,14 @@ _RANGE_GAP = 16 << 10       # two byte ranges of a file closer than this are fet
 _FETCH_BYTES = 64 << 20     # bytes asked for in one cat_ranges call (the ranges of several files at once)
 
 
-def _open_ipc(fs, path: str):
-    """A whole map file: memory-mapped on local disks; on object stores a small file is fetched in
-    one request and a large one read by ranges (one request per batch)."""
+def _open_ipc(fs, path: str, mmap: bool = True):
+    """A whole map file: memory-mapped on local disks (read by plain reads with ``mmap=False``: the pages of
+    a mapping count in the process's resident memory as long as it lives, so a reader that streams more
+    than its memory must not keep one); on object stores a small file is fetched in one request and a
+    large one read by ranges (one request per batch)."""
     from .datasets import is_local
     if is_local(fs):
-        return pa.ipc.open_file(pa.memory_map(path, "r"))
+        return pa.ipc.open_file(pa.memory_map(path, "r") if mmap else pa.OSFile(path, "r"))
     f = fs.open(path, "rb", cache_type="none")
     if f.size <= _WHOLE_FILE:
         data = f.read()
@@ -781,22 +875,50 @@ class _Batches:
     a ref without them (a file with dictionary batches, an old index) is read whole.
     """
 
-    def __init__(self, fs, ref: Sequence) -> None:
+    def __init__(self, fs, ref: Sequence, mmap: bool = True) -> None:
         from .datasets import is_local
         self.fs, self.path, self.ids = fs, ref[0], list(ref[1])
         extents = ref[2] if len(ref) > 2 else None
         self.extents: Extents | None = None if is_local(fs) else extents
+        self.mmap = mmap
         self._reader = None
         self.got: dict[int, pa.RecordBatch] = {}
 
     def get(self, b: int) -> pa.RecordBatch:
         if self.extents is None:
             if self._reader is None:
-                self._reader = _open_ipc(self.fs, self.path)
+                self._reader = _open_ipc(self.fs, self.path, self.mmap)
             return self._reader.get_batch(b)
         if b not in self.got:
             _fetch(self.fs, [(self, [b])])
         return self.got[b]
+
+    def iterate(self, ids: Sequence, window: int = 8 << 20,
+                on_batch: Callable[[], None] | None = None) -> Iterator[pa.RecordBatch]:
+        """The batches ``ids`` (numbers, or ``(number, rows)`` pairs) in order, holding none after it
+        is yielded; on object stores fetched ``window`` bytes at a time."""
+        nums = [b if isinstance(b, int) else b[0] for b in ids]
+        i = 0
+        while i < len(nums):
+            j = i + 1
+            if self.extents is not None:
+                size = self.extents.blocks[nums[i]][1]
+                while j < len(nums) and size + self.extents.blocks[nums[j]][1] <= window:
+                    size += self.extents.blocks[nums[j]][1]
+                    j += 1
+                _fetch(self.fs, [(self, nums[i:j])])
+            for b in nums[i:j]:
+                if on_batch is not None:
+                    on_batch()
+                batch = self.get(b)
+                self.got.pop(b, None)
+                yield batch
+            i = j
+
+    def close(self) -> None:
+        """Forget the reader and fetched bytes (a memory map goes once no batch read from it is held)."""
+        self._reader = None
+        self.got.clear()
 
     @property
     def schema(self) -> pa.Schema:
@@ -851,17 +973,20 @@ def _fetch(fs, wanted: Sequence[tuple[_Batches, Sequence[int]]]) -> None:
         src.got[b] = pa.ipc.read_record_batch(buf.slice(start - r_start, end - start), src.extents.schema)
 
 
-def read_slices(fs, refs: Sequence[Sequence]) -> Iterator[pa.RecordBatch]:
+def read_slices(fs, refs: Sequence[Sequence], *, mmap: bool = True,
+                fetch_bytes: int = _FETCH_BYTES) -> Iterator[pa.RecordBatch]:
     """Stream the listed batches of each map file, file by file, batch numbers in order.
 
     A ref is ``(path, batch numbers)`` or ``(path, batch numbers, Extents)``; with extents, on an object
-    store, only those batches' bytes are fetched, for up to ``_FETCH_BYTES`` of files at a time.
+    store, only those batches' bytes are fetched, for up to ``fetch_bytes`` of files at a time. Local
+    files are memory-mapped unless ``mmap`` is false (a reader that holds only a few batches at a time
+    reads them with plain reads, so the pages it went past do not stay in its resident memory).
     """
-    sources = [_Batches(fs, ref) for ref in refs]
+    sources = [_Batches(fs, ref, mmap=mmap) for ref in refs]
     i = 0
     while i < len(sources):
         j, size = i, 0
-        while j < len(sources) and (j == i or size <= _FETCH_BYTES):
+        while j < len(sources) and (j == i or size <= fetch_bytes):
             ext = sources[j].extents
             if ext is not None:
                 size += sum(ext.blocks[b][1] for b in sources[j].ids)
@@ -869,8 +994,10 @@ def read_slices(fs, refs: Sequence[Sequence]) -> Iterator[pa.RecordBatch]:
         _fetch(fs, [(src, src.ids) for src in sources[i:j]])
         for src in sources[i:j]:
             for b in src.ids:
-                yield src.get(b)
-            src.got.clear()
+                batch = src.get(b)
+                src.got.pop(b, None)
+                yield batch
+            src.close()
         i = j
 
 
@@ -896,4 +1023,5 @@ def attempt_name(prefix: str, partition: int, attempt: int) -> str:
 __all__ = ["shuffle_ready", "partition_ids", "split_by_partition", "MapOutput", "HashShuffleWriter", "write_sorted_run",
            "choose_boundaries", "choose_pieces", "RangePiece", "piece_slices", "read_piece", "select_keys",
            "sub_bucket", "compare_keys", "range_slices", "filter_range", "filter_keys", "rows_equal",
-           "read_slices", "read_table", "attempt_name", "sort_keys", "Extents"]
+           "read_slices", "read_table", "attempt_name", "sort_keys", "Extents", "piece_streams", "share_slices",
+           "SortedRunWriter"]

@@ -35,7 +35,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from . import config, shuffle
+from . import config, extsort, gracejoin, shuffle
 from .attempts import user_code
 from .commit import ParquetAttemptWriter, PartitionedAttemptWriter
 from .context import set_task_date
@@ -423,6 +423,7 @@ def _reread_rejecting(input_fs: Any, split: Split, ctx: TaskContext, rejects: An
         yield batch
 
 
+@extsort.releases_memory
 def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partition: int, attempt: int,
             unreadable: str | None = None) -> dict:
     """One map attempt over one split; returns its shuffle index or commit message.
@@ -516,19 +517,16 @@ def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partitio
                 output.write(table)
             result = output.close()
         elif ctx.kind == "sort":
-            tables = []
-            for table in mapped():
-                _check_keys(table, ctx.keys, f"sort of {label}")
-                tables.append(shuffle.shuffle_ready(table))    # one type per column whatever each batch's encoding
             path = posixpath.join(ctx.shuffle_root, shuffle.attempt_name(f"r{ctx.round}-map", partition, attempt))
-            with _computing(f"the sorted run of {label} (input {split.describe()})"), \
-                    _fenced(_shuffle_fence(ctx, path), ctx.shuffle_fs, path, f"{label}, attempt {attempt}"):
-                table = _concat(tables)
-                index = shuffle.write_sorted_run(ctx.shuffle_fs, path, table, ctx.keys, ctx.descending,
-                                                 batch_rows=ctx.sort_batch_rows, sample_size=ctx.sample_size,
-                                                 batch_bytes=ctx.sort_batch_bytes or None, rows_in=rows_in)
+            with _fenced(_shuffle_fence(ctx, path), ctx.shuffle_fs, path, f"{label}, attempt {attempt}"):
+                # sorted runs of at most the task's memory budget each (one run when the rows fit)
+                index, schema = extsort.sorted_map_output(
+                    ctx.shuffle_fs, path, mapped(), ctx.keys, ctx.descending, batch_rows=ctx.sort_batch_rows,
+                    batch_bytes=ctx.sort_batch_bytes or None, sample_size=ctx.sample_size, rows_in=lambda: rows_in,
+                    check=lambda t: _check_keys(t, ctx.keys, f"sort of {label}"),
+                    computing=lambda: _computing(f"the sorted run of {label} (input {split.describe()})"))
             result = {"shuffle": index, "rows_out": index.rows_out, "bytes_out": index.total_bytes,
-                      "schema": shuffle.shuffle_ready(table.slice(0, 0)).schema}
+                      "schema": schema if schema is not None else pa.schema([])}
         elif ctx.kind in ("join", "cogroup"):
             path = posixpath.join(ctx.shuffle_root, shuffle.attempt_name(f"r{ctx.round}-map", partition, attempt))
             what, fence = f"{label}, attempt {attempt}", _shuffle_fence(ctx, path)
@@ -687,14 +685,17 @@ def _broadcast_join(ctx: TaskContext, payload: list, op: tuple, label: str):
             s = conformed[types]
             return join_tables(table, s, spec) if big == 0 else join_tables(s, table, spec)
 
+    cap = (extsort.task_budget() or 0) // 4          # chunks within the task's memory budget too
+
     def step(tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
-        buffered, rows = [], 0
+        buffered, rows, size = [], 0, 0
         for t in tables:
             buffered.append(t)
             rows += t.num_rows
-            if rows >= chunk:
+            size += t.nbytes
+            if rows >= chunk or (cap and size >= cap):
                 yield join(_concat_same(buffered))
-                buffered, rows = [], 0
+                buffered, rows, size = [], 0, 0
         if buffered:
             yield join(_concat_same(buffered))
     return step
@@ -779,17 +780,26 @@ def _concat(tables: list[pa.Table]) -> pa.Table:
 
 
 def _reduce_input(ctx: TaskContext, refs: list, key_filter: dict | None, schema: pa.Schema | None,
-                  partition: int, attempt: int) -> pa.Table:
-    """A hash reduce task's rows: its map-output slices, through the skew planner's key filter if any."""
-    table = shuffle.read_table(ctx.shuffle_fs, refs, schema)
-    if key_filter is not None:
-        table = shuffle.select_keys(table, ctx.keys, num_partitions=ctx.num_partitions, **key_filter)
+                  partition: int, attempt: int, budget: int | None = None, what: str = "") -> pa.Table:
+    """A hash reduce task's rows: its map-output slices, through the skew planner's key filter if any
+    (more than ``budget`` bytes of them: PartitionTooLargeError, see :func:`engine.extsort.read_partition`)."""
+    table = extsort.read_partition(ctx.shuffle_fs, refs, key_filter, schema, ctx.keys, ctx.num_partitions,
+                                   budget=budget, what=what, on_batch=check_cancelled)
     check_cancelled()
     if ctx.faults is not None:
         ctx.faults.during_task(ctx, "reduce", partition, attempt)
     return table
 
 
+def _hooks(ctx: TaskContext, label: str, attempt: int) -> extsort.Hooks:
+    """What the out-of-core code needs of a task: cancellation checks, the fence for spill files, the
+    marking of Arrow errors raised while computing, and of errors raised by the job's code."""
+    what = f"{label}, attempt {attempt}"
+    return extsort.Hooks(on_batch=check_cancelled, computing=_computing, user=user_code,
+                         guard=lambda path: _fence_check(_shuffle_fence(ctx, path), what, path))
+
+
+@extsort.releases_memory
 def run_reduce(ctx: TaskContext, blob: bytes, refs: list, bounds: tuple | None, schema: pa.Schema | None,
                partition: int, attempt: int) -> dict:
     """One reduce attempt over its slices of every map file; returns commit message or next input."""
@@ -819,17 +829,24 @@ def run_reduce(ctx: TaskContext, blob: bytes, refs: list, bounds: tuple | None, 
     try:
         if ctx.kind == "sort":
             piece = bounds if isinstance(bounds, shuffle.RangePiece) else shuffle.RangePiece(*(bounds or (None, None)))
-            table = shuffle.read_piece(ctx.shuffle_fs, refs, piece, ctx.keys, ctx.descending, schema,
-                                       on_batch=check_cancelled)
-            rows_in = table.num_rows
-            if table.num_rows and piece.share is None:   # a share holds one key: already in order
-                table = table.sort_by(shuffle.sort_keys(ctx.keys, ctx.descending))
-            for offset in range(0, max(table.num_rows, 1), max(ctx.batch_rows * 8, 1)):
-                emit(table.slice(offset, ctx.batch_rows * 8))
+            rows_in = 0
+            # merged from the sorted runs within the task's memory budget (engine.extsort)
+            for table in extsort.sort_piece(ctx, refs, piece, schema, partition, attempt, _hooks(ctx, label, attempt),
+                                            max(ctx.batch_rows * 8, 1)):
+                rows_in += table.num_rows
+                emit(table)
+        elif isinstance(stages.get("reduce"), extsort.StreamReduce):
+            def read() -> None:
+                if ctx.faults is not None:
+                    ctx.faults.during_task(ctx, "reduce", partition, attempt)
+            # the rows through an external sort, to the function as key-sorted batches (engine.extsort)
+            rows_in = extsort.stream_reduce(ctx, stages["reduce"], refs, bounds, schema, partition, attempt, emit,
+                                            label, _hooks(ctx, label, attempt), after_read=read)["rows_in"]
         else:
-            table = _reduce_input(ctx, refs, bounds, schema, partition, attempt)
-            rows_in = table.num_rows
             aggs = stages.get("aggs")
+            table = _reduce_input(ctx, refs, bounds, schema, partition, attempt,
+                                  budget=extsort.task_budget() if aggs is None else None, what=label)
+            rows_in = table.num_rows
             if aggs is not None:
                 with _computing(f"the aggregations of {label}"):
                     result = aggs.merge_finalize(table) if ctx.map_combine else aggs.aggregate(table)
@@ -872,6 +889,7 @@ def _emit_isolated(call, table: pa.Table, keys, rejects: Any, output: Any, label
         output.write(piece)
 
 
+@extsort.releases_memory
 def run_partial(ctx: TaskContext, blob: bytes, refs: list, key_filter: dict | None, schema: pa.Schema | None,
                 partition: int, attempt: int) -> dict:
     """One share of a hot key in a combinable round: combine its rows from some map outputs into a
@@ -919,6 +937,7 @@ def _piece_of(table: pa.Table, piece: tuple | None, side: int, num_partitions: i
     return table.slice(lo, hi - lo)
 
 
+@extsort.releases_memory
 def run_join(ctx: TaskContext, blob: bytes, refs: list, piece: tuple | None, schemas: list,
              partition: int, attempt: int) -> dict:
     """One join or cogroup attempt: each side's slices of the hash partitions it was given (one side
@@ -935,31 +954,40 @@ def run_join(ctx: TaskContext, blob: bytes, refs: list, piece: tuple | None, sch
     if _rejecting(ctx)[0] and post:
         from .rejects import TaskRejects
         rejects = TaskRejects(ctx, "reduce", partition, attempt)
-    try:
-        tables = []
-        for s, (side_refs, schema) in enumerate(zip(refs, schemas)):
-            table = _piece_of(shuffle.read_table(ctx.shuffle_fs, side_refs, schema), piece, s, ctx.num_partitions)
-            tables.append(table)
-            check_cancelled()
-        if ctx.faults is not None:
-            ctx.faults.during_task(ctx, "reduce", partition, attempt)
-        rows_in = sum(t.num_rows for t in tables)
-        if ctx.kind == "join":
-            with _computing(f"the {stages['join'].describe()} of {label}"):
-                result = join_tables(tables[0], tables[1], stages["join"])
-        else:
-            labels = [side["label"] for side in stages["sides"]]
-            arg = dict(zip(labels, tables))
-            result = _apply(stages["cogroup"], arg, f"cogroup function of {label}")
-        def after(table: pa.Table) -> pa.Table:
-            for i, fn in enumerate(post):
-                table = _apply(fn, table, f"map function {i + 1} of round {ctx.round + 2} (fused into {label})")
-            return table
+    def after(table: pa.Table) -> pa.Table:
+        for i, fn in enumerate(post):
+            table = _apply(fn, table, f"map function {i + 1} of round {ctx.round + 2} (fused into {label})")
+        return table
 
+    def emit(result: pa.Table) -> None:
         if rejects is not None and post:    # rows a fused map fails on are rejected one by one
             _emit_isolated(after, result, None, rejects, output, label)
         else:
             output.write(after(result))
+
+    def read() -> None:
+        if ctx.faults is not None:
+            ctx.faults.during_task(ctx, "reduce", partition, attempt)
+    try:
+        if ctx.kind == "join":
+            # joined at once when both sides fit in the task's memory budget, else a grace hash join
+            # through spill files (engine.gracejoin)
+            spec, hooks = stages["join"], _hooks(ctx, label, attempt)
+            rows_in = gracejoin.join_task(
+                ctx.shuffle_fs, lambda: extsort.spill_files(ctx, partition, attempt, "join", hooks.guard), spec,
+                refs, piece, schemas, ctx.num_partitions, emit, budget=extsort.task_budget(),
+                computing=lambda: _computing(f"the {spec.describe()} of {label}"), on_batch=check_cancelled,
+                after_read=read)["rows_in"]
+        else:
+            tables = []
+            for s, (side_refs, schema) in enumerate(zip(refs, schemas)):
+                table = _piece_of(shuffle.read_table(ctx.shuffle_fs, side_refs, schema), piece, s, ctx.num_partitions)
+                tables.append(table)
+                check_cancelled()
+            read()
+            rows_in = sum(t.num_rows for t in tables)
+            labels = [side["label"] for side in stages["sides"]]
+            emit(_apply(stages["cogroup"], dict(zip(labels, tables)), f"cogroup function of {label}"))
         result_info = output.close()
         if rejects is not None:
             result_info["rejected"] = rejects.close()
