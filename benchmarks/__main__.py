@@ -6,6 +6,7 @@
                          [--scale-rows 1e6,1e7,1e8] [--scale-questions q1,q3,q10] [--answers-in-memory 2e7]
                          [--incremental-days 365] [--incremental-rows-per-day 1e6]
                          [--operations-rows 1e7] [--operations-questions q1,...,q10]
+                         [--rejects-lines 1e7] [--rejects-poison-every 1e6]
     python -m benchmarks compare BASELINE.jsonl CANDIDATE.jsonl [--threshold 0.10] [--noise 1.0]
     python -m benchmarks report RESULTS.jsonl [-o RESULTS.html]
     python -m benchmarks summary RESULTS.jsonl          # Markdown tables (for RESULTS.md)
@@ -77,6 +78,10 @@ def run(argv: list[str]) -> int:
                     help="G1 rows of the operations suite (default: 1e7; --quick: 2e4)")
     ap.add_argument("--operations-questions", default=None,
                     help="G1 questions of the operations suite (default: q1,...,q10)")
+    ap.add_argument("--rejects-lines", type=float, default=None,
+                    help="lines of the rejects suite's word-count corpus (default: 1e7; --quick: 4e4)")
+    ap.add_argument("--rejects-poison-every", type=float, default=None,
+                    help="one poisoned line per this many in the rejects suite (default: 1e6; --quick: 1e4)")
     args = ap.parse_args(argv)
 
     chosen = _list(args.suites)
@@ -142,6 +147,14 @@ def run(argv: list[str]) -> int:
         if n < 1:
             ap.error("--operations-rows must be at least 1")
         profile = dataclasses.replace(profile, operations_rows=n, operations_questions=qs)
+    if args.rejects_lines is not None or args.rejects_poison_every is not None:
+        import dataclasses
+        n = int(args.rejects_lines) if args.rejects_lines is not None else profile.rejects_lines
+        every = int(args.rejects_poison_every) if args.rejects_poison_every is not None \
+            else profile.rejects_poison_every
+        if n < 1 or every < 1:
+            ap.error("--rejects-lines and --rejects-poison-every must be at least 1")
+        profile = dataclasses.replace(profile, rejects_lines=n, rejects_poison_every=every)
     if args.answers_in_memory < 0:
         ap.error("--answers-in-memory must be at least 0")
     repeat = args.repeat or profile.repeat

@@ -99,14 +99,15 @@ def decode_floor(data: str, columns: list[str], repeat: int) -> float:
     return statistics.median(times)
 
 
-def run_engine(job, data: str, repeat: int) -> tuple[float, list[dict], Any]:
+def run_engine(job, data: str, repeat: int, options: dict | None = None) -> tuple[float, list[dict], Any]:
+    """``repeat`` runs of ``job`` (``engine.run``'s ``options`` too): the median seconds, the last one's stages and report."""
     import engine
     times, report = [], None
     for _ in range(repeat):
         out = tempfile.mkdtemp(prefix="profile-")
         try:
             t = time.perf_counter()
-            result = engine.run(job, data, os.path.join(out, "o"), force=True)
+            result = engine.run(job, data, os.path.join(out, "o"), force=True, **(options or {}))
             times.append(time.perf_counter() - t)
             report = result.report
         finally:
@@ -116,9 +117,11 @@ def run_engine(job, data: str, repeat: int) -> tuple[float, list[dict], Any]:
     return statistics.median(times), stages, report
 
 
-def sample(job, data: str, rate: int = 100, keep: str | None = None, native: bool = False) -> dict[str, float]:
+def sample(job, data: str, rate: int = 100, keep: str | None = None, native: bool = False,
+           options: dict | None = None, categorize_raw=None) -> dict[str, float]:
     """Shares of CPU-active samples by category in the embedded cluster's worker processes during one
-    run of ``job`` (py-spy attached to each worker for the run's duration)."""
+    run of ``job`` (py-spy attached to each worker for the run's duration; ``options``: ``engine.run``'s;
+    ``categorize_raw(path) -> Counter``: other categories than :func:`categorize`'s)."""
     import signal
     from engine.cluster import get_client
     spy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
@@ -134,7 +137,7 @@ def sample(job, data: str, rate: int = 100, keep: str | None = None, native: boo
                                           stderr=subprocess.DEVNULL))
         time.sleep(1.0)                      # let py-spy attach
         try:
-            run_engine(job, data, 1)
+            run_engine(job, data, 1, options)
         finally:
             for p in procs:
                 p.send_signal(signal.SIGINT)
@@ -148,7 +151,7 @@ def sample(job, data: str, rate: int = 100, keep: str | None = None, native: boo
                         out.write(f.read())
         counts: Counter[str] = Counter()
         for r in raws:
-            counts.update(_count_raw(r))
+            counts.update((categorize_raw or _count_raw)(r))
     total = sum(counts.values()) or 1
     return {k: round(v / total, 4) for k, v in counts.most_common()}
 

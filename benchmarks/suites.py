@@ -27,6 +27,9 @@ incremental    a daily run of one day out of a year into a     the job on that d
 operations     G1 q1-q10 with the run history, usage figures,  the same runs with all of it  -
                metrics, alerts and spans on and off            off
                (``benchmarks.ops_bench``)
+rejects        word count with ``on_error="reject"`` on clean   the same job, ``on_error=``   -
+               text and on text with 1 poison line per         ``"fail"``, clean text
+               million (``benchmarks.rejects_bench``)
 =============  ==============================================  ============================  ===============
 
 ``driver`` is not in the default set (20,000 tasks take minutes here): ask for it with ``--suites driver``;
@@ -38,7 +41,10 @@ growth curve and a straight-line fit ``seconds = a + b x rows`` with its value a
 ``python -m benchmarks summary``), nor ``incremental`` (``--suites incremental``; ``--incremental-days
 365`` and ``--incremental-rows-per-day 1e6`` size its Hive input), nor ``operations``
 (``--suites operations``; ``--operations-rows 1e7`` and ``--operations-questions q1,...,q10``, the
-defaults, choose the G1 size and questions; its figure is the ratio on/off, bounded at 1.02).
+defaults, choose the G1 size and questions; its figure is the ratio on/off, bounded at 1.02), nor
+``rejects`` (``--suites rejects``; ``--rejects-lines 1e7`` and ``--rejects-poison-every 1e6``, the
+defaults, size the corpus and its poison; its figures are reject/fail, bounded at 1.03, and
+poison/fail, bounded at 1.2).
 
 Answers too big to hold (a G1 question whose estimated groups exceed ``--answers-in-memory``,
 default 2e7 rows: q10 at 1e8) are written as Parquet by every system, in every timed run (the
@@ -80,7 +86,7 @@ from benchmarks.progress import Progress
 from engine import Job
 
 SUITES = ("groupby", "wordcount", "sort", "skew", "stragglers", "commit", "cluster")
-EXTRA_SUITES = ("driver", "tpch", "startup", "scale", "incremental", "operations")  # run only when asked for by name
+EXTRA_SUITES = ("driver", "tpch", "startup", "scale", "incremental", "operations", "rejects")  # run only when asked for by name
 QUESTIONS = tuple(f"q{i}" for i in range(1, 11))
 
 
@@ -118,6 +124,9 @@ class Profile:
     incremental_rows_per_day: int = 1_000_000
     operations_rows: int = 10_000_000
     operations_questions: tuple[str, ...] = QUESTIONS
+    rejects_lines: int = 10_000_000
+    rejects_files: int = 8
+    rejects_poison_every: int = 1_000_000
 
 
 PROFILES = {
@@ -128,7 +137,7 @@ PROFILES = {
                      sweep_partition_sizes=("32KiB", "64MiB"), sweep_shapes=((1, 2), (2, 1)),
                      driver_tasks=2_000, driver_rows=200_000, driver_files=8, tpch_sf=0.01,
                      scale_rows=(10_000, 40_000), incremental_days=6, incremental_rows_per_day=20_000,
-                     operations_rows=20_000),
+                     operations_rows=20_000, rejects_lines=40_000, rejects_files=2, rejects_poison_every=10_000),
     "standard": Profile("standard", repeat=3, g1_rows=2_000_000, g1_parts=2, text_bytes=40_000_000, text_files=4,
                         # 1 MiB: the top10 dataset's hot keys (~3 MB each) exceed the target, so skew handling
                         # acts (at 4 MiB it split nothing and on/off measured the same plan)
@@ -776,6 +785,11 @@ def operations(ctx: Context) -> None:
     ops_bench.run_suite(ctx)
 
 
+def rejects(ctx: Context) -> None:
+    from benchmarks import rejects_bench
+    rejects_bench.run_suite(ctx)
+
+
 def _on_cluster(suite: Callable[[Context], None]) -> Callable[[Context], None]:
     """A suite about the cluster itself (speculation, worker shapes): its inputs, small enough to run in the
     driver process, run on the embedded cluster (``engine.local.max-bytes: 0``)."""
@@ -789,7 +803,7 @@ def _on_cluster(suite: Callable[[Context], None]) -> Callable[[Context], None]:
 RUNNERS: dict[str, Callable[[Context], None]] = {
     "groupby": groupby, "wordcount": wordcount, "sort": sort, "skew": skew, "stragglers": _on_cluster(stragglers),
     "commit": commit, "cluster": _on_cluster(cluster), "driver": driver, "tpch": tpch, "startup": startup, "scale": scale,
-    "incremental": incremental, "operations": operations,
+    "incremental": incremental, "operations": operations, "rejects": rejects,
 }
 
 

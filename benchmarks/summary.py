@@ -156,6 +156,10 @@ def render(records: list[dict]) -> str:
     operations = operations_lines(records)
     if operations:
         lines += ["", *operations]
+    from benchmarks.rejects_bench import summary_lines as rejects_lines
+    rejects = rejects_lines(records)
+    if rejects:
+        lines += ["", *rejects]
     return "\n".join(lines) + "\n"
 
 

@@ -349,3 +349,72 @@ def test_operations_suite_times_runs_with_every_operations_part_on_and_off(tmp_p
         assert r["error"] is None and r["ms"] > 0 and r["min_ms"] <= r["ms"] <= r["max_ms"], (name, r)
     text = "\n".join(ops_bench.summary_lines(records))
     assert "| q10 |" in text and "| history put, final |" in text
+
+
+def test_rejects_suite_times_reject_mode_clean_and_poisoned_against_fail(tmp_path, capsys):
+    from benchmarks import rejects_bench
+    from benchmarks.__main__ import main
+    out = tmp_path / "rejects.jsonl"
+    import logging
+    levels = {name: logging.getLogger(name).level for name in ("engine", "distributed")}
+    try:        # in this process: the embedded cluster of the other tests serves it
+        code = main(["--quick", "--suites", "rejects", "--repeat", "1", "--out", str(out), "--data",
+                     str(tmp_path / "data"), "--no-html", "--quiet"])
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+    assert code == 0, capsys.readouterr()
+    records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    meas = {r["system"]: r for r in records if r["kind"] == "measurement"}
+    assert set(meas) == {"fail", "reject", "poison"}
+    poisoned = rejects_bench.poisoned_lines(next(
+        str(tmp_path / "data" / d) for d in os.listdir(tmp_path / "data") if "_poison" in d))
+    assert len(poisoned) == 4 == meas["poison"]["params"]["poison_lines"]        # 4e4 lines, 1 per 1e4
+    for system, r in meas.items():
+        assert r["suite"] == "rejects" and r["case"] == "wordcount" and r["params"]["mode"] == "cluster"
+        assert len(r["runs"]) == 1 and r["median"] > 0 and r["error"] is None
+        # every run's answer checked: the clean count, or it less the poisoned lines (rejected exactly)
+        assert r["check"]["ok"] and r["check"]["runs_checked"][system] >= 1, r["check"]
+        (extra,) = r["extra"]
+        assert extra["rejected"] == (4 if system == "poison" else 0) and not extra["local"]
+        if system == "fail":
+            assert "ratio" not in r
+        else:
+            assert r["ratio"] == pytest.approx(r["median"] / meas["fail"]["median"], rel=1e-3)
+            assert r["ratio_range"] == [r["ratio_runs"][0]] * 2 and r["target"] == rejects_bench.TARGETS[system]
+            assert r["met"] == (r["ratios"]["fail"] <= r["target"])
+    total = next(r for r in records if r["kind"] == "rejects_total")
+    assert set(total["ratios"]) == {"reject", "poison"} and total["check"]["ok"]
+    text = "\n".join(rejects_bench.summary_lines(records))
+    assert "| poison | poisoned | reject |" in text
+
+
+def test_rejects_check_catches_a_wrong_answer_and_wrong_rejected_rows(tmp_path):
+    """The suite's check is not vacuous: a reference off by one word, or a poison line the run did
+    not reject, is reported."""
+    from benchmarks import rejects_bench, datagen
+    clean = rejects_bench.clean(3_000, 1, str(tmp_path))
+    poison = rejects_bench.poisoned(clean, 1_000, str(tmp_path))
+    lines = rejects_bench.poisoned_lines(poison)
+    assert len(lines) == 3
+    text = open(os.path.join(poison, "part-00000.txt")).read().split("\n")
+    assert [text[row] for _, row, _ in lines] == [f"{t} {rejects_bench.MARKER}" for _, _, t in lines]
+    assert datagen.read_marker(poison)["rows"] == datagen.read_marker(clean)["rows"] == len(text) - 1
+
+    class Ctx:
+        def out(self, name):
+            return str(tmp_path / name)
+
+    import dask.config
+    with dask.config.set({"engine.local.max-bytes": "1GiB"}):       # small: in the driver process
+        runs = rejects_bench.Runs(Ctx(), clean, poison, limit=3)
+        runs.system("poison")(False)
+        runs.system("reject")(False)
+        assert runs.check()["ok"], runs.problems
+        # a poison line the run did not see as poison: the rejected rows and the answer no longer match
+        runs.poison = runs.poison[1:]
+        runs.poison_ref = rejects_bench.minus(runs.clean_ref, [t for _, _, t in runs.poison])
+        runs.system("poison")(False)
+        check = runs.check()
+        assert not check["ok"] and not check["against"]["poison"]["equal"]
+        assert any("rejected" in p for p in check["problems"]) and any("answer differs" in p for p in check["problems"])
