@@ -1,8 +1,9 @@
 """Bad-record isolation: find the rows a job's function fails on, set them aside, go on.
 
 With ``on_error="reject"`` (:class:`engine.guards.Guards`), a map or reduce call that raises is
-called again on halves of its rows, and again on the half that fails, until the failing rows are
-single rows (map: input rows; reduce: the rows of one key). The rows that pass keep their output;
+called again on parts of its rows (up to :data:`SPLIT_PARTS` parts of at least :data:`SPLIT_MIN_ROWS`
+rows; halves below that), and so on for each part that fails, until the failing rows are single
+rows (map: input rows; reduce: the rows of one key). The rows that pass keep their output;
 each failing row is written, with the error, the traceback, the input file and the row's position,
 to ``OUT/_rejected/part-*.parquet``. Those files are attempt files like any output file: the winning
 attempt's are published with the run's commit and listed under ``"rejected"`` in its manifest,
@@ -21,8 +22,9 @@ rows of any stage can be read together::
      'location', 'traceback', 'record', 'raw']
 
 Costs: nothing while no call fails (the rows go through the same calls as without isolation); a
-batch with one bad row costs about three calls' worth of rows more (the failed call, then halves
-of halves down to the row).
+batch of ``n`` rows with one bad row costs about ``n`` rows more: the failed call, then the parts
+that fail again (a sixteenth, a 256th... of the batch; by halves it was about ``2n``), and
+:data:`PROBES` calls on single rows (the check for a function that fails on every row).
 """
 
 from __future__ import annotations
@@ -67,6 +69,12 @@ SAMPLE = 3                          # rejected rows a task describes to the driv
 # (and bisecting) every row.
 SYSTEMATIC_ROWS = 1024
 PROBES = 16
+# A failing call's rows are called again in up to SPLIT_PARTS parts of at least SPLIT_MIN_ROWS rows
+# (halves below that): with one bad row in n rows, the failing parts add n/16 + n/256 + ... rows to
+# the failed call's n, where halving added n/2 + n/4 + ... twice over (measured on word count with one
+# bad line per million: the isolation's extra map work about halved; benchmarks/rejects_bench.py).
+SPLIT_PARTS = 16
+SPLIT_MIN_ROWS = 1024
 
 
 class SystematicFailure(EngineError, RuntimeError):
@@ -232,7 +240,8 @@ class TaskRejects:
 def isolate(call: Callable[[pa.Table], list], table: pa.Table, rejects: TaskRejects, *,
             first_row: int | None = None, what: str = "the function") -> list:
     """``call(table)``, or, if it raises on some rows, ``call`` on the rows it does not fail on (found
-    by bisection; the failing rows go to ``rejects``). ``call`` returns a list of output tables."""
+    by splitting the rows into parts, and a failing part again, down to single rows; the failing rows
+    go to ``rejects``; the outputs stay in row order). ``call`` returns a list of output tables."""
     out: list = []
     failure = _try(call, table, out, rejects)
     if failure is None:
@@ -275,11 +284,23 @@ def _bisect(call, table: pa.Table, lo: int, hi: int, exc: BaseException, rejects
     if hi - lo == 1:
         rejects.add_rows(table.slice(lo, 1), exc, None if first_row is None else first_row + lo)
         return
-    mid = (lo + hi) // 2
-    for a, b in ((lo, mid), (mid, hi)):
+    for a, b in _parts(lo, hi):
         failed = _try(call, table.slice(a, b - a), out, rejects)
         if failed is not None:     # recursed outside the except block: no chain of contexts
             _bisect(call, table, a, b, failed, rejects, first_row, out)
+
+
+def _parts(lo: int, hi: int) -> list[tuple[int, int]]:
+    """``[lo, hi)`` (at least two items) cut into up to SPLIT_PARTS nearly equal parts of at least
+    SPLIT_MIN_ROWS items, and never fewer than two parts.
+
+    >>> _parts(0, 5), len(_parts(0, 131072)), _parts(0, 131072)[1], len(_parts(0, 4096))
+    ([(0, 2), (2, 5)], 16, (8192, 16384), 4)
+    """
+    n = hi - lo
+    k = max(2, min(SPLIT_PARTS, n // SPLIT_MIN_ROWS))
+    edges = [lo + n * i // k for i in range(k + 1)]
+    return list(zip(edges, edges[1:]))
 
 
 def _try(call, part: pa.Table, out: list, rejects: TaskRejects) -> BaseException | None:
@@ -329,8 +350,7 @@ def _bisect_groups(call, table: pa.Table, starts: list[int], g0: int, g1: int, e
         key = json.dumps({k: rows.column(k)[0].as_py() for k in keys}, default=_json_default, ensure_ascii=False)
         rejects.add_rows(rows, exc, None, key=key)
         return
-    mid = (g0 + g1) // 2
-    for a, b in ((g0, mid), (mid, g1)):
+    for a, b in _parts(g0, g1):        # parts of the keys, as the map's of the rows
         failed = _try(call, table.slice(starts[a], starts[b] - starts[a]), out, rejects)
         if failed is not None:
             _bisect_groups(call, table, starts, a, b, failed, rejects, keys, out)
