@@ -358,7 +358,7 @@ def test_rejects_suite_times_reject_mode_clean_and_poisoned_against_fail(tmp_pat
     import logging
     levels = {name: logging.getLogger(name).level for name in ("engine", "distributed")}
     try:        # in this process: the embedded cluster of the other tests serves it
-        code = main(["--quick", "--suites", "rejects", "--repeat", "1", "--out", str(out), "--data",
+        code = main(["--quick", "--suites", "rejects", "--repeat", "1", "--peers", "", "--out", str(out), "--data",
                      str(tmp_path / "data"), "--no-html", "--quiet"])
     finally:
         for name, level in levels.items():
