@@ -6,23 +6,30 @@ fails). So each reduce, sort or join task works within a **budget**: ``engine.me
 (default 0.25) of its worker's memory limit per thread, or ``engine.memory.task-bytes`` when set
 (:func:`task_budget`; no budget where no limit is known, as in a run in the driver process).
 
-What the engine does with it:
+What the engine does with it (:class:`Sizes`: sorting a table takes a contiguous copy and the sorted
+copy, so a sort needs twice the rows it sorts):
 
-* **External sort** (:class:`ExternalSorter`): rows are buffered up to a third of the budget, sorted
-  and written as a sorted *run* (an Arrow IPC file of small batches) beside the run's shuffle files;
-  the runs are then merged (:func:`merge_sorted`): each step takes from every run the rows up to the
-  smallest of their current batches' last keys, so the merge holds one small batch per run. More runs
-  than fit at once (a quarter of the budget in batches) are merged in passes through more run files.
+* **External sort** (:class:`ExternalSorter`): rows are buffered up to a quarter of the budget, sorted
+  and written as a sorted *run* (an Arrow IPC file of batches of 1/128 of the budget) beside the run's
+  shuffle files; the runs are then merged (:func:`merge_sorted`): each step takes from every run the
+  rows up to the smallest of their current batches' last keys, so the merge holds one small batch per
+  run. More runs than a sixth of the budget holds in batches are merged in passes through more run
+  files (:func:`merge_bounded`).
 * **Streaming reduce** (``Job.reduce(fn, by=..., stream=True)``, :class:`StreamReduce`): the task's
   rows go through the external sort and ``fn`` receives them as an iterator of key-sorted tables of
-  at most an eighth of the budget. A key's rows are contiguous but may continue from one table into
+  about an eighth of the budget. A key's rows are contiguous but may continue from one table into
   the next, so a key larger than memory never needs to be in memory at once (Hadoop's reducer sees an
-  iterator of values; :func:`key_groups` gives that view).
+  iterator of values; :func:`key_groups` gives that view). Bad-record isolation (``on_error="reject"``)
+  does not bisect a streaming reduce: a failing call fails its task.
 * **Plain reduce, fail fast** (:func:`read_partition`): a task whose rows exceed the budget stops
   reading and raises :class:`~engine.errors.PartitionTooLargeError` naming the partition, the bytes
-  and the heaviest key, instead of having the worker killed for memory and retried.
-* **Sort reduce** (:func:`sort_piece`): a range piece's rows are merged from the map tasks' sorted
-  runs, never concatenated whole.
+  and the heaviest key, instead of having the worker killed for memory and retried. (The reduce
+  planner also keeps a task's share of a partition of many keys within half the budget, so only a
+  single key or a few heavy ones reach it.)
+* **Sort rounds**: a map task sorts its rows in pieces of a quarter of the budget, each a sorted run
+  of its output file (:func:`sorted_map_output`); a reducer merges its range from all runs, one
+  stream per run, never concatenating them (:func:`sort_piece`).
+* **Joins**: see :mod:`engine.gracejoin`.
 
 Spill files are named after the task attempt, guarded by the run's fence like every shuffle file,
 and removed when the task ends. Freed Arrow memory is handed back to the system after each spill and

@@ -5,12 +5,14 @@
 fit in memory is known only to the task (its worker's budget, :func:`engine.extsort.task_budget`), so
 the task decides:
 
-* **Fits** (both sides' bytes at most the budget, or no budget known): both sides are read and joined
-  at once (:func:`engine.joins.join_tables`), as always.
-* **Does not fit**: each side is read batch by batch and written to a spill file in ``n`` *buckets*
-  by a third hash of its keys (the high bits of the keys' 64-bit hash, independent of the partition
-  hash and of the second hash of the planner's pieces), so a key's rows of both sides land in the same
-  bucket; then the buckets are joined one at a time.
+* **Fits** (both sides together at most a third of the budget: a join holds its inputs, its hash table
+  and its output at once; or no budget known): both sides are read and joined at once
+  (:func:`engine.joins.join_tables`), as always.
+* **Does not fit** (found while reading, so a piece whose estimate was wrong is caught too): what was
+  read and the rest of each side are written to a spill file in ``n`` *buckets* of about a sixth of
+  the budget, by a third hash of the keys (the high bits of the keys' 64-bit hash, independent of the
+  partition hash and of the second hash of the planner's pieces), so a key's rows of both sides land
+  in the same bucket; then the buckets are joined one at a time.
 * **A bucket that still does not fit** (one hot key): its smaller side is the *build* side, read in
   chunks that fit, and for each chunk the other side, the *probe*, is streamed past it batch by batch;
   matched rows are emitted as they are found. Rows that must appear unmatched (outer joins) or once
