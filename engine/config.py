@@ -69,6 +69,10 @@ DEFAULTS: dict[str, Any] = {
         "on-bad-file": "fail",  # "reject": input files no reader can open are set aside whole
         "max": "1%",            # rows a rejecting run may set aside: a count, or a fraction of its input rows
     },
+    "memory": {
+        "task-fraction": 0.25,  # a task's rows in memory: this share of its worker's memory limit per thread
+        "task-bytes": None,     # or this many bytes (also bounds runs in the driver, which have no limit)
+    },
     "limits": {
         "max-tasks": None,      # attempts of one run running at once (None: as many as the cluster takes)
         "max-seconds": None,    # wall-clock budget of a run
