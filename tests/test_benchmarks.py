@@ -383,6 +383,7 @@ def test_rejects_suite_times_reject_mode_clean_and_poisoned_against_fail(tmp_pat
             assert r["ratio"] == pytest.approx(r["median"] / meas["fail"]["median"], rel=1e-3)
             assert r["ratio_range"] == [r["ratio_runs"][0]] * 2 and r["target"] == rejects_bench.TARGETS[system]
             assert r["met"] == (r["ratios"]["fail"] <= r["target"])
+            assert r["cpu_ratio"] > 0 and r["map_cpu_ratio"] > 0
     total = next(r for r in records if r["kind"] == "rejects_total")
     assert set(total["ratios"]) == {"reject", "poison"} and total["check"]["ok"]
     text = "\n".join(rejects_bench.summary_lines(records))
