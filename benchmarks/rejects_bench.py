@@ -48,6 +48,11 @@ Where the time goes, by py-spy sampling the embedded cluster's workers during on
 apart from its calls during isolation, reading, the map-side combine and shuffle, the rest)::
 
     python -m benchmarks.rejects_bench profile [--lines 1e7] [--every 1e6] [--systems fail,reject,poison]
+
+The poisoned run with a failing call split in halves against sixteenths (``engine.rejects.SPLIT_PARTS``
+set in every worker for the purpose), taking turns, the map tasks' CPU seconds paired::
+
+    python -m benchmarks.rejects_bench split [--repeat 6] [--parts 2,16]
 """
 
 from __future__ import annotations
@@ -456,11 +461,78 @@ def profile_main(argv: list[str]) -> int:
     return 0
 
 
+def _set_split_parts(client, parts: int) -> None:
+    """``engine.rejects.SPLIT_PARTS`` in this process and every worker (a measuring aid, not a setting)."""
+    def put(parts: int = parts) -> int:
+        import engine.rejects
+        engine.rejects.SPLIT_PARTS = parts
+        return parts
+    put()
+    client.run(put)
+
+
+def split_main(argv: list[str]) -> int:
+    """The poisoned run with failing calls split in halves and in sixteenths, taking turns."""
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.rejects_bench split",
+                                 description="the poison run with SPLIT_PARTS=2 (halves) and 16, taking turns")
+    ap.add_argument("--lines", type=float, default=1e7)
+    ap.add_argument("--files", type=int, default=8)
+    ap.add_argument("--every", type=float, default=1e6)
+    ap.add_argument("--repeat", type=int, default=6)
+    ap.add_argument("--parts", default="2,16")
+    ap.add_argument("--data", default=None)
+    args = ap.parse_args(argv)
+    import dask.config
+
+    import engine
+    from engine.cluster import get_client
+    clean_dir = clean(int(args.lines), args.files, args.data)
+    poison_dir = poisoned(clean_dir, int(args.every), args.data)
+    limit = max(1, len(poisoned_lines(poison_dir)))
+    parts = [int(x) for x in args.parts.split(",")]
+    runs: dict[int, list[dict]] = {k: [] for k in parts}
+    import engine.rejects
+    default = engine.rejects.SPLIT_PARTS
+    with dask.config.set({"engine.local.max-bytes": 0}):
+        client, _ = get_client(None)
+
+        def one(k: int) -> dict:
+            _set_split_parts(client, k)
+            out = os.path.join(os.path.dirname(poison_dir), f".split-{k}-{os.getpid()}")
+            t0 = time.perf_counter()
+            try:
+                r = engine.run(JOB, poison_dir, out, force=True, on_error="reject", max_rejected=limit)
+            finally:
+                shutil.rmtree(out, ignore_errors=True)
+            maps = [t for t in r.report.tasks if t.stage.endswith("map") and t.status == "ok"]
+            return {"parts": k, "seconds": round(time.perf_counter() - t0, 3), "rejected": r.report.rejected,
+                    "map_cpu_s": round(sum(t.cpu for t in maps), 3),
+                    "worker_cpu_s": (r.report.usage or {}).get("worker_cpu_seconds")}
+        try:
+            one(parts[-1])                                   # warm
+            for i in range(args.repeat):
+                shift = i % len(parts)
+                for k in parts[shift:] + parts[:shift]:
+                    runs[k].append(one(k))
+                    print(json.dumps(runs[k][-1]), flush=True)
+        finally:
+            _set_split_parts(client, default)
+    base = runs[parts[-1]]
+    for k in parts:
+        pr = _paired([x["map_cpu_s"] for x in runs[k]], [x["map_cpu_s"] for x in base])
+        print(f"SPLIT_PARTS={k}: median {harness.median([x['seconds'] for x in runs[k]]):.2f}s, map-task CPU "
+              f"{harness.median([x['map_cpu_s'] for x in runs[k]]):.2f}s, ÷ SPLIT_PARTS={parts[-1]} paired "
+              f"{harness.median(pr):.3f} ({min(pr):.3f}..{max(pr):.3f})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "profile":
         return profile_main(argv[1:])
-    print("usage: python -m benchmarks.rejects_bench profile [...] (the suite: python -m benchmarks --suites "
+    if argv and argv[0] == "split":
+        return split_main(argv[1:])
+    print("usage: python -m benchmarks.rejects_bench profile|split [...] (the suite: python -m benchmarks --suites "
           "rejects)", file=sys.stderr)
     return 2
 
