@@ -560,8 +560,9 @@ def _burner(stop: Path, seconds: float = 10.0):
         while time.thread_time() < cpu0 + seconds:
             i += 1
             if i % 2000 == 0:
-                with open(stop + ".cpu", "w") as f:
+                with open(stop + ".cpu.tmp", "w") as f:      # replaced whole: a reader never sees it empty
                     f.write(str(time.thread_time() - cpu0))
+                os.replace(stop + ".cpu.tmp", stop + ".cpu")
                 if os.path.exists(stop):
                     break
         return t
