@@ -75,7 +75,7 @@ def _embedded(processes: bool):
         entry = _EMBEDDED.get(processes)
         if entry is not None and entry[1].status == "running":
             return entry
-        from distributed import Client, LocalCluster
+        from distributed import Client, LocalCluster, SpecCluster
         workers = config.get("cluster.workers") or (os.cpu_count() or 1)
         threads = int(config.get("cluster.threads") or 1)
         if not processes:
@@ -87,24 +87,124 @@ def _embedded(processes: bool):
             dashboard = None
         env = _worker_env()
         os.environ.update(env)
-        with config.dask_config().set({"distributed.scheduler.worker-saturation": 1.0,
+        from . import quiet
+        logs = quiet.route()
+        with config.dask_config().set(quiet.worker_log_level()), config.dask_config().set({"distributed.scheduler.worker-saturation": 1.0,
                                        "distributed.nanny.pre-spawn-environ": env,
                                        "distributed.worker.daemon": False,
                                        "distributed.admin.tick.limit": "30s"}):
             try:
-                where = {"host": "127.0.0.1"} if processes else {}   # in-process clusters talk inproc://
-                cluster = LocalCluster(n_workers=workers, threads_per_worker=threads, processes=processes,
-                                       dashboard_address=dashboard, **where,
-                                       scheduler_kwargs={"dashboard_address": dashboard} if dashboard else {},
-                                       memory_limit=config.get("cluster.memory-limit"))
+                if processes and _spawn_reruns_main():
+                    cluster = _subprocess_cluster(workers, threads, dashboard, logs)
+                else:
+                    where = {"host": "127.0.0.1"} if processes else {}   # in-process clusters talk inproc://
+                    cluster = LocalCluster(n_workers=workers, threads_per_worker=threads, processes=processes,
+                                           dashboard_address=dashboard, **where,
+                                           scheduler_kwargs={"dashboard_address": dashboard} if dashboard else {},
+                                           memory_limit=config.get("cluster.memory-limit"))
             except Exception as exc:  # noqa: BLE001
                 raise ClusterError(f"could not start the embedded local cluster: {str(exc).rstrip('.')}{_script_hint()}") from exc
             client = Client(cluster, set_as_default=False)
+            if isinstance(cluster, SpecCluster) and not isinstance(cluster, LocalCluster):
+                try:   # fresh interpreters register a moment after they start
+                    client.wait_for_workers(workers, timeout=120)
+                except Exception as exc:  # noqa: BLE001
+                    client.close()
+                    cluster.close()
+                    raise ClusterError(f"the embedded cluster's {workers} worker process(es) did not register within "
+                                       f"120 s: {exc}") from exc
         link = cluster.dashboard_link if dashboard else None
         log.info("started embedded cluster: %d worker(s) x %d thread(s)%s", workers, threads,
                  f", dashboard {link}" if link else "")
         _EMBEDDED[processes] = (cluster, client)
         return cluster, client
+
+
+def _spawn_reruns_main() -> bool:
+    """Whether a process started with multiprocessing's spawn would run the caller's main module
+    again: a script (``python job.py``) or a module run with ``-m`` does, at top level, guard or no
+    guard; a notebook, the REPL and ``python -m pytest`` do not. ``engine.cluster.launch`` forces
+    the choice: ``"spawn"`` (dask's LocalCluster), ``"subprocess"`` (fresh interpreters)."""
+    launch = str(config.get("cluster.launch") or "auto").lower()
+    if launch in ("spawn", "subprocess"):
+        return launch == "subprocess"
+    main = sys.modules.get("__main__")
+    if main is None:
+        return False
+    name = getattr(getattr(main, "__spec__", None), "name", None)
+    if name is not None:
+        return not (name == "__main__" or name.endswith(".__main__"))
+    return bool(getattr(main, "__file__", None))
+
+
+def _subprocess_cluster(workers: int, threads: int, dashboard: str | None, logs: str | None):
+    """The embedded cluster for a script: the scheduler in this process, each worker a ``dask spec``
+    interpreter of its own (a nanny and its worker) that never imports the caller's script, so a run
+    at a script's top level needs no ``if __name__ == "__main__":``. The workers get this process's
+    dask configuration at start; a worker whose driver dies goes with it (Linux: parent-death signal)."""
+    from distributed import Scheduler, SpecCluster
+
+    limit = config.get("cluster.memory-limit")
+    opts = {"nthreads": threads, "memory_limit": limit if limit is not None else "auto", "host": "127.0.0.1", "dashboard": False,
+            "death_timeout": 30}
+    spec = {i: {"cls": _ScriptSafeWorker, "options": {"worker_kwargs": dict(opts), "logs": logs}}
+            for i in range(workers)}
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "port": 0,
+                                               "dashboard_address": dashboard or ":0",
+                                               "dashboard": bool(dashboard)}}
+    return SpecCluster(workers=spec, scheduler=scheduler, worker=spec[0] if spec else None,
+                       name="engine-embedded", silence_logs=logging.WARN)
+
+
+def _death_signal() -> None:   # runs in the child between fork and exec
+    try:
+        import ctypes
+        import signal
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))   # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001 - not Linux: the worker's death_timeout still ends it
+        pass
+
+
+def _worker_class():
+    from distributed.deploy.subprocess import SubprocessWorker
+
+    class ScriptSafeWorker(SubprocessWorker):
+        """``dask spec`` worker process started with this process's dask configuration in its
+        environment, ended by a parent-death signal."""
+
+        def __init__(self, scheduler: str, *, logs: str | None = None, **kwargs) -> None:
+            super().__init__(scheduler, **kwargs)
+            self.logs = logs
+
+        async def _start(self) -> None:
+            import asyncio
+            import json
+            from dask.config import serialize
+            env = dict(os.environ)
+            settings = config.dask_config().config
+            if self.logs:     # its lines go to the log file: dask's usual levels there, not the terminal's
+                from dask.config import merge
+                settings = merge(settings, {"distributed": {"logging": {"distributed": "info"}}})
+            env["DASK_INTERNAL_INHERIT_CONFIG"] = serialize(settings)
+            cmd = [sys.executable, "-m", "dask", "spec", self.scheduler, "--spec",
+                   json.dumps({"cls": self.worker_class, "opts": {**self.worker_kwargs}})]
+            out = open(self.logs, "ab") if self.logs else None   # noqa: SIM115 - the child keeps it
+            try:
+                # a session of its own: Ctrl-C in the terminal reaches the driver only, which ends the run
+                # and then its workers, instead of every worker printing its own traceback
+                self.process = await asyncio.create_subprocess_exec(
+                    *cmd, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
+                    start_new_session=True,
+                    preexec_fn=_death_signal if sys.platform.startswith("linux") else None)
+            finally:
+                if out is not None:
+                    out.close()
+
+    return ScriptSafeWorker
+
+
+def _ScriptSafeWorker(*args, **kwargs):  # noqa: N802 - a class factory SpecCluster calls like a class
+    return _worker_class()(*args, **kwargs)
 
 
 def _script_hint() -> str:

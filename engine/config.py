@@ -117,6 +117,17 @@ DEFAULTS: dict[str, Any] = {
         # Seconds the driver waits for a scheduler it cannot reach (connecting to it, or reconnecting
         # after losing it mid-run) before the run fails with ClusterError; finished tasks stay journaled.
         "scheduler-timeout": 10.0,
+        # How the embedded cluster starts its worker processes. "auto": when the caller is a script (or
+        # `python -m module`), as fresh interpreters that never import it again, so a run at a script's
+        # top level needs no main guard; elsewhere (notebooks, the REPL) dask's LocalCluster.
+        # "subprocess" / "spawn" force one way.
+        "launch": "auto",
+    },
+    "log": {
+        # dask's own log lines (worker banners, cancelled-task warnings, lost workers) go to this file
+        # rather than the terminal; None: <tmp>/mapreduce-engine/dask-<pid>.log. See engine.quiet.
+        "dask-file": None,
+        "dask-terminal": False,   # true (mapreduce --debug): dask's lines stay on the terminal too
     },
     "tls": {
         # The driver's TLS files for a tls:// scheduler (PEM); a key unset here falls back to dask's

@@ -166,13 +166,20 @@ __all__ = [
 ]
 
 
-class Terminated(KeyboardInterrupt):
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) stopped a run: its running tasks were cancelled, nothing of it was committed
+    unless it had committed already, its lock is released and the history records it as
+    ``interrupted``. A subclass of ``KeyboardInterrupt``, so ``except KeyboardInterrupt`` still catches
+    it; uncaught in a script it prints one line, not a traceback."""
+
+
+class Terminated(Interrupted):
     """SIGTERM (cron, Airflow, systemd, a container stop) turned into an exception while a run runs in
     the main thread, so the run unwinds as on Ctrl-C: running tasks are cancelled, its fence closes,
     its lock is released and the history records it as ``interrupted``."""
 
     def __str__(self) -> str:
-        return "terminated by SIGTERM"
+        return super().__str__() or "terminated by SIGTERM"
 
 
 class TooManyRejectedError(StageFailedError):

@@ -257,11 +257,47 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
                                partition_by, date, where, stage_to, max_change, canary, started, tracker, guards)
     except BaseException as exc:
         rec = tracker.finish(exc=exc)
+        if isinstance(exc, KeyboardInterrupt):
+            short = _interrupted(job, exc)
+            short.run_record = rec          # type: ignore[attr-defined]
+            raise short.with_traceback(None) from None
         with contextlib.suppress(Exception):
             exc.run_record = rec            # type: ignore[attr-defined]  (the CLI's --json reads it)
         raise
     result.record = tracker.finish(result=result)
     return result
+
+
+def _interrupted(job: Any, exc: KeyboardInterrupt) -> KeyboardInterrupt:
+    """Ctrl-C or SIGTERM during a run, as one :class:`engine.errors.Interrupted` that says what the
+    output holds (the engine's frames and the workers' cancelled tasks are of no use to the user);
+    uncaught in a script's main thread it prints that one line (see :func:`_one_line_exit`)."""
+    from .errors import Interrupted, Terminated
+    what = "terminated by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
+    name = getattr(job, "name", "?")
+    short = (Terminated if isinstance(exc, Terminated) else Interrupted)(
+        f"run of job {name!r} {what}; the output holds what was committed before (all of a run or none of it): "
+        "run it again to finish (resume=True reuses the tasks this run finished)")
+    _one_line_exit()
+    return short
+
+
+def _one_line_exit() -> None:
+    """Let an :class:`engine.errors.Interrupted` that reaches the top of a script print one line instead
+    of a traceback (the script exits with status 1); other exceptions keep the hook they had."""
+    import sys
+    if getattr(sys.excepthook, "_engine_one_line", False) or sys.excepthook is not sys.__excepthook__:
+        return    # ours already, or the user's (IPython, a framework): leave it alone
+
+    def hook(kind, value, tb):
+        from .errors import Interrupted
+        if isinstance(value, Interrupted):
+            print(f"{kind.__name__}: {value}", file=sys.stderr)
+            return
+        sys.__excepthook__(kind, value, tb)
+
+    hook._engine_one_line = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
 
 
 def _run_call(job, input, output, cluster, storage_options, mode, speculation, skew, shuffle_dir, partition_size,
