@@ -578,6 +578,11 @@ class Job:
         from .plan import explain    # late: plan depends on job
         return explain(self, input, **options)
 
+    def _repr_html_(self) -> str:
+        """In a notebook: the plan drawn as a DAG of stages (inline SVG), the text plan beneath."""
+        from .display import job_html     # late: the display draws plans (display -> plan -> job)
+        return job_html(self)
+
     def __repr__(self) -> str:
         version = f", version={self.version!r}" if self.version is not None else ""
         inp = f", input={self.input!r}" if self.input is not None else ""

@@ -376,12 +376,10 @@ class RunReport:
                 f"{esc(err.get('message') or '')}{loc}{tb}</div>")
 
     def _repr_html_(self) -> str:
-        notes = "".join(f"<li>{html.escape(redact(str(d.get('reason', d))))}</li>"
-                        for d in self.joins + self.combine + self.skew + self.speculation + self.zombies)
-        return (f"<div><b>{html.escape(self.job)}</b> run <code>{html.escape(self.run_id[:12])}</code>: "
-                f"{html.escape(self.status)} in {self.duration:.2f}s, {self.output_rows:,} rows in "
-                f"{self.output_files} files<br>{self.error_html()}{self.stage_table_html()}"
-                + (f"<ul>{notes}</ul>" if notes else "") + "</div>")
+        """In a notebook: the summary, the stage table, the task timeline and the run's decisions, as
+        self-contained HTML with inline SVG (:func:`engine.display.report_html`)."""
+        from .display import report_html       # late: the display draws reports (display -> report)
+        return report_html(self)
 
     def to_html(self, path: str | None = None) -> str:
         """A self-contained bokeh page: the error of a run that did not commit, the summary, the stage
