@@ -411,7 +411,7 @@ class _Sequential:
         while True:
             try:
                 r = run(self.job, self.input, self.output, mode="overwrite-partitions", date=d.date, resume=True,
-                        stage_to=stage_to, **self.options)
+                        stage_to=stage_to, **{"progress": False, **self.options})   # one line per date instead
                 break
             except ConcurrentRunError as exc:
                 if self.wait_until is None or time.monotonic() >= self.wait_until:

@@ -27,7 +27,10 @@ end (:mod:`engine.history`); ``run --json`` prints it on stdout, on failure too.
 
 Output streams: results (the run summary, the plan, the history) go to stdout; progress, log
 lines and errors go to stderr. On a terminal the progress is a one-line bar per stage; otherwise
-(a pipe, a file, a CI log) it is plain lines, ``STAGE: DONE/TOTAL tasks done``.
+(a pipe, a file, a CI log) it is timestamped lines, ``2026-12-01 09:00:00 STAGE: DONE/TOTAL tasks, ROWS
+rows, RATE rows/s, ELAPSED elapsed, ETA LEFT`` (the stage's first task, then at most one line every 5 s,
+and the line that ends it). dask's own log lines go to a log file, not the terminal
+(:mod:`engine.quiet`; ``--debug`` keeps them on the terminal); ``-q`` leaves errors and the summary.
 
 ``explain JOB`` prints the plan and the job fingerprint with what it covers (the code of how many
 functions from which user modules, or the ``version=`` that pins it); ``explain OUT`` on a committed
@@ -133,38 +136,16 @@ def load_job(spec: str):
     return job
 
 
-class _Progress:
-    """A one-line progress bar per stage on a terminal; plain log lines otherwise.
+def _Progress():  # noqa: N802 - the CLI's progress: a bar on a terminal, timestamped lines otherwise
+    from .progress import Progress
+    return Progress(mode="tty" if _stderr_is_tty() else "lines")
 
-    Plain mode prints a stage's first completed task, then at most one line every ``interval``
-    seconds per stage, and always the line that completes the stage.
-    """
 
-    def __init__(self, stream=None, *, interval: float = 5.0) -> None:
-        self.stream = stream if stream is not None else sys.stderr
-        try:
-            self.tty = self.stream.isatty()
-        except (AttributeError, ValueError):
-            self.tty = False
-        self.interval = interval
-        self.last: dict[str, float] = {}
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        try:
-            if self.tty:
-                width = 30
-                filled = int(width * done / max(total, 1))
-                end = "\n" if done >= total else ""
-                self.stream.write(f"\r{stage:<12} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} tasks"
-                                  + end)
-                self.stream.flush()
-                return
-            now = time.monotonic()
-            if done >= total or now - self.last.get(stage, -1e9) >= self.interval:
-                self.last[stage] = now
-                print(f"{stage}: {done}/{total} tasks done", file=self.stream, flush=True)
-        except (OSError, ValueError):
-            pass  # a closed stderr never fails a run
+def _stderr_is_tty() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def _positive_int(text: str) -> int:
@@ -234,7 +215,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true",
                    help="recompute even if this job already committed this output from this input "
                         "(combine with --mode overwrite to replace it)")
-    r.add_argument("--quiet", "-q", action="store_true", help="no progress or log lines, only the summary and errors")
+    r.add_argument("--quiet", "-q", action="store_true", help="no progress, log lines or warnings: only the summary and errors")
     r.add_argument("--json", action="store_true",
                    help="print the run's record as JSON on stdout (on failure too), for schedulers")
     _ops_flags(r)
@@ -479,7 +460,7 @@ def _configure_logging(quiet: bool, debug: bool) -> None:
     from . import config
     config.on_dask(lambda: _configure_dask(debug))   # when a run needs dask (not for a no-op or a check)
     engine_log = logging.getLogger("engine")
-    engine_log.setLevel(logging.WARNING if quiet else logging.INFO)
+    engine_log.setLevel(logging.ERROR if quiet else logging.INFO)   # -q: retries and warnings are in the report
     if not any(getattr(h, "_mapreduce_cli", False) for h in engine_log.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_CliFormatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"))
@@ -490,6 +471,8 @@ def _configure_logging(quiet: bool, debug: bool) -> None:
 
 def _configure_dask(debug: bool) -> None:
     import dask.config
+    if debug:
+        dask.config.set({"engine.log.dask-terminal": True})     # dask's own lines stay on the terminal
     # distributed configures its loggers (in this process and in every worker process) when it is
     # first imported. Keep its chatter to real problems: a failing task is retried and reported by
     # the engine, so the workers' own "Compute Failed" tracebacks only show with --debug.
@@ -649,7 +632,7 @@ def cmd_run(args) -> int:
             result = run(job, _inputs(args.input, job), args.output, cluster=args.scheduler, mode=args.mode,
                          speculation=not args.no_speculation, skew=not args.no_skew, shuffle_dir=args.shuffle_dir,
                          partition_size=args.partition_size, force=args.force, report=args.report,
-                         format=args.format, resume=args.resume, progress=None if args.quiet else _Progress(),
+                         format=args.format, resume=args.resume, progress=False if args.quiet else _Progress(),
                          map_combine=False if args.no_map_combine else None, partition_by=args.partition_by,
                          date=args.date, where=args.where, stage_to=args.stage_to, max_change=args.max_change,
                          canary=args.canary, metrics_file=args.metrics_file, push_gateway=args.push_gateway,

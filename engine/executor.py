@@ -414,6 +414,7 @@ class StageExecutor:
         """Run ``tasks`` (one per partition) to completion; ``{partition: result}``."""
         st = self._begin(name, prefix, tasks, round_index, round_count, kind, describe)
         self._reuse_journaled(st)
+        self._show_progress(st)
         self._check_budgets(st)
         st.pending.extend(p for p in st.tasks if p not in st.results)
         st.share = self._share(len(st.pending))
@@ -597,7 +598,15 @@ class StageExecutor:
         _count(st.report, value)
         self._cancel_siblings(st, partition)
         self.rejects.note(value)
-        if self.progress is not None:
+        self._show_progress(st)
+
+    def _show_progress(self, st: _Stage) -> None:
+        if self.progress is None:
+            return
+        update = getattr(self.progress, "update", None)
+        if callable(update):     # engine.progress.Progress: the rows too
+            update(st.name, len(st.results), len(st.tasks), rows=int(getattr(st.report, "rows_in", 0) or 0))
+        elif len(st.results):
             self.progress(st.name, len(st.results), len(st.tasks))
 
     def _gather(self, done: list) -> dict:

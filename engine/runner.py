@@ -145,7 +145,7 @@ def _payload(plan: Plan) -> bytes:
 def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options: dict | None = None,
         mode: str = "error", speculation: bool = True, skew: bool = True, shuffle_dir: str | None = None,
         partition_size: int | str | None = None, force: bool = False, report: str | None = None, *,
-        format: str | None = None, resume: bool = False, progress: ProgressFn | None = None,
+        format: str | None = None, resume: bool = False, progress: ProgressFn | bool | None = None,
         faults: Any = None, map_combine: bool | None = None, partition_by: Sequence[str] | str | None = None,
         date: Any = None, where: Any = None, stage_to: str | None = None,
         max_change: float | str | None = None, canary: int | float | None = None,
@@ -164,6 +164,9 @@ def run(job: Job, input: Any, output: str, cluster: Any = None, storage_options:
     ``mode``: "error" refuses committed output, "overwrite" replaces it (the old output stays readable
     until the new one commits), "append" adds the new files to it. A rerun of the same job on the same
     input snapshot over its own committed output is a no-op unless ``force=True``.
+    ``progress``: None shows live per-stage progress where someone watches (an updating table in a
+    notebook, a bar on a terminal; see :mod:`engine.progress`), False none, a
+    :class:`engine.progress.Progress` or any ``fn(stage, done, total)`` as given.
     ``map_combine=False`` ships map output uncombined (the reducers combine it; for tuning and tests;
     default ``engine.shuffle.map-combine``).
 
@@ -774,7 +777,8 @@ def _run_body(job: Job, input: Any, output: str, out_fs, out: str, cluster: Any,
                 supervisor = Supervisor.from_config(client, rep)
             except ImportError:
                 supervisor = None
-        executor = StageExecutor(client, rep, progress=progress, supervisor=supervisor, journal=journal,
+        from .progress import default as default_progress
+        executor = StageExecutor(client, rep, progress=default_progress(progress), supervisor=supervisor, journal=journal,
                                  resume=resume, shuffle_fs=shuffle_fs, out_fs=out_fs, out=out, guards=guards)
         ok = full = False
         try:

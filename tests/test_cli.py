@@ -175,7 +175,8 @@ def test_run_commits_the_reference_counts(committed):
 def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(committed):
     stderr = committed["proc"].stderr
     assert "\r" not in stderr
-    done = re.findall(r"^(\S+): (\d+)/(\d+) tasks done$", stderr, flags=re.M)
+    done = re.findall(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (\S+): (\d+)/(\d+) tasks, [\d,]+ rows, .* elapsed, (?:ETA \S+|done)$",
+                      stderr, flags=re.M)
     finished = {stage: int(total) for stage, d, total in done if d == total}
     assert any("map" in s for s in finished) and any("reduce" in s for s in finished), stderr
     map_tasks = next(total for stage, total in finished.items() if "map" in stage)
@@ -247,8 +248,8 @@ def test_force_overwrite_recomputes_with_a_progress_bar_on_a_terminal(copy_of, e
             proc.kill()
     terminal = b"".join(chunks).decode(errors="replace")
     assert proc.returncode == 0, terminal
-    assert re.search(r"\[#{30}\] 2/2 tasks", terminal), terminal  # the map stage's finished bar
-    assert "tasks done" not in terminal
+    assert re.search(r"\[#{24}\] 2/2 tasks, [\d,]+ rows, .*elapsed, done", terminal), terminal  # the map's bar
+    assert "\x1b[2K" in terminal and not re.search(r"^\d{4}-\d\d-\d\d ", terminal, flags=re.M)
     new = manifest(out)
     assert new["run_id"] != old["run_id"] and new["generation"] == old["generation"] + 1
     assert committed_counts(out) == reference_counts()
