@@ -10,8 +10,16 @@
 >>> engine.read("out/wc").sort_by("word")                   # doctest: +SKIP
 >>> engine.verify("out/wc")                                 # doctest: +SKIP
 
+Job code can count things as it runs (Hadoop's counters): the totals of the winning attempts.
+
+>>> def keep_dated(t):                                      # a map function
+...     engine.counter("no_date").add(pc.sum(pc.is_null(t["date"])).as_py() or 0)
+...     return t.filter(pc.is_valid(t["date"]))
+>>> Job("dated").map(keep_dated).run(IN, OUT).report.counters   # doctest: +SKIP
+{'no_date': 17}
+
 Public surface: :class:`Job`, :mod:`agg`, :func:`run`, :func:`read`, :func:`verify`, :class:`RunResult`,
-:class:`RunReport` and the exceptions of :mod:`engine.errors`.
+:class:`RunReport`, :func:`counter` (:mod:`engine.counters`) and the exceptions of :mod:`engine.errors`.
 """
 
 from __future__ import annotations
@@ -20,14 +28,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from . import config  # noqa: F401  (the engine.* defaults; it imports dask only when needed)
-from .errors import (ClusterError, CommitError, ConcurrentRunError, EmptyInputError, EngineError, FencedError, InputError,
-                     IntegrityError, JobDefinitionError, ManifestError, OutputExistsError, SchemaError,
-                     ShuffleLocationError, StageFailedError, TooManyRejectedError, BudgetExceededError)
+from .errors import (ClusterError, CommitError, ConcurrentRunError, CounterError, EmptyInputError, EngineError,
+                     FencedError, InputError, IntegrityError, JobDefinitionError, ManifestError, OutputExistsError,
+                     SchemaError, ShuffleLocationError, StageFailedError, TooManyRejectedError, BudgetExceededError)
 
 if TYPE_CHECKING:
     from . import agg
     from .commit import VerifySummary, read, verify
     from .context import logical_date
+    from .counters import counter
     from .rejects import read_rejected
     from .job import Job
     from .report import RunReport
@@ -38,7 +47,8 @@ if TYPE_CHECKING:
 _LAZY = {"agg": (".agg", None), "Job": (".job", "Job"), "read": (".commit", "read"),
          "verify": (".commit", "verify"), "VerifySummary": (".commit", "VerifySummary"),
          "RunReport": (".report", "RunReport"), "run": (".runner", "run"), "RunResult": (".runner", "RunResult"),
-         "logical_date": (".context", "logical_date"), "read_rejected": (".rejects", "read_rejected"),
+         "logical_date": (".context", "logical_date"),
+         "counter": (".counters", "counter"), "counters": (".counters", None), "read_rejected": (".rejects", "read_rejected"),
          "__version__": ("._version", "ENGINE_VERSION")}
 
 
@@ -57,8 +67,9 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "Job", "agg", "run", "read", "verify", "logical_date", "RunResult", "RunReport", "VerifySummary", "__version__",
+    "Job", "agg", "run", "read", "verify", "logical_date", "counter", "RunResult", "RunReport", "VerifySummary", "__version__",
     "EngineError", "JobDefinitionError", "SchemaError", "InputError", "EmptyInputError", "ClusterError",
     "ShuffleLocationError", "StageFailedError", "CommitError", "OutputExistsError", "ConcurrentRunError",
     "IntegrityError", "ManifestError", "FencedError", "read_rejected", "TooManyRejectedError", "BudgetExceededError",
+    "CounterError",
 ]

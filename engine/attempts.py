@@ -26,6 +26,10 @@ closed connection, a cancelled task) has no ``engine_attempt``.
 While an attempt runs, :func:`running_cpu` tells how much CPU its thread has used so far (the
 driver's CPU budget counts running attempts, not only finished ones).
 
+The wrapper also gives the attempt its own scope of counters (:mod:`engine.counters`): what the
+job's code counted goes back in the result (``result["counters"]``) of an attempt that returns, and
+is dropped with one that raises.
+
 The wrapper also tells the attempt how many attempts of its stage may run at once (``share``), which
 a rate-limited map step (:mod:`engine.ratelimit`) divides its stage's rate by.
 
@@ -51,7 +55,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import ratelimit
+from . import counters, ratelimit
 from .errors import RemoteTaskError
 
 _ENGINE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -213,8 +217,12 @@ def run_attempt(func: Any, share: int, *args: Any, tag: Any = None) -> Any:
     _RUNNING[number] = (tag, thread_cpu_clock(), cpu0, start)
     carrier = None
     try:
-        with ratelimit.sharing(share):
-            return func(*args)
+        # the attempt's counters (engine.counters) travel in its result; an attempt that raises drops them
+        with ratelimit.sharing(share), counters.collect() as counts:
+            result = func(*args)
+        if counts and isinstance(result, dict):
+            result["counters"] = dict(counts)
+        return result
     except BaseException as exc:
         if getattr(exc, "engine_attempt", None) is None:
             try:

@@ -49,6 +49,7 @@ def record_json(rec: dict[str, Any]) -> dict[str, Any]:
     """A record as JSON for programs: the report parsed, the derived status (``lost``) applied."""
     out = dict(rec)
     out["status"] = history.shown_status(rec)
+    out["counters"] = history.counters_of(rec)
     for key in ("report", "slo"):
         if isinstance(out.get(key), str):
             try:
@@ -178,6 +179,9 @@ def cmd_history(args) -> int:
         if r.get("status") not in history.SUCCEEDED and r.get("status") != "running" and r.get("message"):
             where = f" at {r['error_location']}" if r.get("error_location") else ""
             print(f"{'':<21}  {r['message'][:160]}{where}")
+        if history.counters_of(r):
+            from .counters import summary_line
+            print(f"{'':<21}  {summary_line(history.counters_of(r), limit=8)}")
     print()
     if slis and hasattr(slo_mod, "format_slis"):
         print(slo_mod.format_slis(slis))
@@ -193,6 +197,7 @@ def cmd_history(args) -> int:
 def _row_json(r: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in r.items() if k not in ("report", "slo")}
     out["status"] = history.shown_status(r)
+    out["counters"] = history.counters_of(r)
     return out
 
 

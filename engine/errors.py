@@ -6,7 +6,8 @@ do not know this module::
 
     EngineError
     ├── JobDefinitionError (ValueError)      a job is malformed: caught when it is defined or planned
-    │   └── SchemaError                      a stage's input or output columns do not fit
+    │   ├── SchemaError                      a stage's input or output columns do not fit
+    │   └── CounterError                     engine.counter() misused (a name not text, an amount not whole)
     ├── InputError (ValueError)              input paths, formats or files that cannot be read
     │   ├── EmptyInputError                  the input matched no files
     │   └── PartitionNotFoundError           read(..., partitions=) names a partition the output does not have
@@ -309,3 +310,12 @@ def _rebuild_too_large(message, partition, nbytes, budget, key):
 
 
 __all__ += ["PartitionTooLargeError"]
+
+
+class CounterError(JobDefinitionError):
+    """``engine.counter(name).add(n)`` used wrongly: a name that is not text, an amount that is not a
+    whole number, or more distinct names in one task than :data:`engine.counters.MAX_NAMES`. Raised in
+    the job's code, and never retried (the next attempt would do the same)."""
+
+
+__all__ += ["CounterError"]

@@ -53,7 +53,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from . import attempts, commit, config, shuffle
+from . import attempts, commit, config, counters, shuffle
 from .attempts import run_attempt
 from .cluster import scheduler_timeout
 from .compile import TaskSpec, task_key
@@ -471,6 +471,7 @@ class StageExecutor:
         for value in st.results.values():      # the stage's figures cover what resumed tasks did too
             _count(st.report, value)
             self.rejects.note(value)
+            counters.add_result(self.report.counters, value)      # (and the counts of their attempts)
         if st.results:
             log.info("%s: resumed %d of %d task(s) from the journal", st.name, len(st.results), len(st.tasks))
             self.report.retries.append({"stage": st.name, "resumed": sorted(st.results)})
@@ -598,6 +599,7 @@ class StageExecutor:
         _count(st.report, value)
         self._cancel_siblings(st, partition)
         self.rejects.note(value)
+        counters.add_result(self.report.counters, value)     # the winner's counts only (engine.counters)
         self._show_progress(st)
 
     def _show_progress(self, st: _Stage) -> None:

@@ -70,6 +70,7 @@ COLUMNS: dict[str, str] = {
     "slo": "TEXT",                # JSON: the objectives the job declared (engine.slo.Objectives)
     "deadline_missed": "INTEGER",  # 1: the job declares a deadline and this run ended after it without
                                   # delivering by then (0: in time; NULL: no deadline declared)
+    "counters": "TEXT",           # JSON {name: int}: the engine.counter() totals of the run (NULL: none)
 }
 STATUSES = ("running", "committed", "skipped", "failed", "interrupted", "refused")
 SHOWN = STATUSES + ("lost",)          # "lost": running, with its driver gone (is_lost)
@@ -433,6 +434,18 @@ def effective(rec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def counters_of(rec: dict[str, Any]) -> dict[str, int]:
+    """The record's counters (``engine.counter()`` totals) as a dict; ``{}`` for none or unreadable."""
+    raw = rec.get("counters")
+    if isinstance(raw, dict):
+        return dict(raw)
+    try:
+        value = json.loads(raw) if raw else {}
+    except (TypeError, ValueError):
+        return {}
+    return {str(k): v for k, v in value.items() if isinstance(v, int)} if isinstance(value, dict) else {}
+
+
 def report_of(rec: dict[str, Any]):
     """The record's run report as a :class:`engine.report.RunReport`."""
     from .report import RunReport
@@ -477,4 +490,4 @@ def slis(job: str | None = None) -> list[dict[str, Any]]:
 
 
 __all__ = ["COLUMNS", "STATUSES", "SHOWN", "effective", "FINAL", "SUCCEEDED", "Store", "SQLiteStore", "open_store", "url", "path", "put",
-           "record", "runs", "slis", "base_record", "new_record_id", "is_lost", "shown_status", "report_of"]
+           "record", "runs", "slis", "base_record", "new_record_id", "is_lost", "shown_status", "report_of", "counters_of"]

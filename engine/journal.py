@@ -11,9 +11,10 @@ therefore holds data, never code, and loading it trusts nothing:
 
 * An entry is JSON with an explicit encoding per type (:func:`encode_result` / :func:`decode_result`):
   :class:`~engine.shuffle.MapOutput`, :class:`~engine.datasets.Split`, commit messages, plain
-  numbers and strings; Arrow schemas and tables (the key sample of a sort run, the heavy keys and
-  batch bounds of a map output) travel as Arrow IPC bytes in base64. Nothing is unpickled or
-  imported; files of the old pickle format (``.pkl``) are ignored, never opened.
+  numbers and strings, the attempt's counters (names to whole numbers); Arrow schemas and tables
+  (the key sample of a sort run, the heavy keys and batch bounds of a map output) travel as Arrow
+  IPC bytes in base64. Nothing is unpickled or imported; files of the old pickle format (``.pkl``)
+  are ignored, never opened.
 * A file is ``{"doc": {format, version, run_id, stage, partition, entry}, "sha256": ...}``, the
   SHA-256 of the canonical JSON of ``doc`` (sorted keys, no spaces, ASCII); a torn, edited or
   misplaced file (another run, stage or partition) does not match and is ignored.
@@ -43,6 +44,7 @@ from typing import Any
 import pyarrow as pa
 
 from .commit import _bad_entry_path, engine_file, temporary_dir
+from .counters import checked as checked_counters
 from .datasets import Split, is_local
 from .shuffle import MapOutput
 
@@ -326,6 +328,8 @@ def encode_result(result: dict) -> dict:
         body["rejected"] = {"count": int(rejected["count"]), "message": commit_to_json(rejected["message"]),
                             "sample": [str(x) for x in rejected.get("sample") or []][:8],
                             "unread": int(rejected.get("unread") or 0)}
+    if result.get("counters"):    # what the attempt's code counted (engine.counters): kept by a resumed run
+        body["counters"] = checked_counters(result["counters"])
     extra = {k: v for k, v in result.items()
              if k not in body and k not in _KINDS and k != "schema" and isinstance(v, _SCALAR)}
     unknown = set(result) - set(body) - set(extra) - set(_KINDS) - {"schema"}
@@ -338,7 +342,7 @@ def encode_result(result: dict) -> dict:
 def decode_result(body: Any) -> dict:
     """A task result from its JSON form; :class:`JournalEntryError` for anything unexpected."""
     fields = {"kind", "schema", "attempt", "extra", *_KINDS, *_RUN_FIELDS, *_INT_FIELDS, *_FLOAT_FIELDS}
-    _dict(body, "entry", fields | {"rejected"}, fields - set(_KINDS))
+    _dict(body, "entry", fields | {"rejected", "counters"}, fields - set(_KINDS))
     kind = body["kind"]
     _check(kind in _KINDS and kind in body and not (set(_KINDS) - {kind}) & set(body),
            "entry must hold exactly one of shuffle, next_input, commit")
@@ -367,6 +371,11 @@ def decode_result(body: Any) -> dict:
         result["rejected"] = {"count": _int(r["count"], "entry.rejected.count"),
                               "message": commit_from_json(r["message"]), "sample": list(r["sample"]),
                               "unread": _int(r.get("unread", 0), "entry.rejected.unread")}
+    if "counters" in body:
+        try:
+            result["counters"] = checked_counters(body["counters"])
+        except ValueError as exc:
+            raise JournalEntryError(f"entry.counters: {exc}") from exc
     return result
 
 

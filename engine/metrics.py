@@ -26,6 +26,9 @@ The series, all gauges, all labelled ``job`` (the engine job's name)::
     mapreduce_speculative_attempts, mapreduce_rejected_records, mapreduce_deadline_misses,
     mapreduce_cpu_seconds                             what the newest finished run did, whatever its end
     mapreduce_run_info{run_id,engine_version,status}  1: which run the figures above describe
+    mapreduce_counter{name}                           the job's counters (engine.counter) in the newest
+                                                      finished run that counted any (a run that counts
+                                                      none leaves the previous ones)
 
 ``status`` takes at most the five final statuses (committed, skipped, failed, interrupted,
 refused). The logical date and the record id are no labels: a label value that changes with every
@@ -104,6 +107,8 @@ GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
                                   ()),
     "mapreduce_cpu_seconds": ("CPU seconds of the newest finished run's task threads.", ()),
     "mapreduce_run_info": ("1; its labels name the newest finished run.", ("run_id", "engine_version", "status")),
+    "mapreduce_counter": ("A counter of the newest finished run that counted (engine.counter(name).add(n)).",
+                          ("name",)),
 }
 STATUS_FAMILIES = ("mapreduce_last_completion_timestamp_seconds", "mapreduce_duration_seconds")
 
@@ -183,6 +188,9 @@ def run_samples(rec: dict[str, Any]) -> list[tuple[str, dict[str, str], float]]:
         v = _num(rec.get(key))
         if v is not None:
             out.append((name, {}, v))
+    from .history import counters_of
+    for name, v in sorted(counters_of(rec).items()):
+        out.append(("mapreduce_counter", {"name": name}, float(v)))
     misses = _num(rec.get("deadline_misses", rec.get("deadline_missed")))
     out.append(("mapreduce_deadline_misses", {}, misses or 0.0))
     from ._version import ENGINE_VERSION

@@ -25,7 +25,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from . import config
+from . import config, counters
 from .datasets import (InputSpec, Pruning, Split, input_schema, normalize_format, prune_splits, resolve_input,
                        sample_table)
 from .errors import EngineError, JobDefinitionError, SchemaError
@@ -377,9 +377,15 @@ def build_plan(job: Job, input_spec: InputSpec | Mapping[str, InputSpec] | None,
 
 def validate_on_sample(plan: Plan, sample: pa.Table | Mapping[str, pa.Table | None] | None) -> None:
     """Run the job's functions on a few input rows in the driver, to catch shape mistakes early
-    (a job reading named inputs takes a dict of samples; an input without one is not checked)."""
+    (a job reading named inputs takes a dict of samples; an input without one is not checked).
+    What the functions count here (:mod:`engine.counters`) is thrown away: no run counts it."""
     if sample is None:
         return
+    with counters.collect():
+        _validate_on_sample(plan, sample)
+
+
+def _validate_on_sample(plan: Plan, sample: pa.Table | Mapping[str, pa.Table | None]) -> None:
     if plan.multi_input or isinstance(sample, Mapping):
         samples = sample if isinstance(sample, Mapping) else {plan.job.label: sample}
         _validate_dag(plan, samples)

@@ -3,7 +3,8 @@
 With ``on_error="reject"`` (:class:`engine.guards.Guards`), a map or reduce call that raises is
 called again on parts of its rows (up to :data:`SPLIT_PARTS` parts of at least :data:`SPLIT_MIN_ROWS`
 rows; halves below that), and so on for each part that fails, until the failing rows are single
-rows (map: input rows; reduce: the rows of one key). The rows that pass keep their output;
+rows (map: input rows; reduce: the rows of one key). The rows that pass keep their output (and
+what the calls on them counted: a call that raised counts nothing, :mod:`engine.counters`);
 each failing row is written, with the error, the traceback, the input file and the row's position,
 to ``OUT/_rejected/part-*.parquet``. Those files are attempt files like any output file: the winning
 attempt's are published with the run's commit and listed under ``"rejected"`` in its manifest,
@@ -40,6 +41,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from . import counters
 from .errors import EngineError, TooManyRejectedError
 
 REJECTED_DIR = "_rejected"
@@ -260,8 +262,9 @@ def _probes(n: int) -> list[int]:
 
 
 def _fails_everywhere(call, parts: list, rejects: TaskRejects) -> bool:
-    """True when ``call`` fails on every one of ``parts`` (single rows or keys spread over a batch)."""
-    return all(_try(call, part, [], rejects) is not None for part in parts)
+    """True when ``call`` fails on every one of ``parts`` (single rows or keys spread over a batch);
+    the output of a probe is thrown away, and so are its counters (the rows are called again)."""
+    return all(_try(call, part, [], rejects, keep=False) is not None for part in parts)
 
 
 def _unified(pieces: list) -> list:
@@ -303,10 +306,13 @@ def _parts(lo: int, hi: int) -> list[tuple[int, int]]:
     return list(zip(edges, edges[1:]))
 
 
-def _try(call, part: pa.Table, out: list, rejects: TaskRejects) -> BaseException | None:
-    """``call(part)`` into ``out``; the data error it raised, if any (engine errors propagate)."""
+def _try(call, part: pa.Table, out: list, rejects: TaskRejects, keep: bool = True) -> BaseException | None:
+    """``call(part)`` into ``out``; the data error it raised, if any (engine errors propagate). What the
+    call counted (:mod:`engine.counters`) counts only if it succeeded (and ``keep``)."""
     try:
-        out.extend(call(part))
+        with counters.tentative(keep):
+            pieces = call(part)
+        out.extend(pieces)
         rejects.calls_ok += 1
         return None
     except Exception as exc:  # noqa: BLE001

@@ -157,6 +157,7 @@ class RunReport:
     settings: dict = field(default_factory=dict)          # the run's arguments and engine.* settings it used
     versions: dict = field(default_factory=dict)          # engine, python, pyarrow, dask, distributed
     usage: dict = field(default_factory=dict)             # cpu_seconds, worker_cpu_seconds, thread_seconds, ...
+    counters: dict = field(default_factory=dict)          # engine.counter() totals of the winning attempts
 
     @property
     def duration(self) -> float:
@@ -296,6 +297,9 @@ class RunReport:
         if self.rejected:
             lines.append(f"  rejected: {self.rejected:,} row(s) set aside in {self.output}/_rejected "
                          f"(mapreduce rejected {self.output}); e.g. {self.rejected_sample[0] if self.rejected_sample else '?'}")
+        if self.counters:
+            from .counters import summary_line
+            lines.append(f"  {summary_line(self.counters)}")
         metrics = {m["stage"]: m for m in self.stage_metrics()}
         for s in self.stages:
             m = metrics[s.name]

@@ -35,7 +35,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from . import config, extsort, gracejoin, shuffle
+from . import config, counters, extsort, gracejoin, shuffle
 from .attempts import user_code
 from .commit import ParquetAttemptWriter, PartitionedAttemptWriter
 from .context import set_task_date
@@ -586,6 +586,7 @@ def run_map(ctx: TaskContext, blob: bytes, input_fs: Any, split: Split, partitio
             output.abort()
         if rejects is not None:
             rejects.abort()
+        counters.restart()          # the attempt starts over without the file: so do its counts
         return run_map(ctx, blob, input_fs, split, partition, attempt, unreadable=str(exc))
     except BaseException:
         if output is not None:

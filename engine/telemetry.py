@@ -607,6 +607,7 @@ def record_from_report(rep, record_id: str, *, key_values: bool = False) -> dict
         "worker_cpu_seconds": usage.get("worker_cpu_seconds"), "thread_seconds": usage.get("thread_seconds"),
         "memory_gb_seconds": usage.get("memory_gb_seconds"), "checkpoint_at": usage.get("checkpoint_at"),
         "report": json.dumps(d, default=str),            # (to_dict() has redacted its strings)
+        "counters": json.dumps(rep.counters, sort_keys=True) if getattr(rep, "counters", None) else None,
     }
     rec.update(_usage_totals(rep))
     return rec
