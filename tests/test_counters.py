@@ -31,7 +31,6 @@ import pytest
 
 import engine
 from engine import Job, history
-from engine.counters import collect, tentative
 from engine.faults import Faults
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,6 +133,7 @@ def src(tmp_path_factory) -> str:
 
 
 def test_scopes_keep_what_succeeded_and_refuse_what_is_no_whole_number():
+    from engine.counters import collect, tentative
     with collect() as counts:
         engine.counter("a").add()
         engine.counter("a").add(np.int64(4))
