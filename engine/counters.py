@@ -32,9 +32,11 @@ So a total says what the committed output's own computation counted, each input 
 often tasks ran. One exception is the job's: a combine may run zero, one or many times
 (:meth:`engine.job.Job.combine`), so a counter in a combine counts how often it ran.
 
-Outside a task (the driver's own code, a test calling a map function directly) a counter counts
-into a bucket of the calling process that no run reads; :func:`collect` gives a block its own
-scope, which is how a job's function is unit-tested::
+Outside a task (the driver's own code, a test calling a map function directly; also a thread the
+job's code starts itself, unless it runs its work with ``contextvars.copy_context().run``) a
+counter counts into a bucket of the calling process that no run reads (:func:`local_counts`). The
+engine's own check of the job on a few input rows, before the run, counts nowhere.
+:func:`collect` gives a block its own scope, which is how a job's function is unit-tested::
 
     >>> with collect() as counts:
     ...     counter("seen").add(3)
