@@ -3,9 +3,14 @@ address, or a Client.
 
 ``cluster=None`` (and no ``DASK_SCHEDULER_ADDRESS``) with an input of at most ``engine.local.max-bytes``
 runs in the driver process on a thread pool (:mod:`engine.local`): no cluster starts and neither dask
-nor distributed is imported. Above that, ``cluster=None`` starts one ``LocalCluster`` on 127.0.0.1 the
-first time it is needed (one worker process per core, one thread each) and reuses it for later runs
-in the same process: a notebook or script pays the start-up once. ``DASK_SCHEDULER_ADDRESS`` in the
+nor distributed is imported. Above that, ``cluster=None`` starts one embedded cluster on 127.0.0.1
+the first time it is needed (the scheduler in this process, one worker process per core with one
+thread each) and reuses it for later runs in the same process: a notebook or script pays the
+start-up once. Its workers are fresh interpreters (``dask spec``) that never import the caller's
+script, so a script needs no ``if __name__ == "__main__":`` guard; they run in a session of their
+own (Ctrl-C on a terminal reaches the driver alone, which ends the run and then them), log to
+``engine.log.dask-file`` and end when the driver dies. ``engine.cluster.launch: spawn`` uses dask's
+``LocalCluster`` instead. ``DASK_SCHEDULER_ADDRESS`` in the
 environment is honoured like an address. ``memory://`` data lives in one process, so runs that touch
 it use the driver's threads or an in-process cluster.
 
@@ -121,20 +126,18 @@ def _embedded(processes: bool):
 
 
 def _spawn_reruns_main() -> bool:
-    """Whether a process started with multiprocessing's spawn would run the caller's main module
-    again: a script (``python job.py``) or a module run with ``-m`` does, at top level, guard or no
-    guard; a notebook, the REPL and ``python -m pytest`` do not. ``engine.cluster.launch`` forces
-    the choice: ``"spawn"`` (dask's LocalCluster), ``"subprocess"`` (fresh interpreters)."""
+    """Whether the embedded cluster starts its workers as fresh interpreters (``dask spec``) rather
+    than with multiprocessing's spawn (dask's LocalCluster). ``engine.cluster.launch``: ``"subprocess"``
+    (the default, ``"auto"``) or ``"spawn"``.
+
+    Fresh interpreters never import the caller's main module, where a spawned process runs a script
+    (``python job.py``, ``python -m module``) again, guard or no guard: so a run at a script's top level
+    needs no ``if __name__ == "__main__":``. They also run in a session of their own, so Ctrl-C on a
+    terminal reaches the driver alone, and their log lines go to the log file (:mod:`engine.quiet`)."""
     launch = str(config.get("cluster.launch") or "auto").lower()
-    if launch in ("spawn", "subprocess"):
-        return launch == "subprocess"
-    main = sys.modules.get("__main__")
-    if main is None:
-        return False
-    name = getattr(getattr(main, "__spec__", None), "name", None)
-    if name is not None:
-        return not (name == "__main__" or name.endswith(".__main__"))
-    return bool(getattr(main, "__file__", None))
+    if launch not in ("auto", "spawn", "subprocess"):
+        raise ClusterError(f"engine.cluster.launch={launch!r}: write 'subprocess' (the default) or 'spawn'")
+    return launch != "spawn"
 
 
 def _subprocess_cluster(workers: int, threads: int, dashboard: str | None, logs: str | None):
@@ -186,6 +189,10 @@ def _worker_class():
                 from dask.config import merge
                 settings = merge(settings, {"distributed": {"logging": {"distributed": "info"}}})
             env["DASK_INTERNAL_INHERIT_CONFIG"] = serialize(settings)
+            # the driver's import path, as a spawned process gets it: modules the job's code imports by
+            # name from the script's folder or the current directory resolve on the workers too
+            path = [os.path.abspath(p or os.curdir) for p in sys.path]
+            env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in path if os.path.isdir(p)))
             cmd = [sys.executable, "-m", "dask", "spec", self.scheduler, "--spec",
                    json.dumps({"cls": self.worker_class, "opts": {**self.worker_kwargs}})]
             out = open(self.logs, "ab") if self.logs else None   # noqa: SIM115 - the child keeps it

@@ -117,10 +117,10 @@ DEFAULTS: dict[str, Any] = {
         # Seconds the driver waits for a scheduler it cannot reach (connecting to it, or reconnecting
         # after losing it mid-run) before the run fails with ClusterError; finished tasks stay journaled.
         "scheduler-timeout": 10.0,
-        # How the embedded cluster starts its worker processes. "auto": when the caller is a script (or
-        # `python -m module`), as fresh interpreters that never import it again, so a run at a script's
-        # top level needs no main guard; elsewhere (notebooks, the REPL) dask's LocalCluster.
-        # "subprocess" / "spawn" force one way.
+        # How the embedded cluster starts its worker processes. "auto"/"subprocess": as fresh interpreters
+        # (`dask spec`) that never import the caller's script, in a session of their own, logging to
+        # engine.log.dask-file: a run at a script's top level needs no main guard and Ctrl-C reaches the
+        # driver alone. "spawn": dask's LocalCluster (multiprocessing spawn; scripts need a main guard).
         "launch": "auto",
     },
     "log": {

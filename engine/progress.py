@@ -109,6 +109,8 @@ class StageProgress:
         return self.elapsed / self.done * (self.total - self.done)
 
     def words(self) -> str:
+        if self.done == 0 and self.total:
+            return f"0/{self.total} tasks, started"
         left = self.eta
         eta = "done" if self.done >= self.total else ("ETA ?" if left is None else f"ETA {_duration(left)}")
         return (f"{self.done}/{self.total} tasks, {self.rows:,} rows, {_rate(self.rows, self.elapsed)}, "
@@ -134,6 +136,7 @@ class Progress:
         self.stages: dict[str, StageProgress] = {}
         self._last_line: dict[str, float] = {}
         self._handle: Any = None
+        self._open = False          # a terminal bar is drawn without its newline
         self._lock = threading.Lock()
 
     # The executor calls update(); any fn(stage, done, total) is also accepted by engine.run.
@@ -165,6 +168,7 @@ class Progress:
         filled = int(self.width * st.done / max(st.total, 1))
         bar = "#" * filled + "." * (self.width - filled)
         end = "\n" if st.done >= st.total else ""
+        self._open = not end
         self.stream.write(f"\r\x1b[2K{st.name:<12} [{bar}] {st.words()}{end}")
         self.stream.flush()
 
@@ -176,6 +180,18 @@ class Progress:
             self._last_line[st.name] = now
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             print(f"{stamp} {st.name}: {st.words()}", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        """End a terminal bar left unfinished (the run failed or was interrupted mid-stage), so what
+        follows starts on a line of its own."""
+        with self._lock:
+            if self._open:
+                self._open = False
+                try:
+                    self.stream.write("\n")
+                    self.stream.flush()
+                except (OSError, ValueError):
+                    pass
 
     def html(self) -> str:
         """The notebook table: one row per stage, a bar, the figures."""

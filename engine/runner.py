@@ -778,7 +778,8 @@ def _run_body(job: Job, input: Any, output: str, out_fs, out: str, cluster: Any,
             except ImportError:
                 supervisor = None
         from .progress import default as default_progress
-        executor = StageExecutor(client, rep, progress=default_progress(progress), supervisor=supervisor, journal=journal,
+        shown = default_progress(progress)
+        executor = StageExecutor(client, rep, progress=shown, supervisor=supervisor, journal=journal,
                                  resume=resume, shuffle_fs=shuffle_fs, out_fs=out_fs, out=out, guards=guards)
         ok = full = False
         try:
@@ -804,6 +805,9 @@ def _run_body(job: Job, input: Any, output: str, out_fs, out: str, cluster: Any,
                 raise exc from exc.__cause__
             raise
         finally:
+            if callable(getattr(shown, "close", None)):
+                with contextlib.suppress(Exception):
+                    shown.close()          # a bar cut short ends its line before the error or the summary
             _note_cluster_cpu(rep, client, info, cpu_before)
             with contextlib.suppress(Exception):
                 run_fence.close()

@@ -37,7 +37,9 @@ from __future__ import annotations
 import copyreg
 import functools
 import hashlib
+import io
 import os
+import pickle
 import sys
 import sysconfig
 import types
@@ -107,6 +109,20 @@ def user_modules() -> list[Any]:
     return [mod for name, mod in list(sys.modules.items()) if is_user_module(mod, system)]
 
 
+class _Pickler(cloudpickle.Pickler):
+    """cloudpickle's pickler, except that code shipped by value keeps its real file name (cloudpickle
+    writes ``<dynamic-code>``): a traceback from a worker then names the user's file and line, and
+    shows the line's text wherever that file can be read. (The job fingerprint never looks at file
+    names: see :func:`code_digest`.)"""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is types.CodeType:
+            from cloudpickle import cloudpickle as impl
+            kind, args = impl._code_reduce(obj)
+            return kind, tuple(obj.co_filename if a == "<dynamic-code>" else a for a in args)
+        return super().reducer_override(obj)
+
+
 def dumps(obj: Any) -> bytes:
     """cloudpickle ``obj`` with the user's modules pickled by value."""
     registered = []
@@ -117,7 +133,9 @@ def dumps(obj: Any) -> bytes:
         except ValueError:
             pass
     try:
-        return cloudpickle.dumps(obj)
+        buffer = io.BytesIO()
+        _Pickler(buffer, protocol=pickle.DEFAULT_PROTOCOL).dump(obj)
+        return buffer.getvalue()
     finally:
         for mod in registered:
             try:

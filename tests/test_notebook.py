@@ -381,3 +381,21 @@ def test_backfill_notebook_shows_each_step(backfilled):
     for tag in ("plot-before", "plot-after"):
         assert any("application/vnd.bokehjs_exec.v0+json" in o.get("data", {})
                    for o in tagged(nb, tag).outputs), tag
+
+
+def test_a_run_shows_live_progress_in_the_notebook(executed):
+    """The run cell carries the progress table the run kept updating: one row per stage, each finished
+    (all its tasks, "done"), with the rows its tasks read and a rate."""
+    nb, _, _ = executed
+    cell = tagged(nb, "run")
+    shown = [o for o in cell.outputs if o.output_type == "display_data"
+             and "mapreduce-progress" in o.get("data", {}).get("text/html", "")]
+    assert len(shown) == 1, cell.outputs          # one table, updated in place (not one per update)
+    table = shown[0]["data"]["text/html"]
+    stages = re.findall(r"<td style='text-align:left;font-family:monospace'>([^<]+)</td>", table)
+    assert any("map" in s for s in stages) and any("reduce" in s for s in stages), table
+    files = len(list(TEXT.iterdir()))
+    lines = sum(len(p.read_text().splitlines()) for p in TEXT.iterdir())
+    assert f"<td class='tasks'>{files}/{files} tasks</td><td class='rows'>{lines:,} rows</td>" in table, table
+    assert table.count("ETA done") == len(stages)
+    assert re.search(r"<td class='rate'>[\d.]+k? rows/s</td>", table), table
