@@ -1,11 +1,11 @@
 """The ``mapreduce`` command (also ``python -m engine``).
 
-    mapreduce run JOB --input IN | --input NAME=IN ... --output OUT [--scheduler ADDR] [--workers N] [--mode M]
-                  [--no-speculation] [--no-skew] [--no-map-combine] [--partition-size SIZE] [--report report.html]
-                  [--resume] [--force]
-    mapreduce verify PATH
+    mapreduce run JOB [--param KEY=VALUE ...] --input IN | --input NAME=IN ... --output OUT [--scheduler ADDR]
+                  [--workers N] [--mode M] [--no-speculation] [--no-skew] [--no-map-combine]
+                  [--partition-size SIZE] [--report report.html] [--resume] [--force] [--wait-lock 10m] [--json]
+    mapreduce verify PATH [--json]
     mapreduce clean PATH [--force]
-    mapreduce explain JOB [--input IN]
+    mapreduce explain JOB [--param KEY=VALUE ...] [--input IN] [--json]
     mapreduce history [--job NAME] [--since 30d] [--status S] [--json]
     mapreduce show RUN_ID [--json | --html FILE]
     mapreduce slo [--job NAME] [--since 30d] [--config FILE] [--json]
@@ -14,9 +14,14 @@
     mapreduce backfill JOB --input IN --output OUT --from DATE --to DATE --partition-by COLS [--where COND]
                   [--parallel N] [--force] [--fail-fast] [--wait SECONDS] [--json] [-q]
 
-``JOB`` is a Python file or an importable module that defines a module-level ``job``. Exit codes:
+``JOB`` is a Python file or an importable module that defines a module-level ``job``, or
+``FILE.py:NAME`` / ``module:NAME`` for the ``Job`` called NAME there (``jobs/groupby.py:q3``), or a
+function there that returns one, called with the ``--param key=value`` values as keyword arguments
+(a value is JSON when it parses as JSON, else text). An input may be a glob (``'data/*.parquet'``,
+``'s3://bucket/day=*/'``): the files it matches. ``--wait-lock 10m`` waits for another run that holds
+the output's lock instead of failing at once. Exit codes:
 0 success (including a rerun that had nothing to do), 1 the run or check failed (one-paragraph
-reason on stderr), 2 usage errors, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM: the run
+reason on stderr), 2 usage errors (and ``verify`` of a path that does not exist), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM: the run
 unwinds as on Ctrl-C, releasing its lock and closing its fence, and the history records it).
 ``mapreduce --debug ...`` also prints the traceback of an unexpected error.
 
@@ -92,19 +97,48 @@ def _job_error(spec: str, path: str | None, exc: BaseException):
     return JobDefinitionError(f"loading job {spec!r} failed{where}: {type(exc).__name__}: {detail}")
 
 
-def load_job(spec: str):
-    """The module-level ``job`` of a Python file or importable module."""
+_SPEC_NAME = re.compile(r"(?P<source>.+):(?P<name>[A-Za-z_][A-Za-z0-9_]*)")
+
+
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """``FILE.py:NAME`` or ``module:NAME`` as ``(source, NAME)``; ``(spec, None)`` without ``:NAME``."""
+    m = _SPEC_NAME.fullmatch(spec)
+    if m is None or os.path.exists(spec):        # a file whose name holds a colon is still that file
+        return spec, None
+    return m.group("source"), m.group("name")
+
+
+def parse_params(values: list[str] | None) -> dict[str, Any]:
+    """``--param key=value`` values as keyword arguments: a value is JSON when it parses as JSON
+    (``10``, ``0.5``, ``true``, ``null``, ``"text"``, ``[1, 2]``), else the text as it is."""
+    import json
+    from .errors import JobDefinitionError
+    params: dict[str, Any] = {}
+    for text in values or ():
+        key, eq, value = text.partition("=")
+        key = key.strip()
+        if not eq or not key.isidentifier():
+            raise JobDefinitionError(f"--param {text!r}: expected NAME=VALUE, e.g. --param day=2026-11-30 "
+                                     "or --param top=10")
+        try:
+            params[key] = json.loads(value)
+        except ValueError:
+            params[key] = value
+    return params
+
+
+def _load_module(source: str, spec: str):
+    """The module of a job file (by path) or an importable module (by name)."""
     from .errors import EngineError, JobDefinitionError
-    from .job import Job
-    if spec.endswith(".py") or os.path.sep in spec or (os.altsep and os.altsep in spec):
-        path = os.path.abspath(spec)
+    if source.endswith(".py") or os.path.sep in source or (os.altsep and os.altsep in source):
+        path = os.path.abspath(source)
         if not os.path.isfile(path):
-            raise JobDefinitionError(f"job file {spec!r} does not exist" if not os.path.exists(path)
-                                     else f"job {spec!r} is not a file; pass a Python file that defines `job`")
+            raise JobDefinitionError(f"job file {source!r} does not exist" if not os.path.exists(path)
+                                     else f"job {source!r} is not a file; pass a Python file that defines `job`")
         name = "mapreduce_job_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
         mod_spec = importlib.util.spec_from_file_location(name, path)
         if mod_spec is None or mod_spec.loader is None:
-            raise JobDefinitionError(f"cannot load {spec!r} as a Python module; the job file must end in .py")
+            raise JobDefinitionError(f"cannot load {source!r} as a Python module; the job file must end in .py")
         module = importlib.util.module_from_spec(mod_spec)
         sys.modules[name] = module
         folder = os.path.dirname(path)
@@ -118,21 +152,108 @@ def load_job(spec: str):
         except Exception as exc:  # noqa: BLE001 - any failure of user code while loading is a job error
             sys.modules.pop(name, None)
             raise _job_error(spec, path, exc) from exc
-    else:
-        try:
-            module = importlib.import_module(spec)
-        except EngineError:
-            raise
-        except ModuleNotFoundError as exc:
-            hint = "" if exc.name != spec.split(".")[0] else "; pass a path to a .py file, or a module on sys.path"
-            raise JobDefinitionError(f"cannot import job module {spec!r}: {exc}{hint}") from exc
-        except Exception as exc:  # noqa: BLE001
-            raise _job_error(spec, None, exc) from exc
-    job = getattr(module, "job", None)
-    if not isinstance(job, Job):
-        found = "it defines no `job`" if job is None else f"its `job` is a {type(job).__name__}"
-        raise JobDefinitionError(f"{spec} must define a module-level `job = engine.Job(...)`, but {found}; "
+        return module
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())     # `mapreduce run jobs.groupby:q3` finds ./jobs as `python -m` would
+    try:
+        return importlib.import_module(source)
+    except EngineError:
+        raise
+    except ModuleNotFoundError as exc:
+        hint = "" if exc.name != source.split(".")[0] else "; pass a path to a .py file, or a module on sys.path"
+        raise JobDefinitionError(f"cannot import job module {source!r}: {exc}{hint}") from exc
+    except Exception as exc:  # noqa: BLE001
+        raise _job_error(spec, None, exc) from exc
+
+
+def _job_choices(module) -> list[str]:
+    """Names in ``module`` that ``FILE.py:NAME`` can choose: its jobs, then its functions annotated to
+    return a Job (``def daily(day: str) -> Job``)."""
+    import inspect
+    from .job import Job
+    jobs, functions = [], []
+    for attr, value in vars(module).items():
+        if attr.startswith("_"):
+            continue
+        if isinstance(value, Job):
+            jobs.append(attr)
+        elif inspect.isfunction(value) and value.__module__ == module.__name__:
+            ret = value.__annotations__.get("return")
+            if ret is Job or (isinstance(ret, str) and ret.rsplit(".", 1)[-1] == "Job"):
+                params = ", ".join(inspect.signature(value).parameters)
+                functions.append(f"{attr}({params})")
+    return jobs + functions
+
+
+def _call_job_function(fn, what: str, params: dict[str, Any]):
+    """``fn(**params)`` for a function that returns a Job; errors name the parameter and the flag."""
+    import inspect
+    from .errors import JobDefinitionError
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        sig = None
+    if sig is not None:
+        accepted = [p for p in sig.parameters.values()
+                    if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+        names = ", ".join(p.name for p in accepted) or "none"
+        unknown = [k for k in params if k not in {p.name for p in accepted}] if not takes_any else []
+        if unknown:
+            raise JobDefinitionError(f"--param {unknown[0]}: {what} takes no parameter {unknown[0]!r} "
+                                     f"(its parameters: {names})")
+        missing = [p.name for p in accepted if p.default is p.empty and p.name not in params]
+        if missing or any(p.kind is p.POSITIONAL_ONLY and p.default is p.empty for p in sig.parameters.values()):
+            if missing:
+                raise JobDefinitionError(f"{what} needs a value for its parameter {missing[0]!r}: pass "
+                                         + " ".join(f"--param {m}=VALUE" for m in missing))
+            raise JobDefinitionError(f"{what} takes positional-only parameters, which --param cannot pass; "
+                                     "make them keyword parameters")
+    return fn(**params)
+
+
+def load_job(spec: str, params: dict[str, Any] | None = None):
+    """The job that ``spec`` names: ``FILE.py`` or ``module`` (its module-level ``job``), or
+    ``FILE.py:NAME`` / ``module:NAME`` (the ``Job`` called NAME there). A function in place of the job
+    is called with ``params`` (``--param key=value``) and must return a ``Job``."""
+    from .errors import EngineError, JobDefinitionError
+    from .job import Job
+    params = dict(params or {})
+    source, name = split_spec(spec)
+    module = _load_module(source, spec)
+    attr = name or "job"
+    target = getattr(module, attr, None)
+    if target is None:
+        choices = _job_choices(module)
+        example = f"{source}:{choices[0].split('(')[0]}" if choices else None
+        if name is not None:
+            raise JobDefinitionError(f"{source} has no {name!r}; " + (
+                f"it defines {', '.join(choices)}: choose one, e.g. `mapreduce run {example} ...`" if choices else
+                "it defines no job (a module-level `engine.Job`, or a function returning one)"))
+        if choices:
+            raise JobDefinitionError(f"{source} defines no module-level `job` but {len(choices)} job(s): "
+                                     f"{', '.join(choices)}; choose one as JOB:NAME, e.g. `mapreduce run {example} ...`")
+        raise JobDefinitionError(f"{source} must define a module-level `job = engine.Job(...)`, but it defines no "
+                                 "`job`; e.g. job = Job('name').map(fn).reduce(by='key', aggs={'n': agg.count()})")
+    what = f"{source}:{attr}"
+    if isinstance(target, Job):
+        if params:
+            raise JobDefinitionError(f"--param {next(iter(params))}: {what} is a Job, not a function, so it takes "
+                                     "no parameters; name a function that returns a Job to pass --param values")
+        return target
+    if not callable(target):
+        raise JobDefinitionError(f"{what} is a {type(target).__name__}, not a Job or a function returning one; "
                                  "e.g. job = Job('name').map(fn).reduce(by='key', aggs={'n': agg.count()})")
+    try:
+        job = _call_job_function(target, what, params)
+    except EngineError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's function failed while building the job
+        path = getattr(module, "__file__", None)
+        raise _job_error(spec, os.path.abspath(path) if path else None, exc) from exc
+    if not isinstance(job, Job):
+        raise JobDefinitionError(f"{what}(...) returned a {type(job).__name__}, not a Job; a job function "
+                                 "must return engine.Job(...)")
     return job
 
 
@@ -146,6 +267,55 @@ def _stderr_is_tty() -> bool:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+RUN_JSON_HELP = """\
+--json prints one JSON document on stdout and nothing else there (progress, logs and the error
+paragraph go to stderr; exit codes as without --json). It is the run's history record, on failure too:
+  record_id, run_id, job, fingerprint  the run and its job (run_id is the same for the same job and input)
+  status          committed | skipped (nothing to do) | failed | interrupted | refused
+  skipped         (on success) true when the output already held this job's output for this input
+  output_total_rows, output_total_files   (on success) what the output holds after the run (all generations)
+  started, finished, seconds   Unix times and duration
+  input_files, input_bytes, input_rows
+  output          the output path or URL
+  output_rows, output_files, output_bytes   what this run wrote (0 when skipped)
+  message, error_type, error_location       what happened; for a failure, the error and the user's file:line
+  tasks, attempts, retries, speculative, resumed, rejected, task_failures, failed_tasks
+  cpu_seconds, worker_cpu_seconds, thread_seconds, memory_gb_seconds, workers, threads
+  logical_date, host, pid, user, engine_version, staged (with --stage-to)
+  report          the run report: stages, tasks, skew/speculation decisions, error with traceback,
+                  settings, versions
+A run that fails before it starts (bad arguments, a job that cannot be loaded) still prints a record;
+argparse usage errors (exit 2) print none."""
+
+VERIFY_JSON_HELP = """\
+--json prints one JSON document on stdout:
+  path, ok (true only when intact), verdict: intact | corrupt | incomplete | missing
+  intact:   files, rows, bytes, run_id, generation  (what was checked)
+  otherwise: error (one paragraph), problems (one entry per bad file)"""
+
+EXPLAIN_JSON_HELP = """\
+--json prints one JSON document on stdout:
+  for a job:   job, fingerprint, fingerprint_covers, plan (the lines of the plan)
+  for an output: output, the manifest's fields (job, run_id, fingerprint, schema, input, meta, ...)
+               without its file list, file_count, partition_count
+  on an error: ok (false), status, error_type, error"""
+
+JOB_HELP = ("the job: FILE.py or an importable module (its module-level `job`), or FILE.py:NAME / module:NAME "
+            "(the Job called NAME there, or a function returning one, called with the --param values)")
+
+
+def _param_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--param", "-p", action="append", metavar="KEY=VALUE",
+                        help="a keyword argument of the job function JOB:NAME names (repeatable); VALUE is "
+                             "read as JSON when it is JSON (10, 0.5, true, [1, 2]), else as text")
+
+
+def _duration(text: str) -> float:
+    """Seconds from ``30s``, ``10m``, ``1h``, ``2d`` or a bare number of seconds (argparse type)."""
+    from .cli_ops import _window
+    return _window(text)
 
 
 def _positive_int(text: str) -> int:
@@ -179,8 +349,10 @@ def _parser() -> argparse.ArgumentParser:
                            metavar="{run,backfill,verify,explain,history,show,slo,alerts,dashboard,publish,diff,clean}")
     r = sub.add_parser("run", parents=[common], help="run a job and commit its output",
                        description="Run JOB over the input and commit its output atomically. Rerunning the same "
-                                   "job on unchanged input over its own committed output does nothing and exits 0.")
-    r.add_argument("job", help="Python file or module defining a module-level `job`")
+                                   "job on unchanged input over its own committed output does nothing and exits 0.",
+                       epilog=RUN_JSON_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("job", help=JOB_HELP)
+    _param_flag(r)
     r.add_argument("--input", "-i", required=True, action="append",
                    help="input path or URL (repeatable); NAME=PATH for a job that reads named inputs")
     r.add_argument("--output", "-o", required=True, help="output path or URL")
@@ -217,7 +389,11 @@ def _parser() -> argparse.ArgumentParser:
                         "(combine with --mode overwrite to replace it)")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress, log lines or warnings: only the summary and errors")
     r.add_argument("--json", action="store_true",
-                   help="print the run's record as JSON on stdout (on failure too), for schedulers")
+                   help="print the run's record as one JSON document on stdout (on failure too), for schedulers; "
+                        "its fields are listed below")
+    r.add_argument("--wait-lock", type=_duration, metavar="DURATION",
+                   help="when another run is writing the output, wait up to this long for it to end (e.g. 30s, "
+                        "10m, 1h), logging who holds it; then fail as without it (default: fail at once)")
     _ops_flags(r)
     _guard_flags(r)
     _tls_flags(r)
@@ -239,7 +415,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="also remove a damaged _SUCCESS manifest and every data file of this engine in PATH")
     v = sub.add_parser("verify", parents=[common], help="re-check every committed file's checksum",
                        description="Exit 0 when PATH's committed output is intact, 1 when it is corrupt or "
-                                   "incomplete (each bad file is named on stderr).")
+                                   "incomplete (each bad file is named on stderr), 2 when PATH does not exist.",
+                       epilog=VERIFY_JSON_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     v.add_argument("path")
     v.add_argument("--json", action="store_true", help="print the verdict as JSON on stdout")
     rj = sub.add_parser("rejected", parents=[common], help="summarize the rows a run set aside (OUT/_rejected)",
@@ -251,8 +428,11 @@ def _parser() -> argparse.ArgumentParser:
     rj.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     e = sub.add_parser("explain", parents=[common],
                        help="print a job's plan (with --input, the Dask graph size); or, given a committed "
-                            "output directory, what its run decided (skew, speculation)")
-    e.add_argument("job", help="a job file or module, or a committed output path")
+                            "output directory, what its run decided (skew, speculation)",
+                       epilog=EXPLAIN_JSON_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("job", help="a job (as for run: FILE.py, FILE.py:NAME, module, module:NAME), or a committed "
+                               "output path")
+    _param_flag(e)
     e.add_argument("--input", "-i", action="append")
     e.add_argument("--format", help="input format (default: from file names)")
     e.add_argument("--partition-size")
@@ -393,7 +573,8 @@ def _backfill_parser(sub, common) -> None:
                                    "committed by this job from the same input are skipped, so after a kill the same "
                                    "command finishes the rest. Prints a table of the dates. Exit 0 when every date "
                                    "committed or was skipped, 1 when one failed, 130/143 when interrupted.")
-    b.add_argument("job", help="Python file or module defining a module-level `job`")
+    b.add_argument("job", help=JOB_HELP)
+    _param_flag(b)
     b.add_argument("--input", "-i", required=True, action="append",
                    help="input path or URL (repeatable); NAME=PATH for a job that reads named inputs")
     b.add_argument("--output", "-o", required=True, help="the partitioned output path or URL")
@@ -407,6 +588,9 @@ def _backfill_parser(sub, common) -> None:
     b.add_argument("--fail-fast", action="store_true", help="stop at the first date that fails")
     b.add_argument("--wait", type=_seconds, metavar="SECONDS",
                    help="wait this long for another backfill of the same output to end (default: refuse at once)")
+    b.add_argument("--wait-lock", type=_duration, metavar="DURATION",
+                   help="the same as --wait, as a duration (30s, 10m, 1h): wait for another backfill or run "
+                        "holding the output")
     b.add_argument("--json", action="store_true", help="print the summary as JSON")
     b.add_argument("--quiet", "-q", action="store_true", help="no per-date lines, only the summary and errors")
     _ops_flags(b, each="each date's run")
@@ -519,8 +703,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command](args)
     except (Exception, KeyboardInterrupt) as exc:
-        if getattr(args, "json", False) and args.command == "run" and getattr(exc, "run_record", None) is not None:
-            print(_json_doc(exc.run_record), flush=True)    # a scheduler reads the failed run's record too
+        if getattr(args, "json", False) and args.command in ("run", "explain", "history"):
+            # one JSON document on stdout whatever the end: the failed run's record, else the error
+            if args.command == "run" and getattr(exc, "run_record", None) is not None:
+                print(_json_doc(exc.run_record), flush=True)
+            else:
+                print(_error_json(args, exc), flush=True)
         if isinstance(exc, KeyboardInterrupt):
             return _interrupted(exc)
         if isinstance(exc, EngineError):
@@ -536,9 +724,21 @@ def _json_doc(rec: dict | None, result: Any = None) -> str:
     if result is not None:
         doc.setdefault("output", result.output)
         doc["skipped"] = bool(result.skipped)
+        doc["output_total_rows"] = result.report.output_total_rows
+        doc["output_total_files"] = result.report.output_total_files
         if result.staged is not None:
             doc["staged"] = result.staged
     return json.dumps(doc, default=str)
+
+
+def _error_json(args, exc: BaseException) -> str:
+    """The JSON document of a command that failed before it had anything else to print."""
+    import json
+    status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+    doc = {"ok": False, "status": status, "error_type": type(exc).__name__, "error": _one_paragraph(exc)}
+    if getattr(args, "output", None):
+        doc["output"] = args.output
+    return json.dumps(doc)
 
 
 def _failed(exc: BaseException, args) -> int:
@@ -568,20 +768,53 @@ def _unexpected(exc: BaseException, args) -> int:
 
 
 _NAMED = re.compile(r"([A-Za-z_][A-Za-z0-9_.\-]*)=(.+)")
+_GLOB = re.compile(r"[*?\[]")
+
+
+def expand_glob(path: str) -> list[str]:
+    """The data files a glob names (``data/*.parquet``, ``s3://bucket/day=*/``), sorted; a directory it
+    matches stands for the files under it. Names starting with ``_`` or ``.`` are skipped, as in a
+    directory input; a path without ``*``, ``?`` or ``[`` is returned as it is."""
+    if not _GLOB.search(path):
+        return [path]
+    from .datasets import filesystem, is_local
+    from .errors import EmptyInputError, InputError
+    fs, pattern = filesystem(path)
+    try:
+        matches = fs.glob(pattern.rstrip("/") or pattern, detail=True)
+    except Exception as exc:  # noqa: BLE001 - a store that cannot be listed
+        raise InputError(f"--input {path}: cannot list what the pattern matches: {type(exc).__name__}: {exc}") from exc
+
+    def visible(p: str, root: str) -> bool:
+        rel = p[len(root.rstrip("/")) + 1:] if p.startswith(root.rstrip("/") + "/") else os.path.basename(p)
+        return not any(part.startswith(("_", ".")) for part in rel.split("/") if part)
+
+    files: list[str] = []
+    for name, info in sorted(matches.items()):
+        if os.path.basename(name.rstrip("/")).startswith(("_", ".")):
+            continue
+        if info.get("type") == "directory":
+            files += [f for f in sorted(fs.find(name, withdirs=False)) if visible(f, name)]
+        else:
+            files.append(name)
+    if not files:
+        raise EmptyInputError(f"--input {path}: the pattern matches no data files"
+                              + ("" if matches else " (nothing matches it)"))
+    return files if is_local(fs) else [fs.unstrip_protocol(f) for f in files]
 
 
 def _inputs(values: list[str], job: Any = None) -> Any:
     """``--input`` values as ``engine.run`` takes them: one path, a list of paths, or, for a job that
     reads named inputs, ``{name: path or [paths]}`` from ``NAME=PATH`` values (repeatable per name).
     A value is ``NAME=PATH`` only when NAME is one of the job's input names (so ``data/date=2026-11-30``
-    stays a path)."""
+    stays a path). A glob (``data/*.parquet``, ``s3://bucket/day=*/``) stands for the files it matches."""
     names = tuple(getattr(job, "inputs", ()) or ())
     named: dict[str, list[str]] = {}
     plain: list[str] = []
     for v in values:
         m = _NAMED.fullmatch(v)
         if m and m.group(1) in names:
-            named.setdefault(m.group(1), []).append(m.group(2))
+            named.setdefault(m.group(1), []).extend(expand_glob(m.group(2)))
         elif m and len(names) > 1:
             from .errors import JobDefinitionError
             raise JobDefinitionError(f"--input {v}: job {job.name!r} reads no input named {m.group(1)!r}; its inputs "
@@ -593,7 +826,8 @@ def _inputs(values: list[str], job: Any = None) -> Any:
             from .errors import JobDefinitionError
             raise JobDefinitionError(f"job {job.name!r} reads several inputs; give each as --input NAME=PATH: "
                                      + " ".join(f"--input {n}=PATH" for n in names))
-        return values[0] if len(values) == 1 else values
+        paths = [p for v in values for p in expand_glob(v)]
+        return paths[0] if len(paths) == 1 else paths
     if plain:
         from .errors import JobDefinitionError
         raise JobDefinitionError(f"--input {plain[0]}: job {job.name!r} reads named inputs "
@@ -602,13 +836,18 @@ def _inputs(values: list[str], job: Any = None) -> Any:
 
 
 def _load_for_run(args):
-    """The job of ``mapreduce run``; a job file that cannot be loaded is a failed run too: it is
-    recorded (under the file's name), alerted and, with --json, printed like any other."""
+    """The job and inputs of ``mapreduce run``; a job file that cannot be loaded (or inputs that cannot
+    be resolved, e.g. a glob that matches nothing) is a failed run too: it is recorded (under the
+    file's name), alerted and, with --json, printed like any other."""
+    job = None
     try:
-        return load_job(args.job)
+        job = load_job(args.job, parse_params(args.param))
+        return job, _inputs(args.input, job)
     except Exception as exc:
         from .telemetry import Hooks, Tracker
-        name = os.path.splitext(os.path.basename(args.job.rstrip("/")))[0] or args.job
+        source = split_spec(args.job)[0]
+        name = job.name if job is not None else \
+            os.path.splitext(os.path.basename(source.rstrip("/")))[0] or args.job
         tracker = Tracker(None, args.output, logical_date=args.date, name=name,
                           hooks=Hooks(args.report, args.metrics_file, args.push_gateway, args.on_failure,
                                       args.on_success, args.on_slo_breach),
@@ -618,18 +857,57 @@ def _load_for_run(args):
         raise
 
 
+def _wait_for_output_lock(args) -> float | None:
+    """``--wait-lock``: wait (up to that long) until no other run holds the output's lock, before the
+    run decides whether it has anything to do (so a run that waited for the same job to commit finds
+    nothing to do); returns when the wait began, for the run's own lock, which waits out the rest."""
+    if args.wait_lock is None:
+        return None
+    from .datasets import filesystem
+    from .errors import ConcurrentRunError
+    from .lock import wait_for_release
+    began = time.monotonic()
+    fs, out = filesystem(args.output)
+    try:
+        wait_for_release(fs, out, args.wait_lock)
+    except ConcurrentRunError:
+        pass            # still held when the time is up: the run's own lock fails, and the run is recorded
+    return began
+
+
+def _with_record(new: BaseException, old: BaseException) -> BaseException:
+    """``new`` carrying ``old``'s run record (what ``run --json`` prints on failure)."""
+    if getattr(old, "run_record", None) is not None:
+        new.run_record = old.run_record      # type: ignore[attr-defined]
+    return new
+
+
+def _noop_hint(args) -> str:
+    """The command that recomputes an output a rerun found already committed (``--force``; in mode
+    error also ``--mode overwrite``, as ``--force`` alone would be refused)."""
+    import shlex
+    argv = list(sys.argv[1:]) if sys.argv[1:] and "run" in sys.argv[1:] else None
+    extra = ["--force"] + (["--mode", "overwrite"] if args.mode == "error" else [])
+    what = "to recompute and replace it" if args.mode in ("error", "overwrite", "overwrite-partitions") else \
+        "to recompute it and append the result again"
+    if argv is None:
+        return f"add {' '.join(extra)} {what}"
+    return f"{what}: {shlex.join(['mapreduce', *argv, *extra])}"
+
+
 def cmd_run(args) -> int:
-    from .errors import OutputExistsError
+    from .errors import ConcurrentRunError, OutputExistsError
+    from .lock import lock_wait
     from .runner import run
-    job = _load_for_run(args)
+    job, inputs = _load_for_run(args)
     options: dict[str, Any] = _tls_options(args)
     if args.workers:
         if args.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS"):
             log.warning("--workers sizes the embedded cluster only; it is ignored with an existing scheduler")
         options["engine.cluster.workers"] = args.workers
     try:
-        with _config_set(options):
-            result = run(job, _inputs(args.input, job), args.output, cluster=args.scheduler, mode=args.mode,
+        with _config_set(options), lock_wait(args.wait_lock, since=_wait_for_output_lock(args)):
+            result = run(job, inputs, args.output, cluster=args.scheduler, mode=args.mode,
                          speculation=not args.no_speculation, skew=not args.no_skew, shuffle_dir=args.shuffle_dir,
                          partition_size=args.partition_size, force=args.force, report=args.report,
                          format=args.format, resume=args.resume, progress=False if args.quiet else _Progress(),
@@ -640,8 +918,13 @@ def cmd_run(args) -> int:
                          **_guard_options(args))
     except OutputExistsError as exc:
         if args.force and args.mode == "error":
-            raise OutputExistsError(f"{exc} (--force recomputes, but replaces committed output only together with "
-                                    "--mode overwrite)") from exc
+            raise _with_record(OutputExistsError(f"{exc} (--force recomputes, but replaces committed output only "
+                                                 "together with --mode overwrite)"), exc) from exc
+        raise
+    except ConcurrentRunError as exc:
+        if args.wait_lock is None and "another run is writing" in str(exc):
+            raise _with_record(ConcurrentRunError(f"{exc} (--wait-lock 10m waits up to 10 minutes for it)"),
+                               exc) from exc
         raise
     finally:
         _shutdown_embedded()
@@ -651,7 +934,7 @@ def cmd_run(args) -> int:
     if result.skipped:
         previous = result.manifest.doc.get("run_id", "?") if result.manifest is not None else "?"
         print(f"nothing to do: {args.output} already holds the output of job {job.name!r} for this input (run "
-              f"{previous}, {result.rows:,} rows); pass --force to recompute")
+              f"{previous}; the output holds {result.rows:,} rows); {_noop_hint(args)}")
         return EXIT_OK
     print(result.report.summary())
     if result.canary is not None:
@@ -692,7 +975,9 @@ def _date_line(d) -> None:
 
 def cmd_backfill(args) -> int:
     from .backfill import backfill
-    job = load_job(args.job)
+    job = load_job(args.job, parse_params(args.param))
+    if args.wait_lock is not None:
+        args.wait = max(args.wait or 0.0, args.wait_lock)
     options: dict[str, Any] = {**_ops_options(args), **_tls_options(args)}
     if args.workers:
         options["engine.cluster.workers"] = args.workers
@@ -757,7 +1042,16 @@ def cmd_verify(args) -> int:
     import dataclasses
     import json
     from .commit import verify
+    from .datasets import filesystem
     from .errors import IntegrityError, ManifestError
+    fs, root = filesystem(args.path)
+    if not fs.exists(root):
+        message = (f"{args.path} does not exist (nothing was ever written there); check the path, or run the job "
+                   "that writes it first")
+        if args.json:
+            print(json.dumps({"path": args.path, "ok": False, "verdict": "missing", "error": message, "problems": []}))
+        print(f"MISSING {message}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         summary = verify(args.path)
     except IntegrityError as exc:
@@ -771,7 +1065,8 @@ def cmd_verify(args) -> int:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_FAILED
     if args.json:
-        print(json.dumps({"ok": True, "verdict": "intact", **dataclasses.asdict(summary)}))
+        print(json.dumps({"path": args.path, "ok": True, "verdict": "intact", **dataclasses.asdict(summary)},
+                         default=str))
     else:
         print(summary)
     return EXIT_OK
@@ -835,7 +1130,7 @@ def cmd_explain(args) -> int:
         else:
             print(finished)
         return EXIT_OK
-    job = load_job(args.job)
+    job = load_job(args.job, parse_params(args.param))
     text = explain(job, _inputs(args.input, job) if args.input else None, partition_size=args.partition_size,
                    format=args.format)
     if args.json:

@@ -112,7 +112,12 @@ def add_parsers(sub: Any, common: Any, positive_int: Any) -> None:
     fmt.add_argument("--json", action="store_true", help="print the record (with its report) as JSON")
     fmt.add_argument("--html", metavar="FILE", help="write the run report as an HTML page")
     h = sub.add_parser("history", parents=[common], help="past runs and SLIs (ENGINE_HISTORY sets the database path)",
-                       description="Recent runs, newest first, and per-job service-level indicators over the window.")
+                       description="Recent runs, newest first, and per-job service-level indicators over the window.",
+                       epilog="--json prints one JSON document on stdout: history (where the records are), runs "
+                              "(newest first; each a run record without its report: record_id, run_id, job, status, "
+                              "started, finished, seconds, output, output_rows (rows that run wrote), input_rows, "
+                              "message, error_type, error_location, ...; `mapreduce show RUN --json` adds the "
+                              "report) and slis (per job: runs, success rate, durations, ...).")
     h.add_argument("--job")
     h.add_argument("--limit", type=positive_int, default=20)
     h.add_argument("--since", type=_window, help="only runs started within this window, e.g. 30d, 6h")
@@ -172,7 +177,7 @@ def cmd_history(args) -> int:
         print(f"no runs recorded in {store.location}" + (" for these filters" if args.job or args.since or args.status
                                                           else ""))
         return 0
-    print(f"{'started':<19}  {'job':<20} {'status':<11} {'seconds':>9}  {'rows':>12}  {'run':<12}  output")
+    print(f"{'started':<19}  {'job':<20} {'status':<11} {'seconds':>9}  {'rows written':>12}  {'run':<12}  output")
     for r in rows:
         print(f"{_when(r['started'])}  {r['job']:<20} {history.shown_status(r):<11} {r['seconds'] or 0:8.2f}s  "
               f"{r['output_rows'] or 0:>12,}  {(r['run_id'] or '-')[:12]:<12}  {r['output']}")

@@ -33,6 +33,7 @@ run that lost its lock never commits.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import logging
 import os
@@ -71,9 +72,70 @@ class OutputLock:
         """Raise ConcurrentRunError if this run no longer holds the lock (a flock or process lock cannot be lost)."""
 
 
+_WAIT: contextvars.ContextVar[tuple[float, float] | None] = contextvars.ContextVar("engine_lock_wait", default=None)
+
+
 @contextlib.contextmanager
-def output_lock(fs, out: str, *, lease_seconds: float = LEASE_SECONDS) -> Iterator[OutputLock]:
-    """Hold the output's lock for the duration of the block; ConcurrentRunError if a live run has it."""
+def lock_wait(seconds: float | None, *, since: float | None = None) -> Iterator[None]:
+    """Within the block, :func:`output_lock` calls that give no ``wait`` wait for a lock another run
+    holds until ``seconds`` after ``since`` (a ``time.monotonic()``; default now), as
+    ``mapreduce run --wait-lock`` does; None: fail at once."""
+    token = _WAIT.set(None if seconds is None else
+                      (float(seconds), (time.monotonic() if since is None else since) + float(seconds)))
+    try:
+        yield
+    finally:
+        _WAIT.reset(token)
+
+
+@contextlib.contextmanager
+def output_lock(fs, out: str, *, lease_seconds: float = LEASE_SECONDS,
+                wait: float | None = None) -> Iterator[OutputLock]:
+    """Hold the output's lock for the duration of the block; ConcurrentRunError if a live run has it.
+
+    ``wait`` (default: the :func:`lock_wait` in force, else none): seconds to wait for a live run's
+    lock, polling (every 0.5 s, growing to 5 s) and logging who holds it (once a minute); when the
+    time is up, the same ConcurrentRunError, saying how long it waited."""
+    limit = (float(wait), time.monotonic() + float(wait)) if wait is not None else _WAIT.get()
+    delay, announced = 0.5, None
+    while True:
+        stack = contextlib.ExitStack()
+        try:
+            lock = stack.enter_context(_acquire(fs, out, lease_seconds))
+        except ConcurrentRunError as exc:
+            now = time.monotonic()
+            if limit is None or not limit[0]:
+                raise
+            total, deadline = limit
+            if now >= deadline:
+                raise ConcurrentRunError(f"{exc} (waited {total:g}s for it)") from None
+            if announced is None or now - announced >= 60:
+                log.warning("%s; waiting for it to end (%.0fs left of %gs)", str(exc).split(";")[0],
+                            deadline - now, total)
+                announced = now
+            time.sleep(max(0.0, min(delay, deadline - now)))
+            delay = min(delay * 1.5, 5.0)
+            continue
+        with stack:
+            yield lock
+        return
+
+
+def wait_for_release(fs, out: str, wait: float) -> None:
+    """Return once no live run holds ``out``'s lock, waiting up to ``wait`` seconds (as
+    :func:`output_lock`); at once when there is no lock object. A run that waited for another run of
+    the same job to commit then sees that output, and is a no-op instead of a second writer."""
+    try:
+        if not fs.exists(posixpath.join(out, LOCK)):
+            return
+    except Exception:  # noqa: BLE001 - cannot tell: the run's own lock decides
+        return
+    with output_lock(fs, out, wait=wait):
+        pass
+
+
+@contextlib.contextmanager
+def _acquire(fs, out: str, lease_seconds: float) -> Iterator[OutputLock]:
     if is_local(fs):
         with _flock(out):
             yield _FlockLock(out)
@@ -346,4 +408,4 @@ class _Lease(OutputLock):
         # not ok but still valid for a while: the store is flaky, yet nobody can take the lease before it expires
 
 
-__all__ = ["output_lock", "OutputLock", "LOCK", "LEASE_SECONDS"]
+__all__ = ["output_lock", "OutputLock", "LOCK", "LEASE_SECONDS", "lock_wait", "wait_for_release"]

@@ -130,9 +130,11 @@ class RunReport:
     input_files: int = 0
     input_bytes: int = 0
     output: str = ""
-    output_rows: int = 0
+    output_rows: int = 0               # rows, bytes and files this run wrote (committed with it; none when skipped)
     output_bytes: int = 0
     output_files: int = 0
+    output_total_rows: int | None = None    # rows and files the output holds after the run (every generation
+    output_total_files: int | None = None   # and partition: more than this run wrote in append and partition modes)
     stages: list[StageReport] = field(default_factory=list)
     tasks: list[TaskReport] = field(default_factory=list)
     skew: list[dict] = field(default_factory=list)
@@ -290,10 +292,20 @@ class RunReport:
             lines.append(f"  {self.message}")
         lines += self._error_lines()
         if self.status in ("committed",):
-            lines.append(f"  input: {self.input_files} files, {self.input_bytes:,} bytes; output: "
-                         f"{self.output_files} files, {self.output_rows:,} rows, {self.output_bytes:,} bytes")
+            resumed = sum(s.resumed for s in self.stages)
+            lines.append(f"  input: {self.input_files} files, {self.input_bytes:,} bytes; written by this run: "
+                         f"{self.output_files} files, {self.output_rows:,} rows, {self.output_bytes:,} bytes"
+                         + (f" (including {resumed} task(s) resumed from an earlier, unfinished attempt)"
+                            if resumed else ""))
+            if self.output_total_rows is not None and (self.output_total_rows, self.output_total_files) != \
+                    (self.output_rows, self.output_files):
+                lines.append(f"  the output now holds: {self.output_total_files} files, {self.output_total_rows:,} "
+                             "rows (this run's and those committed before it)")
             if self.cluster.get("where"):
                 lines.append(f"  ran {self.cluster['where']}")
+        if self.status == "skipped" and self.output_total_rows is not None:
+            lines.append(f"  written by this run: nothing; the output holds: {self.output_total_files} files, "
+                         f"{self.output_total_rows:,} rows")
         if self.rejected:
             lines.append(f"  rejected: {self.rejected:,} row(s) set aside in {self.output}/_rejected "
                          f"(mapreduce rejected {self.output}); e.g. {self.rejected_sample[0] if self.rejected_sample else '?'}")
@@ -310,11 +322,13 @@ class RunReport:
                 extra.append(f"{s.retries} retried")
             if s.speculative:
                 extra.append(f"{s.speculative} speculative")
+            if s.resumed:
+                extra.append(f"{s.resumed} resumed, counted in the rows")
             lines.append(f"  {s.name:<24} {s.tasks:>4} tasks {m['seconds']:7.2f}s  rows {s.rows_in:,} -> "
                          f"{s.rows_out:,}  {s.bytes_out:,} B" + (" shuffled" if m["shuffle_bytes"] is not None else "")
                          + (f"  ({', '.join(extra)})" if extra else ""))
             if m["task_seconds"] is not None:
-                lines.append(f"  {'':<24} task seconds min/25/50/75/max: "
+                lines.append(f"  {'':<24} task seconds{' (tasks run now)' if s.resumed else ''} min/25/50/75/max: "
                              + " / ".join(_secs(x) for x in m["task_seconds"])
                              + (f"; {m['spills']} spill(s)" if m["spills"] is not None else ""))
             if self.tasks:

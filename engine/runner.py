@@ -688,10 +688,13 @@ def _run_body(job: Job, input: Any, output: str, out_fs, out: str, cluster: Any,
             output, previous = live[2], against
         rep.status, rep.stop, rep.run_id = "skipped", time.time(), done
         what = f"for logical date {logical_date} " if logical_date is not None else ""
+        again = ("pass force=True with mode='overwrite' to recompute and replace it" if mode == "error" else
+                 "pass force=True to recompute it and append the result again" if mode == "append" else
+                 "pass force=True to recompute it")
         rep.message = (f"{output} already holds this job's output {what}for this input snapshot (run "
-                       f"{done}); nothing to do. Pass force=True to recompute.")
-        rep.output_rows = previous.rows
-        rep.output_files = len(previous.files)
+                       f"{done}); nothing to do ({again}).")
+        # this run wrote nothing; the output holds what earlier runs committed
+        rep.output_total_rows, rep.output_total_files = previous.rows, len(previous.files)
         log.info(rep.message)
         return RunResult(output, done, rep, True, previous, storage_options)
     if previous is not None and mode == "error":
@@ -824,6 +827,7 @@ def _run_body(job: Job, input: Any, output: str, out_fs, out: str, cluster: Any,
     rep.output_rows = sum(f["rows"] for f in mine)
     rep.output_files = len(mine)
     rep.output_bytes = sum(f["bytes"] for f in mine)
+    rep.output_total_rows, rep.output_total_files = manifest.rows, len(manifest.files)
     rep.message = f"committed {rep.output_rows:,} rows in {rep.output_files} file(s) to {output}"
     if partition_by:
         parts = sorted({commit.partition_of(f["path"]) for f in mine})
