@@ -696,6 +696,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 for --help
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    args.argv = list(sys.argv[1:] if argv is None else argv)    # what was typed, for hints that repeat it
     _configure_logging(getattr(args, "quiet", False), args.debug)
     from .errors import EngineError
     if threading.current_thread() is threading.main_thread():
@@ -886,7 +887,7 @@ def _noop_hint(args) -> str:
     """The command that recomputes an output a rerun found already committed (``--force``; in mode
     error also ``--mode overwrite``, as ``--force`` alone would be refused)."""
     import shlex
-    argv = list(sys.argv[1:]) if sys.argv[1:] and "run" in sys.argv[1:] else None
+    argv = getattr(args, "argv", None)
     extra = ["--force"] + (["--mode", "overwrite"] if args.mode == "error" else [])
     what = "to recompute and replace it" if args.mode in ("error", "overwrite", "overwrite-partitions") else \
         "to recompute it and append the result again"

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from fixtures import AWS_ENV, s3  # noqa: F401 - the moto S3 server fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 120
@@ -95,6 +96,7 @@ def data(tmp_path) -> list[pa.Table]:
         tables.append(t)
     pq.write_table(tables[0], tmp_path / "data" / "_stale.parquet")
     (tmp_path / "myjobs.py").write_text(JOBS)
+    (tmp_path / "bykey.py").write_text("from myjobs import by_k as job\n")      # a plain job file
     return tables
 
 
@@ -133,13 +135,13 @@ def test_a_job_function_takes_params_and_errors_name_the_parameter(tmp_path, env
 
 
 def test_glob_inputs_expand_to_the_matching_files(tmp_path, env, data):
-    proc = cli("run", "myjobs.py:by_k", "-i", "data/part-[01].parquet", "-o", "out", "-q", "--json",
+    proc = cli("run", "bykey.py", "-i", "data/part-[01].parquet", "-o", "out", "-q", "--json",
                cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["input_files"] == 2
     assert as_dict(committed(tmp_path / "out"), "k", "n", "s") == reference(data[:2], "k", "v")
 
-    proc = cli("run", "myjobs.py:by_k", "-i", "data/*.csv", "-o", "none", cwd=tmp_path, env=env)
+    proc = cli("run", "bykey.py", "-i", "data/*.csv", "-o", "none", cwd=tmp_path, env=env)
     assert proc.returncode == 1 and "data/*.csv" in proc.stderr and "matches no data files" in proc.stderr, \
         proc.stderr
 
@@ -163,7 +165,7 @@ def test_verify_of_a_missing_path_says_so_and_json_is_one_document(tmp_path, env
 @pytest.mark.slow
 def test_json_documents_of_run_verify_history_explain(tmp_path, env, data):
     # a directory pattern stands for the files under it; `_` names are skipped as in a directory input
-    proc = cli("run", "myjobs.py:by_k", "-i", "da*/", "-o", "out", "--json", cwd=tmp_path, env=env)
+    proc = cli("run", "bykey.py", "-i", "da*/", "-o", "out", "--json", cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)               # the whole of stdout is one document
     want = reference(data, "k", "v")
@@ -188,7 +190,7 @@ def test_json_documents_of_run_verify_history_explain(tmp_path, env, data):
 
 
 def test_the_noop_hint_gives_a_command_that_recomputes(tmp_path, env, data):
-    args = ["run", "myjobs.py:by_k", "-i", "data", "-o", "out", "-q"]
+    args = ["run", "bykey.py", "-i", "data", "-o", "out", "-q"]
     first = cli(*args, cwd=tmp_path, env=env)
     assert first.returncode == 0, first.stderr
     again = cli(*args, cwd=tmp_path, env=env)
@@ -204,9 +206,9 @@ def test_the_noop_hint_gives_a_command_that_recomputes(tmp_path, env, data):
 
 
 def test_summary_after_append_says_what_this_run_wrote_and_what_the_output_holds(tmp_path, env, data):
-    first = cli("run", "myjobs.py:by_k", "-i", "data/part-0.parquet", "-o", "out", "-q", cwd=tmp_path, env=env)
+    first = cli("run", "bykey.py", "-i", "data/part-0.parquet", "-o", "out", "-q", cwd=tmp_path, env=env)
     assert first.returncode == 0, first.stderr
-    proc = cli("run", "myjobs.py:by_k", "-i", "data/part-1.parquet", "-o", "out", "-q", "--mode", "append",
+    proc = cli("run", "bykey.py", "-i", "data/part-1.parquet", "-o", "out", "-q", "--mode", "append",
                cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     mine, before = len(reference(data[1:2], "k")), len(reference(data[:1], "k"))
@@ -215,7 +217,7 @@ def test_summary_after_append_says_what_this_run_wrote_and_what_the_output_holds
     assert f"the output now holds: 2 files, {mine + before:,} rows" in proc.stdout, proc.stdout
 
     # the same append again has nothing to do: it wrote nothing, and says what the output holds
-    proc = cli("run", "myjobs.py:by_k", "-i", "data/part-1.parquet", "-o", "out", "--mode", "append", "--json",
+    proc = cli("run", "bykey.py", "-i", "data/part-1.parquet", "-o", "out", "--mode", "append", "--json",
                cwd=tmp_path, env=env)
     doc = json.loads(proc.stdout)
     assert proc.returncode == 0 and doc["skipped"] is True
@@ -326,3 +328,20 @@ def test_wait_lock_waits_for_the_run_holding_the_output(tmp_path, env, data):
     doc = json.loads(waited.stdout)
     assert doc["skipped"] is True and doc["status"] == "skipped"
     assert as_dict(committed(tmp_path / "out"), "k", "n") == reference(data, "k")
+
+
+@pytest.mark.slow
+@pytest.mark.s3
+def test_glob_of_s3_directories(tmp_path, env, data, s3):
+    for day, t in enumerate(data, start=1):
+        with s3["fs"].open(f"{s3['bucket']}/in/day={day}/part-0.parquet", "wb") as f:
+            pq.write_table(t, f)
+    env = {**env, **AWS_ENV, "FSSPEC_S3_ENDPOINT_URL": s3["endpoint_url"]}
+    proc = cli("run", "bykey.py", "-i", s3["url"]("in", "day=[12]") + "/", "-o", "out", "-q", "--json",
+               cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["input_files"] == 2
+    assert as_dict(committed(tmp_path / "out"), "k", "n", "s") == reference(data[:2], "k", "v")
+
+    proc = cli("run", "bykey.py", "-i", s3["url"]("in", "day=9*") + "/", "-o", "none", cwd=tmp_path, env=env)
+    assert proc.returncode == 1 and "day=9*" in proc.stderr and "matches no data files" in proc.stderr, proc.stderr
