@@ -19,7 +19,8 @@ Job code can count things as it runs (Hadoop's counters): the totals of the winn
 {'no_date': 17}
 
 Public surface: :class:`Job`, :mod:`agg`, :func:`run`, :func:`read`, :func:`verify`, :class:`RunResult`,
-:class:`RunReport`, :func:`counter` (:mod:`engine.counters`) and the exceptions of :mod:`engine.errors`.
+:class:`RunReport`, :func:`counter` (:mod:`engine.counters`), :class:`Progress` (:mod:`engine.progress`)
+and the exceptions of :mod:`engine.errors`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from .commit import VerifySummary, read, verify
     from .context import logical_date
     from .counters import counter
+    from .progress import Progress
     from .rejects import read_rejected
     from .job import Job
     from .report import RunReport
@@ -48,6 +50,7 @@ _LAZY = {"agg": (".agg", None), "Job": (".job", "Job"), "read": (".commit", "rea
          "verify": (".commit", "verify"), "VerifySummary": (".commit", "VerifySummary"),
          "RunReport": (".report", "RunReport"), "run": (".runner", "run"), "RunResult": (".runner", "RunResult"),
          "logical_date": (".context", "logical_date"),
+         "Progress": (".progress", "Progress"),
          "counter": (".counters", "counter"), "counters": (".counters", None), "read_rejected": (".rejects", "read_rejected"),
          "__version__": ("._version", "ENGINE_VERSION")}
 
@@ -71,5 +74,5 @@ __all__ = [
     "EngineError", "JobDefinitionError", "SchemaError", "InputError", "EmptyInputError", "ClusterError",
     "ShuffleLocationError", "StageFailedError", "CommitError", "OutputExistsError", "ConcurrentRunError",
     "IntegrityError", "ManifestError", "FencedError", "read_rejected", "TooManyRejectedError", "BudgetExceededError",
-    "CounterError",
+    "CounterError", "Progress",
 ]
