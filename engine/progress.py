@@ -213,11 +213,12 @@ class Progress:
                 "<th>rows read</th><th>rate</th><th>elapsed</th><th>left</th></tr>" + "".join(rows) + "</table>")
 
     def _draw_notebook(self) -> None:
-        from IPython.display import HTML, display
+        from IPython.display import display
+        shown = {"text/html": self.html()}        # HTML only: the cell's text/plain output stays the result's
         if self._handle is None:
-            self._handle = display(HTML(self.html()), display_id=True)
+            self._handle = display(shown, raw=True, display_id=True)
         else:
-            self._handle.update(HTML(self.html()))
+            self._handle.update(shown, raw=True)
 
     def __str__(self) -> str:
         return "\n".join(f"{st.name}: {st.words()}" for st in self.stages.values())

@@ -325,9 +325,13 @@ def test_verify_names_a_manifest_with_a_flipped_byte(copy_of, env, workspace):
 
 def test_verify_an_output_that_was_never_committed(tmp_path, env):
     out = tmp_path / "never"
+    out.mkdir()                                   # a directory a run never committed to
     proc = cli("verify", out, env=env, cwd=tmp_path)
     assert proc.returncode == 1
     assert "_SUCCESS" in proc.stderr and "Traceback" not in proc.stderr
+    proc = cli("verify", tmp_path / "nowhere", env=env, cwd=tmp_path)      # no such path at all
+    assert proc.returncode == 2
+    assert "does not exist" in proc.stderr and "INCOMPLETE" not in proc.stdout + proc.stderr
 
 
 # ---------------------------------------------------------------------------------------------
