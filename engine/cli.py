@@ -60,6 +60,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import contextlib
 import logging
 import os
 import re
@@ -906,8 +907,10 @@ def cmd_run(args) -> int:
         if args.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS"):
             log.warning("--workers sizes the embedded cluster only; it is ignored with an existing scheduler")
         options["engine.cluster.workers"] = args.workers
+    # --json: stdout carries the one JSON document; what the job's own code prints goes to stderr
+    user_out = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     try:
-        with _config_set(options), lock_wait(args.wait_lock, since=_wait_for_output_lock(args)):
+        with _config_set(options), lock_wait(args.wait_lock, since=_wait_for_output_lock(args)), user_out:
             result = run(job, inputs, args.output, cluster=args.scheduler, mode=args.mode,
                          speculation=not args.no_speculation, skew=not args.no_skew, shuffle_dir=args.shuffle_dir,
                          partition_size=args.partition_size, force=args.force, report=args.report,
@@ -1046,6 +1049,14 @@ def cmd_verify(args) -> int:
     from .datasets import filesystem
     from .errors import IntegrityError, ManifestError
     fs, root = filesystem(args.path)
+    if fs.exists(root) and not fs.isdir(root):
+        message = (f"{args.path} is a file, not an output directory; verify takes the directory a run committed "
+                   "to (the one holding _SUCCESS)")
+        if args.json:
+            print(json.dumps({"path": args.path, "ok": False, "verdict": "not-an-output", "error": message,
+                              "problems": []}))
+        print(f"NOT AN OUTPUT {message}", file=sys.stderr)
+        return EXIT_USAGE
     if not fs.exists(root):
         message = (f"{args.path} does not exist (nothing was ever written there); check the path, or run the job "
                    "that writes it first")
@@ -1131,6 +1142,12 @@ def cmd_explain(args) -> int:
         else:
             print(finished)
         return EXIT_OK
+    folder = args.job.rstrip("/\\")
+    if "://" not in folder and os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, "__init__.py")):
+        from .errors import JobDefinitionError
+        raise JobDefinitionError(f"{args.job} is a directory with no committed output (no _SUCCESS manifest): "
+                                 "`mapreduce explain OUT` needs an output a run committed, and `mapreduce explain "
+                                 "JOB` a job file (FILE.py[:NAME]) or module")
     job = load_job(args.job, parse_params(args.param))
     text = explain(job, _inputs(args.input, job) if args.input else None, partition_size=args.partition_size,
                    format=args.format)

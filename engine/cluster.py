@@ -198,9 +198,10 @@ def _worker_class():
             out = open(self.logs, "ab") if self.logs else None   # noqa: SIM115 - the child keeps it
             try:
                 # a session of its own: Ctrl-C in the terminal reaches the driver only, which ends the run
-                # and then its workers, instead of every worker printing its own traceback
+                # and then its workers, instead of every worker printing its own traceback. What the job's
+                # code prints (stdout) shows on the driver's stderr; dask's log lines (stderr) go to the file.
                 self.process = await asyncio.create_subprocess_exec(
-                    *cmd, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
+                    *cmd, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=_driver_stderr(), stderr=out,
                     start_new_session=True,
                     preexec_fn=_death_signal if sys.platform.startswith("linux") else None)
             finally:
@@ -208,6 +209,18 @@ def _worker_class():
                     out.close()
 
     return ScriptSafeWorker
+
+
+def _driver_stderr() -> int | None:
+    """The driver's stderr file descriptor for a worker's stdout (None: inherit the driver's stdout,
+    when stderr has no descriptor, as in some embedding hosts)."""
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        try:
+            return sys.__stderr__.fileno() if sys.__stderr__ is not None else None
+        except (AttributeError, OSError, ValueError):
+            return None
 
 
 def _ScriptSafeWorker(*args, **kwargs):  # noqa: N802 - a class factory SpecCluster calls like a class
@@ -239,6 +252,23 @@ def shutdown() -> None:
             except Exception:  # noqa: BLE001 - best effort at exit
                 pass
         _EMBEDDED.clear()
+    if _EXIT_SIGNAL:
+        exit_by_signal()
+
+
+_EXIT_SIGNAL: list[int] = []
+
+
+def exit_by_signal() -> None:
+    """End the process by the signal recorded in ``_EXIT_SIGNAL`` (SIGINT after Ctrl-C, SIGTERM), as
+    Python itself does for an uncaught KeyboardInterrupt: the shell and schedulers see status 130 or
+    143. Runs last, after the embedded cluster is closed."""
+    import signal
+    sig = _EXIT_SIGNAL[-1]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.signal(sig, signal.SIG_DFL)
+    os.kill(os.getpid(), sig)
 
 
 atexit.register(shutdown)

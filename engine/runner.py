@@ -287,15 +287,19 @@ def _interrupted(job: Any, exc: KeyboardInterrupt) -> KeyboardInterrupt:
 
 def _one_line_exit() -> None:
     """Let an :class:`engine.errors.Interrupted` that reaches the top of a script print one line instead
-    of a traceback (the script exits with status 1); other exceptions keep the hook they had."""
+    of a traceback, and the script end as Python's own Ctrl-C does (status 130; 143 on SIGTERM); other
+    exceptions keep the hook they had."""
     import sys
     if getattr(sys.excepthook, "_engine_one_line", False) or sys.excepthook is not sys.__excepthook__:
         return    # ours already, or the user's (IPython, a framework): leave it alone
 
     def hook(kind, value, tb):
-        from .errors import Interrupted
+        from .errors import Interrupted, Terminated
         if isinstance(value, Interrupted):
             print(f"{kind.__name__}: {value}", file=sys.stderr)
+            import signal
+            from . import cluster       # after its shutdown at exit, the process ends by the signal (130/143)
+            cluster._EXIT_SIGNAL.append(signal.SIGTERM if isinstance(value, Terminated) else signal.SIGINT)
             return
         sys.__excepthook__(kind, value, tb)
 

@@ -134,7 +134,8 @@ print(result.report.summary())
 """
 
 
-def on_a_terminal(argv: list[str], cwd: Path, env: dict[str, str], *, when: str, timeout: float = TIMEOUT):
+def on_a_terminal(argv: list[str], cwd: Path, env: dict[str, str], *, when: str, timeout: float = TIMEOUT,
+                  term: bool = False):
     """Run ``argv`` on a pseudo-terminal, press Ctrl-C once ``when`` has appeared on it and a worker
     is busy; (exit status, what the terminal showed after the Ctrl-C, the worker pids)."""
     pid, fd = pty.fork()
@@ -152,7 +153,10 @@ def on_a_terminal(argv: list[str], cwd: Path, env: dict[str, str], *, when: str,
                     if select.select([fd], [], [], 0.1)[0]:
                         shown += os.read(fd, 65536)
                 children = [p.pid for p in psutil.Process(pid).children(recursive=True)]
-                os.write(fd, b"\x03")                        # Ctrl-C, as the terminal sends it
+                if term:
+                    os.kill(pid, signal.SIGTERM)             # as cron, Airflow or a container stop does
+                else:
+                    os.write(fd, b"\x03")                    # Ctrl-C, as the terminal sends it
                 sent = True
             ready, _, _ = select.select([fd], [], [], 0.2)
             if ready:
@@ -182,7 +186,7 @@ def on_a_terminal(argv: list[str], cwd: Path, env: dict[str, str], *, when: str,
     return code, after.decode(errors="replace").replace("\r\n", "\n").replace("^C", ""), children
 
 
-@pytest.mark.parametrize("how", ["cli", "script"])
+@pytest.mark.parametrize("how", ["cli", "script", "script-sigterm"])
 def test_ctrl_c_on_a_terminal_prints_one_line(tmp_path, how):
     """Ctrl-C while worker processes run the map: one line says what happened and what to do (no
     tracebacks of the driver or the workers, no dask warnings), nothing is committed, the workers end."""
@@ -198,16 +202,19 @@ def test_ctrl_c_on_a_terminal_prints_one_line(tmp_path, how):
         argv = [sys.executable, str(tmp_path / "slow.py")]
         env["DASK_ENGINE__LOG__DASK_FILE"] = str(tmp_path / "dask.log")
         when = "r0-map"          # the progress bar on the terminal
-    code, after, children = on_a_terminal(argv, tmp_path, env, when=when)
+    code, after, children = on_a_terminal(argv, tmp_path, env, when=when, term=how.endswith("sigterm"))
     lines = [ln for ln in after.splitlines() if ln.strip()]
     assert len(lines) == 1, after
     assert not DASK_NOISE.search(after), after
     if how == "cli":
         assert code == 130
         assert lines[0].startswith("interrupted; ") and "--resume" in lines[0]
-    else:
-        assert code == 1
+    elif how == "script":     # as Python's own Ctrl-C: the process ends by SIGINT (a shell shows 130)
+        assert code == -signal.SIGINT
         assert lines[0].startswith("Interrupted: run of job 'slow' interrupted") and "resume=True" in lines[0]
+    else:                     # by SIGTERM (a shell shows 143)
+        assert code == -signal.SIGTERM
+        assert lines[0].startswith("Terminated: run of job 'slow' terminated by SIGTERM") and "resume=True" in lines[0]
     assert not (out / "_SUCCESS").exists()
     assert children and gone(children) == []
 
@@ -269,3 +276,42 @@ def test_a_user_error_names_the_real_file_line_and_source(tmp_path):
     assert len(error) == 1 and f"badjob.py:parse:{line}" in error[0], proc.stderr[-2000:]
     assert f'File "{job}", line {line}, in parse\n    raise ValueError(f"cannot parse {{t.num_rows}} rows")' \
         in proc.stderr, proc.stderr[-3000:]
+
+
+def test_json_stdout_is_one_document_even_when_the_job_prints(tmp_path):
+    """`run --json` for a scheduler: the job's own print() calls (in the driver's sample check, in
+    tasks) go to stderr, so stdout parses as one JSON document."""
+    job = tmp_path / "printy.py"
+    job.write_text(textwrap.dedent("""
+        import pyarrow as pa, pyarrow.compute as pc
+        from engine import Job, agg
+
+        def words(t):
+            print(f"debug: got {t.num_rows} rows")
+            return pa.table({"word": pc.list_flatten(pc.utf8_split_whitespace(t["text"]))})
+
+        job = Job("printy").map(words).reduce(by="word", aggs={"count": agg.count()})
+    """))
+    env = env_for(tmp_path)
+    env.pop("DASK_ENGINE__LOCAL__MAX_BYTES")          # in the driver: prints land in this very process
+    proc = subprocess.run([sys.executable, "-m", "engine", "run", str(job), "--input", str(TEXT), "--output",
+                           str(tmp_path / "out"), "--json"], env=env, capture_output=True, text=True,
+                          timeout=TIMEOUT, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["status"] == "committed" and doc["job"] == "printy"
+    assert "debug: got" in proc.stderr
+
+
+def test_explain_and_verify_say_what_a_path_is_not(tmp_path):
+    """`explain` of a directory no run committed, `verify` of a file: a one-line error naming it."""
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "_temporary").mkdir()
+    env = env_for(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "engine", "explain", "half"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 1 and "no committed output" in proc.stderr and "module-level" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "engine", "verify", str(TEXT / "part-0.txt")], env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 2 and "is a file, not an output directory" in proc.stderr
+    assert "Traceback" not in proc.stderr and "unexpected" not in proc.stderr
