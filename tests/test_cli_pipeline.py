@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from fixtures import AWS_ENV, s3  # noqa: F401 - the moto S3 server fixture
+from fixtures import AWS_ENV  # the moto S3 server fixture `s3` comes from conftest (one server per session)
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 120
