@@ -79,7 +79,11 @@ def _embedded(processes: bool):
     with _LOCK:
         entry = _EMBEDDED.get(processes)
         if entry is not None and entry[1].status == "running":
-            return entry
+            if _has_workers(entry[1]):
+                return entry
+            log.warning("the embedded cluster has lost all its workers; starting a new one")
+            _close(entry)
+            _EMBEDDED.pop(processes, None)
         from distributed import Client, LocalCluster, SpecCluster
         workers = config.get("cluster.workers") or (os.cpu_count() or 1)
         threads = int(config.get("cluster.threads") or 1)
@@ -97,7 +101,11 @@ def _embedded(processes: bool):
         with config.dask_config().set(quiet.worker_log_level()), config.dask_config().set({"distributed.scheduler.worker-saturation": 1.0,
                                        "distributed.nanny.pre-spawn-environ": env,
                                        "distributed.worker.daemon": False,
-                                       "distributed.admin.tick.limit": "30s"}):
+                                       "distributed.admin.tick.limit": "30s",
+                                       # tasks no worker can run (every worker gone) fail instead of waiting
+                                       "distributed.scheduler.no-workers-timeout":
+                                           config.dask_config().get("distributed.scheduler.no-workers-timeout",
+                                                                    None) or config.get("cluster.no-workers-timeout")}):
             try:
                 if processes and _spawn_reruns_main():
                     cluster = _subprocess_cluster(workers, threads, dashboard, logs)
@@ -123,6 +131,24 @@ def _embedded(processes: bool):
                  f", dashboard {link}" if link else "")
         _EMBEDDED[processes] = (cluster, client)
         return cluster, client
+
+
+def _has_workers(client) -> bool:
+    """Whether the embedded cluster's scheduler still has a worker (a worker process that dies is
+    restarted by its nanny; a nanny that dies is not)."""
+    try:
+        return bool(client.scheduler_info(n_workers=-1).get("workers"))
+    except Exception:  # noqa: BLE001 - a scheduler that does not answer has none to offer
+        return False
+
+
+def _close(entry) -> None:
+    cluster, client = entry
+    for thing in (client, cluster):
+        try:
+            thing.close()
+        except Exception:  # noqa: BLE001 - best effort: it is being replaced
+            pass
 
 
 def _spawn_reruns_main() -> bool:
@@ -156,7 +182,7 @@ def _subprocess_cluster(workers: int, threads: int, dashboard: str | None, logs:
                                                "dashboard_address": dashboard or ":0",
                                                "dashboard": bool(dashboard)}}
     return SpecCluster(workers=spec, scheduler=scheduler, worker=spec[0] if spec else None,
-                       name="engine-embedded", silence_logs=logging.WARN)
+                       name="engine-embedded", silence_logs=False if logs else logging.WARN)
 
 
 def _death_signal() -> None:   # runs in the child between fork and exec

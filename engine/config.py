@@ -122,6 +122,9 @@ DEFAULTS: dict[str, Any] = {
         # engine.log.dask-file: a run at a script's top level needs no main guard and Ctrl-C reaches the
         # driver alone. "spawn": dask's LocalCluster (multiprocessing spawn; scripts need a main guard).
         "launch": "auto",
+        # A task that no worker of the embedded cluster can run (its workers all gone) fails after this
+        # long instead of waiting forever; its retries then fail the run with the reason.
+        "no-workers-timeout": "60s",
     },
     "log": {
         # dask's own log lines (worker banners, cancelled-task warnings, lost workers) go to this file

@@ -315,3 +315,45 @@ def test_explain_and_verify_say_what_a_path_is_not(tmp_path):
                           capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 2 and "is a file, not an output directory" in proc.stderr
     assert "Traceback" not in proc.stderr and "unexpected" not in proc.stderr
+
+
+LOST_WORKERS = """
+import os, signal, sys, time, multiprocessing
+import pyarrow as pa, pyarrow.compute as pc
+import engine
+from engine import Job, agg
+
+def words(t):
+    if multiprocessing.parent_process() is not None and os.environ.get("KILL_ALL"):
+        os.kill(os.getppid(), signal.SIGKILL)        # the worker's nanny: nothing restarts this worker
+        os._exit(1)
+    return pa.table({"word": pc.list_flatten(pc.utf8_split_whitespace(t["text"]))})
+
+job = Job("lost").map(words).reduce(by="word", aggs={"count": agg.count()})
+try:
+    engine.run(job, sys.argv[1], sys.argv[2], progress=False)
+    print("COMMITTED")
+except engine.StageFailedError as exc:
+    print("FAILED", str(exc))
+os.environ.pop("KILL_ALL")
+print("AGAIN", engine.run(job, sys.argv[1], sys.argv[2], progress=False).rows)
+"""
+
+
+def test_a_run_whose_workers_all_died_fails_and_the_next_run_gets_a_new_cluster(tmp_path):
+    """Every embedded worker and its nanny killed mid-run: the run fails (the tasks wait no longer than
+    engine.cluster.no-workers-timeout) instead of waiting forever, and the next run in the same process
+    starts a fresh cluster and commits."""
+    script = tmp_path / "lost.py"
+    script.write_text(LOST_WORKERS)
+    out = tmp_path / "out"
+    env = env_for(tmp_path, KILL_ALL="1", DASK_ENGINE__CLUSTER__NO_WORKERS_TIMEOUT="3s")
+    proc = subprocess.run([sys.executable, str(script), str(TEXT), str(out)], env=env, capture_output=True,
+                          text=True, timeout=240, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("FAILED") and "without any running workers" in lines[0], proc.stdout
+    assert lines[1] == f"AGAIN {len(reference_words())}", proc.stdout
+    assert committed(out) == reference_words()
+    assert "lost all its workers; starting a new one" in proc.stderr
+    assert not DASK_NOISE.search(proc.stderr), proc.stderr[-3000:]
