@@ -260,14 +260,7 @@ def load_job(spec: str, params: dict[str, Any] | None = None):
 
 def _Progress():  # noqa: N802 - the CLI's progress: a bar on a terminal, timestamped lines otherwise
     from .progress import Progress
-    return Progress(mode="tty" if _stderr_is_tty() else "lines")
-
-
-def _stderr_is_tty() -> bool:
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return False
+    return Progress(sys.stderr)      # a given stream: "tty" when it is one, else "lines" (never the notebook's)
 
 
 RUN_JSON_HELP = """\

@@ -107,7 +107,7 @@ def _embedded(processes: bool):
                                            config.dask_config().get("distributed.scheduler.no-workers-timeout",
                                                                     None) or config.get("cluster.no-workers-timeout")}):
             try:
-                if processes and _spawn_reruns_main():
+                if processes and _fresh_interpreters():
                     cluster = _subprocess_cluster(workers, threads, dashboard, logs)
                 else:
                     where = {"host": "127.0.0.1"} if processes else {}   # in-process clusters talk inproc://
@@ -151,7 +151,7 @@ def _close(entry) -> None:
             pass
 
 
-def _spawn_reruns_main() -> bool:
+def _fresh_interpreters() -> bool:
     """Whether the embedded cluster starts its workers as fresh interpreters (``dask spec``) rather
     than with multiprocessing's spawn (dask's LocalCluster). ``engine.cluster.launch``: ``"subprocess"``
     (the default, ``"auto"``) or ``"spawn"``.
